@@ -1,0 +1,206 @@
+//! Wiring of the running service: store, adapters, hub, agents, workers and the HTTP
+//! server, with a clean shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::agents::Agents;
+use crate::config::Config;
+use crate::hub::{Hub, SEND_KIND, SendJob, TURN_KIND};
+use crate::matrix::rooms::{CREATE_ROOM_KIND, CreateRoomJob};
+use crate::matrix::{self, MatrixAdapter, adapter::EventError, server};
+use crate::protocol::{ChannelAdapter, ChannelRegistry, ChannelSendError};
+use crate::queue::{self, JobHandler, JobOutcome, Wakers};
+use crate::store::{Store, outbox};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// Runs outbox jobs by kind.
+struct Dispatcher {
+    registry: Arc<ChannelRegistry>,
+    matrix: Arc<MatrixAdapter>,
+    agents: Arc<Agents>,
+}
+
+#[async_trait]
+impl JobHandler for Dispatcher {
+    async fn run(&self, job: &outbox::Job) -> JobOutcome {
+        match job.kind.as_str() {
+            SEND_KIND => self.send(job).await,
+            TURN_KIND => self.agents.run_turn(job).await,
+            CREATE_ROOM_KIND => self.create_room(job).await,
+            other => JobOutcome::Failed(format!("unknown job kind {other:?}")),
+        }
+    }
+}
+
+impl Dispatcher {
+    async fn send(&self, job: &outbox::Job) -> JobOutcome {
+        let send: SendJob = match serde_json::from_str(&job.payload) {
+            Ok(send) => send,
+            Err(error) => return JobOutcome::Failed(format!("bad send payload: {error}")),
+        };
+        let Some(adapter) = self.registry.get(&send.channel) else {
+            return JobOutcome::Retry {
+                error: format!("no adapter {:?} registered", send.channel),
+                after: None,
+            };
+        };
+        match adapter.send_message(&send.channel_id, &send.message).await {
+            Ok(()) => JobOutcome::Done,
+            Err(ChannelSendError::Terminal(error)) => JobOutcome::Failed(error),
+            Err(ChannelSendError::Transient {
+                message,
+                retry_after,
+            }) => JobOutcome::Retry {
+                error: message,
+                after: retry_after,
+            },
+        }
+    }
+
+    async fn create_room(&self, job: &outbox::Job) -> JobOutcome {
+        let create: CreateRoomJob = match serde_json::from_str(&job.payload) {
+            Ok(create) => create,
+            Err(error) => return JobOutcome::Failed(format!("bad create-room payload: {error}")),
+        };
+        match self.matrix.create_conversation_room(&create).await {
+            Ok(_) => JobOutcome::Done,
+            Err(EventError::Transient(error)) => JobOutcome::Retry { error, after: None },
+            Err(EventError::Permanent(error)) => JobOutcome::Failed(error),
+        }
+    }
+}
+
+/// Runs the service until Ctrl-C or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    let store = Store::open(&config.database.url).await?;
+    let listener = TcpListener::bind(config.appservice.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.appservice.listen,
+            source,
+        })?;
+    tracing::info!(listen = %config.appservice.listen, homeserver = config.homeserver.url, "mosaic-as starting");
+
+    let wakers = Arc::new(Wakers::default());
+    let registry = Arc::new(ChannelRegistry::new());
+    let matrix = Arc::new(MatrixAdapter::new(config.clone(), store.clone()));
+    let hub = Arc::new(Hub::new(config.clone(), store.clone(), wakers.clone()));
+    let agents = Arc::new(Agents::from_config(&config, store.clone(), wakers.clone()));
+    matrix.on_message(hub.handler_for(matrix::CHANNEL));
+    registry.register(matrix.clone());
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let inbox_wake = Arc::new(Notify::new());
+    let mut tasks = JoinSet::new();
+    let dispatcher: Arc<dyn JobHandler> = Arc::new(Dispatcher {
+        registry: registry.clone(),
+        matrix: matrix.clone(),
+        agents,
+    });
+    for queue_name in [
+        queue::send_queue(matrix::CHANNEL),
+        queue::AGENT_QUEUE.to_string(),
+    ] {
+        tasks.spawn(queue::run_worker(
+            store.clone(),
+            queue_name,
+            dispatcher.clone(),
+            wakers.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    tasks.spawn(matrix::inbox::run(
+        store.clone(),
+        matrix.clone(),
+        inbox_wake.clone(),
+        shutdown_rx.clone(),
+    ));
+
+    let state = server::ServerState {
+        config: config.clone(),
+        store: store.clone(),
+        adapter: matrix.clone(),
+        registry: registry.clone(),
+        inbox_wake,
+    };
+    let app = server::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    let mut http_shutdown = shutdown_rx.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.changed().await;
+            })
+            .await
+    });
+
+    // The homeserver may still be starting: connecting is retried in the background while
+    // transactions are already accepted into the inbox.
+    let connect_registry = registry.clone();
+    let background = tokio::spawn(async move {
+        let mut attempt = 0;
+        loop {
+            let failures = connect_registry.connect_all().await;
+            if failures.is_empty() {
+                tracing::info!("all adapters connected");
+                break;
+            }
+            tokio::time::sleep(queue::backoff(attempt)).await;
+            attempt += 1;
+        }
+        connect_registry
+            .poll_health(crate::protocol::DEFAULT_HEALTH_INTERVAL)
+            .await;
+    });
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    background.abort();
+    while tasks.join_next().await.is_some() {}
+    registry.disconnect_all().await;
+    let served = http
+        .await
+        .map_err(|e| ServeError::Http(std::io::Error::other(e)))?;
+    store.close().await;
+    served.map_err(ServeError::Http)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,260 @@
+//! The operator commands behind the CLI: `init`, `doctor`, `link-token`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use ruma::api::client::account::whoami;
+use ruma::api::client::appservice::request_ping;
+
+use crate::config::Config;
+use crate::matrix::client::HomeserverClient;
+use crate::matrix::naming::Namespace;
+use crate::matrix::registration::registration_yaml;
+use crate::secrets;
+use crate::store::{Store, accounts};
+
+pub struct InitOptions {
+    pub homeserver_url: String,
+    pub server_name: String,
+    pub listen: SocketAddr,
+    pub appservice_url: Option<String>,
+    pub database_url: Option<String>,
+    pub dir: PathBuf,
+    pub force: bool,
+}
+
+/// Writes a fresh config and registration with new random tokens.
+pub fn init(options: &InitOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let config_path = options.dir.join("mosaic-as.toml");
+    let registration_path = options.dir.join("registration.yaml");
+    for path in [&config_path, &registration_path] {
+        if path.exists() && !options.force {
+            bail!(
+                "{} already exists; pass --force to overwrite it (this replaces its tokens)",
+                path.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&options.dir)
+        .with_context(|| format!("cannot create {}", options.dir.display()))?;
+    let appservice_url = options
+        .appservice_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", options.listen));
+    let database_url = options
+        .database_url
+        .clone()
+        .unwrap_or_else(|| "sqlite://mosaic-as.db".into());
+    let text = config_template(options, &appservice_url, &database_url);
+    let config = Config::parse(&text).map_err(|(key, message)| {
+        anyhow::anyhow!("generated config is invalid at {key}: {message}")
+    })?;
+    config
+        .validate()
+        .map_err(|(key, message)| anyhow::anyhow!("{key}: {message}"))?;
+    write_private(&config_path, &text)?;
+    write_private(&registration_path, &registration_yaml(&config))?;
+    Ok((config_path, registration_path))
+}
+
+fn config_template(options: &InitOptions, appservice_url: &str, database_url: &str) -> String {
+    let as_token = secrets::random_hex(32);
+    let hs_token = secrets::random_hex(32);
+    format!(
+        r#"# mosaic-as configuration. Secrets can be left out here and given as
+# MOSAIC_AS_AS_TOKEN, MOSAIC_AS_HS_TOKEN and MOSAIC_AS_DATABASE_URL instead.
+
+[homeserver]
+# Client-server API of the homeserver, as mosaic-as reaches it.
+url = "{homeserver_url}"
+# The part after ':' in user ids.
+server_name = "{server_name}"
+
+[appservice]
+id = "mosaic"
+# Where mosaic-as listens, and the URL at which the homeserver reaches it.
+listen = "{listen}"
+url = "{appservice_url}"
+as_token = "{as_token}"
+hs_token = "{hs_token}"
+
+[database]
+# sqlite://FILE (relative to this file) or postgres://USER:PASSWORD@HOST/DB
+url = "{database_url}"
+
+[linking]
+token_ttl_secs = 900
+max_failed_attempts = 5
+attempt_window_secs = 600
+
+[bot]
+localpart = "mosaic-bot"
+display_name = "Mosaic"
+ghost_prefix = "mosaic_"
+alias_prefix = "mosaic-"
+
+default_agent = "echo"
+
+[[agent]]
+id = "echo"
+display_name = "Echo"
+runtime = "echo"
+"#,
+        homeserver_url = options.homeserver_url,
+        server_name = options.server_name,
+        listen = options.listen,
+    )
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    let mut file = open
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// The next steps printed by `init`.
+pub fn next_steps(config_path: &Path, registration_path: &Path, server_name: &str) -> String {
+    let registration = registration_path.display();
+    let config = config_path.display();
+    format!(
+        "Wrote {config} and {registration}.\n\n\
+         Register the appservice with your homeserver:\n\
+         - Conduit (and conduwuit, tuwunel): in the admin room, send to @conduit:{server_name}\n\
+           \x20 register-appservice\n\
+           \x20 ```\n\
+           \x20 <contents of {registration}>\n\
+           \x20 ```\n\
+         - Synapse: add {registration} to app_service_config_files in homeserver.yaml and restart Synapse.\n\n\
+         Then start the service and check it:\n\
+         \x20 mosaic-as --config {config} serve\n\
+         \x20 mosaic-as --config {config} doctor\n"
+    )
+}
+
+/// One line of `doctor`.
+pub struct Check {
+    pub name: &'static str,
+    pub result: Result<String, String>,
+}
+
+/// Checks the database, the homeserver, the `as_token` and the ping round trip.
+pub async fn doctor(config: &Config) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let database = match Store::connect(&config.database.url).await {
+        Ok(store) => store
+            .ping()
+            .await
+            .map(|_| "database reachable".to_string())
+            .map_err(|e| e.to_string()),
+        Err(error) => Err(error.to_string()),
+    };
+    checks.push(Check {
+        name: "database",
+        result: database.map_err(|e| format!("{e} — fix: check database.url (or MOSAIC_AS_DATABASE_URL) and that the database server runs")),
+    });
+
+    let versions_url = format!(
+        "{}/_matrix/client/versions",
+        config.homeserver.url.trim_end_matches('/')
+    );
+    let reachable = match reqwest::Client::new()
+        .get(&versions_url)
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+    {
+        Ok(response) if response.status().is_success() => {
+            Ok(format!("homeserver reachable at {}", config.homeserver.url))
+        }
+        Ok(response) => Err(format!(
+            "{} answered {}",
+            config.homeserver.url,
+            response.status()
+        )),
+        Err(error) => Err(format!(
+            "cannot reach {}: {}",
+            config.homeserver.url,
+            error.without_url()
+        )),
+    };
+    let homeserver_up = reachable.is_ok();
+    checks.push(Check {
+        name: "homeserver",
+        result: reachable
+            .map_err(|e| format!("{e} — fix: start the homeserver or correct homeserver.url")),
+    });
+    if !homeserver_up {
+        return checks;
+    }
+
+    let client = HomeserverClient::new(&config.homeserver.url, &config.appservice.as_token);
+    let bot = Namespace::from_config(config).bot_user_id();
+    let token = match client.call(whoami::v3::Request::new(), None).await {
+        Ok(me) if me.user_id.as_str() == bot => Ok(format!("as_token accepted, acting as {bot}")),
+        Ok(me) => Err(format!(
+            "as_token belongs to {}, expected {bot} — fix: register this config's registration.yaml",
+            me.user_id
+        )),
+        Err(error) => Err(format!(
+            "{error} — fix: register the output of `mosaic-as registration` with the homeserver (see registration/README.md)"
+        )),
+    };
+    let token_ok = token.is_ok();
+    checks.push(Check {
+        name: "as_token",
+        result: token,
+    });
+    if !token_ok {
+        return checks;
+    }
+
+    let mut ping = request_ping::v1::Request::new(config.appservice.id.clone());
+    ping.transaction_id = Some(format!("mosaic-doctor-{}", secrets::random_hex(8)).into());
+    let ping_result = match client.call(ping, None).await {
+        Ok(answer) => Ok(format!(
+            "homeserver reached mosaic-as at {} in {} ms",
+            config.appservice.url,
+            answer.duration.as_millis()
+        )),
+        Err(error) => Err(format!(
+            "{error} — fix: start `mosaic-as serve` and make sure the homeserver can reach appservice.url ({})",
+            config.appservice.url
+        )),
+    };
+    checks.push(Check {
+        name: "ping",
+        result: ping_result,
+    });
+    checks
+}
+
+/// Issues a link token for the account named `name`, creating it with `create`.
+pub async fn link_token(
+    config: &Config,
+    name: &str,
+    create: bool,
+) -> anyhow::Result<(String, bool)> {
+    let store = Store::open(&config.database.url)
+        .await
+        .context("cannot open the database")?;
+    let mut tx = store.begin_write().await?;
+    let (account, created) = match accounts::account_by_name(&mut tx, name).await? {
+        Some(account) => (account, false),
+        None if create => (accounts::create_account(&mut tx, name, None).await?, true),
+        None => bail!("no account named {name:?}; pass --create to create it"),
+    };
+    let token =
+        accounts::issue_link_token(&mut tx, &account.id, config.linking.token_ttl_secs).await?;
+    tx.commit().await?;
+    store.close().await;
+    Ok((token, created))
+}

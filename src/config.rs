@@ -1,0 +1,489 @@
+//! The typed configuration file (`mosaic-as.toml`) and its environment overrides.
+//!
+//! Secrets may come from the environment instead of the file so that the file can be
+//! shared or committed to an operator's own repository without them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable naming the config file when `--config` is not given.
+pub const CONFIG_ENV: &str = "MOSAIC_AS_CONFIG";
+/// Default config file path.
+pub const DEFAULT_CONFIG_PATH: &str = "mosaic-as.toml";
+
+/// Environment overrides: variable name, config key, setter.
+const ENV_OVERRIDES: &[(&str, &str, fn(&mut Config, String))] = &[
+    ("MOSAIC_AS_AS_TOKEN", "appservice.as_token", |c, v| {
+        c.appservice.as_token = v
+    }),
+    ("MOSAIC_AS_HS_TOKEN", "appservice.hs_token", |c, v| {
+        c.appservice.hs_token = v
+    }),
+    ("MOSAIC_AS_DATABASE_URL", "database.url", |c, v| {
+        c.database.url = v
+    }),
+    ("MOSAIC_AS_HOMESERVER_URL", "homeserver.url", |c, v| {
+        c.homeserver.url = v
+    }),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "config file {path} not found; create one with `mosaic-as init --homeserver-url URL --server-name NAME` or pass --config PATH"
+    )]
+    NotFound { path: PathBuf },
+    #[error("config file {path}: cannot read it: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub homeserver: HomeserverConfig,
+    pub appservice: AppserviceConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub linking: LinkingConfig,
+    #[serde(default)]
+    pub bot: BotConfig,
+    /// The agent `!new` puts into new rooms.
+    #[serde(default = "default_agent_id")]
+    pub default_agent: String,
+    #[serde(default = "default_agents", rename = "agent")]
+    pub agents: Vec<AgentConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeserverConfig {
+    /// Client-server API base URL, e.g. `http://127.0.0.1:8008`.
+    pub url: String,
+    /// The homeserver's server name: the part after `:` in user ids.
+    pub server_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppserviceConfig {
+    /// Registration id; used for `POST /_matrix/client/v1/appservice/{id}/ping`.
+    #[serde(default = "default_appservice_id")]
+    pub id: String,
+    /// Address the appservice HTTP server binds to.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// URL at which the homeserver reaches this service (the registration's `url`).
+    pub url: String,
+    /// Token we present to the homeserver.
+    #[serde(default)]
+    pub as_token: String,
+    /// Token the homeserver presents to us.
+    #[serde(default)]
+    pub hs_token: String,
+    /// Largest transaction body accepted, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/file.db` (default) or `postgres://user@host/db`.
+    #[serde(default = "default_database_url")]
+    pub url: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: default_database_url(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkingConfig {
+    /// Lifetime of a link token in seconds (default 900 = 15 minutes).
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl_secs: u64,
+    /// Failed `!link` attempts allowed per sender within `attempt_window_secs`.
+    #[serde(default = "default_max_failed_attempts")]
+    pub max_failed_attempts: u32,
+    #[serde(default = "default_attempt_window")]
+    pub attempt_window_secs: u64,
+}
+
+impl Default for LinkingConfig {
+    fn default() -> Self {
+        Self {
+            token_ttl_secs: default_token_ttl(),
+            max_failed_attempts: default_max_failed_attempts(),
+            attempt_window_secs: default_attempt_window(),
+        }
+    }
+}
+
+/// Names of the bot and the ghost namespaces. Changing them after users have talked to
+/// the service orphans the old ghosts, so they are set once at `init`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotConfig {
+    #[serde(default = "default_bot_localpart")]
+    pub localpart: String,
+    #[serde(default = "default_bot_display_name")]
+    pub display_name: String,
+    /// Prefix of every ghost localpart: agents are `<prefix>agent_<id>`.
+    #[serde(default = "default_ghost_prefix")]
+    pub ghost_prefix: String,
+    /// Prefix of the room aliases this service owns.
+    #[serde(default = "default_alias_prefix")]
+    pub alias_prefix: String,
+}
+
+impl Default for BotConfig {
+    fn default() -> Self {
+        Self {
+            localpart: default_bot_localpart(),
+            display_name: default_bot_display_name(),
+            ghost_prefix: default_ghost_prefix(),
+            alias_prefix: default_alias_prefix(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Lowercase id; the ghost is `@<ghost_prefix>agent_<id>:<server_name>`.
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Which runtime answers for this agent. `echo` is built in.
+    #[serde(default = "default_runtime")]
+    pub runtime: String,
+}
+
+impl AgentConfig {
+    pub fn display_name(&self) -> String {
+        self.display_name
+            .clone()
+            .unwrap_or_else(|| capitalize(&self.id))
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+fn default_appservice_id() -> String {
+    "mosaic".into()
+}
+pub fn default_listen() -> SocketAddr {
+    "127.0.0.1:29330".parse().expect("valid default address")
+}
+fn default_max_body_bytes() -> usize {
+    10 * 1024 * 1024
+}
+fn default_database_url() -> String {
+    "sqlite://mosaic-as.db".into()
+}
+fn default_token_ttl() -> u64 {
+    900
+}
+fn default_max_failed_attempts() -> u32 {
+    5
+}
+fn default_attempt_window() -> u64 {
+    600
+}
+fn default_bot_localpart() -> String {
+    "mosaic-bot".into()
+}
+fn default_bot_display_name() -> String {
+    "Mosaic".into()
+}
+fn default_ghost_prefix() -> String {
+    "mosaic_".into()
+}
+fn default_alias_prefix() -> String {
+    "mosaic-".into()
+}
+fn default_agent_id() -> String {
+    "echo".into()
+}
+fn default_runtime() -> String {
+    "echo".into()
+}
+fn default_agents() -> Vec<AgentConfig> {
+    vec![AgentConfig {
+        id: "echo".into(),
+        display_name: Some("Echo".into()),
+        runtime: "echo".into(),
+    }]
+}
+
+/// Picks the config path: `--config`, then `MOSAIC_AS_CONFIG`, then `./mosaic-as.toml`.
+pub fn resolve_path(cli: Option<PathBuf>) -> PathBuf {
+    cli.or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+impl Config {
+    /// Reads, applies environment overrides, and validates the config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => ConfigError::NotFound {
+                path: path.to_owned(),
+            },
+            _ => ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+        let mut config = Self::parse(&text).map_err(|(key, message)| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        })?;
+        config.apply_env(|name| std::env::var(name).ok());
+        config.resolve_relative_paths(path.parent().unwrap_or(Path::new(".")));
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: key.into(),
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Parses TOML text, reporting the dotted key path of the first problem.
+    pub fn parse(text: &str) -> Result<Self, (String, String)> {
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| ("(syntax)".to_string(), e.to_string().trim().to_string()))?;
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().message().trim().to_string();
+            (
+                if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                message,
+            )
+        })
+    }
+
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        for (name, _key, set) in ENV_OVERRIDES {
+            if let Some(value) = lookup(name).filter(|v| !v.is_empty()) {
+                set(self, value);
+            }
+        }
+    }
+
+    /// A relative SQLite path is relative to the config file, not to the working
+    /// directory, so that `serve` finds the same database wherever it is started.
+    fn resolve_relative_paths(&mut self, base: &Path) {
+        if let Some(rest) = self.database.url.strip_prefix("sqlite://") {
+            let (file, query) = rest
+                .split_once('?')
+                .map_or((rest, None), |(f, q)| (f, Some(q)));
+            let file_path = Path::new(file);
+            if !file.is_empty() && file_path.is_relative() && !file.starts_with(':') {
+                let absolute = base.join(file_path);
+                self.database.url = match query {
+                    Some(q) => format!("sqlite://{}?{q}", absolute.display()),
+                    None => format!("sqlite://{}", absolute.display()),
+                };
+            }
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let env_hint =
+            |var: &str| format!("set it in the file or in the environment variable {var}");
+        if self.appservice.as_token.len() < 16 {
+            return Err((
+                "appservice.as_token",
+                format!(
+                    "expected a random token of at least 16 characters; {}",
+                    env_hint("MOSAIC_AS_AS_TOKEN")
+                ),
+            ));
+        }
+        if self.appservice.hs_token.len() < 16 {
+            return Err((
+                "appservice.hs_token",
+                format!(
+                    "expected a random token of at least 16 characters; {}",
+                    env_hint("MOSAIC_AS_HS_TOKEN")
+                ),
+            ));
+        }
+        if url::Url::parse(&self.homeserver.url).is_err() {
+            return Err((
+                "homeserver.url",
+                format!(
+                    "expected a URL like http://127.0.0.1:8008, got {:?}",
+                    self.homeserver.url
+                ),
+            ));
+        }
+        if url::Url::parse(&self.appservice.url).is_err() {
+            return Err((
+                "appservice.url",
+                format!(
+                    "expected a URL like http://127.0.0.1:29330, got {:?}",
+                    self.appservice.url
+                ),
+            ));
+        }
+        if self.homeserver.server_name.is_empty() || self.homeserver.server_name.contains('/') {
+            return Err((
+                "homeserver.server_name",
+                "expected a server name like example.org (the part after ':' in user ids)".into(),
+            ));
+        }
+        if !(self.database.url.starts_with("sqlite:")
+            || self.database.url.starts_with("postgres://")
+            || self.database.url.starts_with("postgresql://"))
+        {
+            return Err((
+                "database.url",
+                "expected sqlite://FILE or postgres://USER@HOST/DB".into(),
+            ));
+        }
+        for localpart in [&self.bot.localpart, &self.bot.ghost_prefix] {
+            if !is_localpart(localpart) {
+                return Err((
+                    "bot",
+                    format!(
+                        "{localpart:?} is not a valid Matrix localpart (lowercase a-z, 0-9, ._=-/)"
+                    ),
+                ));
+            }
+        }
+        for agent in &self.agents {
+            if !is_localpart(&agent.id) || agent.id.is_empty() {
+                return Err((
+                    "agent.id",
+                    format!(
+                        "{:?} is not a valid agent id (lowercase a-z, 0-9, ._=-)",
+                        agent.id
+                    ),
+                ));
+            }
+            if !crate::agents::RUNTIMES.contains(&agent.runtime.as_str()) {
+                return Err((
+                    "agent.runtime",
+                    format!(
+                        "agent {:?}: unknown runtime {:?}; expected one of: {}",
+                        agent.id,
+                        agent.runtime,
+                        crate::agents::RUNTIMES.join(", ")
+                    ),
+                ));
+            }
+        }
+        if !self.agents.iter().any(|a| a.id == self.default_agent) {
+            return Err((
+                "default_agent",
+                format!(
+                    "{:?} is not the id of any [[agent]] in the file",
+                    self.default_agent
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn agent(&self, id: &str) -> Option<&AgentConfig> {
+        self.agents.iter().find(|a| a.id == id)
+    }
+}
+
+fn is_localpart(s: &str) -> bool {
+    s.chars()
+        .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [homeserver]
+        url = "http://127.0.0.1:8008"
+        server_name = "example.org"
+
+        [appservice]
+        url = "http://127.0.0.1:29330"
+        as_token = "aaaaaaaaaaaaaaaaaaaa"
+        hs_token = "bbbbbbbbbbbbbbbbbbbb"
+    "#;
+
+    #[test]
+    fn minimal_file_gets_the_documented_defaults() {
+        let config = Config::parse(MINIMAL).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.appservice.listen, default_listen());
+        assert_eq!(config.default_agent, "echo");
+        assert_eq!(config.agents[0].runtime, "echo");
+        assert_eq!(config.linking.token_ttl_secs, 900);
+    }
+
+    #[test]
+    fn a_wrong_value_names_its_key() {
+        let text = MINIMAL.replace(
+            "url = \"http://127.0.0.1:29330\"",
+            "url = \"x\"\nlisten = \"nonsense\"",
+        );
+        let (key, message) = Config::parse(&text).unwrap_err();
+        assert_eq!(key, "appservice.listen");
+        assert!(message.contains("socket address"), "{message}");
+    }
+
+    #[test]
+    fn environment_overrides_secrets() {
+        let mut config = Config::parse(MINIMAL).unwrap();
+        config.apply_env(|name| {
+            (name == "MOSAIC_AS_HS_TOKEN").then(|| "from-the-environment".to_string())
+        });
+        assert_eq!(config.appservice.hs_token, "from-the-environment");
+        assert_eq!(config.appservice.as_token, "aaaaaaaaaaaaaaaaaaaa");
+    }
+
+    #[test]
+    fn missing_token_is_reported_with_its_variable() {
+        let text = MINIMAL.replace("as_token = \"aaaaaaaaaaaaaaaaaaaa\"", "");
+        let (key, message) = Config::parse(&text).unwrap().validate().unwrap_err();
+        assert_eq!(key, "appservice.as_token");
+        assert!(message.contains("MOSAIC_AS_AS_TOKEN"));
+    }
+
+    #[test]
+    fn unknown_default_agent_is_rejected() {
+        let text = format!("default_agent = \"nobody\"\n{MINIMAL}");
+        let (key, _) = Config::parse(&text).unwrap().validate().unwrap_err();
+        assert_eq!(key, "default_agent");
+    }
+}

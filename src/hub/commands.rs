@@ -1,0 +1,348 @@
+//! Chat commands: `!help`, `!link`, `!unlink`, `!whoami`, `!agents`, `!new`.
+//!
+//! Every command answers, also when it is unknown or its arguments are wrong.
+
+use sqlx::AnyConnection;
+
+use super::{Hub, routing};
+use crate::matrix::rooms::{CREATE_ROOM_KIND, CreateRoomJob};
+use crate::protocol::ChannelMessage;
+use crate::queue;
+use crate::store::{self, accounts, conversations};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Help,
+    Link(Option<String>),
+    Unlink,
+    Whoami,
+    Agents,
+    New(Option<String>),
+}
+
+/// A command line that is not understood: the usage to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage(pub String);
+
+/// The prefix commands start with on a surface: `/` on Telegram, `!` elsewhere.
+pub fn prefix_for(channel: &str) -> char {
+    if channel == "telegram" { '/' } else { '!' }
+}
+
+/// Parses `text` as a command; `None` when it is not one.
+pub fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
+    let line = text.trim().strip_prefix(prefix)?;
+    let mut words = line.split_whitespace();
+    let name = words.next()?.to_lowercase();
+    // Telegram appends the bot's name in groups: /link@mosaic_bot.
+    let name = name.split('@').next().unwrap_or_default().to_string();
+    let args: Vec<&str> = words.collect();
+    let p = prefix;
+    Some(match (name.as_str(), args.as_slice()) {
+        ("help", []) => Ok(Command::Help),
+        ("link", []) => Ok(Command::Link(None)),
+        ("link", [token]) => Ok(Command::Link(Some((*token).to_string()))),
+        ("link", _) => Err(Usage(format!(
+            "Usage: `{p}link <token>` (or `{p}link` alone for a token to link another channel)"
+        ))),
+        ("unlink", []) => Ok(Command::Unlink),
+        ("whoami", []) => Ok(Command::Whoami),
+        ("agents", []) => Ok(Command::Agents),
+        ("new", []) => Ok(Command::New(None)),
+        ("new", title) => Ok(Command::New(Some(title.join(" ")))),
+        ("help" | "unlink" | "whoami" | "agents", _) => {
+            Err(Usage(format!("Usage: `{p}{name}` takes no arguments")))
+        }
+        _ => Err(Usage(format!(
+            "Unknown command `{p}{name}`. Send `{p}help` for the list of commands."
+        ))),
+    })
+}
+
+pub fn help_text(p: char) -> String {
+    format!(
+        "**Mosaic commands**\n\
+         - `{p}help` — this list\n\
+         - `{p}link <token>` — link this account to your Mosaic account with a token from your admin\n\
+         - `{p}link` — get a token to link another channel (Discord, Telegram) to the same account\n\
+         - `{p}unlink` — remove the link of this account\n\
+         - `{p}whoami` — show which Mosaic account you are linked to\n\
+         - `{p}agents` — list the agents you can talk to\n\
+         - `{p}new [title]` — start a new conversation room with the default agent"
+    )
+}
+
+/// What a command answers. `stored` replaces `text` in the message log when the answer
+/// carries a secret.
+pub struct Answer {
+    pub text: String,
+    pub stored: Option<String>,
+}
+
+impl From<String> for Answer {
+    fn from(text: String) -> Self {
+        Self { text, stored: None }
+    }
+}
+
+/// The message as it may be written to the log: a token given to `!link` is masked.
+pub fn loggable_content(command: &Command, msg: &ChannelMessage) -> Option<String> {
+    match command {
+        Command::Link(Some(_)) => Some(format!("{}link [token hidden]", prefix_for_message(msg))),
+        _ => None,
+    }
+}
+
+fn prefix_for_message(msg: &ChannelMessage) -> char {
+    msg.content.trim().chars().next().unwrap_or('!')
+}
+
+impl Hub {
+    pub(super) async fn execute(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        msg: &ChannelMessage,
+        command: Command,
+    ) -> store::Result<Answer> {
+        let p = prefix_for(channel);
+        let sender = msg.sender_id.as_str();
+        Ok(match command {
+            Command::Help => help_text(p).into(),
+            Command::Link(Some(token)) => self.link(conn, channel, sender, &token).await?.into(),
+            Command::Link(None) => self.issue_token(conn, channel, msg).await?,
+            Command::Unlink => match accounts::unlink_identity(conn, channel, sender).await? {
+                true => format!("Unlinked {sender} from its Mosaic account.").into(),
+                false => format!("{sender} is not linked to any Mosaic account.").into(),
+            },
+            Command::Whoami => self.whoami(conn, channel, sender).await?.into(),
+            Command::Agents => self.agents_text().into(),
+            Command::New(title) => self
+                .new_conversation(conn, channel, sender, title)
+                .await?
+                .into(),
+        })
+    }
+
+    async fn link(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        sender: &str,
+        token: &str,
+    ) -> store::Result<String> {
+        let limits = &self.config.linking;
+        let window_start = store::now_ms() - (limits.attempt_window_secs as i64) * 1000;
+        let limiter_key = format!("{channel}:{sender}");
+        let (failures, oldest) =
+            accounts::link_failures_since(conn, &limiter_key, window_start).await?;
+        if failures >= limits.max_failed_attempts as i64 {
+            let free_at =
+                oldest.unwrap_or(window_start) + (limits.attempt_window_secs as i64) * 1000;
+            let minutes = ((free_at - store::now_ms()).max(0) + 59_999) / 60_000;
+            tracing::warn!(channel, sender, "link attempts rate-limited");
+            return Ok(format!(
+                "Too many failed link attempts. Try again in {minutes} minute(s)."
+            ));
+        }
+        if let Some(account) = accounts::account_for_identity(conn, channel, sender).await? {
+            return Ok(format!(
+                "{sender} is already linked to account **{}**. Send `{}unlink` first to link it elsewhere.",
+                account.name,
+                prefix_for(channel)
+            ));
+        }
+        match accounts::redeem_link_token(conn, token, &format!("{channel}:{sender}")).await? {
+            Ok(account) => {
+                accounts::link_identity(conn, channel, sender, &account.id).await?;
+                tracing::info!(channel, sender, account = account.name, "identity linked");
+                Ok(format!(
+                    "Linked {sender} to Mosaic account **{}**.",
+                    account.name
+                ))
+            }
+            Err(rejection) => {
+                accounts::record_link_failure(conn, &limiter_key).await?;
+                let reason = match rejection {
+                    accounts::TokenRejection::Unknown => {
+                        "That link token is not valid. Check it was copied whole."
+                    }
+                    accounts::TokenRejection::Expired => {
+                        "That link token has expired. Ask for a new one."
+                    }
+                    accounts::TokenRejection::AlreadyUsed => {
+                        "That link token was already used. Ask for a new one."
+                    }
+                };
+                Ok(reason.to_string())
+            }
+        }
+    }
+
+    /// `!link` alone: a token for the sender's own account, to link another channel. It is
+    /// a secret, so it is only handed out where nobody else reads along.
+    async fn issue_token(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        msg: &ChannelMessage,
+    ) -> store::Result<Answer> {
+        let p = prefix_for(channel);
+        let Some(account) = accounts::account_for_identity(conn, channel, &msg.sender_id).await?
+        else {
+            return Ok(format!("Usage: `{p}link <token>` — ask your admin for a token (`mosaic-as link-token <account>`).").into());
+        };
+        if routing::participants(msg) > 1 {
+            return Ok(
+                format!("Link tokens are secret: send `{p}link` in a direct chat with me.").into(),
+            );
+        }
+        let token =
+            accounts::issue_link_token(conn, &account.id, self.config.linking.token_ttl_secs)
+                .await?;
+        let minutes = self.config.linking.token_ttl_secs.div_ceil(60);
+        let template = |token: &str| {
+            format!(
+                "Link token for account **{}** (valid {minutes} min, single use). In the other channel, send:\n\n`!link {token}`",
+                account.name
+            )
+        };
+        Ok(Answer {
+            text: template(&token),
+            stored: Some(template("[token hidden]")),
+        })
+    }
+
+    async fn whoami(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        sender: &str,
+    ) -> store::Result<String> {
+        let Some(account) = accounts::account_for_identity(conn, channel, sender).await? else {
+            return Ok(format!(
+                "You are {sender}, not linked to a Mosaic account. Send `{}link <token>` with a token from your admin.",
+                prefix_for(channel)
+            ));
+        };
+        let identities = accounts::identities_of(conn, &account.id).await?;
+        let list: Vec<String> = identities
+            .iter()
+            .map(|i| format!("{} {}", i.channel_name, i.channel_user_id))
+            .collect();
+        Ok(format!(
+            "You are {sender}, linked to Mosaic account **{}**.\nLinked identities: {}",
+            account.name,
+            list.join(", ")
+        ))
+    }
+
+    fn agents_text(&self) -> String {
+        let mut text = String::from("**Agents**\n");
+        for agent in &self.config.agents {
+            let default = if agent.id == self.config.default_agent {
+                " (default)"
+            } else {
+                ""
+            };
+            text.push_str(&format!(
+                "- **{}** `{}`{default} — on Matrix {}\n",
+                agent.display_name(),
+                agent.id,
+                self.namespace.agent_user_id(&agent.id)
+            ));
+        }
+        text.push_str(
+            "\nInvite an agent into a room, or send `!new` to start a room with the default agent.",
+        );
+        text
+    }
+
+    async fn new_conversation(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        sender: &str,
+        title: Option<String>,
+    ) -> store::Result<String> {
+        if channel != crate::matrix::CHANNEL {
+            return Ok("New conversation rooms are created from Matrix: send `!new` to the Mosaic bot there.".into());
+        }
+        let title = title.unwrap_or_else(|| "New conversation".into());
+        let owner = accounts::account_for_identity(conn, channel, sender).await?;
+        let conversation =
+            conversations::create_conversation(conn, &title, owner.as_ref().map(|a| a.id.as_str()))
+                .await?;
+        let agent = self.config.default_agent.clone();
+        let job = CreateRoomJob {
+            conversation_id: conversation.id.clone(),
+            title: title.clone(),
+            invite: vec![sender.to_string()],
+            agents: vec![agent.clone()],
+        };
+        let queue_name = queue::send_queue(crate::matrix::CHANNEL);
+        let key = format!("create_room:{}", conversation.id);
+        queue::enqueue(conn, &queue_name, &key, CREATE_ROOM_KIND, &job).await?;
+        let agent_name = self
+            .config
+            .agent(&agent)
+            .map(|a| a.display_name())
+            .unwrap_or(agent);
+        Ok(format!(
+            "Creating **Mosaic: {title}** with {agent_name}. Accept the invitation to start."
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_commands_and_their_arguments() {
+        assert_eq!(parse('!', "!help"), Some(Ok(Command::Help)));
+        assert_eq!(
+            parse('!', "  !LINK abc "),
+            Some(Ok(Command::Link(Some("abc".into()))))
+        );
+        assert_eq!(parse('!', "!link"), Some(Ok(Command::Link(None))));
+        assert_eq!(
+            parse('!', "!new Weekly plan"),
+            Some(Ok(Command::New(Some("Weekly plan".into()))))
+        );
+        assert_eq!(parse('/', "/whoami@mosaic_bot"), Some(Ok(Command::Whoami)));
+        assert_eq!(parse('!', "hello"), None);
+        assert_eq!(parse('!', "!"), None);
+    }
+
+    #[test]
+    fn bad_input_gets_a_usage_line() {
+        let Some(Err(Usage(text))) = parse('!', "!link a b") else {
+            panic!()
+        };
+        assert!(text.contains("Usage: `!link <token>`"));
+        let Some(Err(Usage(text))) = parse('!', "!frobnicate") else {
+            panic!()
+        };
+        assert!(text.contains("Unknown command `!frobnicate`") && text.contains("!help"));
+        let Some(Err(Usage(text))) = parse('!', "!whoami now") else {
+            panic!()
+        };
+        assert!(text.contains("takes no arguments"));
+    }
+
+    #[test]
+    fn help_lists_every_command() {
+        let help = help_text('!');
+        for command in [
+            "!help",
+            "!link <token>",
+            "!unlink",
+            "!whoami",
+            "!agents",
+            "!new",
+        ] {
+            assert!(help.contains(command), "{command}");
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The conversation hub: every inbound message is persisted, then answered (commands)
+//! or routed to agents, and replies are fanned out — all in one database transaction
+//! per message, so a message is handled exactly once even when it is delivered twice.
+
+pub mod commands;
+pub mod routing;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sqlx::AnyConnection;
+
+use crate::config::Config;
+use crate::matrix::naming::Namespace;
+use crate::protocol::{ChannelMessage, ContentType, HandlerError, InboundHandler, SenderType};
+use crate::queue::{self, Wakers};
+use crate::store::{self, Store, conversations, messages};
+
+/// Outbox job: deliver `message` to `channel_id` on the surface `channel`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendJob {
+    pub channel: String,
+    pub channel_id: String,
+    pub message: ChannelMessage,
+}
+
+pub const SEND_KIND: &str = "send";
+
+/// Outbox job: one agent answers one message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TurnJob {
+    pub agent: String,
+    pub conversation_id: String,
+    pub message_id: uuid::Uuid,
+}
+
+pub const TURN_KIND: &str = "agent.turn";
+
+/// Id used as `senderId` of the service's own notices.
+pub const SYSTEM_SENDER: &str = "mosaic";
+
+pub struct Hub {
+    config: Arc<Config>,
+    store: Store,
+    wakers: Arc<Wakers>,
+    namespace: Namespace,
+}
+
+impl Hub {
+    pub fn new(config: Arc<Config>, store: Store, wakers: Arc<Wakers>) -> Self {
+        Self {
+            namespace: Namespace::from_config(&config),
+            config,
+            store,
+            wakers,
+        }
+    }
+
+    /// The inbound handler for one adapter.
+    pub fn handler_for(self: &Arc<Self>, channel: &'static str) -> Arc<dyn InboundHandler> {
+        Arc::new(HubInbound {
+            hub: self.clone(),
+            channel,
+        })
+    }
+
+    pub async fn handle_inbound(&self, channel: &str, msg: ChannelMessage) -> store::Result<()> {
+        let mut tx = self.store.begin_write().await?;
+        let conversation = resolve_conversation(&mut tx, channel, &msg.channel_id).await?;
+        let command = if routing::commands_enabled(&msg) && !routing::is_edit(&msg) {
+            commands::parse(commands::prefix_for(channel), &msg.content)
+        } else {
+            None
+        };
+        let mut logged = msg.clone();
+        if let Some(Ok(command)) = &command
+            && let Some(masked) = commands::loggable_content(command, &msg)
+        {
+            logged.content = masked;
+        }
+        if !messages::append(&mut tx, &conversation.id, channel, &logged).await? {
+            tracing::info!(channel, message_id = ?msg.channel_message_id(), "message already handled");
+            tx.rollback().await?;
+            return Ok(());
+        }
+        if let Some(native) = msg.channel_message_id() {
+            messages::add_ref(&mut tx, channel, &msg.channel_id, native, msg.id).await?;
+        }
+        match command {
+            Some(Ok(command)) => {
+                let answer = self.execute(&mut tx, channel, &msg, command).await?;
+                self.reply(&mut tx, channel, &conversation.id, &msg, answer)
+                    .await?;
+            }
+            Some(Err(commands::Usage(usage))) => {
+                self.reply(&mut tx, channel, &conversation.id, &msg, usage.into())
+                    .await?;
+            }
+            None if routing::is_edit(&msg) => {}
+            None => {
+                self.route_to_agents(&mut tx, channel, &conversation.id, &msg)
+                    .await?
+            }
+        }
+        tx.commit().await?;
+        self.wakers.wake_all();
+        Ok(())
+    }
+
+    async fn route_to_agents(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        conversation_id: &str,
+        msg: &ChannelMessage,
+    ) -> store::Result<()> {
+        let agents = routing::agents_to_answer(msg);
+        if routing::agents_present(msg).is_empty()
+            && routing::participants(msg) <= 1
+            && routing::commands_enabled(msg)
+        {
+            let p = commands::prefix_for(channel);
+            let hint = format!(
+                "I answer commands: send `{p}help` for the list, or `{p}new` to start a conversation with an agent."
+            );
+            return self
+                .reply(conn, channel, conversation_id, msg, hint.into())
+                .await;
+        }
+        for agent in agents {
+            let job = TurnJob {
+                agent: agent.clone(),
+                conversation_id: conversation_id.to_string(),
+                message_id: msg.id,
+            };
+            queue::enqueue(
+                conn,
+                queue::AGENT_QUEUE,
+                &format!("turn:{agent}:{}", msg.id),
+                TURN_KIND,
+                &job,
+            )
+            .await?;
+            tracing::debug!(agent, message_id = %msg.id, "agent turn queued");
+        }
+        Ok(())
+    }
+
+    /// Logs a notice answering `to` and sends it back where `to` came from only.
+    async fn reply(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        conversation_id: &str,
+        to: &ChannelMessage,
+        answer: commands::Answer,
+    ) -> store::Result<()> {
+        let reply = ChannelMessage::new(
+            &to.channel_id,
+            SYSTEM_SENDER,
+            SenderType::System,
+            answer.text,
+            ContentType::Markdown,
+        )
+        .with_reply_to(to.id)
+        .with_thread(to.thread_id.clone());
+        let mut logged = reply.clone();
+        if let Some(stored) = answer.stored {
+            logged.content = stored;
+        }
+        messages::append(conn, conversation_id, "hub", &logged).await?;
+        enqueue_send(conn, channel, &to.channel_id, &reply).await
+    }
+}
+
+/// Enqueues `msg` for every surface of the conversation.
+pub async fn fan_out(
+    conn: &mut AnyConnection,
+    conversation_id: &str,
+    msg: &ChannelMessage,
+) -> store::Result<()> {
+    if let Some(room) = conversations::room_for_conversation(conn, conversation_id).await? {
+        enqueue_send(conn, crate::matrix::CHANNEL, &room, msg).await?;
+    }
+    Ok(())
+}
+
+async fn enqueue_send(
+    conn: &mut AnyConnection,
+    channel: &str,
+    channel_id: &str,
+    msg: &ChannelMessage,
+) -> store::Result<()> {
+    let job = SendJob {
+        channel: channel.to_string(),
+        channel_id: channel_id.to_string(),
+        message: msg.clone(),
+    };
+    let key = format!("send:{channel}:{channel_id}:{}", msg.id);
+    queue::enqueue(conn, &queue::send_queue(channel), &key, SEND_KIND, &job).await?;
+    Ok(())
+}
+
+/// The conversation a surface channel belongs to; a Matrix room gets one on first use.
+async fn resolve_conversation(
+    conn: &mut AnyConnection,
+    channel: &str,
+    channel_id: &str,
+) -> store::Result<conversations::Conversation> {
+    match channel {
+        crate::matrix::CHANNEL => {
+            conversations::conversation_for_room_or_create(conn, channel_id, "Matrix room").await
+        }
+        other => Err(store::StoreError::Corrupt(format!(
+            "no conversation mapping for channel {other}"
+        ))),
+    }
+}
+
+struct HubInbound {
+    hub: Arc<Hub>,
+    channel: &'static str,
+}
+
+#[async_trait]
+impl InboundHandler for HubInbound {
+    async fn handle(&self, msg: ChannelMessage) -> Result<(), HandlerError> {
+        self.hub
+            .handle_inbound(self.channel, msg)
+            .await
+            .map_err(|e| HandlerError(e.to_string()))
+    }
+}

@@ -1,0 +1,18 @@
+//! mosaic-as: a Matrix application service that hosts AI agents as Matrix users and
+//! bridges other chat networks into the same conversations through one `ChannelMessage`
+//! protocol.
+//!
+//! Data flows in one direction: surfaces (adapters) → hub (persist, route, fan out) →
+//! agents, and back. Durable queues in the store sit between every step so that nothing
+//! acknowledged is lost and nothing is sent twice.
+
+pub mod agents;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod hub;
+pub mod matrix;
+pub mod protocol;
+pub mod queue;
+pub mod secrets;
+pub mod store;

@@ -1,0 +1,636 @@
+//! The Matrix surface as a [`ChannelAdapter`]: pushed events in, room messages out.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ruma::api::client::{
+    account::whoami, membership::join_room_by_id, membership::joined_members,
+    message::send_message_event,
+};
+use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, UserId};
+use serde_json::{Value, json};
+
+use super::client::{HomeserverClient, HsError};
+use super::format::{self, Placement};
+use super::ghosts::Ghosts;
+use super::naming::Namespace;
+use crate::config::Config;
+use crate::hub::routing;
+use crate::protocol::{
+    AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelConnectError, ChannelMessage,
+    ChannelSendError, ContentType, InboundHandler, SenderType, metadata_keys,
+};
+use crate::store::{self, Store, accounts, conversations, messages};
+
+pub const CHANNEL: &str = "matrix";
+
+/// Tries of one send inside the adapter before the outbox schedules a later retry.
+const SEND_TRIES: u32 = 4;
+
+/// How one pushed event was handled.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// Worth trying again: the homeserver or the database is unavailable.
+    #[error("{0}")]
+    Transient(String),
+    /// The event cannot be handled; it is logged and skipped.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<HsError> for EventError {
+    fn from(error: HsError) -> Self {
+        if error.is_transient() {
+            Self::Transient(error.to_string())
+        } else {
+            Self::Permanent(error.to_string())
+        }
+    }
+}
+
+impl From<store::StoreError> for EventError {
+    fn from(error: store::StoreError) -> Self {
+        Self::Transient(error.to_string())
+    }
+}
+
+pub struct MatrixAdapter {
+    config: Arc<Config>,
+    ns: Namespace,
+    client: HomeserverClient,
+    ghosts: Ghosts,
+    store: Store,
+    handler: RwLock<Option<Arc<dyn InboundHandler>>>,
+    /// Unix ms until which the homeserver asked us to slow down.
+    rate_limited_until: AtomicI64,
+    /// The homeserver's default room version, asked once.
+    pub(super) room_version: tokio::sync::OnceCell<String>,
+}
+
+impl MatrixAdapter {
+    pub fn new(config: Arc<Config>, store: Store) -> Self {
+        let client = HomeserverClient::new(&config.homeserver.url, &config.appservice.as_token);
+        Self {
+            ns: Namespace::from_config(&config),
+            ghosts: Ghosts::new(client.clone(), store.clone()),
+            client,
+            config,
+            store,
+            handler: RwLock::new(None),
+            rate_limited_until: AtomicI64::new(0),
+            room_version: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn client(&self) -> &HomeserverClient {
+        &self.client
+    }
+
+    fn bot(&self) -> OwnedUserId {
+        user_id(&self.ns.bot_user_id())
+    }
+
+    /// Registers the bot or a configured agent's ghost with its display name.
+    pub async fn ensure_known_user(&self, user: &UserId) -> Result<bool, HsError> {
+        if self.ns.is_bot(user.as_str()) {
+            self.ghosts
+                .ensure(user, Some(&self.config.bot.display_name))
+                .await?;
+            return Ok(true);
+        }
+        match self
+            .ns
+            .agent_id_of(user.as_str())
+            .and_then(|id| self.config.agent(&id).cloned())
+        {
+            Some(agent) => {
+                self.ghosts
+                    .ensure(user, Some(&agent.display_name()))
+                    .await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Handles one event pushed by the homeserver.
+    pub async fn process_event(&self, raw: &str) -> Result<(), EventError> {
+        let event: Value = serde_json::from_str(raw)
+            .map_err(|e| EventError::Permanent(format!("not JSON: {e}")))?;
+        let kind = event["type"].as_str().unwrap_or_default();
+        let room_id = event["room_id"].as_str().unwrap_or_default();
+        let sender = event["sender"].as_str().unwrap_or_default();
+        if room_id.is_empty() || sender.is_empty() {
+            return Err(EventError::Permanent(
+                "event without room_id or sender".into(),
+            ));
+        }
+        match kind {
+            "m.room.member" => self.on_member(&event, room_id, sender).await,
+            "m.room.message" if !self.ns.is_ours(sender) => {
+                self.on_message(&event, room_id, sender).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn on_member(
+        &self,
+        event: &Value,
+        room_id: &str,
+        sender: &str,
+    ) -> Result<(), EventError> {
+        let target = event["state_key"].as_str().unwrap_or_default();
+        let membership = event["content"]["membership"].as_str().unwrap_or_default();
+        if target.is_empty() || membership.is_empty() {
+            return Err(EventError::Permanent(
+                "member event without state_key or membership".into(),
+            ));
+        }
+        let mut conn = self.store.conn().await?;
+        conversations::set_membership(&mut conn, room_id, target, membership).await?;
+        drop(conn);
+        if membership == "invite" && self.ns.is_ours(target) && !self.ns.is_ours(sender) {
+            self.accept_invite(room_id, target).await?;
+        }
+        Ok(())
+    }
+
+    /// Joins an invited bot or agent ghost, then learns who is already in the room.
+    async fn accept_invite(&self, room_id: &str, target: &str) -> Result<(), EventError> {
+        let user = user_id(target);
+        if !self.ensure_known_user(&user).await? {
+            tracing::info!(room_id, target, "invite for an unknown agent ignored");
+            return Ok(());
+        }
+        let room = room(room_id)?;
+        self.client
+            .call(join_room_by_id::v3::Request::new(room.clone()), Some(&user))
+            .await?;
+        tracing::info!(room_id, user_id = target, "joined room on invite");
+        self.sync_members(&room, &user).await
+    }
+
+    async fn sync_members(&self, room: &OwnedRoomId, as_user: &UserId) -> Result<(), EventError> {
+        let members = self
+            .client
+            .call(
+                joined_members::v3::Request::new(room.clone()),
+                Some(as_user),
+            )
+            .await?;
+        let mut conn = self.store.conn().await?;
+        for member in members.joined.keys() {
+            conversations::set_membership(&mut conn, room.as_str(), member.as_str(), "join")
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn on_message(
+        &self,
+        event: &Value,
+        room_id: &str,
+        sender: &str,
+    ) -> Result<(), EventError> {
+        let Some(handler) = self.handler.read().expect("handler lock").clone() else {
+            return Err(EventError::Transient(
+                "no inbound handler installed yet".into(),
+            ));
+        };
+        let content: RoomMessageEventContent =
+            match serde_json::from_value(event["content"].clone()) {
+                Ok(content) => content,
+                // Redacted or malformed messages carry nothing to act on.
+                Err(_) => return Ok(()),
+            };
+        let event_id = event["event_id"].as_str().unwrap_or_default();
+        let mut conn = self.store.conn().await?;
+        let members = conversations::present_members(&mut conn, room_id).await?;
+        let mut agents = Vec::new();
+        let mut people = 0;
+        let mut bot_joined = false;
+        for (member, membership) in &members {
+            if let Some(agent) = self.ns.agent_id_of(member) {
+                if membership == "join" && self.config.agent(&agent).is_some() {
+                    agents.push(agent);
+                }
+            } else if self.ns.is_bot(member) {
+                bot_joined |= membership == "join";
+            } else if !self.ns.is_ours(member) {
+                people += 1;
+            }
+        }
+        if agents.is_empty() && !bot_joined {
+            return Ok(());
+        }
+        let mentioned = self.mentioned_agents(&content, &agents);
+        let mut msg = ChannelMessage::new(room_id, sender, SenderType::User, "", ContentType::Text);
+        fill_from_content(&mut msg, &content);
+        if let Some(ts) = event["origin_server_ts"]
+            .as_i64()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+        {
+            msg.timestamp = ts;
+        }
+        let relation = content.relates_to.as_ref();
+        let (reply_native, edit_native) = match relation {
+            Some(Relation::Reply(reply)) => (Some(reply.in_reply_to.event_id.as_str()), None),
+            Some(Relation::Thread(thread)) => {
+                msg.thread_id = Some(thread.event_id.to_string());
+                (
+                    thread
+                        .in_reply_to
+                        .as_ref()
+                        .filter(|_| !thread.is_falling_back)
+                        .map(|r| r.event_id.as_str()),
+                    None,
+                )
+            }
+            Some(Relation::Replacement(replacement)) => (None, Some(replacement.event_id.as_str())),
+            _ => (None, None),
+        };
+        if let Some(original) = edit_native {
+            if let Some(Relation::Replacement(replacement)) = relation {
+                let new_content =
+                    RoomMessageEventContent::new(replacement.new_content.msgtype.clone());
+                fill_from_content(&mut msg, &new_content);
+            }
+            msg.reply_to_id =
+                messages::message_for_native(&mut conn, CHANNEL, room_id, original).await?;
+            msg.metadata.insert(routing::IS_EDIT.into(), json!(true));
+        } else if let Some(parent) = reply_native {
+            msg.reply_to_id =
+                messages::message_for_native(&mut conn, CHANNEL, room_id, parent).await?;
+        }
+        drop(conn);
+        let metadata = &mut msg.metadata;
+        metadata.insert(metadata_keys::CHANNEL_MESSAGE_ID.into(), json!(event_id));
+        metadata.insert("roomId".into(), json!(room_id));
+        metadata.insert("eventType".into(), json!("m.room.message"));
+        metadata.insert(
+            "unsigned".into(),
+            event.get("unsigned").cloned().unwrap_or_else(|| json!({})),
+        );
+        metadata.insert(routing::AGENTS.into(), json!(agents));
+        metadata.insert(routing::MENTIONS.into(), json!(mentioned));
+        metadata.insert(routing::PARTICIPANTS.into(), json!(people));
+        metadata.insert(routing::COMMANDS.into(), json!(true));
+        tracing::debug!(room_id, event_id, sender, "message received");
+        handler
+            .handle(msg)
+            .await
+            .map_err(|e| EventError::Transient(e.to_string()))
+    }
+
+    /// Agents addressed in a message: by `m.mentions`, by user id, or by display name.
+    fn mentioned_agents(
+        &self,
+        content: &RoomMessageEventContent,
+        agents: &[String],
+    ) -> Vec<String> {
+        let body = content.body().to_lowercase();
+        let formatted = match &content.msgtype {
+            MessageType::Text(text) => text
+                .formatted
+                .as_ref()
+                .map(|f| f.body.to_lowercase())
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        let explicit: Vec<String> = content
+            .mentions
+            .as_ref()
+            .map(|m| m.user_ids.iter().map(|u| u.to_string()).collect())
+            .unwrap_or_default();
+        agents
+            .iter()
+            .filter(|agent| {
+                let mxid = self.ns.agent_user_id(agent);
+                let name = self
+                    .config
+                    .agent(agent)
+                    .map(|a| a.display_name().to_lowercase())
+                    .unwrap_or_default();
+                explicit.contains(&mxid)
+                    || body.contains(&mxid.to_lowercase())
+                    || formatted.contains(&mxid.to_lowercase())
+                    || (!name.is_empty() && contains_word(&body, &name))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The Matrix user that speaks for `msg` in `room_id`.
+    async fn speaker(
+        &self,
+        room_id: &str,
+        msg: &ChannelMessage,
+    ) -> Result<OwnedUserId, ChannelSendError> {
+        if msg.sender_type == SenderType::Agent {
+            return Ok(user_id(&self.ns.agent_user_id(&msg.sender_id)));
+        }
+        // System notices come from the bot; in a room the bot is not in, from an agent
+        // that is, so that a command typed there still gets its answer.
+        let members = {
+            let mut conn = self.store.conn().await.map_err(transient)?;
+            conversations::present_members(&mut conn, room_id)
+                .await
+                .map_err(transient)?
+        };
+        let joined = |id: &str| members.iter().any(|(m, state)| m == id && state == "join");
+        let bot = self.ns.bot_user_id();
+        if joined(&bot) {
+            return Ok(user_id(&bot));
+        }
+        let agent = members
+            .iter()
+            .find(|(m, state)| state == "join" && self.ns.agent_id_of(m).is_some());
+        Ok(user_id(agent.map_or(bot.as_str(), |(m, _)| m.as_str())))
+    }
+
+    async fn placement(
+        &self,
+        room_id: &str,
+        msg: &ChannelMessage,
+    ) -> Result<Placement, ChannelSendError> {
+        let mut placement = Placement::default();
+        if let Some(parent) = msg.reply_to_id {
+            let mut conn = self.store.conn().await.map_err(transient)?;
+            placement.in_reply_to =
+                messages::native_for_message(&mut conn, CHANNEL, room_id, parent)
+                    .await
+                    .map_err(transient)?
+                    .and_then(|id| OwnedEventId::try_from(id).ok());
+        }
+        placement.thread_root = msg
+            .thread_id
+            .as_deref()
+            .and_then(|id| OwnedEventId::try_from(id).ok());
+        Ok(placement)
+    }
+
+    fn note_rate_limit(&self, retry_after: Option<Duration>) {
+        let until =
+            store::now_ms() + retry_after.unwrap_or(Duration::from_secs(1)).as_millis() as i64;
+        self.rate_limited_until.store(until, Ordering::Relaxed);
+    }
+}
+
+fn transient(error: impl std::fmt::Display) -> ChannelSendError {
+    ChannelSendError::Transient {
+        message: error.to_string(),
+        retry_after: None,
+    }
+}
+
+fn user_id(id: &str) -> OwnedUserId {
+    OwnedUserId::try_from(id).unwrap_or_else(|_| panic!("{id} is built from a validated config"))
+}
+
+fn room(id: &str) -> Result<OwnedRoomId, EventError> {
+    OwnedRoomId::try_from(id).map_err(|e| EventError::Permanent(format!("bad room id {id:?}: {e}")))
+}
+
+fn contains_word(haystack: &str, word: &str) -> bool {
+    haystack.match_indices(word).any(|(start, _)| {
+        let before = haystack[..start].chars().next_back();
+        let after = haystack[start + word.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
+}
+
+/// Body, content type and attachments per the seed's Matrix table.
+fn fill_from_content(msg: &mut ChannelMessage, content: &RoomMessageEventContent) {
+    msg.content = content.body().to_string();
+    msg.attachments.clear();
+    msg.content_type = match &content.msgtype {
+        MessageType::Text(text)
+            if text.formatted.is_some() || format::looks_like_markdown(&text.body) =>
+        {
+            ContentType::Markdown
+        }
+        MessageType::Image(image) => {
+            msg.attachments.extend(attachment(
+                &image.body,
+                image.info.as_ref().and_then(|i| i.mimetype.clone()),
+                &image.source,
+                image.info.as_ref().and_then(|i| i.size),
+            ));
+            ContentType::Image
+        }
+        MessageType::File(file) => {
+            msg.attachments.extend(attachment(
+                &file.body,
+                file.info.as_ref().and_then(|i| i.mimetype.clone()),
+                &file.source,
+                file.info.as_ref().and_then(|i| i.size),
+            ));
+            ContentType::File
+        }
+        _ => ContentType::Text,
+    };
+}
+
+fn attachment(
+    name: &str,
+    mime_type: Option<String>,
+    source: &ruma::events::room::MediaSource,
+    size: Option<ruma::UInt>,
+) -> Option<ChannelAttachment> {
+    let url = match source {
+        ruma::events::room::MediaSource::Plain(uri) => uri.to_string(),
+        // Encrypted files cannot be passed on without their keys.
+        ruma::events::room::MediaSource::Encrypted(_) => return None,
+    };
+    Some(ChannelAttachment {
+        name: name.to_string(),
+        mime_type: mime_type.unwrap_or_else(|| "application/octet-stream".into()),
+        url,
+        size_bytes: size.map(u64::from),
+    })
+}
+
+#[async_trait]
+impl ChannelAdapter for MatrixAdapter {
+    fn name(&self) -> &'static str {
+        CHANNEL
+    }
+
+    /// Registers the bot and checks the `as_token` with `whoami`.
+    async fn connect(&self) -> Result<(), ChannelConnectError> {
+        let error = |message: String| ChannelConnectError {
+            channel: CHANNEL.into(),
+            message,
+        };
+        let bot = self.bot();
+        self.ensure_known_user(&bot)
+            .await
+            .map_err(|e| error(e.to_string()))?;
+        let me = self
+            .client
+            .call(whoami::v3::Request::new(), None)
+            .await
+            .map_err(|e| error(e.to_string()))?;
+        if me.user_id != bot {
+            return Err(error(format!(
+                "the as_token belongs to {}, not to {bot}",
+                me.user_id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn disconnect(&self) {
+        // Sends are driven by the outbox worker, which finishes its current job on shutdown.
+    }
+
+    async fn health(&self) -> AdapterHealth {
+        let call = self.client.call(whoami::v3::Request::new(), None);
+        match tokio::time::timeout(Duration::from_secs(5), call).await {
+            Ok(Ok(_)) if self.rate_limited_until.load(Ordering::Relaxed) > store::now_ms() => {
+                AdapterHealth::Degraded
+            }
+            Ok(Ok(_)) => AdapterHealth::Connected,
+            Ok(Err(HsError::RateLimited { .. })) => AdapterHealth::Degraded,
+            _ => AdapterHealth::Disconnected,
+        }
+    }
+
+    fn on_message(&self, handler: Arc<dyn InboundHandler>) {
+        *self.handler.write().expect("handler lock") = Some(handler);
+    }
+
+    /// Sends as the agent ghost (agents) or the bot (system). The transaction id is the
+    /// message's canonical id, fixed before the first try, so a retry never duplicates.
+    async fn send_message(
+        &self,
+        channel_id: &str,
+        msg: &ChannelMessage,
+    ) -> Result<(), ChannelSendError> {
+        let room_id = OwnedRoomId::try_from(channel_id)
+            .map_err(|e| ChannelSendError::Terminal(format!("bad room id {channel_id:?}: {e}")))?;
+        let speaker = self.speaker(channel_id, msg).await?;
+        let content = format::message_content(msg, self.placement(channel_id, msg).await?);
+        let txn_id: OwnedTransactionId = format!("mosaic-{}", msg.id.simple()).into();
+        let mut last_error = None;
+        for attempt in 0..SEND_TRIES {
+            let step = async {
+                self.ensure_known_user(&speaker).await?;
+                let request =
+                    send_message_event::v3::Request::new(room_id.clone(), txn_id.clone(), &content)
+                        .map_err(|e| HsError::Protocol(e.to_string()))?;
+                self.client.call(request, Some(&speaker)).await
+            };
+            match step.await {
+                Ok(response) => {
+                    let mut conn = self.store.conn().await.map_err(transient)?;
+                    messages::add_ref(
+                        &mut conn,
+                        CHANNEL,
+                        channel_id,
+                        response.event_id.as_str(),
+                        msg.id,
+                    )
+                    .await
+                    .map_err(transient)?;
+                    tracing::debug!(room_id = channel_id, event_id = %response.event_id, txn_id = %txn_id, "sent");
+                    return Ok(());
+                }
+                Err(HsError::RateLimited { retry_after }) => {
+                    self.note_rate_limit(retry_after);
+                    tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1))).await;
+                    last_error = Some(HsError::RateLimited { retry_after });
+                }
+                Err(error) if error.is_transient() => {
+                    tokio::time::sleep(crate::queue::backoff(attempt as i64)).await;
+                    last_error = Some(error);
+                }
+                Err(error) if error.errcode() == Some("M_FORBIDDEN") && attempt == 0 => {
+                    // A ghost that was invited but has not joined yet: join, then send.
+                    let join = self
+                        .client
+                        .call(
+                            join_room_by_id::v3::Request::new(room_id.clone()),
+                            Some(&speaker),
+                        )
+                        .await;
+                    if join.is_err() {
+                        return Err(ChannelSendError::Terminal(error.to_string()));
+                    }
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(ChannelSendError::Terminal(error.to_string())),
+            }
+        }
+        let error = last_error.expect("at least one try");
+        Err(ChannelSendError::Transient {
+            retry_after: error.retry_after(),
+            message: error.to_string(),
+        })
+    }
+
+    async fn map_identity(&self, channel_user_id: &str) -> Option<String> {
+        let mut conn = self.store.conn().await.ok()?;
+        accounts::account_for_identity(&mut conn, CHANNEL, channel_user_id)
+            .await
+            .ok()
+            .flatten()
+            .map(|a| a.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_as_whole_words() {
+        assert!(contains_word("hey echo, what's up", "echo"));
+        assert!(contains_word("echo", "echo"));
+        assert!(!contains_word("echoes everywhere", "echo"));
+        assert!(!contains_word("anecho", "echo"));
+    }
+
+    #[test]
+    fn content_types_follow_the_seed_table() {
+        let mut msg = ChannelMessage::new("!r", "@a:x", SenderType::User, "", ContentType::Text);
+        let plain: RoomMessageEventContent =
+            serde_json::from_value(json!({"msgtype": "m.text", "body": "hello"})).unwrap();
+        fill_from_content(&mut msg, &plain);
+        assert_eq!(
+            (msg.content.as_str(), msg.content_type),
+            ("hello", ContentType::Text)
+        );
+        let md: RoomMessageEventContent =
+            serde_json::from_value(json!({"msgtype": "m.text", "body": "**hi**"})).unwrap();
+        fill_from_content(&mut msg, &md);
+        assert_eq!(msg.content_type, ContentType::Markdown);
+        let image: RoomMessageEventContent = serde_json::from_value(json!({
+            "msgtype": "m.image", "body": "cat.png", "url": "mxc://x/abc", "info": {"mimetype": "image/png", "size": 12}
+        }))
+        .unwrap();
+        fill_from_content(&mut msg, &image);
+        assert_eq!(msg.content_type, ContentType::Image);
+        assert_eq!(msg.attachments[0].url, "mxc://x/abc");
+        assert_eq!(msg.attachments[0].size_bytes, Some(12));
+        let file: RoomMessageEventContent = serde_json::from_value(
+            json!({"msgtype": "m.file", "body": "a.pdf", "url": "mxc://x/pdf"}),
+        )
+        .unwrap();
+        fill_from_content(&mut msg, &file);
+        assert_eq!(msg.content_type, ContentType::File);
+        assert_eq!(msg.attachments[0].mime_type, "application/octet-stream");
+    }
+}

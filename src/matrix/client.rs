@@ -1,0 +1,236 @@
+//! The homeserver client: client-server API calls made with the `as_token`, as the bot or
+//! as a ghost (`?user_id=` identity assertion). One call is one try; callers choose how to
+//! retry with [`HsError::is_transient`] and [`HsError::retry_after`].
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use ruma::UserId;
+use ruma::api::auth_scheme::{AuthScheme, SendAccessToken};
+use ruma::api::error::ErrorKind;
+use ruma::api::error::{FromHttpResponseError, RetryAfter};
+use ruma::api::path_builder::{PathBuilder, SinglePath, VersionHistory};
+use ruma::api::{
+    AppserviceUserIdentity, IncomingResponse, MatrixVersion, OutgoingRequest,
+    OutgoingRequestAppserviceExt, SupportedVersions,
+};
+
+/// Every request we build targets Matrix 1.11 paths, which Conduit, Synapse and their
+/// forks all serve.
+static SUPPORTED: LazyLock<SupportedVersions> = LazyLock::new(|| SupportedVersions {
+    versions: [MatrixVersion::V1_11].into(),
+    features: Default::default(),
+});
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HsError {
+    #[error("homeserver unreachable: {0}")]
+    Network(String),
+    #[error("rate limited by the homeserver")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("homeserver error {status}: {message}")]
+    Server { status: u16, message: String },
+    #[error("homeserver refused the request ({status} {errcode}): {message}")]
+    Api {
+        status: u16,
+        errcode: String,
+        message: String,
+    },
+    #[error("unexpected homeserver response: {0}")]
+    Protocol(String),
+}
+
+impl HsError {
+    /// Network failures, 429 and 5xx may succeed when tried again; 4xx will not.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Network(_) | Self::RateLimited { .. } | Self::Server { .. }
+        )
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn errcode(&self) -> Option<&str> {
+        match self {
+            Self::Api { errcode, .. } => Some(errcode),
+            _ => None,
+        }
+    }
+}
+
+/// Produces the path input of a request's path builder.
+pub trait PathInput: PathBuilder {
+    fn input() -> Self::Input<'static>;
+}
+
+impl PathInput for VersionHistory {
+    fn input() -> Cow<'static, SupportedVersions> {
+        Cow::Borrowed(&*SUPPORTED)
+    }
+}
+
+impl PathInput for SinglePath {
+    fn input() {}
+}
+
+#[derive(Clone)]
+pub struct HomeserverClient {
+    http: reqwest::Client,
+    base_url: String,
+    as_token: String,
+}
+
+impl HomeserverClient {
+    pub fn new(base_url: &str, as_token: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("TLS backend initialises");
+        Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            as_token: as_token.to_string(),
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Sends `request` as the appservice's bot (`as_user = None`) or as a ghost.
+    pub async fn call<R>(
+        &self,
+        request: R,
+        as_user: Option<&UserId>,
+    ) -> Result<R::IncomingResponse, HsError>
+    where
+        R: OutgoingRequest,
+        R::EndpointError: ToHsError,
+        R::PathBuilder: PathInput,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+    {
+        let identity = as_user.map(AppserviceUserIdentity::new).unwrap_or_default();
+        let http_request = request
+            .try_into_http_request_with_identity::<Vec<u8>>(
+                &self.base_url,
+                SendAccessToken::Appservice(&self.as_token),
+                identity,
+                R::PathBuilder::input(),
+            )
+            .map_err(|e| HsError::Protocol(format!("cannot build request: {e}")))?;
+        let response = self.execute(http_request).await?;
+        R::IncomingResponse::try_from_http_response(response).map_err(classify)
+    }
+
+    async fn execute(
+        &self,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<http::Response<Vec<u8>>, HsError> {
+        let (parts, body) = request.into_parts();
+        let url = parts.uri.to_string();
+        let mut builder = self.http.request(parts.method, &url).body(body);
+        for (name, value) in &parts.headers {
+            builder = builder.header(name, value);
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| HsError::Network(without_url(e)))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| HsError::Network(without_url(e)))?;
+        let mut http_response = http::Response::builder().status(status.as_u16());
+        for (name, value) in &headers {
+            http_response = http_response.header(name, value);
+        }
+        http_response
+            .body(bytes.to_vec())
+            .map_err(|e| HsError::Protocol(e.to_string()))
+    }
+}
+
+/// Describes a transport error without its URL, which may carry the asserted `user_id`
+/// (and, with legacy homeservers, a token in the query).
+fn without_url(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(inner) = source {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    message
+}
+
+fn classify<E: ToHsError>(error: FromHttpResponseError<E>) -> HsError {
+    match error {
+        FromHttpResponseError::Server(error) => error.to_hs_error(),
+        FromHttpResponseError::Deserialization(e) => HsError::Protocol(e.to_string()),
+        _ => HsError::Protocol("unrecognised homeserver response".into()),
+    }
+}
+
+/// Endpoint errors we can classify.
+pub trait ToHsError {
+    fn to_hs_error(self) -> HsError;
+}
+
+impl ToHsError for ruma::api::error::Error {
+    fn to_hs_error(self) -> HsError {
+        let status = self.status_code.as_u16();
+        if let Some(ErrorKind::LimitExceeded(data)) = self.error_kind() {
+            let retry_after = data.retry_after.as_ref().map(|r| match r {
+                RetryAfter::Delay(d) => *d,
+                RetryAfter::DateTime(t) => t
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default(),
+            });
+            return HsError::RateLimited { retry_after };
+        }
+        if status == 429 {
+            return HsError::RateLimited { retry_after: None };
+        }
+        let message = self.to_string();
+        if status >= 500 {
+            return HsError::Server { status, message };
+        }
+        let errcode = self
+            .error_kind()
+            .map(|k| k.errcode().to_string())
+            .unwrap_or_else(|| "M_UNKNOWN".into());
+        HsError::Api {
+            status,
+            errcode,
+            message,
+        }
+    }
+}
+
+/// `/register` answers with user-interactive auth errors; an appservice never needs a
+/// second stage, so one is reported as a refusal.
+impl ToHsError for ruma::api::client::uiaa::UiaaResponse {
+    fn to_hs_error(self) -> HsError {
+        match self {
+            Self::MatrixError(error) => error.to_hs_error(),
+            other => HsError::Api {
+                status: 401,
+                errcode: "M_FORBIDDEN".into(),
+                message: format!("{other:?}"),
+            },
+        }
+    }
+}

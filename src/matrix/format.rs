@@ -1,0 +1,148 @@
+//! `ChannelMessage` → Matrix `m.room.message` content: markdown rendered to sanitised
+//! `org.matrix.custom.html`, `m.notice` for system messages, replies and threads.
+
+use ruma::OwnedEventId;
+use ruma::events::relation::{InReplyTo, Reply, Thread};
+use ruma::events::room::message::{
+    FormattedBody, MessageType, NoticeMessageEventContent, Relation, RoomMessageEventContent,
+    TextMessageEventContent,
+};
+use ruma::html::{HtmlSanitizerMode, RemoveReplyFallback, sanitize_html};
+
+use crate::protocol::{ChannelMessage, ContentType, SenderType, metadata_keys};
+
+/// Where the message sits in the room: the event it answers and its thread root.
+#[derive(Debug, Default, Clone)]
+pub struct Placement {
+    pub in_reply_to: Option<OwnedEventId>,
+    pub thread_root: Option<OwnedEventId>,
+}
+
+/// Builds the event content of `msg`.
+pub fn message_content(msg: &ChannelMessage, placement: Placement) -> RoomMessageEventContent {
+    let body = match msg.content_type {
+        ContentType::Code => {
+            let language = msg
+                .metadata
+                .get(metadata_keys::LANGUAGE)
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            format!("```{language}\n{}\n```", msg.content.trim_end_matches('\n'))
+        }
+        _ => msg.content.clone(),
+    };
+    let formatted = match msg.content_type {
+        ContentType::Markdown | ContentType::Code => markdown_to_html(&body),
+        _ => None,
+    };
+    let msgtype = match (msg.sender_type, formatted) {
+        (SenderType::System, Some(html)) => {
+            MessageType::Notice(NoticeMessageEventContent::html(body, html))
+        }
+        (SenderType::System, None) => MessageType::Notice(NoticeMessageEventContent::plain(body)),
+        (_, Some(html)) => MessageType::Text(TextMessageEventContent::html(body, html)),
+        (_, None) => MessageType::Text(TextMessageEventContent::plain(body)),
+    };
+    let mut content = RoomMessageEventContent::new(msgtype);
+    content.relates_to = match (placement.thread_root, placement.in_reply_to) {
+        (Some(root), Some(reply)) => Some(Relation::Thread(Thread::reply(root, reply))),
+        (Some(root), None) => Some(Relation::Thread(Thread::without_fallback(root))),
+        (None, Some(reply)) => Some(Relation::Reply(Reply::new(InReplyTo::new(reply)))),
+        (None, None) => None,
+    };
+    content
+}
+
+/// Renders markdown to HTML with the Matrix allow-list applied; `None` when the text has
+/// no formatting worth sending.
+pub fn markdown_to_html(markdown: &str) -> Option<String> {
+    let rendered = FormattedBody::markdown(markdown)?;
+    Some(sanitize_html(
+        &rendered.body,
+        HtmlSanitizerMode::Compat,
+        RemoveReplyFallback::No,
+    ))
+}
+
+/// Whether a plain body looks like it was written in markdown.
+pub fn looks_like_markdown(body: &str) -> bool {
+    FormattedBody::markdown(body).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ruma::owned_event_id;
+    use serde_json::json;
+
+    fn msg(sender_type: SenderType, content: &str, content_type: ContentType) -> ChannelMessage {
+        ChannelMessage::new("!r", "echo", sender_type, content, content_type)
+    }
+
+    #[test]
+    fn markdown_becomes_sanitised_html_and_keeps_the_plain_body() {
+        let content = message_content(
+            &msg(
+                SenderType::Agent,
+                "**bold** <script>alert(1)</script> [x](javascript:alert(1))",
+                ContentType::Markdown,
+            ),
+            Placement::default(),
+        );
+        let json = serde_json::to_value(&content).unwrap();
+        assert_eq!(json["msgtype"], "m.text");
+        assert_eq!(json["format"], "org.matrix.custom.html");
+        let html = json["formatted_body"].as_str().unwrap();
+        assert!(html.contains("<strong>bold</strong>"), "{html}");
+        assert!(!html.contains("<script"), "{html}");
+        assert!(!html.contains("javascript:"), "{html}");
+        assert!(json["body"].as_str().unwrap().starts_with("**bold**"));
+    }
+
+    #[test]
+    fn system_messages_are_notices_and_replies_point_at_the_original() {
+        let content = message_content(
+            &msg(SenderType::System, "Linked.", ContentType::Text),
+            Placement {
+                in_reply_to: Some(owned_event_id!("$orig")),
+                thread_root: None,
+            },
+        );
+        let json = serde_json::to_value(&content).unwrap();
+        assert_eq!(json["msgtype"], "m.notice");
+        assert_eq!(
+            json["m.relates_to"],
+            json!({"m.in_reply_to": {"event_id": "$orig"}})
+        );
+        assert!(json.get("formatted_body").is_none());
+    }
+
+    #[test]
+    fn threads_keep_the_root_and_the_reply() {
+        let content = message_content(
+            &msg(SenderType::Agent, "hi", ContentType::Text),
+            Placement {
+                in_reply_to: Some(owned_event_id!("$last")),
+                thread_root: Some(owned_event_id!("$root")),
+            },
+        );
+        let json = serde_json::to_value(&content).unwrap();
+        assert_eq!(json["m.relates_to"]["rel_type"], "m.thread");
+        assert_eq!(json["m.relates_to"]["event_id"], "$root");
+        assert_eq!(json["m.relates_to"]["m.in_reply_to"]["event_id"], "$last");
+    }
+
+    #[test]
+    fn code_is_fenced_with_its_language() {
+        let mut m = msg(SenderType::Agent, "fn main() {}", ContentType::Code);
+        m.metadata.insert("language".into(), json!("rust"));
+        let json = serde_json::to_value(message_content(&m, Placement::default())).unwrap();
+        assert_eq!(json["body"], "```rust\nfn main() {}\n```");
+        assert!(
+            json["formatted_body"]
+                .as_str()
+                .unwrap()
+                .contains("<code class=\"language-rust\">")
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! The Matrix surface: the appservice HTTP API, the homeserver client, ghosts, rooms and
+//! message formatting.
+
+pub mod adapter;
+pub mod client;
+pub mod format;
+pub mod ghosts;
+pub mod inbox;
+pub mod naming;
+pub mod registration;
+pub mod rooms;
+pub mod server;
+
+pub use adapter::{CHANNEL, MatrixAdapter};

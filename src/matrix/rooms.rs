@@ -1,0 +1,207 @@
+//! Creating a conversation's room: named `Mosaic: <title>`, invite-only, the bot as
+//! room admin, people at 50 and agents at 0.
+
+use ruma::api::client::alias::get_alias;
+use ruma::api::client::discovery::get_capabilities;
+use ruma::api::client::membership::join_room_by_id;
+use ruma::api::client::room::{Visibility, create_room};
+use ruma::serde::Raw;
+use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::adapter::{EventError, MatrixAdapter};
+use crate::store::conversations;
+
+/// Outbox job: create the room of a conversation and bring its members in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRoomJob {
+    pub conversation_id: String,
+    pub title: String,
+    /// People to invite (Matrix user ids).
+    pub invite: Vec<String>,
+    /// Agents that join the room.
+    pub agents: Vec<String>,
+}
+
+pub const CREATE_ROOM_KIND: &str = "matrix.create_room";
+
+/// Power needed for each action: people (50) may moderate, agents (0) may only talk.
+pub const PEOPLE_POWER: i64 = 50;
+
+/// Whether rooms this homeserver creates by default give their creator unlimited power
+/// (room version 12 and its "hydra" predecessors). Then the creator must not be listed
+/// in `m.room.power_levels.users`.
+pub fn creator_is_privileged(room_version: &str) -> bool {
+    room_version.parse::<u32>().is_ok_and(|v| v >= 12)
+        || room_version.starts_with("org.matrix.hydra")
+}
+
+/// The `power_level_content_override` of a new conversation room.
+pub fn power_levels(bot: &str, people: &[String], room_version: &str) -> serde_json::Value {
+    let mut users = serde_json::Map::new();
+    if !creator_is_privileged(room_version) {
+        users.insert(bot.to_string(), json!(100));
+    }
+    for person in people {
+        users.insert(person.clone(), json!(PEOPLE_POWER));
+    }
+    json!({
+        "users": users,
+        "users_default": 0,
+        "events_default": 0,
+        "state_default": PEOPLE_POWER,
+        "invite": PEOPLE_POWER,
+        "kick": PEOPLE_POWER,
+        "ban": PEOPLE_POWER,
+        "redact": PEOPLE_POWER,
+    })
+}
+
+impl MatrixAdapter {
+    async fn default_room_version(&self) -> Result<String, EventError> {
+        let version = self
+            .room_version
+            .get_or_try_init(|| async {
+                let caps = self
+                    .client()
+                    .call(get_capabilities::v3::Request::new(), None)
+                    .await?;
+                Ok::<_, EventError>(caps.capabilities.room_versions.default.to_string())
+            })
+            .await?;
+        Ok(version.clone())
+    }
+
+    /// Creates the room (idempotently, through the conversation's alias) and records it.
+    pub async fn create_conversation_room(
+        &self,
+        job: &CreateRoomJob,
+    ) -> Result<OwnedRoomId, EventError> {
+        let ns = self.namespace().clone();
+        let bot = ns.bot_user_id();
+        let bot_id = OwnedUserId::try_from(bot.as_str())
+            .map_err(|e| EventError::Permanent(e.to_string()))?;
+        self.ensure_known_user(&bot_id).await?;
+        let agent_ids: Vec<OwnedUserId> = job
+            .agents
+            .iter()
+            .filter_map(|agent| OwnedUserId::try_from(ns.agent_user_id(agent)).ok())
+            .collect();
+        for agent in &agent_ids {
+            self.ensure_known_user(agent).await?;
+        }
+        let room_id = match self.existing_room(&job.conversation_id).await? {
+            Some(room) => room,
+            None => self.create(job, &bot, &agent_ids).await?,
+        };
+        for agent in &agent_ids {
+            self.client()
+                .call(
+                    join_room_by_id::v3::Request::new(room_id.clone()),
+                    Some(agent),
+                )
+                .await?;
+        }
+        let store = self.store();
+        let mut tx = store.begin_write().await?;
+        conversations::set_conversation_room(&mut tx, &job.conversation_id, room_id.as_str())
+            .await?;
+        conversations::set_membership(&mut tx, room_id.as_str(), &bot, "join").await?;
+        for agent in &agent_ids {
+            conversations::set_membership(&mut tx, room_id.as_str(), agent.as_str(), "join")
+                .await?;
+        }
+        for person in &job.invite {
+            if conversations::membership(&mut tx, room_id.as_str(), person)
+                .await?
+                .is_none()
+            {
+                conversations::set_membership(&mut tx, room_id.as_str(), person, "invite").await?;
+            }
+        }
+        tx.commit().await.map_err(crate::store::StoreError::from)?;
+        tracing::info!(conversation_id = job.conversation_id, room_id = %room_id, "conversation room ready");
+        Ok(room_id)
+    }
+
+    async fn existing_room(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Option<OwnedRoomId>, EventError> {
+        let mut conn = self.store().conn().await?;
+        let room = conversations::room_for_conversation(&mut conn, conversation_id).await?;
+        Ok(room.and_then(|r| OwnedRoomId::try_from(r).ok()))
+    }
+
+    async fn create(
+        &self,
+        job: &CreateRoomJob,
+        bot: &str,
+        agents: &[OwnedUserId],
+    ) -> Result<OwnedRoomId, EventError> {
+        let ns = self.namespace();
+        let alias_localpart = ns.conversation_alias_localpart(&job.conversation_id);
+        let room_version = self.default_room_version().await?;
+        let mut request = create_room::v3::Request::new();
+        request.name = Some(format!("Mosaic: {}", job.title));
+        request.topic = Some(format!("Mosaic conversation {}", job.conversation_id));
+        request.room_alias_name = Some(alias_localpart.clone());
+        request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
+        request.visibility = Visibility::Private;
+        request.invite = job
+            .invite
+            .iter()
+            .filter_map(|u| OwnedUserId::try_from(u.as_str()).ok())
+            .chain(agents.iter().cloned())
+            .collect();
+        let overrides = power_levels(bot, &job.invite, &room_version);
+        request.power_level_content_override = Some(Raw::from_json(
+            serde_json::value::to_raw_value(&overrides)
+                .map_err(|e| EventError::Permanent(e.to_string()))?,
+        ));
+        match self.client().call(request, None).await {
+            Ok(created) => Ok(created.room_id),
+            // A retry after a crash: the room exists under the conversation's alias.
+            Err(error) if error.errcode() == Some("M_ROOM_IN_USE") => {
+                let alias =
+                    OwnedRoomAliasId::try_from(format!("#{alias_localpart}:{}", ns.server_name))
+                        .map_err(|e| EventError::Permanent(e.to_string()))?;
+                Ok(self
+                    .client()
+                    .call(get_alias::v3::Request::new(alias), None)
+                    .await?
+                    .room_id)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_12_rooms_do_not_list_the_creator() {
+        let people = vec!["@alice:x".to_string()];
+        let v12 = power_levels("@mosaic-bot:x", &people, "12");
+        assert!(v12["users"].get("@mosaic-bot:x").is_none());
+        assert_eq!(v12["users"]["@alice:x"], 50);
+        let v10 = power_levels("@mosaic-bot:x", &people, "10");
+        assert_eq!(v10["users"]["@mosaic-bot:x"], 100);
+        assert_eq!(v10["users_default"], 0);
+        assert_eq!(v10["events_default"], 0);
+        for action in ["state_default", "invite", "kick", "ban", "redact"] {
+            assert_eq!(v10[action], 50, "{action}");
+        }
+    }
+
+    #[test]
+    fn knows_which_versions_privilege_creators() {
+        assert!(creator_is_privileged("12"));
+        assert!(creator_is_privileged("org.matrix.hydra.11"));
+        assert!(!creator_is_privileged("11"));
+        assert!(!creator_is_privileged("1"));
+    }
+}

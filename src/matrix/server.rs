@@ -1,0 +1,255 @@
+//! The appservice HTTP API the homeserver calls: transactions, user and alias queries,
+//! ping, on `/_matrix/app/v1/…` and the legacy unprefixed paths.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use serde_json::{Value, json, value::RawValue};
+use tokio::sync::Notify;
+
+use super::adapter::MatrixAdapter;
+use crate::config::Config;
+use crate::protocol::ChannelRegistry;
+use crate::secrets::constant_time_eq;
+use crate::store::{Store, inbox};
+
+#[derive(Clone)]
+pub struct ServerState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub adapter: Arc<MatrixAdapter>,
+    pub registry: Arc<ChannelRegistry>,
+    pub inbox_wake: Arc<Notify>,
+}
+
+/// A Matrix-style error answer.
+fn matrix_error(status: StatusCode, errcode: &str, error: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(json!({ "errcode": errcode, "error": error.into() })),
+    )
+        .into_response()
+}
+
+fn ok_empty() -> Response {
+    (StatusCode::OK, axum::Json(json!({}))).into_response()
+}
+
+pub fn router(state: ServerState) -> Router {
+    Router::new()
+        .route("/_matrix/app/v1/transactions/{txn_id}", put(transaction))
+        .route("/transactions/{txn_id}", put(transaction))
+        .route("/_matrix/app/v1/users/{user_id}", get(user_query))
+        .route("/users/{user_id}", get(user_query))
+        .route("/_matrix/app/v1/rooms/{alias}", get(room_query))
+        .route("/rooms/{alias}", get(room_query))
+        .route("/_matrix/app/v1/ping", post(ping))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .fallback(unknown)
+        .with_state(state)
+}
+
+/// Checks the `hs_token`, given as `Authorization: Bearer` or `?access_token=`.
+fn authorize(config: &Config, headers: &HeaderMap, uri: &Uri) -> Result<(), Response> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let query = uri.query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v.into_owned())
+    });
+    match bearer.or(query) {
+        None => Err(matrix_error(
+            StatusCode::UNAUTHORIZED,
+            "M_MISSING_TOKEN",
+            "missing hs_token",
+        )),
+        Some(token) if constant_time_eq(&token, &config.appservice.hs_token) => Ok(()),
+        Some(_) => Err(matrix_error(
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+            "invalid hs_token",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct TransactionBody<'a> {
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+}
+
+/// Stores the transaction durably, answers 200, and leaves processing to the inbox
+/// worker. A txnId seen before is answered 200 and not stored again.
+async fn transaction(
+    State(state): State<ServerState>,
+    Path(txn_id): Path<String>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    if let Err(denied) = authorize(&state.config, &parts.headers, &parts.uri) {
+        return denied;
+    }
+    let bytes = match read_body(body, state.config.appservice.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
+    };
+    let parsed: TransactionBody = match serde_json::from_slice(&bytes) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            return matrix_error(
+                StatusCode::BAD_REQUEST,
+                "M_BAD_JSON",
+                format!("transaction body: {error}"),
+            );
+        }
+    };
+    let events: Vec<&str> = parsed.events.iter().map(|e| e.get()).collect();
+    match inbox::record_transaction(&state.store, &txn_id, &events).await {
+        Ok(new) => {
+            if new {
+                tracing::debug!(txn_id, events = events.len(), "transaction stored");
+                state.inbox_wake.notify_one();
+            } else {
+                tracing::info!(txn_id, "repeated transaction acknowledged again");
+            }
+            ok_empty()
+        }
+        Err(error) => {
+            // Not acknowledged: the homeserver keeps the transaction and retries it.
+            tracing::error!(txn_id, %error, "cannot store transaction");
+            matrix_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "M_UNKNOWN",
+                "storage unavailable, retry later",
+            )
+        }
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Response> {
+    to_bytes(body, limit).await.map_err(|error| {
+        let message = error.to_string();
+        if error
+            .into_inner()
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            matrix_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "M_TOO_LARGE",
+                format!("body larger than {limit} bytes"),
+            )
+        } else {
+            matrix_error(
+                StatusCode::BAD_REQUEST,
+                "M_BAD_JSON",
+                format!("cannot read body: {message}"),
+            )
+        }
+    })
+}
+
+/// The homeserver asks whether a user in our namespace exists: the bot and configured
+/// agents do (registered on the spot), other ghosts do not.
+async fn user_query(
+    State(state): State<ServerState>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    if let Err(denied) = authorize(&state.config, &headers, &uri) {
+        return denied;
+    }
+    let Ok(user) = ruma::OwnedUserId::try_from(user_id.as_str()) else {
+        return matrix_error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "not a user id");
+    };
+    match state.adapter.ensure_known_user(&user).await {
+        Ok(true) => ok_empty(),
+        Ok(false) => matrix_error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "no such user here"),
+        Err(error) => {
+            tracing::warn!(user_id, %error, "cannot provision user");
+            matrix_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "M_UNKNOWN",
+                "cannot provision the user now",
+            )
+        }
+    }
+}
+
+/// Rooms are created from conversations, never on alias lookups.
+async fn room_query(State(state): State<ServerState>, headers: HeaderMap, uri: Uri) -> Response {
+    if let Err(denied) = authorize(&state.config, &headers, &uri) {
+        return denied;
+    }
+    matrix_error(
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+        "no such room alias here",
+    )
+}
+
+async fn ping(
+    State(state): State<ServerState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    if let Err(denied) = authorize(&state.config, &headers, &uri) {
+        return denied;
+    }
+    let bytes = match read_body(body, 64 * 1024).await {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
+    };
+    if !bytes.is_empty() && serde_json::from_slice::<Value>(&bytes).is_err() {
+        return matrix_error(
+            StatusCode::BAD_REQUEST,
+            "M_BAD_JSON",
+            "ping body is not JSON",
+        );
+    }
+    ok_empty()
+}
+
+async fn health() -> Response {
+    (StatusCode::OK, axum::Json(json!({ "status": "ok" }))).into_response()
+}
+
+/// Ready when the database answers and every adapter is connected.
+async fn ready(State(state): State<ServerState>) -> Response {
+    let database = state.store.ping().await.is_ok();
+    let adapters = state.registry.health_all();
+    let all_connected = adapters
+        .values()
+        .all(|h| *h == crate::protocol::AdapterHealth::Connected);
+    let status = if database && all_connected && !adapters.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({ "database": database, "adapters": adapters })),
+    )
+        .into_response()
+}
+
+async fn unknown() -> Response {
+    matrix_error(
+        StatusCode::NOT_FOUND,
+        "M_UNRECOGNIZED",
+        "unrecognized request",
+    )
+}

@@ -1,0 +1,85 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use super::ChannelMessage;
+
+/// Connection state reported by [`ChannelAdapter::health`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterHealth {
+    /// Fully operational.
+    Connected,
+    /// Partly working: rate-limited, resuming, or read-only.
+    Degraded,
+    /// No connection to the channel backend.
+    Disconnected,
+}
+
+/// `connect` could not establish the connection (within its 10 s limit).
+#[derive(Debug, thiserror::Error)]
+#[error("{channel}: cannot connect: {message}")]
+pub struct ChannelConnectError {
+    pub channel: String,
+    pub message: String,
+}
+
+/// `send_message` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelSendError {
+    /// Will never succeed as is (channel gone, permission revoked, bad request).
+    #[error("terminal send failure: {0}")]
+    Terminal(String),
+    /// Retried inside the adapter and still failing; worth trying again later.
+    #[error("transient send failure: {message}")]
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// Error from an inbound handler; the adapter keeps the message and offers it again.
+#[derive(Debug, thiserror::Error)]
+#[error("inbound handler failed: {0}")]
+pub struct HandlerError(pub String);
+
+/// Receives every inbound message of an adapter. The adapter awaits each call before it
+/// delivers the next message (back-pressure).
+#[async_trait]
+pub trait InboundHandler: Send + Sync {
+    async fn handle(&self, msg: ChannelMessage) -> Result<(), HandlerError>;
+}
+
+/// One surface (Matrix, Discord, Telegram, …). Everything channel-specific stays behind
+/// this trait; the hub sees only `ChannelMessage`s.
+#[async_trait]
+pub trait ChannelAdapter: Send + Sync {
+    /// Stable lowercase name, e.g. `matrix`; the namespace for identities and logs.
+    fn name(&self) -> &'static str;
+
+    /// Establishes the connection; idempotent; fails with [`ChannelConnectError`] when
+    /// the backend cannot be reached within 10 s.
+    async fn connect(&self) -> Result<(), ChannelConnectError>;
+
+    /// Flushes in-flight sends and releases resources.
+    async fn disconnect(&self);
+
+    /// Current connection state. Never fails: problems read as `Disconnected`.
+    async fn health(&self) -> AdapterHealth;
+
+    /// Installs the inbound handler (the last one installed wins).
+    fn on_message(&self, handler: Arc<dyn InboundHandler>);
+
+    /// Sends `msg` to the channel-native `channel_id`. Transient failures are retried
+    /// with backoff inside the adapter before an error is returned.
+    async fn send_message(
+        &self,
+        channel_id: &str,
+        msg: &ChannelMessage,
+    ) -> Result<(), ChannelSendError>;
+
+    /// The account id linked to a channel-native user id, or `None` for anonymous senders.
+    async fn map_identity(&self, channel_user_id: &str) -> Option<String>;
+}

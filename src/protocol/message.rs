@@ -1,0 +1,212 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Well-known keys of [`ChannelMessage::metadata`].
+pub mod metadata_keys {
+    /// The channel-native id of the message (Matrix event id, Discord snowflake, …).
+    pub const CHANNEL_MESSAGE_ID: &str = "channelMessageId";
+    /// Language tag for `contentType = code`.
+    pub const LANGUAGE: &str = "language";
+}
+
+/// Who sent a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SenderType {
+    User,
+    Agent,
+    System,
+}
+
+/// How `content` is to be read and rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentType {
+    Text,
+    Markdown,
+    Code,
+    Image,
+    File,
+}
+
+impl SenderType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Agent => "agent",
+            Self::System => "system",
+        }
+    }
+}
+
+impl ContentType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Markdown => "markdown",
+            Self::Code => "code",
+            Self::Image => "image",
+            Self::File => "file",
+        }
+    }
+}
+
+/// A file or image carried by a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelAttachment {
+    pub name: String,
+    pub mime_type: String,
+    /// A URL (for Matrix: an `mxc://` URI) or a `data:` URI.
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+}
+
+/// The canonical message that flows between surfaces, the hub and the agents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelMessage {
+    /// Canonical id (UUID v4), assigned when the message enters the system.
+    pub id: Uuid,
+    /// Channel-native room/channel/chat id.
+    pub channel_id: String,
+    /// Channel-native sender id, or the agent id / account id for messages we originate.
+    pub sender_id: String,
+    pub sender_type: SenderType,
+    pub content: String,
+    pub content_type: ContentType,
+    /// Channel-specific fields; channel-native ids live under `channelMessageId`.
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
+    /// Canonical id of the message this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<ChannelAttachment>,
+    pub timestamp: DateTime<Utc>,
+}
+
+impl ChannelMessage {
+    /// A new message with a fresh id and the current time.
+    pub fn new(
+        channel_id: impl Into<String>,
+        sender_id: impl Into<String>,
+        sender_type: SenderType,
+        content: impl Into<String>,
+        content_type: ContentType,
+    ) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            channel_id: channel_id.into(),
+            sender_id: sender_id.into(),
+            sender_type,
+            content: content.into(),
+            content_type,
+            metadata: Map::new(),
+            thread_id: None,
+            reply_to_id: None,
+            attachments: Vec::new(),
+            timestamp: Utc::now(),
+        }
+    }
+
+    /// The channel-native id stored under `metadata.channelMessageId`, if any.
+    pub fn channel_message_id(&self) -> Option<&str> {
+        self.metadata
+            .get(metadata_keys::CHANNEL_MESSAGE_ID)
+            .and_then(Value::as_str)
+    }
+
+    pub fn with_reply_to(mut self, id: Uuid) -> Self {
+        self.reply_to_id = Some(id);
+        self
+    }
+
+    pub fn with_thread(mut self, thread_id: Option<String>) -> Self {
+        self.thread_id = thread_id;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_form_uses_the_documented_camel_case_names() {
+        let mut msg = ChannelMessage::new(
+            "!room:example.org",
+            "@alice:example.org",
+            SenderType::User,
+            "hi",
+            ContentType::Markdown,
+        );
+        msg.metadata
+            .insert("channelMessageId".into(), json!("$event"));
+        msg.reply_to_id = Some(Uuid::nil());
+        msg.thread_id = Some("$root".into());
+        msg.attachments.push(ChannelAttachment {
+            name: "a.png".into(),
+            mime_type: "image/png".into(),
+            url: "mxc://example.org/abc".into(),
+            size_bytes: Some(3),
+        });
+        let value = serde_json::to_value(&msg).unwrap();
+        for key in [
+            "id",
+            "channelId",
+            "senderId",
+            "senderType",
+            "content",
+            "contentType",
+            "metadata",
+            "threadId",
+            "replyToId",
+            "attachments",
+            "timestamp",
+        ] {
+            assert!(value.get(key).is_some(), "missing {key} in {value}");
+        }
+        assert_eq!(value["senderType"], "user");
+        assert_eq!(value["contentType"], "markdown");
+        assert_eq!(value["attachments"][0]["mimeType"], "image/png");
+        assert_eq!(value["attachments"][0]["sizeBytes"], 3);
+        assert_eq!(msg.channel_message_id(), Some("$event"));
+        let back: ChannelMessage = serde_json::from_value(value).unwrap();
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn parses_a_message_written_by_another_implementation() {
+        let msg: ChannelMessage = serde_json::from_value(json!({
+            "id": "1b4e28ba-2fa1-41d2-883f-0016d3cca427",
+            "channelId": "123",
+            "senderId": "42",
+            "senderType": "agent",
+            "content": "",
+            "contentType": "image",
+            "metadata": {},
+            "timestamp": "2026-03-22T10:00:00.000Z"
+        }))
+        .unwrap();
+        assert_eq!(msg.sender_type, SenderType::Agent);
+        assert_eq!(msg.content_type, ContentType::Image);
+        assert!(msg.attachments.is_empty() && msg.reply_to_id.is_none());
+    }
+
+    #[test]
+    fn unknown_sender_type_is_rejected() {
+        let err = serde_json::from_value::<ChannelMessage>(json!({
+            "id": "1b4e28ba-2fa1-41d2-883f-0016d3cca427", "channelId": "1", "senderId": "2",
+            "senderType": "robot", "content": "", "contentType": "text", "timestamp": "2026-03-22T10:00:00Z"
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("robot"));
+    }
+}

@@ -1,0 +1,178 @@
+//! Conversations, their Matrix rooms, room membership and registered ghosts.
+
+use sqlx::{AnyConnection, FromRow};
+use uuid::Uuid;
+
+use super::{Result, now_ms};
+
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct Conversation {
+    pub id: String,
+    pub title: String,
+    pub owner_account_id: Option<String>,
+    pub created_at: i64,
+    pub archived_at: Option<i64>,
+}
+
+const CONVERSATION_COLUMNS: &str = "c.id, c.title, c.owner_account_id, c.created_at, c.archived_at";
+
+pub async fn create_conversation(
+    conn: &mut AnyConnection,
+    title: &str,
+    owner_account_id: Option<&str>,
+) -> Result<Conversation> {
+    let now = now_ms();
+    let conversation = Conversation {
+        id: Uuid::new_v4().to_string(),
+        title: title.to_string(),
+        owner_account_id: owner_account_id.map(str::to_string),
+        created_at: now,
+        archived_at: None,
+    };
+    sqlx::query("INSERT INTO conversations (id, title, owner_account_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(&conversation.id)
+        .bind(&conversation.title)
+        .bind(&conversation.owner_account_id)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    Ok(conversation)
+}
+
+pub async fn conversation(conn: &mut AnyConnection, id: &str) -> Result<Option<Conversation>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+pub async fn conversation_for_room(
+    conn: &mut AnyConnection,
+    room_id: &str,
+) -> Result<Option<Conversation>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {CONVERSATION_COLUMNS} FROM conversations c
+         JOIN conversation_matrix_rooms r ON r.conversation_id = c.id WHERE r.room_id = $1"
+    )))
+    .bind(room_id)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+pub async fn room_for_conversation(
+    conn: &mut AnyConnection,
+    conversation_id: &str,
+) -> Result<Option<String>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT room_id FROM conversation_matrix_rooms WHERE conversation_id = $1")
+            .bind(conversation_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.map(|(room,)| room))
+}
+
+/// Records the room of a conversation; a second call for the same pair is a no-op.
+pub async fn set_conversation_room(
+    conn: &mut AnyConnection,
+    conversation_id: &str,
+    room_id: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO conversation_matrix_rooms (conversation_id, room_id, created_at) VALUES ($1, $2, $3)
+         ON CONFLICT (conversation_id) DO NOTHING",
+    )
+    .bind(conversation_id)
+    .bind(room_id)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The conversation of a room, created on first use with `title`.
+pub async fn conversation_for_room_or_create(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    title: &str,
+) -> Result<Conversation> {
+    if let Some(existing) = conversation_for_room(conn, room_id).await? {
+        return Ok(existing);
+    }
+    let conversation = create_conversation(conn, title, None).await?;
+    set_conversation_room(conn, &conversation.id, room_id).await?;
+    Ok(conversation)
+}
+
+pub async fn set_membership(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    user_id: &str,
+    membership: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO room_members (room_id, user_id, membership, updated_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, updated_at = excluded.updated_at",
+    )
+    .bind(room_id)
+    .bind(user_id)
+    .bind(membership)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Members whose membership is `join` or `invite`.
+pub async fn present_members(
+    conn: &mut AnyConnection,
+    room_id: &str,
+) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT user_id, membership FROM room_members WHERE room_id = $1 AND membership IN ('join', 'invite') ORDER BY user_id",
+    )
+    .bind(room_id)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+pub async fn membership(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    user_id: &str,
+) -> Result<Option<String>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT membership FROM room_members WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(user_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.map(|(m,)| m))
+}
+
+pub async fn ghost_registered(conn: &mut AnyConnection, user_id: &str) -> Result<bool> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT user_id FROM ghosts WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.is_some())
+}
+
+pub async fn record_ghost(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    display_name: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO ghosts (user_id, display_name, registered_at) VALUES ($1, $2, $3)
+         ON CONFLICT (user_id) DO UPDATE SET display_name = excluded.display_name",
+    )
+    .bind(user_id)
+    .bind(display_name)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! The durable transaction inbox: what the homeserver pushed, kept until processed.
+
+use sqlx::{AnyConnection, QueryBuilder};
+
+use super::{Result, Store, now_ms};
+
+/// One pushed event waiting to be processed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct InboxEvent {
+    pub seq: i64,
+    pub txn_id: String,
+    pub event: String,
+}
+
+/// Stores a homeserver transaction and its events in one database transaction. Returns
+/// false when this txnId was stored before: the caller acknowledges it again and does
+/// nothing else.
+pub async fn record_transaction(store: &Store, txn_id: &str, events: &[&str]) -> Result<bool> {
+    let mut tx = store.begin_write().await?;
+    let now = now_ms();
+    let inserted = sqlx::query("INSERT INTO txn_inbox (txn_id, received_at, event_count) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(txn_id)
+        .bind(now)
+        .bind(events.len() as i64)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if !inserted {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    // Multi-row inserts keep a 100-event transaction to a couple of statements.
+    for chunk in events.chunks(200) {
+        let mut insert =
+            QueryBuilder::<sqlx::Any>::new("INSERT INTO inbox_events (txn_id, event) ");
+        insert.push_values(chunk, |mut row, event| {
+            row.push_bind(txn_id).push_bind(*event);
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The oldest unprocessed events, in the order they arrived.
+pub async fn pending(conn: &mut AnyConnection, limit: i64) -> Result<Vec<InboxEvent>> {
+    Ok(sqlx::query_as("SELECT seq, txn_id, event FROM inbox_events WHERE processed_at IS NULL ORDER BY seq LIMIT $1")
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?)
+}
+
+/// Marks an event processed and drops its body: what mattered is in the message log
+/// (with secrets such as link tokens masked), and the raw event may hold them in clear.
+pub async fn mark_processed(conn: &mut AnyConnection, seq: i64) -> Result<()> {
+    sqlx::query("UPDATE inbox_events SET processed_at = $1, event = '' WHERE seq = $2")
+        .bind(now_ms())
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn pending_count(conn: &mut AnyConnection) -> Result<i64> {
+    let (count,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM inbox_events WHERE processed_at IS NULL")
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(count)
+}

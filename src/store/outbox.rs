@@ -1,0 +1,104 @@
+//! The outbox: an ordered, durable queue of outgoing work (sends to a surface, agent
+//! turns). Each job has a dedupe key, so enqueuing the same work twice stores it once.
+
+use sqlx::AnyConnection;
+
+use super::{Result, now_ms};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Job {
+    pub seq: i64,
+    pub queue: String,
+    pub dedupe_key: String,
+    pub kind: String,
+    pub payload: String,
+    pub attempts: i64,
+    pub not_before: i64,
+}
+
+/// Adds a job unless one with the same `dedupe_key` exists. Returns true when added.
+pub async fn enqueue(
+    conn: &mut AnyConnection,
+    queue: &str,
+    dedupe_key: &str,
+    kind: &str,
+    payload: &str,
+) -> Result<bool> {
+    let now = now_ms();
+    let done = sqlx::query(
+        "INSERT INTO outbox (queue, dedupe_key, kind, payload, not_before, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (dedupe_key) DO NOTHING",
+    )
+    .bind(queue)
+    .bind(dedupe_key)
+    .bind(kind)
+    .bind(payload)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The oldest unfinished job of `queue`. Jobs run strictly in order, so a job that waits
+/// for a retry holds back the ones behind it: messages are never reordered.
+pub async fn head(conn: &mut AnyConnection, queue: &str) -> Result<Option<Job>> {
+    Ok(sqlx::query_as(
+        "SELECT seq, queue, dedupe_key, kind, payload, attempts, not_before FROM outbox
+         WHERE queue = $1 AND done_at IS NULL AND failed_at IS NULL ORDER BY seq LIMIT 1",
+    )
+    .bind(queue)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// Marks a job done. Its payload is dropped: the message it carried is in the message
+/// log, and a payload may hold a secret (a link token handed to its owner).
+pub async fn mark_done(conn: &mut AnyConnection, seq: i64) -> Result<()> {
+    sqlx::query("UPDATE outbox SET done_at = $1, payload = '{}' WHERE seq = $2")
+        .bind(now_ms())
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Gives up on a job that can never succeed; the error stays for the operator.
+pub async fn mark_failed(conn: &mut AnyConnection, seq: i64, error: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE outbox SET failed_at = $1, last_error = $2, attempts = attempts + 1 WHERE seq = $3",
+    )
+    .bind(now_ms())
+    .bind(error)
+    .bind(seq)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Schedules another try of a job after `delay_ms`.
+pub async fn retry_later(
+    conn: &mut AnyConnection,
+    seq: i64,
+    delay_ms: i64,
+    error: &str,
+) -> Result<()> {
+    sqlx::query("UPDATE outbox SET not_before = $1, last_error = $2, attempts = attempts + 1 WHERE seq = $3")
+        .bind(now_ms() + delay_ms)
+        .bind(error)
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Unfinished jobs per queue.
+pub async fn depth(conn: &mut AnyConnection, queue: &str) -> Result<i64> {
+    let (count,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM outbox WHERE queue = $1 AND done_at IS NULL AND failed_at IS NULL",
+    )
+    .bind(queue)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(count)
+}
