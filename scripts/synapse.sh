@@ -41,7 +41,9 @@ synapse_installed() {
 import sys
 import synapse
 import synapse.app.homeserver  # noqa: F401  (checks the Rust extension loads too)
-sys.exit(0 if synapse.__version__ == sys.argv[1] else 1)
+# synapse.__version__ carries git details when run inside a git checkout.
+from importlib.metadata import version
+sys.exit(0 if version("matrix-synapse") == sys.argv[1] else 1)
 EOF
 }
 

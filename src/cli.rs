@@ -66,6 +66,9 @@ fn config_template(options: &InitOptions, appservice_url: &str, database_url: &s
         r#"# mosaic-as configuration. Secrets can be left out here and given as
 # MOSAIC_AS_AS_TOKEN, MOSAIC_AS_HS_TOKEN and MOSAIC_AS_DATABASE_URL instead.
 
+# The agent `!new` puts into new rooms: the id of one [[agent]] below.
+default_agent = "echo"
+
 [homeserver]
 # Client-server API of the homeserver, as mosaic-as reaches it.
 url = "{homeserver_url}"
@@ -95,8 +98,7 @@ display_name = "Mosaic"
 ghost_prefix = "mosaic_"
 alias_prefix = "mosaic-"
 
-default_agent = "echo"
-
+# Agents appear as @<ghost_prefix>agent_<id>:<server_name>.
 [[agent]]
 id = "echo"
 display_name = "Echo"
