@@ -33,6 +33,8 @@ pub enum ServeError {
 
 /// Runs outbox jobs by kind.
 struct Dispatcher {
+    /// Key of the tokens derived for outgoing messages (see `hub::reveal_secrets`).
+    secret_key: String,
     registry: Arc<ChannelRegistry>,
     matrix: Arc<MatrixAdapter>,
     agents: Arc<Agents>,
@@ -62,7 +64,8 @@ impl Dispatcher {
                 after: None,
             };
         };
-        match adapter.send_message(&send.channel_id, &send.message).await {
+        let message = crate::hub::reveal_secrets(&send.message, &self.secret_key);
+        match adapter.send_message(&send.channel_id, &message).await {
             Ok(()) => JobOutcome::Done,
             Err(ChannelSendError::Terminal(error)) => JobOutcome::Failed(error),
             Err(ChannelSendError::Transient {
@@ -112,6 +115,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let inbox_wake = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
     let dispatcher: Arc<dyn JobHandler> = Arc::new(Dispatcher {
+        secret_key: config.appservice.as_token.clone(),
         registry: registry.clone(),
         matrix: matrix.clone(),
         agents,

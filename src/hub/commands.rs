@@ -72,16 +72,24 @@ pub fn help_text(p: char) -> String {
     )
 }
 
-/// What a command answers. `stored` replaces `text` in the message log when the answer
-/// carries a secret.
+/// What a command answers.
 pub struct Answer {
     pub text: String,
-    pub stored: Option<String>,
+    /// The answer hands out a link token for this account. The text carries
+    /// [`LINK_TOKEN_PLACEHOLDER`]; the token itself is derived from the answer's id when
+    /// it is sent, so it is never written to the database.
+    pub link_token_for: Option<String>,
 }
+
+/// Stands for the token in an answer that hands one out.
+pub const LINK_TOKEN_PLACEHOLDER: &str = "[link token]";
 
 impl From<String> for Answer {
     fn from(text: String) -> Self {
-        Self { text, stored: None }
+        Self {
+            text,
+            link_token_for: None,
+        }
     }
 }
 
@@ -197,19 +205,13 @@ impl Hub {
                 format!("Link tokens are secret: send `{p}link` in a direct chat with me.").into(),
             );
         }
-        let token =
-            accounts::issue_link_token(conn, &account.id, self.config.linking.token_ttl_secs)
-                .await?;
         let minutes = self.config.linking.token_ttl_secs.div_ceil(60);
-        let template = |token: &str| {
-            format!(
-                "Link token for account **{}** (valid {minutes} min, single use). In the other channel, send:\n\n`!link {token}`",
-                account.name
-            )
-        };
         Ok(Answer {
-            text: template(&token),
-            stored: Some(template("[token hidden]")),
+            text: format!(
+                "Link token for account **{}** (valid {minutes} min, single use). In the other channel, send:\n\n`!link {LINK_TOKEN_PLACEHOLDER}`",
+                account.name
+            ),
+            link_token_for: Some(account.id),
         })
     }
 

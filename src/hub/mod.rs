@@ -15,7 +15,8 @@ use crate::config::Config;
 use crate::matrix::naming::Namespace;
 use crate::protocol::{ChannelMessage, ContentType, HandlerError, InboundHandler, SenderType};
 use crate::queue::{self, Wakers};
-use crate::store::{self, Store, conversations, messages};
+use crate::secrets;
+use crate::store::{self, Store, accounts, conversations, messages};
 
 /// Outbox job: deliver `message` to `channel_id` on the surface `channel`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,7 +157,7 @@ impl Hub {
         to: &ChannelMessage,
         answer: commands::Answer,
     ) -> store::Result<()> {
-        let reply = ChannelMessage::new(
+        let mut reply = ChannelMessage::new(
             &to.channel_id,
             SYSTEM_SENDER,
             SenderType::System,
@@ -165,13 +166,40 @@ impl Hub {
         )
         .with_reply_to(to.id)
         .with_thread(to.thread_id.clone());
-        let mut logged = reply.clone();
-        if let Some(stored) = answer.stored {
-            logged.content = stored;
+        if let Some(account_id) = answer.link_token_for {
+            let token =
+                secrets::derived_token(&self.config.appservice.as_token, &reply.id.to_string());
+            accounts::store_link_token(
+                conn,
+                &token,
+                &account_id,
+                self.config.linking.token_ttl_secs,
+            )
+            .await?;
+            reply
+                .metadata
+                .insert(REVEAL_LINK_TOKEN.into(), serde_json::Value::Bool(true));
         }
-        messages::append(conn, conversation_id, "hub", &logged).await?;
+        messages::append(conn, conversation_id, "hub", &reply).await?;
         enqueue_send(conn, channel, &to.channel_id, &reply).await
     }
+}
+
+/// Metadata flag of a message whose [`commands::LINK_TOKEN_PLACEHOLDER`] is replaced by
+/// its link token just before sending.
+const REVEAL_LINK_TOKEN: &str = "mosaic.revealLinkToken";
+
+/// The message as it goes out: a handed-out link token is put in place of its
+/// placeholder. `key` is the secret the token was derived with.
+pub fn reveal_secrets(msg: &ChannelMessage, key: &str) -> ChannelMessage {
+    let mut out = msg.clone();
+    if out.metadata.remove(REVEAL_LINK_TOKEN).is_some() {
+        let token = secrets::derived_token(key, &msg.id.to_string());
+        out.content = out
+            .content
+            .replace(commands::LINK_TOKEN_PLACEHOLDER, &token);
+    }
+    out
 }
 
 /// Enqueues `msg` for every surface of the conversation.

@@ -1,6 +1,7 @@
 //! The appservice HTTP API the homeserver calls: transactions, user and alias queries,
 //! ping, on `/_matrix/app/v1/…` and the legacy unprefixed paths.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::Router;
@@ -14,8 +15,11 @@ use serde_json::{Value, json, value::RawValue};
 use tokio::sync::Notify;
 
 use super::adapter::MatrixAdapter;
+use super::naming::Namespace;
 use crate::config::Config;
+use crate::hub::commands;
 use crate::protocol::ChannelRegistry;
+use crate::secrets;
 use crate::secrets::constant_time_eq;
 use crate::store::{Store, inbox};
 
@@ -114,7 +118,13 @@ async fn transaction(
             );
         }
     };
-    let events: Vec<&str> = parsed.events.iter().map(|e| e.get()).collect();
+    let namespace = state.adapter.namespace();
+    let kept: Vec<Cow<str>> = parsed
+        .events
+        .iter()
+        .filter_map(|e| prepare_for_inbox(e.get(), namespace))
+        .collect();
+    let events: Vec<&str> = kept.iter().map(|e| e.as_ref()).collect();
     match inbox::record_transaction(&state.store, &txn_id, &events).await {
         Ok(new) => {
             if new {
@@ -135,6 +145,58 @@ async fn transaction(
             )
         }
     }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    sender: Cow<'a, str>,
+}
+
+/// What of a pushed event goes into the inbox: messages our own users sent come back to
+/// us and are never acted on, so they are not stored (they may carry a handed-out link
+/// token); link tokens in people's messages are stored hashed.
+pub fn prepare_for_inbox<'a>(raw: &'a str, namespace: &Namespace) -> Option<Cow<'a, str>> {
+    let envelope: Envelope = serde_json::from_str(raw).ok()?;
+    if envelope.kind == "m.room.message" && namespace.is_ours(&envelope.sender) {
+        return None;
+    }
+    Some(hash_link_tokens(raw))
+}
+
+/// Replaces the token of a `!link <token>` message by its hash before the event is
+/// stored, so that link tokens never reach the database in clear. Redeeming works with
+/// the hash alone.
+pub fn hash_link_tokens(raw: &str) -> Cow<'_, str> {
+    if !raw.contains("link") {
+        return Cow::Borrowed(raw);
+    }
+    let Ok(mut event) = serde_json::from_str::<Value>(raw) else {
+        return Cow::Borrowed(raw);
+    };
+    let body = event["content"]["body"].as_str().unwrap_or_default();
+    let token = match commands::parse('!', body) {
+        Some(Ok(commands::Command::Link(Some(token))))
+            if !token.starts_with(secrets::HASHED_TOKEN_PREFIX) =>
+        {
+            token
+        }
+        _ => return Cow::Borrowed(raw),
+    };
+    let hashed = format!(
+        "{}{}",
+        secrets::HASHED_TOKEN_PREFIX,
+        secrets::hash_token(&token)
+    );
+    let content = &mut event["content"];
+    for field in ["body", "formatted_body"] {
+        if let Some(text) = content[field].as_str() {
+            content[field] = Value::String(text.replace(&token, &hashed));
+        }
+    }
+    Cow::Owned(event.to_string())
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Response> {
@@ -252,4 +314,54 @@ async fn unknown() -> Response {
         "M_UNRECOGNIZED",
         "unrecognized request",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn link_tokens_are_hashed_before_storage() {
+        let token = "ab".repeat(32);
+        let event = json!({"type": "m.room.message", "content": {"msgtype": "m.text", "body": format!("!link {token}")}});
+        let stored = hash_link_tokens(&event.to_string()).into_owned();
+        assert!(!stored.contains(&token));
+        let body = serde_json::from_str::<Value>(&stored).unwrap()["content"]["body"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let Some(Ok(commands::Command::Link(Some(given)))) = commands::parse('!', &body) else {
+            panic!("{body}")
+        };
+        assert_eq!(
+            secrets::token_lookup_hash(&given),
+            secrets::hash_token(&token)
+        );
+    }
+
+    #[test]
+    fn our_own_messages_are_not_stored() {
+        let ns = Namespace {
+            server_name: "x".into(),
+            bot_localpart: "mosaic-bot".into(),
+            ghost_prefix: "mosaic_".into(),
+            alias_prefix: "mosaic-".into(),
+        };
+        let ours = json!({"type": "m.room.message", "sender": "@mosaic-bot:x", "content": {"body": "token"}}).to_string();
+        assert!(prepare_for_inbox(&ours, &ns).is_none());
+        let join = json!({"type": "m.room.member", "sender": "@mosaic-bot:x", "state_key": "@mosaic-bot:x"}).to_string();
+        assert!(prepare_for_inbox(&join, &ns).is_some());
+        let theirs =
+            json!({"type": "m.room.message", "sender": "@alice:x", "content": {"body": "hi"}})
+                .to_string();
+        assert!(prepare_for_inbox(&theirs, &ns).is_some());
+    }
+
+    #[test]
+    fn other_events_pass_unchanged() {
+        let raw = json!({"type": "m.room.message", "content": {"body": "a link to somewhere"}})
+            .to_string();
+        assert!(matches!(hash_link_tokens(&raw), Cow::Borrowed(_)));
+    }
 }

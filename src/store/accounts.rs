@@ -145,24 +145,36 @@ pub async fn issue_link_token(
     ttl_secs: u64,
 ) -> Result<String> {
     let token = secrets::new_link_token();
+    store_link_token(conn, &token, account_id, ttl_secs).await?;
+    Ok(token)
+}
+
+/// Stores the hash of a token made elsewhere (see [`secrets::derived_token`]).
+pub async fn store_link_token(
+    conn: &mut AnyConnection,
+    token: &str,
+    account_id: &str,
+    ttl_secs: u64,
+) -> Result<()> {
     let now = now_ms();
     sqlx::query("INSERT INTO link_tokens (token_hash, account_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
-        .bind(secrets::hash_token(&token))
+        .bind(secrets::hash_token(token))
         .bind(account_id)
         .bind(now)
         .bind(now + (ttl_secs as i64) * 1000)
         .execute(&mut *conn)
         .await?;
-    Ok(token)
+    Ok(())
 }
 
-/// Consumes a token: on success returns the account it was issued for and marks it used.
+/// Consumes a token (in clear or pre-hashed): on success returns the account it was
+/// issued for and marks it used.
 pub async fn redeem_link_token(
     conn: &mut AnyConnection,
     token: &str,
     used_by: &str,
 ) -> Result<Result<Account, TokenRejection>> {
-    let hash = secrets::hash_token(token);
+    let hash = secrets::token_lookup_hash(token);
     let now = now_ms();
     let claimed: Option<(String,)> = sqlx::query_as(
         "UPDATE link_tokens SET used_at = $1, used_by = $2

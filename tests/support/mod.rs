@@ -1,0 +1,563 @@
+//! Test support: a real Synapse on loopback with one appservice registration per test
+//! slot, mosaic-as processes, and people acting through the client-server API.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const SERVER_NAME: &str = "localhost";
+const SYNAPSE_PORT: u16 = 18448;
+const FIRST_AS_PORT: u16 = 29501;
+
+/// Every test that runs its own mosaic-as has a slot: its own registration, namespace,
+/// port and database, so tests run in parallel against one homeserver.
+pub const SLOTS: &[&str] = &[
+    "echo", "group", "link", "replay", "crash", "http", "rooms", "doctor",
+];
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn work_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("homeserver-tests")
+}
+
+pub fn homeserver_url() -> String {
+    format!("http://127.0.0.1:{SYNAPSE_PORT}")
+}
+
+/// One appservice registration and the config that goes with it.
+#[derive(Clone, Debug)]
+pub struct Slot {
+    pub name: &'static str,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub hs_token: String,
+    pub as_token: String,
+}
+
+impl Slot {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("mosaic-as.toml")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn bot(&self) -> String {
+        format!("@mosaic-{}-bot:{SERVER_NAME}", self.name)
+    }
+
+    pub fn agent(&self, id: &str) -> String {
+        format!("@mosaic_{}_agent_{id}:{SERVER_NAME}", self.name)
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.dir.join("mosaic-as.db")
+    }
+
+    fn write_config(&self) {
+        let text = format!(
+            r#"default_agent = "echo"
+[homeserver]
+url = "{hs}"
+server_name = "{SERVER_NAME}"
+[appservice]
+id = "mosaic-{name}"
+listen = "127.0.0.1:{port}"
+url = "http://127.0.0.1:{port}"
+as_token = "{as_token}"
+hs_token = "{hs_token}"
+max_body_bytes = 262144
+[database]
+url = "sqlite://mosaic-as.db"
+[linking]
+token_ttl_secs = {ttl}
+max_failed_attempts = 3
+attempt_window_secs = 600
+[bot]
+localpart = "mosaic-{name}-bot"
+display_name = "Mosaic"
+ghost_prefix = "mosaic_{name}_"
+alias_prefix = "mosaic-{name}-"
+[[agent]]
+id = "echo"
+display_name = "Echo"
+runtime = "echo"
+"#,
+            hs = homeserver_url(),
+            name = self.name,
+            port = self.port,
+            as_token = self.as_token,
+            hs_token = self.hs_token,
+            ttl = if self.name == "link" { 4 } else { 900 },
+        );
+        std::fs::create_dir_all(&self.dir).unwrap();
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+}
+
+pub struct Homeserver {
+    pub slots: Vec<Slot>,
+}
+
+static HOMESERVER: OnceLock<Homeserver> = OnceLock::new();
+
+/// The shared Synapse, installed and started on first use. A missing Synapse is an
+/// error, never a skipped test.
+pub fn homeserver() -> &'static Homeserver {
+    HOMESERVER.get_or_init(start_homeserver)
+}
+
+pub fn slot(name: &str) -> Slot {
+    homeserver()
+        .slots
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no slot {name}"))
+        .clone()
+}
+
+fn run_script(args: &[&str]) -> String {
+    let output = Command::new("bash")
+        .arg(repo().join("scripts/synapse.sh"))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("bash runs");
+    assert!(
+        output.status.success(),
+        "scripts/synapse.sh {args:?} failed; see its output above"
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn start_homeserver() -> Homeserver {
+    let dir = work_dir();
+    let synapse_dir = dir.join("synapse");
+    if synapse_dir.exists() {
+        run_script(&["stop", "--dir", synapse_dir.to_str().unwrap()]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    run_script(&["install"]);
+    let mut slots = Vec::new();
+    let mut registrations = Vec::new();
+    for (i, name) in SLOTS.iter().enumerate() {
+        let slot = Slot {
+            name,
+            dir: dir.join(name),
+            port: FIRST_AS_PORT + i as u16,
+            hs_token: format!("hs-{name}-{}", random_hex()),
+            as_token: format!("as-{name}-{}", random_hex()),
+        };
+        slot.write_config();
+        let yaml = mosaic(&slot, &["registration"]).expect_success();
+        let path = slot.dir.join("registration.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        registrations.push(path);
+        slots.push(slot);
+    }
+    let mut args = vec![
+        "start".to_string(),
+        "--dir".into(),
+        synapse_dir.to_str().unwrap().into(),
+        "--port".into(),
+        SYNAPSE_PORT.to_string(),
+        "--server-name".into(),
+        SERVER_NAME.into(),
+    ];
+    for path in &registrations {
+        args.push("--registration".into());
+        args.push(path.to_str().unwrap().into());
+    }
+    run_script(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    Homeserver { slots }
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).unwrap();
+    hex::encode(bytes)
+}
+
+/// Output of a finished `mosaic-as` command.
+pub struct Output {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn expect_success(self) -> String {
+        assert!(
+            self.status.success(),
+            "mosaic-as failed:\n{}\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self.stdout
+    }
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_mosaic-as")
+}
+
+/// Runs a `mosaic-as` command with the slot's config.
+pub fn mosaic(slot: &Slot, args: &[&str]) -> Output {
+    let output = Command::new(binary())
+        .arg("--config")
+        .arg(slot.config_path())
+        .args(args)
+        .env("MOSAIC_AS_LOG", "warn")
+        .output()
+        .expect("mosaic-as runs");
+    Output {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A running `mosaic-as serve`; killed when dropped.
+pub struct Service {
+    pub slot: Slot,
+    child: Option<Child>,
+}
+
+impl Service {
+    /// Starts the service and waits until it is ready (homeserver connected).
+    pub async fn start(slot: &Slot) -> Service {
+        let service = Self::spawn(slot, &[]);
+        service.wait_ready(true).await;
+        service
+    }
+
+    /// Starts the service with extra environment (e.g. a homeserver URL override) and
+    /// waits only for its HTTP server.
+    pub async fn start_with_env(slot: &Slot, env: &[(&str, &str)]) -> Service {
+        let service = Self::spawn(slot, env);
+        service.wait_ready(false).await;
+        service
+    }
+
+    fn spawn(slot: &Slot, env: &[(&str, &str)]) -> Service {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(slot.dir.join("serve.log"))
+            .unwrap();
+        let mut command = Command::new(binary());
+        command
+            .arg("--config")
+            .arg(slot.config_path())
+            .arg("serve")
+            .env("MOSAIC_AS_LOG", "info,mosaic_as=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Service {
+            slot: slot.clone(),
+            child: Some(command.spawn().expect("mosaic-as starts")),
+        }
+    }
+
+    async fn wait_ready(&self, homeserver_connected: bool) {
+        let path = if homeserver_connected {
+            "/ready"
+        } else {
+            "/health"
+        };
+        let url = format!("{}{path}", self.slot.url());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(response) = reqwest::get(&url).await
+                && response.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "mosaic-as ({}) not ready in 30 s; see {}",
+            self.slot.name,
+            self.slot.dir.join("serve.log").display()
+        );
+    }
+
+    /// SIGKILL: no shutdown, no flushing — a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A person on the homeserver, acting through the client-server API.
+pub struct Person {
+    pub user_id: String,
+    token: String,
+    http: reqwest::Client,
+    txn: std::sync::atomic::AtomicU64,
+}
+
+impl Person {
+    /// Registers (or reuses) `name` and logs in.
+    pub async fn new(name: &str) -> Person {
+        homeserver();
+        let synapse_dir = work_dir().join("synapse");
+        run_script(&[
+            "register-user",
+            "--dir",
+            synapse_dir.to_str().unwrap(),
+            "--port",
+            &SYNAPSE_PORT.to_string(),
+            "--user",
+            name,
+            "--password",
+            "secret-password",
+        ]);
+        let http = reqwest::Client::new();
+        let login: Value = http
+            .post(format!("{}/_matrix/client/v3/login", homeserver_url()))
+            .json(&json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": "secret-password"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Person {
+            user_id: login["user_id"].as_str().expect("login works").to_string(),
+            token: login["access_token"].as_str().unwrap().to_string(),
+            http,
+            txn: Default::default(),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/_matrix/client/v3{path}", homeserver_url());
+        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{path}: {status} {value}");
+        value
+    }
+
+    pub async fn create_room(&self, invite: &[&str], direct: bool) -> String {
+        let body = json!({"invite": invite, "is_direct": direct, "preset": "private_chat"});
+        let created = self
+            .call(reqwest::Method::POST, "/createRoom", Some(body))
+            .await;
+        created["room_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn invite(&self, room: &str, user: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/rooms/{}/invite", enc(room)),
+            Some(json!({"user_id": user})),
+        )
+        .await;
+    }
+
+    pub async fn join(&self, room: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/join/{}", enc(room)),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    /// Sends a message; returns its event id.
+    pub async fn send(&self, room: &str, content: Value) -> String {
+        let txn = self.txn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = format!(
+            "/rooms/{}/send/m.room.message/t{txn}-{}",
+            enc(room),
+            random_hex()
+        );
+        self.call(reqwest::Method::PUT, &path, Some(content)).await["event_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn say(&self, room: &str, body: &str) -> String {
+        self.send(room, json!({"msgtype": "m.text", "body": body}))
+            .await
+    }
+
+    /// The room's message events, oldest first.
+    pub async fn messages(&self, room: &str) -> Vec<Value> {
+        let page = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/rooms/{}/messages?dir=b&limit=200", enc(room)),
+                None,
+            )
+            .await;
+        let mut events: Vec<Value> = page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.message")
+            .cloned()
+            .collect();
+        events.reverse();
+        events
+    }
+
+    pub async fn joined_members(&self, room: &str) -> Vec<String> {
+        let members = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/rooms/{}/joined_members", enc(room)),
+                None,
+            )
+            .await;
+        members["joined"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    pub async fn state(&self, room: &str, event_type: &str) -> Value {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/rooms/{}/state/{event_type}/", enc(room)),
+            None,
+        )
+        .await
+    }
+
+    /// Rooms this person is invited to.
+    pub async fn invites(&self) -> Vec<String> {
+        let sync = self
+            .call(reqwest::Method::GET, "/sync?timeout=0", None)
+            .await;
+        sync["rooms"]["invite"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits until a message from `sender` satisfies `check`; returns it.
+    pub async fn wait_for(
+        &self,
+        room: &str,
+        sender: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(found) = self
+                .messages(room)
+                .await
+                .into_iter()
+                .find(|e| e["sender"] == sender && check(e))
+            {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no matching message from {sender} in {room} within 30 s: {:#?}",
+                self.messages(room).await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits for a message from `sender` that replies to `event_id`.
+    pub async fn wait_for_reply(&self, room: &str, sender: &str, event_id: &str) -> Value {
+        self.wait_for(room, sender, |e| reply_target(e) == Some(event_id))
+            .await
+    }
+
+    /// Waits until `user` has joined `room`.
+    pub async fn wait_for_member(&self, room: &str, user: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.joined_members(room).await.iter().any(|m| m == user) {
+            assert!(
+                Instant::now() < deadline,
+                "{user} did not join {room} within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The event a message replies to.
+pub fn reply_target(event: &Value) -> Option<&str> {
+    event["content"]["m.relates_to"]["m.in_reply_to"]["event_id"].as_str()
+}
+
+pub fn body(event: &Value) -> &str {
+    event["content"]["body"].as_str().unwrap_or_default()
+}
+
+fn enc(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
+}
+
+/// Pushes a transaction to mosaic-as the way a homeserver does.
+pub async fn push_transaction(slot: &Slot, txn_id: &str, events: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .put(format!(
+            "{}/_matrix/app/v1/transactions/{txn_id}",
+            slot.url()
+        ))
+        .bearer_auth(&slot.hs_token)
+        .json(&json!({ "events": events }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A client-format `m.room.message` event as a homeserver pushes it.
+pub fn message_event(room: &str, sender: &str, event_id: &str, body: &str) -> Value {
+    json!({
+        "type": "m.room.message",
+        "room_id": room,
+        "sender": sender,
+        "event_id": event_id,
+        "origin_server_ts": chrono_now_ms(),
+        "content": {"msgtype": "m.text", "body": body},
+        "unsigned": {"age": 1}
+    })
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+pub fn file_contains(path: &Path, needle: &str) -> bool {
+    std::fs::read(path)
+        .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        .unwrap_or(false)
+}
