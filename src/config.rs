@@ -13,8 +13,11 @@ pub const CONFIG_ENV: &str = "MOSAIC_AS_CONFIG";
 /// Default config file path.
 pub const DEFAULT_CONFIG_PATH: &str = "mosaic-as.toml";
 
+/// Sets one config value from an environment variable.
+type Setter = fn(&mut Config, String);
+
 /// Environment overrides: variable name, config key, setter.
-const ENV_OVERRIDES: &[(&str, &str, fn(&mut Config, String))] = &[
+const ENV_OVERRIDES: &[(&str, &str, Setter)] = &[
     ("MOSAIC_AS_AS_TOKEN", "appservice.as_token", |c, v| {
         c.appservice.as_token = v
     }),

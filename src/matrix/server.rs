@@ -61,7 +61,7 @@ pub fn router(state: ServerState) -> Router {
 }
 
 /// Checks the `hs_token`, given as `Authorization: Bearer` or `?access_token=`.
-fn authorize(config: &Config, headers: &HeaderMap, uri: &Uri) -> Result<(), Response> {
+fn authorize(config: &Config, headers: &HeaderMap, uri: &Uri) -> Result<(), Box<Response>> {
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -72,19 +72,16 @@ fn authorize(config: &Config, headers: &HeaderMap, uri: &Uri) -> Result<(), Resp
             .find(|(k, _)| k == "access_token")
             .map(|(_, v)| v.into_owned())
     });
-    match bearer.or(query) {
-        None => Err(matrix_error(
+    let denied = match bearer.or(query) {
+        Some(token) if constant_time_eq(&token, &config.appservice.hs_token) => return Ok(()),
+        Some(_) => matrix_error(StatusCode::FORBIDDEN, "M_FORBIDDEN", "invalid hs_token"),
+        None => matrix_error(
             StatusCode::UNAUTHORIZED,
             "M_MISSING_TOKEN",
             "missing hs_token",
-        )),
-        Some(token) if constant_time_eq(&token, &config.appservice.hs_token) => Ok(()),
-        Some(_) => Err(matrix_error(
-            StatusCode::FORBIDDEN,
-            "M_FORBIDDEN",
-            "invalid hs_token",
-        )),
-    }
+        ),
+    };
+    Err(Box::new(denied))
 }
 
 #[derive(Deserialize)]
@@ -102,7 +99,7 @@ async fn transaction(
 ) -> Response {
     let (parts, body) = request.into_parts();
     if let Err(denied) = authorize(&state.config, &parts.headers, &parts.uri) {
-        return denied;
+        return *denied;
     }
     let bytes = match read_body(body, state.config.appservice.max_body_bytes).await {
         Ok(bytes) => bytes,
@@ -231,7 +228,7 @@ async fn user_query(
     uri: Uri,
 ) -> Response {
     if let Err(denied) = authorize(&state.config, &headers, &uri) {
-        return denied;
+        return *denied;
     }
     let Ok(user) = ruma::OwnedUserId::try_from(user_id.as_str()) else {
         return matrix_error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "not a user id");
@@ -253,7 +250,7 @@ async fn user_query(
 /// Rooms are created from conversations, never on alias lookups.
 async fn room_query(State(state): State<ServerState>, headers: HeaderMap, uri: Uri) -> Response {
     if let Err(denied) = authorize(&state.config, &headers, &uri) {
-        return denied;
+        return *denied;
     }
     matrix_error(
         StatusCode::NOT_FOUND,
@@ -269,7 +266,7 @@ async fn ping(
     body: Body,
 ) -> Response {
     if let Err(denied) = authorize(&state.config, &headers, &uri) {
-        return denied;
+        return *denied;
     }
     let bytes = match read_body(body, 64 * 1024).await {
         Ok(bytes) => bytes,

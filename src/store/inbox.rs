@@ -1,6 +1,6 @@
 //! The durable transaction inbox: what the homeserver pushed, kept until processed.
 
-use sqlx::{AnyConnection, QueryBuilder};
+use sqlx::AnyConnection;
 
 use super::{Result, Store, now_ms};
 
@@ -30,14 +30,22 @@ pub async fn record_transaction(store: &Store, txn_id: &str, events: &[&str]) ->
         tx.rollback().await?;
         return Ok(false);
     }
-    // Multi-row inserts keep a 100-event transaction to a couple of statements.
+    // Multi-row inserts keep a 100-event transaction to one or two statements. The
+    // placeholders are numbered by hand: sqlx's Any driver writes `?`, which PostgreSQL
+    // does not accept.
     for chunk in events.chunks(200) {
-        let mut insert =
-            QueryBuilder::<sqlx::Any>::new("INSERT INTO inbox_events (txn_id, event) ");
-        insert.push_values(chunk, |mut row, event| {
-            row.push_bind(txn_id).push_bind(*event);
-        });
-        insert.build().execute(&mut *tx).await?;
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let sql = format!(
+            "INSERT INTO inbox_events (txn_id, event) VALUES {}",
+            rows.join(", ")
+        );
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for event in chunk {
+            insert = insert.bind(txn_id).bind(*event);
+        }
+        insert.execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(true)
