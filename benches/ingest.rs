@@ -1,0 +1,514 @@
+//! Ingest benchmark: how fast `mosaic-as serve` acknowledges homeserver transactions.
+//!
+//! It starts the real binary (`init` into a temporary directory, then `serve` on a free
+//! 127.0.0.1 port) with `homeserver.url` pointing at a closed loopback port, so no
+//! homeserver is needed: transactions are still stored durably in the inbox and answered,
+//! while processing of their events waits for the homeserver. It then pushes
+//! `PUT /_matrix/app/v1/transactions/{txnId}` requests of 100 `m.room.message` events each
+//! over loopback HTTP:
+//!
+//! - sequentially, one transaction at a time as a homeserver does (after a warm-up);
+//! - with several concurrent pushers, to show the headroom beyond one homeserver.
+//!
+//! For SQLite and then PostgreSQL it prints acknowledged events/s, transactions/s and the
+//! p50/p99 acknowledgement latency. PostgreSQL comes from `MOSAIC_BENCH_POSTGRES_URL`, or
+//! else from `scripts/postgres.sh ensure`; each run gets a fresh `mosaic_bench_<random>`
+//! database that is dropped afterwards. Without PostgreSQL only SQLite is measured.
+//!
+//! Run with:
+//!
+//! ```text
+//! cargo bench --bench ingest
+//! MOSAIC_BENCH_POSTGRES_URL=postgres://user:pass@127.0.0.1:5432/db cargo bench --bench ingest
+//! ```
+//!
+//! Figures depend heavily on the machine and its disk (every transaction is committed
+//! with an fsync); compare runs on the same box only.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use tempfile::TempDir;
+
+const EVENTS_PER_TXN: usize = 100;
+const WARMUP_TXNS: usize = 10;
+const MEASURED_TXNS: usize = 200;
+const CONCURRENT_PUSHERS: usize = 4;
+/// A phase stops pushing once it has run this long, and reports what it measured.
+const PHASE_BUDGET: Duration = Duration::from_secs(120);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+const SERVER_NAME: &str = "bench.localhost";
+const ROOMS: usize = 8;
+const SENDERS: usize = 25;
+/// Variables that would override the generated config in the child.
+const CHILD_ENV_OVERRIDES: &[&str] = &[
+    "MOSAIC_AS_CONFIG",
+    "MOSAIC_AS_AS_TOKEN",
+    "MOSAIC_AS_HS_TOKEN",
+    "MOSAIC_AS_DATABASE_URL",
+    "MOSAIC_AS_HOMESERVER_URL",
+];
+
+fn main() -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ingest benchmark failed: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    println!(
+        "mosaic-as ingest: {EVENTS_PER_TXN} m.room.message events per transaction, \
+         {WARMUP_TXNS} warm-up + {MEASURED_TXNS} measured transactions per phase, loopback HTTP"
+    );
+    bench_database("sqlite", "sqlite://mosaic-as.db").await?;
+    match postgres_base_url() {
+        Ok(base_url) => bench_postgres(&base_url).await?,
+        Err(error) => println!("postgres: unavailable, skipped ({error:#})"),
+    }
+    Ok(())
+}
+
+/// Runs both phases against one database URL and prints their figures.
+async fn bench_database(label: &str, database_url: &str) -> anyhow::Result<()> {
+    let client = http_client()?;
+    let mut server = Server::start(database_url)?;
+    let result = async {
+        server.wait_healthy(&client).await?;
+        let pusher = Pusher::new(&client, &server);
+        pusher.sequential(WARMUP_TXNS, "warmup").await?;
+        let sequential = pusher.sequential(MEASURED_TXNS, "seq").await?;
+        print_figures(label, "sequential", &sequential);
+        let concurrent = pusher
+            .concurrent(MEASURED_TXNS, CONCURRENT_PUSHERS, "conc")
+            .await?;
+        print_figures(
+            label,
+            &format!("{CONCURRENT_PUSHERS} concurrent"),
+            &concurrent,
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    let stopped = server.stop();
+    if result.is_err() {
+        server.print_log_tail();
+    }
+    result.and(stopped)
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL
+
+/// `MOSAIC_BENCH_POSTGRES_URL`, or the last stdout line of `scripts/postgres.sh ensure`.
+fn postgres_base_url() -> anyhow::Result<String> {
+    if let Some(url) = std::env::var("MOSAIC_BENCH_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        return Ok(url);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg("ensure")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !output.status.success() {
+        bail!("{} ensure exited with {}", script.display(), output.status);
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .map(str::to_string)
+        .context("scripts/postgres.sh ensure printed no URL")
+}
+
+/// Benchmarks PostgreSQL in a fresh database, dropped afterwards.
+async fn bench_postgres(base_url: &str) -> anyhow::Result<()> {
+    let name = format!("mosaic_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = match PgConnection::connect(base_url).await {
+        Ok(admin) => admin,
+        Err(error) => {
+            println!("postgres: unavailable, skipped (cannot connect: {error})");
+            return Ok(());
+        }
+    };
+    admin_sql(&mut admin, &format!("CREATE DATABASE {name}")).await?;
+    let result = bench_database("postgres", &database_url(base_url, &name)?).await;
+    // The server has stopped; FORCE (PostgreSQL 13+) only covers stray connections.
+    let dropped = match admin_sql(
+        &mut admin,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await
+    {
+        Ok(()) => Ok(()),
+        Err(_) => admin_sql(&mut admin, &format!("DROP DATABASE IF EXISTS {name}")).await,
+    };
+    let _ = admin.close().await;
+    result.and(dropped)
+}
+
+async fn admin_sql(conn: &mut PgConnection, sql: &str) -> anyhow::Result<()> {
+    sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+        .execute(&mut *conn)
+        .await
+        .with_context(|| format!("postgres: {sql}"))?;
+    Ok(())
+}
+
+/// `base_url` with its database replaced by `database`.
+fn database_url(base_url: &str, database: &str) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(base_url).context("bad PostgreSQL URL")?;
+    url.set_path(&format!("/{database}"));
+    Ok(url.to_string())
+}
+
+// ---------------------------------------------------------------------------------------
+// The server under test
+
+/// A running `mosaic-as serve` in its own temporary directory; killed when dropped.
+struct Server {
+    child: Child,
+    base_url: String,
+    hs_token: String,
+    log_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl Server {
+    fn start(database_url: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+        let listen = free_loopback_addr()?;
+        // Bound and released at once: nothing listens there, so the homeserver is down.
+        let homeserver = free_loopback_addr()?;
+        let status = mosaic_command()
+            .args(["init", "--server-name", SERVER_NAME])
+            .args(["--homeserver-url", &format!("http://{homeserver}")])
+            .args(["--listen", &listen.to_string()])
+            .args(["--database-url", database_url])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .status()
+            .context("cannot run mosaic-as init")?;
+        if !status.success() {
+            bail!("mosaic-as init exited with {status}");
+        }
+        let config_path = dir.path().join("mosaic-as.toml");
+        let hs_token = read_hs_token(&config_path)?;
+        let log_path = dir.path().join("serve.log");
+        let child = mosaic_command()
+            .arg("--config")
+            .arg(&config_path)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log_path)?)
+            .spawn()
+            .context("cannot start mosaic-as serve")?;
+        Ok(Self {
+            child,
+            base_url: format!("http://{listen}"),
+            hs_token,
+            log_path,
+            _dir: dir,
+        })
+    }
+
+    /// Polls `GET /health` until it answers 200.
+    async fn wait_healthy(&mut self, client: &reqwest::Client) -> anyhow::Result<()> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let url = format!("{}/health", self.base_url);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("mosaic-as serve exited during startup with {status}");
+            }
+            if let Ok(response) = client.get(&url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("mosaic-as serve did not answer {url} within {STARTUP_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; kills it when that takes too long.
+    fn stop(&mut self) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_some() {
+            bail!("mosaic-as serve had already exited");
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!("mosaic-as serve exited with {status}"))
+                };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        bail!("mosaic-as serve did not stop within {SHUTDOWN_TIMEOUT:?} of SIGTERM; killed")
+    }
+
+    fn print_log_tail(&self) {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!("--- last lines of the mosaic-as serve log ---");
+        for line in &lines[lines.len().saturating_sub(20)..] {
+            eprintln!("{line}");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The binary under test, with config overrides from our environment removed.
+fn mosaic_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mosaic-as"));
+    for name in CHILD_ENV_OVERRIDES {
+        command.env_remove(name);
+    }
+    command
+}
+
+fn read_hs_token(config_path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let table: toml::Table = text.parse().context("generated config is not TOML")?;
+    table
+        .get("appservice")
+        .and_then(|a| a.get("hs_token"))
+        .and_then(|t| t.as_str())
+        .map(str::to_string)
+        .context("generated config has no appservice.hs_token")
+}
+
+fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?)
+}
+
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .build()?)
+}
+
+// ---------------------------------------------------------------------------------------
+// Pushing transactions
+
+/// What one phase measured.
+struct Figures {
+    transactions: usize,
+    elapsed: Duration,
+    /// Per-transaction acknowledgement latencies, sorted.
+    latencies: Vec<Duration>,
+    stopped_early: bool,
+}
+
+/// Pushes transactions at one server, as its homeserver would.
+#[derive(Clone)]
+struct Pusher {
+    client: reqwest::Client,
+    transactions_url: String,
+    authorization: String,
+    /// Unique per server, so event and transaction ids never repeat.
+    run_id: String,
+}
+
+impl Pusher {
+    fn new(client: &reqwest::Client, server: &Server) -> Self {
+        Self {
+            client: client.clone(),
+            transactions_url: format!("{}/_matrix/app/v1/transactions", server.base_url),
+            authorization: format!("Bearer {}", server.hs_token),
+            run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+        }
+    }
+
+    /// `count` transactions, one at a time.
+    async fn sequential(&self, count: usize, phase: &str) -> anyhow::Result<Figures> {
+        self.concurrent(count, 1, phase).await
+    }
+
+    /// `count` transactions shared out over `pushers` concurrent senders.
+    async fn concurrent(
+        &self,
+        count: usize,
+        pushers: usize,
+        phase: &str,
+    ) -> anyhow::Result<Figures> {
+        let bodies: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
+            (0..count)
+                .map(|n| {
+                    let txn_id = format!("bench-{}-{phase}-{n}", self.run_id);
+                    let body = transaction_body(&txn_id);
+                    (txn_id, body)
+                })
+                .collect(),
+        );
+        let next = Arc::new(AtomicUsize::new(0));
+        let start = Instant::now();
+        let deadline = start + PHASE_BUDGET;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..pushers {
+            let (pusher, bodies, next) = (self.clone(), bodies.clone(), next.clone());
+            tasks.spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let Some((txn_id, body)) = bodies.get(next.fetch_add(1, Ordering::Relaxed))
+                    else {
+                        break;
+                    };
+                    latencies.push(pusher.push(txn_id, body.clone()).await?);
+                }
+                anyhow::Ok(latencies)
+            });
+        }
+        let mut latencies = Vec::with_capacity(count);
+        while let Some(joined) = tasks.join_next().await {
+            latencies.extend(joined??);
+        }
+        let elapsed = start.elapsed();
+        latencies.sort();
+        Ok(Figures {
+            transactions: latencies.len(),
+            elapsed,
+            stopped_early: latencies.len() < count,
+            latencies,
+        })
+    }
+
+    /// One `PUT`, timed until the 200 answer has been read.
+    async fn push(&self, txn_id: &str, body: Vec<u8>) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let response = self
+            .client
+            .put(format!("{}/{txn_id}", self.transactions_url))
+            .header(reqwest::header::AUTHORIZATION, &self.authorization)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("transaction {txn_id}"))?;
+        let status = response.status();
+        let answer = response.bytes().await?;
+        let latency = start.elapsed();
+        if !status.is_success() {
+            bail!(
+                "transaction {txn_id} answered {status}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        Ok(latency)
+    }
+}
+
+/// A transaction body of `EVENTS_PER_TXN` client-format `m.room.message` events.
+fn transaction_body(txn_id: &str) -> Vec<u8> {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let events: Vec<_> = (0..EVENTS_PER_TXN)
+        .map(|i| {
+            let age = 50 + (i as u64 * 7) % 900;
+            json!({
+                "type": "m.room.message",
+                "room_id": format!("!benchroom{}:{SERVER_NAME}", i % ROOMS),
+                "sender": format!("@user{}:{SERVER_NAME}", (i * 7) % SENDERS),
+                "event_id": event_id(),
+                "origin_server_ts": now_ms - age,
+                "content": {
+                    "msgtype": "m.text",
+                    "body": format!(
+                        "Message {i} of {txn_id}: could you summarise the discussion above \
+                         and list the open questions for tomorrow's meeting?"
+                    ),
+                },
+                "unsigned": { "age": age },
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({ "events": events })).expect("JSON")
+}
+
+/// A unique event id shaped like a room v4+ one: `$` and 43 URL-safe characters.
+fn event_id() -> String {
+    let a = uuid::Uuid::new_v4().simple().to_string();
+    let b = uuid::Uuid::new_v4().simple().to_string();
+    format!("${a}{}", &b[..11])
+}
+
+// ---------------------------------------------------------------------------------------
+// Reporting
+
+fn print_figures(database: &str, phase: &str, figures: &Figures) {
+    let seconds = figures.elapsed.as_secs_f64().max(f64::EPSILON);
+    let transactions_per_s = figures.transactions as f64 / seconds;
+    println!(
+        "{database:<9} {phase:<13} {:>8.0} events/s  {:>7.1} txn/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} txns in {:.2} s{})",
+        transactions_per_s * EVENTS_PER_TXN as f64,
+        transactions_per_s,
+        millis(percentile(&figures.latencies, 50.0)),
+        millis(percentile(&figures.latencies, 99.0)),
+        figures.transactions,
+        seconds,
+        if figures.stopped_early {
+            ", stopped at the time budget"
+        } else {
+            ""
+        },
+    );
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
