@@ -60,10 +60,7 @@ const CHILD_ENV_OVERRIDES: &[&str] = &[
 ];
 
 fn main() -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -96,14 +93,8 @@ async fn bench_database(label: &str, database_url: &str) -> anyhow::Result<()> {
         pusher.sequential(WARMUP_TXNS, "warmup").await?;
         let sequential = pusher.sequential(MEASURED_TXNS, "seq").await?;
         print_figures(label, "sequential", &sequential);
-        let concurrent = pusher
-            .concurrent(MEASURED_TXNS, CONCURRENT_PUSHERS, "conc")
-            .await?;
-        print_figures(
-            label,
-            &format!("{CONCURRENT_PUSHERS} concurrent"),
-            &concurrent,
-        );
+        let concurrent = pusher.concurrent(MEASURED_TXNS, CONCURRENT_PUSHERS, "conc").await?;
+        print_figures(label, &format!("{CONCURRENT_PUSHERS} concurrent"), &concurrent);
         anyhow::Ok(())
     }
     .await;
@@ -119,10 +110,7 @@ async fn bench_database(label: &str, database_url: &str) -> anyhow::Result<()> {
 
 /// `MOSAIC_BENCH_POSTGRES_URL`, or the last stdout line of `scripts/postgres.sh ensure`.
 fn postgres_base_url() -> anyhow::Result<String> {
-    if let Some(url) = std::env::var("MOSAIC_BENCH_POSTGRES_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    {
+    if let Some(url) = std::env::var("MOSAIC_BENCH_POSTGRES_URL").ok().filter(|u| !u.is_empty()) {
         return Ok(url);
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres.sh");
@@ -157,12 +145,7 @@ async fn bench_postgres(base_url: &str) -> anyhow::Result<()> {
     admin_sql(&mut admin, &format!("CREATE DATABASE {name}")).await?;
     let result = bench_database("postgres", &database_url(base_url, &name)?).await;
     // The server has stopped; FORCE (PostgreSQL 13+) only covers stray connections.
-    let dropped = match admin_sql(
-        &mut admin,
-        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-    )
-    .await
-    {
+    let dropped = match admin_sql(&mut admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await {
         Ok(()) => Ok(()),
         Err(_) => admin_sql(&mut admin, &format!("DROP DATABASE IF EXISTS {name}")).await,
     };
@@ -228,13 +211,7 @@ impl Server {
             .stderr(File::create(&log_path)?)
             .spawn()
             .context("cannot start mosaic-as serve")?;
-        Ok(Self {
-            child,
-            base_url: format!("http://{listen}"),
-            hs_token,
-            log_path,
-            _dir: dir,
-        })
+        Ok(Self { child, base_url: format!("http://{listen}"), hs_token, log_path, _dir: dir })
     }
 
     /// Polls `GET /health` until it answers 200.
@@ -262,9 +239,7 @@ impl Server {
         if self.child.try_wait()?.is_some() {
             bail!("mosaic-as serve had already exited");
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
@@ -310,8 +285,8 @@ fn mosaic_command() -> Command {
 }
 
 fn read_hs_token(config_path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(config_path)
-        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let text =
+        std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
     let table: toml::Table = text.parse().context("generated config is not TOML")?;
     table
         .get("appservice")
@@ -327,10 +302,7 @@ fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
 }
 
 fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .no_proxy()
-        .timeout(REQUEST_TIMEOUT)
-        .build()?)
+    Ok(reqwest::Client::builder().no_proxy().timeout(REQUEST_TIMEOUT).build()?)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -371,12 +343,7 @@ impl Pusher {
     }
 
     /// `count` transactions shared out over `pushers` concurrent senders.
-    async fn concurrent(
-        &self,
-        count: usize,
-        pushers: usize,
-        phase: &str,
-    ) -> anyhow::Result<Figures> {
+    async fn concurrent(&self, count: usize, pushers: usize, phase: &str) -> anyhow::Result<Figures> {
         let bodies: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
             (0..count)
                 .map(|n| {
@@ -395,8 +362,7 @@ impl Pusher {
             tasks.spawn(async move {
                 let mut latencies = Vec::new();
                 while Instant::now() < deadline {
-                    let Some((txn_id, body)) = bodies.get(next.fetch_add(1, Ordering::Relaxed))
-                    else {
+                    let Some((txn_id, body)) = bodies.get(next.fetch_add(1, Ordering::Relaxed)) else {
                         break;
                     };
                     latencies.push(pusher.push(txn_id, body.clone()).await?);
@@ -410,12 +376,7 @@ impl Pusher {
         }
         let elapsed = start.elapsed();
         latencies.sort();
-        Ok(Figures {
-            transactions: latencies.len(),
-            elapsed,
-            stopped_early: latencies.len() < count,
-            latencies,
-        })
+        Ok(Figures { transactions: latencies.len(), elapsed, stopped_early: latencies.len() < count, latencies })
     }
 
     /// One `PUT`, timed until the 200 answer has been read.
@@ -434,10 +395,7 @@ impl Pusher {
         let answer = response.bytes().await?;
         let latency = start.elapsed();
         if !status.is_success() {
-            bail!(
-                "transaction {txn_id} answered {status}: {}",
-                String::from_utf8_lossy(&answer)
-            );
+            bail!("transaction {txn_id} answered {status}: {}", String::from_utf8_lossy(&answer));
         }
         Ok(latency)
     }
@@ -445,9 +403,7 @@ impl Pusher {
 
 /// A transaction body of `EVENTS_PER_TXN` client-format `m.room.message` events.
 fn transaction_body(txn_id: &str) -> Vec<u8> {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let events: Vec<_> = (0..EVENTS_PER_TXN)
         .map(|i| {
             let age = 50 + (i as u64 * 7) % 900;
@@ -492,11 +448,7 @@ fn print_figures(database: &str, phase: &str, figures: &Figures) {
         millis(percentile(&figures.latencies, 99.0)),
         figures.transactions,
         seconds,
-        if figures.stopped_early {
-            ", stopped at the time budget"
-        } else {
-            ""
-        },
+        if figures.stopped_early { ", stopped at the time budget" } else { "" },
     );
 }
 

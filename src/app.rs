@@ -23,10 +23,7 @@ pub enum ServeError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
 }
@@ -59,22 +56,15 @@ impl Dispatcher {
             Err(error) => return JobOutcome::Failed(format!("bad send payload: {error}")),
         };
         let Some(adapter) = self.registry.get(&send.channel) else {
-            return JobOutcome::Retry {
-                error: format!("no adapter {:?} registered", send.channel),
-                after: None,
-            };
+            return JobOutcome::Retry { error: format!("no adapter {:?} registered", send.channel), after: None };
         };
         let message = crate::hub::reveal_secrets(&send.message, &self.secret_key);
         match adapter.send_message(&send.channel_id, &message).await {
             Ok(()) => JobOutcome::Done,
             Err(ChannelSendError::Terminal(error)) => JobOutcome::Failed(error),
-            Err(ChannelSendError::Transient {
-                message,
-                retry_after,
-            }) => JobOutcome::Retry {
-                error: message,
-                after: retry_after,
-            },
+            Err(ChannelSendError::Transient { message, retry_after }) => {
+                JobOutcome::Retry { error: message, after: retry_after }
+            }
         }
     }
 
@@ -97,10 +87,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let store = Store::open(&config.database.url).await?;
     let listener = TcpListener::bind(config.appservice.listen)
         .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.appservice.listen,
-            source,
-        })?;
+        .map_err(|source| ServeError::Bind { addr: config.appservice.listen, source })?;
     tracing::info!(listen = %config.appservice.listen, homeserver = config.homeserver.url, "mosaic-as starting");
 
     let wakers = Arc::new(Wakers::default());
@@ -120,10 +107,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         matrix: matrix.clone(),
         agents,
     });
-    for queue_name in [
-        queue::send_queue(matrix::CHANNEL),
-        queue::AGENT_QUEUE.to_string(),
-    ] {
+    for queue_name in [queue::send_queue(matrix::CHANNEL), queue::AGENT_QUEUE.to_string()] {
         tasks.spawn(queue::run_worker(
             store.clone(),
             queue_name,
@@ -132,12 +116,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             shutdown_rx.clone(),
         ));
     }
-    tasks.spawn(matrix::inbox::run(
-        store.clone(),
-        matrix.clone(),
-        inbox_wake.clone(),
-        shutdown_rx.clone(),
-    ));
+    tasks.spawn(matrix::inbox::run(store.clone(), matrix.clone(), inbox_wake.clone(), shutdown_rx.clone()));
 
     let state = server::ServerState {
         config: config.clone(),
@@ -170,9 +149,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             tokio::time::sleep(queue::backoff(attempt)).await;
             attempt += 1;
         }
-        connect_registry
-            .poll_health(crate::protocol::DEFAULT_HEALTH_INTERVAL)
-            .await;
+        connect_registry.poll_health(crate::protocol::DEFAULT_HEALTH_INTERVAL).await;
     });
 
     shutdown_signal().await;
@@ -181,9 +158,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     background.abort();
     while tasks.join_next().await.is_some() {}
     registry.disconnect_all().await;
-    let served = http
-        .await
-        .map_err(|e| ServeError::Http(std::io::Error::other(e)))?;
+    let served = http.await.map_err(|e| ServeError::Http(std::io::Error::other(e)))?;
     store.close().await;
     served.map_err(ServeError::Http)
 }

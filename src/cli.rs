@@ -15,13 +15,29 @@ use crate::matrix::registration::registration_yaml;
 use crate::secrets;
 use crate::store::{Store, accounts};
 
+/// `mosaic-as init`: where the homeserver is and where to write the files.
+#[derive(Debug, clap::Args)]
 pub struct InitOptions {
+    /// Client-server API URL of the homeserver, e.g. http://127.0.0.1:8008
+    #[arg(long)]
     pub homeserver_url: String,
+    /// The homeserver's server name (the part after ':' in user ids)
+    #[arg(long)]
     pub server_name: String,
+    /// Address mosaic-as listens on
+    #[arg(long, default_value_t = crate::config::default_listen())]
     pub listen: SocketAddr,
+    /// URL at which the homeserver reaches mosaic-as [default: http://<listen>]
+    #[arg(long)]
     pub appservice_url: Option<String>,
+    /// Database URL [default: sqlite://mosaic-as.db beside the config]
+    #[arg(long)]
     pub database_url: Option<String>,
+    /// Directory to write mosaic-as.toml and registration.yaml into
+    #[arg(long, default_value = ".")]
     pub dir: PathBuf,
+    /// Overwrite existing files (and their tokens)
+    #[arg(long)]
     pub force: bool,
 }
 
@@ -31,29 +47,16 @@ pub fn init(options: &InitOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
     let registration_path = options.dir.join("registration.yaml");
     for path in [&config_path, &registration_path] {
         if path.exists() && !options.force {
-            bail!(
-                "{} already exists; pass --force to overwrite it (this replaces its tokens)",
-                path.display()
-            );
+            bail!("{} already exists; pass --force to overwrite it (this replaces its tokens)", path.display());
         }
     }
-    std::fs::create_dir_all(&options.dir)
-        .with_context(|| format!("cannot create {}", options.dir.display()))?;
-    let appservice_url = options
-        .appservice_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", options.listen));
-    let database_url = options
-        .database_url
-        .clone()
-        .unwrap_or_else(|| "sqlite://mosaic-as.db".into());
+    std::fs::create_dir_all(&options.dir).with_context(|| format!("cannot create {}", options.dir.display()))?;
+    let appservice_url = options.appservice_url.clone().unwrap_or_else(|| format!("http://{}", options.listen));
+    let database_url = options.database_url.clone().unwrap_or_else(|| "sqlite://mosaic-as.db".into());
     let text = config_template(options, &appservice_url, &database_url);
-    let config = Config::parse(&text).map_err(|(key, message)| {
-        anyhow::anyhow!("generated config is invalid at {key}: {message}")
-    })?;
-    config
-        .validate()
-        .map_err(|(key, message)| anyhow::anyhow!("{key}: {message}"))?;
+    let config = Config::parse(&text)
+        .map_err(|(key, message)| anyhow::anyhow!("generated config is invalid at {key}: {message}"))?;
+    config.validate().map_err(|(key, message)| anyhow::anyhow!("{key}: {message}"))?;
     write_private(&config_path, &text)?;
     write_private(&registration_path, &registration_yaml(&config))?;
     Ok((config_path, registration_path))
@@ -115,11 +118,8 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     open.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
-    let mut file = open
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mut file = open.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -152,47 +152,29 @@ pub struct Check {
 pub async fn doctor(config: &Config) -> Vec<Check> {
     let mut checks = Vec::new();
     let database = match Store::connect(&config.database.url).await {
-        Ok(store) => store
-            .ping()
-            .await
-            .map(|_| "database reachable".to_string())
-            .map_err(|e| e.to_string()),
+        Ok(store) => store.ping().await.map(|_| "database reachable".to_string()).map_err(|e| e.to_string()),
         Err(error) => Err(error.to_string()),
     };
     checks.push(Check {
         name: "database",
-        result: database.map_err(|e| format!("{e} — fix: check database.url (or MOSAIC_AS_DATABASE_URL) and that the database server runs")),
+        result: database.map_err(|e| {
+            format!("{e} — fix: check database.url (or MOSAIC_AS_DATABASE_URL) and that the database server runs")
+        }),
     });
 
-    let versions_url = format!(
-        "{}/_matrix/client/versions",
-        config.homeserver.url.trim_end_matches('/')
-    );
-    let reachable = match reqwest::Client::new()
-        .get(&versions_url)
-        .timeout(std::time::Duration::from_secs(5))
-        .send()
-        .await
-    {
-        Ok(response) if response.status().is_success() => {
-            Ok(format!("homeserver reachable at {}", config.homeserver.url))
-        }
-        Ok(response) => Err(format!(
-            "{} answered {}",
-            config.homeserver.url,
-            response.status()
-        )),
-        Err(error) => Err(format!(
-            "cannot reach {}: {}",
-            config.homeserver.url,
-            error.without_url()
-        )),
-    };
+    let versions_url = format!("{}/_matrix/client/versions", config.homeserver.url.trim_end_matches('/'));
+    let reachable =
+        match reqwest::Client::new().get(&versions_url).timeout(std::time::Duration::from_secs(5)).send().await {
+            Ok(response) if response.status().is_success() => {
+                Ok(format!("homeserver reachable at {}", config.homeserver.url))
+            }
+            Ok(response) => Err(format!("{} answered {}", config.homeserver.url, response.status())),
+            Err(error) => Err(format!("cannot reach {}: {}", config.homeserver.url, error.without_url())),
+        };
     let homeserver_up = reachable.is_ok();
     checks.push(Check {
         name: "homeserver",
-        result: reachable
-            .map_err(|e| format!("{e} — fix: start the homeserver or correct homeserver.url")),
+        result: reachable.map_err(|e| format!("{e} — fix: start the homeserver or correct homeserver.url")),
     });
     if !homeserver_up {
         return checks;
@@ -211,10 +193,7 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
         )),
     };
     let token_ok = token.is_ok();
-    checks.push(Check {
-        name: "as_token",
-        result: token,
-    });
+    checks.push(Check { name: "as_token", result: token });
     if !token_ok {
         return checks;
     }
@@ -232,30 +211,20 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
             config.appservice.url
         )),
     };
-    checks.push(Check {
-        name: "ping",
-        result: ping_result,
-    });
+    checks.push(Check { name: "ping", result: ping_result });
     checks
 }
 
 /// Issues a link token for the account named `name`, creating it with `create`.
-pub async fn link_token(
-    config: &Config,
-    name: &str,
-    create: bool,
-) -> anyhow::Result<(String, bool)> {
-    let store = Store::open(&config.database.url)
-        .await
-        .context("cannot open the database")?;
+pub async fn link_token(config: &Config, name: &str, create: bool) -> anyhow::Result<(String, bool)> {
+    let store = Store::open(&config.database.url).await.context("cannot open the database")?;
     let mut tx = store.begin_write().await?;
     let (account, created) = match accounts::account_by_name(&mut tx, name).await? {
         Some(account) => (account, false),
         None if create => (accounts::create_account(&mut tx, name, None).await?, true),
         None => bail!("no account named {name:?}; pass --create to create it"),
     };
-    let token =
-        accounts::issue_link_token(&mut tx, &account.id, config.linking.token_ttl_secs).await?;
+    let token = accounts::issue_link_token(&mut tx, &account.id, config.linking.token_ttl_secs).await?;
     tx.commit().await?;
     store.close().await;
     Ok((token, created))

@@ -18,18 +18,10 @@ type Setter = fn(&mut Config, String);
 
 /// Environment overrides: variable name, config key, setter.
 const ENV_OVERRIDES: &[(&str, &str, Setter)] = &[
-    ("MOSAIC_AS_AS_TOKEN", "appservice.as_token", |c, v| {
-        c.appservice.as_token = v
-    }),
-    ("MOSAIC_AS_HS_TOKEN", "appservice.hs_token", |c, v| {
-        c.appservice.hs_token = v
-    }),
-    ("MOSAIC_AS_DATABASE_URL", "database.url", |c, v| {
-        c.database.url = v
-    }),
-    ("MOSAIC_AS_HOMESERVER_URL", "homeserver.url", |c, v| {
-        c.homeserver.url = v
-    }),
+    ("MOSAIC_AS_AS_TOKEN", "appservice.as_token", |c, v| c.appservice.as_token = v),
+    ("MOSAIC_AS_HS_TOKEN", "appservice.hs_token", |c, v| c.appservice.hs_token = v),
+    ("MOSAIC_AS_DATABASE_URL", "database.url", |c, v| c.database.url = v),
+    ("MOSAIC_AS_HOMESERVER_URL", "homeserver.url", |c, v| c.homeserver.url = v),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -39,16 +31,9 @@ pub enum ConfigError {
     )]
     NotFound { path: PathBuf },
     #[error("config file {path}: cannot read it: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: key `{key}`: {message}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
+    Invalid { path: PathBuf, key: String, message: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,9 +95,7 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self {
-            url: default_database_url(),
-        }
+        Self { url: default_database_url() }
     }
 }
 
@@ -181,9 +164,7 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     pub fn display_name(&self) -> String {
-        self.display_name
-            .clone()
-            .unwrap_or_else(|| capitalize(&self.id))
+        self.display_name.clone().unwrap_or_else(|| capitalize(&self.id))
     }
 }
 
@@ -235,11 +216,7 @@ fn default_runtime() -> String {
     "echo".into()
 }
 fn default_agents() -> Vec<AgentConfig> {
-    vec![AgentConfig {
-        id: "echo".into(),
-        display_name: Some("Echo".into()),
-        runtime: "echo".into(),
-    }]
+    vec![AgentConfig { id: "echo".into(), display_name: Some("Echo".into()), runtime: "echo".into() }]
 }
 
 /// Picks the config path: `--config`, then `MOSAIC_AS_CONFIG`, then `./mosaic-as.toml`.
@@ -252,13 +229,8 @@ impl Config {
     /// Reads, applies environment overrides, and validates the config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => ConfigError::NotFound {
-                path: path.to_owned(),
-            },
-            _ => ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            },
+            std::io::ErrorKind::NotFound => ConfigError::NotFound { path: path.to_owned() },
+            _ => ConfigError::Read { path: path.to_owned(), source },
         })?;
         let mut config = Self::parse(&text).map_err(|(key, message)| ConfigError::Invalid {
             path: path.to_owned(),
@@ -267,31 +239,22 @@ impl Config {
         })?;
         config.apply_env(|name| std::env::var(name).ok());
         config.resolve_relative_paths(path.parent().unwrap_or(Path::new(".")));
-        config
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                path: path.to_owned(),
-                key: key.into(),
-                message,
-            })?;
+        config.validate().map_err(|(key, message)| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.into(),
+            message,
+        })?;
         Ok(config)
     }
 
     /// Parses TOML text, reporting the dotted key path of the first problem.
     pub fn parse(text: &str) -> Result<Self, (String, String)> {
-        let deserializer = toml::Deserializer::parse(text)
-            .map_err(|e| ("(syntax)".to_string(), e.to_string().trim().to_string()))?;
+        let deserializer =
+            toml::Deserializer::parse(text).map_err(|e| ("(syntax)".to_string(), e.to_string().trim().to_string()))?;
         serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
             let message = e.into_inner().message().trim().to_string();
-            (
-                if key == "." {
-                    "(top level)".into()
-                } else {
-                    key
-                },
-                message,
-            )
+            (if key == "." { "(top level)".into() } else { key }, message)
         })
     }
 
@@ -307,9 +270,7 @@ impl Config {
     /// directory, so that `serve` finds the same database wherever it is started.
     fn resolve_relative_paths(&mut self, base: &Path) {
         if let Some(rest) = self.database.url.strip_prefix("sqlite://") {
-            let (file, query) = rest
-                .split_once('?')
-                .map_or((rest, None), |(f, q)| (f, Some(q)));
+            let (file, query) = rest.split_once('?').map_or((rest, None), |(f, q)| (f, Some(q)));
             let file_path = Path::new(file);
             if !file.is_empty() && file_path.is_relative() && !file.starts_with(':') {
                 let absolute = base.join(file_path);
@@ -322,42 +283,29 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        let env_hint =
-            |var: &str| format!("set it in the file or in the environment variable {var}");
+        let env_hint = |var: &str| format!("set it in the file or in the environment variable {var}");
         if self.appservice.as_token.len() < 16 {
             return Err((
                 "appservice.as_token",
-                format!(
-                    "expected a random token of at least 16 characters; {}",
-                    env_hint("MOSAIC_AS_AS_TOKEN")
-                ),
+                format!("expected a random token of at least 16 characters; {}", env_hint("MOSAIC_AS_AS_TOKEN")),
             ));
         }
         if self.appservice.hs_token.len() < 16 {
             return Err((
                 "appservice.hs_token",
-                format!(
-                    "expected a random token of at least 16 characters; {}",
-                    env_hint("MOSAIC_AS_HS_TOKEN")
-                ),
+                format!("expected a random token of at least 16 characters; {}", env_hint("MOSAIC_AS_HS_TOKEN")),
             ));
         }
         if url::Url::parse(&self.homeserver.url).is_err() {
             return Err((
                 "homeserver.url",
-                format!(
-                    "expected a URL like http://127.0.0.1:8008, got {:?}",
-                    self.homeserver.url
-                ),
+                format!("expected a URL like http://127.0.0.1:8008, got {:?}", self.homeserver.url),
             ));
         }
         if url::Url::parse(&self.appservice.url).is_err() {
             return Err((
                 "appservice.url",
-                format!(
-                    "expected a URL like http://127.0.0.1:29330, got {:?}",
-                    self.appservice.url
-                ),
+                format!("expected a URL like http://127.0.0.1:29330, got {:?}", self.appservice.url),
             ));
         }
         if self.homeserver.server_name.is_empty() || self.homeserver.server_name.contains('/') {
@@ -370,30 +318,19 @@ impl Config {
             || self.database.url.starts_with("postgres://")
             || self.database.url.starts_with("postgresql://"))
         {
-            return Err((
-                "database.url",
-                "expected sqlite://FILE or postgres://USER@HOST/DB".into(),
-            ));
+            return Err(("database.url", "expected sqlite://FILE or postgres://USER@HOST/DB".into()));
         }
         for localpart in [&self.bot.localpart, &self.bot.ghost_prefix] {
             if !is_localpart(localpart) {
                 return Err((
                     "bot",
-                    format!(
-                        "{localpart:?} is not a valid Matrix localpart (lowercase a-z, 0-9, ._=-/)"
-                    ),
+                    format!("{localpart:?} is not a valid Matrix localpart (lowercase a-z, 0-9, ._=-/)"),
                 ));
             }
         }
         for agent in &self.agents {
             if !is_localpart(&agent.id) || agent.id.is_empty() {
-                return Err((
-                    "agent.id",
-                    format!(
-                        "{:?} is not a valid agent id (lowercase a-z, 0-9, ._=-)",
-                        agent.id
-                    ),
-                ));
+                return Err(("agent.id", format!("{:?} is not a valid agent id (lowercase a-z, 0-9, ._=-)", agent.id)));
             }
             if !crate::agents::RUNTIMES.contains(&agent.runtime.as_str()) {
                 return Err((
@@ -410,10 +347,7 @@ impl Config {
         if !self.agents.iter().any(|a| a.id == self.default_agent) {
             return Err((
                 "default_agent",
-                format!(
-                    "{:?} is not the id of any [[agent]] in the file",
-                    self.default_agent
-                ),
+                format!("{:?} is not the id of any [[agent]] in the file", self.default_agent),
             ));
         }
         Ok(())
@@ -425,8 +359,7 @@ impl Config {
 }
 
 fn is_localpart(s: &str) -> bool {
-    s.chars()
-        .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/'))
+    s.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/'))
 }
 
 #[cfg(test)]
@@ -456,10 +389,7 @@ mod tests {
 
     #[test]
     fn a_wrong_value_names_its_key() {
-        let text = MINIMAL.replace(
-            "url = \"http://127.0.0.1:29330\"",
-            "url = \"x\"\nlisten = \"nonsense\"",
-        );
+        let text = MINIMAL.replace("url = \"http://127.0.0.1:29330\"", "url = \"x\"\nlisten = \"nonsense\"");
         let (key, message) = Config::parse(&text).unwrap_err();
         assert_eq!(key, "appservice.listen");
         assert!(message.contains("socket address"), "{message}");
@@ -468,9 +398,7 @@ mod tests {
     #[test]
     fn environment_overrides_secrets() {
         let mut config = Config::parse(MINIMAL).unwrap();
-        config.apply_env(|name| {
-            (name == "MOSAIC_AS_HS_TOKEN").then(|| "from-the-environment".to_string())
-        });
+        config.apply_env(|name| (name == "MOSAIC_AS_HS_TOKEN").then(|| "from-the-environment".to_string()));
         assert_eq!(config.appservice.hs_token, "from-the-environment");
         assert_eq!(config.appservice.as_token, "aaaaaaaaaaaaaaaaaaaa");
     }

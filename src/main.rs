@@ -1,4 +1,3 @@
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,29 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Write a new config and registration with fresh random tokens.
-    Init {
-        /// Client-server API URL of the homeserver, e.g. http://127.0.0.1:8008
-        #[arg(long)]
-        homeserver_url: String,
-        /// The homeserver's server name (the part after ':' in user ids)
-        #[arg(long)]
-        server_name: String,
-        /// Address mosaic-as listens on
-        #[arg(long, default_value_t = config::default_listen())]
-        listen: SocketAddr,
-        /// URL at which the homeserver reaches mosaic-as [default: http://<listen>]
-        #[arg(long)]
-        appservice_url: Option<String>,
-        /// Database URL [default: sqlite://mosaic-as.db beside the config]
-        #[arg(long)]
-        database_url: Option<String>,
-        /// Directory to write mosaic-as.toml and registration.yaml into
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
-        /// Overwrite existing files (and their tokens)
-        #[arg(long)]
-        force: bool,
-    },
+    Init(InitOptions),
     /// Print the registration YAML for the homeserver.
     Registration,
     /// Run the appservice.
@@ -70,9 +47,7 @@ enum Command {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MOSAIC_AS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("MOSAIC_AS_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {
@@ -99,39 +74,15 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Init {
-            homeserver_url,
-            server_name,
-            listen,
-            appservice_url,
-            database_url,
-            dir,
-            force,
-        } => {
-            let options = InitOptions {
-                homeserver_url,
-                server_name,
-                listen,
-                appservice_url,
-                database_url,
-                dir,
-                force,
-            };
+        Command::Init(options) => {
             let (config_path, registration_path) = cli::init(&options)?;
-            print!(
-                "{}",
-                cli::next_steps(&config_path, &registration_path, &options.server_name)
-            );
+            print!("{}", cli::next_steps(&config_path, &registration_path, &options.server_name));
         }
         Command::Registration => print!("{}", registration_yaml(&load(cli.config)?)),
         Command::Serve => mosaic_as::app::serve(load(cli.config)?).await?,
         Command::Migrate => {
             let config = load(cli.config)?;
-            Store::open(&config.database.url)
-                .await
-                .context("migration failed")?
-                .close()
-                .await;
+            Store::open(&config.database.url).await.context("migration failed")?.close().await;
             println!("database schema is up to date");
         }
         Command::Doctor => {
@@ -146,11 +97,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            return Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            });
+            return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
         }
         Command::LinkToken { account, create } => {
             let config = load(cli.config)?;

@@ -58,12 +58,7 @@ impl Wakers {
     }
 
     fn for_queue(&self, queue: &str) -> Arc<Notify> {
-        self.queues
-            .lock()
-            .expect("wakers lock")
-            .entry(queue.to_string())
-            .or_default()
-            .clone()
+        self.queues.lock().expect("wakers lock").entry(queue.to_string()).or_default().clone()
     }
 }
 
@@ -75,8 +70,7 @@ pub async fn enqueue<T: Serialize>(
     kind: &str,
     payload: &T,
 ) -> store::Result<bool> {
-    let payload =
-        serde_json::to_string(payload).map_err(|e| store::StoreError::Corrupt(e.to_string()))?;
+    let payload = serde_json::to_string(payload).map_err(|e| store::StoreError::Corrupt(e.to_string()))?;
     outbox::enqueue(conn, queue, dedupe_key, kind, &payload).await
 }
 

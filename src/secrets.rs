@@ -38,8 +38,7 @@ pub fn token_lookup_hash(given: &str) -> String {
 /// without the token ever being written to the database.
 pub fn derived_token(key: &str, label: &str) -> String {
     use hmac::{KeyInit, Mac};
-    let mut mac =
-        hmac::Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
     mac.update(label.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }

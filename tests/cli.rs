@@ -3,11 +3,8 @@
 use std::process::Command;
 
 fn mosaic(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_mosaic-as"))
-        .args(args)
-        .env("MOSAIC_AS_LOG", "warn")
-        .output()
-        .unwrap();
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_mosaic-as")).args(args).env("MOSAIC_AS_LOG", "warn").output().unwrap();
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -16,14 +13,7 @@ fn mosaic(args: &[&str]) -> (bool, String, String) {
 }
 
 fn init(dir: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
-    let mut args = vec![
-        "init",
-        "--homeserver-url",
-        "http://127.0.0.1:8008",
-        "--server-name",
-        "example.org",
-        "--dir",
-    ];
+    let mut args = vec!["init", "--homeserver-url", "http://127.0.0.1:8008", "--server-name", "example.org", "--dir"];
     args.push(dir.to_str().unwrap());
     args.extend_from_slice(extra);
     mosaic(&args)
@@ -34,34 +24,20 @@ fn init_writes_config_and_registration_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, out, err) = init(dir.path(), &[]);
     assert!(ok, "{out}{err}");
-    assert!(
-        out.contains("register-appservice") && out.contains("app_service_config_files"),
-        "{out}"
-    );
+    assert!(out.contains("register-appservice") && out.contains("app_service_config_files"), "{out}");
     let config = std::fs::read_to_string(dir.path().join("mosaic-as.toml")).unwrap();
-    assert!(
-        config.contains("listen = \"127.0.0.1:29330\"") && config.contains("runtime = \"echo\"")
-    );
+    assert!(config.contains("listen = \"127.0.0.1:29330\"") && config.contains("runtime = \"echo\""));
     let registration = std::fs::read_to_string(dir.path().join("registration.yaml")).unwrap();
-    assert!(
-        registration.contains("url: http://127.0.0.1:29330"),
-        "{registration}"
-    );
+    assert!(registration.contains("url: http://127.0.0.1:29330"), "{registration}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("mosaic-as.toml"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.path().join("mosaic-as.toml")).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "the config holds secrets and is private");
     }
 
     let (ok, _, err) = init(dir.path(), &[]);
-    assert!(
-        !ok && err.contains("already exists") && err.contains("--force"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("already exists") && err.contains("--force"), "{err}");
     let (ok, _, _) = init(dir.path(), &["--force"]);
     assert!(ok);
     let replaced = std::fs::read_to_string(dir.path().join("mosaic-as.toml")).unwrap();
@@ -70,10 +46,7 @@ fn init_writes_config_and_registration_and_refuses_to_overwrite() {
     let config_path = dir.path().join("mosaic-as.toml");
     let (ok, printed, _) = mosaic(&["--config", config_path.to_str().unwrap(), "registration"]);
     assert!(ok);
-    assert_eq!(
-        printed,
-        std::fs::read_to_string(dir.path().join("registration.yaml")).unwrap()
-    );
+    assert_eq!(printed, std::fs::read_to_string(dir.path().join("registration.yaml")).unwrap());
 }
 
 #[test]
@@ -81,24 +54,18 @@ fn config_errors_name_the_file_the_key_and_what_is_expected() {
     let dir = tempfile::tempdir().unwrap();
     init(dir.path(), &[]);
     let path = dir.path().join("mosaic-as.toml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("listen = \"127.0.0.1:29330\"", "listen = \"everywhere\"");
+    let text =
+        std::fs::read_to_string(&path).unwrap().replace("listen = \"127.0.0.1:29330\"", "listen = \"everywhere\"");
     std::fs::write(&path, text).unwrap();
     let (ok, _, err) = mosaic(&["--config", path.to_str().unwrap(), "registration"]);
     assert!(!ok);
     assert!(
-        err.contains(path.to_str().unwrap())
-            && err.contains("appservice.listen")
-            && err.contains("socket address"),
+        err.contains(path.to_str().unwrap()) && err.contains("appservice.listen") && err.contains("socket address"),
         "{err}"
     );
 
     let (ok, _, err) = mosaic(&["--config", "/nonexistent/mosaic-as.toml", "serve"]);
-    assert!(
-        !ok && err.contains("not found") && err.contains("mosaic-as init"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("not found") && err.contains("mosaic-as init"), "{err}");
 }
 
 #[test]
@@ -111,9 +78,7 @@ fn secrets_can_come_from_the_environment() {
         .env("MOSAIC_AS_HS_TOKEN", "hs-token-from-the-environment")
         .output()
         .unwrap();
-    assert!(
-        String::from_utf8_lossy(&output.stdout).contains("hs_token: hs-token-from-the-environment")
-    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("hs_token: hs-token-from-the-environment"));
 }
 
 #[test]

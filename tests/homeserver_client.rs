@@ -11,9 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::{post, put};
 use mosaic_as::config::Config;
 use mosaic_as::matrix::MatrixAdapter;
-use mosaic_as::protocol::{
-    ChannelAdapter, ChannelMessage, ChannelSendError, ContentType, SenderType,
-};
+use mosaic_as::protocol::{ChannelAdapter, ChannelMessage, ChannelSendError, ContentType, SenderType};
 use mosaic_as::store::Store;
 use serde_json::json;
 
@@ -28,10 +26,7 @@ struct Script {
 
 type Shared = Arc<Mutex<Script>>;
 
-async fn register(
-    State(script): State<Shared>,
-    body: axum::Json<serde_json::Value>,
-) -> impl IntoResponse {
+async fn register(State(script): State<Shared>, body: axum::Json<serde_json::Value>) -> impl IntoResponse {
     let name = body["username"].as_str().unwrap_or_default().to_string();
     script.lock().unwrap().registered.push(name.clone());
     axum::Json(json!({"user_id": format!("@{name}:test")}))
@@ -47,29 +42,18 @@ async fn send(
     RawQuery(query): RawQuery,
 ) -> impl IntoResponse {
     let mut script = script.lock().unwrap();
-    script
-        .sends
-        .push((txn, query.unwrap_or_default(), Instant::now()));
-    let (status, body) = if script.answers.is_empty() {
-        (200, json!({"event_id": "$sent"}))
-    } else {
-        script.answers.remove(0)
-    };
+    script.sends.push((txn, query.unwrap_or_default(), Instant::now()));
+    let (status, body) =
+        if script.answers.is_empty() { (200, json!({"event_id": "$sent"})) } else { script.answers.remove(0) };
     (StatusCode::from_u16(status).unwrap(), axum::Json(body))
 }
 
 async fn fake_homeserver(answers: Vec<(u16, serde_json::Value)>) -> (String, Shared) {
-    let script: Shared = Arc::new(Mutex::new(Script {
-        answers,
-        ..Default::default()
-    }));
+    let script: Shared = Arc::new(Mutex::new(Script { answers, ..Default::default() }));
     let app = Router::new()
         .route("/_matrix/client/v3/register", post(register))
         .route("/_matrix/client/v3/profile/{user}/{field}", put(profile))
-        .route(
-            "/_matrix/client/v3/rooms/{room}/send/{kind}/{txn}",
-            put(send),
-        )
+        .route("/_matrix/client/v3/rooms/{room}/send/{kind}/{txn}", put(send))
         .with_state(script.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -99,80 +83,43 @@ async fn adapter(homeserver: &str) -> (MatrixAdapter, tempfile::TempDir) {
 }
 
 fn agent_message() -> ChannelMessage {
-    ChannelMessage::new(
-        "!room:test",
-        "echo",
-        SenderType::Agent,
-        "hello",
-        ContentType::Text,
-    )
+    ChannelMessage::new("!room:test", "echo", SenderType::Agent, "hello", ContentType::Text)
 }
 
 #[tokio::test]
 async fn rate_limits_and_server_errors_are_waited_out_with_one_transaction_id() {
     let (url, script) = fake_homeserver(vec![
-        (
-            429,
-            json!({"errcode": "M_LIMIT_EXCEEDED", "error": "slow down", "retry_after_ms": 700}),
-        ),
+        (429, json!({"errcode": "M_LIMIT_EXCEEDED", "error": "slow down", "retry_after_ms": 700})),
         (502, json!({"errcode": "M_UNKNOWN", "error": "bad gateway"})),
     ])
     .await;
     let (adapter, _dir) = adapter(&url).await;
-    adapter
-        .send_message("!room:test", &agent_message())
-        .await
-        .unwrap();
+    adapter.send_message("!room:test", &agent_message()).await.unwrap();
 
     let script = script.lock().unwrap();
-    assert_eq!(
-        script.registered,
-        vec!["mosaic_agent_echo"],
-        "the ghost is registered before it speaks"
-    );
+    assert_eq!(script.registered, vec!["mosaic_agent_echo"], "the ghost is registered before it speaks");
     assert_eq!(script.sends.len(), 3);
     let txn_ids: Vec<&String> = script.sends.iter().map(|(txn, _, _)| txn).collect();
+    assert!(txn_ids.iter().all(|t| *t == txn_ids[0]), "every try reuses the transaction id: {txn_ids:?}");
     assert!(
-        txn_ids.iter().all(|t| *t == txn_ids[0]),
-        "every try reuses the transaction id: {txn_ids:?}"
-    );
-    assert!(
-        script.sends[0]
-            .1
-            .contains("user_id=%40mosaic_agent_echo%3Atest"),
+        script.sends[0].1.contains("user_id=%40mosaic_agent_echo%3Atest"),
         "sent as the agent: {}",
         script.sends[0].1
     );
     let waited = script.sends[1].2 - script.sends[0].2;
-    assert!(
-        waited >= Duration::from_millis(700),
-        "retry_after_ms was not obeyed: {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(700), "retry_after_ms was not obeyed: {waited:?}");
 }
 
 #[tokio::test]
 async fn a_refused_send_is_terminal_and_a_lasting_outage_is_transient() {
-    let (url, _script) =
-        fake_homeserver(vec![(400, json!({"errcode": "M_BAD_JSON", "error": "no"}))]).await;
+    let (url, _script) = fake_homeserver(vec![(400, json!({"errcode": "M_BAD_JSON", "error": "no"}))]).await;
     let (adapter, _dir) = adapter(&url).await;
-    let refused = adapter
-        .send_message("!room:test", &agent_message())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(refused, ChannelSendError::Terminal(_)),
-        "{refused:?}"
-    );
+    let refused = adapter.send_message("!room:test", &agent_message()).await.unwrap_err();
+    assert!(matches!(refused, ChannelSendError::Terminal(_)), "{refused:?}");
 
     let (down, _dir) = adapter_to_closed_port().await;
-    let outage = down
-        .send_message("!room:test", &agent_message())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(outage, ChannelSendError::Transient { .. }),
-        "{outage:?}"
-    );
+    let outage = down.send_message("!room:test", &agent_message()).await.unwrap_err();
+    assert!(matches!(outage, ChannelSendError::Transient { .. }), "{outage:?}");
 }
 
 async fn adapter_to_closed_port() -> (MatrixAdapter, tempfile::TempDir) {

@@ -16,10 +16,7 @@ struct TestStore {
 async fn sqlite() -> TestStore {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("test.db").display());
-    TestStore {
-        store: Store::open(&url).await.unwrap(),
-        _dir: Some(dir),
-    }
+    TestStore { store: Store::open(&url).await.unwrap(), _dir: Some(dir) }
 }
 
 /// PostgreSQL from `MOSAIC_TEST_POSTGRES_URL`, or the one `scripts/postgres.sh ensure`
@@ -40,12 +37,7 @@ fn postgres_url() -> String {
             "scripts/postgres.sh ensure failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .expect("a database URL")
-            .to_string()
+        String::from_utf8(output.stdout).unwrap().lines().last().expect("a database URL").to_string()
     })
     .clone()
 }
@@ -57,18 +49,10 @@ async fn postgres() -> TestStore {
     getrandom::fill(&mut bytes).unwrap();
     let name = format!("mosaic_store_{}", hex::encode(bytes));
     sqlx::any::install_default_drivers();
-    let mut admin = sqlx::AnyConnection::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {base}: {e}"));
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    let mut admin = sqlx::AnyConnection::connect(&base).await.unwrap_or_else(|e| panic!("PostgreSQL at {base}: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
     let (prefix, _) = base.rsplit_once('/').unwrap();
-    TestStore {
-        store: Store::open(&format!("{prefix}/{name}")).await.unwrap(),
-        _dir: None,
-    }
+    TestStore { store: Store::open(&format!("{prefix}/{name}")).await.unwrap(), _dir: None }
 }
 
 macro_rules! on_both_backends {
@@ -91,276 +75,118 @@ on_both_backends!(
 );
 
 async fn a_transaction_is_stored_once_and_survives_reopening(store: Store) {
-    let events = [
-        r#"{"type":"m.room.message","n":1}"#,
-        r#"{"type":"m.room.message","n":2}"#,
-    ];
+    let events = [r#"{"type":"m.room.message","n":1}"#, r#"{"type":"m.room.message","n":2}"#];
+    assert!(inbox::record_transaction(&store, "txn-1", &events).await.unwrap());
     assert!(
-        inbox::record_transaction(&store, "txn-1", &events)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !inbox::record_transaction(&store, "txn-1", &events)
-            .await
-            .unwrap(),
+        !inbox::record_transaction(&store, "txn-1", &events).await.unwrap(),
         "a repeated txnId is not stored again"
     );
     let mut conn = store.conn().await.unwrap();
     let pending = inbox::pending(&mut conn, 10).await.unwrap();
     assert_eq!(pending.len(), 2);
     assert!(pending[0].seq < pending[1].seq && pending[0].event.contains("\"n\":1"));
-    inbox::mark_processed(&mut conn, pending[0].seq)
-        .await
-        .unwrap();
+    inbox::mark_processed(&mut conn, pending[0].seq).await.unwrap();
     assert_eq!(inbox::pending_count(&mut conn).await.unwrap(), 1);
     drop(conn);
-    assert!(
-        inbox::record_transaction(&store, "txn-2", &[])
-            .await
-            .unwrap(),
-        "an empty transaction is fine"
-    );
+    assert!(inbox::record_transaction(&store, "txn-2", &[]).await.unwrap(), "an empty transaction is fine");
 }
 
 async fn link_tokens_are_single_use_and_expire(store: Store) {
     let mut tx = store.begin_write().await.unwrap();
-    let account = accounts::create_account(&mut tx, "team", None)
-        .await
-        .unwrap();
-    let token = accounts::issue_link_token(&mut tx, &account.id, 900)
-        .await
-        .unwrap();
-    let expired = accounts::issue_link_token(&mut tx, &account.id, 0)
-        .await
-        .unwrap();
+    let account = accounts::create_account(&mut tx, "team", None).await.unwrap();
+    let token = accounts::issue_link_token(&mut tx, &account.id, 900).await.unwrap();
+    let expired = accounts::issue_link_token(&mut tx, &account.id, 0).await.unwrap();
     tx.commit().await.unwrap();
     let mut conn = store.conn().await.unwrap();
-    let stored: Vec<(String,)> = sqlx::query_as("SELECT token_hash FROM link_tokens")
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap();
-    assert!(
-        stored.iter().all(|(hash,)| hash != &token),
-        "tokens are stored hashed"
-    );
+    let stored: Vec<(String,)> =
+        sqlx::query_as("SELECT token_hash FROM link_tokens").fetch_all(&mut *conn).await.unwrap();
+    assert!(stored.iter().all(|(hash,)| hash != &token), "tokens are stored hashed");
 
-    let redeemed = accounts::redeem_link_token(&mut conn, &token, "matrix:@a:x")
-        .await
-        .unwrap();
+    let redeemed = accounts::redeem_link_token(&mut conn, &token, "matrix:@a:x").await.unwrap();
     assert_eq!(redeemed.unwrap().id, account.id);
-    let again = accounts::redeem_link_token(&mut conn, &token, "matrix:@b:x")
-        .await
-        .unwrap();
+    let again = accounts::redeem_link_token(&mut conn, &token, "matrix:@b:x").await.unwrap();
     assert_eq!(again.unwrap_err(), accounts::TokenRejection::AlreadyUsed);
-    let late = accounts::redeem_link_token(&mut conn, &expired, "matrix:@b:x")
-        .await
-        .unwrap();
+    let late = accounts::redeem_link_token(&mut conn, &expired, "matrix:@b:x").await.unwrap();
     assert_eq!(late.unwrap_err(), accounts::TokenRejection::Expired);
-    let unknown = accounts::redeem_link_token(&mut conn, &"f".repeat(64), "matrix:@b:x")
-        .await
-        .unwrap();
+    let unknown = accounts::redeem_link_token(&mut conn, &"f".repeat(64), "matrix:@b:x").await.unwrap();
     assert_eq!(unknown.unwrap_err(), accounts::TokenRejection::Unknown);
 
     for _ in 0..3 {
-        accounts::record_link_failure(&mut conn, "matrix:@b:x")
-            .await
-            .unwrap();
+        accounts::record_link_failure(&mut conn, "matrix:@b:x").await.unwrap();
     }
-    let (count, oldest) = accounts::link_failures_since(&mut conn, "matrix:@b:x", 0)
-        .await
-        .unwrap();
+    let (count, oldest) = accounts::link_failures_since(&mut conn, "matrix:@b:x", 0).await.unwrap();
     assert_eq!(count, 3);
     assert!(oldest.is_some());
-    assert_eq!(
-        accounts::link_failures_since(&mut conn, "matrix:@c:x", 0)
-            .await
-            .unwrap()
-            .0,
-        0
-    );
+    assert_eq!(accounts::link_failures_since(&mut conn, "matrix:@c:x", 0).await.unwrap().0, 0);
 }
 
 async fn messages_are_appended_once_per_native_id(store: Store) {
     let mut tx = store.begin_write().await.unwrap();
-    let conversation = conversations::conversation_for_room_or_create(&mut tx, "!room:x", "Room")
-        .await
-        .unwrap();
-    let again = conversations::conversation_for_room_or_create(&mut tx, "!room:x", "Room")
-        .await
-        .unwrap();
+    let conversation = conversations::conversation_for_room_or_create(&mut tx, "!room:x", "Room").await.unwrap();
+    let again = conversations::conversation_for_room_or_create(&mut tx, "!room:x", "Room").await.unwrap();
     assert_eq!(conversation.id, again.id);
-    let mut msg = ChannelMessage::new(
-        "!room:x",
-        "@a:x",
-        SenderType::User,
-        "hello",
-        ContentType::Text,
-    );
-    msg.metadata
-        .insert("channelMessageId".into(), json!("$event1"));
-    assert!(
-        messages::append(&mut tx, &conversation.id, "matrix", &msg)
-            .await
-            .unwrap()
-    );
+    let mut msg = ChannelMessage::new("!room:x", "@a:x", SenderType::User, "hello", ContentType::Text);
+    msg.metadata.insert("channelMessageId".into(), json!("$event1"));
+    assert!(messages::append(&mut tx, &conversation.id, "matrix", &msg).await.unwrap());
     // The same event redelivered gets a new canonical id but the same native id.
     let mut redelivered = msg.clone();
     redelivered.id = uuid::Uuid::new_v4();
-    assert!(
-        !messages::append(&mut tx, &conversation.id, "matrix", &redelivered)
-            .await
-            .unwrap()
-    );
-    messages::add_ref(&mut tx, "matrix", "!room:x", "$event1", msg.id)
-        .await
-        .unwrap();
-    messages::add_ref(&mut tx, "matrix", "!room:x", "$event1", msg.id)
-        .await
-        .unwrap();
+    assert!(!messages::append(&mut tx, &conversation.id, "matrix", &redelivered).await.unwrap());
+    messages::add_ref(&mut tx, "matrix", "!room:x", "$event1", msg.id).await.unwrap();
+    messages::add_ref(&mut tx, "matrix", "!room:x", "$event1", msg.id).await.unwrap();
     tx.commit().await.unwrap();
 
     let mut conn = store.conn().await.unwrap();
+    assert_eq!(messages::count_in_conversation(&mut conn, &conversation.id).await.unwrap(), 1);
+    assert_eq!(messages::get(&mut conn, msg.id).await.unwrap().unwrap(), msg);
+    assert_eq!(messages::message_for_native(&mut conn, "matrix", "!room:x", "$event1").await.unwrap(), Some(msg.id));
     assert_eq!(
-        messages::count_in_conversation(&mut conn, &conversation.id)
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        messages::get(&mut conn, msg.id).await.unwrap().unwrap(),
-        msg
-    );
-    assert_eq!(
-        messages::message_for_native(&mut conn, "matrix", "!room:x", "$event1")
-            .await
-            .unwrap(),
-        Some(msg.id)
-    );
-    assert_eq!(
-        messages::native_for_message(&mut conn, "matrix", "!room:x", msg.id)
-            .await
-            .unwrap()
-            .as_deref(),
+        messages::native_for_message(&mut conn, "matrix", "!room:x", msg.id).await.unwrap().as_deref(),
         Some("$event1")
     );
-    let history = messages::history(&mut conn, &conversation.id, 10)
-        .await
-        .unwrap();
+    let history = messages::history(&mut conn, &conversation.id, 10).await.unwrap();
     assert_eq!(history, vec![msg]);
 }
 
 async fn outbox_runs_in_order_and_deduplicates(store: Store) {
     let mut conn = store.conn().await.unwrap();
+    assert!(outbox::enqueue(&mut conn, "matrix", "send:1", "send", r#"{"n":1}"#).await.unwrap());
+    assert!(outbox::enqueue(&mut conn, "matrix", "send:2", "send", r#"{"n":2}"#).await.unwrap());
     assert!(
-        outbox::enqueue(&mut conn, "matrix", "send:1", "send", r#"{"n":1}"#)
-            .await
-            .unwrap()
-    );
-    assert!(
-        outbox::enqueue(&mut conn, "matrix", "send:2", "send", r#"{"n":2}"#)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !outbox::enqueue(&mut conn, "matrix", "send:1", "send", r#"{"n":1}"#)
-            .await
-            .unwrap(),
+        !outbox::enqueue(&mut conn, "matrix", "send:1", "send", r#"{"n":1}"#).await.unwrap(),
         "same key, stored once"
     );
-    assert!(
-        outbox::enqueue(&mut conn, "agents", "turn:1", "agent.turn", "{}")
-            .await
-            .unwrap()
-    );
+    assert!(outbox::enqueue(&mut conn, "agents", "turn:1", "agent.turn", "{}").await.unwrap());
     assert_eq!(outbox::depth(&mut conn, "matrix").await.unwrap(), 2);
 
     let head = outbox::head(&mut conn, "matrix").await.unwrap().unwrap();
     assert_eq!(head.dedupe_key, "send:1");
-    outbox::retry_later(&mut conn, head.seq, 60_000, "homeserver down")
-        .await
-        .unwrap();
+    outbox::retry_later(&mut conn, head.seq, 60_000, "homeserver down").await.unwrap();
     let still = outbox::head(&mut conn, "matrix").await.unwrap().unwrap();
-    assert_eq!(
-        still.dedupe_key, "send:1",
-        "a job waiting for its retry holds back the ones behind it"
-    );
+    assert_eq!(still.dedupe_key, "send:1", "a job waiting for its retry holds back the ones behind it");
     assert_eq!(still.attempts, 1);
     outbox::mark_done(&mut conn, still.seq).await.unwrap();
     let next = outbox::head(&mut conn, "matrix").await.unwrap().unwrap();
     assert_eq!(next.dedupe_key, "send:2");
-    outbox::mark_failed(&mut conn, next.seq, "room gone")
-        .await
-        .unwrap();
+    outbox::mark_failed(&mut conn, next.seq, "room gone").await.unwrap();
     assert!(outbox::head(&mut conn, "matrix").await.unwrap().is_none());
     let (payload,): (String,) =
-        sqlx::query_as("SELECT payload FROM outbox WHERE dedupe_key = 'send:1'")
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
+        sqlx::query_as("SELECT payload FROM outbox WHERE dedupe_key = 'send:1'").fetch_one(&mut *conn).await.unwrap();
     assert_eq!(payload, "{}", "a finished job keeps no payload");
 }
 
 async fn identities_link_and_unlink(store: Store) {
     let mut conn = store.conn().await.unwrap();
-    let one = accounts::create_account(&mut conn, "one", Some("One"))
-        .await
-        .unwrap();
-    let two = accounts::create_account(&mut conn, "two", None)
-        .await
-        .unwrap();
-    assert!(
-        accounts::create_account(&mut conn, "one", None)
-            .await
-            .is_err(),
-        "account names are unique"
-    );
-    accounts::link_identity(&mut conn, "matrix", "@a:x", &one.id)
-        .await
-        .unwrap();
-    accounts::link_identity(&mut conn, "discord", "1234", &one.id)
-        .await
-        .unwrap();
-    assert_eq!(
-        accounts::account_for_identity(&mut conn, "matrix", "@a:x")
-            .await
-            .unwrap()
-            .unwrap()
-            .id,
-        one.id
-    );
-    assert_eq!(
-        accounts::identities_of(&mut conn, &one.id)
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
-    accounts::link_identity(&mut conn, "matrix", "@a:x", &two.id)
-        .await
-        .unwrap();
-    assert_eq!(
-        accounts::account_for_identity(&mut conn, "matrix", "@a:x")
-            .await
-            .unwrap()
-            .unwrap()
-            .id,
-        two.id
-    );
-    assert!(
-        accounts::unlink_identity(&mut conn, "matrix", "@a:x")
-            .await
-            .unwrap()
-    );
-    assert!(
-        !accounts::unlink_identity(&mut conn, "matrix", "@a:x")
-            .await
-            .unwrap()
-    );
-    assert!(
-        accounts::account_for_identity(&mut conn, "matrix", "@a:x")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    let one = accounts::create_account(&mut conn, "one", Some("One")).await.unwrap();
+    let two = accounts::create_account(&mut conn, "two", None).await.unwrap();
+    assert!(accounts::create_account(&mut conn, "one", None).await.is_err(), "account names are unique");
+    accounts::link_identity(&mut conn, "matrix", "@a:x", &one.id).await.unwrap();
+    accounts::link_identity(&mut conn, "discord", "1234", &one.id).await.unwrap();
+    assert_eq!(accounts::account_for_identity(&mut conn, "matrix", "@a:x").await.unwrap().unwrap().id, one.id);
+    assert_eq!(accounts::identities_of(&mut conn, &one.id).await.unwrap().len(), 2);
+    accounts::link_identity(&mut conn, "matrix", "@a:x", &two.id).await.unwrap();
+    assert_eq!(accounts::account_for_identity(&mut conn, "matrix", "@a:x").await.unwrap().unwrap().id, two.id);
+    assert!(accounts::unlink_identity(&mut conn, "matrix", "@a:x").await.unwrap());
+    assert!(!accounts::unlink_identity(&mut conn, "matrix", "@a:x").await.unwrap());
+    assert!(accounts::account_for_identity(&mut conn, "matrix", "@a:x").await.unwrap().is_none());
 }

@@ -69,16 +69,9 @@ pub struct Agents {
 impl Agents {
     pub fn from_config(config: &Config, store: Store, wakers: Arc<Wakers>) -> Self {
         // Config validation admits only known runtimes, so none is skipped here.
-        let runtimes = config
-            .agents
-            .iter()
-            .filter_map(|agent| Some((agent.id.clone(), runtime_for(&agent.runtime)?)))
-            .collect();
-        Self {
-            runtimes,
-            store,
-            wakers,
-        }
+        let runtimes =
+            config.agents.iter().filter_map(|agent| Some((agent.id.clone(), runtime_for(&agent.runtime)?))).collect();
+        Self { runtimes, store, wakers }
     }
 
     /// Runs one queued turn. The reply, its fan-out and the job's completion are written
@@ -99,14 +92,7 @@ impl Agents {
             }
             Err(error) => return JobOutcome::Retry { error, after: None },
         };
-        let reply = match runtime
-            .respond(Turn {
-                agent_id: &turn.agent,
-                message: &message,
-                history: &history,
-            })
-            .await
-        {
+        let reply = match runtime.respond(Turn { agent_id: &turn.agent, message: &message, history: &history }).await {
             Ok(reply) => reply,
             Err(AgentError::Unavailable(error)) => return JobOutcome::Retry { error, after: None },
             Err(AgentError::Failed(error)) => return JobOutcome::Failed(error),
@@ -116,27 +102,17 @@ impl Agents {
                 self.wakers.wake_all();
                 JobOutcome::Done
             }
-            Err(error) => JobOutcome::Retry {
-                error: error.to_string(),
-                after: None,
-            },
+            Err(error) => JobOutcome::Retry { error: error.to_string(), after: None },
         }
     }
 
-    async fn context(
-        &self,
-        turn: &TurnJob,
-    ) -> Result<Option<(ChannelMessage, Vec<ChannelMessage>)>, String> {
+    async fn context(&self, turn: &TurnJob) -> Result<Option<(ChannelMessage, Vec<ChannelMessage>)>, String> {
         let mut conn = self.store.conn().await.map_err(|e| e.to_string())?;
-        let Some(message) = messages::get(&mut conn, turn.message_id)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
+        let Some(message) = messages::get(&mut conn, turn.message_id).await.map_err(|e| e.to_string())? else {
             return Ok(None);
         };
-        let history = messages::history(&mut conn, &turn.conversation_id, HISTORY_LIMIT)
-            .await
-            .map_err(|e| e.to_string())?;
+        let history =
+            messages::history(&mut conn, &turn.conversation_id, HISTORY_LIMIT).await.map_err(|e| e.to_string())?;
         Ok(Some((message, history)))
     }
 
@@ -147,25 +123,16 @@ impl Agents {
         to: &ChannelMessage,
         reply: Reply,
     ) -> crate::store::Result<()> {
-        let answer = ChannelMessage::new(
-            &to.channel_id,
-            &turn.agent,
-            SenderType::Agent,
-            reply.content,
-            reply.content_type,
-        )
-        .with_reply_to(to.id)
-        .with_thread(to.thread_id.clone());
+        let answer =
+            ChannelMessage::new(&to.channel_id, &turn.agent, SenderType::Agent, reply.content, reply.content_type)
+                .with_reply_to(to.id)
+                .with_thread(to.thread_id.clone());
         let mut tx = self.store.begin_write().await?;
         messages::append(&mut tx, &turn.conversation_id, "agent", &answer).await?;
         fan_out(&mut tx, &turn.conversation_id, &answer).await?;
         outbox::mark_done(&mut tx, job.seq).await?;
         tx.commit().await?;
-        tracing::info!(
-            agent = turn.agent,
-            conversation_id = turn.conversation_id,
-            "agent answered"
-        );
+        tracing::info!(agent = turn.agent, conversation_id = turn.conversation_id, "agent answered");
         Ok(())
     }
 }

@@ -42,20 +42,16 @@ pub fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
         ("help", []) => Ok(Command::Help),
         ("link", []) => Ok(Command::Link(None)),
         ("link", [token]) => Ok(Command::Link(Some((*token).to_string()))),
-        ("link", _) => Err(Usage(format!(
-            "Usage: `{p}link <token>` (or `{p}link` alone for a token to link another channel)"
-        ))),
+        ("link", _) => {
+            Err(Usage(format!("Usage: `{p}link <token>` (or `{p}link` alone for a token to link another channel)")))
+        }
         ("unlink", []) => Ok(Command::Unlink),
         ("whoami", []) => Ok(Command::Whoami),
         ("agents", []) => Ok(Command::Agents),
         ("new", []) => Ok(Command::New(None)),
         ("new", title) => Ok(Command::New(Some(title.join(" ")))),
-        ("help" | "unlink" | "whoami" | "agents", _) => {
-            Err(Usage(format!("Usage: `{p}{name}` takes no arguments")))
-        }
-        _ => Err(Usage(format!(
-            "Unknown command `{p}{name}`. Send `{p}help` for the list of commands."
-        ))),
+        ("help" | "unlink" | "whoami" | "agents", _) => Err(Usage(format!("Usage: `{p}{name}` takes no arguments"))),
+        _ => Err(Usage(format!("Unknown command `{p}{name}`. Send `{p}help` for the list of commands."))),
     })
 }
 
@@ -86,10 +82,7 @@ pub const LINK_TOKEN_PLACEHOLDER: &str = "[link token]";
 
 impl From<String> for Answer {
     fn from(text: String) -> Self {
-        Self {
-            text,
-            link_token_for: None,
-        }
+        Self { text, link_token_for: None }
     }
 }
 
@@ -125,33 +118,20 @@ impl Hub {
             },
             Command::Whoami => self.whoami(conn, channel, sender).await?.into(),
             Command::Agents => self.agents_text().into(),
-            Command::New(title) => self
-                .new_conversation(conn, channel, sender, title)
-                .await?
-                .into(),
+            Command::New(title) => self.new_conversation(conn, channel, sender, title).await?.into(),
         })
     }
 
-    async fn link(
-        &self,
-        conn: &mut AnyConnection,
-        channel: &str,
-        sender: &str,
-        token: &str,
-    ) -> store::Result<String> {
+    async fn link(&self, conn: &mut AnyConnection, channel: &str, sender: &str, token: &str) -> store::Result<String> {
         let limits = &self.config.linking;
         let window_start = store::now_ms() - (limits.attempt_window_secs as i64) * 1000;
         let limiter_key = format!("{channel}:{sender}");
-        let (failures, oldest) =
-            accounts::link_failures_since(conn, &limiter_key, window_start).await?;
+        let (failures, oldest) = accounts::link_failures_since(conn, &limiter_key, window_start).await?;
         if failures >= limits.max_failed_attempts as i64 {
-            let free_at =
-                oldest.unwrap_or(window_start) + (limits.attempt_window_secs as i64) * 1000;
+            let free_at = oldest.unwrap_or(window_start) + (limits.attempt_window_secs as i64) * 1000;
             let minutes = ((free_at - store::now_ms()).max(0) + 59_999) / 60_000;
             tracing::warn!(channel, sender, "link attempts rate-limited");
-            return Ok(format!(
-                "Too many failed link attempts. Try again in {minutes} minute(s)."
-            ));
+            return Ok(format!("Too many failed link attempts. Try again in {minutes} minute(s)."));
         }
         if let Some(account) = accounts::account_for_identity(conn, channel, sender).await? {
             return Ok(format!(
@@ -164,23 +144,14 @@ impl Hub {
             Ok(account) => {
                 accounts::link_identity(conn, channel, sender, &account.id).await?;
                 tracing::info!(channel, sender, account = account.name, "identity linked");
-                Ok(format!(
-                    "Linked {sender} to Mosaic account **{}**.",
-                    account.name
-                ))
+                Ok(format!("Linked {sender} to Mosaic account **{}**.", account.name))
             }
             Err(rejection) => {
                 accounts::record_link_failure(conn, &limiter_key).await?;
                 let reason = match rejection {
-                    accounts::TokenRejection::Unknown => {
-                        "That link token is not valid. Check it was copied whole."
-                    }
-                    accounts::TokenRejection::Expired => {
-                        "That link token has expired. Ask for a new one."
-                    }
-                    accounts::TokenRejection::AlreadyUsed => {
-                        "That link token was already used. Ask for a new one."
-                    }
+                    accounts::TokenRejection::Unknown => "That link token is not valid. Check it was copied whole.",
+                    accounts::TokenRejection::Expired => "That link token has expired. Ask for a new one.",
+                    accounts::TokenRejection::AlreadyUsed => "That link token was already used. Ask for a new one.",
                 };
                 Ok(reason.to_string())
             }
@@ -196,14 +167,14 @@ impl Hub {
         msg: &ChannelMessage,
     ) -> store::Result<Answer> {
         let p = prefix_for(channel);
-        let Some(account) = accounts::account_for_identity(conn, channel, &msg.sender_id).await?
-        else {
-            return Ok(format!("Usage: `{p}link <token>` — ask your admin for a token (`mosaic-as link-token <account>`).").into());
+        let Some(account) = accounts::account_for_identity(conn, channel, &msg.sender_id).await? else {
+            return Ok(format!(
+                "Usage: `{p}link <token>` — ask your admin for a token (`mosaic-as link-token <account>`)."
+            )
+            .into());
         };
         if routing::participants(msg) > 1 {
-            return Ok(
-                format!("Link tokens are secret: send `{p}link` in a direct chat with me.").into(),
-            );
+            return Ok(format!("Link tokens are secret: send `{p}link` in a direct chat with me.").into());
         }
         let minutes = self.config.linking.token_ttl_secs.div_ceil(60);
         Ok(Answer {
@@ -215,12 +186,7 @@ impl Hub {
         })
     }
 
-    async fn whoami(
-        &self,
-        conn: &mut AnyConnection,
-        channel: &str,
-        sender: &str,
-    ) -> store::Result<String> {
+    async fn whoami(&self, conn: &mut AnyConnection, channel: &str, sender: &str) -> store::Result<String> {
         let Some(account) = accounts::account_for_identity(conn, channel, sender).await? else {
             return Ok(format!(
                 "You are {sender}, not linked to a Mosaic account. Send `{}link <token>` with a token from your admin.",
@@ -228,10 +194,8 @@ impl Hub {
             ));
         };
         let identities = accounts::identities_of(conn, &account.id).await?;
-        let list: Vec<String> = identities
-            .iter()
-            .map(|i| format!("{} {}", i.channel_name, i.channel_user_id))
-            .collect();
+        let list: Vec<String> =
+            identities.iter().map(|i| format!("{} {}", i.channel_name, i.channel_user_id)).collect();
         Ok(format!(
             "You are {sender}, linked to Mosaic account **{}**.\nLinked identities: {}",
             account.name,
@@ -242,11 +206,7 @@ impl Hub {
     fn agents_text(&self) -> String {
         let mut text = String::from("**Agents**\n");
         for agent in &self.config.agents {
-            let default = if agent.id == self.config.default_agent {
-                " (default)"
-            } else {
-                ""
-            };
+            let default = if agent.id == self.config.default_agent { " (default)" } else { "" };
             text.push_str(&format!(
                 "- **{}** `{}`{default} — on Matrix {}\n",
                 agent.display_name(),
@@ -254,9 +214,7 @@ impl Hub {
                 self.namespace.agent_user_id(&agent.id)
             ));
         }
-        text.push_str(
-            "\nInvite an agent into a room, or send `!new` to start a room with the default agent.",
-        );
+        text.push_str("\nInvite an agent into a room, or send `!new` to start a room with the default agent.");
         text
     }
 
@@ -273,8 +231,7 @@ impl Hub {
         let title = title.unwrap_or_else(|| "New conversation".into());
         let owner = accounts::account_for_identity(conn, channel, sender).await?;
         let conversation =
-            conversations::create_conversation(conn, &title, owner.as_ref().map(|a| a.id.as_str()))
-                .await?;
+            conversations::create_conversation(conn, &title, owner.as_ref().map(|a| a.id.as_str())).await?;
         let agent = self.config.default_agent.clone();
         let job = CreateRoomJob {
             conversation_id: conversation.id.clone(),
@@ -285,14 +242,8 @@ impl Hub {
         let queue_name = queue::send_queue(crate::matrix::CHANNEL);
         let key = format!("create_room:{}", conversation.id);
         queue::enqueue(conn, &queue_name, &key, CREATE_ROOM_KIND, &job).await?;
-        let agent_name = self
-            .config
-            .agent(&agent)
-            .map(|a| a.display_name())
-            .unwrap_or(agent);
-        Ok(format!(
-            "Creating **Mosaic: {title}** with {agent_name}. Accept the invitation to start."
-        ))
+        let agent_name = self.config.agent(&agent).map(|a| a.display_name()).unwrap_or(agent);
+        Ok(format!("Creating **Mosaic: {title}** with {agent_name}. Accept the invitation to start."))
     }
 }
 
@@ -303,15 +254,9 @@ mod tests {
     #[test]
     fn parses_the_commands_and_their_arguments() {
         assert_eq!(parse('!', "!help"), Some(Ok(Command::Help)));
-        assert_eq!(
-            parse('!', "  !LINK abc "),
-            Some(Ok(Command::Link(Some("abc".into()))))
-        );
+        assert_eq!(parse('!', "  !LINK abc "), Some(Ok(Command::Link(Some("abc".into())))));
         assert_eq!(parse('!', "!link"), Some(Ok(Command::Link(None))));
-        assert_eq!(
-            parse('!', "!new Weekly plan"),
-            Some(Ok(Command::New(Some("Weekly plan".into()))))
-        );
+        assert_eq!(parse('!', "!new Weekly plan"), Some(Ok(Command::New(Some("Weekly plan".into())))));
         assert_eq!(parse('/', "/whoami@mosaic_bot"), Some(Ok(Command::Whoami)));
         assert_eq!(parse('!', "hello"), None);
         assert_eq!(parse('!', "!"), None);
@@ -319,31 +264,18 @@ mod tests {
 
     #[test]
     fn bad_input_gets_a_usage_line() {
-        let Some(Err(Usage(text))) = parse('!', "!link a b") else {
-            panic!()
-        };
+        let Some(Err(Usage(text))) = parse('!', "!link a b") else { panic!() };
         assert!(text.contains("Usage: `!link <token>`"));
-        let Some(Err(Usage(text))) = parse('!', "!frobnicate") else {
-            panic!()
-        };
+        let Some(Err(Usage(text))) = parse('!', "!frobnicate") else { panic!() };
         assert!(text.contains("Unknown command `!frobnicate`") && text.contains("!help"));
-        let Some(Err(Usage(text))) = parse('!', "!whoami now") else {
-            panic!()
-        };
+        let Some(Err(Usage(text))) = parse('!', "!whoami now") else { panic!() };
         assert!(text.contains("takes no arguments"));
     }
 
     #[test]
     fn help_lists_every_command() {
         let help = help_text('!');
-        for command in [
-            "!help",
-            "!link <token>",
-            "!unlink",
-            "!whoami",
-            "!agents",
-            "!new",
-        ] {
+        for command in ["!help", "!link <token>", "!unlink", "!whoami", "!agents", "!new"] {
             assert!(help.contains(command), "{command}");
         }
     }

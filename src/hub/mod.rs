@@ -50,20 +50,12 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(config: Arc<Config>, store: Store, wakers: Arc<Wakers>) -> Self {
-        Self {
-            namespace: Namespace::from_config(&config),
-            config,
-            store,
-            wakers,
-        }
+        Self { namespace: Namespace::from_config(&config), config, store, wakers }
     }
 
     /// The inbound handler for one adapter.
     pub fn handler_for(self: &Arc<Self>, channel: &'static str) -> Arc<dyn InboundHandler> {
-        Arc::new(HubInbound {
-            hub: self.clone(),
-            channel,
-        })
+        Arc::new(HubInbound { hub: self.clone(), channel })
     }
 
     pub async fn handle_inbound(&self, channel: &str, msg: ChannelMessage) -> store::Result<()> {
@@ -91,18 +83,13 @@ impl Hub {
         match command {
             Some(Ok(command)) => {
                 let answer = self.execute(&mut tx, channel, &msg, command).await?;
-                self.reply(&mut tx, channel, &conversation.id, &msg, answer)
-                    .await?;
+                self.reply(&mut tx, channel, &conversation.id, &msg, answer).await?;
             }
             Some(Err(commands::Usage(usage))) => {
-                self.reply(&mut tx, channel, &conversation.id, &msg, usage.into())
-                    .await?;
+                self.reply(&mut tx, channel, &conversation.id, &msg, usage.into()).await?;
             }
             None if routing::is_edit(&msg) => {}
-            None => {
-                self.route_to_agents(&mut tx, channel, &conversation.id, &msg)
-                    .await?
-            }
+            None => self.route_to_agents(&mut tx, channel, &conversation.id, &msg).await?,
         }
         tx.commit().await?;
         self.wakers.wake_all();
@@ -117,32 +104,18 @@ impl Hub {
         msg: &ChannelMessage,
     ) -> store::Result<()> {
         let agents = routing::agents_to_answer(msg);
-        if routing::agents_present(msg).is_empty()
-            && routing::participants(msg) <= 1
-            && routing::commands_enabled(msg)
+        if routing::agents_present(msg).is_empty() && routing::participants(msg) <= 1 && routing::commands_enabled(msg)
         {
             let p = commands::prefix_for(channel);
             let hint = format!(
                 "I answer commands: send `{p}help` for the list, or `{p}new` to start a conversation with an agent."
             );
-            return self
-                .reply(conn, channel, conversation_id, msg, hint.into())
-                .await;
+            return self.reply(conn, channel, conversation_id, msg, hint.into()).await;
         }
         for agent in agents {
-            let job = TurnJob {
-                agent: agent.clone(),
-                conversation_id: conversation_id.to_string(),
-                message_id: msg.id,
-            };
-            queue::enqueue(
-                conn,
-                queue::AGENT_QUEUE,
-                &format!("turn:{agent}:{}", msg.id),
-                TURN_KIND,
-                &job,
-            )
-            .await?;
+            let job =
+                TurnJob { agent: agent.clone(), conversation_id: conversation_id.to_string(), message_id: msg.id };
+            queue::enqueue(conn, queue::AGENT_QUEUE, &format!("turn:{agent}:{}", msg.id), TURN_KIND, &job).await?;
             tracing::debug!(agent, message_id = %msg.id, "agent turn queued");
         }
         Ok(())
@@ -157,28 +130,14 @@ impl Hub {
         to: &ChannelMessage,
         answer: commands::Answer,
     ) -> store::Result<()> {
-        let mut reply = ChannelMessage::new(
-            &to.channel_id,
-            SYSTEM_SENDER,
-            SenderType::System,
-            answer.text,
-            ContentType::Markdown,
-        )
-        .with_reply_to(to.id)
-        .with_thread(to.thread_id.clone());
+        let mut reply =
+            ChannelMessage::new(&to.channel_id, SYSTEM_SENDER, SenderType::System, answer.text, ContentType::Markdown)
+                .with_reply_to(to.id)
+                .with_thread(to.thread_id.clone());
         if let Some(account_id) = answer.link_token_for {
-            let token =
-                secrets::derived_token(&self.config.appservice.as_token, &reply.id.to_string());
-            accounts::store_link_token(
-                conn,
-                &token,
-                &account_id,
-                self.config.linking.token_ttl_secs,
-            )
-            .await?;
-            reply
-                .metadata
-                .insert(REVEAL_LINK_TOKEN.into(), serde_json::Value::Bool(true));
+            let token = secrets::derived_token(&self.config.appservice.as_token, &reply.id.to_string());
+            accounts::store_link_token(conn, &token, &account_id, self.config.linking.token_ttl_secs).await?;
+            reply.metadata.insert(REVEAL_LINK_TOKEN.into(), serde_json::Value::Bool(true));
         }
         messages::append(conn, conversation_id, "hub", &reply).await?;
         enqueue_send(conn, channel, &to.channel_id, &reply).await
@@ -195,19 +154,13 @@ pub fn reveal_secrets(msg: &ChannelMessage, key: &str) -> ChannelMessage {
     let mut out = msg.clone();
     if out.metadata.remove(REVEAL_LINK_TOKEN).is_some() {
         let token = secrets::derived_token(key, &msg.id.to_string());
-        out.content = out
-            .content
-            .replace(commands::LINK_TOKEN_PLACEHOLDER, &token);
+        out.content = out.content.replace(commands::LINK_TOKEN_PLACEHOLDER, &token);
     }
     out
 }
 
 /// Enqueues `msg` for every surface of the conversation.
-pub async fn fan_out(
-    conn: &mut AnyConnection,
-    conversation_id: &str,
-    msg: &ChannelMessage,
-) -> store::Result<()> {
+pub async fn fan_out(conn: &mut AnyConnection, conversation_id: &str, msg: &ChannelMessage) -> store::Result<()> {
     if let Some(room) = conversations::room_for_conversation(conn, conversation_id).await? {
         enqueue_send(conn, crate::matrix::CHANNEL, &room, msg).await?;
     }
@@ -220,11 +173,7 @@ async fn enqueue_send(
     channel_id: &str,
     msg: &ChannelMessage,
 ) -> store::Result<()> {
-    let job = SendJob {
-        channel: channel.to_string(),
-        channel_id: channel_id.to_string(),
-        message: msg.clone(),
-    };
+    let job = SendJob { channel: channel.to_string(), channel_id: channel_id.to_string(), message: msg.clone() };
     let key = format!("send:{channel}:{channel_id}:{}", msg.id);
     queue::enqueue(conn, &queue::send_queue(channel), &key, SEND_KIND, &job).await?;
     Ok(())
@@ -237,12 +186,8 @@ async fn resolve_conversation(
     channel_id: &str,
 ) -> store::Result<conversations::Conversation> {
     match channel {
-        crate::matrix::CHANNEL => {
-            conversations::conversation_for_room_or_create(conn, channel_id, "Matrix room").await
-        }
-        other => Err(store::StoreError::Corrupt(format!(
-            "no conversation mapping for channel {other}"
-        ))),
+        crate::matrix::CHANNEL => conversations::conversation_for_room_or_create(conn, channel_id, "Matrix room").await,
+        other => Err(store::StoreError::Corrupt(format!("no conversation mapping for channel {other}"))),
     }
 }
 
@@ -254,9 +199,6 @@ struct HubInbound {
 #[async_trait]
 impl InboundHandler for HubInbound {
     async fn handle(&self, msg: ChannelMessage) -> Result<(), HandlerError> {
-        self.hub
-            .handle_inbound(self.channel, msg)
-            .await
-            .map_err(|e| HandlerError(e.to_string()))
+        self.hub.handle_inbound(self.channel, msg).await.map_err(|e| HandlerError(e.to_string()))
     }
 }

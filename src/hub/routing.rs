@@ -18,12 +18,7 @@ fn string_list(msg: &ChannelMessage, key: &str) -> Vec<String> {
     msg.metadata
         .get(key)
         .and_then(|v| v.as_array())
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|items| items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
         .unwrap_or_default()
 }
 
@@ -32,24 +27,15 @@ pub fn agents_present(msg: &ChannelMessage) -> Vec<String> {
 }
 
 pub fn participants(msg: &ChannelMessage) -> u64 {
-    msg.metadata
-        .get(PARTICIPANTS)
-        .and_then(|v| v.as_u64())
-        .unwrap_or(u64::MAX)
+    msg.metadata.get(PARTICIPANTS).and_then(|v| v.as_u64()).unwrap_or(u64::MAX)
 }
 
 pub fn is_edit(msg: &ChannelMessage) -> bool {
-    msg.metadata
-        .get(IS_EDIT)
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false)
+    msg.metadata.get(IS_EDIT).and_then(|v| v.as_bool()).unwrap_or(false)
 }
 
 pub fn commands_enabled(msg: &ChannelMessage) -> bool {
-    msg.metadata
-        .get(COMMANDS)
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false)
+    msg.metadata.get(COMMANDS).and_then(|v| v.as_bool()).unwrap_or(false)
 }
 
 /// With one person in the channel every present agent answers; with several, only the
@@ -60,10 +46,7 @@ pub fn agents_to_answer(msg: &ChannelMessage) -> Vec<String> {
         return present;
     }
     let mentioned = string_list(msg, MENTIONS);
-    present
-        .into_iter()
-        .filter(|agent| mentioned.contains(agent))
-        .collect()
+    present.into_iter().filter(|agent| mentioned.contains(agent)).collect()
 }
 
 #[cfg(test)]
@@ -74,8 +57,7 @@ mod tests {
 
     fn msg(participants: u64, agents: &[&str], mentions: &[&str]) -> ChannelMessage {
         let mut msg = ChannelMessage::new("!r", "@a:x", SenderType::User, "hi", ContentType::Text);
-        msg.metadata
-            .insert(PARTICIPANTS.into(), json!(participants));
+        msg.metadata.insert(PARTICIPANTS.into(), json!(participants));
         msg.metadata.insert(AGENTS.into(), json!(agents));
         msg.metadata.insert(MENTIONS.into(), json!(mentions));
         msg
@@ -83,19 +65,13 @@ mod tests {
 
     #[test]
     fn one_person_gets_every_agent() {
-        assert_eq!(
-            agents_to_answer(&msg(1, &["echo", "helper"], &[])),
-            vec!["echo", "helper"]
-        );
+        assert_eq!(agents_to_answer(&msg(1, &["echo", "helper"], &[])), vec!["echo", "helper"]);
     }
 
     #[test]
     fn several_people_get_only_mentioned_agents() {
         assert!(agents_to_answer(&msg(2, &["echo"], &[])).is_empty());
-        assert_eq!(
-            agents_to_answer(&msg(3, &["echo", "helper"], &["helper"])),
-            vec!["helper"]
-        );
+        assert_eq!(agents_to_answer(&msg(3, &["echo", "helper"], &["helper"])), vec!["helper"]);
     }
 
     #[test]

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ruma::api::client::{
-    account::whoami, membership::join_room_by_id, membership::joined_members,
-    message::send_message_event,
+    account::whoami, membership::join_room_by_id, membership::joined_members, message::send_message_event,
 };
 use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, UserId};
@@ -20,8 +19,8 @@ use super::naming::Namespace;
 use crate::config::Config;
 use crate::hub::routing;
 use crate::protocol::{
-    AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelConnectError, ChannelMessage,
-    ChannelSendError, ContentType, InboundHandler, SenderType, metadata_keys,
+    AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelConnectError, ChannelMessage, ChannelSendError,
+    ContentType, InboundHandler, SenderType, metadata_keys,
 };
 use crate::store::{self, Store, accounts, conversations, messages};
 
@@ -43,11 +42,7 @@ pub enum EventError {
 
 impl From<HsError> for EventError {
     fn from(error: HsError) -> Self {
-        if error.is_transient() {
-            Self::Transient(error.to_string())
-        } else {
-            Self::Permanent(error.to_string())
-        }
+        if error.is_transient() { Self::Transient(error.to_string()) } else { Self::Permanent(error.to_string()) }
     }
 }
 
@@ -104,20 +99,12 @@ impl MatrixAdapter {
     /// Registers the bot or a configured agent's ghost with its display name.
     pub async fn ensure_known_user(&self, user: &UserId) -> Result<bool, HsError> {
         if self.ns.is_bot(user.as_str()) {
-            self.ghosts
-                .ensure(user, Some(&self.config.bot.display_name))
-                .await?;
+            self.ghosts.ensure(user, Some(&self.config.bot.display_name)).await?;
             return Ok(true);
         }
-        match self
-            .ns
-            .agent_id_of(user.as_str())
-            .and_then(|id| self.config.agent(&id).cloned())
-        {
+        match self.ns.agent_id_of(user.as_str()).and_then(|id| self.config.agent(&id).cloned()) {
             Some(agent) => {
-                self.ghosts
-                    .ensure(user, Some(&agent.display_name()))
-                    .await?;
+                self.ghosts.ensure(user, Some(&agent.display_name())).await?;
                 Ok(true)
             }
             None => Ok(false),
@@ -126,37 +113,25 @@ impl MatrixAdapter {
 
     /// Handles one event pushed by the homeserver.
     pub async fn process_event(&self, raw: &str) -> Result<(), EventError> {
-        let event: Value = serde_json::from_str(raw)
-            .map_err(|e| EventError::Permanent(format!("not JSON: {e}")))?;
+        let event: Value = serde_json::from_str(raw).map_err(|e| EventError::Permanent(format!("not JSON: {e}")))?;
         let kind = event["type"].as_str().unwrap_or_default();
         let room_id = event["room_id"].as_str().unwrap_or_default();
         let sender = event["sender"].as_str().unwrap_or_default();
         if room_id.is_empty() || sender.is_empty() {
-            return Err(EventError::Permanent(
-                "event without room_id or sender".into(),
-            ));
+            return Err(EventError::Permanent("event without room_id or sender".into()));
         }
         match kind {
             "m.room.member" => self.on_member(&event, room_id, sender).await,
-            "m.room.message" if !self.ns.is_ours(sender) => {
-                self.on_message(&event, room_id, sender).await
-            }
+            "m.room.message" if !self.ns.is_ours(sender) => self.on_message(&event, room_id, sender).await,
             _ => Ok(()),
         }
     }
 
-    async fn on_member(
-        &self,
-        event: &Value,
-        room_id: &str,
-        sender: &str,
-    ) -> Result<(), EventError> {
+    async fn on_member(&self, event: &Value, room_id: &str, sender: &str) -> Result<(), EventError> {
         let target = event["state_key"].as_str().unwrap_or_default();
         let membership = event["content"]["membership"].as_str().unwrap_or_default();
         if target.is_empty() || membership.is_empty() {
-            return Err(EventError::Permanent(
-                "member event without state_key or membership".into(),
-            ));
+            return Err(EventError::Permanent("member event without state_key or membership".into()));
         }
         let mut conn = self.store.conn().await?;
         conversations::set_membership(&mut conn, room_id, target, membership).await?;
@@ -175,46 +150,29 @@ impl MatrixAdapter {
             return Ok(());
         }
         let room = room(room_id)?;
-        self.client
-            .call(join_room_by_id::v3::Request::new(room.clone()), Some(&user))
-            .await?;
+        self.client.call(join_room_by_id::v3::Request::new(room.clone()), Some(&user)).await?;
         tracing::info!(room_id, user_id = target, "joined room on invite");
         self.sync_members(&room, &user).await
     }
 
     async fn sync_members(&self, room: &OwnedRoomId, as_user: &UserId) -> Result<(), EventError> {
-        let members = self
-            .client
-            .call(
-                joined_members::v3::Request::new(room.clone()),
-                Some(as_user),
-            )
-            .await?;
+        let members = self.client.call(joined_members::v3::Request::new(room.clone()), Some(as_user)).await?;
         let mut conn = self.store.conn().await?;
         for member in members.joined.keys() {
-            conversations::set_membership(&mut conn, room.as_str(), member.as_str(), "join")
-                .await?;
+            conversations::set_membership(&mut conn, room.as_str(), member.as_str(), "join").await?;
         }
         Ok(())
     }
 
-    async fn on_message(
-        &self,
-        event: &Value,
-        room_id: &str,
-        sender: &str,
-    ) -> Result<(), EventError> {
+    async fn on_message(&self, event: &Value, room_id: &str, sender: &str) -> Result<(), EventError> {
         let Some(handler) = self.handler.read().expect("handler lock").clone() else {
-            return Err(EventError::Transient(
-                "no inbound handler installed yet".into(),
-            ));
+            return Err(EventError::Transient("no inbound handler installed yet".into()));
         };
-        let content: RoomMessageEventContent =
-            match serde_json::from_value(event["content"].clone()) {
-                Ok(content) => content,
-                // Redacted or malformed messages carry nothing to act on.
-                Err(_) => return Ok(()),
-            };
+        let content: RoomMessageEventContent = match serde_json::from_value(event["content"].clone()) {
+            Ok(content) => content,
+            // Redacted or malformed messages carry nothing to act on.
+            Err(_) => return Ok(()),
+        };
         let event_id = event["event_id"].as_str().unwrap_or_default();
         let mut conn = self.store.conn().await?;
         let members = conversations::present_members(&mut conn, room_id).await?;
@@ -238,10 +196,7 @@ impl MatrixAdapter {
         let mentioned = self.mentioned_agents(&content, &agents);
         let mut msg = ChannelMessage::new(room_id, sender, SenderType::User, "", ContentType::Text);
         fill_from_content(&mut msg, &content);
-        if let Some(ts) = event["origin_server_ts"]
-            .as_i64()
-            .and_then(chrono::DateTime::from_timestamp_millis)
-        {
+        if let Some(ts) = event["origin_server_ts"].as_i64().and_then(chrono::DateTime::from_timestamp_millis) {
             msg.timestamp = ts;
         }
         let relation = content.relates_to.as_ref();
@@ -249,80 +204,49 @@ impl MatrixAdapter {
             Some(Relation::Reply(reply)) => (Some(reply.in_reply_to.event_id.as_str()), None),
             Some(Relation::Thread(thread)) => {
                 msg.thread_id = Some(thread.event_id.to_string());
-                (
-                    thread
-                        .in_reply_to
-                        .as_ref()
-                        .filter(|_| !thread.is_falling_back)
-                        .map(|r| r.event_id.as_str()),
-                    None,
-                )
+                (thread.in_reply_to.as_ref().filter(|_| !thread.is_falling_back).map(|r| r.event_id.as_str()), None)
             }
             Some(Relation::Replacement(replacement)) => (None, Some(replacement.event_id.as_str())),
             _ => (None, None),
         };
         if let Some(original) = edit_native {
             if let Some(Relation::Replacement(replacement)) = relation {
-                let new_content =
-                    RoomMessageEventContent::new(replacement.new_content.msgtype.clone());
+                let new_content = RoomMessageEventContent::new(replacement.new_content.msgtype.clone());
                 fill_from_content(&mut msg, &new_content);
             }
-            msg.reply_to_id =
-                messages::message_for_native(&mut conn, CHANNEL, room_id, original).await?;
+            msg.reply_to_id = messages::message_for_native(&mut conn, CHANNEL, room_id, original).await?;
             msg.metadata.insert(routing::IS_EDIT.into(), json!(true));
         } else if let Some(parent) = reply_native {
-            msg.reply_to_id =
-                messages::message_for_native(&mut conn, CHANNEL, room_id, parent).await?;
+            msg.reply_to_id = messages::message_for_native(&mut conn, CHANNEL, room_id, parent).await?;
         }
         drop(conn);
         let metadata = &mut msg.metadata;
         metadata.insert(metadata_keys::CHANNEL_MESSAGE_ID.into(), json!(event_id));
         metadata.insert("roomId".into(), json!(room_id));
         metadata.insert("eventType".into(), json!("m.room.message"));
-        metadata.insert(
-            "unsigned".into(),
-            event.get("unsigned").cloned().unwrap_or_else(|| json!({})),
-        );
+        metadata.insert("unsigned".into(), event.get("unsigned").cloned().unwrap_or_else(|| json!({})));
         metadata.insert(routing::AGENTS.into(), json!(agents));
         metadata.insert(routing::MENTIONS.into(), json!(mentioned));
         metadata.insert(routing::PARTICIPANTS.into(), json!(people));
         metadata.insert(routing::COMMANDS.into(), json!(true));
         tracing::debug!(room_id, event_id, sender, "message received");
-        handler
-            .handle(msg)
-            .await
-            .map_err(|e| EventError::Transient(e.to_string()))
+        handler.handle(msg).await.map_err(|e| EventError::Transient(e.to_string()))
     }
 
     /// Agents addressed in a message: by `m.mentions`, by user id, or by display name.
-    fn mentioned_agents(
-        &self,
-        content: &RoomMessageEventContent,
-        agents: &[String],
-    ) -> Vec<String> {
+    fn mentioned_agents(&self, content: &RoomMessageEventContent, agents: &[String]) -> Vec<String> {
         let body = content.body().to_lowercase();
         let formatted = match &content.msgtype {
-            MessageType::Text(text) => text
-                .formatted
-                .as_ref()
-                .map(|f| f.body.to_lowercase())
-                .unwrap_or_default(),
+            MessageType::Text(text) => text.formatted.as_ref().map(|f| f.body.to_lowercase()).unwrap_or_default(),
             _ => String::new(),
         };
-        let explicit: Vec<String> = content
-            .mentions
-            .as_ref()
-            .map(|m| m.user_ids.iter().map(|u| u.to_string()).collect())
-            .unwrap_or_default();
+        let explicit: Vec<String> =
+            content.mentions.as_ref().map(|m| m.user_ids.iter().map(|u| u.to_string()).collect()).unwrap_or_default();
         agents
             .iter()
             .filter(|agent| {
                 let mxid = self.ns.agent_user_id(agent);
-                let name = self
-                    .config
-                    .agent(agent)
-                    .map(|a| a.display_name().to_lowercase())
-                    .unwrap_or_default();
+                let name = self.config.agent(agent).map(|a| a.display_name().to_lowercase()).unwrap_or_default();
                 explicit.contains(&mxid)
                     || body.contains(&mxid.to_lowercase())
                     || formatted.contains(&mxid.to_lowercase())
@@ -333,11 +257,7 @@ impl MatrixAdapter {
     }
 
     /// The Matrix user that speaks for `msg` in `room_id`.
-    async fn speaker(
-        &self,
-        room_id: &str,
-        msg: &ChannelMessage,
-    ) -> Result<OwnedUserId, ChannelSendError> {
+    async fn speaker(&self, room_id: &str, msg: &ChannelMessage) -> Result<OwnedUserId, ChannelSendError> {
         if msg.sender_type == SenderType::Agent {
             return Ok(user_id(&self.ns.agent_user_id(&msg.sender_id)));
         }
@@ -345,54 +265,38 @@ impl MatrixAdapter {
         // that is, so that a command typed there still gets its answer.
         let members = {
             let mut conn = self.store.conn().await.map_err(transient)?;
-            conversations::present_members(&mut conn, room_id)
-                .await
-                .map_err(transient)?
+            conversations::present_members(&mut conn, room_id).await.map_err(transient)?
         };
         let joined = |id: &str| members.iter().any(|(m, state)| m == id && state == "join");
         let bot = self.ns.bot_user_id();
         if joined(&bot) {
             return Ok(user_id(&bot));
         }
-        let agent = members
-            .iter()
-            .find(|(m, state)| state == "join" && self.ns.agent_id_of(m).is_some());
+        let agent = members.iter().find(|(m, state)| state == "join" && self.ns.agent_id_of(m).is_some());
         Ok(user_id(agent.map_or(bot.as_str(), |(m, _)| m.as_str())))
     }
 
-    async fn placement(
-        &self,
-        room_id: &str,
-        msg: &ChannelMessage,
-    ) -> Result<Placement, ChannelSendError> {
+    async fn placement(&self, room_id: &str, msg: &ChannelMessage) -> Result<Placement, ChannelSendError> {
         let mut placement = Placement::default();
         if let Some(parent) = msg.reply_to_id {
             let mut conn = self.store.conn().await.map_err(transient)?;
-            placement.in_reply_to =
-                messages::native_for_message(&mut conn, CHANNEL, room_id, parent)
-                    .await
-                    .map_err(transient)?
-                    .and_then(|id| OwnedEventId::try_from(id).ok());
+            placement.in_reply_to = messages::native_for_message(&mut conn, CHANNEL, room_id, parent)
+                .await
+                .map_err(transient)?
+                .and_then(|id| OwnedEventId::try_from(id).ok());
         }
-        placement.thread_root = msg
-            .thread_id
-            .as_deref()
-            .and_then(|id| OwnedEventId::try_from(id).ok());
+        placement.thread_root = msg.thread_id.as_deref().and_then(|id| OwnedEventId::try_from(id).ok());
         Ok(placement)
     }
 
     fn note_rate_limit(&self, retry_after: Option<Duration>) {
-        let until =
-            store::now_ms() + retry_after.unwrap_or(Duration::from_secs(1)).as_millis() as i64;
+        let until = store::now_ms() + retry_after.unwrap_or(Duration::from_secs(1)).as_millis() as i64;
         self.rate_limited_until.store(until, Ordering::Relaxed);
     }
 }
 
 fn transient(error: impl std::fmt::Display) -> ChannelSendError {
-    ChannelSendError::Transient {
-        message: error.to_string(),
-        retry_after: None,
-    }
+    ChannelSendError::Transient { message: error.to_string(), retry_after: None }
 }
 
 fn user_id(id: &str) -> OwnedUserId {
@@ -416,9 +320,7 @@ fn fill_from_content(msg: &mut ChannelMessage, content: &RoomMessageEventContent
     msg.content = content.body().to_string();
     msg.attachments.clear();
     msg.content_type = match &content.msgtype {
-        MessageType::Text(text)
-            if text.formatted.is_some() || format::looks_like_markdown(&text.body) =>
-        {
+        MessageType::Text(text) if text.formatted.is_some() || format::looks_like_markdown(&text.body) => {
             ContentType::Markdown
         }
         MessageType::Image(image) => {
@@ -470,24 +372,12 @@ impl ChannelAdapter for MatrixAdapter {
 
     /// Registers the bot and checks the `as_token` with `whoami`.
     async fn connect(&self) -> Result<(), ChannelConnectError> {
-        let error = |message: String| ChannelConnectError {
-            channel: CHANNEL.into(),
-            message,
-        };
+        let error = |message: String| ChannelConnectError { channel: CHANNEL.into(), message };
         let bot = self.bot();
-        self.ensure_known_user(&bot)
-            .await
-            .map_err(|e| error(e.to_string()))?;
-        let me = self
-            .client
-            .call(whoami::v3::Request::new(), None)
-            .await
-            .map_err(|e| error(e.to_string()))?;
+        self.ensure_known_user(&bot).await.map_err(|e| error(e.to_string()))?;
+        let me = self.client.call(whoami::v3::Request::new(), None).await.map_err(|e| error(e.to_string()))?;
         if me.user_id != bot {
-            return Err(error(format!(
-                "the as_token belongs to {}, not to {bot}",
-                me.user_id
-            )));
+            return Err(error(format!("the as_token belongs to {}, not to {bot}", me.user_id)));
         }
         Ok(())
     }
@@ -499,9 +389,7 @@ impl ChannelAdapter for MatrixAdapter {
     async fn health(&self) -> AdapterHealth {
         let call = self.client.call(whoami::v3::Request::new(), None);
         match tokio::time::timeout(Duration::from_secs(5), call).await {
-            Ok(Ok(_)) if self.rate_limited_until.load(Ordering::Relaxed) > store::now_ms() => {
-                AdapterHealth::Degraded
-            }
+            Ok(Ok(_)) if self.rate_limited_until.load(Ordering::Relaxed) > store::now_ms() => AdapterHealth::Degraded,
             Ok(Ok(_)) => AdapterHealth::Connected,
             Ok(Err(HsError::RateLimited { .. })) => AdapterHealth::Degraded,
             _ => AdapterHealth::Disconnected,
@@ -514,11 +402,7 @@ impl ChannelAdapter for MatrixAdapter {
 
     /// Sends as the agent ghost (agents) or the bot (system). The transaction id is the
     /// message's canonical id, fixed before the first try, so a retry never duplicates.
-    async fn send_message(
-        &self,
-        channel_id: &str,
-        msg: &ChannelMessage,
-    ) -> Result<(), ChannelSendError> {
+    async fn send_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
         let room_id = OwnedRoomId::try_from(channel_id)
             .map_err(|e| ChannelSendError::Terminal(format!("bad room id {channel_id:?}: {e}")))?;
         let speaker = self.speaker(channel_id, msg).await?;
@@ -528,23 +412,16 @@ impl ChannelAdapter for MatrixAdapter {
         for attempt in 0..SEND_TRIES {
             let step = async {
                 self.ensure_known_user(&speaker).await?;
-                let request =
-                    send_message_event::v3::Request::new(room_id.clone(), txn_id.clone(), &content)
-                        .map_err(|e| HsError::Protocol(e.to_string()))?;
+                let request = send_message_event::v3::Request::new(room_id.clone(), txn_id.clone(), &content)
+                    .map_err(|e| HsError::Protocol(e.to_string()))?;
                 self.client.call(request, Some(&speaker)).await
             };
             match step.await {
                 Ok(response) => {
                     let mut conn = self.store.conn().await.map_err(transient)?;
-                    messages::add_ref(
-                        &mut conn,
-                        CHANNEL,
-                        channel_id,
-                        response.event_id.as_str(),
-                        msg.id,
-                    )
-                    .await
-                    .map_err(transient)?;
+                    messages::add_ref(&mut conn, CHANNEL, channel_id, response.event_id.as_str(), msg.id)
+                        .await
+                        .map_err(transient)?;
                     tracing::debug!(room_id = channel_id, event_id = %response.event_id, txn_id = %txn_id, "sent");
                     return Ok(());
                 }
@@ -559,13 +436,8 @@ impl ChannelAdapter for MatrixAdapter {
                 }
                 Err(error) if error.errcode() == Some("M_FORBIDDEN") && attempt == 0 => {
                     // A ghost that was invited but has not joined yet: join, then send.
-                    let join = self
-                        .client
-                        .call(
-                            join_room_by_id::v3::Request::new(room_id.clone()),
-                            Some(&speaker),
-                        )
-                        .await;
+                    let join =
+                        self.client.call(join_room_by_id::v3::Request::new(room_id.clone()), Some(&speaker)).await;
                     if join.is_err() {
                         return Err(ChannelSendError::Terminal(error.to_string()));
                     }
@@ -575,19 +447,12 @@ impl ChannelAdapter for MatrixAdapter {
             }
         }
         let error = last_error.expect("at least one try");
-        Err(ChannelSendError::Transient {
-            retry_after: error.retry_after(),
-            message: error.to_string(),
-        })
+        Err(ChannelSendError::Transient { retry_after: error.retry_after(), message: error.to_string() })
     }
 
     async fn map_identity(&self, channel_user_id: &str) -> Option<String> {
         let mut conn = self.store.conn().await.ok()?;
-        accounts::account_for_identity(&mut conn, CHANNEL, channel_user_id)
-            .await
-            .ok()
-            .flatten()
-            .map(|a| a.id)
+        accounts::account_for_identity(&mut conn, CHANNEL, channel_user_id).await.ok().flatten().map(|a| a.id)
     }
 }
 
@@ -609,10 +474,7 @@ mod tests {
         let plain: RoomMessageEventContent =
             serde_json::from_value(json!({"msgtype": "m.text", "body": "hello"})).unwrap();
         fill_from_content(&mut msg, &plain);
-        assert_eq!(
-            (msg.content.as_str(), msg.content_type),
-            ("hello", ContentType::Text)
-        );
+        assert_eq!((msg.content.as_str(), msg.content_type), ("hello", ContentType::Text));
         let md: RoomMessageEventContent =
             serde_json::from_value(json!({"msgtype": "m.text", "body": "**hi**"})).unwrap();
         fill_from_content(&mut msg, &md);
@@ -625,10 +487,8 @@ mod tests {
         assert_eq!(msg.content_type, ContentType::Image);
         assert_eq!(msg.attachments[0].url, "mxc://x/abc");
         assert_eq!(msg.attachments[0].size_bytes, Some(12));
-        let file: RoomMessageEventContent = serde_json::from_value(
-            json!({"msgtype": "m.file", "body": "a.pdf", "url": "mxc://x/pdf"}),
-        )
-        .unwrap();
+        let file: RoomMessageEventContent =
+            serde_json::from_value(json!({"msgtype": "m.file", "body": "a.pdf", "url": "mxc://x/pdf"})).unwrap();
         fill_from_content(&mut msg, &file);
         assert_eq!(msg.content_type, ContentType::File);
         assert_eq!(msg.attachments[0].mime_type, "application/octet-stream");

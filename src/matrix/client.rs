@@ -12,16 +12,14 @@ use ruma::api::error::ErrorKind;
 use ruma::api::error::{FromHttpResponseError, RetryAfter};
 use ruma::api::path_builder::{PathBuilder, SinglePath, VersionHistory};
 use ruma::api::{
-    AppserviceUserIdentity, IncomingResponse, MatrixVersion, OutgoingRequest,
-    OutgoingRequestAppserviceExt, SupportedVersions,
+    AppserviceUserIdentity, IncomingResponse, MatrixVersion, OutgoingRequest, OutgoingRequestAppserviceExt,
+    SupportedVersions,
 };
 
 /// Every request we build targets Matrix 1.11 paths, which Conduit, Synapse and their
 /// forks all serve.
-static SUPPORTED: LazyLock<SupportedVersions> = LazyLock::new(|| SupportedVersions {
-    versions: [MatrixVersion::V1_11].into(),
-    features: Default::default(),
-});
+static SUPPORTED: LazyLock<SupportedVersions> =
+    LazyLock::new(|| SupportedVersions { versions: [MatrixVersion::V1_11].into(), features: Default::default() });
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -34,11 +32,7 @@ pub enum HsError {
     #[error("homeserver error {status}: {message}")]
     Server { status: u16, message: String },
     #[error("homeserver refused the request ({status} {errcode}): {message}")]
-    Api {
-        status: u16,
-        errcode: String,
-        message: String,
-    },
+    Api { status: u16, errcode: String, message: String },
     #[error("unexpected homeserver response: {0}")]
     Protocol(String),
 }
@@ -46,10 +40,7 @@ pub enum HsError {
 impl HsError {
     /// Network failures, 429 and 5xx may succeed when tried again; 4xx will not.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::Network(_) | Self::RateLimited { .. } | Self::Server { .. }
-        )
+        matches!(self, Self::Network(_) | Self::RateLimited { .. } | Self::Server { .. })
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
@@ -96,11 +87,7 @@ impl HomeserverClient {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("TLS backend initialises");
-        Self {
-            http,
-            base_url: base_url.trim_end_matches('/').to_string(),
-            as_token: as_token.to_string(),
-        }
+        Self { http, base_url: base_url.trim_end_matches('/').to_string(), as_token: as_token.to_string() }
     }
 
     pub fn base_url(&self) -> &str {
@@ -108,11 +95,7 @@ impl HomeserverClient {
     }
 
     /// Sends `request` as the appservice's bot (`as_user = None`) or as a ghost.
-    pub async fn call<R>(
-        &self,
-        request: R,
-        as_user: Option<&UserId>,
-    ) -> Result<R::IncomingResponse, HsError>
+    pub async fn call<R>(&self, request: R, as_user: Option<&UserId>) -> Result<R::IncomingResponse, HsError>
     where
         R: OutgoingRequest,
         R::EndpointError: ToHsError,
@@ -132,33 +115,22 @@ impl HomeserverClient {
         R::IncomingResponse::try_from_http_response(response).map_err(classify)
     }
 
-    async fn execute(
-        &self,
-        request: http::Request<Vec<u8>>,
-    ) -> Result<http::Response<Vec<u8>>, HsError> {
+    async fn execute(&self, request: http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, HsError> {
         let (parts, body) = request.into_parts();
         let url = parts.uri.to_string();
         let mut builder = self.http.request(parts.method, &url).body(body);
         for (name, value) in &parts.headers {
             builder = builder.header(name, value);
         }
-        let response = builder
-            .send()
-            .await
-            .map_err(|e| HsError::Network(without_url(e)))?;
+        let response = builder.send().await.map_err(|e| HsError::Network(without_url(e)))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| HsError::Network(without_url(e)))?;
+        let bytes = response.bytes().await.map_err(|e| HsError::Network(without_url(e)))?;
         let mut http_response = http::Response::builder().status(status.as_u16());
         for (name, value) in &headers {
             http_response = http_response.header(name, value);
         }
-        http_response
-            .body(bytes.to_vec())
-            .map_err(|e| HsError::Protocol(e.to_string()))
+        http_response.body(bytes.to_vec()).map_err(|e| HsError::Protocol(e.to_string()))
     }
 }
 
@@ -195,9 +167,7 @@ impl ToHsError for ruma::api::error::Error {
         if let Some(ErrorKind::LimitExceeded(data)) = self.error_kind() {
             let retry_after = data.retry_after.as_ref().map(|r| match r {
                 RetryAfter::Delay(d) => *d,
-                RetryAfter::DateTime(t) => t
-                    .duration_since(std::time::SystemTime::now())
-                    .unwrap_or_default(),
+                RetryAfter::DateTime(t) => t.duration_since(std::time::SystemTime::now()).unwrap_or_default(),
             });
             return HsError::RateLimited { retry_after };
         }
@@ -208,15 +178,8 @@ impl ToHsError for ruma::api::error::Error {
         if status >= 500 {
             return HsError::Server { status, message };
         }
-        let errcode = self
-            .error_kind()
-            .map(|k| k.errcode().to_string())
-            .unwrap_or_else(|| "M_UNKNOWN".into());
-        HsError::Api {
-            status,
-            errcode,
-            message,
-        }
+        let errcode = self.error_kind().map(|k| k.errcode().to_string()).unwrap_or_else(|| "M_UNKNOWN".into());
+        HsError::Api { status, errcode, message }
     }
 }
 
@@ -226,11 +189,7 @@ impl ToHsError for ruma::api::client::uiaa::UiaaResponse {
     fn to_hs_error(self) -> HsError {
         match self {
             Self::MatrixError(error) => error.to_hs_error(),
-            other => HsError::Api {
-                status: 401,
-                errcode: "M_FORBIDDEN".into(),
-                message: format!("{other:?}"),
-            },
+            other => HsError::Api { status: 401, errcode: "M_FORBIDDEN".into(), message: format!("{other:?}") },
         }
     }
 }

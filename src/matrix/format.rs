@@ -4,8 +4,7 @@
 use ruma::OwnedEventId;
 use ruma::events::relation::{InReplyTo, Reply, Thread};
 use ruma::events::room::message::{
-    FormattedBody, MessageType, NoticeMessageEventContent, Relation, RoomMessageEventContent,
-    TextMessageEventContent,
+    FormattedBody, MessageType, NoticeMessageEventContent, Relation, RoomMessageEventContent, TextMessageEventContent,
 };
 use ruma::html::{HtmlSanitizerMode, RemoveReplyFallback, sanitize_html};
 
@@ -22,11 +21,7 @@ pub struct Placement {
 pub fn message_content(msg: &ChannelMessage, placement: Placement) -> RoomMessageEventContent {
     let body = match msg.content_type {
         ContentType::Code => {
-            let language = msg
-                .metadata
-                .get(metadata_keys::LANGUAGE)
-                .and_then(|v| v.as_str())
-                .unwrap_or("");
+            let language = msg.metadata.get(metadata_keys::LANGUAGE).and_then(|v| v.as_str()).unwrap_or("");
             format!("```{language}\n{}\n```", msg.content.trim_end_matches('\n'))
         }
         _ => msg.content.clone(),
@@ -36,9 +31,7 @@ pub fn message_content(msg: &ChannelMessage, placement: Placement) -> RoomMessag
         _ => None,
     };
     let msgtype = match (msg.sender_type, formatted) {
-        (SenderType::System, Some(html)) => {
-            MessageType::Notice(NoticeMessageEventContent::html(body, html))
-        }
+        (SenderType::System, Some(html)) => MessageType::Notice(NoticeMessageEventContent::html(body, html)),
         (SenderType::System, None) => MessageType::Notice(NoticeMessageEventContent::plain(body)),
         (_, Some(html)) => MessageType::Text(TextMessageEventContent::html(body, html)),
         (_, None) => MessageType::Text(TextMessageEventContent::plain(body)),
@@ -57,11 +50,7 @@ pub fn message_content(msg: &ChannelMessage, placement: Placement) -> RoomMessag
 /// no formatting worth sending.
 pub fn markdown_to_html(markdown: &str) -> Option<String> {
     let rendered = FormattedBody::markdown(markdown)?;
-    Some(sanitize_html(
-        &rendered.body,
-        HtmlSanitizerMode::Compat,
-        RemoveReplyFallback::No,
-    ))
+    Some(sanitize_html(&rendered.body, HtmlSanitizerMode::Compat, RemoveReplyFallback::No))
 }
 
 /// Whether a plain body looks like it was written in markdown.
@@ -103,17 +92,11 @@ mod tests {
     fn system_messages_are_notices_and_replies_point_at_the_original() {
         let content = message_content(
             &msg(SenderType::System, "Linked.", ContentType::Text),
-            Placement {
-                in_reply_to: Some(owned_event_id!("$orig")),
-                thread_root: None,
-            },
+            Placement { in_reply_to: Some(owned_event_id!("$orig")), thread_root: None },
         );
         let json = serde_json::to_value(&content).unwrap();
         assert_eq!(json["msgtype"], "m.notice");
-        assert_eq!(
-            json["m.relates_to"],
-            json!({"m.in_reply_to": {"event_id": "$orig"}})
-        );
+        assert_eq!(json["m.relates_to"], json!({"m.in_reply_to": {"event_id": "$orig"}}));
         assert!(json.get("formatted_body").is_none());
     }
 
@@ -121,10 +104,7 @@ mod tests {
     fn threads_keep_the_root_and_the_reply() {
         let content = message_content(
             &msg(SenderType::Agent, "hi", ContentType::Text),
-            Placement {
-                in_reply_to: Some(owned_event_id!("$last")),
-                thread_root: Some(owned_event_id!("$root")),
-            },
+            Placement { in_reply_to: Some(owned_event_id!("$last")), thread_root: Some(owned_event_id!("$root")) },
         );
         let json = serde_json::to_value(&content).unwrap();
         assert_eq!(json["m.relates_to"]["rel_type"], "m.thread");
@@ -138,11 +118,6 @@ mod tests {
         m.metadata.insert("language".into(), json!("rust"));
         let json = serde_json::to_value(message_content(&m, Placement::default())).unwrap();
         assert_eq!(json["body"], "```rust\nfn main() {}\n```");
-        assert!(
-            json["formatted_body"]
-                .as_str()
-                .unwrap()
-                .contains("<code class=\"language-rust\">")
-        );
+        assert!(json["formatted_body"].as_str().unwrap().contains("<code class=\"language-rust\">"));
     }
 }

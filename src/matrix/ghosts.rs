@@ -24,31 +24,16 @@ pub struct Ghosts {
 
 impl Ghosts {
     pub fn new(client: HomeserverClient, store: Store) -> Self {
-        Self {
-            client,
-            store,
-            known: Mutex::new(HashSet::new()),
-        }
+        Self { client, store, known: Mutex::new(HashSet::new()) }
     }
 
     /// Registers `user_id` (once) and sets its display name.
-    pub async fn ensure(
-        &self,
-        user_id: &UserId,
-        display_name: Option<&str>,
-    ) -> Result<(), HsError> {
-        if self
-            .known
-            .lock()
-            .expect("ghost cache")
-            .contains(user_id.as_str())
-        {
+    pub async fn ensure(&self, user_id: &UserId, display_name: Option<&str>) -> Result<(), HsError> {
+        if self.known.lock().expect("ghost cache").contains(user_id.as_str()) {
             return Ok(());
         }
         let recorded = match self.store.conn().await {
-            Ok(mut conn) => conversations::ghost_registered(&mut conn, user_id.as_str())
-                .await
-                .unwrap_or(false),
+            Ok(mut conn) => conversations::ghost_registered(&mut conn, user_id.as_str()).await.unwrap_or(false),
             Err(_) => false,
         };
         if !recorded {
@@ -57,16 +42,12 @@ impl Ghosts {
                 self.set_display_name(user_id, name).await?;
             }
             if let Ok(mut conn) = self.store.conn().await
-                && let Err(error) =
-                    conversations::record_ghost(&mut conn, user_id.as_str(), display_name).await
+                && let Err(error) = conversations::record_ghost(&mut conn, user_id.as_str(), display_name).await
             {
                 tracing::warn!(user_id = %user_id, %error, "cannot record the registered ghost");
             }
         }
-        self.known
-            .lock()
-            .expect("ghost cache")
-            .insert(user_id.as_str().to_string());
+        self.known.lock().expect("ghost cache").insert(user_id.as_str().to_string());
         Ok(())
     }
 
@@ -87,10 +68,7 @@ impl Ghosts {
 
     pub async fn set_display_name(&self, user_id: &UserId, name: &str) -> Result<(), HsError> {
         let owned: OwnedUserId = user_id.to_owned();
-        let request = set_profile_field::v3::Request::new(
-            owned,
-            ProfileFieldValue::DisplayName(name.to_string()),
-        );
+        let request = set_profile_field::v3::Request::new(owned, ProfileFieldValue::DisplayName(name.to_string()));
         self.client.call(request, Some(user_id)).await.map(|_| ())
     }
 }

@@ -15,12 +15,7 @@ use crate::store::{self, Store, inbox};
 
 const BATCH: i64 = 100;
 
-pub async fn run(
-    store: Store,
-    adapter: Arc<MatrixAdapter>,
-    wake: Arc<Notify>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn run(store: Store, adapter: Arc<MatrixAdapter>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
     let mut failures = 0i64;
     loop {
         if *shutdown.borrow() {
@@ -45,16 +40,10 @@ pub async fn run(
 
 /// Handles up to one batch; stops at the first transient failure so that events stay in
 /// order. Returns how many events were finished.
-async fn process_batch(
-    store: &Store,
-    adapter: &MatrixAdapter,
-    failures: &mut i64,
-) -> Result<usize, String> {
+async fn process_batch(store: &Store, adapter: &MatrixAdapter, failures: &mut i64) -> Result<usize, String> {
     let pending = {
         let mut conn = store.conn().await.map_err(|e| e.to_string())?;
-        inbox::pending(&mut conn, BATCH)
-            .await
-            .map_err(|e| e.to_string())?
+        inbox::pending(&mut conn, BATCH).await.map_err(|e| e.to_string())?
     };
     let mut finished = 0;
     for item in pending {
@@ -65,15 +54,10 @@ async fn process_batch(
             }
             Err(EventError::Transient(error)) => {
                 *failures += 1;
-                return Err(format!(
-                    "event {} of transaction {}: {error}",
-                    item.seq, item.txn_id
-                ));
+                return Err(format!("event {} of transaction {}: {error}", item.seq, item.txn_id));
             }
         }
-        mark_processed(store, item.seq)
-            .await
-            .map_err(|e| e.to_string())?;
+        mark_processed(store, item.seq).await.map_err(|e| e.to_string())?;
         *failures = 0;
         finished += 1;
     }

@@ -30,10 +30,7 @@ impl Namespace {
     }
 
     pub fn agent_user_id(&self, agent_id: &str) -> String {
-        format!(
-            "@{}agent_{}:{}",
-            self.ghost_prefix, agent_id, self.server_name
-        )
+        format!("@{}agent_{}:{}", self.ghost_prefix, agent_id, self.server_name)
     }
 
     fn localpart<'a>(&self, user_id: &'a str) -> Option<&'a str> {
@@ -43,9 +40,8 @@ impl Namespace {
 
     /// True for the bot and every ghost: their messages are never handled as input.
     pub fn is_ours(&self, user_id: &str) -> bool {
-        self.localpart(user_id).is_some_and(|local| {
-            local == self.bot_localpart || local.starts_with(&self.ghost_prefix)
-        })
+        self.localpart(user_id)
+            .is_some_and(|local| local == self.bot_localpart || local.starts_with(&self.ghost_prefix))
     }
 
     pub fn is_bot(&self, user_id: &str) -> bool {
@@ -55,9 +51,7 @@ impl Namespace {
     /// The agent id of an agent ghost.
     pub fn agent_id_of(&self, user_id: &str) -> Option<String> {
         let local = self.localpart(user_id)?;
-        let id = local
-            .strip_prefix(&self.ghost_prefix)?
-            .strip_prefix("agent_")?;
+        let id = local.strip_prefix(&self.ghost_prefix)?.strip_prefix("agent_")?;
         (!id.is_empty()).then(|| id.to_string())
     }
 
@@ -69,24 +63,13 @@ impl Namespace {
     /// User namespace of the registration: the bot and every ghost kind, anchored.
     pub fn user_regex(&self) -> String {
         let server = escape(&self.server_name);
-        let ghosts: Vec<String> = GHOST_KINDS
-            .iter()
-            .map(|kind| format!("{}{}_.+", escape(&self.ghost_prefix), kind))
-            .collect();
-        format!(
-            "^@({}|{}):{}$",
-            escape(&self.bot_localpart),
-            ghosts.join("|"),
-            server
-        )
+        let ghosts: Vec<String> =
+            GHOST_KINDS.iter().map(|kind| format!("{}{}_.+", escape(&self.ghost_prefix), kind)).collect();
+        format!("^@({}|{}):{}$", escape(&self.bot_localpart), ghosts.join("|"), server)
     }
 
     pub fn alias_regex(&self) -> String {
-        format!(
-            "^#{}.+:{}$",
-            escape(&self.alias_prefix),
-            escape(&self.server_name)
-        )
+        format!("^#{}.+:{}$", escape(&self.alias_prefix), escape(&self.server_name))
     }
 }
 
@@ -153,11 +136,7 @@ mod tests {
         assert!(ns.is_ours(&ns.agent_user_id("echo")));
         assert!(!ns.is_ours("@alice:chat.example.org"));
         assert!(!ns.is_ours("@mosaic_agent_echo:other.org"));
-        assert_eq!(
-            ns.agent_id_of("@mosaic_agent_echo:chat.example.org")
-                .as_deref(),
-            Some("echo")
-        );
+        assert_eq!(ns.agent_id_of("@mosaic_agent_echo:chat.example.org").as_deref(), Some("echo"));
         assert_eq!(ns.agent_id_of("@mosaic-bot:chat.example.org"), None);
     }
 }

@@ -41,14 +41,8 @@ pub fn registration_yaml(config: &Config) -> String {
         sender_localpart: &config.bot.localpart,
         rate_limited: false,
         namespaces: Namespaces {
-            users: vec![NamespaceEntry {
-                exclusive: true,
-                regex: namespace.user_regex(),
-            }],
-            aliases: vec![NamespaceEntry {
-                exclusive: true,
-                regex: namespace.alias_regex(),
-            }],
+            users: vec![NamespaceEntry { exclusive: true, regex: namespace.user_regex() }],
+            aliases: vec![NamespaceEntry { exclusive: true, regex: namespace.alias_regex() }],
             rooms: vec![],
         },
     };
@@ -83,11 +77,6 @@ mod tests {
         assert!(re.is_match("@mosaic_agent_echo:example.org"));
         assert!(re.is_match("@mosaic-bot:example.org"));
         assert_eq!(yaml["namespaces"]["users"][0]["exclusive"], true);
-        assert!(
-            yaml["namespaces"]["aliases"][0]["regex"]
-                .as_str()
-                .unwrap()
-                .starts_with("^#mosaic\\-")
-        );
+        assert!(yaml["namespaces"]["aliases"][0]["regex"].as_str().unwrap().starts_with("^#mosaic\\-"));
     }
 }

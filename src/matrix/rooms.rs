@@ -33,8 +33,7 @@ pub const PEOPLE_POWER: i64 = 50;
 /// (room version 12 and its "hydra" predecessors). Then the creator must not be listed
 /// in `m.room.power_levels.users`.
 pub fn creator_is_privileged(room_version: &str) -> bool {
-    room_version.parse::<u32>().is_ok_and(|v| v >= 12)
-        || room_version.starts_with("org.matrix.hydra")
+    room_version.parse::<u32>().is_ok_and(|v| v >= 12) || room_version.starts_with("org.matrix.hydra")
 }
 
 /// The `power_level_content_override` of a new conversation room.
@@ -63,10 +62,7 @@ impl MatrixAdapter {
         let version = self
             .room_version
             .get_or_try_init(|| async {
-                let caps = self
-                    .client()
-                    .call(get_capabilities::v3::Request::new(), None)
-                    .await?;
+                let caps = self.client().call(get_capabilities::v3::Request::new(), None).await?;
                 Ok::<_, EventError>(caps.capabilities.room_versions.default.to_string())
             })
             .await?;
@@ -74,20 +70,13 @@ impl MatrixAdapter {
     }
 
     /// Creates the room (idempotently, through the conversation's alias) and records it.
-    pub async fn create_conversation_room(
-        &self,
-        job: &CreateRoomJob,
-    ) -> Result<OwnedRoomId, EventError> {
+    pub async fn create_conversation_room(&self, job: &CreateRoomJob) -> Result<OwnedRoomId, EventError> {
         let ns = self.namespace().clone();
         let bot = ns.bot_user_id();
-        let bot_id = OwnedUserId::try_from(bot.as_str())
-            .map_err(|e| EventError::Permanent(e.to_string()))?;
+        let bot_id = OwnedUserId::try_from(bot.as_str()).map_err(|e| EventError::Permanent(e.to_string()))?;
         self.ensure_known_user(&bot_id).await?;
-        let agent_ids: Vec<OwnedUserId> = job
-            .agents
-            .iter()
-            .filter_map(|agent| OwnedUserId::try_from(ns.agent_user_id(agent)).ok())
-            .collect();
+        let agent_ids: Vec<OwnedUserId> =
+            job.agents.iter().filter_map(|agent| OwnedUserId::try_from(ns.agent_user_id(agent)).ok()).collect();
         for agent in &agent_ids {
             self.ensure_known_user(agent).await?;
         }
@@ -96,27 +85,17 @@ impl MatrixAdapter {
             None => self.create(job, &bot, &agent_ids).await?,
         };
         for agent in &agent_ids {
-            self.client()
-                .call(
-                    join_room_by_id::v3::Request::new(room_id.clone()),
-                    Some(agent),
-                )
-                .await?;
+            self.client().call(join_room_by_id::v3::Request::new(room_id.clone()), Some(agent)).await?;
         }
         let store = self.store();
         let mut tx = store.begin_write().await?;
-        conversations::set_conversation_room(&mut tx, &job.conversation_id, room_id.as_str())
-            .await?;
+        conversations::set_conversation_room(&mut tx, &job.conversation_id, room_id.as_str()).await?;
         conversations::set_membership(&mut tx, room_id.as_str(), &bot, "join").await?;
         for agent in &agent_ids {
-            conversations::set_membership(&mut tx, room_id.as_str(), agent.as_str(), "join")
-                .await?;
+            conversations::set_membership(&mut tx, room_id.as_str(), agent.as_str(), "join").await?;
         }
         for person in &job.invite {
-            if conversations::membership(&mut tx, room_id.as_str(), person)
-                .await?
-                .is_none()
-            {
+            if conversations::membership(&mut tx, room_id.as_str(), person).await?.is_none() {
                 conversations::set_membership(&mut tx, room_id.as_str(), person, "invite").await?;
             }
         }
@@ -125,21 +104,13 @@ impl MatrixAdapter {
         Ok(room_id)
     }
 
-    async fn existing_room(
-        &self,
-        conversation_id: &str,
-    ) -> Result<Option<OwnedRoomId>, EventError> {
+    async fn existing_room(&self, conversation_id: &str) -> Result<Option<OwnedRoomId>, EventError> {
         let mut conn = self.store().conn().await?;
         let room = conversations::room_for_conversation(&mut conn, conversation_id).await?;
         Ok(room.and_then(|r| OwnedRoomId::try_from(r).ok()))
     }
 
-    async fn create(
-        &self,
-        job: &CreateRoomJob,
-        bot: &str,
-        agents: &[OwnedUserId],
-    ) -> Result<OwnedRoomId, EventError> {
+    async fn create(&self, job: &CreateRoomJob, bot: &str, agents: &[OwnedUserId]) -> Result<OwnedRoomId, EventError> {
         let ns = self.namespace();
         let alias_localpart = ns.conversation_alias_localpart(&job.conversation_id);
         let room_version = self.default_room_version().await?;
@@ -157,21 +128,15 @@ impl MatrixAdapter {
             .collect();
         let overrides = power_levels(bot, &job.invite, &room_version);
         request.power_level_content_override = Some(Raw::from_json(
-            serde_json::value::to_raw_value(&overrides)
-                .map_err(|e| EventError::Permanent(e.to_string()))?,
+            serde_json::value::to_raw_value(&overrides).map_err(|e| EventError::Permanent(e.to_string()))?,
         ));
         match self.client().call(request, None).await {
             Ok(created) => Ok(created.room_id),
             // A retry after a crash: the room exists under the conversation's alias.
             Err(error) if error.errcode() == Some("M_ROOM_IN_USE") => {
-                let alias =
-                    OwnedRoomAliasId::try_from(format!("#{alias_localpart}:{}", ns.server_name))
-                        .map_err(|e| EventError::Permanent(e.to_string()))?;
-                Ok(self
-                    .client()
-                    .call(get_alias::v3::Request::new(alias), None)
-                    .await?
-                    .room_id)
+                let alias = OwnedRoomAliasId::try_from(format!("#{alias_localpart}:{}", ns.server_name))
+                    .map_err(|e| EventError::Permanent(e.to_string()))?;
+                Ok(self.client().call(get_alias::v3::Request::new(alias), None).await?.room_id)
             }
             Err(error) => Err(error.into()),
         }

@@ -34,11 +34,7 @@ pub struct ServerState {
 
 /// A Matrix-style error answer.
 fn matrix_error(status: StatusCode, errcode: &str, error: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(json!({ "errcode": errcode, "error": error.into() })),
-    )
-        .into_response()
+    (status, axum::Json(json!({ "errcode": errcode, "error": error.into() }))).into_response()
 }
 
 fn ok_empty() -> Response {
@@ -68,18 +64,12 @@ fn authorize(config: &Config, headers: &HeaderMap, uri: &Uri) -> Result<(), Box<
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
     let query = uri.query().and_then(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "access_token")
-            .map(|(_, v)| v.into_owned())
+        url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "access_token").map(|(_, v)| v.into_owned())
     });
     let denied = match bearer.or(query) {
         Some(token) if constant_time_eq(&token, &config.appservice.hs_token) => return Ok(()),
         Some(_) => matrix_error(StatusCode::FORBIDDEN, "M_FORBIDDEN", "invalid hs_token"),
-        None => matrix_error(
-            StatusCode::UNAUTHORIZED,
-            "M_MISSING_TOKEN",
-            "missing hs_token",
-        ),
+        None => matrix_error(StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN", "missing hs_token"),
     };
     Err(Box::new(denied))
 }
@@ -92,11 +82,7 @@ struct TransactionBody<'a> {
 
 /// Stores the transaction durably, answers 200, and leaves processing to the inbox
 /// worker. A txnId seen before is answered 200 and not stored again.
-async fn transaction(
-    State(state): State<ServerState>,
-    Path(txn_id): Path<String>,
-    request: Request,
-) -> Response {
+async fn transaction(State(state): State<ServerState>, Path(txn_id): Path<String>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     if let Err(denied) = authorize(&state.config, &parts.headers, &parts.uri) {
         return *denied;
@@ -108,19 +94,11 @@ async fn transaction(
     let parsed: TransactionBody = match serde_json::from_slice(&bytes) {
         Ok(parsed) => parsed,
         Err(error) => {
-            return matrix_error(
-                StatusCode::BAD_REQUEST,
-                "M_BAD_JSON",
-                format!("transaction body: {error}"),
-            );
+            return matrix_error(StatusCode::BAD_REQUEST, "M_BAD_JSON", format!("transaction body: {error}"));
         }
     };
     let namespace = state.adapter.namespace();
-    let kept: Vec<Cow<str>> = parsed
-        .events
-        .iter()
-        .filter_map(|e| prepare_for_inbox(e.get(), namespace))
-        .collect();
+    let kept: Vec<Cow<str>> = parsed.events.iter().filter_map(|e| prepare_for_inbox(e.get(), namespace)).collect();
     let events: Vec<&str> = kept.iter().map(|e| e.as_ref()).collect();
     match inbox::record_transaction(&state.store, &txn_id, &events).await {
         Ok(new) => {
@@ -135,11 +113,7 @@ async fn transaction(
         Err(error) => {
             // Not acknowledged: the homeserver keeps the transaction and retries it.
             tracing::error!(txn_id, %error, "cannot store transaction");
-            matrix_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "M_UNKNOWN",
-                "storage unavailable, retry later",
-            )
+            matrix_error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", "storage unavailable, retry later")
         }
     }
 }
@@ -175,18 +149,10 @@ pub fn hash_link_tokens(raw: &str) -> Cow<'_, str> {
     };
     let body = event["content"]["body"].as_str().unwrap_or_default();
     let token = match commands::parse('!', body) {
-        Some(Ok(commands::Command::Link(Some(token))))
-            if !token.starts_with(secrets::HASHED_TOKEN_PREFIX) =>
-        {
-            token
-        }
+        Some(Ok(commands::Command::Link(Some(token)))) if !token.starts_with(secrets::HASHED_TOKEN_PREFIX) => token,
         _ => return Cow::Borrowed(raw),
     };
-    let hashed = format!(
-        "{}{}",
-        secrets::HASHED_TOKEN_PREFIX,
-        secrets::hash_token(&token)
-    );
+    let hashed = format!("{}{}", secrets::HASHED_TOKEN_PREFIX, secrets::hash_token(&token));
     let content = &mut event["content"];
     for field in ["body", "formatted_body"] {
         if let Some(text) = content[field].as_str() {
@@ -199,22 +165,10 @@ pub fn hash_link_tokens(raw: &str) -> Cow<'_, str> {
 async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Response> {
     to_bytes(body, limit).await.map_err(|error| {
         let message = error.to_string();
-        if error
-            .into_inner()
-            .downcast_ref::<http_body_util::LengthLimitError>()
-            .is_some()
-        {
-            matrix_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "M_TOO_LARGE",
-                format!("body larger than {limit} bytes"),
-            )
+        if error.into_inner().downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            matrix_error(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", format!("body larger than {limit} bytes"))
         } else {
-            matrix_error(
-                StatusCode::BAD_REQUEST,
-                "M_BAD_JSON",
-                format!("cannot read body: {message}"),
-            )
+            matrix_error(StatusCode::BAD_REQUEST, "M_BAD_JSON", format!("cannot read body: {message}"))
         }
     })
 }
@@ -238,11 +192,7 @@ async fn user_query(
         Ok(false) => matrix_error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "no such user here"),
         Err(error) => {
             tracing::warn!(user_id, %error, "cannot provision user");
-            matrix_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "M_UNKNOWN",
-                "cannot provision the user now",
-            )
+            matrix_error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", "cannot provision the user now")
         }
     }
 }
@@ -252,19 +202,10 @@ async fn room_query(State(state): State<ServerState>, headers: HeaderMap, uri: U
     if let Err(denied) = authorize(&state.config, &headers, &uri) {
         return *denied;
     }
-    matrix_error(
-        StatusCode::NOT_FOUND,
-        "M_NOT_FOUND",
-        "no such room alias here",
-    )
+    matrix_error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "no such room alias here")
 }
 
-async fn ping(
-    State(state): State<ServerState>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Body,
-) -> Response {
+async fn ping(State(state): State<ServerState>, headers: HeaderMap, uri: Uri, body: Body) -> Response {
     if let Err(denied) = authorize(&state.config, &headers, &uri) {
         return *denied;
     }
@@ -273,11 +214,7 @@ async fn ping(
         Err(response) => return response,
     };
     if !bytes.is_empty() && serde_json::from_slice::<Value>(&bytes).is_err() {
-        return matrix_error(
-            StatusCode::BAD_REQUEST,
-            "M_BAD_JSON",
-            "ping body is not JSON",
-        );
+        return matrix_error(StatusCode::BAD_REQUEST, "M_BAD_JSON", "ping body is not JSON");
     }
     ok_empty()
 }
@@ -290,27 +227,17 @@ async fn health() -> Response {
 async fn ready(State(state): State<ServerState>) -> Response {
     let database = state.store.ping().await.is_ok();
     let adapters = state.registry.health_all();
-    let all_connected = adapters
-        .values()
-        .all(|h| *h == crate::protocol::AdapterHealth::Connected);
+    let all_connected = adapters.values().all(|h| *h == crate::protocol::AdapterHealth::Connected);
     let status = if database && all_connected && !adapters.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        axum::Json(json!({ "database": database, "adapters": adapters })),
-    )
-        .into_response()
+    (status, axum::Json(json!({ "database": database, "adapters": adapters }))).into_response()
 }
 
 async fn unknown() -> Response {
-    matrix_error(
-        StatusCode::NOT_FOUND,
-        "M_UNRECOGNIZED",
-        "unrecognized request",
-    )
+    matrix_error(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "unrecognized request")
 }
 
 #[cfg(test)]
@@ -321,20 +248,13 @@ mod tests {
     #[test]
     fn link_tokens_are_hashed_before_storage() {
         let token = "ab".repeat(32);
-        let event = json!({"type": "m.room.message", "content": {"msgtype": "m.text", "body": format!("!link {token}")}});
+        let event =
+            json!({"type": "m.room.message", "content": {"msgtype": "m.text", "body": format!("!link {token}")}});
         let stored = hash_link_tokens(&event.to_string()).into_owned();
         assert!(!stored.contains(&token));
-        let body = serde_json::from_str::<Value>(&stored).unwrap()["content"]["body"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let Some(Ok(commands::Command::Link(Some(given)))) = commands::parse('!', &body) else {
-            panic!("{body}")
-        };
-        assert_eq!(
-            secrets::token_lookup_hash(&given),
-            secrets::hash_token(&token)
-        );
+        let body = serde_json::from_str::<Value>(&stored).unwrap()["content"]["body"].as_str().unwrap().to_string();
+        let Some(Ok(commands::Command::Link(Some(given)))) = commands::parse('!', &body) else { panic!("{body}") };
+        assert_eq!(secrets::token_lookup_hash(&given), secrets::hash_token(&token));
     }
 
     #[test]
@@ -345,20 +265,19 @@ mod tests {
             ghost_prefix: "mosaic_".into(),
             alias_prefix: "mosaic-".into(),
         };
-        let ours = json!({"type": "m.room.message", "sender": "@mosaic-bot:x", "content": {"body": "token"}}).to_string();
+        let ours =
+            json!({"type": "m.room.message", "sender": "@mosaic-bot:x", "content": {"body": "token"}}).to_string();
         assert!(prepare_for_inbox(&ours, &ns).is_none());
-        let join = json!({"type": "m.room.member", "sender": "@mosaic-bot:x", "state_key": "@mosaic-bot:x"}).to_string();
+        let join =
+            json!({"type": "m.room.member", "sender": "@mosaic-bot:x", "state_key": "@mosaic-bot:x"}).to_string();
         assert!(prepare_for_inbox(&join, &ns).is_some());
-        let theirs =
-            json!({"type": "m.room.message", "sender": "@alice:x", "content": {"body": "hi"}})
-                .to_string();
+        let theirs = json!({"type": "m.room.message", "sender": "@alice:x", "content": {"body": "hi"}}).to_string();
         assert!(prepare_for_inbox(&theirs, &ns).is_some());
     }
 
     #[test]
     fn other_events_pass_unchanged() {
-        let raw = json!({"type": "m.room.message", "content": {"body": "a link to somewhere"}})
-            .to_string();
+        let raw = json!({"type": "m.room.message", "content": {"body": "a link to somewhere"}}).to_string();
         assert!(matches!(hash_link_tokens(&raw), Cow::Borrowed(_)));
     }
 }

@@ -34,10 +34,7 @@ pub enum ChannelSendError {
     Terminal(String),
     /// Retried inside the adapter and still failing; worth trying again later.
     #[error("transient send failure: {message}")]
-    Transient {
-        message: String,
-        retry_after: Option<Duration>,
-    },
+    Transient { message: String, retry_after: Option<Duration> },
 }
 
 /// Error from an inbound handler; the adapter keeps the message and offers it again.
@@ -74,11 +71,7 @@ pub trait ChannelAdapter: Send + Sync {
 
     /// Sends `msg` to the channel-native `channel_id`. Transient failures are retried
     /// with backoff inside the adapter before an error is returned.
-    async fn send_message(
-        &self,
-        channel_id: &str,
-        msg: &ChannelMessage,
-    ) -> Result<(), ChannelSendError>;
+    async fn send_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError>;
 
     /// The account id linked to a channel-native user id, or `None` for anonymous senders.
     async fn map_identity(&self, channel_user_id: &str) -> Option<String>;

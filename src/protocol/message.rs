@@ -117,9 +117,7 @@ impl ChannelMessage {
 
     /// The channel-native id stored under `metadata.channelMessageId`, if any.
     pub fn channel_message_id(&self) -> Option<&str> {
-        self.metadata
-            .get(metadata_keys::CHANNEL_MESSAGE_ID)
-            .and_then(Value::as_str)
+        self.metadata.get(metadata_keys::CHANNEL_MESSAGE_ID).and_then(Value::as_str)
     }
 
     pub fn with_reply_to(mut self, id: Uuid) -> Self {
@@ -147,8 +145,7 @@ mod tests {
             "hi",
             ContentType::Markdown,
         );
-        msg.metadata
-            .insert("channelMessageId".into(), json!("$event"));
+        msg.metadata.insert("channelMessageId".into(), json!("$event"));
         msg.reply_to_id = Some(Uuid::nil());
         msg.thread_id = Some("$root".into());
         msg.attachments.push(ChannelAttachment {

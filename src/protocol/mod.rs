@@ -8,10 +8,7 @@ mod adapter;
 mod message;
 mod registry;
 
-pub use adapter::{
-    AdapterHealth, ChannelAdapter, ChannelConnectError, ChannelSendError, HandlerError,
-    InboundHandler,
-};
+pub use adapter::{AdapterHealth, ChannelAdapter, ChannelConnectError, ChannelSendError, HandlerError, InboundHandler};
 pub use message::{ChannelAttachment, ChannelMessage, ContentType, SenderType, metadata_keys};
 pub use registry::{CONNECT_TIMEOUT, ChannelRegistry, DEFAULT_HEALTH_INTERVAL};
 

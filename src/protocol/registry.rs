@@ -30,12 +30,7 @@ impl ChannelRegistry {
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<dyn ChannelAdapter>> {
-        self.adapters
-            .read()
-            .expect("registry lock")
-            .iter()
-            .find(|a| a.name() == name)
-            .cloned()
+        self.adapters.read().expect("registry lock").iter().find(|a| a.name() == name).cloned()
     }
 
     pub fn list(&self) -> Vec<Arc<dyn ChannelAdapter>> {
@@ -118,26 +113,15 @@ mod tests {
             if self.connects {
                 Ok(())
             } else {
-                Err(ChannelConnectError {
-                    channel: self.name.into(),
-                    message: "refused".into(),
-                })
+                Err(ChannelConnectError { channel: self.name.into(), message: "refused".into() })
             }
         }
         async fn disconnect(&self) {}
         async fn health(&self) -> AdapterHealth {
-            if self.connects {
-                AdapterHealth::Connected
-            } else {
-                AdapterHealth::Disconnected
-            }
+            if self.connects { AdapterHealth::Connected } else { AdapterHealth::Disconnected }
         }
         fn on_message(&self, _handler: Arc<dyn InboundHandler>) {}
-        async fn send_message(
-            &self,
-            _channel_id: &str,
-            _msg: &ChannelMessage,
-        ) -> Result<(), ChannelSendError> {
+        async fn send_message(&self, _channel_id: &str, _msg: &ChannelMessage) -> Result<(), ChannelSendError> {
             Ok(())
         }
         async fn map_identity(&self, _channel_user_id: &str) -> Option<String> {
@@ -148,14 +132,8 @@ mod tests {
     #[tokio::test]
     async fn connects_all_and_reports_each_health() {
         let registry = ChannelRegistry::new();
-        registry.register(Arc::new(Fake {
-            name: "good",
-            connects: true,
-        }));
-        registry.register(Arc::new(Fake {
-            name: "bad",
-            connects: false,
-        }));
+        registry.register(Arc::new(Fake { name: "good", connects: true }));
+        registry.register(Arc::new(Fake { name: "bad", connects: false }));
         let failures = registry.connect_all().await;
         assert_eq!(failures.len(), 1);
         assert_eq!(failures[0].channel, "bad");
@@ -168,14 +146,8 @@ mod tests {
     #[tokio::test]
     async fn registering_the_same_name_replaces_it() {
         let registry = ChannelRegistry::new();
-        registry.register(Arc::new(Fake {
-            name: "a",
-            connects: false,
-        }));
-        registry.register(Arc::new(Fake {
-            name: "a",
-            connects: true,
-        }));
+        registry.register(Arc::new(Fake { name: "a", connects: false }));
+        registry.register(Arc::new(Fake { name: "a", connects: true }));
         assert_eq!(registry.list().len(), 1);
         registry.connect_all().await;
         assert_eq!(registry.health_all()["a"], AdapterHealth::Connected);

@@ -33,45 +33,35 @@ pub enum TokenRejection {
     AlreadyUsed,
 }
 
-pub async fn create_account(
-    conn: &mut AnyConnection,
-    name: &str,
-    display_name: Option<&str>,
-) -> Result<Account> {
+pub async fn create_account(conn: &mut AnyConnection, name: &str, display_name: Option<&str>) -> Result<Account> {
     let account = Account {
         id: Uuid::new_v4().to_string(),
         name: name.to_string(),
         display_name: display_name.map(str::to_string),
         created_at: now_ms(),
     };
-    sqlx::query(
-        "INSERT INTO accounts (id, name, display_name, created_at) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(&account.id)
-    .bind(&account.name)
-    .bind(&account.display_name)
-    .bind(account.created_at)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("INSERT INTO accounts (id, name, display_name, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(&account.id)
+        .bind(&account.name)
+        .bind(&account.display_name)
+        .bind(account.created_at)
+        .execute(&mut *conn)
+        .await?;
     Ok(account)
 }
 
 pub async fn account_by_name(conn: &mut AnyConnection, name: &str) -> Result<Option<Account>> {
-    Ok(
-        sqlx::query_as("SELECT id, name, display_name, created_at FROM accounts WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await?,
-    )
+    Ok(sqlx::query_as("SELECT id, name, display_name, created_at FROM accounts WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?)
 }
 
 pub async fn account_by_id(conn: &mut AnyConnection, id: &str) -> Result<Option<Account>> {
-    Ok(
-        sqlx::query_as("SELECT id, name, display_name, created_at FROM accounts WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?,
-    )
+    Ok(sqlx::query_as("SELECT id, name, display_name, created_at FROM accounts WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?)
 }
 
 /// The account a channel identity is linked to (the adapter's `map_identity`).
@@ -122,40 +112,25 @@ pub async fn link_identity(
 }
 
 /// Removes a link; true when there was one.
-pub async fn unlink_identity(
-    conn: &mut AnyConnection,
-    channel: &str,
-    channel_user_id: &str,
-) -> Result<bool> {
-    let done = sqlx::query(
-        "DELETE FROM channel_identities WHERE channel_name = $1 AND channel_user_id = $2",
-    )
-    .bind(channel)
-    .bind(channel_user_id)
-    .execute(&mut *conn)
-    .await?;
+pub async fn unlink_identity(conn: &mut AnyConnection, channel: &str, channel_user_id: &str) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM channel_identities WHERE channel_name = $1 AND channel_user_id = $2")
+        .bind(channel)
+        .bind(channel_user_id)
+        .execute(&mut *conn)
+        .await?;
     Ok(done.rows_affected() > 0)
 }
 
 /// Issues a single-use token for `account_id`, valid for `ttl_secs`. Returns the token in
 /// clear; only its hash is stored.
-pub async fn issue_link_token(
-    conn: &mut AnyConnection,
-    account_id: &str,
-    ttl_secs: u64,
-) -> Result<String> {
+pub async fn issue_link_token(conn: &mut AnyConnection, account_id: &str, ttl_secs: u64) -> Result<String> {
     let token = secrets::new_link_token();
     store_link_token(conn, &token, account_id, ttl_secs).await?;
     Ok(token)
 }
 
 /// Stores the hash of a token made elsewhere (see [`secrets::derived_token`]).
-pub async fn store_link_token(
-    conn: &mut AnyConnection,
-    token: &str,
-    account_id: &str,
-    ttl_secs: u64,
-) -> Result<()> {
+pub async fn store_link_token(conn: &mut AnyConnection, token: &str, account_id: &str, ttl_secs: u64) -> Result<()> {
     let now = now_ms();
     sqlx::query("INSERT INTO link_tokens (token_hash, account_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
         .bind(secrets::hash_token(token))
@@ -214,17 +189,12 @@ pub async fn record_link_failure(conn: &mut AnyConnection, sender: &str) -> Resu
 }
 
 /// Failed attempts by `sender` since `since_ms`, and the oldest of them.
-pub async fn link_failures_since(
-    conn: &mut AnyConnection,
-    sender: &str,
-    since_ms: i64,
-) -> Result<(i64, Option<i64>)> {
-    let (count, oldest): (i64, Option<i64>) = sqlx::query_as(
-        "SELECT COUNT(*), MIN(attempted_at) FROM link_failures WHERE sender = $1 AND attempted_at > $2",
-    )
-    .bind(sender)
-    .bind(since_ms)
-    .fetch_one(&mut *conn)
-    .await?;
+pub async fn link_failures_since(conn: &mut AnyConnection, sender: &str, since_ms: i64) -> Result<(i64, Option<i64>)> {
+    let (count, oldest): (i64, Option<i64>) =
+        sqlx::query_as("SELECT COUNT(*), MIN(attempted_at) FROM link_failures WHERE sender = $1 AND attempted_at > $2")
+            .bind(sender)
+            .bind(since_ms)
+            .fetch_one(&mut *conn)
+            .await?;
     Ok((count, oldest))
 }

@@ -29,14 +29,16 @@ pub async fn create_conversation(
         created_at: now,
         archived_at: None,
     };
-    sqlx::query("INSERT INTO conversations (id, title, owner_account_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(&conversation.id)
-        .bind(&conversation.title)
-        .bind(&conversation.owner_account_id)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO conversations (id, title, owner_account_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&conversation.id)
+    .bind(&conversation.title)
+    .bind(&conversation.owner_account_id)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
     Ok(conversation)
 }
 
@@ -49,10 +51,7 @@ pub async fn conversation(conn: &mut AnyConnection, id: &str) -> Result<Option<C
     .await?)
 }
 
-pub async fn conversation_for_room(
-    conn: &mut AnyConnection,
-    room_id: &str,
-) -> Result<Option<Conversation>> {
+pub async fn conversation_for_room(conn: &mut AnyConnection, room_id: &str) -> Result<Option<Conversation>> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {CONVERSATION_COLUMNS} FROM conversations c
          JOIN conversation_matrix_rooms r ON r.conversation_id = c.id WHERE r.room_id = $1"
@@ -62,10 +61,7 @@ pub async fn conversation_for_room(
     .await?)
 }
 
-pub async fn room_for_conversation(
-    conn: &mut AnyConnection,
-    conversation_id: &str,
-) -> Result<Option<String>> {
+pub async fn room_for_conversation(conn: &mut AnyConnection, conversation_id: &str) -> Result<Option<String>> {
     let row: Option<(String,)> =
         sqlx::query_as("SELECT room_id FROM conversation_matrix_rooms WHERE conversation_id = $1")
             .bind(conversation_id)
@@ -75,11 +71,7 @@ pub async fn room_for_conversation(
 }
 
 /// Records the room of a conversation; a second call for the same pair is a no-op.
-pub async fn set_conversation_room(
-    conn: &mut AnyConnection,
-    conversation_id: &str,
-    room_id: &str,
-) -> Result<()> {
+pub async fn set_conversation_room(conn: &mut AnyConnection, conversation_id: &str, room_id: &str) -> Result<()> {
     sqlx::query(
         "INSERT INTO conversation_matrix_rooms (conversation_id, room_id, created_at) VALUES ($1, $2, $3)
          ON CONFLICT (conversation_id) DO NOTHING",
@@ -106,12 +98,7 @@ pub async fn conversation_for_room_or_create(
     Ok(conversation)
 }
 
-pub async fn set_membership(
-    conn: &mut AnyConnection,
-    room_id: &str,
-    user_id: &str,
-    membership: &str,
-) -> Result<()> {
+pub async fn set_membership(conn: &mut AnyConnection, room_id: &str, user_id: &str, membership: &str) -> Result<()> {
     sqlx::query(
         "INSERT INTO room_members (room_id, user_id, membership, updated_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, updated_at = excluded.updated_at",
@@ -126,10 +113,7 @@ pub async fn set_membership(
 }
 
 /// Members whose membership is `join` or `invite`.
-pub async fn present_members(
-    conn: &mut AnyConnection,
-    room_id: &str,
-) -> Result<Vec<(String, String)>> {
+pub async fn present_members(conn: &mut AnyConnection, room_id: &str) -> Result<Vec<(String, String)>> {
     Ok(sqlx::query_as(
         "SELECT user_id, membership FROM room_members WHERE room_id = $1 AND membership IN ('join', 'invite') ORDER BY user_id",
     )
@@ -138,11 +122,7 @@ pub async fn present_members(
     .await?)
 }
 
-pub async fn membership(
-    conn: &mut AnyConnection,
-    room_id: &str,
-    user_id: &str,
-) -> Result<Option<String>> {
+pub async fn membership(conn: &mut AnyConnection, room_id: &str, user_id: &str) -> Result<Option<String>> {
     let row: Option<(String,)> =
         sqlx::query_as("SELECT membership FROM room_members WHERE room_id = $1 AND user_id = $2")
             .bind(room_id)
@@ -160,11 +140,7 @@ pub async fn ghost_registered(conn: &mut AnyConnection, user_id: &str) -> Result
     Ok(row.is_some())
 }
 
-pub async fn record_ghost(
-    conn: &mut AnyConnection,
-    user_id: &str,
-    display_name: Option<&str>,
-) -> Result<()> {
+pub async fn record_ghost(conn: &mut AnyConnection, user_id: &str, display_name: Option<&str>) -> Result<()> {
     sqlx::query(
         "INSERT INTO ghosts (user_id, display_name, registered_at) VALUES ($1, $2, $3)
          ON CONFLICT (user_id) DO UPDATE SET display_name = excluded.display_name",

@@ -18,13 +18,15 @@ pub struct InboxEvent {
 pub async fn record_transaction(store: &Store, txn_id: &str, events: &[&str]) -> Result<bool> {
     let mut tx = store.begin_write().await?;
     let now = now_ms();
-    let inserted = sqlx::query("INSERT INTO txn_inbox (txn_id, received_at, event_count) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-        .bind(txn_id)
-        .bind(now)
-        .bind(events.len() as i64)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
+    let inserted = sqlx::query(
+        "INSERT INTO txn_inbox (txn_id, received_at, event_count) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(txn_id)
+    .bind(now)
+    .bind(events.len() as i64)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
         == 1;
     if !inserted {
         tx.rollback().await?;
@@ -34,13 +36,8 @@ pub async fn record_transaction(store: &Store, txn_id: &str, events: &[&str]) ->
     // placeholders are numbered by hand: sqlx's Any driver writes `?`, which PostgreSQL
     // does not accept.
     for chunk in events.chunks(200) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
-            .collect();
-        let sql = format!(
-            "INSERT INTO inbox_events (txn_id, event) VALUES {}",
-            rows.join(", ")
-        );
+        let rows: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+        let sql = format!("INSERT INTO inbox_events (txn_id, event) VALUES {}", rows.join(", "));
         let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
         for event in chunk {
             insert = insert.bind(txn_id).bind(*event);
@@ -72,8 +69,6 @@ pub async fn mark_processed(conn: &mut AnyConnection, seq: i64) -> Result<()> {
 
 pub async fn pending_count(conn: &mut AnyConnection) -> Result<i64> {
     let (count,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM inbox_events WHERE processed_at IS NULL")
-            .fetch_one(&mut *conn)
-            .await?;
+        sqlx::query_as("SELECT COUNT(*) FROM inbox_events WHERE processed_at IS NULL").fetch_one(&mut *conn).await?;
     Ok(count)
 }

@@ -47,27 +47,21 @@ pub async fn get(conn: &mut AnyConnection, id: Uuid) -> Result<Option<ChannelMes
 }
 
 /// The last `limit` messages of a conversation, oldest first.
-pub async fn history(
-    conn: &mut AnyConnection,
-    conversation_id: &str,
-    limit: i64,
-) -> Result<Vec<ChannelMessage>> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT body FROM messages WHERE conversation_id = $1 ORDER BY seq DESC LIMIT $2",
-    )
-    .bind(conversation_id)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
+pub async fn history(conn: &mut AnyConnection, conversation_id: &str, limit: i64) -> Result<Vec<ChannelMessage>> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT body FROM messages WHERE conversation_id = $1 ORDER BY seq DESC LIMIT $2")
+            .bind(conversation_id)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
     rows.iter().rev().map(|(body,)| decode(body)).collect()
 }
 
 pub async fn count_in_conversation(conn: &mut AnyConnection, conversation_id: &str) -> Result<i64> {
-    let (count,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM messages WHERE conversation_id = $1")
-            .bind(conversation_id)
-            .fetch_one(&mut *conn)
-            .await?;
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages WHERE conversation_id = $1")
+        .bind(conversation_id)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(count)
 }
 
@@ -109,8 +103,7 @@ pub async fn message_for_native(
             .bind(native_id)
             .fetch_optional(&mut *conn)
             .await?;
-    row.map(|(id,)| Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string())))
-        .transpose()
+    row.map(|(id,)| Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
 }
 
 /// The native id of a canonical message in one channel of a surface.

@@ -65,24 +65,17 @@ pub async fn mark_done(conn: &mut AnyConnection, seq: i64) -> Result<()> {
 
 /// Gives up on a job that can never succeed; the error stays for the operator.
 pub async fn mark_failed(conn: &mut AnyConnection, seq: i64, error: &str) -> Result<()> {
-    sqlx::query(
-        "UPDATE outbox SET failed_at = $1, last_error = $2, attempts = attempts + 1 WHERE seq = $3",
-    )
-    .bind(now_ms())
-    .bind(error)
-    .bind(seq)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("UPDATE outbox SET failed_at = $1, last_error = $2, attempts = attempts + 1 WHERE seq = $3")
+        .bind(now_ms())
+        .bind(error)
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
 /// Schedules another try of a job after `delay_ms`.
-pub async fn retry_later(
-    conn: &mut AnyConnection,
-    seq: i64,
-    delay_ms: i64,
-    error: &str,
-) -> Result<()> {
+pub async fn retry_later(conn: &mut AnyConnection, seq: i64, delay_ms: i64, error: &str) -> Result<()> {
     sqlx::query("UPDATE outbox SET not_before = $1, last_error = $2, attempts = attempts + 1 WHERE seq = $3")
         .bind(now_ms() + delay_ms)
         .bind(error)
@@ -94,11 +87,10 @@ pub async fn retry_later(
 
 /// Unfinished jobs per queue.
 pub async fn depth(conn: &mut AnyConnection, queue: &str) -> Result<i64> {
-    let (count,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM outbox WHERE queue = $1 AND done_at IS NULL AND failed_at IS NULL",
-    )
-    .bind(queue)
-    .fetch_one(&mut *conn)
-    .await?;
+    let (count,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE queue = $1 AND done_at IS NULL AND failed_at IS NULL")
+            .bind(queue)
+            .fetch_one(&mut *conn)
+            .await?;
     Ok(count)
 }

@@ -15,9 +15,7 @@ const FIRST_AS_PORT: u16 = 29501;
 
 /// Every test that runs its own mosaic-as has a slot: its own registration, namespace,
 /// port and database, so tests run in parallel against one homeserver.
-pub const SLOTS: &[&str] = &[
-    "echo", "group", "link", "replay", "crash", "http", "rooms", "doctor",
-];
+pub const SLOTS: &[&str] = &["echo", "group", "link", "replay", "crash", "http", "rooms", "doctor"];
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -116,12 +114,7 @@ pub fn homeserver() -> &'static Homeserver {
 }
 
 pub fn slot(name: &str) -> Slot {
-    homeserver()
-        .slots
-        .iter()
-        .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("no slot {name}"))
-        .clone()
+    homeserver().slots.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no slot {name}")).clone()
 }
 
 fn run_script(args: &[&str]) -> String {
@@ -131,10 +124,7 @@ fn run_script(args: &[&str]) -> String {
         .stderr(Stdio::inherit())
         .output()
         .expect("bash runs");
-    assert!(
-        output.status.success(),
-        "scripts/synapse.sh {args:?} failed; see its output above"
-    );
+    assert!(output.status.success(), "scripts/synapse.sh {args:?} failed; see its output above");
     String::from_utf8(output.stdout).unwrap()
 }
 
@@ -195,12 +185,7 @@ pub struct Output {
 
 impl Output {
     pub fn expect_success(self) -> String {
-        assert!(
-            self.status.success(),
-            "mosaic-as failed:\n{}\n{}",
-            self.stdout,
-            self.stderr
-        );
+        assert!(self.status.success(), "mosaic-as failed:\n{}\n{}", self.stdout, self.stderr);
         self.stdout
     }
 }
@@ -248,11 +233,7 @@ impl Service {
     }
 
     fn spawn(slot: &Slot, env: &[(&str, &str)]) -> Service {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(slot.dir.join("serve.log"))
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(slot.dir.join("serve.log")).unwrap();
         let mut command = Command::new(binary());
         command
             .arg("--config")
@@ -264,18 +245,11 @@ impl Service {
         for (key, value) in env {
             command.env(key, value);
         }
-        Service {
-            slot: slot.clone(),
-            child: Some(command.spawn().expect("mosaic-as starts")),
-        }
+        Service { slot: slot.clone(), child: Some(command.spawn().expect("mosaic-as starts")) }
     }
 
     async fn wait_ready(&self, homeserver_connected: bool) {
-        let path = if homeserver_connected {
-            "/ready"
-        } else {
-            "/health"
-        };
+        let path = if homeserver_connected { "/ready" } else { "/health" };
         let url = format!("{}{path}", self.slot.url());
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -286,11 +260,7 @@ impl Service {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!(
-            "mosaic-as ({}) not ready in 30 s; see {}",
-            self.slot.name,
-            self.slot.dir.join("serve.log").display()
-        );
+        panic!("mosaic-as ({}) not ready in 30 s; see {}", self.slot.name, self.slot.dir.join("serve.log").display());
     }
 
     /// SIGKILL: no shutdown, no flushing — a crash.
@@ -365,120 +335,59 @@ impl Person {
 
     pub async fn create_room(&self, invite: &[&str], direct: bool) -> String {
         let body = json!({"invite": invite, "is_direct": direct, "preset": "private_chat"});
-        let created = self
-            .call(reqwest::Method::POST, "/createRoom", Some(body))
-            .await;
+        let created = self.call(reqwest::Method::POST, "/createRoom", Some(body)).await;
         created["room_id"].as_str().unwrap().to_string()
     }
 
     pub async fn invite(&self, room: &str, user: &str) {
-        self.call(
-            reqwest::Method::POST,
-            &format!("/rooms/{}/invite", enc(room)),
-            Some(json!({"user_id": user})),
-        )
-        .await;
+        self.call(reqwest::Method::POST, &format!("/rooms/{}/invite", enc(room)), Some(json!({"user_id": user}))).await;
     }
 
     pub async fn join(&self, room: &str) {
-        self.call(
-            reqwest::Method::POST,
-            &format!("/join/{}", enc(room)),
-            Some(json!({})),
-        )
-        .await;
+        self.call(reqwest::Method::POST, &format!("/join/{}", enc(room)), Some(json!({}))).await;
     }
 
     /// Sends a message; returns its event id.
     pub async fn send(&self, room: &str, content: Value) -> String {
         let txn = self.txn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = format!(
-            "/rooms/{}/send/m.room.message/t{txn}-{}",
-            enc(room),
-            random_hex()
-        );
-        self.call(reqwest::Method::PUT, &path, Some(content)).await["event_id"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        let path = format!("/rooms/{}/send/m.room.message/t{txn}-{}", enc(room), random_hex());
+        self.call(reqwest::Method::PUT, &path, Some(content)).await["event_id"].as_str().unwrap().to_string()
     }
 
     pub async fn say(&self, room: &str, body: &str) -> String {
-        self.send(room, json!({"msgtype": "m.text", "body": body}))
-            .await
+        self.send(room, json!({"msgtype": "m.text", "body": body})).await
     }
 
     /// The room's message events, oldest first.
     pub async fn messages(&self, room: &str) -> Vec<Value> {
-        let page = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/rooms/{}/messages?dir=b&limit=200", enc(room)),
-                None,
-            )
-            .await;
-        let mut events: Vec<Value> = page["chunk"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["type"] == "m.room.message")
-            .cloned()
-            .collect();
+        let page =
+            self.call(reqwest::Method::GET, &format!("/rooms/{}/messages?dir=b&limit=200", enc(room)), None).await;
+        let mut events: Vec<Value> =
+            page["chunk"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.message").cloned().collect();
         events.reverse();
         events
     }
 
     pub async fn joined_members(&self, room: &str) -> Vec<String> {
-        let members = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/rooms/{}/joined_members", enc(room)),
-                None,
-            )
-            .await;
-        members["joined"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect()
+        let members = self.call(reqwest::Method::GET, &format!("/rooms/{}/joined_members", enc(room)), None).await;
+        members["joined"].as_object().unwrap().keys().cloned().collect()
     }
 
     pub async fn state(&self, room: &str, event_type: &str) -> Value {
-        self.call(
-            reqwest::Method::GET,
-            &format!("/rooms/{}/state/{event_type}/", enc(room)),
-            None,
-        )
-        .await
+        self.call(reqwest::Method::GET, &format!("/rooms/{}/state/{event_type}/", enc(room)), None).await
     }
 
     /// Rooms this person is invited to.
     pub async fn invites(&self) -> Vec<String> {
-        let sync = self
-            .call(reqwest::Method::GET, "/sync?timeout=0", None)
-            .await;
-        sync["rooms"]["invite"]
-            .as_object()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default()
+        let sync = self.call(reqwest::Method::GET, "/sync?timeout=0", None).await;
+        sync["rooms"]["invite"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
     }
 
     /// Waits until a message from `sender` satisfies `check`; returns it.
-    pub async fn wait_for(
-        &self,
-        room: &str,
-        sender: &str,
-        check: impl Fn(&Value) -> bool,
-    ) -> Value {
+    pub async fn wait_for(&self, room: &str, sender: &str, check: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(found) = self
-                .messages(room)
-                .await
-                .into_iter()
-                .find(|e| e["sender"] == sender && check(e))
-            {
+            if let Some(found) = self.messages(room).await.into_iter().find(|e| e["sender"] == sender && check(e)) {
                 return found;
             }
             assert!(
@@ -492,18 +401,14 @@ impl Person {
 
     /// Waits for a message from `sender` that replies to `event_id`.
     pub async fn wait_for_reply(&self, room: &str, sender: &str, event_id: &str) -> Value {
-        self.wait_for(room, sender, |e| reply_target(e) == Some(event_id))
-            .await
+        self.wait_for(room, sender, |e| reply_target(e) == Some(event_id)).await
     }
 
     /// Waits until `user` has joined `room`.
     pub async fn wait_for_member(&self, room: &str, user: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.joined_members(room).await.iter().any(|m| m == user) {
-            assert!(
-                Instant::now() < deadline,
-                "{user} did not join {room} within 30 s"
-            );
+            assert!(Instant::now() < deadline, "{user} did not join {room} within 30 s");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -525,10 +430,7 @@ fn enc(segment: &str) -> String {
 /// Pushes a transaction to mosaic-as the way a homeserver does.
 pub async fn push_transaction(slot: &Slot, txn_id: &str, events: Value) -> reqwest::Response {
     reqwest::Client::new()
-        .put(format!(
-            "{}/_matrix/app/v1/transactions/{txn_id}",
-            slot.url()
-        ))
+        .put(format!("{}/_matrix/app/v1/transactions/{txn_id}", slot.url()))
         .bearer_auth(&slot.hs_token)
         .json(&json!({ "events": events }))
         .send()
@@ -550,14 +452,9 @@ pub fn message_event(room: &str, sender: &str, event_id: &str, body: &str) -> Va
 }
 
 fn chrono_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 pub fn file_contains(path: &Path, needle: &str) -> bool {
-    std::fs::read(path)
-        .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        .unwrap_or(false)
+    std::fs::read(path).map(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes())).unwrap_or(false)
 }
