@@ -125,7 +125,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         registry: registry.clone(),
         inbox_wake,
     };
-    let app = server::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    // Spans carry the path only: a query string may hold the hs_token.
+    let trace = tower_http::trace::TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+        tracing::debug_span!("request", method = %request.method(), path = request.uri().path())
+    });
+    let app = server::router(state).layer(trace);
     let mut http_shutdown = shutdown_rx.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)

@@ -330,7 +330,10 @@ impl Config {
         }
         for agent in &self.agents {
             if !is_localpart(&agent.id) || agent.id.is_empty() {
-                return Err(("agent.id", format!("{:?} is not a valid agent id (lowercase a-z, 0-9, ._=-)", agent.id)));
+                return Err((
+                    "agent.id",
+                    format!("{:?} is not a valid agent id (lowercase a-z, 0-9, ._=-/)", agent.id),
+                ));
             }
             if !crate::agents::RUNTIMES.contains(&agent.runtime.as_str()) {
                 return Err((

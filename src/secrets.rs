@@ -21,16 +21,28 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.trim().as_bytes()))
 }
 
-/// Prefix of a token that was already replaced by its hash before being stored.
-pub const HASHED_TOKEN_PREFIX: &str = "sha256:";
+/// Prefix of a sealed token: a token replaced by its hash before it was stored.
+pub const SEALED_TOKEN_PREFIX: &str = "sha256:";
 
-/// The stored form of a token given by a user: the hash, whether the token arrives in
-/// clear or already hashed (see [`HASHED_TOKEN_PREFIX`]).
-pub fn token_lookup_hash(given: &str) -> String {
-    match given.trim().strip_prefix(HASHED_TOKEN_PREFIX) {
-        Some(hash) => hash.to_string(),
-        None => hash_token(given),
+/// Replaces a token by its hash plus a MAC under `key`, so that the sealed form can be
+/// stored and later redeemed, while a hash read from the database cannot be passed off
+/// as a token (it lacks the MAC).
+pub fn seal_token(key: &str, token: &str) -> String {
+    let hash = hash_token(token);
+    let mac = derived_token(key, &format!("sealed link token {hash}"));
+    format!("{SEALED_TOKEN_PREFIX}{hash}.{mac}")
+}
+
+/// The stored hash a given token stands for: the hash inside a genuine seal, or the hash
+/// of the text as given (a forged seal is just an unknown token).
+pub fn token_lookup_hash(key: &str, given: &str) -> String {
+    let given = given.trim();
+    if let Some((hash, mac)) = given.strip_prefix(SEALED_TOKEN_PREFIX).and_then(|rest| rest.split_once('.'))
+        && constant_time_eq(mac, &derived_token(key, &format!("sealed link token {hash}")))
+    {
+        return hash.to_string();
     }
+    hash_token(given)
 }
 
 /// A token derived from `key` and `label`: the same inputs give the same token, so a
@@ -69,10 +81,23 @@ mod tests {
     }
 
     #[test]
-    fn a_hashed_token_looks_up_like_the_token() {
+    fn a_sealed_token_looks_up_like_the_token() {
         let token = new_link_token();
-        let prehashed = format!("{HASHED_TOKEN_PREFIX}{}", hash_token(&token));
-        assert_eq!(token_lookup_hash(&token), token_lookup_hash(&prehashed));
+        let sealed = seal_token("key", &token);
+        assert!(!sealed.contains(&token));
+        assert_eq!(token_lookup_hash("key", &sealed), hash_token(&token));
+        assert_eq!(token_lookup_hash("key", &token), hash_token(&token));
+    }
+
+    #[test]
+    fn a_bare_or_forged_hash_is_not_a_token() {
+        let token = new_link_token();
+        let bare = format!("{SEALED_TOKEN_PREFIX}{}", hash_token(&token));
+        assert_ne!(token_lookup_hash("key", &bare), hash_token(&token));
+        let forged = format!("{bare}.{}", "0".repeat(64));
+        assert_ne!(token_lookup_hash("key", &forged), hash_token(&token));
+        let other_key = seal_token("other", &token);
+        assert_ne!(token_lookup_hash("key", &other_key), hash_token(&token));
     }
 
     #[test]

@@ -127,6 +127,19 @@ async fn link_flow_with_reuse_expiry_wrong_tokens_and_rate_limit() {
     let both = command(&alice, &alice_dm, &bot, "!whoami").await;
     assert!(both.contains(&carol.user_id) && both.contains(&alice.user_id), "{both}");
 
+    // What the database holds (the SHA-256 of a token) cannot be used as the token.
+    let dave = Person::new("link-dave").await;
+    let dave_dm = dave.create_room(&[&bot], true).await;
+    dave.wait_for_member(&dave_dm, &bot).await;
+    let kept = mosaic(&slot, &["link-token", "team-a"]).expect_success();
+    let kept = kept.lines().last().unwrap().trim().to_string();
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(kept.as_bytes()));
+    for forged in [format!("sha256:{hash}"), format!("sha256:{hash}.{}", "0".repeat(64))] {
+        let refused = command(&dave, &dave_dm, &bot, &format!("!link {forged}")).await;
+        assert!(refused.contains("not valid"), "{refused}");
+    }
+    assert!(command(&dave, &dave_dm, &bot, &format!("!link {kept}")).await.contains("team-a"));
+
     // Usage and unknown commands always answer.
     assert!(command(&alice, &alice_dm, &bot, "!link a b").await.contains("Usage: `!link <token>`"));
     assert!(command(&alice, &alice_dm, &bot, "!dance").await.contains("Unknown command `!dance`"));
@@ -137,7 +150,7 @@ async fn link_flow_with_reuse_expiry_wrong_tokens_and_rate_limit() {
     // Tokens are kept hashed: none of them appears in the database files.
     for file in ["mosaic-as.db", "mosaic-as.db-wal"] {
         let path = slot.dir.join(file);
-        for secret in [&token, &short, &fresh, &second] {
+        for secret in [&token, &short, &fresh, &second, &kept] {
             assert!(!support::file_contains(&path, secret), "token {secret} is stored in clear in {file}");
         }
     }
@@ -168,6 +181,12 @@ async fn a_replayed_transaction_is_answered_exactly_once() {
         .filter(|e| e["sender"] == echo.as_str() && body(e) == "say this once")
         .count();
     assert_eq!(copies, 1);
+
+    // A homeserver that hands out a txnId again for new events (Synapse on SQLite after a
+    // restart) is not ignored.
+    let reused = message_event(&room, &alice.user_id, "$replayed-event-2", "same id, new event");
+    assert_eq!(push_transaction(&slot, "replay-1", json!([reused])).await.status(), 200);
+    alice.wait_for(&room, &echo, |e| body(e) == "same id, new event").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,6 +3,7 @@
 use std::process::Command;
 
 use mosaic_as::protocol::{ChannelMessage, ContentType, SenderType};
+use mosaic_as::secrets;
 use mosaic_as::store::{Store, accounts, conversations, inbox, messages, outbox};
 use serde_json::json;
 use sqlx::Connection;
@@ -102,13 +103,14 @@ async fn link_tokens_are_single_use_and_expire(store: Store) {
         sqlx::query_as("SELECT token_hash FROM link_tokens").fetch_all(&mut *conn).await.unwrap();
     assert!(stored.iter().all(|(hash,)| hash != &token), "tokens are stored hashed");
 
-    let redeemed = accounts::redeem_link_token(&mut conn, &token, "matrix:@a:x").await.unwrap();
+    let hash = |token: &str| secrets::hash_token(token);
+    let redeemed = accounts::redeem_link_token(&mut conn, &hash(&token), "matrix:@a:x").await.unwrap();
     assert_eq!(redeemed.unwrap().id, account.id);
-    let again = accounts::redeem_link_token(&mut conn, &token, "matrix:@b:x").await.unwrap();
+    let again = accounts::redeem_link_token(&mut conn, &hash(&token), "matrix:@b:x").await.unwrap();
     assert_eq!(again.unwrap_err(), accounts::TokenRejection::AlreadyUsed);
-    let late = accounts::redeem_link_token(&mut conn, &expired, "matrix:@b:x").await.unwrap();
+    let late = accounts::redeem_link_token(&mut conn, &hash(&expired), "matrix:@b:x").await.unwrap();
     assert_eq!(late.unwrap_err(), accounts::TokenRejection::Expired);
-    let unknown = accounts::redeem_link_token(&mut conn, &"f".repeat(64), "matrix:@b:x").await.unwrap();
+    let unknown = accounts::redeem_link_token(&mut conn, &hash(&"f".repeat(64)), "matrix:@b:x").await.unwrap();
     assert_eq!(unknown.unwrap_err(), accounts::TokenRejection::Unknown);
 
     for _ in 0..3 {

@@ -8,6 +8,7 @@ use super::{Hub, routing};
 use crate::matrix::rooms::{CREATE_ROOM_KIND, CreateRoomJob};
 use crate::protocol::ChannelMessage;
 use crate::queue;
+use crate::secrets;
 use crate::store::{self, accounts, conversations};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +141,8 @@ impl Hub {
                 prefix_for(channel)
             ));
         }
-        match accounts::redeem_link_token(conn, token, &format!("{channel}:{sender}")).await? {
+        let token_hash = secrets::token_lookup_hash(&self.config.appservice.as_token, token);
+        match accounts::redeem_link_token(conn, &token_hash, &format!("{channel}:{sender}")).await? {
             Ok(account) => {
                 accounts::link_identity(conn, channel, sender, &account.id).await?;
                 tracing::info!(channel, sender, account = account.name, "identity linked");

@@ -27,17 +27,23 @@ impl Ghosts {
         Self { client, store, known: Mutex::new(HashSet::new()) }
     }
 
-    /// Registers `user_id` (once) and sets its display name.
+    /// Registers `user_id` (once) and sets its display name (again when it changed).
     pub async fn ensure(&self, user_id: &UserId, display_name: Option<&str>) -> Result<(), HsError> {
         if self.known.lock().expect("ghost cache").contains(user_id.as_str()) {
             return Ok(());
         }
         let recorded = match self.store.conn().await {
-            Ok(mut conn) => conversations::ghost_registered(&mut conn, user_id.as_str()).await.unwrap_or(false),
-            Err(_) => false,
+            Ok(mut conn) => conversations::ghost(&mut conn, user_id.as_str()).await.unwrap_or(None),
+            Err(_) => None,
         };
-        if !recorded {
-            self.register(user_id).await?;
+        let stale_name = match &recorded {
+            None => {
+                self.register(user_id).await?;
+                true
+            }
+            Some(name) => display_name.is_some() && name.as_deref() != display_name,
+        };
+        if stale_name {
             if let Some(name) = display_name {
                 self.set_display_name(user_id, name).await?;
             }

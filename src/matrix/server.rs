@@ -98,9 +98,10 @@ async fn transaction(State(state): State<ServerState>, Path(txn_id): Path<String
         }
     };
     let namespace = state.adapter.namespace();
-    let kept: Vec<Cow<str>> = parsed.events.iter().filter_map(|e| prepare_for_inbox(e.get(), namespace)).collect();
+    let key = &state.config.appservice.as_token;
+    let kept: Vec<Cow<str>> = parsed.events.iter().filter_map(|e| prepare_for_inbox(e.get(), namespace, key)).collect();
     let events: Vec<&str> = kept.iter().map(|e| e.as_ref()).collect();
-    match inbox::record_transaction(&state.store, &txn_id, &events).await {
+    match inbox::record_transaction(&state.store, &inbox_key(&txn_id, &parsed.events), &events).await {
         Ok(new) => {
             if new {
                 tracing::debug!(txn_id, events = events.len(), "transaction stored");
@@ -118,6 +119,26 @@ async fn transaction(State(state): State<ServerState>, Path(txn_id): Path<String
     }
 }
 
+/// The inbox key of a transaction: its txnId plus a digest of its event ids. A retry
+/// carries the same events and is recognised; a txnId that a homeserver hands out again
+/// for new events (Synapse on SQLite restarts its numbering when it has no pending
+/// transactions) is stored as the new transaction it is.
+pub fn inbox_key(txn_id: &str, events: &[&RawValue]) -> String {
+    #[derive(Deserialize)]
+    struct EventId<'a> {
+        #[serde(borrow, default)]
+        event_id: Cow<'a, str>,
+    }
+    let mut ids = String::new();
+    for event in events {
+        if let Ok(parsed) = serde_json::from_str::<EventId>(event.get()) {
+            ids.push_str(&parsed.event_id);
+        }
+        ids.push('\n');
+    }
+    format!("{txn_id}:{}", &secrets::hash_token(&ids)[..16])
+}
+
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(rename = "type", borrow, default)]
@@ -129,18 +150,18 @@ struct Envelope<'a> {
 /// What of a pushed event goes into the inbox: messages our own users sent come back to
 /// us and are never acted on, so they are not stored (they may carry a handed-out link
 /// token); link tokens in people's messages are stored hashed.
-pub fn prepare_for_inbox<'a>(raw: &'a str, namespace: &Namespace) -> Option<Cow<'a, str>> {
+pub fn prepare_for_inbox<'a>(raw: &'a str, namespace: &Namespace, key: &str) -> Option<Cow<'a, str>> {
     let envelope: Envelope = serde_json::from_str(raw).ok()?;
     if envelope.kind == "m.room.message" && namespace.is_ours(&envelope.sender) {
         return None;
     }
-    Some(hash_link_tokens(raw))
+    Some(seal_link_tokens(raw, key))
 }
 
-/// Replaces the token of a `!link <token>` message by its hash before the event is
-/// stored, so that link tokens never reach the database in clear. Redeeming works with
-/// the hash alone.
-pub fn hash_link_tokens(raw: &str) -> Cow<'_, str> {
+/// Replaces the token of a `!link <token>` message by its seal (hash and MAC, see
+/// [`secrets::seal_token`]) before the event is stored, so that link tokens never reach
+/// the database in clear.
+pub fn seal_link_tokens<'a>(raw: &'a str, key: &str) -> Cow<'a, str> {
     if !raw.contains("link") {
         return Cow::Borrowed(raw);
     }
@@ -149,10 +170,10 @@ pub fn hash_link_tokens(raw: &str) -> Cow<'_, str> {
     };
     let body = event["content"]["body"].as_str().unwrap_or_default();
     let token = match commands::parse('!', body) {
-        Some(Ok(commands::Command::Link(Some(token)))) if !token.starts_with(secrets::HASHED_TOKEN_PREFIX) => token,
+        Some(Ok(commands::Command::Link(Some(token)))) => token,
         _ => return Cow::Borrowed(raw),
     };
-    let hashed = format!("{}{}", secrets::HASHED_TOKEN_PREFIX, secrets::hash_token(&token));
+    let hashed = secrets::seal_token(key, &token);
     let content = &mut event["content"];
     for field in ["body", "formatted_body"] {
         if let Some(text) = content[field].as_str() {
@@ -250,11 +271,11 @@ mod tests {
         let token = "ab".repeat(32);
         let event =
             json!({"type": "m.room.message", "content": {"msgtype": "m.text", "body": format!("!link {token}")}});
-        let stored = hash_link_tokens(&event.to_string()).into_owned();
+        let stored = seal_link_tokens(&event.to_string(), "key").into_owned();
         assert!(!stored.contains(&token));
         let body = serde_json::from_str::<Value>(&stored).unwrap()["content"]["body"].as_str().unwrap().to_string();
         let Some(Ok(commands::Command::Link(Some(given)))) = commands::parse('!', &body) else { panic!("{body}") };
-        assert_eq!(secrets::token_lookup_hash(&given), secrets::hash_token(&token));
+        assert_eq!(secrets::token_lookup_hash("key", &given), secrets::hash_token(&token));
     }
 
     #[test]
@@ -267,17 +288,29 @@ mod tests {
         };
         let ours =
             json!({"type": "m.room.message", "sender": "@mosaic-bot:x", "content": {"body": "token"}}).to_string();
-        assert!(prepare_for_inbox(&ours, &ns).is_none());
+        assert!(prepare_for_inbox(&ours, &ns, "key").is_none());
         let join =
             json!({"type": "m.room.member", "sender": "@mosaic-bot:x", "state_key": "@mosaic-bot:x"}).to_string();
-        assert!(prepare_for_inbox(&join, &ns).is_some());
+        assert!(prepare_for_inbox(&join, &ns, "key").is_some());
         let theirs = json!({"type": "m.room.message", "sender": "@alice:x", "content": {"body": "hi"}}).to_string();
-        assert!(prepare_for_inbox(&theirs, &ns).is_some());
+        assert!(prepare_for_inbox(&theirs, &ns, "key").is_some());
+    }
+
+    #[test]
+    fn a_reused_txn_id_with_other_events_is_a_new_transaction() {
+        let raw = |id: &str, age: u64| {
+            serde_json::value::to_raw_value(&json!({"event_id": id, "unsigned": {"age": age}})).unwrap()
+        };
+        let (a, a_later, b) = (raw("$a", 1), raw("$a", 900), raw("$b", 1));
+        assert_eq!(inbox_key("7", &[&a]), inbox_key("7", &[&a_later]), "a retry is the same transaction");
+        assert_ne!(inbox_key("7", &[&a]), inbox_key("7", &[&b]));
+        assert_ne!(inbox_key("7", &[&a]), inbox_key("8", &[&a]));
+        assert!(inbox_key("7", &[&a]).starts_with("7:"));
     }
 
     #[test]
     fn other_events_pass_unchanged() {
         let raw = json!({"type": "m.room.message", "content": {"body": "a link to somewhere"}}).to_string();
-        assert!(matches!(hash_link_tokens(&raw), Cow::Borrowed(_)));
+        assert!(matches!(seal_link_tokens(&raw, "key"), Cow::Borrowed(_)));
     }
 }

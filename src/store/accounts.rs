@@ -142,14 +142,13 @@ pub async fn store_link_token(conn: &mut AnyConnection, token: &str, account_id:
     Ok(())
 }
 
-/// Consumes a token (in clear or pre-hashed): on success returns the account it was
-/// issued for and marks it used.
+/// Consumes the token whose hash is `token_hash` (see [`secrets::token_lookup_hash`]): on
+/// success returns the account it was issued for and marks it used.
 pub async fn redeem_link_token(
     conn: &mut AnyConnection,
-    token: &str,
+    token_hash: &str,
     used_by: &str,
 ) -> Result<Result<Account, TokenRejection>> {
-    let hash = secrets::token_lookup_hash(token);
     let now = now_ms();
     let claimed: Option<(String,)> = sqlx::query_as(
         "UPDATE link_tokens SET used_at = $1, used_by = $2
@@ -157,7 +156,7 @@ pub async fn redeem_link_token(
     )
     .bind(now)
     .bind(used_by)
-    .bind(&hash)
+    .bind(token_hash)
     .bind(now)
     .fetch_optional(&mut *conn)
     .await?;
@@ -169,7 +168,7 @@ pub async fn redeem_link_token(
     }
     let known: Option<(Option<i64>, i64)> =
         sqlx::query_as("SELECT used_at, expires_at FROM link_tokens WHERE token_hash = $1")
-            .bind(&hash)
+            .bind(token_hash)
             .fetch_optional(&mut *conn)
             .await?;
     Ok(Err(match known {

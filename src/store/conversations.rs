@@ -132,12 +132,13 @@ pub async fn membership(conn: &mut AnyConnection, room_id: &str, user_id: &str) 
     Ok(row.map(|(m,)| m))
 }
 
-pub async fn ghost_registered(conn: &mut AnyConnection, user_id: &str) -> Result<bool> {
-    let row: Option<(String,)> = sqlx::query_as("SELECT user_id FROM ghosts WHERE user_id = $1")
+/// The display name a registered ghost was given; `None` when it is not registered.
+pub async fn ghost(conn: &mut AnyConnection, user_id: &str) -> Result<Option<Option<String>>> {
+    let row: Option<(Option<String>,)> = sqlx::query_as("SELECT display_name FROM ghosts WHERE user_id = $1")
         .bind(user_id)
         .fetch_optional(&mut *conn)
         .await?;
-    Ok(row.is_some())
+    Ok(row.map(|(name,)| name))
 }
 
 pub async fn record_ghost(conn: &mut AnyConnection, user_id: &str, display_name: Option<&str>) -> Result<()> {
