@@ -26,4 +26,12 @@ stop_synapse() {
 trap stop_synapse EXIT
 
 echo "==> cargo test"
-cargo test "$@"
+log="$(mktemp)"
+trap 'stop_synapse; rm -f "$log"' EXIT
+# Library, binary and integration tests (the crate has no doc tests).
+cargo test --lib --bins --tests "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+# One summary line for the whole run.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
