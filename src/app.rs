@@ -22,6 +22,8 @@ use crate::store::{Store, outbox};
 pub enum ServeError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Agents(#[from] crate::agents::AgentSetupError),
     #[error("cannot listen on {addr}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP server failed: {0}")]
@@ -94,7 +96,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let registry = Arc::new(ChannelRegistry::new());
     let matrix = Arc::new(MatrixAdapter::new(config.clone(), store.clone()));
     let hub = Arc::new(Hub::new(config.clone(), store.clone(), wakers.clone()));
-    let agents = Arc::new(Agents::from_config(&config, store.clone(), wakers.clone()));
+    let agents = Arc::new(Agents::from_config(&config, store.clone(), wakers.clone())?);
     matrix.on_message(hub.handler_for(matrix::CHANNEL));
     registry.register(matrix.clone());
 

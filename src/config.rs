@@ -157,12 +157,73 @@ pub struct AgentConfig {
     pub id: String,
     #[serde(default)]
     pub display_name: Option<String>,
-    /// Which runtime answers for this agent. `echo` is built in.
+    /// `mxc://` URI of the ghost's avatar.
+    #[serde(default)]
+    pub avatar_url: Option<String>,
+    /// A `SOUL.md`-style file whose text is the agent's system prompt (relative paths are
+    /// relative to the config file).
+    #[serde(default)]
+    pub persona: Option<PathBuf>,
+    /// Which runtime answers: `echo` (built in), `openai`, `anthropic`, `command`, `acp`.
     #[serde(default = "default_runtime")]
     pub runtime: String,
+    /// Model endpoint base URL (`openai`: e.g. `https://api.openai.com/v1`; `anthropic`:
+    /// e.g. `https://api.anthropic.com`).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Model name (`openai`, `anthropic`).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Name of the environment variable that holds the API key (`openai`, `anthropic`).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Program and its arguments (`command`, `acp`).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Longest a turn may take, in seconds.
+    #[serde(default = "default_turn_timeout")]
+    pub timeout_secs: u64,
+    /// How long a permission question waits for a person (`acp`); then it is denied.
+    #[serde(default = "default_permission_timeout")]
+    pub permission_timeout_secs: u64,
+    /// Characters of conversation history given as context.
+    #[serde(default = "default_context_chars")]
+    pub context_chars: usize,
+    /// Most edits of one streamed answer; the final text always arrives.
+    #[serde(default = "default_max_edits")]
+    pub max_edits: u32,
+    /// Turns this agent runs at once across conversations.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
 }
 
 impl AgentConfig {
+    /// An agent with every optional setting at its default.
+    pub fn new(id: &str, display_name: &str, runtime: &str) -> Self {
+        Self {
+            id: id.into(),
+            display_name: Some(display_name.into()),
+            avatar_url: None,
+            persona: None,
+            runtime: runtime.into(),
+            base_url: None,
+            model: None,
+            api_key_env: None,
+            temperature: None,
+            max_tokens: None,
+            command: Vec::new(),
+            timeout_secs: default_turn_timeout(),
+            permission_timeout_secs: default_permission_timeout(),
+            context_chars: default_context_chars(),
+            max_edits: default_max_edits(),
+            concurrency: default_concurrency(),
+        }
+    }
+
     pub fn display_name(&self) -> String {
         self.display_name.clone().unwrap_or_else(|| capitalize(&self.id))
     }
@@ -215,8 +276,23 @@ fn default_agent_id() -> String {
 fn default_runtime() -> String {
     "echo".into()
 }
+fn default_turn_timeout() -> u64 {
+    120
+}
+fn default_permission_timeout() -> u64 {
+    300
+}
+fn default_context_chars() -> usize {
+    24_000
+}
+fn default_max_edits() -> u32 {
+    20
+}
+fn default_concurrency() -> usize {
+    4
+}
 fn default_agents() -> Vec<AgentConfig> {
-    vec![AgentConfig { id: "echo".into(), display_name: Some("Echo".into()), runtime: "echo".into() }]
+    vec![AgentConfig::new("echo", "Echo", "echo")]
 }
 
 /// Picks the config path: `--config`, then `MOSAIC_AS_CONFIG`, then `./mosaic-as.toml`.
@@ -269,6 +345,11 @@ impl Config {
     /// A relative SQLite path is relative to the config file, not to the working
     /// directory, so that `serve` finds the same database wherever it is started.
     fn resolve_relative_paths(&mut self, base: &Path) {
+        for agent in &mut self.agents {
+            if let Some(persona) = agent.persona.as_mut().filter(|p| p.is_relative()) {
+                *persona = base.join(&*persona);
+            }
+        }
         if let Some(rest) = self.database.url.strip_prefix("sqlite://") {
             let (file, query) = rest.split_once('?').map_or((rest, None), |(f, q)| (f, Some(q)));
             let file_path = Path::new(file);
@@ -335,16 +416,8 @@ impl Config {
                     format!("{:?} is not a valid agent id (lowercase a-z, 0-9, ._=-/)", agent.id),
                 ));
             }
-            if !crate::agents::RUNTIMES.contains(&agent.runtime.as_str()) {
-                return Err((
-                    "agent.runtime",
-                    format!(
-                        "agent {:?}: unknown runtime {:?}; expected one of: {}",
-                        agent.id,
-                        agent.runtime,
-                        crate::agents::RUNTIMES.join(", ")
-                    ),
-                ));
+            if let Err((key, message)) = crate::agents::check_config(agent) {
+                return Err((key, format!("agent {:?}: {message}", agent.id)));
             }
         }
         if !self.agents.iter().any(|a| a.id == self.default_agent) {

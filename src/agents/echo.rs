@@ -2,49 +2,41 @@
 //! network, so a fresh install works end to end.
 
 use async_trait::async_trait;
+use tokio::sync::mpsc;
 
-use super::{AgentError, AgentRuntime, Reply, Turn};
-use crate::protocol::ContentType;
+use super::runtime::{AgentError, AgentEvent, AgentRuntime, TurnContext};
 
 pub struct EchoRuntime;
 
 #[async_trait]
 impl AgentRuntime for EchoRuntime {
-    async fn respond(&self, turn: Turn<'_>) -> Result<Reply, AgentError> {
-        let message = turn.message;
-        let content = match (message.content.trim().is_empty(), message.attachments.first()) {
-            (_, Some(file)) => format!("I received {} ({}).", file.name, file.mime_type),
-            (true, None) => "(empty message)".to_string(),
-            (false, None) => message.content.clone(),
-        };
-        let content_type = match message.content_type {
-            ContentType::Markdown | ContentType::Code => message.content_type,
-            _ => ContentType::Text,
-        };
-        Ok(Reply { content, content_type })
+    async fn respond(&self, turn: &TurnContext, events: mpsc::Sender<AgentEvent>) -> Result<(), AgentError> {
+        let last = turn.messages.last().map(|m| m.content.as_str()).unwrap_or_default();
+        let text = if last.trim().is_empty() { "(empty message)" } else { last };
+        events.send(AgentEvent::Text(text.to_string())).await.map_err(|_| AgentError::Failed("turn abandoned".into()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{ChannelAttachment, ChannelMessage, SenderType};
+    use crate::agents::runtime::{ContextMessage, Role};
 
     #[tokio::test]
-    async fn repeats_text_and_describes_files() {
-        let msg = ChannelMessage::new("!r", "@a:x", SenderType::User, "hello *there*", ContentType::Markdown);
-        let reply = EchoRuntime.respond(Turn { agent_id: "echo", message: &msg, history: &[] }).await.unwrap();
-        assert_eq!(reply.content, "hello *there*");
-        assert_eq!(reply.content_type, ContentType::Markdown);
-
-        let mut file = ChannelMessage::new("!r", "@a:x", SenderType::User, "cat.png", ContentType::Image);
-        file.attachments.push(ChannelAttachment {
-            name: "cat.png".into(),
-            mime_type: "image/png".into(),
-            url: "mxc://x/y".into(),
-            size_bytes: None,
-        });
-        let reply = EchoRuntime.respond(Turn { agent_id: "echo", message: &file, history: &[] }).await.unwrap();
-        assert_eq!(reply.content, "I received cat.png (image/png).");
+    async fn repeats_the_last_message() {
+        let turn = TurnContext {
+            agent_id: "echo".into(),
+            conversation_id: "c".into(),
+            thread_id: None,
+            system_prompt: None,
+            messages: vec![
+                ContextMessage { role: Role::User, name: None, content: "first".into() },
+                ContextMessage { role: Role::User, name: None, content: "hello *there*".into() },
+            ],
+        };
+        let (tx, mut rx) = mpsc::channel(4);
+        EchoRuntime.respond(&turn, tx).await.unwrap();
+        let Some(AgentEvent::Text(text)) = rx.recv().await else { panic!("no text") };
+        assert_eq!(text, "hello *there*");
     }
 }
