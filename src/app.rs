@@ -9,10 +9,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use crate::agents::Agents;
+use crate::agents::{Agents, TurnControl};
 use crate::config::Config;
-use crate::hub::{Hub, SEND_KIND, SendJob, TURN_KIND};
-use crate::matrix::rooms::{CREATE_ROOM_KIND, CreateRoomJob};
+use crate::hub::{Hub, SEND_KIND, SendJob};
+use crate::matrix::rooms::{CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob};
 use crate::matrix::{self, MatrixAdapter, adapter::EventError, server};
 use crate::protocol::{ChannelAdapter, ChannelRegistry, ChannelSendError};
 use crate::queue::{self, JobHandler, JobOutcome, Wakers};
@@ -36,7 +36,6 @@ struct Dispatcher {
     secret_key: String,
     registry: Arc<ChannelRegistry>,
     matrix: Arc<MatrixAdapter>,
-    agents: Arc<Agents>,
 }
 
 #[async_trait]
@@ -44,8 +43,8 @@ impl JobHandler for Dispatcher {
     async fn run(&self, job: &outbox::Job) -> JobOutcome {
         match job.kind.as_str() {
             SEND_KIND => self.send(job).await,
-            TURN_KIND => self.agents.run_turn(job).await,
             CREATE_ROOM_KIND => self.create_room(job).await,
+            INVITE_KIND => self.invite(job).await,
             other => JobOutcome::Failed(format!("unknown job kind {other:?}")),
         }
     }
@@ -70,16 +69,28 @@ impl Dispatcher {
         }
     }
 
+    async fn invite(&self, job: &outbox::Job) -> JobOutcome {
+        let invite: InviteJob = match serde_json::from_str(&job.payload) {
+            Ok(invite) => invite,
+            Err(error) => return JobOutcome::Failed(format!("bad invite payload: {error}")),
+        };
+        event_outcome(self.matrix.invite_agent(&invite).await)
+    }
+
     async fn create_room(&self, job: &outbox::Job) -> JobOutcome {
         let create: CreateRoomJob = match serde_json::from_str(&job.payload) {
             Ok(create) => create,
             Err(error) => return JobOutcome::Failed(format!("bad create-room payload: {error}")),
         };
-        match self.matrix.create_conversation_room(&create).await {
-            Ok(_) => JobOutcome::Done,
-            Err(EventError::Transient(error)) => JobOutcome::Retry { error, after: None },
-            Err(EventError::Permanent(error)) => JobOutcome::Failed(error),
-        }
+        event_outcome(self.matrix.create_conversation_room(&create).await.map(|_| ()))
+    }
+}
+
+fn event_outcome(result: Result<(), EventError>) -> JobOutcome {
+    match result {
+        Ok(()) => JobOutcome::Done,
+        Err(EventError::Transient(error)) => JobOutcome::Retry { error, after: None },
+        Err(EventError::Permanent(error)) => JobOutcome::Failed(error),
     }
 }
 
@@ -95,8 +106,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let wakers = Arc::new(Wakers::default());
     let registry = Arc::new(ChannelRegistry::new());
     let matrix = Arc::new(MatrixAdapter::new(config.clone(), store.clone()));
-    let hub = Arc::new(Hub::new(config.clone(), store.clone(), wakers.clone()));
-    let agents = Arc::new(Agents::from_config(&config, store.clone(), wakers.clone())?);
+    let control = Arc::new(TurnControl::default());
+    let hub = Arc::new(Hub::new(config.clone(), store.clone(), wakers.clone(), control.clone()));
+    let agents =
+        Arc::new(Agents::from_config(&config, store.clone(), wakers.clone(), registry.clone(), control.clone())?);
     matrix.on_message(hub.handler_for(matrix::CHANNEL));
     registry.register(matrix.clone());
 
@@ -107,17 +120,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         secret_key: config.appservice.as_token.clone(),
         registry: registry.clone(),
         matrix: matrix.clone(),
-        agents,
     });
-    for queue_name in [queue::send_queue(matrix::CHANNEL), queue::AGENT_QUEUE.to_string()] {
-        tasks.spawn(queue::run_worker(
-            store.clone(),
-            queue_name,
-            dispatcher.clone(),
-            wakers.clone(),
-            shutdown_rx.clone(),
-        ));
-    }
+    let sends = queue::send_queue(matrix::CHANNEL);
+    tasks.spawn(queue::run_worker(store.clone(), sends, dispatcher.clone(), wakers.clone(), shutdown_rx.clone()));
+    tasks.spawn(crate::agents::run_scheduler(store.clone(), agents, wakers.clone(), shutdown_rx.clone()));
     tasks.spawn(matrix::inbox::run(store.clone(), matrix.clone(), inbox_wake.clone(), shutdown_rx.clone()));
 
     let state = server::ServerState {

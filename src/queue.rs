@@ -18,8 +18,22 @@ pub fn send_queue(channel: &str) -> String {
     channel.to_string()
 }
 
-/// Queue of agent turns.
-pub const AGENT_QUEUE: &str = "agents";
+/// Prefix of the agent turn queues: one queue per agent and conversation, so turns of
+/// one conversation run in order while conversations run side by side.
+pub const AGENT_QUEUE_PREFIX: &str = "agent:";
+
+/// The queue of `agent`'s turns in `conversation_id`.
+pub fn agent_queue(agent: &str, conversation_id: &str) -> String {
+    format!("{AGENT_QUEUE_PREFIX}{agent}:{conversation_id}")
+}
+
+/// The agent and conversation of an agent queue.
+pub fn parse_agent_queue(queue: &str) -> Option<(&str, &str)> {
+    queue.strip_prefix(AGENT_QUEUE_PREFIX)?.split_once(':')
+}
+
+/// Wake-up name of the agent scheduler.
+pub const AGENT_SCHEDULER: &str = "agents";
 
 /// What became of one try of a job.
 #[derive(Debug)]
@@ -57,7 +71,7 @@ impl Wakers {
         }
     }
 
-    fn for_queue(&self, queue: &str) -> Arc<Notify> {
+    pub fn for_queue(&self, queue: &str) -> Arc<Notify> {
         self.queues.lock().expect("wakers lock").entry(queue.to_string()).or_default().clone()
     }
 }
@@ -123,7 +137,7 @@ async fn next_job(store: &Store, queue: &str) -> store::Result<Option<outbox::Jo
     outbox::head(&mut conn, queue).await
 }
 
-async fn run_one(store: &Store, queue: &str, handler: &dyn JobHandler, job: &outbox::Job) {
+pub async fn run_one(store: &Store, queue: &str, handler: &dyn JobHandler, job: &outbox::Job) {
     let outcome = handler.run(job).await;
     let result = async {
         let mut conn = store.conn().await?;
@@ -151,6 +165,13 @@ async fn run_one(store: &Store, queue: &str, handler: &dyn JobHandler, job: &out
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_queues_name_agent_and_conversation() {
+        let queue = agent_queue("echo", "5f0c");
+        assert_eq!(parse_agent_queue(&queue), Some(("echo", "5f0c")));
+        assert_eq!(parse_agent_queue("matrix"), None);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

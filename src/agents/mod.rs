@@ -1,43 +1,59 @@
 //! Agents: one runtime trait, the runtimes, and the worker that runs queued agent turns.
 
+pub mod acp;
+pub mod anthropic;
+pub mod command;
 pub mod context;
+pub mod control;
 mod echo;
+mod lanes;
+pub mod openai;
 pub mod runtime;
+mod sse;
+pub mod stream;
+mod turn;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::Semaphore;
 
 pub use echo::EchoRuntime;
 pub use runtime::{AgentError, AgentEvent, AgentRuntime, ContextMessage, Role, TokenUsage, TurnContext};
 
+pub use control::TurnControl;
+pub use lanes::run_scheduler;
+
 use crate::config::{AgentConfig, Config};
-use crate::hub::{TurnJob, fan_out};
-use crate::protocol::{ChannelMessage, ContentType, SenderType};
-use crate::queue::{JobOutcome, Wakers};
-use crate::store::{self, Store, messages, outbox};
+use crate::protocol::ChannelRegistry;
+use crate::queue::Wakers;
+use crate::store::Store;
 
 /// Runtime names accepted in the config.
-pub const RUNTIMES: &[&str] = &["echo"];
+pub const RUNTIMES: &[&str] = &["echo", "openai", "anthropic", "command", "acp"];
 
 /// Checks the settings an agent's runtime needs: the config key at fault and why.
 pub fn check_config(agent: &AgentConfig) -> Result<(), (&'static str, String)> {
-    if !RUNTIMES.contains(&agent.runtime.as_str()) {
-        return Err((
-            "agent.runtime",
-            format!("unknown runtime {:?}; expected one of: {}", agent.runtime, RUNTIMES.join(", ")),
-        ));
+    match agent.runtime.as_str() {
+        "echo" => Ok(()),
+        "openai" => openai::check_config(agent),
+        "anthropic" => anthropic::check_config(agent),
+        "command" => command::check_config(agent),
+        "acp" => acp::check_config(agent),
+        other => Err(("agent.runtime", format!("unknown runtime {other:?}; expected one of: {}", RUNTIMES.join(", ")))),
     }
-    Ok(())
 }
 
 /// Builds the runtime of a (checked) agent.
 pub fn build_runtime(agent: &AgentConfig) -> Result<Arc<dyn AgentRuntime>, String> {
-    match agent.runtime.as_str() {
-        "echo" => Ok(Arc::new(EchoRuntime)),
-        other => Err(format!("unknown runtime {other:?}")),
-    }
+    Ok(match agent.runtime.as_str() {
+        "echo" => Arc::new(EchoRuntime),
+        "openai" => Arc::new(openai::OpenAiRuntime::new(agent)?),
+        "anthropic" => Arc::new(anthropic::AnthropicRuntime::new(agent)?),
+        "command" => Arc::new(command::CommandRuntime::new(agent)?),
+        "acp" => Arc::new(acp::AcpRuntime::new(agent)?),
+        other => return Err(format!("unknown runtime {other:?}")),
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,18 +69,28 @@ struct Agent {
     config: AgentConfig,
     persona: Option<String>,
     runtime: Arc<dyn AgentRuntime>,
+    /// Turns of this agent running at once, across conversations.
+    slots: Arc<Semaphore>,
 }
 
-/// The configured agents and their runtimes.
+/// The configured agents, their runtimes, and what the turn workers need.
 pub struct Agents {
     agents: HashMap<String, Agent>,
     store: Store,
     wakers: Arc<Wakers>,
+    registry: Arc<ChannelRegistry>,
+    control: Arc<TurnControl>,
 }
 
 impl Agents {
     /// Builds every agent's runtime and reads its persona file.
-    pub fn from_config(config: &Config, store: Store, wakers: Arc<Wakers>) -> Result<Self, AgentSetupError> {
+    pub fn from_config(
+        config: &Config,
+        store: Store,
+        wakers: Arc<Wakers>,
+        registry: Arc<ChannelRegistry>,
+        control: Arc<TurnControl>,
+    ) -> Result<Self, AgentSetupError> {
         let mut agents = HashMap::new();
         for agent in &config.agents {
             let persona = match &agent.persona {
@@ -77,87 +103,18 @@ impl Agents {
             };
             let runtime = build_runtime(agent)
                 .map_err(|message| AgentSetupError::Runtime { agent: agent.id.clone(), message })?;
-            agents.insert(agent.id.clone(), Agent { config: agent.clone(), persona, runtime });
+            let slots = Arc::new(Semaphore::new(agent.concurrency.max(1)));
+            agents.insert(agent.id.clone(), Agent { config: agent.clone(), persona, runtime, slots });
         }
-        Ok(Self { agents, store, wakers })
+        Ok(Self { agents, store, wakers, registry, control })
     }
 
-    /// Runs one queued turn. The reply, its fan-out and the job's completion are written
-    /// in one transaction: a crash before it reruns the turn, a crash after it finds the
-    /// job done, so an answer is never lost nor sent twice.
-    pub async fn run_turn(&self, job: &outbox::Job) -> JobOutcome {
-        let turn: TurnJob = match serde_json::from_str(&job.payload) {
-            Ok(turn) => turn,
-            Err(error) => return JobOutcome::Failed(format!("bad turn payload: {error}")),
-        };
-        let Some(agent) = self.agents.get(&turn.agent) else {
-            return JobOutcome::Failed(format!("agent {:?} is not configured", turn.agent));
-        };
-        let (message, context) = match self.context(agent, &turn).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return JobOutcome::Failed(format!("message {} not found", turn.message_id)),
-            Err(error) => return JobOutcome::Retry { error: error.to_string(), after: None },
-        };
-        let answer = match collect(agent, &context).await {
-            Ok(answer) => answer,
-            Err(AgentError::Unavailable(error)) => return JobOutcome::Retry { error, after: None },
-            Err(AgentError::Failed(error)) => return JobOutcome::Failed(error),
-        };
-        match self.commit_reply(job, &turn, &message, answer).await {
-            Ok(()) => {
-                self.wakers.wake_all();
-                JobOutcome::Done
-            }
-            Err(error) => JobOutcome::Retry { error: error.to_string(), after: None },
-        }
+    pub fn control(&self) -> &Arc<TurnControl> {
+        &self.control
     }
 
-    async fn context(&self, agent: &Agent, turn: &TurnJob) -> store::Result<Option<(ChannelMessage, TurnContext)>> {
-        let mut conn = self.store.conn().await?;
-        let Some(message) = messages::get(&mut conn, turn.message_id).await? else {
-            return Ok(None);
-        };
-        let history = messages::history(&mut conn, &turn.conversation_id, context::HISTORY_LIMIT).await?;
-        let context = context::build(&agent.config, agent.persona.clone(), &turn.conversation_id, &message, &history);
-        Ok(Some((message, context)))
+    fn agent_of_queue(&self, queue: &str) -> Option<&Agent> {
+        let (agent, _conversation) = crate::queue::parse_agent_queue(queue)?;
+        self.agents.get(agent)
     }
-
-    async fn commit_reply(
-        &self,
-        job: &outbox::Job,
-        turn: &TurnJob,
-        to: &ChannelMessage,
-        answer: String,
-    ) -> store::Result<()> {
-        let reply = ChannelMessage::new(&to.channel_id, &turn.agent, SenderType::Agent, answer, ContentType::Markdown)
-            .with_reply_to(to.id)
-            .with_thread(to.thread_id.clone());
-        let mut tx = self.store.begin_write().await?;
-        messages::append(&mut tx, &turn.conversation_id, "agent", &reply).await?;
-        fan_out(&mut tx, &turn.conversation_id, &reply).await?;
-        outbox::mark_done(&mut tx, job.seq).await?;
-        tx.commit().await?;
-        tracing::info!(agent = turn.agent, conversation_id = turn.conversation_id, "agent answered");
-        Ok(())
-    }
-}
-
-/// Runs the runtime and gathers its answer text.
-async fn collect(agent: &Agent, context: &TurnContext) -> Result<String, AgentError> {
-    let (events, mut received) = mpsc::channel(64);
-    let runtime = agent.runtime.clone();
-    let turn = context.clone();
-    let running = tokio::spawn(async move { runtime.respond(&turn, events).await });
-    let mut text = String::new();
-    while let Some(event) = received.recv().await {
-        match event {
-            AgentEvent::Text(piece) => text.push_str(&piece),
-            AgentEvent::Permission(request) => {
-                let _ = request.answer.send(None);
-            }
-            AgentEvent::ToolCall { .. } | AgentEvent::Plan(_) | AgentEvent::Usage(_) => {}
-        }
-    }
-    running.await.map_err(|e| AgentError::Failed(format!("runtime task failed: {e}")))??;
-    Ok(text)
 }

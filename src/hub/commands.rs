@@ -5,11 +5,11 @@
 use sqlx::AnyConnection;
 
 use super::{Hub, routing};
-use crate::matrix::rooms::{CREATE_ROOM_KIND, CreateRoomJob};
+use crate::matrix::rooms::{CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob};
 use crate::protocol::ChannelMessage;
 use crate::queue;
 use crate::secrets;
-use crate::store::{self, accounts, conversations};
+use crate::store::{self, accounts, conversations, settings};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -19,6 +19,13 @@ pub enum Command {
     Whoami,
     Agents,
     New(Option<String>),
+    /// Show or set the room's default agent.
+    Agent(Option<String>),
+    Invite(String),
+    MentionOnly(bool),
+    AnswerUnlinked(bool),
+    Stop,
+    Usage,
 }
 
 /// A command line that is not understood: the usage to show.
@@ -51,7 +58,22 @@ pub fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
         ("agents", []) => Ok(Command::Agents),
         ("new", []) => Ok(Command::New(None)),
         ("new", title) => Ok(Command::New(Some(title.join(" ")))),
-        ("help" | "unlink" | "whoami" | "agents", _) => Err(Usage(format!("Usage: `{p}{name}` takes no arguments"))),
+        ("agent", []) => Ok(Command::Agent(None)),
+        ("agent", [id]) => Ok(Command::Agent(Some((*id).to_string()))),
+        ("agent", _) => Err(Usage(format!("Usage: `{p}agent <id>` sets the agent that answers in this room"))),
+        ("invite", [agent]) => Ok(Command::Invite((*agent).to_string())),
+        ("invite", _) => Err(Usage(format!("Usage: `{p}invite <agent id>` (see `{p}agents`)"))),
+        ("mention-only", [on_off]) if matches!(*on_off, "on" | "off") => Ok(Command::MentionOnly(*on_off == "on")),
+        ("mention-only", _) => Err(Usage(format!("Usage: `{p}mention-only on|off`"))),
+        ("unlinked", [mode]) if matches!(*mode, "answer" | "ignore") => Ok(Command::AnswerUnlinked(*mode == "answer")),
+        ("unlinked", _) => Err(Usage(format!(
+            "Usage: `{p}unlinked answer|ignore` (whether agents answer people without a linked account)"
+        ))),
+        ("stop", []) => Ok(Command::Stop),
+        ("usage", []) => Ok(Command::Usage),
+        ("help" | "unlink" | "whoami" | "agents" | "stop" | "usage", _) => {
+            Err(Usage(format!("Usage: `{p}{name}` takes no arguments")))
+        }
         _ => Err(Usage(format!("Unknown command `{p}{name}`. Send `{p}help` for the list of commands."))),
     })
 }
@@ -65,7 +87,13 @@ pub fn help_text(p: char) -> String {
          - `{p}unlink` — remove the link of this account\n\
          - `{p}whoami` — show which Mosaic account you are linked to\n\
          - `{p}agents` — list the agents you can talk to\n\
-         - `{p}new [title]` — start a new conversation room with the default agent"
+         - `{p}new [title]` — start a new conversation room with the default agent\n\
+         - `{p}agent <id>` — choose the agent that answers in this room\n\
+         - `{p}invite <agent>` — bring an agent into this room\n\
+         - `{p}mention-only on|off` — agents answer only when mentioned\n\
+         - `{p}unlinked answer|ignore` — whether agents answer people without a linked account\n\
+         - `{p}stop` — stop the answer being written\n\
+         - `{p}usage` — tokens used by the agents in this room"
     )
 }
 
@@ -104,6 +132,7 @@ impl Hub {
         &self,
         conn: &mut AnyConnection,
         channel: &str,
+        conversation_id: &str,
         msg: &ChannelMessage,
         command: Command,
     ) -> store::Result<Answer> {
@@ -120,6 +149,23 @@ impl Hub {
             Command::Whoami => self.whoami(conn, channel, sender).await?.into(),
             Command::Agents => self.agents_text().into(),
             Command::New(title) => self.new_conversation(conn, channel, sender, title).await?.into(),
+            Command::Agent(choice) => self.room_agent(conn, conversation_id, choice).await?.into(),
+            Command::Invite(agent) => self.invite_agent(conn, channel, msg, &agent).await?.into(),
+            Command::MentionOnly(on) => {
+                settings::set(conn, conversation_id, settings::Change::MentionOnly(on)).await?;
+                let how = if on { "only when mentioned" } else { "to every message when one person is here" };
+                format!("Agents in this room now answer {how}.").into()
+            }
+            Command::AnswerUnlinked(on) => {
+                settings::set(conn, conversation_id, settings::Change::AnswerUnlinked(on)).await?;
+                let how = if on { "answer" } else { "ignore" };
+                format!("Agents in this room now {how} people without a linked Mosaic account.").into()
+            }
+            Command::Stop => match self.control.stop(conversation_id) {
+                0 => "No agent is writing an answer here.".to_string().into(),
+                n => format!("Stopped {n} answer(s).").into(),
+            },
+            Command::Usage => self.usage_text(conn, conversation_id).await?.into(),
         })
     }
 
@@ -249,6 +295,66 @@ impl Hub {
     }
 }
 
+impl Hub {
+    async fn room_agent(
+        &self,
+        conn: &mut AnyConnection,
+        conversation_id: &str,
+        choice: Option<String>,
+    ) -> store::Result<String> {
+        let Some(id) = choice else {
+            let current = settings::get(conn, conversation_id).await?.default_agent;
+            return Ok(match current {
+                Some(agent) => format!("The default agent of this room is `{agent}`."),
+                None => "This room has no default agent: every agent here answers.".into(),
+            });
+        };
+        if self.config.agent(&id).is_none() {
+            return Ok(format!("There is no agent `{id}`. Send `!agents` for the list."));
+        }
+        settings::set(conn, conversation_id, settings::Change::DefaultAgent(&id)).await?;
+        Ok(format!("`{id}` now answers in this room (others answer when mentioned)."))
+    }
+
+    async fn invite_agent(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        msg: &ChannelMessage,
+        agent: &str,
+    ) -> store::Result<String> {
+        let Some(config) = self.config.agent(agent) else {
+            return Ok(format!("There is no agent `{agent}`. Send `!agents` for the list."));
+        };
+        if channel != crate::matrix::CHANNEL {
+            return Ok("Agents are invited from Matrix rooms.".into());
+        }
+        let ghost = self.namespace.agent_user_id(agent);
+        if !routing::bot_present(msg) {
+            return Ok(format!("I am not in this room: invite {ghost} yourself."));
+        }
+        let job = InviteJob { room_id: msg.channel_id.clone(), agent: agent.to_string() };
+        let key = format!("invite:{}:{agent}:{}", msg.channel_id, msg.id);
+        queue::enqueue(conn, &queue::send_queue(channel), &key, INVITE_KIND, &job).await?;
+        Ok(format!("Inviting {} ({ghost}).", config.display_name()))
+    }
+
+    async fn usage_text(&self, conn: &mut AnyConnection, conversation_id: &str) -> store::Result<String> {
+        let totals = settings::usage_totals(conn, conversation_id).await?;
+        if totals.is_empty() {
+            return Ok("No tokens used in this room yet.".into());
+        }
+        let mut text = String::from("**Token usage in this room**\n");
+        for total in totals {
+            text.push_str(&format!(
+                "- `{}`: {} turn(s), {} input + {} output tokens\n",
+                total.agent_id, total.turns, total.input_tokens, total.output_tokens
+            ));
+        }
+        Ok(text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +366,13 @@ mod tests {
         assert_eq!(parse('!', "!link"), Some(Ok(Command::Link(None))));
         assert_eq!(parse('!', "!new Weekly plan"), Some(Ok(Command::New(Some("Weekly plan".into())))));
         assert_eq!(parse('/', "/whoami@mosaic_bot"), Some(Ok(Command::Whoami)));
+        assert_eq!(parse('!', "!agent helper"), Some(Ok(Command::Agent(Some("helper".into())))));
+        assert_eq!(parse('!', "!mention-only on"), Some(Ok(Command::MentionOnly(true))));
+        assert_eq!(parse('!', "!unlinked ignore"), Some(Ok(Command::AnswerUnlinked(false))));
+        assert_eq!(parse('!', "!invite echo"), Some(Ok(Command::Invite("echo".into()))));
+        assert_eq!(parse('!', "!stop"), Some(Ok(Command::Stop)));
+        assert_eq!(parse('!', "!usage"), Some(Ok(Command::Usage)));
+        assert!(matches!(parse('!', "!mention-only maybe"), Some(Err(_))));
         assert_eq!(parse('!', "hello"), None);
         assert_eq!(parse('!', "!"), None);
     }

@@ -11,12 +11,13 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
+use crate::agents::TurnControl;
 use crate::config::Config;
 use crate::matrix::naming::Namespace;
 use crate::protocol::{ChannelMessage, ContentType, HandlerError, InboundHandler, SenderType};
 use crate::queue::{self, Wakers};
 use crate::secrets;
-use crate::store::{self, Store, accounts, conversations, messages};
+use crate::store::{self, Store, accounts, conversations, messages, settings};
 
 /// Outbox job: deliver `message` to `channel_id` on the surface `channel`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,11 +47,12 @@ pub struct Hub {
     store: Store,
     wakers: Arc<Wakers>,
     namespace: Namespace,
+    control: Arc<TurnControl>,
 }
 
 impl Hub {
-    pub fn new(config: Arc<Config>, store: Store, wakers: Arc<Wakers>) -> Self {
-        Self { namespace: Namespace::from_config(&config), config, store, wakers }
+    pub fn new(config: Arc<Config>, store: Store, wakers: Arc<Wakers>, control: Arc<TurnControl>) -> Self {
+        Self { namespace: Namespace::from_config(&config), config, store, wakers, control }
     }
 
     /// The inbound handler for one adapter.
@@ -80,9 +82,16 @@ impl Hub {
         if let Some(native) = msg.channel_message_id() {
             messages::add_ref(&mut tx, channel, &msg.channel_id, native, msg.id).await?;
         }
+        // An answer to an agent's permission question is not a prompt, and reactions are
+        // only ever such answers.
+        let answered = self.control.answer(&conversation.id, &msg.content, msg.reply_to_id).is_some();
+        if answered || routing::is_reaction(&msg) {
+            tx.commit().await?;
+            return Ok(());
+        }
         match command {
             Some(Ok(command)) => {
-                let answer = self.execute(&mut tx, channel, &msg, command).await?;
+                let answer = self.execute(&mut tx, channel, &conversation.id, &msg, command).await?;
                 self.reply(&mut tx, channel, &conversation.id, &msg, answer).await?;
             }
             Some(Err(commands::Usage(usage))) => {
@@ -103,7 +112,9 @@ impl Hub {
         conversation_id: &str,
         msg: &ChannelMessage,
     ) -> store::Result<()> {
-        let agents = routing::agents_to_answer(msg);
+        let room = settings::get(conn, conversation_id).await?;
+        let linked = accounts::account_for_identity(conn, channel, &msg.sender_id).await?.is_some();
+        let agents = routing::agents_to_answer(msg, &room, linked);
         if routing::agents_present(msg).is_empty() && routing::participants(msg) <= 1 && routing::commands_enabled(msg)
         {
             let p = commands::prefix_for(channel);
@@ -115,7 +126,8 @@ impl Hub {
         for agent in agents {
             let job =
                 TurnJob { agent: agent.clone(), conversation_id: conversation_id.to_string(), message_id: msg.id };
-            queue::enqueue(conn, queue::AGENT_QUEUE, &format!("turn:{agent}:{}", msg.id), TURN_KIND, &job).await?;
+            let lane = queue::agent_queue(&agent, conversation_id);
+            queue::enqueue(conn, &lane, &format!("turn:{agent}:{}", msg.id), TURN_KIND, &job).await?;
             tracing::debug!(agent, message_id = %msg.id, "agent turn queued");
         }
         Ok(())
@@ -167,7 +179,7 @@ pub async fn fan_out(conn: &mut AnyConnection, conversation_id: &str, msg: &Chan
     Ok(())
 }
 
-async fn enqueue_send(
+pub async fn enqueue_send(
     conn: &mut AnyConnection,
     channel: &str,
     channel_id: &str,

@@ -2,6 +2,7 @@
 //! that decides which agents answer.
 
 use crate::protocol::ChannelMessage;
+use crate::store::settings::RoomSettings;
 
 /// Agents present in the channel (array of agent ids).
 pub const AGENTS: &str = "mosaic.agents";
@@ -13,6 +14,10 @@ pub const PARTICIPANTS: &str = "mosaic.participants";
 pub const COMMANDS: &str = "mosaic.commands";
 /// The message edits the one named by `replyToId`.
 pub const IS_EDIT: &str = "mosaic.isEdit";
+/// The message is a reaction (its content the emoji) to the one named by `replyToId`.
+pub const IS_REACTION: &str = "mosaic.isReaction";
+/// Whether the service's bot is in the channel.
+pub const BOT_PRESENT: &str = "mosaic.botPresent";
 
 fn string_list(msg: &ChannelMessage, key: &str) -> Vec<String> {
     msg.metadata
@@ -34,19 +39,39 @@ pub fn is_edit(msg: &ChannelMessage) -> bool {
     msg.metadata.get(IS_EDIT).and_then(|v| v.as_bool()).unwrap_or(false)
 }
 
+fn flag(msg: &ChannelMessage, key: &str) -> bool {
+    msg.metadata.get(key).and_then(|v| v.as_bool()).unwrap_or(false)
+}
+
+pub fn is_reaction(msg: &ChannelMessage) -> bool {
+    flag(msg, IS_REACTION)
+}
+
+pub fn bot_present(msg: &ChannelMessage) -> bool {
+    flag(msg, BOT_PRESENT)
+}
+
 pub fn commands_enabled(msg: &ChannelMessage) -> bool {
     msg.metadata.get(COMMANDS).and_then(|v| v.as_bool()).unwrap_or(false)
 }
 
-/// With one person in the channel every present agent answers; with several, only the
-/// agents the message mentions.
-pub fn agents_to_answer(msg: &ChannelMessage) -> Vec<String> {
-    let present = agents_present(msg);
-    if participants(msg) <= 1 {
-        return present;
+/// Which present agents answer: the mentioned ones; with one person in the channel and
+/// no mention, the room's default agent if it is there, else every agent — unless the
+/// room is mention-only. People without a linked account get no answer where the room
+/// says so.
+pub fn agents_to_answer(msg: &ChannelMessage, room: &RoomSettings, sender_linked: bool) -> Vec<String> {
+    if !sender_linked && !room.answer_unlinked {
+        return Vec::new();
     }
-    let mentioned = string_list(msg, MENTIONS);
-    present.into_iter().filter(|agent| mentioned.contains(agent)).collect()
+    let present = agents_present(msg);
+    let mentioned: Vec<String> = string_list(msg, MENTIONS).into_iter().filter(|a| present.contains(a)).collect();
+    if !mentioned.is_empty() || room.mention_only || participants(msg) > 1 {
+        return mentioned;
+    }
+    match &room.default_agent {
+        Some(default) if present.contains(default) => vec![default.clone()],
+        _ => present,
+    }
 }
 
 #[cfg(test)]
@@ -63,21 +88,42 @@ mod tests {
         msg
     }
 
+    fn open_room() -> RoomSettings {
+        RoomSettings { answer_unlinked: true, ..Default::default() }
+    }
+
     #[test]
     fn one_person_gets_every_agent() {
-        assert_eq!(agents_to_answer(&msg(1, &["echo", "helper"], &[])), vec!["echo", "helper"]);
+        assert_eq!(agents_to_answer(&msg(1, &["echo", "helper"], &[]), &open_room(), true), vec!["echo", "helper"]);
     }
 
     #[test]
     fn several_people_get_only_mentioned_agents() {
-        assert!(agents_to_answer(&msg(2, &["echo"], &[])).is_empty());
-        assert_eq!(agents_to_answer(&msg(3, &["echo", "helper"], &["helper"])), vec!["helper"]);
+        assert!(agents_to_answer(&msg(2, &["echo"], &[]), &open_room(), true).is_empty());
+        assert_eq!(agents_to_answer(&msg(3, &["echo", "helper"], &["helper"]), &open_room(), true), vec!["helper"]);
     }
 
     #[test]
     fn unknown_participant_count_counts_as_a_group() {
         let mut m = msg(1, &["echo"], &[]);
         m.metadata.remove(PARTICIPANTS);
-        assert!(agents_to_answer(&m).is_empty());
+        assert!(agents_to_answer(&m, &open_room(), true).is_empty());
+    }
+
+    #[test]
+    fn room_settings_pick_the_default_agent_or_require_mentions() {
+        let with_default = RoomSettings { default_agent: Some("helper".into()), ..open_room() };
+        assert_eq!(agents_to_answer(&msg(1, &["echo", "helper"], &[]), &with_default, true), vec!["helper"]);
+        assert_eq!(agents_to_answer(&msg(1, &["echo", "helper"], &["echo"]), &with_default, true), vec!["echo"]);
+        let mention_only = RoomSettings { mention_only: true, ..open_room() };
+        assert!(agents_to_answer(&msg(1, &["echo"], &[]), &mention_only, true).is_empty());
+        assert_eq!(agents_to_answer(&msg(1, &["echo"], &["echo"]), &mention_only, true), vec!["echo"]);
+    }
+
+    #[test]
+    fn unlinked_people_are_ignored_where_the_room_says_so() {
+        let closed = RoomSettings { answer_unlinked: false, ..Default::default() };
+        assert!(agents_to_answer(&msg(1, &["echo"], &[]), &closed, false).is_empty());
+        assert_eq!(agents_to_answer(&msg(1, &["echo"], &[]), &closed, true), vec!["echo"]);
     }
 }

@@ -11,11 +11,13 @@ use ruma::api::client::{
 use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, UserId};
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use super::client::{HomeserverClient, HsError};
 use super::format::{self, Placement};
 use super::ghosts::Ghosts;
 use super::naming::Namespace;
+use crate::agents::stream;
 use crate::config::Config;
 use crate::hub::routing;
 use crate::protocol::{
@@ -123,6 +125,7 @@ impl MatrixAdapter {
         match kind {
             "m.room.member" => self.on_member(&event, room_id, sender).await,
             "m.room.message" if !self.ns.is_ours(sender) => self.on_message(&event, room_id, sender).await,
+            "m.reaction" if !self.ns.is_ours(sender) => self.on_reaction(&event, room_id, sender).await,
             _ => Ok(()),
         }
     }
@@ -229,7 +232,34 @@ impl MatrixAdapter {
         metadata.insert(routing::MENTIONS.into(), json!(mentioned));
         metadata.insert(routing::PARTICIPANTS.into(), json!(people));
         metadata.insert(routing::COMMANDS.into(), json!(true));
+        metadata.insert(routing::BOT_PRESENT.into(), json!(bot_joined));
         tracing::debug!(room_id, event_id, sender, "message received");
+        handler.handle(msg).await.map_err(|e| EventError::Transient(e.to_string()))
+    }
+
+    /// A reaction becomes a message whose content is the emoji, replying to the message
+    /// reacted to (people answer an agent's permission question this way).
+    async fn on_reaction(&self, event: &Value, room_id: &str, sender: &str) -> Result<(), EventError> {
+        let Some(handler) = self.handler.read().expect("handler lock").clone() else {
+            return Err(EventError::Transient("no inbound handler installed yet".into()));
+        };
+        let relation = &event["content"]["m.relates_to"];
+        let (Some(target), Some(key)) = (relation["event_id"].as_str(), relation["key"].as_str()) else {
+            return Ok(());
+        };
+        let mut conn = self.store.conn().await?;
+        let Some(reacted_to) = messages::message_for_native(&mut conn, CHANNEL, room_id, target).await? else {
+            return Ok(());
+        };
+        drop(conn);
+        let mut msg =
+            ChannelMessage::new(room_id, sender, SenderType::User, key, ContentType::Text).with_reply_to(reacted_to);
+        let metadata = &mut msg.metadata;
+        metadata.insert(metadata_keys::CHANNEL_MESSAGE_ID.into(), event["event_id"].clone());
+        metadata.insert("roomId".into(), json!(room_id));
+        metadata.insert("eventType".into(), json!("m.reaction"));
+        metadata.insert("reactionEmoji".into(), json!(key));
+        metadata.insert(routing::IS_REACTION.into(), json!(true));
         handler.handle(msg).await.map_err(|e| EventError::Transient(e.to_string()))
     }
 
@@ -286,6 +316,16 @@ impl MatrixAdapter {
                 .and_then(|id| OwnedEventId::try_from(id).ok());
         }
         placement.thread_root = msg.thread_id.as_deref().and_then(|id| OwnedEventId::try_from(id).ok());
+        if let Some(original) =
+            msg.metadata.get(stream::REPLACES).and_then(|v| v.as_str()).and_then(|id| Uuid::parse_str(id).ok())
+        {
+            let mut conn = self.store.conn().await.map_err(transient)?;
+            // Without the original on this room, the edit is sent as a message of its own.
+            placement.replaces = messages::native_for_message(&mut conn, CHANNEL, room_id, original)
+                .await
+                .map_err(transient)?
+                .and_then(|id| OwnedEventId::try_from(id).ok());
+        }
         Ok(placement)
     }
 

@@ -4,7 +4,8 @@
 use ruma::OwnedEventId;
 use ruma::events::relation::{InReplyTo, Reply, Thread};
 use ruma::events::room::message::{
-    FormattedBody, MessageType, NoticeMessageEventContent, Relation, RoomMessageEventContent, TextMessageEventContent,
+    FormattedBody, MessageType, NoticeMessageEventContent, Relation, ReplacementMetadata, RoomMessageEventContent,
+    TextMessageEventContent,
 };
 use ruma::html::{HtmlSanitizerMode, RemoveReplyFallback, sanitize_html};
 
@@ -15,6 +16,8 @@ use crate::protocol::{ChannelMessage, ContentType, SenderType, metadata_keys};
 pub struct Placement {
     pub in_reply_to: Option<OwnedEventId>,
     pub thread_root: Option<OwnedEventId>,
+    /// The message is an edit (`m.replace`) of this event.
+    pub replaces: Option<OwnedEventId>,
 }
 
 /// Builds the event content of `msg`.
@@ -37,6 +40,9 @@ pub fn message_content(msg: &ChannelMessage, placement: Placement) -> RoomMessag
         (_, None) => MessageType::Text(TextMessageEventContent::plain(body)),
     };
     let mut content = RoomMessageEventContent::new(msgtype);
+    if let Some(original) = placement.replaces {
+        return content.make_replacement(ReplacementMetadata::new(original, None));
+    }
     content.relates_to = match (placement.thread_root, placement.in_reply_to) {
         (Some(root), Some(reply)) => Some(Relation::Thread(Thread::reply(root, reply))),
         (Some(root), None) => Some(Relation::Thread(Thread::without_fallback(root))),
@@ -92,7 +98,7 @@ mod tests {
     fn system_messages_are_notices_and_replies_point_at_the_original() {
         let content = message_content(
             &msg(SenderType::System, "Linked.", ContentType::Text),
-            Placement { in_reply_to: Some(owned_event_id!("$orig")), thread_root: None },
+            Placement { in_reply_to: Some(owned_event_id!("$orig")), ..Placement::default() },
         );
         let json = serde_json::to_value(&content).unwrap();
         assert_eq!(json["msgtype"], "m.notice");
@@ -104,12 +110,30 @@ mod tests {
     fn threads_keep_the_root_and_the_reply() {
         let content = message_content(
             &msg(SenderType::Agent, "hi", ContentType::Text),
-            Placement { in_reply_to: Some(owned_event_id!("$last")), thread_root: Some(owned_event_id!("$root")) },
+            Placement {
+                in_reply_to: Some(owned_event_id!("$last")),
+                thread_root: Some(owned_event_id!("$root")),
+                ..Placement::default()
+            },
         );
         let json = serde_json::to_value(&content).unwrap();
         assert_eq!(json["m.relates_to"]["rel_type"], "m.thread");
         assert_eq!(json["m.relates_to"]["event_id"], "$root");
         assert_eq!(json["m.relates_to"]["m.in_reply_to"]["event_id"], "$last");
+    }
+
+    #[test]
+    fn an_edit_replaces_the_original_and_carries_the_new_text() {
+        let content = message_content(
+            &msg(SenderType::Agent, "the **whole** answer", ContentType::Markdown),
+            Placement { replaces: Some(owned_event_id!("$first")), ..Placement::default() },
+        );
+        let json = serde_json::to_value(&content).unwrap();
+        assert_eq!(json["m.relates_to"]["rel_type"], "m.replace");
+        assert_eq!(json["m.relates_to"]["event_id"], "$first");
+        assert_eq!(json["m.new_content"]["body"], "the **whole** answer");
+        assert!(json["m.new_content"]["formatted_body"].as_str().unwrap().contains("<strong>whole</strong>"));
+        assert!(json["body"].as_str().unwrap().starts_with("* "));
     }
 
     #[test]

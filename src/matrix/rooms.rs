@@ -3,7 +3,7 @@
 
 use ruma::api::client::alias::get_alias;
 use ruma::api::client::discovery::get_capabilities;
-use ruma::api::client::membership::join_room_by_id;
+use ruma::api::client::membership::{invite_user, join_room_by_id};
 use ruma::api::client::room::{Visibility, create_room};
 use ruma::serde::Raw;
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId};
@@ -25,6 +25,15 @@ pub struct CreateRoomJob {
 }
 
 pub const CREATE_ROOM_KIND: &str = "matrix.create_room";
+
+/// Outbox job: the bot invites an agent into a room, and the agent joins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InviteJob {
+    pub room_id: String,
+    pub agent: String,
+}
+
+pub const INVITE_KIND: &str = "matrix.invite";
 
 /// Power needed for each action: people (50) may moderate, agents (0) may only talk.
 pub const PEOPLE_POWER: i64 = 50;
@@ -102,6 +111,31 @@ impl MatrixAdapter {
         tx.commit().await.map_err(crate::store::StoreError::from)?;
         tracing::info!(conversation_id = job.conversation_id, room_id = %room_id, "conversation room ready");
         Ok(room_id)
+    }
+
+    /// Invites an agent as the bot and joins it (an agent already there is fine).
+    pub async fn invite_agent(&self, job: &InviteJob) -> Result<(), EventError> {
+        let ns = self.namespace();
+        let agent =
+            OwnedUserId::try_from(ns.agent_user_id(&job.agent)).map_err(|e| EventError::Permanent(e.to_string()))?;
+        let room = OwnedRoomId::try_from(job.room_id.as_str()).map_err(|e| EventError::Permanent(e.to_string()))?;
+        self.ensure_known_user(&agent).await?;
+        let invite = invite_user::v3::Request::new(
+            room.clone(),
+            invite_user::v3::InvitationRecipient::UserId(invite_user::v3::InviteUserId::new(agent.clone())),
+        );
+        match self.client().call(invite, None).await {
+            Ok(_) => {}
+            // Already in the room (or invited): joining settles it.
+            Err(error) if error.errcode() == Some("M_FORBIDDEN") => {
+                tracing::debug!(room_id = job.room_id, %error, "invite refused; trying to join");
+            }
+            Err(error) => return Err(error.into()),
+        }
+        self.client().call(join_room_by_id::v3::Request::new(room.clone()), Some(&agent)).await?;
+        let mut conn = self.store().conn().await?;
+        conversations::set_membership(&mut conn, room.as_str(), agent.as_str(), "join").await?;
+        Ok(())
     }
 
     async fn existing_room(&self, conversation_id: &str) -> Result<Option<OwnedRoomId>, EventError> {

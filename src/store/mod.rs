@@ -9,6 +9,7 @@ pub mod conversations;
 pub mod inbox;
 pub mod messages;
 pub mod outbox;
+pub mod settings;
 
 use std::str::FromStr;
 use std::time::Duration;

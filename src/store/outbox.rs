@@ -94,3 +94,14 @@ pub async fn depth(conn: &mut AnyConnection, queue: &str) -> Result<i64> {
             .await?;
     Ok(count)
 }
+
+/// Queues whose name starts with `prefix` and that have unfinished jobs.
+pub async fn pending_queues(conn: &mut AnyConnection, prefix: &str) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT queue FROM outbox WHERE queue LIKE $1 AND done_at IS NULL AND failed_at IS NULL",
+    )
+    .bind(format!("{prefix}%"))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|(queue,)| queue).collect())
+}

@@ -1,0 +1,221 @@
+//! Delivering an answer while it is written: the first text becomes a message, later
+//! text arrives as edits, at most one per second and at most `max_edits` in all. The
+//! previews are sent straight to the surfaces; the final text goes through the durable
+//! outbox (see `Agents::commit_reply`), so it always arrives, exactly once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::protocol::{ChannelAdapter, ChannelMessage, ContentType, SenderType};
+
+/// Metadata key of an edit: the canonical id of the message it replaces.
+pub const REPLACES: &str = "mosaic.replaces";
+/// Longest message part; longer answers are split at a clean boundary.
+pub const MAX_PART_CHARS: usize = 16_000;
+const EDIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A derived id: the same turn always gets the same ids, so a rerun after a crash sends
+/// with the same transaction ids and the homeserver drops the repeats.
+pub fn derived_id(base: Uuid, label: &str) -> Uuid {
+    Uuid::new_v5(&base, label.as_bytes())
+}
+
+/// An edit of `original` carrying `text`.
+pub fn edit_of(original: &ChannelMessage, text: &str, label: &str) -> ChannelMessage {
+    let mut edit = original.clone();
+    edit.id = derived_id(original.id, label);
+    edit.content = text.to_string();
+    edit.metadata.insert(REPLACES.into(), Value::String(original.id.to_string()));
+    edit
+}
+
+/// One surface channel the answer goes to.
+pub struct Target {
+    pub adapter: Arc<dyn ChannelAdapter>,
+    pub channel_id: String,
+}
+
+pub struct Streamer {
+    /// The answer message as first sent (its id is the answer's id).
+    pub reply: ChannelMessage,
+    targets: Vec<Target>,
+    text: String,
+    /// Targets that received the first message.
+    pub previewed: Vec<String>,
+    edits: u32,
+    max_preview_edits: u32,
+    last_sent: Option<Instant>,
+    /// The text the surfaces show now.
+    shown: String,
+}
+
+impl Streamer {
+    /// `reply` is the answer with empty content; `max_edits` counts the final edit too.
+    pub fn new(reply: ChannelMessage, targets: Vec<Target>, max_edits: u32) -> Self {
+        Self {
+            reply,
+            targets,
+            text: String::new(),
+            previewed: Vec::new(),
+            edits: 0,
+            max_preview_edits: max_edits.saturating_sub(1),
+            last_sent: None,
+            shown: String::new(),
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Whether `target` already shows `text` (then the final text needs no edit there).
+    pub fn shows(&self, channel_id: &str, text: &str) -> bool {
+        self.previewed.iter().any(|c| c == channel_id) && self.shown == text
+    }
+
+    pub fn push(&mut self, piece: &str) {
+        self.text.push_str(piece);
+    }
+
+    /// When the next preview is due, if there is new text to show.
+    pub fn next_due(&self) -> Option<Instant> {
+        if self.text.trim().is_empty() || preview(&self.text) == self.shown {
+            return None;
+        }
+        match self.last_sent {
+            None => Some(Instant::now()),
+            Some(_) if self.edits >= self.max_preview_edits => None,
+            Some(last) => Some(last + EDIT_INTERVAL),
+        }
+    }
+
+    /// Sends the first message or an edit, if one is due now.
+    pub async fn flush(&mut self) {
+        if self.next_due().is_none_or(|due| due > Instant::now()) {
+            return;
+        }
+        let shown = preview(&self.text);
+        self.last_sent = Some(Instant::now());
+        if !self.previewed.is_empty() {
+            self.edits += 1;
+            let edit = edit_of(&self.with_text(&shown), &shown, &format!("edit-{}", self.edits));
+            for target in self.targets.iter().filter(|t| self.previewed.contains(&t.channel_id)) {
+                if let Err(error) = send_preview(target, &edit).await {
+                    tracing::debug!(channel = target.adapter.name(), %error, "streaming edit not delivered");
+                }
+            }
+        } else {
+            let first = self.with_text(&shown);
+            for target in &self.targets {
+                match send_preview(target, &first).await {
+                    Ok(()) => self.previewed.push(target.channel_id.clone()),
+                    Err(error) => {
+                        tracing::debug!(channel = target.adapter.name(), %error, "first streamed message not delivered")
+                    }
+                }
+            }
+        }
+        self.shown = shown;
+    }
+
+    fn with_text(&self, text: &str) -> ChannelMessage {
+        let mut message = self.reply.clone();
+        message.content = text.to_string();
+        message
+    }
+}
+
+/// Previews are a courtesy: a slow surface must not hold up the answer, whose final text
+/// goes through the outbox anyway.
+const PREVIEW_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn send_preview(target: &Target, message: &ChannelMessage) -> Result<(), String> {
+    match tokio::time::timeout(PREVIEW_TIMEOUT, target.adapter.send_message(&target.channel_id, message)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", PREVIEW_TIMEOUT.as_secs())),
+    }
+}
+
+/// What a preview shows: the first part of the text.
+fn preview(text: &str) -> String {
+    split_parts(text, MAX_PART_CHARS).into_iter().next().unwrap_or_default()
+}
+
+/// Splits `text` into parts of at most `limit` characters, preferring paragraph breaks,
+/// then line breaks, then spaces.
+pub fn split_parts(text: &str, limit: usize) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while rest.chars().count() > limit {
+        let window_end = rest.char_indices().nth(limit).map_or(rest.len(), |(i, _)| i);
+        let window = &rest[..window_end];
+        let cut = ["\n\n", "\n", " "]
+            .iter()
+            .find_map(|sep| window.rfind(sep).filter(|&i| i > window.len() / 2).map(|i| i + sep.len()))
+            .unwrap_or(window_end);
+        parts.push(rest[..cut].trim_end().to_string());
+        rest = &rest[cut..];
+    }
+    if !rest.trim().is_empty() || parts.is_empty() {
+        parts.push(rest.to_string());
+    }
+    parts
+}
+
+/// The answer message of a turn, before any text.
+pub fn answer_message(id: Uuid, to: &ChannelMessage, agent: &str) -> ChannelMessage {
+    let mut reply = ChannelMessage::new(&to.channel_id, agent, SenderType::Agent, "", ContentType::Markdown)
+        .with_reply_to(to.id)
+        .with_thread(to.thread_id.clone());
+    reply.id = id;
+    reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_break_at_clean_boundaries() {
+        let text = format!("{}\n\n{}", "a".repeat(60), "b".repeat(60));
+        let parts = split_parts(&text, 100);
+        assert_eq!(parts, vec!["a".repeat(60), "b".repeat(60)]);
+        let words = "word ".repeat(50);
+        let parts = split_parts(&words, 42);
+        assert!(parts.iter().all(|p| p.chars().count() <= 42 && !p.ends_with(' ')));
+        assert_eq!(parts.concat().replace(' ', ""), words.replace(' ', ""));
+        let solid = "x".repeat(250);
+        assert_eq!(split_parts(&solid, 100).len(), 3);
+        assert_eq!(split_parts("short", 100), vec!["short"]);
+    }
+
+    #[test]
+    fn ids_are_stable_per_turn() {
+        let base = Uuid::new_v4();
+        assert_eq!(derived_id(base, "edit-1"), derived_id(base, "edit-1"));
+        assert_ne!(derived_id(base, "edit-1"), derived_id(base, "edit-2"));
+    }
+
+    #[test]
+    fn edits_are_throttled_and_capped() {
+        let to = ChannelMessage::new("!r", "@a:x", SenderType::User, "q", ContentType::Text);
+        let mut streamer = Streamer::new(answer_message(Uuid::new_v4(), &to, "echo"), Vec::new(), 3);
+        assert!(streamer.next_due().is_none(), "nothing to show yet");
+        streamer.push("hello");
+        assert!(streamer.next_due().unwrap() <= Instant::now(), "the first text goes out at once");
+        streamer.last_sent = Some(Instant::now());
+        streamer.shown = streamer.text.clone();
+        streamer.previewed.push("!r".into());
+        streamer.push(" world");
+        assert!(streamer.next_due().unwrap() > Instant::now(), "edits wait a second");
+        streamer.edits = 2;
+        assert!(streamer.next_due().is_none(), "the last edit is kept for the final text");
+    }
+}

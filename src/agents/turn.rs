@@ -1,0 +1,293 @@
+//! Running one agent turn: context in, streamed answer out, permission questions asked
+//! in the room, `!stop` obeyed, and the final answer committed durably.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::control::question_text;
+use super::runtime::{AgentError, AgentEvent, PermissionRequest, TokenUsage, TurnContext};
+use super::stream::{self, Streamer, Target, answer_message, derived_id, edit_of, split_parts};
+use super::{Agent, Agents, context};
+use crate::hub::{TurnJob, enqueue_send};
+use crate::protocol::{ChannelMessage, ContentType, SenderType};
+use crate::queue::JobOutcome;
+use crate::store::{self, conversations, messages, outbox, settings};
+
+/// How a turn ended.
+enum Ending {
+    Complete,
+    Stopped,
+}
+
+impl Agents {
+    /// Runs one queued turn. The final answer, its delivery jobs, the usage and the job's
+    /// completion are written in one transaction: a crash before it reruns the turn (with
+    /// the same message ids, so previews are not doubled), a crash after it finds the job
+    /// done. The answer is never lost nor sent twice.
+    pub async fn run_turn(&self, job: &outbox::Job) -> JobOutcome {
+        let turn: TurnJob = match serde_json::from_str(&job.payload) {
+            Ok(turn) => turn,
+            Err(error) => return JobOutcome::Failed(format!("bad turn payload: {error}")),
+        };
+        let Some(agent) = self.agents.get(&turn.agent) else {
+            return JobOutcome::Failed(format!("agent {:?} is not configured", turn.agent));
+        };
+        let prepared = match self.prepare(agent, &turn).await {
+            Ok(Some(prepared)) => prepared,
+            Ok(None) => return JobOutcome::Failed(format!("message {} not found", turn.message_id)),
+            Err(error) => return JobOutcome::Retry { error: error.to_string(), after: None },
+        };
+        let (message, context, targets) = prepared;
+        let reply = answer_message(derived_id(turn.message_id, &job.dedupe_key), &message, &turn.agent);
+        let mut streamer = Streamer::new(reply, targets, agent.config.max_edits);
+        let mut usage = TokenUsage::default();
+        let ending = match self.stream_answer(agent, &context, &mut streamer, &mut usage).await {
+            Ok(ending) => ending,
+            Err(AgentError::Unavailable(error)) => return JobOutcome::Retry { error, after: None },
+            Err(AgentError::Failed(error)) => {
+                tracing::warn!(agent = turn.agent, %error, "agent turn failed");
+                let notice = format!("{} could not answer: {error}", agent.config.display_name());
+                return match self.commit_notice(job, &turn, &message, notice).await {
+                    Ok(()) => JobOutcome::Done,
+                    Err(error) => JobOutcome::Retry { error: error.to_string(), after: None },
+                };
+            }
+        };
+        let mut text = streamer.text().to_string();
+        if matches!(ending, Ending::Stopped) {
+            text.push_str("\n\n*(stopped)*");
+        }
+        match self.commit_answer(job, &turn, &streamer, &text, usage).await {
+            Ok(()) => {
+                self.wakers.wake_all();
+                JobOutcome::Done
+            }
+            Err(error) => JobOutcome::Retry { error: error.to_string(), after: None },
+        }
+    }
+
+    async fn prepare(
+        &self,
+        agent: &Agent,
+        turn: &TurnJob,
+    ) -> store::Result<Option<(ChannelMessage, TurnContext, Vec<Target>)>> {
+        let mut conn = self.store.conn().await?;
+        let Some(message) = messages::get(&mut conn, turn.message_id).await? else {
+            return Ok(None);
+        };
+        let history = messages::history(&mut conn, &turn.conversation_id, context::HISTORY_LIMIT).await?;
+        let context = context::build(&agent.config, agent.persona.clone(), &turn.conversation_id, &message, &history);
+        let mut targets = Vec::new();
+        if let Some(room) = conversations::room_for_conversation(&mut conn, &turn.conversation_id).await?
+            && let Some(adapter) = self.registry.get(crate::matrix::CHANNEL)
+        {
+            targets.push(Target { adapter, channel_id: room });
+        }
+        Ok(Some((message, context, targets)))
+    }
+
+    /// Runs the runtime, showing its text as it comes, until it finishes or is stopped.
+    async fn stream_answer(
+        &self,
+        agent: &Agent,
+        context: &TurnContext,
+        streamer: &mut Streamer,
+        usage: &mut TokenUsage,
+    ) -> Result<Ending, AgentError> {
+        let guard = self.control.start_turn(&context.conversation_id);
+        let mut stopped = guard.stopped.clone();
+        let (events, mut received) = mpsc::channel(256);
+        let runtime = agent.runtime.clone();
+        let turn = context.clone();
+        let mut running = tokio::spawn(async move { runtime.respond(&turn, events).await });
+        let deadline = Instant::now() + Duration::from_secs(agent.config.timeout_secs);
+        let mut finished = None;
+        loop {
+            let due = streamer.next_due().map(Instant::from_std);
+            tokio::select! {
+                event = received.recv() => match event {
+                    Some(event) => self.on_event(agent, context, streamer, usage, event).await,
+                    None if finished.is_some() => break,
+                    None => finished = Some((&mut running).await),
+                },
+                result = &mut running, if finished.is_none() => finished = Some(result),
+                _ = sleep_until(due) => streamer.flush().await,
+                _ = stopped.changed() => {
+                    running.abort();
+                    agent.runtime.cancel(&context.session_key()).await;
+                    return Ok(Ending::Stopped);
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    running.abort();
+                    agent.runtime.cancel(&context.session_key()).await;
+                    return Err(AgentError::Failed(format!("no answer within {} s", agent.config.timeout_secs)));
+                }
+            }
+        }
+        match finished {
+            Some(Ok(result)) => result.map(|()| Ending::Complete),
+            Some(Err(join)) => Err(AgentError::Failed(format!("the runtime stopped unexpectedly: {join}"))),
+            None => Ok(Ending::Complete),
+        }
+    }
+
+    async fn on_event(
+        &self,
+        agent: &Agent,
+        context: &TurnContext,
+        streamer: &mut Streamer,
+        usage: &mut TokenUsage,
+        event: AgentEvent,
+    ) {
+        match event {
+            AgentEvent::Text(piece) => {
+                streamer.push(&piece);
+                streamer.flush().await;
+            }
+            AgentEvent::Usage(reported) => {
+                usage.input_tokens += reported.input_tokens;
+                usage.output_tokens += reported.output_tokens;
+            }
+            AgentEvent::Permission(request) => self.ask_permission(agent, context, streamer, request).await,
+            AgentEvent::ToolCall { title, status } => {
+                tracing::debug!(agent = agent.config.id, tool = title, status, "tool call");
+            }
+            AgentEvent::Plan(steps) => tracing::debug!(agent = agent.config.id, steps = steps.len(), "plan"),
+        }
+    }
+
+    /// Posts the question in the room and hands the person's answer (or, after the
+    /// timeout, a refusal) back to the runtime.
+    async fn ask_permission(
+        &self,
+        agent: &Agent,
+        context: &TurnContext,
+        streamer: &Streamer,
+        request: PermissionRequest,
+    ) {
+        let PermissionRequest { title, options, answer } = request;
+        let timeout = agent.config.permission_timeout_secs;
+        let text = question_text(&agent.config.display_name(), &title, &options, timeout);
+        let mut question = streamer.reply.clone();
+        question.id = Uuid::new_v4();
+        question.content = text;
+        if let Err(error) = self.post_now(&context.conversation_id, &question, streamer).await {
+            tracing::warn!(agent = agent.config.id, %error, "cannot post the permission question; refusing");
+            let _ = answer.send(None);
+            return;
+        }
+        let (forward, answered) = oneshot::channel();
+        self.control.ask(&context.conversation_id, question.id, options, forward);
+        let control = self.control.clone();
+        let conversation_id = context.conversation_id.clone();
+        tokio::spawn(async move {
+            let choice = match tokio::time::timeout(Duration::from_secs(timeout), answered).await {
+                Ok(Ok(choice)) => choice,
+                _ => {
+                    control.forget(&conversation_id, question.id);
+                    None
+                }
+            };
+            let _ = answer.send(choice);
+        });
+    }
+
+    /// Logs a message and sends it straight away, outside the ordered outbox.
+    async fn post_now(
+        &self,
+        conversation_id: &str,
+        message: &ChannelMessage,
+        streamer: &Streamer,
+    ) -> store::Result<()> {
+        let mut conn = self.store.conn().await?;
+        messages::append(&mut conn, conversation_id, "agent", message).await?;
+        drop(conn);
+        for target in streamer.targets() {
+            if let Err(error) = target.adapter.send_message(&target.channel_id, message).await {
+                return Err(store::StoreError::Corrupt(format!("send failed: {error}")));
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_answer(
+        &self,
+        job: &outbox::Job,
+        turn: &TurnJob,
+        streamer: &Streamer,
+        text: &str,
+        usage: TokenUsage,
+    ) -> store::Result<()> {
+        let parts = split_parts(text, stream::MAX_PART_CHARS);
+        let mut tx = self.store.begin_write().await?;
+        for (index, part) in parts.iter().enumerate() {
+            let mut message = streamer.reply.clone();
+            if index > 0 {
+                message.id = derived_id(streamer.reply.id, &format!("part-{index}"));
+            }
+            message.content = part.clone();
+            messages::append(&mut tx, &turn.conversation_id, "agent", &message).await?;
+            for target in streamer.targets() {
+                let outgoing = match index == 0 && streamer.previewed.contains(&target.channel_id) {
+                    // The streamed message already shows exactly this.
+                    true if streamer.shows(&target.channel_id, part) => continue,
+                    true => edit_of(&message, part, "final"),
+                    false => message.clone(),
+                };
+                enqueue_send(&mut tx, target.adapter.name(), &target.channel_id, &outgoing).await?;
+            }
+        }
+        if usage != TokenUsage::default() {
+            settings::record_usage(
+                &mut tx,
+                &job.dedupe_key,
+                &turn.agent,
+                &turn.conversation_id,
+                usage.input_tokens,
+                usage.output_tokens,
+            )
+            .await?;
+        }
+        outbox::mark_done(&mut tx, job.seq).await?;
+        tx.commit().await?;
+        tracing::info!(
+            agent = turn.agent,
+            conversation_id = turn.conversation_id,
+            parts = parts.len(),
+            "agent answered"
+        );
+        Ok(())
+    }
+
+    /// Tells the room that a turn failed, instead of staying silent.
+    async fn commit_notice(
+        &self,
+        job: &outbox::Job,
+        turn: &TurnJob,
+        to: &ChannelMessage,
+        text: String,
+    ) -> store::Result<()> {
+        let mut notice =
+            ChannelMessage::new(&to.channel_id, crate::hub::SYSTEM_SENDER, SenderType::System, text, ContentType::Text)
+                .with_reply_to(to.id)
+                .with_thread(to.thread_id.clone());
+        notice.id = derived_id(to.id, &format!("{}:failed", job.dedupe_key));
+        let mut tx = self.store.begin_write().await?;
+        messages::append(&mut tx, &turn.conversation_id, "hub", &notice).await?;
+        crate::hub::fan_out(&mut tx, &turn.conversation_id, &notice).await?;
+        outbox::mark_done(&mut tx, job.seq).await?;
+        tx.commit().await?;
+        self.wakers.wake_all();
+        Ok(())
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
