@@ -42,6 +42,8 @@ const STDERR_TAIL_BYTES: usize = 2048;
 /// Longest piece of output sent at once; a longer line is streamed in pieces so that a
 /// program printing without newlines cannot make us buffer without bound.
 const MAX_PIECE_BYTES: u64 = 16 * 1024;
+/// Prefix of this service's own environment variables.
+const SERVICE_ENV_PREFIX: &str = "MOSAIC_AS_";
 
 /// Checks the settings this runtime needs: the config key at fault and why.
 pub fn check_config(agent: &AgentConfig) -> Result<(), (&'static str, String)> {
@@ -72,7 +74,7 @@ impl CommandRuntime {
     }
 
     fn spawn(&self) -> Result<Child, AgentError> {
-        Command::new(&self.program)
+        without_service_secrets(&mut Command::new(&self.program))
             .args(&self.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -133,6 +135,18 @@ impl AgentRuntime for CommandRuntime {
         let reason = if stderr.trim().is_empty() { "(no output on stderr)".into() } else { stderr };
         Err(AgentError::Failed(format!("{:?} failed ({status}): {}", self.program, reason.trim_end())))
     }
+}
+
+/// Agent programs are other people's code: they get our environment (API keys they may
+/// need, `PATH`, …) but not this service's own settings, which hold the appservice tokens
+/// and the database URL.
+pub(crate) fn without_service_secrets(command: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with(SERVICE_ENV_PREFIX) {
+            command.env_remove(name);
+        }
+    }
+    command
 }
 
 /// What the program reads on its standard input.

@@ -150,7 +150,11 @@ pub async fn open(request: reqwest::RequestBuilder, key: Option<&str>) -> Result
     }
     let retry_after = response.headers().get(RETRY_AFTER).and_then(retry_after);
     let body = error_body(response).await;
-    let mut message = format!("model endpoint answered HTTP {status}");
+    // Not `{status}`: it prints codes without a standard name (529) as "<unknown status code>".
+    let mut message = format!("model endpoint answered HTTP {}", status.as_u16());
+    if let Some(reason) = status.canonical_reason() {
+        message.push_str(&format!(" {reason}"));
+    }
     if let Some(detail) = error_detail(&body) {
         message.push_str(&format!(": {}", redact(&detail, key)));
     }
@@ -201,9 +205,6 @@ pub fn error_detail(body: &str) -> Option<String> {
 /// Blanks the key out of a server message, and any masked form of it: OpenAI quotes a bad
 /// key back as `sk-abc*****wxyz`.
 pub fn redact(message: &str, key: Option<&str>) -> String {
-    if std::env::var_os("MUTATE").is_some() {
-        return message.to_string();
-    }
     let key = key.filter(|k| !k.is_empty());
     let message = match key {
         Some(key) => message.replace(key, "[redacted]"),

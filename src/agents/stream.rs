@@ -50,11 +50,13 @@ pub struct Streamer {
     last_sent: Option<Instant>,
     /// The text the surfaces show now.
     shown: String,
+    /// This turn ran before (and was retried).
+    rerun: bool,
 }
 
 impl Streamer {
     /// `reply` is the answer with empty content; `max_edits` counts the final edit too.
-    pub fn new(reply: ChannelMessage, targets: Vec<Target>, max_edits: u32) -> Self {
+    pub fn new(reply: ChannelMessage, targets: Vec<Target>, max_edits: u32, rerun: bool) -> Self {
         Self {
             reply,
             targets,
@@ -64,6 +66,7 @@ impl Streamer {
             max_preview_edits: max_edits.saturating_sub(1),
             last_sent: None,
             shown: String::new(),
+            rerun,
         }
     }
 
@@ -75,9 +78,11 @@ impl Streamer {
         &self.targets
     }
 
-    /// Whether `target` already shows `text` (then the final text needs no edit there).
+    /// Whether `target` surely shows `text` (then the final text needs no edit there).
+    /// Never on a rerun: its previews reuse the first run's ids, which the homeserver
+    /// may have answered with the first run's (different) message.
     pub fn shows(&self, channel_id: &str, text: &str) -> bool {
-        self.previewed.iter().any(|c| c == channel_id) && self.shown == text
+        !self.rerun && self.previewed.iter().any(|c| c == channel_id) && self.shown == text
     }
 
     pub fn push(&mut self, piece: &str) {
@@ -189,7 +194,8 @@ mod tests {
         assert_eq!(parts, vec!["a".repeat(60), "b".repeat(60)]);
         let words = "word ".repeat(50);
         let parts = split_parts(&words, 42);
-        assert!(parts.iter().all(|p| p.chars().count() <= 42 && !p.ends_with(' ')));
+        assert!(parts.iter().all(|p| p.chars().count() <= 42));
+        assert!(parts[..parts.len() - 1].iter().all(|p| !p.ends_with(' ')), "cuts fall between words: {parts:?}");
         assert_eq!(parts.concat().replace(' ', ""), words.replace(' ', ""));
         let solid = "x".repeat(250);
         assert_eq!(split_parts(&solid, 100).len(), 3);
@@ -206,7 +212,7 @@ mod tests {
     #[test]
     fn edits_are_throttled_and_capped() {
         let to = ChannelMessage::new("!r", "@a:x", SenderType::User, "q", ContentType::Text);
-        let mut streamer = Streamer::new(answer_message(Uuid::new_v4(), &to, "echo"), Vec::new(), 3);
+        let mut streamer = Streamer::new(answer_message(Uuid::new_v4(), &to, "echo"), Vec::new(), 3, false);
         assert!(streamer.next_due().is_none(), "nothing to show yet");
         streamer.push("hello");
         assert!(streamer.next_due().unwrap() <= Instant::now(), "the first text goes out at once");

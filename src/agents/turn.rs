@@ -42,7 +42,7 @@ impl Agents {
         };
         let (message, context, targets) = prepared;
         let reply = answer_message(derived_id(turn.message_id, &job.dedupe_key), &message, &turn.agent);
-        let mut streamer = Streamer::new(reply, targets, agent.config.max_edits);
+        let mut streamer = Streamer::new(reply, targets, agent.config.max_edits, job.attempts > 0);
         let mut usage = TokenUsage::default();
         let ending = match self.stream_answer(agent, &context, &mut streamer, &mut usage).await {
             Ok(ending) => ending,

@@ -2,6 +2,8 @@
 //! slot, mosaic-as processes, and people acting through the client-server API.
 #![allow(dead_code)]
 
+pub mod fake_openai;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -15,7 +17,8 @@ const FIRST_AS_PORT: u16 = 29501;
 
 /// Every test that runs its own mosaic-as has a slot: its own registration, namespace,
 /// port and database, so tests run in parallel against one homeserver.
-pub const SLOTS: &[&str] = &["echo", "group", "link", "replay", "crash", "http", "rooms", "doctor"];
+pub const SLOTS: &[&str] =
+    &["echo", "group", "link", "replay", "crash", "http", "rooms", "doctor", "stream", "acp", "queue", "stop"];
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -61,6 +64,12 @@ impl Slot {
     }
 
     fn write_config(&self) {
+        self.write_config_with_agents("");
+    }
+
+    /// Rewrites the slot's config with more `[[agent]]` tables (the registration does
+    /// not change). Call before starting the service.
+    pub fn write_config_with_agents(&self, agents: &str) {
         let text = format!(
             r#"default_agent = "echo"
 [homeserver]
@@ -88,6 +97,7 @@ alias_prefix = "mosaic-{name}-"
 id = "echo"
 display_name = "Echo"
 runtime = "echo"
+{agents}
 "#,
             hs = homeserver_url(),
             name = self.name,

@@ -17,6 +17,8 @@ use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::agents::command::without_service_secrets;
+
 use super::wire::{self, Message, PermissionParams, RpcError, SessionNotification, SessionUpdate};
 
 /// Most bytes of the agent's standard error kept to explain why it died.
@@ -75,7 +77,7 @@ pub struct Connection {
 impl Connection {
     /// Starts the program; the caller then calls `initialize`.
     pub fn spawn(agent: &str, program: &str, args: &[String]) -> std::io::Result<Self> {
-        let mut child = Command::new(program)
+        let mut child = without_service_secrets(&mut Command::new(program))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -335,6 +337,6 @@ async fn read_stderr(shared: Arc<Shared>, stderr: ChildStderr) {
 }
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves its map valid.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

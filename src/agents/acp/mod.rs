@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use self::connection::{CallError, Connection};
+use self::connection::{CallError, Connection, lock};
 use self::turn::{Limits, Turn};
 use super::runtime::{AgentError, AgentEvent, AgentRuntime, ContextMessage, Role, TurnContext};
 use crate::config::AgentConfig;
@@ -32,7 +32,8 @@ pub fn check_config(agent: &AgentConfig) -> Result<(), (&'static str, String)> {
     if agent.command.first().is_none_or(|program| program.trim().is_empty()) {
         return Err((
             "agent.command",
-            "the acp runtime needs the agent program and its arguments, e.g. command = [\"claude-code-acp\"]".into(),
+            "the acp runtime needs the agent program and its arguments, e.g. command = [\"my-agent\", \"--acp\"]"
+                .into(),
         ));
     }
     Ok(())
@@ -82,13 +83,12 @@ impl AcpRuntime {
             )));
         }
         let conn = Arc::new(conn);
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        *lock(&self.current) = Some(conn.clone());
         Ok(conn)
     }
 
     fn running(&self) -> Option<Arc<Connection>> {
-        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        current.as_ref().filter(|conn| conn.is_alive()).cloned()
+        lock(&self.current).as_ref().filter(|conn| conn.is_alive()).cloned()
     }
 
     /// The session of the turn's thread; `true` when it was just created.

@@ -1,7 +1,10 @@
 //! mosaic-as against a real Synapse: people invite agents, talk, link accounts, and the
 //! service is crashed and fed repeated transactions without losing or doubling a reply.
 
+#[path = "../support/mod.rs"]
 mod support;
+
+mod agents;
 
 use std::time::Duration;
 

@@ -1,0 +1,180 @@
+//! Agents with real runtimes behind them (a fake OpenAI-compatible server, a fake ACP
+//! coding agent) answering people on the real homeserver.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::fake_openai::{FakeOpenAi, Script};
+use crate::support::{Person, Service, body, reply_target, slot};
+
+fn openai_agent(id: &str, base_url: &str, max_edits: u32) -> String {
+    format!(
+        r#"
+[[agent]]
+id = "{id}"
+display_name = "Writer"
+runtime = "openai"
+base_url = "{base_url}"
+model = "fake-model"
+max_edits = {max_edits}
+"#
+    )
+}
+
+/// The event id a message edits, if it is an edit.
+fn edit_target(event: &Value) -> Option<&str> {
+    let relation = &event["content"]["m.relates_to"];
+    (relation["rel_type"] == "m.replace").then(|| relation["event_id"].as_str()).flatten()
+}
+
+/// The text a person sees for `message`: its latest edit's new content, or its body.
+fn shown_text(events: &[Value], message: &Value) -> String {
+    let id = message["event_id"].as_str().unwrap();
+    events
+        .iter()
+        .rfind(|e| edit_target(e) == Some(id))
+        .map(|e| e["content"]["m.new_content"]["body"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| body(message).to_string())
+}
+
+async fn room_with_agent(person: &Person, agent: &str) -> String {
+    let room = person.create_room(&[agent], true).await;
+    person.wait_for_member(&room, agent).await;
+    room
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_answer_is_one_message_with_few_edits_ending_in_the_full_text() {
+    let pieces: Vec<String> = (0..24).map(|i| format!("word{i} ")).collect();
+    let full = pieces.concat();
+    let fake = FakeOpenAi::start(Script { pieces, delay: Duration::from_millis(120), fail_first: 0 }).await;
+    let slot = slot("stream");
+    slot.write_config_with_agents(&openai_agent("writer", &fake.base_url, 4));
+    let _service = Service::start(&slot).await;
+    let alice = Person::new("stream-alice").await;
+    let writer = slot.agent("writer");
+    let room = room_with_agent(&alice, &writer).await;
+
+    let asked = alice.say(&room, "write something").await;
+    let first = alice.wait_for_reply(&room, &writer, &asked).await;
+    assert_ne!(body(&first), full, "the first text is shown before the model finished");
+    assert!(full.starts_with(body(&first)), "{}", body(&first));
+    let first_id = first["event_id"].as_str().unwrap().to_string();
+    alice
+        .wait_for(&room, &writer, |e| {
+            edit_target(e) == Some(&first_id) && e["content"]["m.new_content"]["body"] == full.as_str()
+        })
+        .await;
+
+    let events = alice.messages(&room).await;
+    let edits = events.iter().filter(|e| edit_target(e) == Some(&first_id)).count();
+    assert!((1..=4).contains(&edits), "{edits} edits; at most 4 are allowed");
+    assert_eq!(shown_text(&events, &first), full);
+    let answers = events.iter().filter(|e| e["sender"] == writer.as_str() && edit_target(e).is_none()).count();
+    assert_eq!(answers, 1, "one answer message");
+
+    let request = fake.bodies.lock().unwrap()[0].clone();
+    assert_eq!(request["stream"], true);
+    let last = request["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_string();
+    assert!(last.ends_with("write something"), "{last}");
+
+    let usage = alice.say(&room, "!usage").await;
+    let report = alice.wait_for_reply(&room, &writer, &usage).await;
+    assert!(body(&report).contains("`writer`: 1 turn(s), 11 input + 24 output tokens"), "{}", body(&report));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_for_a_model_that_is_down_are_answered_in_order_when_it_is_back() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    let slot = slot("queue");
+    slot.write_config_with_agents(&openai_agent("writer", &format!("http://{address}/v1"), 20));
+    let _service = Service::start(&slot).await;
+    let alice = Person::new("queue-alice").await;
+    let writer = slot.agent("writer");
+    let room = room_with_agent(&alice, &writer).await;
+
+    let first = alice.say(&room, "first question").await;
+    let second = alice.say(&room, "second question").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(alice.messages(&room).await.iter().all(|e| e["sender"] != writer.as_str()), "answered while down");
+
+    let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+    let fake =
+        FakeOpenAi::serve(listener, Script { pieces: vec!["an answer".into()], delay: Duration::ZERO, fail_first: 1 });
+    let to_first = alice.wait_for_reply(&room, &writer, &first).await;
+    let to_second = alice.wait_for_reply(&room, &writer, &second).await;
+    let events = alice.messages(&room).await;
+    let position = |id: &Value| events.iter().position(|e| e["event_id"] == *id).unwrap();
+    assert!(
+        position(&to_first["event_id"]) < position(&to_second["event_id"]),
+        "answers keep the order of the questions"
+    );
+    assert!(fake.requests() >= 3, "one refused request, then one per question");
+    let second_context = fake.bodies.lock().unwrap().last().unwrap()["messages"].clone();
+    let texts: Vec<&str> = second_context.as_array().unwrap().iter().filter_map(|m| m["content"].as_str()).collect();
+    let said = |text: &str| texts.iter().any(|t| t.ends_with(text));
+    assert!(said("first question") && said("an answer"), "context carries the conversation: {texts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_ends_the_answer_being_written() {
+    let pieces: Vec<String> = (0..60).map(|i| format!("w{i} ")).collect();
+    let fake = FakeOpenAi::start(Script { pieces, delay: Duration::from_millis(250), fail_first: 0 }).await;
+    let slot = slot("stop");
+    slot.write_config_with_agents(&openai_agent("writer", &fake.base_url, 20));
+    let _service = Service::start(&slot).await;
+    let alice = Person::new("stop-alice").await;
+    let writer = slot.agent("writer");
+    let room = room_with_agent(&alice, &writer).await;
+
+    let asked = alice.say(&room, "write at length").await;
+    let first = alice.wait_for_reply(&room, &writer, &asked).await;
+    let stop = alice.say(&room, "!stop").await;
+    let notice = alice.wait_for_reply(&room, &writer, &stop).await;
+    assert!(body(&notice).contains("Stopped 1 answer"), "{}", body(&notice));
+    let first_id = first["event_id"].as_str().unwrap().to_string();
+    let last = alice
+        .wait_for(&room, &writer, |e| {
+            edit_target(e) == Some(&first_id)
+                && e["content"]["m.new_content"]["body"].as_str().unwrap_or("").ends_with("*(stopped)*")
+        })
+        .await;
+    let text = last["content"]["m.new_content"]["body"].as_str().unwrap();
+    assert!(!text.contains("w59"), "the stream went on after !stop: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coding_agent_asks_permission_in_the_room_and_gets_the_answer() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake_acp_agent.py");
+    let slot = slot("acp");
+    slot.write_config_with_agents(&format!(
+        r#"
+[[agent]]
+id = "coder"
+display_name = "Coder"
+runtime = "acp"
+command = ["python3", "{script}"]
+permission_timeout_secs = 60
+"#
+    ));
+    let _service = Service::start(&slot).await;
+    let alice = Person::new("acp-alice").await;
+    let coder = slot.agent("coder");
+    let room = room_with_agent(&alice, &coder).await;
+
+    let asked = alice.say(&room, "please run the tests").await;
+    let question = alice.wait_for(&room, &coder, |e| body(e).contains("asks for permission")).await;
+    assert_eq!(reply_target(&question), Some(asked.as_str()));
+    alice.say(&room, "yes").await;
+    let answered = alice
+        .wait_for(&room, &coder, |e| {
+            let text = e["content"]["m.new_content"]["body"].as_str().unwrap_or_else(|| body(e));
+            text.contains("permission: allowed")
+        })
+        .await;
+    let text = answered["content"]["m.new_content"]["body"].as_str().unwrap_or_else(|| body(&answered));
+    assert!(text.contains("You said: please run the tests"), "{text}");
+}

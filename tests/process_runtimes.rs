@@ -1,0 +1,395 @@
+//! The runtimes that run agent programs: `command` (a process per turn) and `acp` (a
+//! long-running Agent Client Protocol agent), against the Python fakes in
+//! `tests/fixtures/`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mosaic_as::agents::acp::AcpRuntime;
+use mosaic_as::agents::command::CommandRuntime;
+use mosaic_as::agents::runtime::PermissionRequest;
+use mosaic_as::agents::{AgentError, AgentEvent, AgentRuntime, ContextMessage, Role, TurnContext};
+use mosaic_as::config::AgentConfig;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Longest any test step may take before the test fails instead of hanging.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn agent(runtime: &str, script: &str, args: &[&str]) -> AgentConfig {
+    let mut agent = AgentConfig::new("helper", "Helper", runtime);
+    agent.command = vec!["python3".into(), fixture(script)];
+    agent.command.extend(args.iter().map(|a| a.to_string()));
+    agent
+}
+
+fn user(name: &str, content: &str) -> ContextMessage {
+    ContextMessage { role: Role::User, name: Some(name.into()), content: content.into() }
+}
+
+fn turn(thread: Option<&str>, persona: Option<&str>, messages: Vec<ContextMessage>) -> TurnContext {
+    TurnContext {
+        agent_id: "helper".into(),
+        conversation_id: "!room:example.org".into(),
+        thread_id: thread.map(str::to_string),
+        system_prompt: persona.map(str::to_string),
+        messages,
+    }
+}
+
+fn ask(text: &str) -> TurnContext {
+    turn(None, None, vec![user("@alice:example.org", text)])
+}
+
+/// A turn running in the background and the events it streams.
+struct Running {
+    task: JoinHandle<Result<(), AgentError>>,
+    events: mpsc::Receiver<AgentEvent>,
+}
+
+fn start(runtime: Arc<dyn AgentRuntime>, turn: TurnContext) -> Running {
+    let (sender, events) = mpsc::channel(64);
+    let task = tokio::spawn(async move { runtime.respond(&turn, sender).await });
+    Running { task, events }
+}
+
+impl Running {
+    async fn next(&mut self) -> Option<AgentEvent> {
+        tokio::time::timeout(PATIENCE, self.events.recv()).await.expect("the runtime went quiet")
+    }
+
+    async fn result(self) -> Result<(), AgentError> {
+        tokio::time::timeout(PATIENCE, self.task).await.expect("the turn did not end").unwrap()
+    }
+}
+
+/// How the test answers permission questions.
+#[derive(Clone, Copy)]
+enum Answer<'a> {
+    Choose(&'a str),
+    Refuse,
+    /// Keep the question open without answering.
+    Hold,
+}
+
+/// Everything a finished turn streamed.
+#[derive(Default)]
+struct Seen {
+    text: String,
+    pieces: usize,
+    tools: Vec<(String, String)>,
+    plans: Vec<Vec<String>>,
+    questions: Vec<(String, Vec<String>)>,
+    held: Vec<PermissionRequest>,
+}
+
+impl Seen {
+    fn record(&mut self, event: AgentEvent, answer: Answer) {
+        match event {
+            AgentEvent::Text(piece) => {
+                self.text.push_str(&piece);
+                self.pieces += 1;
+            }
+            AgentEvent::ToolCall { title, status } => self.tools.push((title, status)),
+            AgentEvent::Plan(entries) => self.plans.push(entries),
+            AgentEvent::Permission(request) => {
+                let ids = request.options.iter().map(|o| o.id.clone()).collect();
+                self.questions.push((request.title.clone(), ids));
+                match answer {
+                    Answer::Choose(id) => request.answer.send(Some(id.to_string())).unwrap(),
+                    Answer::Refuse => request.answer.send(None).unwrap(),
+                    Answer::Hold => self.held.push(request),
+                }
+            }
+            AgentEvent::Usage(_) => {}
+        }
+    }
+}
+
+async fn run(runtime: &Arc<dyn AgentRuntime>, turn: TurnContext, answer: Answer<'_>) -> (Seen, Result<(), AgentError>) {
+    let mut running = start(runtime.clone(), turn);
+    let mut seen = Seen::default();
+    while let Some(event) = running.next().await {
+        seen.record(event, answer);
+    }
+    (seen, running.result().await)
+}
+
+/// The number after `word ` in `text`.
+fn number_after(text: &str, word: &str) -> u32 {
+    let rest =
+        &text[text.find(&format!("{word} ")).unwrap_or_else(|| panic!("no {word:?} in {text:?}")) + word.len() + 1..];
+    rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+/// Whether a process is gone: no longer listed, or dead and waiting to be reaped.
+fn is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+async fn wait_until_gone(pid: u32) -> bool {
+    for _ in 0..100 {
+        if is_gone(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn command_runtime(args: &[&str]) -> Arc<dyn AgentRuntime> {
+    Arc::new(CommandRuntime::new(&agent("command", "fake_command_agent.py", args)).unwrap())
+}
+
+fn acp_runtime(configure: impl FnOnce(&mut AgentConfig)) -> Arc<dyn AgentRuntime> {
+    let mut config = agent("acp", "fake_acp_agent.py", &[]);
+    configure(&mut config);
+    Arc::new(AcpRuntime::new(&config).unwrap())
+}
+
+// --- command ---
+
+#[tokio::test]
+async fn command_streams_lines_in_order_while_the_program_runs() {
+    let mut running = start(command_runtime(&["echo"]), ask("hello"));
+    let Some(AgentEvent::Text(first)) = running.next().await else { panic!("no text") };
+    assert_eq!(first, "agent: helper");
+    assert!(!running.task.is_finished(), "the first line must arrive before the program exits");
+    let mut text = first;
+    let mut pieces = 1;
+    while let Some(event) = running.next().await {
+        let AgentEvent::Text(piece) = event else { panic!("unexpected {event:?}") };
+        text.push_str(&piece);
+        pieces += 1;
+    }
+    running.result().await.unwrap();
+    assert_eq!(pieces, 5);
+    assert_eq!(
+        text,
+        "agent: helper\nconversation: !room:example.org thread: None\nsystem: None\n\
+         messages: 1; last from user @alice:example.org\nyou said: hello"
+    );
+}
+
+#[tokio::test]
+async fn command_gets_the_turn_as_json_on_stdin() {
+    let history = vec![
+        user("@alice:example.org", "hi"),
+        ContextMessage { role: Role::Assistant, name: None, content: "hello".into() },
+        user("@bob:example.org", "what is 2 + 2?"),
+    ];
+    let (seen, result) =
+        run(&command_runtime(&["echo"]), turn(Some("$thread"), Some("Be brief."), history), Answer::Refuse).await;
+    result.unwrap();
+    assert!(seen.text.contains("conversation: !room:example.org thread: $thread"), "{}", seen.text);
+    assert!(seen.text.contains("system: Be brief."), "{}", seen.text);
+    assert!(seen.text.contains("messages: 3; last from user @bob:example.org"), "{}", seen.text);
+    assert!(seen.text.ends_with("you said: what is 2 + 2?"), "{}", seen.text);
+}
+
+#[tokio::test]
+async fn command_exiting_with_an_error_fails_with_its_stderr() {
+    let (seen, result) = run(&command_runtime(&["fail"]), ask("hi"), Answer::Refuse).await;
+    assert_eq!(seen.text, "partial answer");
+    let Err(AgentError::Failed(message)) = result else { panic!("expected Failed, got {result:?}") };
+    assert!(message.contains("something went wrong"), "{message}");
+    assert!(message.contains('3'), "the exit code is named: {message}");
+}
+
+#[tokio::test]
+async fn command_missing_program_is_unavailable() {
+    let mut config = AgentConfig::new("helper", "Helper", "command");
+    config.command = vec!["mosaic-no-such-program".into()];
+    let runtime: Arc<dyn AgentRuntime> = Arc::new(CommandRuntime::new(&config).unwrap());
+    let (_, result) = run(&runtime, ask("hi"), Answer::Refuse).await;
+    let Err(AgentError::Unavailable(message)) = result else { panic!("expected Unavailable, got {result:?}") };
+    assert!(message.contains("mosaic-no-such-program"), "{message}");
+}
+
+#[tokio::test]
+async fn command_taking_too_long_is_killed() {
+    let mut config = agent("command", "fake_command_agent.py", &["sleep"]);
+    config.timeout_secs = 1;
+    let runtime: Arc<dyn AgentRuntime> = Arc::new(CommandRuntime::new(&config).unwrap());
+    let (seen, result) = run(&runtime, ask("hi"), Answer::Refuse).await;
+    let Err(AgentError::Failed(message)) = result else { panic!("expected Failed, got {result:?}") };
+    assert!(message.contains("took longer than 1 s"), "{message}");
+    assert!(wait_until_gone(number_after(&seen.text, "pid")).await, "the program still runs");
+}
+
+#[tokio::test]
+async fn dropping_a_command_turn_kills_the_program() {
+    let mut running = start(command_runtime(&["sleep"]), ask("hi"));
+    let Some(AgentEvent::Text(first)) = running.next().await else { panic!("no text") };
+    running.task.abort();
+    assert!(wait_until_gone(number_after(&first, "pid")).await, "the program outlived its turn");
+}
+
+// --- acp ---
+
+#[tokio::test]
+async fn acp_streams_text_tools_and_a_plan_and_relays_permission() {
+    let runtime = acp_runtime(|_| {});
+    let (seen, result) = run(&runtime, ask("hello agent"), Answer::Choose("allow")).await;
+    result.unwrap();
+    assert!(seen.pieces > 3, "the answer is streamed in pieces");
+    assert!(seen.text.starts_with("You said: hello agent\n"), "{}", seen.text);
+    assert!(seen.text.contains("permission: allowed"), "{}", seen.text);
+    assert_eq!(seen.questions, [("Run the fake tool".to_string(), vec!["allow".to_string(), "reject".to_string()])]);
+    let tool = |status: &str| ("Run the fake tool".to_string(), status.to_string());
+    assert_eq!(seen.tools, [tool("pending"), tool("completed")]);
+    assert_eq!(seen.plans, [vec!["Read the prompt".to_string(), "Answer it".to_string()]]);
+}
+
+#[tokio::test]
+async fn acp_unanswered_permission_is_rejected() {
+    let runtime = acp_runtime(|_| {});
+    let (seen, result) = run(&runtime, ask("hello"), Answer::Refuse).await;
+    result.unwrap();
+    assert!(seen.text.contains("permission: rejected"), "{}", seen.text);
+    assert_eq!(seen.tools.last().unwrap().1, "failed");
+}
+
+#[tokio::test]
+async fn acp_permission_question_times_out_as_a_rejection() {
+    let runtime = acp_runtime(|config| {
+        config.permission_timeout_secs = 2;
+        // Waiting for a person does not count against the turn.
+        config.timeout_secs = 1;
+    });
+    let (seen, result) = run(&runtime, ask("hello"), Answer::Hold).await;
+    result.unwrap();
+    assert_eq!(seen.held.len(), 1);
+    assert!(seen.text.contains("permission: rejected"), "{}", seen.text);
+}
+
+#[tokio::test]
+async fn acp_session_is_kept_per_thread_and_asks_once() {
+    let runtime = acp_runtime(|_| {});
+    let history = vec![
+        user("@alice:example.org", "earlier question"),
+        ContextMessage { role: Role::Assistant, name: None, content: "earlier answer".into() },
+        user("@alice:example.org", "first"),
+    ];
+    let (seen, result) = run(&runtime, turn(None, Some("Be brief."), history), Answer::Choose("allow")).await;
+    result.unwrap();
+    assert!(seen.text.contains("preamble: Be brief."), "{}", seen.text);
+    assert!(seen.text.contains("[@alice:example.org] earlier question"), "{}", seen.text);
+    assert!(seen.text.contains("[you] earlier answer"), "{}", seen.text);
+    assert!(seen.text.contains("prompt 1 in session sess_1; sessions 1"), "{}", seen.text);
+
+    let (seen, result) =
+        run(&runtime, turn(None, Some("Be brief."), vec![user("@a:x", "second")]), Answer::Refuse).await;
+    result.unwrap();
+    assert!(seen.questions.is_empty(), "the agent asked only once per session");
+    assert!(!seen.text.contains("preamble"), "{}", seen.text);
+    assert!(seen.text.contains("permission: not asked"), "{}", seen.text);
+    assert!(seen.text.contains("prompt 2 in session sess_1; sessions 1"), "{}", seen.text);
+
+    let threaded = turn(Some("$thread"), None, vec![user("@a:x", "in a thread")]);
+    let (seen, result) = run(&runtime, threaded, Answer::Choose("allow")).await;
+    result.unwrap();
+    assert_eq!(seen.questions.len(), 1, "a new session asks again");
+    assert!(seen.text.contains("prompt 1 in session sess_2; sessions 2"), "{}", seen.text);
+}
+
+#[tokio::test]
+async fn acp_cancel_stops_a_running_prompt() {
+    let runtime = acp_runtime(|_| {});
+    let question = ask("be slow");
+    let key = question.session_key();
+    let mut running = start(runtime.clone(), question);
+    let mut seen = Seen::default();
+    while !seen.text.contains("tick 1") {
+        seen.record(running.next().await.expect("the prompt ended early"), Answer::Refuse);
+    }
+    runtime.cancel(&key).await;
+    while let Some(event) = running.next().await {
+        seen.record(event, Answer::Refuse);
+    }
+    running.result().await.unwrap();
+    assert!(!seen.text.contains("tick 150"), "streaming went on after cancel");
+    assert!(!seen.text.contains("permission:"), "{}", seen.text);
+}
+
+#[tokio::test]
+async fn acp_cancel_answers_an_open_permission_question() {
+    let runtime = acp_runtime(|_| {});
+    let question = ask("hello");
+    let key = question.session_key();
+    let mut running = start(runtime.clone(), question);
+    let mut seen = Seen::default();
+    while seen.held.is_empty() {
+        seen.record(running.next().await.expect("no permission question"), Answer::Hold);
+    }
+    runtime.cancel(&key).await;
+    while let Some(event) = running.next().await {
+        seen.record(event, Answer::Hold);
+    }
+    running.result().await.unwrap();
+    assert!(!seen.text.contains("permission:"), "{}", seen.text);
+    assert_eq!(seen.tools.last().unwrap().1, "failed");
+}
+
+#[tokio::test]
+async fn acp_agent_killed_between_turns_is_restarted() {
+    let runtime = acp_runtime(|_| {});
+    let (seen, result) = run(&runtime, ask("first"), Answer::Choose("allow")).await;
+    result.unwrap();
+    let pid = number_after(&seen.text, "pid");
+    let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+    assert!(wait_until_gone(pid).await);
+
+    let (seen, result) = run(&runtime, ask("second"), Answer::Choose("allow")).await;
+    result.unwrap();
+    assert_ne!(number_after(&seen.text, "pid"), pid);
+    assert!(seen.text.contains("prompt 1 in session sess_1"), "a new process has new sessions: {}", seen.text);
+}
+
+#[tokio::test]
+async fn acp_agent_dying_mid_turn_is_unavailable_and_restarted() {
+    let runtime = acp_runtime(|_| {});
+    let (seen, result) = run(&runtime, ask("please crash"), Answer::Refuse).await;
+    assert_eq!(seen.text, "about to crash\n");
+    let Err(AgentError::Unavailable(message)) = result else { panic!("expected Unavailable, got {result:?}") };
+    assert!(message.contains("exited"), "{message}");
+    assert!(message.contains("crashing on purpose"), "the agent's last stderr is kept: {message}");
+
+    let (seen, result) = run(&runtime, ask("again"), Answer::Choose("allow")).await;
+    result.unwrap();
+    assert!(seen.text.contains("permission: allowed"), "{}", seen.text);
+}
+
+#[tokio::test]
+async fn acp_error_response_fails_the_turn() {
+    let runtime = acp_runtime(|_| {});
+    let (_, result) = run(&runtime, ask("please fail"), Answer::Refuse).await;
+    let Err(AgentError::Failed(message)) = result else { panic!("expected Failed, got {result:?}") };
+    assert!(message.contains("failed on purpose"), "{message}");
+}
+
+#[tokio::test]
+async fn acp_file_system_requests_are_refused() {
+    let runtime = acp_runtime(|_| {});
+    let (seen, result) = run(&runtime, ask("probe-fs"), Answer::Choose("allow")).await;
+    result.unwrap();
+    assert!(seen.text.contains("fs error: -32601"), "{}", seen.text);
+}
+
+#[tokio::test]
+async fn acp_missing_program_is_unavailable() {
+    let mut config = AgentConfig::new("helper", "Helper", "acp");
+    config.command = vec!["mosaic-no-such-agent".into()];
+    let runtime: Arc<dyn AgentRuntime> = Arc::new(AcpRuntime::new(&config).unwrap());
+    let (_, result) = run(&runtime, ask("hi"), Answer::Refuse).await;
+    let Err(AgentError::Unavailable(message)) = result else { panic!("expected Unavailable, got {result:?}") };
+    assert!(message.contains("mosaic-no-such-agent"), "{message}");
+}
