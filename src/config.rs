@@ -199,6 +199,9 @@ pub struct AgentConfig {
     /// Turns this agent runs at once across conversations.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Most turns this agent starts per minute; more wait their turn (no limit if unset).
+    #[serde(default)]
+    pub turns_per_minute: Option<u32>,
 }
 
 impl AgentConfig {
@@ -221,6 +224,7 @@ impl AgentConfig {
             context_chars: default_context_chars(),
             max_edits: default_max_edits(),
             concurrency: default_concurrency(),
+            turns_per_minute: None,
         }
     }
 

@@ -74,6 +74,7 @@ impl Lane {
                         continue;
                     };
                     let _slot = agent.slots.clone().acquire_owned().await;
+                    agent.rate.wait_turn().await;
                     queue::run_one(&self.store, &self.queue, self.agents.as_ref(), &job).await;
                 }
                 Ok(None) => {
@@ -114,5 +115,55 @@ impl JobHandler for Unknown {
 impl JobHandler for Agents {
     async fn run(&self, job: &outbox::Job) -> JobOutcome {
         self.run_turn(job).await
+    }
+}
+
+/// At most `per_minute` turns started in any minute.
+pub struct RateLimit {
+    per_minute: Option<u32>,
+    started: tokio::sync::Mutex<std::collections::VecDeque<tokio::time::Instant>>,
+}
+
+impl RateLimit {
+    pub fn new(per_minute: Option<u32>) -> Self {
+        Self { per_minute, started: Default::default() }
+    }
+
+    /// Waits until a turn may start, and counts it.
+    pub async fn wait_turn(&self) {
+        let Some(limit) = self.per_minute.filter(|n| *n > 0) else {
+            return;
+        };
+        let window = Duration::from_secs(60);
+        let mut started = self.started.lock().await;
+        loop {
+            let now = tokio::time::Instant::now();
+            while started.front().is_some_and(|t| now.duration_since(*t) >= window) {
+                started.pop_front();
+            }
+            if started.len() < limit as usize {
+                started.push_back(now);
+                return;
+            }
+            let free_at = *started.front().expect("the window is full") + window;
+            tokio::time::sleep_until(free_at).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_holds_turns_back_for_the_rest_of_the_minute() {
+        let limit = RateLimit::new(Some(2));
+        let start = tokio::time::Instant::now();
+        limit.wait_turn().await;
+        limit.wait_turn().await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        limit.wait_turn().await;
+        assert!(start.elapsed() >= Duration::from_secs(60));
+        RateLimit::new(None).wait_turn().await;
     }
 }

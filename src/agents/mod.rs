@@ -71,6 +71,7 @@ struct Agent {
     runtime: Arc<dyn AgentRuntime>,
     /// Turns of this agent running at once, across conversations.
     slots: Arc<Semaphore>,
+    rate: lanes::RateLimit,
 }
 
 /// The configured agents, their runtimes, and what the turn workers need.
@@ -104,7 +105,8 @@ impl Agents {
             let runtime = build_runtime(agent)
                 .map_err(|message| AgentSetupError::Runtime { agent: agent.id.clone(), message })?;
             let slots = Arc::new(Semaphore::new(agent.concurrency.max(1)));
-            agents.insert(agent.id.clone(), Agent { config: agent.clone(), persona, runtime, slots });
+            let rate = lanes::RateLimit::new(agent.turns_per_minute);
+            agents.insert(agent.id.clone(), Agent { config: agent.clone(), persona, runtime, slots, rate });
         }
         Ok(Self { agents, store, wakers, registry, control })
     }

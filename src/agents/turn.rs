@@ -103,13 +103,19 @@ impl Agents {
         let runtime = agent.runtime.clone();
         let turn = context.clone();
         let mut running = tokio::spawn(async move { runtime.respond(&turn, events).await });
-        let deadline = Instant::now() + Duration::from_secs(agent.config.timeout_secs);
+        let mut deadline = Instant::now() + Duration::from_secs(agent.config.timeout_secs);
         let mut finished = None;
         loop {
             let due = streamer.next_due().map(Instant::from_std);
             tokio::select! {
                 event = received.recv() => match event {
-                    Some(event) => self.on_event(agent, context, streamer, usage, event).await,
+                    Some(event) => {
+                        // Time spent waiting for a person does not count against the turn.
+                        if matches!(event, AgentEvent::Permission(_)) {
+                            deadline += Duration::from_secs(agent.config.permission_timeout_secs);
+                        }
+                        self.on_event(agent, context, streamer, usage, event).await
+                    }
                     None if finished.is_some() => break,
                     None => finished = Some((&mut running).await),
                 },

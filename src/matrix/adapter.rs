@@ -24,6 +24,7 @@ use crate::protocol::{
     AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelConnectError, ChannelMessage, ChannelSendError,
     ContentType, InboundHandler, SenderType, metadata_keys,
 };
+use crate::store::conversations::GhostProfile;
 use crate::store::{self, Store, accounts, conversations, messages};
 
 pub const CHANNEL: &str = "matrix";
@@ -100,17 +101,18 @@ impl MatrixAdapter {
 
     /// Registers the bot or a configured agent's ghost with its display name.
     pub async fn ensure_known_user(&self, user: &UserId) -> Result<bool, HsError> {
-        if self.ns.is_bot(user.as_str()) {
-            self.ghosts.ensure(user, Some(&self.config.bot.display_name)).await?;
-            return Ok(true);
-        }
-        match self.ns.agent_id_of(user.as_str()).and_then(|id| self.config.agent(&id).cloned()) {
-            Some(agent) => {
-                self.ghosts.ensure(user, Some(&agent.display_name())).await?;
-                Ok(true)
+        let profile = if self.ns.is_bot(user.as_str()) {
+            GhostProfile { display_name: Some(self.config.bot.display_name.clone()), avatar_url: None }
+        } else {
+            match self.ns.agent_id_of(user.as_str()).and_then(|id| self.config.agent(&id)) {
+                Some(agent) => {
+                    GhostProfile { display_name: Some(agent.display_name()), avatar_url: agent.avatar_url.clone() }
+                }
+                None => return Ok(false),
             }
-            None => Ok(false),
-        }
+        };
+        self.ghosts.ensure(user, &profile).await?;
+        Ok(true)
     }
 
     /// Handles one event pushed by the homeserver.

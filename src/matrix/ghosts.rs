@@ -11,10 +11,11 @@ use ruma::api::client::account::register;
 use ruma::api::client::account::register::LoginType;
 use ruma::api::client::profile::set_profile_field;
 use ruma::profile::ProfileFieldValue;
-use ruma::{OwnedUserId, UserId};
+use ruma::{OwnedMxcUri, OwnedUserId, UserId};
 
 use super::client::{HomeserverClient, HsError};
-use crate::store::{Store, conversations};
+use crate::store::Store;
+use crate::store::conversations::{self, GhostProfile};
 
 pub struct Ghosts {
     client: HomeserverClient,
@@ -27,8 +28,8 @@ impl Ghosts {
         Self { client, store, known: Mutex::new(HashSet::new()) }
     }
 
-    /// Registers `user_id` (once) and sets its display name (again when it changed).
-    pub async fn ensure(&self, user_id: &UserId, display_name: Option<&str>) -> Result<(), HsError> {
+    /// Registers `user_id` (once) and sets its profile (again when it changed).
+    pub async fn ensure(&self, user_id: &UserId, wanted: &GhostProfile) -> Result<(), HsError> {
         if self.known.lock().expect("ghost cache").contains(user_id.as_str()) {
             return Ok(());
         }
@@ -36,19 +37,23 @@ impl Ghosts {
             Ok(mut conn) => conversations::ghost(&mut conn, user_id.as_str()).await.unwrap_or(None),
             Err(_) => None,
         };
-        let stale_name = match &recorded {
+        let current = match recorded {
+            Some(profile) => profile,
             None => {
                 self.register(user_id).await?;
-                true
+                GhostProfile::default()
             }
-            Some(name) => display_name.is_some() && name.as_deref() != display_name,
         };
-        if stale_name {
-            if let Some(name) = display_name {
-                self.set_display_name(user_id, name).await?;
+        if current != *wanted {
+            if let Some(name) = wanted.display_name.as_deref().filter(|n| current.display_name.as_deref() != Some(*n)) {
+                self.set_field(user_id, ProfileFieldValue::DisplayName(name.to_string())).await?;
+            }
+            if let Some(avatar) = wanted.avatar_url.as_deref().filter(|a| current.avatar_url.as_deref() != Some(*a)) {
+                let uri = OwnedMxcUri::from(avatar);
+                self.set_field(user_id, ProfileFieldValue::AvatarUrl(uri)).await?;
             }
             if let Ok(mut conn) = self.store.conn().await
-                && let Err(error) = conversations::record_ghost(&mut conn, user_id.as_str(), display_name).await
+                && let Err(error) = conversations::record_ghost(&mut conn, user_id.as_str(), wanted).await
             {
                 tracing::warn!(user_id = %user_id, %error, "cannot record the registered ghost");
             }
@@ -72,9 +77,9 @@ impl Ghosts {
         }
     }
 
-    pub async fn set_display_name(&self, user_id: &UserId, name: &str) -> Result<(), HsError> {
+    async fn set_field(&self, user_id: &UserId, value: ProfileFieldValue) -> Result<(), HsError> {
         let owned: OwnedUserId = user_id.to_owned();
-        let request = set_profile_field::v3::Request::new(owned, ProfileFieldValue::DisplayName(name.to_string()));
+        let request = set_profile_field::v3::Request::new(owned, value);
         self.client.call(request, Some(user_id)).await.map(|_| ())
     }
 }

@@ -132,22 +132,31 @@ pub async fn membership(conn: &mut AnyConnection, room_id: &str, user_id: &str) 
     Ok(row.map(|(m,)| m))
 }
 
-/// The display name a registered ghost was given; `None` when it is not registered.
-pub async fn ghost(conn: &mut AnyConnection, user_id: &str) -> Result<Option<Option<String>>> {
-    let row: Option<(Option<String>,)> = sqlx::query_as("SELECT display_name FROM ghosts WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(row.map(|(name,)| name))
+/// The profile a ghost was given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GhostProfile {
+    pub display_name: Option<String>,
+    pub avatar_url: Option<String>,
 }
 
-pub async fn record_ghost(conn: &mut AnyConnection, user_id: &str, display_name: Option<&str>) -> Result<()> {
+/// The profile a registered ghost was given; `None` when it is not registered.
+pub async fn ghost(conn: &mut AnyConnection, user_id: &str) -> Result<Option<GhostProfile>> {
+    let row: Option<(Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT display_name, avatar_url FROM ghosts WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.map(|(display_name, avatar_url)| GhostProfile { display_name, avatar_url }))
+}
+
+pub async fn record_ghost(conn: &mut AnyConnection, user_id: &str, profile: &GhostProfile) -> Result<()> {
     sqlx::query(
-        "INSERT INTO ghosts (user_id, display_name, registered_at) VALUES ($1, $2, $3)
-         ON CONFLICT (user_id) DO UPDATE SET display_name = excluded.display_name",
+        "INSERT INTO ghosts (user_id, display_name, avatar_url, registered_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (user_id) DO UPDATE SET display_name = excluded.display_name, avatar_url = excluded.avatar_url",
     )
     .bind(user_id)
-    .bind(display_name)
+    .bind(&profile.display_name)
+    .bind(&profile.avatar_url)
     .bind(now_ms())
     .execute(&mut *conn)
     .await?;

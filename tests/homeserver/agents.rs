@@ -18,6 +18,7 @@ runtime = "openai"
 base_url = "{base_url}"
 model = "fake-model"
 max_edits = {max_edits}
+avatar_url = "mxc://localhost/writer-avatar"
 "#
     )
 }
@@ -78,6 +79,16 @@ async fn a_streamed_answer_is_one_message_with_few_edits_ending_in_the_full_text
     assert_eq!(request["stream"], true);
     let last = request["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_string();
     assert!(last.ends_with("write something"), "{last}");
+
+    let profile: Value =
+        reqwest::get(format!("{}/_matrix/client/v3/profile/{writer}", crate::support::homeserver_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(profile["displayname"], "Writer");
+    assert_eq!(profile["avatar_url"], "mxc://localhost/writer-avatar");
 
     let usage = alice.say(&room, "!usage").await;
     let report = alice.wait_for_reply(&room, &writer, &usage).await;
