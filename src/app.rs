@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use crate::agents::{Agents, TurnControl};
 use crate::config::Config;
 use crate::hub::{Hub, SEND_KIND, SendJob};
-use crate::matrix::rooms::{CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob};
+use crate::matrix::rooms::{AGENT_ROOM_KIND, AgentRoomJob, CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob};
 use crate::matrix::{self, MatrixAdapter, adapter::EventError, server};
 use crate::protocol::{ChannelAdapter, ChannelRegistry, ChannelSendError};
 use crate::queue::{self, JobHandler, JobOutcome, Wakers};
@@ -45,6 +45,7 @@ impl JobHandler for Dispatcher {
             SEND_KIND => self.send(job).await,
             CREATE_ROOM_KIND => self.create_room(job).await,
             INVITE_KIND => self.invite(job).await,
+            AGENT_ROOM_KIND => self.agent_room(job).await,
             other => JobOutcome::Failed(format!("unknown job kind {other:?}")),
         }
     }
@@ -75,6 +76,14 @@ impl Dispatcher {
             Err(error) => return JobOutcome::Failed(format!("bad invite payload: {error}")),
         };
         event_outcome(self.matrix.invite_agent(&invite).await)
+    }
+
+    async fn agent_room(&self, job: &outbox::Job) -> JobOutcome {
+        let open: AgentRoomJob = match serde_json::from_str(&job.payload) {
+            Ok(open) => open,
+            Err(error) => return JobOutcome::Failed(format!("bad agent-room payload: {error}")),
+        };
+        event_outcome(self.matrix.open_agent_room(&open).await.map(|_| ()))
     }
 
     async fn create_room(&self, job: &outbox::Job) -> JobOutcome {

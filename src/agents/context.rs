@@ -23,7 +23,9 @@ pub fn build(
         Some(thread) => m.thread_id.as_ref() == Some(thread) || m.channel_message_id() == Some(thread.as_str()),
         None => m.thread_id.is_none(),
     };
-    let mut messages: Vec<ContextMessage> = history
+    // What came after the message is not part of its context (a turn may run late).
+    let until = history.iter().position(|m| m.id == message.id).unwrap_or(history.len());
+    let mut messages: Vec<ContextMessage> = history[..until]
         .iter()
         .filter(|m| m.id != message.id && m.sender_type != SenderType::System && in_thread(m))
         .map(|m| as_context(agent, m))
@@ -112,6 +114,18 @@ mod tests {
         let texts: Vec<&str> = ctx.messages.iter().map(|m| m.content.as_str()).collect();
         assert_eq!(texts, ["root", "in thread"]);
         assert_eq!(ctx.session_key(), "c#$root");
+    }
+
+    #[test]
+    fn later_messages_are_not_context() {
+        let history = vec![
+            msg("@a:x", SenderType::User, "before", None),
+            msg("@a:x", SenderType::User, "this one", None),
+            msg("@a:x", SenderType::User, "after", None),
+        ];
+        let ctx = build(&agent(1000), None, "c", &history[1], &history);
+        let texts: Vec<&str> = ctx.messages.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(texts, ["before", "this one"]);
     }
 
     #[test]

@@ -52,11 +52,13 @@ pub struct Streamer {
     shown: String,
     /// This turn ran before (and was retried).
     rerun: bool,
+    previews: bool,
 }
 
 impl Streamer {
     /// `reply` is the answer with empty content; `max_edits` counts the final edit too.
-    pub fn new(reply: ChannelMessage, targets: Vec<Target>, max_edits: u32, rerun: bool) -> Self {
+    /// `previews: false` holds all text back for the final message.
+    pub fn new(reply: ChannelMessage, targets: Vec<Target>, max_edits: u32, rerun: bool, previews: bool) -> Self {
         Self {
             reply,
             targets,
@@ -67,6 +69,7 @@ impl Streamer {
             last_sent: None,
             shown: String::new(),
             rerun,
+            previews,
         }
     }
 
@@ -91,7 +94,7 @@ impl Streamer {
 
     /// When the next preview is due, if there is new text to show.
     pub fn next_due(&self) -> Option<Instant> {
-        if self.text.trim().is_empty() || preview(&self.text) == self.shown {
+        if !self.previews || self.text.trim().is_empty() || preview(&self.text) == self.shown {
             return None;
         }
         match self.last_sent {
@@ -212,7 +215,7 @@ mod tests {
     #[test]
     fn edits_are_throttled_and_capped() {
         let to = ChannelMessage::new("!r", "@a:x", SenderType::User, "q", ContentType::Text);
-        let mut streamer = Streamer::new(answer_message(Uuid::new_v4(), &to, "echo"), Vec::new(), 3, false);
+        let mut streamer = Streamer::new(answer_message(Uuid::new_v4(), &to, "echo"), Vec::new(), 3, false, true);
         assert!(streamer.next_due().is_none(), "nothing to show yet");
         streamer.push("hello");
         assert!(streamer.next_due().unwrap() <= Instant::now(), "the first text goes out at once");

@@ -11,9 +11,12 @@ use super::control::question_text;
 use super::runtime::{AgentError, AgentEvent, PermissionRequest, TokenUsage, TurnContext};
 use super::stream::{self, Streamer, Target, answer_message, derived_id, edit_of, split_parts};
 use super::{Agent, Agents, context};
-use crate::hub::{TurnJob, enqueue_send};
+use crate::hub::agent_rooms::{self, Step};
+use crate::hub::{TURN_KIND, TurnJob, enqueue_send};
 use crate::protocol::{ChannelMessage, ContentType, SenderType};
+use crate::queue;
 use crate::queue::JobOutcome;
+use crate::store::AnyConnection;
 use crate::store::{self, conversations, messages, outbox, settings};
 
 /// How a turn ended.
@@ -42,7 +45,9 @@ impl Agents {
         };
         let (message, context, targets) = prepared;
         let reply = answer_message(derived_id(turn.message_id, &job.dedupe_key), &message, &turn.agent);
-        let mut streamer = Streamer::new(reply, targets, agent.config.max_edits, job.attempts > 0);
+        // Structured agent-room messages go out whole, not as previews and edits.
+        let previews = turn.step.is_none();
+        let mut streamer = Streamer::new(reply, targets, agent.config.max_edits, job.attempts > 0, previews);
         let mut usage = TokenUsage::default();
         let ending = match self.stream_answer(agent, &context, &mut streamer, &mut usage).await {
             Ok(ending) => ending,
@@ -60,7 +65,7 @@ impl Agents {
         if matches!(ending, Ending::Stopped) {
             text.push_str("\n\n*(stopped)*");
         }
-        match self.commit_answer(job, &turn, &streamer, &text, usage).await {
+        match self.commit_answer(job, &turn, agent, &streamer, &text, usage).await {
             Ok(()) => {
                 self.wakers.wake_all();
                 JobOutcome::Done
@@ -79,7 +84,11 @@ impl Agents {
             return Ok(None);
         };
         let history = messages::history(&mut conn, &turn.conversation_id, context::HISTORY_LIMIT).await?;
-        let context = context::build(&agent.config, agent.persona.clone(), &turn.conversation_id, &message, &history);
+        let mut context =
+            context::build(&agent.config, agent.persona.clone(), &turn.conversation_id, &message, &history);
+        if let (Some(prompt), Some(last)) = (&turn.prompt, context.messages.last_mut()) {
+            last.content = prompt.clone();
+        }
         let mut targets = Vec::new();
         if let Some(room) = conversations::room_for_conversation(&mut conn, &turn.conversation_id).await?
             && let Some(adapter) = self.registry.get(crate::matrix::CHANNEL)
@@ -223,6 +232,7 @@ impl Agents {
         &self,
         job: &outbox::Job,
         turn: &TurnJob,
+        agent: &Agent,
         streamer: &Streamer,
         text: &str,
         usage: TokenUsage,
@@ -235,6 +245,9 @@ impl Agents {
                 message.id = derived_id(streamer.reply.id, &format!("part-{index}"));
             }
             message.content = part.clone();
+            if let (0, Some(step)) = (index, &turn.step) {
+                self.as_agent_message(&mut tx, turn, agent, step, &mut message, text).await?;
+            }
             messages::append(&mut tx, &turn.conversation_id, "agent", &message).await?;
             for target in streamer.targets() {
                 let outgoing = match index == 0 && streamer.previewed.contains(&target.channel_id) {
@@ -265,6 +278,43 @@ impl Agents {
             parts = parts.len(),
             "agent answered"
         );
+        Ok(())
+    }
+
+    /// Makes the answer in an agent room a structured message and queues what follows: a
+    /// request is answered by the other agent.
+    async fn as_agent_message(
+        &self,
+        conn: &mut AnyConnection,
+        turn: &TurnJob,
+        agent: &Agent,
+        step: &Step,
+        message: &mut ChannelMessage,
+        text: &str,
+    ) -> store::Result<()> {
+        let kind = step.message_type();
+        let payload = agent_rooms::answer_payload(step, text);
+        let structured = agent_rooms::agent_message(&turn.agent, &turn.conversation_id, kind, payload);
+        message.metadata.insert(agent_rooms::AGENT_MESSAGE.into(), structured);
+        message.content = agent_rooms::readable(&agent.config.display_name(), kind, &message.content);
+        if let Some(previous) = match step {
+            Step::Response { request } => Some(*request),
+            Step::Complete { delegation } => Some(*delegation),
+            Step::Request { .. } => None,
+        } {
+            message.reply_to_id = Some(previous);
+        }
+        if let Step::Request { to } = step {
+            let next = TurnJob {
+                agent: to.clone(),
+                conversation_id: turn.conversation_id.clone(),
+                message_id: message.id,
+                prompt: Some(text.to_string()),
+                step: Some(Step::Response { request: message.id }),
+            };
+            let lane = queue::agent_queue(to, &turn.conversation_id);
+            queue::enqueue(conn, &lane, &format!("turn:{to}:{}", message.id), TURN_KIND, &next).await?;
+        }
         Ok(())
     }
 

@@ -26,6 +26,12 @@ pub enum Command {
     AnswerUnlinked(bool),
     Stop,
     Usage,
+    /// Open the room of two agents.
+    Pair(String, String),
+    /// In an agent room: `(agent, text)`.
+    Ask(String, String),
+    Delegate(String, String),
+    Broadcast(String, String),
 }
 
 /// A command line that is not understood: the usage to show.
@@ -69,6 +75,21 @@ pub fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
         ("unlinked", _) => Err(Usage(format!(
             "Usage: `{p}unlinked answer|ignore` (whether agents answer people without a linked account)"
         ))),
+        ("pair", [a, b]) => Ok(Command::Pair((*a).to_string(), (*b).to_string())),
+        ("pair", _) => {
+            Err(Usage(format!("Usage: `{p}pair <agent> <agent>` opens a room where two agents work together")))
+        }
+        ("ask" | "delegate" | "broadcast", [agent, rest @ ..]) if !rest.is_empty() => {
+            let (agent, text) = ((*agent).to_string(), rest.join(" "));
+            Ok(match name.as_str() {
+                "ask" => Command::Ask(agent, text),
+                "delegate" => Command::Delegate(agent, text),
+                _ => Command::Broadcast(agent, text),
+            })
+        }
+        ("ask" | "delegate" | "broadcast", _) => {
+            Err(Usage(format!("Usage: `{p}{name} <agent> <text>` (in a room opened with `{p}pair`)")))
+        }
         ("stop", []) => Ok(Command::Stop),
         ("usage", []) => Ok(Command::Usage),
         ("help" | "unlink" | "whoami" | "agents" | "stop" | "usage", _) => {
@@ -93,7 +114,9 @@ pub fn help_text(p: char) -> String {
          - `{p}mention-only on|off` — agents answer only when mentioned\n\
          - `{p}unlinked answer|ignore` — whether agents answer people without a linked account\n\
          - `{p}stop` — stop the answer being written\n\
-         - `{p}usage` — tokens used by the agents in this room"
+         - `{p}usage` — tokens used by the agents in this room\n\
+         - `{p}pair <agent> <agent>` — open a room where two agents work together\n\
+         - in such a room: `{p}ask <agent> <text>`, `{p}delegate <agent> <task>`, `{p}broadcast <agent> <text>`; begin a message with [HUMAN] to interrupt"
     )
 }
 
@@ -108,6 +131,13 @@ pub struct Answer {
 
 /// Stands for the token in an answer that hands one out.
 pub const LINK_TOKEN_PLACEHOLDER: &str = "[link token]";
+
+impl Answer {
+    /// No reply: what the command did shows in the room by itself.
+    pub fn silent() -> Self {
+        Self { text: String::new(), link_token_for: None }
+    }
+}
 
 impl From<String> for Answer {
     fn from(text: String) -> Self {
@@ -166,6 +196,10 @@ impl Hub {
                 n => format!("Stopped {n} answer(s).").into(),
             },
             Command::Usage => self.usage_text(conn, conversation_id).await?.into(),
+            Command::Pair(a, b) => self.pair(conn, channel, sender, &a, &b).await?,
+            Command::Ask(agent, text) => self.ask(conn, conversation_id, msg, &agent, &text).await?,
+            Command::Delegate(agent, task) => self.delegate(conn, conversation_id, msg, &agent, &task).await?,
+            Command::Broadcast(agent, text) => self.broadcast(conn, conversation_id, msg, &agent, &text).await?,
         })
     }
 
@@ -371,6 +405,13 @@ mod tests {
         assert_eq!(parse('!', "!unlinked ignore"), Some(Ok(Command::AnswerUnlinked(false))));
         assert_eq!(parse('!', "!invite echo"), Some(Ok(Command::Invite("echo".into()))));
         assert_eq!(parse('!', "!stop"), Some(Ok(Command::Stop)));
+        assert_eq!(parse('!', "!pair alpha beta"), Some(Ok(Command::Pair("alpha".into(), "beta".into()))));
+        assert_eq!(parse('!', "!ask alpha sum it up"), Some(Ok(Command::Ask("alpha".into(), "sum it up".into()))));
+        assert_eq!(
+            parse('!', "!delegate beta write tests"),
+            Some(Ok(Command::Delegate("beta".into(), "write tests".into())))
+        );
+        assert!(matches!(parse('!', "!ask alpha"), Some(Err(_))));
         assert_eq!(parse('!', "!usage"), Some(Ok(Command::Usage)));
         assert!(matches!(parse('!', "!mention-only maybe"), Some(Err(_))));
         assert_eq!(parse('!', "hello"), None);

@@ -2,6 +2,7 @@
 //! or routed to agents, and replies are fanned out — all in one database transaction
 //! per message, so a message is handled exactly once even when it is delivered twice.
 
+pub mod agent_rooms;
 pub mod commands;
 pub mod routing;
 
@@ -35,6 +36,12 @@ pub struct TurnJob {
     pub agent: String,
     pub conversation_id: String,
     pub message_id: uuid::Uuid,
+    /// What the agent is asked, when it is not the message's own text.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// In an agent room: what the answer is and what follows it.
+    #[serde(default)]
+    pub step: Option<agent_rooms::Step>,
 }
 
 pub const TURN_KIND: &str = "agent.turn";
@@ -89,7 +96,18 @@ impl Hub {
             tx.commit().await?;
             return Ok(());
         }
+        let pair = match channel {
+            crate::matrix::CHANNEL => store::agent_rooms::pair_of_room(&mut tx, &msg.channel_id).await?,
+            _ => None,
+        };
         match command {
+            None if pair.is_some() && agent_rooms::is_interrupt(&msg.content) => {
+                self.interrupt(&mut tx, &conversation.id, &msg, pair.expect("checked")).await?;
+            }
+            None if pair.is_some() && !routing::is_edit(&msg) => {
+                let hint = "This room belongs to its agents: start them with `!ask <agent> <text>` or `!delegate <agent> <task>`, and begin a message with [HUMAN] to interrupt them.";
+                self.reply(&mut tx, channel, &conversation.id, &msg, hint.to_string().into()).await?;
+            }
             Some(Ok(command)) => {
                 let answer = self.execute(&mut tx, channel, &conversation.id, &msg, command).await?;
                 self.reply(&mut tx, channel, &conversation.id, &msg, answer).await?;
@@ -124,8 +142,13 @@ impl Hub {
             return self.reply(conn, channel, conversation_id, msg, hint.into()).await;
         }
         for agent in agents {
-            let job =
-                TurnJob { agent: agent.clone(), conversation_id: conversation_id.to_string(), message_id: msg.id };
+            let job = TurnJob {
+                agent: agent.clone(),
+                conversation_id: conversation_id.to_string(),
+                message_id: msg.id,
+                prompt: None,
+                step: None,
+            };
             let lane = queue::agent_queue(&agent, conversation_id);
             queue::enqueue(conn, &lane, &format!("turn:{agent}:{}", msg.id), TURN_KIND, &job).await?;
             tracing::debug!(agent, message_id = %msg.id, "agent turn queued");
@@ -142,6 +165,9 @@ impl Hub {
         to: &ChannelMessage,
         answer: commands::Answer,
     ) -> store::Result<()> {
+        if answer.text.is_empty() {
+            return Ok(());
+        }
         let mut reply =
             ChannelMessage::new(&to.channel_id, SYSTEM_SENDER, SenderType::System, answer.text, ContentType::Markdown)
                 .with_reply_to(to.id)

@@ -9,6 +9,8 @@ use ruma::api::client::{
     account::whoami, membership::join_room_by_id, membership::joined_members, message::send_message_event,
 };
 use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent};
+use ruma::events::{AnyMessageLikeEventContent, MessageLikeEventType};
+use ruma::serde::Raw;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, UserId};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -19,6 +21,7 @@ use super::ghosts::Ghosts;
 use super::naming::Namespace;
 use crate::agents::stream;
 use crate::config::Config;
+use crate::hub::agent_rooms::AGENT_MESSAGE;
 use crate::hub::routing;
 use crate::protocol::{
     AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelConnectError, ChannelMessage, ChannelSendError,
@@ -331,6 +334,32 @@ impl MatrixAdapter {
         Ok(placement)
     }
 
+    /// The event content as sent: with the `mosaic.agent_message` payload of messages in
+    /// agent rooms, its `reply_to` resolved to the event id in this room.
+    async fn with_agent_message(
+        &self,
+        room_id: &str,
+        msg: &ChannelMessage,
+        content: RoomMessageEventContent,
+    ) -> Result<Raw<AnyMessageLikeEventContent>, ChannelSendError> {
+        let mut json = serde_json::to_value(&content).map_err(|e| ChannelSendError::Terminal(e.to_string()))?;
+        if let Some(mut agent_message) = msg.metadata.get(AGENT_MESSAGE).cloned() {
+            let reply_to = agent_message["payload"]["reply_to"].as_str().and_then(|id| Uuid::parse_str(id).ok());
+            if let Some(canonical) = reply_to {
+                let mut conn = self.store.conn().await.map_err(transient)?;
+                let native =
+                    messages::native_for_message(&mut conn, CHANNEL, room_id, canonical).await.map_err(transient)?;
+                if let Some(payload) = agent_message["payload"].as_object_mut() {
+                    payload.remove("reply_to");
+                    payload.insert("reply_to_event_id".into(), json!(native));
+                }
+            }
+            json["mosaic.agent_message"] = agent_message;
+        }
+        let raw = serde_json::value::to_raw_value(&json).map_err(|e| ChannelSendError::Terminal(e.to_string()))?;
+        Ok(Raw::from_json(raw))
+    }
+
     fn note_rate_limit(&self, retry_after: Option<Duration>) {
         let until = store::now_ms() + retry_after.unwrap_or(Duration::from_secs(1)).as_millis() as i64;
         self.rate_limited_until.store(until, Ordering::Relaxed);
@@ -449,13 +478,18 @@ impl ChannelAdapter for MatrixAdapter {
             .map_err(|e| ChannelSendError::Terminal(format!("bad room id {channel_id:?}: {e}")))?;
         let speaker = self.speaker(channel_id, msg).await?;
         let content = format::message_content(msg, self.placement(channel_id, msg).await?);
+        let content = self.with_agent_message(channel_id, msg, content).await?;
         let txn_id: OwnedTransactionId = format!("mosaic-{}", msg.id.simple()).into();
         let mut last_error = None;
         for attempt in 0..SEND_TRIES {
             let step = async {
                 self.ensure_known_user(&speaker).await?;
-                let request = send_message_event::v3::Request::new(room_id.clone(), txn_id.clone(), &content)
-                    .map_err(|e| HsError::Protocol(e.to_string()))?;
+                let request = send_message_event::v3::Request::new_raw(
+                    room_id.clone(),
+                    txn_id.clone(),
+                    MessageLikeEventType::RoomMessage,
+                    content.clone(),
+                );
                 self.client.call(request, Some(&speaker)).await
             };
             match step.await {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::adapter::{EventError, MatrixAdapter};
-use crate::store::conversations;
+use crate::store::{self, conversations};
 
 /// Outbox job: create the room of a conversation and bring its members in.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +34,15 @@ pub struct InviteJob {
 }
 
 pub const INVITE_KIND: &str = "matrix.invite";
+
+/// Outbox job: the room of two agents (ids sorted), with people invited to watch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRoomJob {
+    pub agents: (String, String),
+    pub observers: Vec<String>,
+}
+
+pub const AGENT_ROOM_KIND: &str = "matrix.agent_room";
 
 /// Power needed for each action: people (50) may moderate, agents (0) may only talk.
 pub const PEOPLE_POWER: i64 = 50;
@@ -91,7 +100,10 @@ impl MatrixAdapter {
         }
         let room_id = match self.existing_room(&job.conversation_id).await? {
             Some(room) => room,
-            None => self.create(job, &bot, &agent_ids).await?,
+            None => {
+                let alias = ns.conversation_alias_localpart(&job.conversation_id);
+                self.create_with_alias(job, &alias, "Mosaic").await?
+            }
         };
         for agent in &agent_ids {
             self.client().call(join_room_by_id::v3::Request::new(room_id.clone()), Some(agent)).await?;
@@ -138,20 +150,87 @@ impl MatrixAdapter {
         Ok(())
     }
 
+    /// Creates the agents' room once (alias `#<alias_prefix>agents-<a>-<b>`), joins both
+    /// agents and invites the observers (power 50, like people elsewhere).
+    pub async fn open_agent_room(&self, job: &AgentRoomJob) -> Result<OwnedRoomId, EventError> {
+        let (a, b) = (&job.agents.0, &job.agents.1);
+        let existing = {
+            let mut conn = self.store().conn().await?;
+            store::agent_rooms::room_of_pair(&mut conn, a, b).await?
+        };
+        let room_id = match existing.and_then(|r| OwnedRoomId::try_from(r).ok()) {
+            Some(room) => {
+                for person in &job.observers {
+                    let user =
+                        OwnedUserId::try_from(person.as_str()).map_err(|e| EventError::Permanent(e.to_string()))?;
+                    let invite = invite_user::v3::Request::new(
+                        room.clone(),
+                        invite_user::v3::InvitationRecipient::UserId(invite_user::v3::InviteUserId::new(user)),
+                    );
+                    if let Err(error) = self.client().call(invite, None).await {
+                        tracing::info!(room_id = %room, %error, "observer not invited (already in the room?)");
+                    }
+                }
+                room
+            }
+            None => {
+                let title = format!("{a} & {b}");
+                let create = CreateRoomJob {
+                    conversation_id: String::new(),
+                    title,
+                    invite: job.observers.clone(),
+                    agents: vec![a.clone(), b.clone()],
+                };
+                let alias = format!("{}agents-{a}-{b}", self.namespace().alias_prefix);
+                let room = self.create_with_alias(&create, &alias, "Mosaic agents").await?;
+                let mut tx = self.store().begin_write().await?;
+                store::agent_rooms::record(&mut tx, room.as_str(), a, b).await?;
+                conversations::set_membership(&mut tx, room.as_str(), &self.namespace().bot_user_id(), "join").await?;
+                conversations::conversation_for_room_or_create(&mut tx, room.as_str(), &format!("Agents {a} & {b}"))
+                    .await?;
+                tx.commit().await.map_err(store::StoreError::from)?;
+                room
+            }
+        };
+        for agent in [a, b] {
+            let user = OwnedUserId::try_from(self.namespace().agent_user_id(agent))
+                .map_err(|e| EventError::Permanent(e.to_string()))?;
+            self.ensure_known_user(&user).await?;
+            self.client().call(join_room_by_id::v3::Request::new(room_id.clone()), Some(&user)).await?;
+            let mut conn = self.store().conn().await?;
+            conversations::set_membership(&mut conn, room_id.as_str(), user.as_str(), "join").await?;
+        }
+        Ok(room_id)
+    }
+
     async fn existing_room(&self, conversation_id: &str) -> Result<Option<OwnedRoomId>, EventError> {
         let mut conn = self.store().conn().await?;
         let room = conversations::room_for_conversation(&mut conn, conversation_id).await?;
         Ok(room.and_then(|r| OwnedRoomId::try_from(r).ok()))
     }
 
-    async fn create(&self, job: &CreateRoomJob, bot: &str, agents: &[OwnedUserId]) -> Result<OwnedRoomId, EventError> {
+    /// Creates a room under `alias_localpart`, or finds it there after a crash.
+    async fn create_with_alias(
+        &self,
+        job: &CreateRoomJob,
+        alias_localpart: &str,
+        name_prefix: &str,
+    ) -> Result<OwnedRoomId, EventError> {
         let ns = self.namespace();
-        let alias_localpart = ns.conversation_alias_localpart(&job.conversation_id);
+        let bot = ns.bot_user_id();
+        let agents: Vec<OwnedUserId> =
+            job.agents.iter().filter_map(|agent| OwnedUserId::try_from(ns.agent_user_id(agent)).ok()).collect();
+        for agent in &agents {
+            self.ensure_known_user(agent).await?;
+        }
         let room_version = self.default_room_version().await?;
         let mut request = create_room::v3::Request::new();
-        request.name = Some(format!("Mosaic: {}", job.title));
-        request.topic = Some(format!("Mosaic conversation {}", job.conversation_id));
-        request.room_alias_name = Some(alias_localpart.clone());
+        request.name = Some(format!("{name_prefix}: {}", job.title));
+        request.topic = Some(match job.conversation_id.as_str() {
+            "" => format!("{name_prefix}: {}", job.title),
+            id => format!("Mosaic conversation {id}"),
+        });
+        request.room_alias_name = Some(alias_localpart.to_string());
         request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
         request.visibility = Visibility::Private;
         request.invite = job
@@ -160,7 +239,7 @@ impl MatrixAdapter {
             .filter_map(|u| OwnedUserId::try_from(u.as_str()).ok())
             .chain(agents.iter().cloned())
             .collect();
-        let overrides = power_levels(bot, &job.invite, &room_version);
+        let overrides = power_levels(&bot, &job.invite, &room_version);
         request.power_level_content_override = Some(Raw::from_json(
             serde_json::value::to_raw_value(&overrides).map_err(|e| EventError::Permanent(e.to_string()))?,
         ));

@@ -5,6 +5,7 @@
 //! one transaction (see [`Store::begin_write`]).
 
 pub mod accounts;
+pub mod agent_rooms;
 pub mod conversations;
 pub mod inbox;
 pub mod messages;

@@ -189,3 +189,89 @@ permission_timeout_secs = 60
     let text = answered["content"]["m.new_content"]["body"].as_str().unwrap_or_else(|| body(&answered));
     assert!(text.contains("You said: please run the tests"), "{text}");
 }
+
+/// The `mosaic.agent_message` of an event.
+fn agent_message(event: &Value) -> &Value {
+    &event["content"]["mosaic.agent_message"]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_agents_request_respond_delegate_and_hear_a_human_interrupt() {
+    let slot = slot("pair");
+    slot.write_config_with_agents(
+        r#"
+[[agent]]
+id = "alpha"
+display_name = "Alpha"
+runtime = "echo"
+
+[[agent]]
+id = "beta"
+display_name = "Beta"
+runtime = "echo"
+"#,
+    );
+    let _service = Service::start(&slot).await;
+    let bot = slot.bot();
+    let (alpha, beta) = (slot.agent("alpha"), slot.agent("beta"));
+    let alice = Person::new("pair-alice").await;
+    let dm = alice.create_room(&[&bot], true).await;
+    alice.wait_for_member(&dm, &bot).await;
+    let asked = alice.say(&dm, "!pair beta alpha").await;
+    let answer = alice.wait_for_reply(&dm, &bot, &asked).await;
+    assert!(body(&answer).contains("#mosaic-pair-agents-alpha-beta:localhost"), "{}", body(&answer));
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let room = loop {
+        if let Some(room) = alice.invites().await.into_iter().find(|r| r != &dm) {
+            break room;
+        }
+        assert!(std::time::Instant::now() < deadline, "no invitation to the agents' room");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    alice.join(&room).await;
+    let resolved: Value = reqwest::get(format!(
+        "{}/_matrix/client/v3/directory/room/%23mosaic-pair-agents-alpha-beta:localhost",
+        crate::support::homeserver_url()
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(resolved["room_id"], room.as_str(), "the alias names the pair, ids sorted");
+    let power = alice.state(&room, "m.room.power_levels").await;
+    assert_eq!(power["users"][&alice.user_id], 50, "people watch with power 50");
+    assert!(power["users"].get(&alpha).is_none() && power["users"].get(&beta).is_none(), "agents stay at 0");
+    alice.wait_for_member(&room, &alpha).await;
+    alice.wait_for_member(&room, &beta).await;
+
+    // Request and response, correlated by event id.
+    alice.say(&room, "!ask alpha what is the plan?").await;
+    let request = alice.wait_for(&room, &alpha, |e| agent_message(e)["message_type"] == "request").await;
+    assert_eq!(agent_message(&request)["schema_version"], "1.0");
+    assert_eq!(agent_message(&request)["sender_agent_id"], "alpha");
+    assert!(agent_message(&request)["timestamp_ms"].as_i64().is_some());
+    let request_id = request["event_id"].as_str().unwrap().to_string();
+    let response = alice.wait_for(&room, &beta, |e| agent_message(e)["message_type"] == "response").await;
+    assert_eq!(agent_message(&response)["payload"]["reply_to_event_id"], request_id.as_str());
+    assert_eq!(reply_target(&response), Some(request_id.as_str()));
+    assert!(body(&response).contains("Beta"), "a readable body: {}", body(&response));
+
+    // Delegation: handed over, acknowledged, completed.
+    alice.say(&room, "!delegate alpha write the release notes").await;
+    let delegate = alice.wait_for(&room, &alpha, |e| agent_message(e)["message_type"] == "delegate").await;
+    assert_eq!(agent_message(&delegate)["payload"]["task"]["description"], "write the release notes");
+    let delegate_id = delegate["event_id"].as_str().unwrap().to_string();
+    for kind in ["delegate_ack", "delegate_complete"] {
+        let step = alice.wait_for(&room, &beta, |e| agent_message(e)["message_type"] == kind).await;
+        assert_eq!(agent_message(&step)["payload"]["reply_to_event_id"], delegate_id.as_str(), "{kind}");
+    }
+
+    // A person interrupts: both agents answer the interruption.
+    let interrupt = alice.say(&room, "[HUMAN] please pause and summarise").await;
+    for agent in [&alpha, &beta] {
+        let answer = alice.wait_for_reply(&room, agent, &interrupt).await;
+        assert!(body(&answer).contains("please pause and summarise"), "{}", body(&answer));
+    }
+}

@@ -18,7 +18,7 @@ const FIRST_AS_PORT: u16 = 29501;
 /// Every test that runs its own mosaic-as has a slot: its own registration, namespace,
 /// port and database, so tests run in parallel against one homeserver.
 pub const SLOTS: &[&str] =
-    &["echo", "group", "link", "replay", "crash", "http", "rooms", "doctor", "stream", "acp", "queue", "stop"];
+    &["echo", "group", "link", "replay", "crash", "http", "rooms", "doctor", "stream", "acp", "queue", "stop", "pair"];
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
