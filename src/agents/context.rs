@@ -23,10 +23,14 @@ pub fn build(
         Some(thread) => m.thread_id.as_ref() == Some(thread) || m.channel_message_id() == Some(thread.as_str()),
         None => m.thread_id.is_none(),
     };
-    // What came after the message is not part of its context (a turn may run late).
+    // A turn may run late: what people wrote after the message is not its context, but
+    // what this agent answered meanwhile is (it comes before this answer).
     let until = history.iter().position(|m| m.id == message.id).unwrap_or(history.len());
-    let mut messages: Vec<ContextMessage> = history[..until]
+    let (earlier, later) = history.split_at(until);
+    let own_later = later.iter().filter(|m| m.sender_type == SenderType::Agent && m.sender_id == agent.id);
+    let mut messages: Vec<ContextMessage> = earlier
         .iter()
+        .chain(own_later)
         .filter(|m| m.id != message.id && m.sender_type != SenderType::System && in_thread(m))
         .map(|m| as_context(agent, m))
         .collect();
@@ -117,15 +121,16 @@ mod tests {
     }
 
     #[test]
-    fn later_messages_are_not_context() {
+    fn later_messages_are_not_context_but_own_later_answers_are() {
         let history = vec![
-            msg("@a:x", SenderType::User, "before", None),
+            msg("@a:x", SenderType::User, "first", None),
             msg("@a:x", SenderType::User, "this one", None),
+            msg("helper", SenderType::Agent, "answer to first", None),
             msg("@a:x", SenderType::User, "after", None),
         ];
         let ctx = build(&agent(1000), None, "c", &history[1], &history);
         let texts: Vec<&str> = ctx.messages.iter().map(|m| m.content.as_str()).collect();
-        assert_eq!(texts, ["before", "this one"]);
+        assert_eq!(texts, ["first", "answer to first", "this one"]);
     }
 
     #[test]
