@@ -101,7 +101,7 @@ impl Hub {
             _ => None,
         };
         match command {
-            None if pair.is_some() && agent_rooms::is_interrupt(&msg.content) => {
+            None if pair.is_some() && agent_rooms::is_interrupt(&msg.content) && !routing::is_edit(&msg) => {
                 self.interrupt(&mut tx, &conversation.id, &msg, pair.expect("checked")).await?;
             }
             None if pair.is_some() && !routing::is_edit(&msg) => {

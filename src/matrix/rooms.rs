@@ -5,6 +5,8 @@ use ruma::api::client::alias::get_alias;
 use ruma::api::client::discovery::get_capabilities;
 use ruma::api::client::membership::{invite_user, join_room_by_id};
 use ruma::api::client::room::{Visibility, create_room};
+use ruma::api::client::state::{get_state_event_for_key, send_state_event};
+use ruma::events::StateEventType;
 use ruma::serde::Raw;
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId};
 use serde::{Deserialize, Serialize};
@@ -160,6 +162,7 @@ impl MatrixAdapter {
         };
         let room_id = match existing.and_then(|r| OwnedRoomId::try_from(r).ok()) {
             Some(room) => {
+                self.grant_power(&room, &job.observers, PEOPLE_POWER).await?;
                 for person in &job.observers {
                     let user =
                         OwnedUserId::try_from(person.as_str()).map_err(|e| EventError::Permanent(e.to_string()))?;
@@ -201,6 +204,34 @@ impl MatrixAdapter {
             conversations::set_membership(&mut conn, room_id.as_str(), user.as_str(), "join").await?;
         }
         Ok(room_id)
+    }
+
+    /// Raises `people` to `level` in the room's power levels (as the bot); people who
+    /// have a level already keep it.
+    async fn grant_power(&self, room: &OwnedRoomId, people: &[String], level: i64) -> Result<(), EventError> {
+        let current =
+            get_state_event_for_key::v3::Request::new(room.clone(), StateEventType::RoomPowerLevels, String::new());
+        let current = self.client().call(current, None).await?;
+        let mut content: serde_json::Value =
+            serde_json::from_str(current.event_or_content.get()).map_err(|e| EventError::Permanent(e.to_string()))?;
+        let mut users = content["users"].as_object().cloned().unwrap_or_default();
+        let missing: Vec<&String> = people.iter().filter(|p| !users.contains_key(p.as_str())).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for person in missing {
+            users.insert(person.clone(), json!(level));
+        }
+        content["users"] = serde_json::Value::Object(users);
+        let raw = serde_json::value::to_raw_value(&content).map_err(|e| EventError::Permanent(e.to_string()))?;
+        let update = send_state_event::v3::Request::new_raw(
+            room.clone(),
+            StateEventType::RoomPowerLevels,
+            String::new(),
+            Raw::from_json(raw),
+        );
+        self.client().call(update, None).await?;
+        Ok(())
     }
 
     async fn existing_room(&self, conversation_id: &str) -> Result<Option<OwnedRoomId>, EventError> {

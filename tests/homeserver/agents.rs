@@ -268,6 +268,19 @@ runtime = "echo"
         assert_eq!(agent_message(&step)["payload"]["reply_to_event_id"], delegate_id.as_str(), "{kind}");
     }
 
+    // Someone else asks for the same pair: the same room, watched with the same power.
+    let bob = Person::new("pair-bob").await;
+    let bob_dm = bob.create_room(&[&bot], true).await;
+    bob.wait_for_member(&bob_dm, &bot).await;
+    let again = bob.say(&bob_dm, "!pair alpha beta").await;
+    bob.wait_for_reply(&bob_dm, &bot, &again).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !bob.invites().await.contains(&room) {
+        assert!(std::time::Instant::now() < deadline, "bob was not invited to the existing agents' room");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(alice.state(&room, "m.room.power_levels").await["users"][&bob.user_id], 50);
+
     // A person interrupts: both agents answer the interruption.
     let interrupt = alice.say(&room, "[HUMAN] please pause and summarise").await;
     for agent in [&alpha, &beta] {
