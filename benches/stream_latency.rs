@@ -47,6 +47,7 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use axum::serve::ListenerExt;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::sync::mpsc;
@@ -295,9 +296,19 @@ impl FakeHomeserver {
             .route(&format!("{client}/rooms/{{room}}/send/{{event_type}}/{{txn}}"), put(hs_send))
             .fallback(hs_unknown)
             .with_state(hs.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        spawn_server(listener, app);
         Ok((hs, received))
     }
+}
+
+/// Serves `app` with `TCP_NODELAY`, as real model servers and homeservers do: otherwise
+/// Nagle's algorithm holds a small SSE chunk back until the previous one is acknowledged,
+/// and the delayed ACK adds tens of milliseconds that are not mosaic-as's.
+fn spawn_server(listener: tokio::net::TcpListener, app: Router) {
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
 }
 
 fn ok(body: Value) -> Response {
@@ -382,7 +393,7 @@ impl FakeModel {
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let model = Self { url: format!("http://{}/v1", listener.local_addr()?), turns: Arc::default() };
         let app = Router::new().route("/v1/chat/completions", post(completions)).with_state(model.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        spawn_server(listener, app);
         Ok(model)
     }
 
