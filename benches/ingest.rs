@@ -25,18 +25,19 @@
 //! Figures depend heavily on the machine and its disk (every transaction is committed
 //! with an fsync); compare runs on the same box only.
 
-use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
-use tempfile::TempDir;
+use support::{Server, event_id, free_loopback_addr, http_client, millis, now_ms, percentile};
 
 const EVENTS_PER_TXN: usize = 100;
 const WARMUP_TXNS: usize = 10;
@@ -44,20 +45,9 @@ const MEASURED_TXNS: usize = 200;
 const CONCURRENT_PUSHERS: usize = 4;
 /// A phase stops pushing once it has run this long, and reports what it measured.
 const PHASE_BUDGET: Duration = Duration::from_secs(120);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 const SERVER_NAME: &str = "bench.localhost";
 const ROOMS: usize = 8;
 const SENDERS: usize = 25;
-/// Variables that would override the generated config in the child.
-const CHILD_ENV_OVERRIDES: &[&str] = &[
-    "MOSAIC_AS_CONFIG",
-    "MOSAIC_AS_AS_TOKEN",
-    "MOSAIC_AS_HS_TOKEN",
-    "MOSAIC_AS_DATABASE_URL",
-    "MOSAIC_AS_HOMESERVER_URL",
-];
 
 fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -86,9 +76,14 @@ async fn run() -> anyhow::Result<()> {
 /// Runs both phases against one database URL and prints their figures.
 async fn bench_database(label: &str, database_url: &str) -> anyhow::Result<()> {
     let client = http_client()?;
-    let mut server = Server::start(database_url)?;
+    // Bound and released at once: nothing listens there, so the homeserver is down.
+    let homeserver_url = format!("http://{}", free_loopback_addr()?);
+    let mut server = Server::start(
+        &["--server-name", SERVER_NAME, "--homeserver-url", &homeserver_url, "--database-url", database_url],
+        None,
+    )?;
     let result = async {
-        server.wait_healthy(&client).await?;
+        server.wait_until_ok(&client, "/health").await?;
         let pusher = Pusher::new(&client, &server);
         pusher.sequential(WARMUP_TXNS, "warmup").await?;
         let sequential = pusher.sequential(MEASURED_TXNS, "seq").await?;
@@ -166,143 +161,6 @@ fn database_url(base_url: &str, database: &str) -> anyhow::Result<String> {
     let mut url = url::Url::parse(base_url).context("bad PostgreSQL URL")?;
     url.set_path(&format!("/{database}"));
     Ok(url.to_string())
-}
-
-// ---------------------------------------------------------------------------------------
-// The server under test
-
-/// A running `mosaic-as serve` in its own temporary directory; killed when dropped.
-struct Server {
-    child: Child,
-    base_url: String,
-    hs_token: String,
-    log_path: PathBuf,
-    _dir: TempDir,
-}
-
-impl Server {
-    fn start(database_url: &str) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-        let listen = free_loopback_addr()?;
-        // Bound and released at once: nothing listens there, so the homeserver is down.
-        let homeserver = free_loopback_addr()?;
-        let status = mosaic_command()
-            .args(["init", "--server-name", SERVER_NAME])
-            .args(["--homeserver-url", &format!("http://{homeserver}")])
-            .args(["--listen", &listen.to_string()])
-            .args(["--database-url", database_url])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .status()
-            .context("cannot run mosaic-as init")?;
-        if !status.success() {
-            bail!("mosaic-as init exited with {status}");
-        }
-        let config_path = dir.path().join("mosaic-as.toml");
-        let hs_token = read_hs_token(&config_path)?;
-        let log_path = dir.path().join("serve.log");
-        let child = mosaic_command()
-            .arg("--config")
-            .arg(&config_path)
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log_path)?)
-            .spawn()
-            .context("cannot start mosaic-as serve")?;
-        Ok(Self { child, base_url: format!("http://{listen}"), hs_token, log_path, _dir: dir })
-    }
-
-    /// Polls `GET /health` until it answers 200.
-    async fn wait_healthy(&mut self, client: &reqwest::Client) -> anyhow::Result<()> {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let url = format!("{}/health", self.base_url);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("mosaic-as serve exited during startup with {status}");
-            }
-            if let Ok(response) = client.get(&url).send().await
-                && response.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("mosaic-as serve did not answer {url} within {STARTUP_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Sends SIGTERM and waits for a clean exit; kills it when that takes too long.
-    fn stop(&mut self) -> anyhow::Result<()> {
-        if self.child.try_wait()?.is_some() {
-            bail!("mosaic-as serve had already exited");
-        }
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(anyhow::anyhow!("mosaic-as serve exited with {status}"))
-                };
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        bail!("mosaic-as serve did not stop within {SHUTDOWN_TIMEOUT:?} of SIGTERM; killed")
-    }
-
-    fn print_log_tail(&self) {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        eprintln!("--- last lines of the mosaic-as serve log ---");
-        for line in &lines[lines.len().saturating_sub(20)..] {
-            eprintln!("{line}");
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The binary under test, with config overrides from our environment removed.
-fn mosaic_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mosaic-as"));
-    for name in CHILD_ENV_OVERRIDES {
-        command.env_remove(name);
-    }
-    command
-}
-
-fn read_hs_token(config_path: &Path) -> anyhow::Result<String> {
-    let text =
-        std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
-    let table: toml::Table = text.parse().context("generated config is not TOML")?;
-    table
-        .get("appservice")
-        .and_then(|a| a.get("hs_token"))
-        .and_then(|t| t.as_str())
-        .map(str::to_string)
-        .context("generated config has no appservice.hs_token")
-}
-
-fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?)
-}
-
-fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().no_proxy().timeout(REQUEST_TIMEOUT).build()?)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -403,7 +261,7 @@ impl Pusher {
 
 /// A transaction body of `EVENTS_PER_TXN` client-format `m.room.message` events.
 fn transaction_body(txn_id: &str) -> Vec<u8> {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now_ms = now_ms();
     let events: Vec<_> = (0..EVENTS_PER_TXN)
         .map(|i| {
             let age = 50 + (i as u64 * 7) % 900;
@@ -427,13 +285,6 @@ fn transaction_body(txn_id: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({ "events": events })).expect("JSON")
 }
 
-/// A unique event id shaped like a room v4+ one: `$` and 43 URL-safe characters.
-fn event_id() -> String {
-    let a = uuid::Uuid::new_v4().simple().to_string();
-    let b = uuid::Uuid::new_v4().simple().to_string();
-    format!("${a}{}", &b[..11])
-}
-
 // ---------------------------------------------------------------------------------------
 // Reporting
 
@@ -450,17 +301,4 @@ fn print_figures(database: &str, phase: &str, figures: &Figures) {
         seconds,
         if figures.stopped_early { ", stopped at the time budget" } else { "" },
     );
-}
-
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
 }

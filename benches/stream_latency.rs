@@ -31,14 +31,15 @@
 //! The three processes share the machine's cores with whatever else runs there; the
 //! figures are indicative, compare runs on the same box only.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
-use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::net::Ipv4Addr;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use axum::Router;
@@ -49,7 +50,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::serve::ListenerExt;
 use serde_json::{Value, json};
-use tempfile::TempDir;
+use support::{Server, event_id, http_client, millis, now_ms, percentile};
 use tokio::sync::mpsc;
 
 const WARMUP_TURNS: usize = 5;
@@ -58,9 +59,6 @@ const MEASURED_TURNS: usize = 100;
 const MEASURE_BUDGET: Duration = Duration::from_secs(120);
 /// Longest wait for a turn's first message, and then for its final edit.
 const TURN_TIMEOUT: Duration = Duration::from_secs(30);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The fake model's "thinking" time between opening the stream and its first content.
 const FIRST_TOKEN_DELAY: Duration = Duration::from_millis(20);
@@ -76,14 +74,6 @@ const PERSON: &str = "@alice:bench";
 const ROOM: &str = "!bench:bench";
 /// Marks the turn number in a message body, so the fake model knows which turn it serves.
 const TURN_TAG: &str = "bench-turn-";
-/// Variables that would override the generated config in the child.
-const CHILD_ENV_OVERRIDES: &[&str] = &[
-    "MOSAIC_AS_CONFIG",
-    "MOSAIC_AS_AS_TOKEN",
-    "MOSAIC_AS_HS_TOKEN",
-    "MOSAIC_AS_DATABASE_URL",
-    "MOSAIC_AS_HOMESERVER_URL",
-];
 
 fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -104,9 +94,15 @@ async fn run() -> anyhow::Result<()> {
     let (homeserver, mut sends) = FakeHomeserver::start().await?;
     let model = FakeModel::start().await?;
     let client = http_client()?;
-    let mut server = Server::start(&homeserver.url, &model.url)?;
+    // `init` against the fake homeserver, plus one `openai` agent on the fake model.
+    let agent = format!(
+        "\n[[agent]]\nid = \"{AGENT_ID}\"\nruntime = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\n",
+        model.url
+    );
+    let mut server = Server::start(&["--server-name", SERVER_NAME, "--homeserver-url", &homeserver.url], Some(&agent))?;
     let result = async {
-        server.wait_ready(&client).await?;
+        // `/ready` answers 200 once connected to the fake homeserver.
+        server.wait_until_ok(&client, "/ready").await?;
         let bench = Bench { client: &client, server: &server, model: &model };
         bench.join_room(&mut sends).await?;
         for n in 0..WARMUP_TURNS {
@@ -245,17 +241,6 @@ async fn next_event<T>(
             Err(_) => bail!("no {what} reached the fake homeserver within {TURN_TIMEOUT:?}"),
         }
     }
-}
-
-/// A unique event id shaped like a room v4+ one: `$` and 43 URL-safe characters.
-fn event_id() -> String {
-    let a = uuid::Uuid::new_v4().simple().to_string();
-    let b = uuid::Uuid::new_v4().simple().to_string();
-    format!("${a}{}", &b[..11])
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -462,148 +447,6 @@ fn chunk(model: &str, delta: Value, finish: Option<&str>) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// The server under test
-
-/// A running `mosaic-as serve` in its own temporary directory; killed when dropped.
-struct Server {
-    child: Child,
-    base_url: String,
-    hs_token: String,
-    log_path: PathBuf,
-    _dir: TempDir,
-}
-
-impl Server {
-    /// `init` against the fake homeserver, one `openai` agent on the fake model, `serve`.
-    fn start(homeserver_url: &str, model_url: &str) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-        let listen = free_loopback_addr()?;
-        let status = mosaic_command()
-            .args(["init", "--server-name", SERVER_NAME])
-            .args(["--homeserver-url", homeserver_url])
-            .args(["--listen", &listen.to_string()])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .status()
-            .context("cannot run mosaic-as init")?;
-        if !status.success() {
-            bail!("mosaic-as init exited with {status}");
-        }
-        let config_path = dir.path().join("mosaic-as.toml");
-        let mut config = std::fs::read_to_string(&config_path).context("cannot read the generated config")?;
-        config.push_str(&format!(
-            "\n[[agent]]\nid = \"{AGENT_ID}\"\nruntime = \"openai\"\nbase_url = \"{model_url}\"\nmodel = \"m\"\n"
-        ));
-        std::fs::write(&config_path, config).context("cannot add the agent to the config")?;
-        let hs_token = read_hs_token(&config_path)?;
-        let log_path = dir.path().join("serve.log");
-        let child = mosaic_command()
-            .arg("--config")
-            .arg(&config_path)
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log_path)?)
-            .spawn()
-            .context("cannot start mosaic-as serve")?;
-        Ok(Self { child, base_url: format!("http://{listen}"), hs_token, log_path, _dir: dir })
-    }
-
-    /// Polls `GET /ready` until it answers 200 (connected to the fake homeserver).
-    async fn wait_ready(&mut self, client: &reqwest::Client) -> anyhow::Result<()> {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let url = format!("{}/ready", self.base_url);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("mosaic-as serve exited during startup with {status}");
-            }
-            if let Ok(response) = client.get(&url).send().await
-                && response.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("mosaic-as serve did not answer {url} with 200 within {STARTUP_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Sends SIGTERM and waits for a clean exit; kills it when that takes too long.
-    fn stop(&mut self) -> anyhow::Result<()> {
-        if self.child.try_wait()?.is_some() {
-            bail!("mosaic-as serve had already exited");
-        }
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(anyhow::anyhow!("mosaic-as serve exited with {status}"))
-                };
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        bail!("mosaic-as serve did not stop within {SHUTDOWN_TIMEOUT:?} of SIGTERM; killed")
-    }
-
-    fn print_log_tail(&self) {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        eprintln!("--- last lines of the mosaic-as serve log ---");
-        for line in &lines[lines.len().saturating_sub(20)..] {
-            eprintln!("{line}");
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The binary under test, with config overrides from our environment removed and
-/// loopback kept off any proxy.
-fn mosaic_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mosaic-as"));
-    for name in CHILD_ENV_OVERRIDES {
-        command.env_remove(name);
-    }
-    command.env("NO_PROXY", "127.0.0.1,localhost");
-    command
-}
-
-fn read_hs_token(config_path: &Path) -> anyhow::Result<String> {
-    let text =
-        std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
-    let table: toml::Table = text.parse().context("config is not TOML")?;
-    table
-        .get("appservice")
-        .and_then(|a| a.get("hs_token"))
-        .and_then(|t| t.as_str())
-        .map(str::to_string)
-        .context("config has no appservice.hs_token")
-}
-
-fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?)
-}
-
-fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().no_proxy().timeout(REQUEST_TIMEOUT).build()?)
-}
-
-// ---------------------------------------------------------------------------------------
 // Reporting
 
 fn print_figures(samples: &[Sample]) {
@@ -630,17 +473,4 @@ fn print_line(label: &str, sorted: &[Duration], note: &str) {
         millis(sorted.last().copied().unwrap_or_default()),
         sorted.len(),
     );
-}
-
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
 }
