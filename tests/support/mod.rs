@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 pub const SERVER_NAME: &str = "localhost";
-const SYNAPSE_PORT: u16 = 18448;
-const FIRST_AS_PORT: u16 = 29501;
 
 /// Every test that runs its own mosaic-as has a slot: its own registration, namespace,
 /// port and database, so tests run in parallel against one homeserver.
@@ -29,7 +27,13 @@ fn work_dir() -> PathBuf {
 }
 
 pub fn homeserver_url() -> String {
-    format!("http://127.0.0.1:{SYNAPSE_PORT}")
+    format!("http://127.0.0.1:{}", homeserver().port)
+}
+
+/// A loopback port nobody listens on now. Ports are picked per run so that a homeserver
+/// or service left over from another checkout never answers for this one.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// One appservice registration and the config that goes with it.
@@ -63,17 +67,21 @@ impl Slot {
         self.dir.join("mosaic-as.db")
     }
 
-    fn write_config(&self) {
-        self.write_config_with_agents("");
+    fn write_config(&self, homeserver_port: u16) {
+        self.write_config_at(homeserver_port, "");
     }
 
     /// Rewrites the slot's config with more `[[agent]]` tables (the registration does
     /// not change). Call before starting the service.
     pub fn write_config_with_agents(&self, agents: &str) {
+        self.write_config_at(homeserver().port, agents);
+    }
+
+    fn write_config_at(&self, homeserver_port: u16, agents: &str) {
         let text = format!(
             r#"default_agent = "echo"
 [homeserver]
-url = "{hs}"
+url = "http://127.0.0.1:{homeserver_port}"
 server_name = "{SERVER_NAME}"
 [appservice]
 id = "mosaic-{name}"
@@ -99,7 +107,6 @@ display_name = "Echo"
 runtime = "echo"
 {agents}
 "#,
-            hs = homeserver_url(),
             name = self.name,
             port = self.port,
             as_token = self.as_token,
@@ -112,6 +119,7 @@ runtime = "echo"
 }
 
 pub struct Homeserver {
+    pub port: u16,
     pub slots: Vec<Slot>,
 }
 
@@ -146,17 +154,18 @@ fn start_homeserver() -> Homeserver {
     }
     let _ = std::fs::remove_dir_all(&dir);
     run_script(&["install"]);
+    let port = free_port();
     let mut slots = Vec::new();
     let mut registrations = Vec::new();
-    for (i, name) in SLOTS.iter().enumerate() {
+    for name in SLOTS {
         let slot = Slot {
             name,
             dir: dir.join(name),
-            port: FIRST_AS_PORT + i as u16,
+            port: free_port(),
             hs_token: format!("hs-{name}-{}", random_hex()),
             as_token: format!("as-{name}-{}", random_hex()),
         };
-        slot.write_config();
+        slot.write_config(port);
         let yaml = mosaic(&slot, &["registration"]).expect_success();
         let path = slot.dir.join("registration.yaml");
         std::fs::write(&path, yaml).unwrap();
@@ -168,7 +177,7 @@ fn start_homeserver() -> Homeserver {
         "--dir".into(),
         synapse_dir.to_str().unwrap().into(),
         "--port".into(),
-        SYNAPSE_PORT.to_string(),
+        port.to_string(),
         "--server-name".into(),
         SERVER_NAME.into(),
     ];
@@ -177,7 +186,7 @@ fn start_homeserver() -> Homeserver {
         args.push(path.to_str().unwrap().into());
     }
     run_script(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    Homeserver { slots }
+    Homeserver { port, slots }
 }
 
 fn random_hex() -> String {
@@ -306,7 +315,7 @@ impl Person {
             "--dir",
             synapse_dir.to_str().unwrap(),
             "--port",
-            &SYNAPSE_PORT.to_string(),
+            &homeserver().port.to_string(),
             "--user",
             name,
             "--password",
