@@ -55,15 +55,15 @@ impl Agents {
             Err(AgentError::Failed(error)) => {
                 tracing::warn!(agent = turn.agent, %error, "agent turn failed");
                 let notice = format!("{} could not answer: {error}", agent.config.display_name());
-                return match self.commit_notice(job, &turn, &message, notice).await {
-                    Ok(()) => JobOutcome::Done,
-                    Err(error) => JobOutcome::Retry { error: error.to_string(), after: None },
-                };
+                return self.end_with_notice(job, &turn, &message, notice).await;
             }
         };
         let mut text = streamer.text().to_string();
         if matches!(ending, Ending::Stopped) {
             text.push_str("\n\n*(stopped)*");
+        } else if text.trim().is_empty() {
+            let notice = format!("{} gave no answer.", agent.config.display_name());
+            return self.end_with_notice(job, &turn, &message, notice).await;
         }
         match self.commit_answer(job, &turn, agent, &streamer, &text, usage).await {
             Ok(()) => {
@@ -316,6 +316,20 @@ impl Agents {
             queue::enqueue(conn, &lane, &format!("turn:{to}:{}", message.id), TURN_KIND, &next).await?;
         }
         Ok(())
+    }
+
+    /// Ends the turn with a notice in place of an answer.
+    async fn end_with_notice(
+        &self,
+        job: &outbox::Job,
+        turn: &TurnJob,
+        to: &ChannelMessage,
+        notice: String,
+    ) -> JobOutcome {
+        match self.commit_notice(job, turn, to, notice).await {
+            Ok(()) => JobOutcome::Done,
+            Err(error) => JobOutcome::Retry { error: error.to_string(), after: None },
+        }
     }
 
     /// Tells the room that a turn failed, instead of staying silent.

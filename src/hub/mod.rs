@@ -100,23 +100,23 @@ impl Hub {
             crate::matrix::CHANNEL => store::agent_rooms::pair_of_room(&mut tx, &msg.channel_id).await?,
             _ => None,
         };
-        match command {
-            None if pair.is_some() && agent_rooms::is_interrupt(&msg.content) && !routing::is_edit(&msg) => {
-                self.interrupt(&mut tx, &conversation.id, &msg, pair.expect("checked")).await?;
+        match (command, pair) {
+            (None, _) if routing::is_edit(&msg) => {}
+            (None, Some(pair)) if agent_rooms::is_interrupt(&msg.content) => {
+                self.interrupt(&mut tx, &conversation.id, &msg, pair).await?;
             }
-            None if pair.is_some() && !routing::is_edit(&msg) => {
+            (None, Some(_)) => {
                 let hint = "This room belongs to its agents: start them with `!ask <agent> <text>` or `!delegate <agent> <task>`, and begin a message with [HUMAN] to interrupt them.";
                 self.reply(&mut tx, channel, &conversation.id, &msg, hint.to_string().into()).await?;
             }
-            Some(Ok(command)) => {
+            (Some(Ok(command)), _) => {
                 let answer = self.execute(&mut tx, channel, &conversation.id, &msg, command).await?;
                 self.reply(&mut tx, channel, &conversation.id, &msg, answer).await?;
             }
-            Some(Err(commands::Usage(usage))) => {
+            (Some(Err(commands::Usage(usage))), _) => {
                 self.reply(&mut tx, channel, &conversation.id, &msg, usage.into()).await?;
             }
-            None if routing::is_edit(&msg) => {}
-            None => self.route_to_agents(&mut tx, channel, &conversation.id, &msg).await?,
+            (None, None) => self.route_to_agents(&mut tx, channel, &conversation.id, &msg).await?,
         }
         tx.commit().await?;
         self.wakers.wake_all();
