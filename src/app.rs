@@ -12,7 +12,10 @@ use tokio::task::JoinSet;
 use crate::agents::{Agents, TurnControl};
 use crate::config::Config;
 use crate::hub::{Hub, SEND_KIND, SendJob};
-use crate::matrix::rooms::{AGENT_ROOM_KIND, AgentRoomJob, CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob};
+use crate::matrix::rooms::{
+    AGENT_ROOM_KIND, AgentRoomJob, CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob, READ_ONLY_KIND,
+    ReadOnlyJob, STATE_KIND, StateJob, WELCOME_KIND, WelcomeJob,
+};
 use crate::matrix::{self, MatrixAdapter, adapter::EventError, server};
 use crate::protocol::{ChannelAdapter, ChannelRegistry, ChannelSendError};
 use crate::queue::{self, JobHandler, JobOutcome, Wakers};
@@ -41,11 +44,26 @@ struct Dispatcher {
 #[async_trait]
 impl JobHandler for Dispatcher {
     async fn run(&self, job: &outbox::Job) -> JobOutcome {
+        let matrix = &self.matrix;
+        let payload = job.payload.as_str();
         match job.kind.as_str() {
             SEND_KIND => self.send(job).await,
-            CREATE_ROOM_KIND => self.create_room(job).await,
-            INVITE_KIND => self.invite(job).await,
-            AGENT_ROOM_KIND => self.agent_room(job).await,
+            CREATE_ROOM_KIND => {
+                matrix_job(
+                    payload,
+                    |j: CreateRoomJob| async move { matrix.create_conversation_room(&j).await.map(drop) },
+                )
+                .await
+            }
+            INVITE_KIND => matrix_job(payload, |j: InviteJob| async move { matrix.invite_agent(&j).await }).await,
+            AGENT_ROOM_KIND => {
+                matrix_job(payload, |j: AgentRoomJob| async move { matrix.open_agent_room(&j).await.map(drop) }).await
+            }
+            STATE_KIND => matrix_job(payload, |j: StateJob| async move { matrix.send_state(&j).await }).await,
+            READ_ONLY_KIND => {
+                matrix_job(payload, |j: ReadOnlyJob| async move { matrix.make_read_only(&j).await }).await
+            }
+            WELCOME_KIND => matrix_job(payload, |j: WelcomeJob| async move { matrix.welcome(&j).await }).await,
             other => JobOutcome::Failed(format!("unknown job kind {other:?}")),
         }
     }
@@ -69,29 +87,18 @@ impl Dispatcher {
             }
         }
     }
+}
 
-    async fn invite(&self, job: &outbox::Job) -> JobOutcome {
-        let invite: InviteJob = match serde_json::from_str(&job.payload) {
-            Ok(invite) => invite,
-            Err(error) => return JobOutcome::Failed(format!("bad invite payload: {error}")),
-        };
-        event_outcome(self.matrix.invite_agent(&invite).await)
-    }
-
-    async fn agent_room(&self, job: &outbox::Job) -> JobOutcome {
-        let open: AgentRoomJob = match serde_json::from_str(&job.payload) {
-            Ok(open) => open,
-            Err(error) => return JobOutcome::Failed(format!("bad agent-room payload: {error}")),
-        };
-        event_outcome(self.matrix.open_agent_room(&open).await.map(|_| ()))
-    }
-
-    async fn create_room(&self, job: &outbox::Job) -> JobOutcome {
-        let create: CreateRoomJob = match serde_json::from_str(&job.payload) {
-            Ok(create) => create,
-            Err(error) => return JobOutcome::Failed(format!("bad create-room payload: {error}")),
-        };
-        event_outcome(self.matrix.create_conversation_room(&create).await.map(|_| ()))
+/// Runs a Matrix job whose payload parses as `T`.
+async fn matrix_job<T, F, Fut>(payload: &str, run: F) -> JobOutcome
+where
+    T: serde::de::DeserializeOwned,
+    F: FnOnce(T) -> Fut,
+    Fut: std::future::Future<Output = Result<(), EventError>>,
+{
+    match serde_json::from_str::<T>(payload) {
+        Ok(job) => event_outcome(run(job).await),
+        Err(error) => JobOutcome::Failed(format!("bad {} payload: {error}", std::any::type_name::<T>())),
     }
 }
 
@@ -146,7 +153,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let trace = tower_http::trace::TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
         tracing::debug_span!("request", method = %request.method(), path = request.uri().path())
     });
-    let app = server::router(state).layer(trace);
+    let admin = crate::admin::router(crate::admin::AdminState {
+        config: config.clone(),
+        store: store.clone(),
+        wakers: wakers.clone(),
+    });
+    let app = server::router(state).merge(admin).layer(trace);
     let mut http_shutdown = shutdown_rx.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)

@@ -22,6 +22,7 @@ const ENV_OVERRIDES: &[(&str, &str, Setter)] = &[
     ("MOSAIC_AS_HS_TOKEN", "appservice.hs_token", |c, v| c.appservice.hs_token = v),
     ("MOSAIC_AS_DATABASE_URL", "database.url", |c, v| c.database.url = v),
     ("MOSAIC_AS_HOMESERVER_URL", "homeserver.url", |c, v| c.homeserver.url = v),
+    ("MOSAIC_AS_ADMIN_TOKEN", "admin.token", |c, v| c.admin.token = Some(v)),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,8 @@ pub struct Config {
     pub linking: LinkingConfig,
     #[serde(default)]
     pub bot: BotConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// The agent `!new` puts into new rooms.
     #[serde(default = "default_agent_id")]
     pub default_agent: String,
@@ -97,6 +100,15 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self { url: default_database_url() }
     }
+}
+
+/// The admin HTTP API (`/_mosaic/v1/…` on the appservice listener).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token of the admin API; the API is off without one.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -379,6 +391,12 @@ impl Config {
             return Err((
                 "appservice.hs_token",
                 format!("expected a random token of at least 16 characters; {}", env_hint("MOSAIC_AS_HS_TOKEN")),
+            ));
+        }
+        if self.admin.token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err((
+                "admin.token",
+                format!("expected a random token of at least 16 characters; {}", env_hint("MOSAIC_AS_ADMIN_TOKEN")),
             ));
         }
         if url::Url::parse(&self.homeserver.url).is_err() {

@@ -6,6 +6,7 @@
 //! agents, and back. Durable queues in the store sit between every step so that nothing
 //! acknowledged is lost and nothing is sent twice.
 
+pub mod admin;
 pub mod agents;
 pub mod app;
 pub mod cli;

@@ -4,7 +4,7 @@
 
 use sqlx::AnyConnection;
 
-use super::{Hub, routing};
+use super::{Hub, lifecycle, routing};
 use crate::matrix::rooms::{CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob};
 use crate::protocol::ChannelMessage;
 use crate::queue;
@@ -26,6 +26,8 @@ pub enum Command {
     AnswerUnlinked(bool),
     Stop,
     Usage,
+    Rename(String),
+    Archive,
     /// Open the room of two agents.
     Pair(String, String),
     /// In an agent room: `(agent, text)`.
@@ -75,6 +77,9 @@ pub fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
         ("unlinked", _) => Err(Usage(format!(
             "Usage: `{p}unlinked answer|ignore` (whether agents answer people without a linked account)"
         ))),
+        ("rename", []) => Err(Usage(format!("Usage: `{p}rename <title>` renames this conversation"))),
+        ("rename", title) => Ok(Command::Rename(title.join(" "))),
+        ("archive", []) => Ok(Command::Archive),
         ("pair", [a, b]) => Ok(Command::Pair((*a).to_string(), (*b).to_string())),
         ("pair", _) => {
             Err(Usage(format!("Usage: `{p}pair <agent> <agent>` opens a room where two agents work together")))
@@ -92,7 +97,7 @@ pub fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
         }
         ("stop", []) => Ok(Command::Stop),
         ("usage", []) => Ok(Command::Usage),
-        ("help" | "unlink" | "whoami" | "agents" | "stop" | "usage", _) => {
+        ("help" | "unlink" | "whoami" | "agents" | "stop" | "usage" | "archive", _) => {
             Err(Usage(format!("Usage: `{p}{name}` takes no arguments")))
         }
         _ => Err(Usage(format!("Unknown command `{p}{name}`. Send `{p}help` for the list of commands."))),
@@ -115,6 +120,8 @@ pub fn help_text(p: char) -> String {
          - `{p}unlinked answer|ignore` — whether agents answer people without a linked account\n\
          - `{p}stop` — stop the answer being written\n\
          - `{p}usage` — tokens used by the agents in this room\n\
+         - `{p}rename <title>` — rename this conversation and its room\n\
+         - `{p}archive` — archive this conversation (its room becomes read-only)\n\
          - `{p}pair <agent> <agent>` — open a room where two agents work together\n\
          - in such a room: `{p}ask <agent> <text>`, `{p}delegate <agent> <task>`, `{p}broadcast <agent> <text>`; begin a message with [HUMAN] to interrupt"
     )
@@ -196,6 +203,14 @@ impl Hub {
                 n => format!("Stopped {n} answer(s).").into(),
             },
             Command::Usage => self.usage_text(conn, conversation_id).await?.into(),
+            Command::Rename(title) => {
+                lifecycle::rename_conversation(conn, conversation_id, &title).await?;
+                format!("Renamed this conversation to **{title}**.").into()
+            }
+            Command::Archive => match lifecycle::archive_conversation(conn, conversation_id).await? {
+                true => "Archived: this conversation is read-only from now on.".to_string().into(),
+                false => "This conversation is archived already.".to_string().into(),
+            },
             Command::Pair(a, b) => self.pair(conn, channel, sender, &a, &b).await?,
             Command::Ask(agent, text) => self.ask(conn, conversation_id, msg, &agent, &text).await?,
             Command::Delegate(agent, task) => self.delegate(conn, conversation_id, msg, &agent, &task).await?,
@@ -405,6 +420,8 @@ mod tests {
         assert_eq!(parse('!', "!unlinked ignore"), Some(Ok(Command::AnswerUnlinked(false))));
         assert_eq!(parse('!', "!invite echo"), Some(Ok(Command::Invite("echo".into()))));
         assert_eq!(parse('!', "!stop"), Some(Ok(Command::Stop)));
+        assert_eq!(parse('!', "!rename Q3 plan"), Some(Ok(Command::Rename("Q3 plan".into()))));
+        assert_eq!(parse('!', "!archive"), Some(Ok(Command::Archive)));
         assert_eq!(parse('!', "!pair alpha beta"), Some(Ok(Command::Pair("alpha".into(), "beta".into()))));
         assert_eq!(parse('!', "!ask alpha sum it up"), Some(Ok(Command::Ask("alpha".into(), "sum it up".into()))));
         assert_eq!(

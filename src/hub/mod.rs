@@ -4,6 +4,7 @@
 
 pub mod agent_rooms;
 pub mod commands;
+pub mod lifecycle;
 pub mod routing;
 
 use std::sync::Arc;
@@ -116,6 +117,8 @@ impl Hub {
             (Some(Err(commands::Usage(usage))), _) => {
                 self.reply(&mut tx, channel, &conversation.id, &msg, usage.into()).await?;
             }
+            // Archived conversations are read-only: agents do not answer there.
+            (None, None) if conversation.archived_at.is_some() => {}
             (None, None) => self.route_to_agents(&mut tx, channel, &conversation.id, &msg).await?,
         }
         tx.commit().await?;

@@ -7,6 +7,7 @@ use ruma::api::client::membership::{invite_user, join_room_by_id};
 use ruma::api::client::room::{Visibility, create_room};
 use ruma::api::client::state::{get_state_event_for_key, send_state_event};
 use ruma::events::StateEventType;
+use ruma::events::room::message::RoomMessageEventContent;
 use ruma::serde::Raw;
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId};
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,23 @@ pub struct AgentRoomJob {
 }
 
 pub const AGENT_ROOM_KIND: &str = "matrix.agent_room";
+
+/// Who may read a room's history: `invited` for personal rooms (members see what was
+/// said since they were invited), `shared` for rooms people are brought into later.
+#[derive(Debug, Clone, Copy)]
+pub enum HistoryVisibility {
+    Invited,
+    Shared,
+}
+
+impl HistoryVisibility {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Invited => "invited",
+            Self::Shared => "shared",
+        }
+    }
+}
 
 /// Power needed for each action: people (50) may moderate, agents (0) may only talk.
 pub const PEOPLE_POWER: i64 = 50;
@@ -104,7 +122,7 @@ impl MatrixAdapter {
             Some(room) => room,
             None => {
                 let alias = ns.conversation_alias_localpart(&job.conversation_id);
-                self.create_with_alias(job, &alias, "Mosaic").await?
+                self.create_with_alias(job, &alias, "Mosaic", HistoryVisibility::Invited).await?
             }
         };
         for agent in &agent_ids {
@@ -185,7 +203,7 @@ impl MatrixAdapter {
                     agents: vec![a.clone(), b.clone()],
                 };
                 let alias = format!("{}agents-{a}-{b}", self.namespace().alias_prefix);
-                let room = self.create_with_alias(&create, &alias, "Mosaic agents").await?;
+                let room = self.create_with_alias(&create, &alias, "Mosaic agents", HistoryVisibility::Shared).await?;
                 let mut tx = self.store().begin_write().await?;
                 store::agent_rooms::record(&mut tx, room.as_str(), a, b).await?;
                 conversations::set_membership(&mut tx, room.as_str(), &self.namespace().bot_user_id(), "join").await?;
@@ -246,6 +264,7 @@ impl MatrixAdapter {
         job: &CreateRoomJob,
         alias_localpart: &str,
         name_prefix: &str,
+        history: HistoryVisibility,
     ) -> Result<OwnedRoomId, EventError> {
         let ns = self.namespace();
         let bot = ns.bot_user_id();
@@ -271,6 +290,14 @@ impl MatrixAdapter {
             .chain(agents.iter().cloned())
             .collect();
         let overrides = power_levels(&bot, &job.invite, &room_version);
+        let visibility = json!({
+            "type": "m.room.history_visibility",
+            "state_key": "",
+            "content": { "history_visibility": history.as_str() },
+        });
+        request.initial_state = vec![Raw::from_json(
+            serde_json::value::to_raw_value(&visibility).map_err(|e| EventError::Permanent(e.to_string()))?,
+        )];
         request.power_level_content_override = Some(Raw::from_json(
             serde_json::value::to_raw_value(&overrides).map_err(|e| EventError::Permanent(e.to_string()))?,
         ));
@@ -312,5 +339,99 @@ mod tests {
         assert!(creator_is_privileged("org.matrix.hydra.11"));
         assert!(!creator_is_privileged("11"));
         assert!(!creator_is_privileged("1"));
+    }
+}
+
+/// Outbox job: a state event sent as the bot (room name, tombstone, …).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateJob {
+    pub room_id: String,
+    pub event_type: String,
+    pub state_key: String,
+    pub content: serde_json::Value,
+}
+
+pub const STATE_KIND: &str = "matrix.state";
+
+/// Outbox job: make a room read-only (only the bot may still post).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadOnlyJob {
+    pub room_id: String,
+}
+
+pub const READ_ONLY_KIND: &str = "matrix.read_only";
+
+/// Outbox job: a direct chat from the bot to a newly provisioned person, with a welcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WelcomeJob {
+    pub account_id: String,
+    pub account_name: String,
+    pub user_id: String,
+}
+
+pub const WELCOME_KIND: &str = "matrix.welcome";
+
+/// Power needed to post in an archived room: only the bot has it.
+const ARCHIVED_POWER: i64 = 100;
+
+impl MatrixAdapter {
+    pub async fn send_state(&self, job: &StateJob) -> Result<(), EventError> {
+        let room = OwnedRoomId::try_from(job.room_id.as_str()).map_err(|e| EventError::Permanent(e.to_string()))?;
+        let raw = serde_json::value::to_raw_value(&job.content).map_err(|e| EventError::Permanent(e.to_string()))?;
+        let request = send_state_event::v3::Request::new_raw(
+            room,
+            StateEventType::from(job.event_type.as_str()),
+            job.state_key.clone(),
+            Raw::from_json(raw),
+        );
+        self.client().call(request, None).await?;
+        Ok(())
+    }
+
+    /// Raises the power needed for messages and state above everyone but the bot.
+    pub async fn make_read_only(&self, job: &ReadOnlyJob) -> Result<(), EventError> {
+        let room = OwnedRoomId::try_from(job.room_id.as_str()).map_err(|e| EventError::Permanent(e.to_string()))?;
+        let current =
+            get_state_event_for_key::v3::Request::new(room.clone(), StateEventType::RoomPowerLevels, String::new());
+        let current = self.client().call(current, None).await?;
+        let mut content: serde_json::Value =
+            serde_json::from_str(current.event_or_content.get()).map_err(|e| EventError::Permanent(e.to_string()))?;
+        for key in ["events_default", "state_default", "invite"] {
+            content[key] = json!(ARCHIVED_POWER);
+        }
+        content["events"] = json!({});
+        let state = StateJob {
+            room_id: job.room_id.clone(),
+            event_type: "m.room.power_levels".into(),
+            state_key: String::new(),
+            content,
+        };
+        self.send_state(&state).await
+    }
+
+    /// Opens (once) a direct chat with the person and welcomes them.
+    pub async fn welcome(&self, job: &WelcomeJob) -> Result<(), EventError> {
+        let alias = format!("{}welcome-{}", self.namespace().alias_prefix, job.account_id);
+        let create = CreateRoomJob {
+            conversation_id: String::new(),
+            title: format!("Welcome, {}", job.account_name),
+            invite: vec![job.user_id.clone()],
+            agents: Vec::new(),
+        };
+        let room = self.create_with_alias(&create, &alias, "Mosaic", HistoryVisibility::Invited).await?;
+        let text = format!(
+            "Welcome to Mosaic, {}! Your Matrix account is linked to the Mosaic account **{}**. \
+             Send `!help` here for the commands, `!agents` for the agents you can talk to, or `!new` to start a conversation.",
+            job.user_id, job.account_name
+        );
+        let content = RoomMessageEventContent::notice_markdown(text);
+        let txn: ruma::OwnedTransactionId = format!("mosaic-welcome-{}", job.account_id).into();
+        let request = ruma::api::client::message::send_message_event::v3::Request::new(room.clone(), txn, &content)
+            .map_err(|e| EventError::Permanent(e.to_string()))?;
+        self.client().call(request, None).await?;
+        let mut conn = self.store().conn().await?;
+        conversations::set_membership(&mut conn, room.as_str(), &self.namespace().bot_user_id(), "join").await?;
+        conversations::set_membership(&mut conn, room.as_str(), &job.user_id, "invite").await?;
+        Ok(())
     }
 }

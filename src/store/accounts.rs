@@ -197,3 +197,26 @@ pub async fn link_failures_since(conn: &mut AnyConnection, sender: &str, since_m
             .await?;
     Ok((count, oldest))
 }
+
+pub async fn list_accounts(conn: &mut AnyConnection) -> Result<Vec<Account>> {
+    Ok(sqlx::query_as("SELECT id, name, display_name, created_at FROM accounts ORDER BY name")
+        .fetch_all(&mut *conn)
+        .await?)
+}
+
+/// Deletes an account with its identities and tokens; false when there is none.
+pub async fn delete_account(conn: &mut AnyConnection, name: &str) -> Result<bool> {
+    let Some(account) = account_by_name(conn, name).await? else {
+        return Ok(false);
+    };
+    // Explicit deletes: foreign keys may be off on an SQLite database opened elsewhere.
+    for sql in [
+        "DELETE FROM channel_identities WHERE mosaic_user_id = $1",
+        "DELETE FROM link_tokens WHERE account_id = $1",
+        "UPDATE conversations SET owner_account_id = NULL WHERE owner_account_id = $1",
+        "DELETE FROM accounts WHERE id = $1",
+    ] {
+        sqlx::query(sql).bind(&account.id).execute(&mut *conn).await?;
+    }
+    Ok(true)
+}

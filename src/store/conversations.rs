@@ -162,3 +162,47 @@ pub async fn record_ghost(conn: &mut AnyConnection, user_id: &str, profile: &Gho
     .await?;
     Ok(())
 }
+
+/// A conversation with its room, for listings.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct ConversationRow {
+    pub id: String,
+    pub title: String,
+    pub owner_account_id: Option<String>,
+    pub created_at: i64,
+    pub archived_at: Option<i64>,
+    pub room_id: Option<String>,
+}
+
+pub async fn list_conversations(conn: &mut AnyConnection) -> Result<Vec<ConversationRow>> {
+    Ok(sqlx::query_as(
+        "SELECT c.id, c.title, c.owner_account_id, c.created_at, c.archived_at, r.room_id
+         FROM conversations c LEFT JOIN conversation_matrix_rooms r ON r.conversation_id = c.id ORDER BY c.created_at",
+    )
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// Renames a conversation (the last rename wins). False when there is no such conversation.
+pub async fn rename(conn: &mut AnyConnection, id: &str, title: &str) -> Result<bool> {
+    let done = sqlx::query("UPDATE conversations SET title = $1, updated_at = $2 WHERE id = $3")
+        .bind(title)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks a conversation archived; false when it is unknown or archived already.
+pub async fn archive(conn: &mut AnyConnection, id: &str) -> Result<bool> {
+    let now = now_ms();
+    let done =
+        sqlx::query("UPDATE conversations SET archived_at = $1, updated_at = $2 WHERE id = $3 AND archived_at IS NULL")
+            .bind(now)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    Ok(done.rows_affected() == 1)
+}

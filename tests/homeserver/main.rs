@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod admin;
 mod agents;
 
 use std::time::Duration;
@@ -333,6 +334,12 @@ async fn the_push_api_rejects_bad_requests_with_matrix_errors() {
         .await
         .unwrap();
     assert_eq!(ping.status(), 200);
+
+    // Without an admin token in the config the admin API is off, and says how to turn it on.
+    let admin = http.get(format!("{}/_mosaic/v1/accounts", slot.url())).bearer_auth("anything").send().await.unwrap();
+    assert_eq!(admin.status(), 503);
+    let error: serde_json::Value = admin.json().await.unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().contains("MOSAIC_AS_ADMIN_TOKEN"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

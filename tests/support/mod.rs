@@ -15,8 +15,10 @@ pub const SERVER_NAME: &str = "localhost";
 
 /// Every test that runs its own mosaic-as has a slot: its own registration, namespace,
 /// port and database, so tests run in parallel against one homeserver.
-pub const SLOTS: &[&str] =
-    &["echo", "group", "link", "replay", "crash", "http", "rooms", "doctor", "stream", "acp", "queue", "stop", "pair"];
+pub const SLOTS: &[&str] = &[
+    "echo", "group", "link", "replay", "crash", "http", "rooms", "doctor", "stream", "acp", "queue", "stop", "pair",
+    "admin",
+];
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -61,6 +63,11 @@ impl Slot {
 
     pub fn agent(&self, id: &str) -> String {
         format!("@mosaic_{}_agent_{id}:{SERVER_NAME}", self.name)
+    }
+
+    /// The admin API token (only the `admin` slot turns the API on).
+    pub fn admin_token(&self) -> String {
+        format!("admin-{}", self.hs_token)
     }
 
     pub fn database_path(&self) -> PathBuf {
@@ -113,6 +120,16 @@ runtime = "echo"
             hs_token = self.hs_token,
             ttl = if self.name == "link" { 4 } else { 900 },
         );
+        let admin = if self.name == "admin" {
+            format!("\n[admin]\ntoken = \"{}\"\n", self.admin_token())
+        } else {
+            String::new()
+        };
+        let text = match text.split_once("[[agent]]") {
+            // Top-level tables must come before the agent array.
+            Some((head, agents)) => format!("{head}{admin}[[agent]]{agents}"),
+            None => text,
+        };
         std::fs::create_dir_all(&self.dir).unwrap();
         std::fs::write(self.config_path(), text).unwrap();
     }
@@ -352,6 +369,10 @@ impl Person {
         value
     }
 
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     pub async fn create_room(&self, invite: &[&str], direct: bool) -> String {
         let body = json!({"invite": invite, "is_direct": direct, "preset": "private_chat"});
         let created = self.call(reqwest::Method::POST, "/createRoom", Some(body)).await;
@@ -398,7 +419,11 @@ impl Person {
 
     /// Rooms this person is invited to.
     pub async fn invites(&self) -> Vec<String> {
-        let sync = self.call(reqwest::Method::GET, "/sync?timeout=0", None).await;
+        // Synapse caches an initial sync for a while; a filter of its own per call gets a
+        // fresh answer.
+        let limit = self.txn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let filter = enc(&format!(r#"{{"room":{{"timeline":{{"limit":{limit}}}}}}}"#));
+        let sync = self.call(reqwest::Method::GET, &format!("/sync?timeout=0&filter={filter}"), None).await;
         sync["rooms"]["invite"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
     }
 

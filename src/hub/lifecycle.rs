@@ -1,0 +1,72 @@
+//! What admins and people change about accounts and conversations: provisioning an
+//! account for a Matrix user, renaming and archiving conversations. Each change is
+//! written with the Matrix work it needs, queued in the same transaction.
+
+use serde_json::json;
+use sqlx::AnyConnection;
+
+use crate::matrix::rooms::{READ_ONLY_KIND, ReadOnlyJob, STATE_KIND, StateJob, WELCOME_KIND, WelcomeJob};
+use crate::queue;
+use crate::store::{self, accounts, conversations};
+
+fn matrix_queue() -> String {
+    queue::send_queue(crate::matrix::CHANNEL)
+}
+
+/// Creates an account; with a Matrix id, links it at once and welcomes the person in a
+/// direct chat (no `!link` needed).
+pub async fn provision_account(
+    conn: &mut AnyConnection,
+    name: &str,
+    display_name: Option<&str>,
+    matrix_id: Option<&str>,
+) -> store::Result<accounts::Account> {
+    let account = accounts::create_account(conn, name, display_name).await?;
+    if let Some(user_id) = matrix_id {
+        accounts::link_identity(conn, crate::matrix::CHANNEL, user_id, &account.id).await?;
+        let job =
+            WelcomeJob { account_id: account.id.clone(), account_name: account.name.clone(), user_id: user_id.into() };
+        queue::enqueue(conn, &matrix_queue(), &format!("welcome:{}", account.id), WELCOME_KIND, &job).await?;
+    }
+    Ok(account)
+}
+
+/// Renames a conversation and its room (the last rename wins). False when unknown.
+pub async fn rename_conversation(conn: &mut AnyConnection, id: &str, title: &str) -> store::Result<bool> {
+    if !conversations::rename(conn, id, title).await? {
+        return Ok(false);
+    }
+    if let Some(room_id) = conversations::room_for_conversation(conn, id).await? {
+        let job = StateJob {
+            room_id,
+            event_type: "m.room.name".into(),
+            state_key: String::new(),
+            content: json!({ "name": format!("Mosaic: {title}") }),
+        };
+        let key = format!("rename:{id}:{}", uuid::Uuid::new_v4());
+        queue::enqueue(conn, &matrix_queue(), &key, STATE_KIND, &job).await?;
+    }
+    Ok(true)
+}
+
+/// Archives a conversation: its room becomes read-only and gets a tombstone. False when
+/// it is unknown or archived already.
+pub async fn archive_conversation(conn: &mut AnyConnection, id: &str) -> store::Result<bool> {
+    if !conversations::archive(conn, id).await? {
+        return Ok(false);
+    }
+    if let Some(room_id) = conversations::room_for_conversation(conn, id).await? {
+        let read_only = ReadOnlyJob { room_id: room_id.clone() };
+        queue::enqueue(conn, &matrix_queue(), &format!("archive:read_only:{id}"), READ_ONLY_KIND, &read_only).await?;
+        // Matrix requires a replacement room in a tombstone; an archived conversation
+        // has none, which clients show as a room that ended.
+        let tombstone = StateJob {
+            room_id,
+            event_type: "m.room.tombstone".into(),
+            state_key: String::new(),
+            content: json!({ "body": "This conversation was archived and is read-only.", "replacement_room": "" }),
+        };
+        queue::enqueue(conn, &matrix_queue(), &format!("archive:tombstone:{id}"), STATE_KIND, &tombstone).await?;
+    }
+    Ok(true)
+}

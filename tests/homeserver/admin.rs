@@ -1,0 +1,144 @@
+//! The admin API and conversation lifecycle against the real homeserver.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Person, Service, Slot, body, slot};
+
+struct Admin {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Admin {
+    fn new(slot: &Slot) -> Admin {
+        Admin { base: format!("{}/_mosaic/v1", slot.url()), token: slot.admin_token(), http: reqwest::Client::new() }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+async fn wait_for_invite(person: &Person, except: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(room) = person.invites().await.into_iter().find(|r| !except.contains(&r.as_str())) {
+            return room;
+        }
+        assert!(Instant::now() < deadline, "no invitation arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admins_provision_accounts_and_manage_conversations() {
+    let slot = slot("admin");
+    let _service = Service::start(&slot).await;
+    let admin = Admin::new(&slot);
+    let bot = slot.bot();
+    let alice = Person::new("admin-alice").await;
+
+    // Wrong or missing token, bad input.
+    let anonymous = reqwest::get(format!("{}/accounts", admin.base)).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let wrong =
+        reqwest::Client::new().get(format!("{}/accounts", admin.base)).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(wrong.status(), 403);
+    let (status, error) = admin.call(reqwest::Method::POST, "/accounts", Some(json!({"nme": "x"}))).await;
+    assert_eq!(status, 400);
+    assert!(error["error"]["message"].as_str().unwrap().contains("nme"), "{error}");
+    let (status, _) =
+        admin.call(reqwest::Method::POST, "/accounts", Some(json!({"name": "x", "matrixId": "alice"}))).await;
+    assert_eq!(status, 400);
+
+    // Invite-based provisioning: linked at once, welcomed in a direct chat.
+    let (status, account) = admin
+        .call(reqwest::Method::POST, "/accounts", Some(json!({"name": "alice-co", "matrixId": alice.user_id})))
+        .await;
+    assert_eq!(status, 201, "{account}");
+    assert_eq!(account["identities"][0]["channelUserId"], alice.user_id.as_str());
+    let (status, _) = admin.call(reqwest::Method::POST, "/accounts", Some(json!({"name": "alice-co"}))).await;
+    assert_eq!(status, 409);
+    let welcome_room = wait_for_invite(&alice, &[]).await;
+    alice.join(&welcome_room).await;
+    let welcome = alice.wait_for(&welcome_room, &bot, |e| body(e).contains("Welcome to Mosaic")).await;
+    assert!(body(&welcome).contains("alice-co"));
+    let whoami = alice.say(&welcome_room, "!whoami").await;
+    assert!(body(&alice.wait_for_reply(&welcome_room, &bot, &whoami).await).contains("alice-co"));
+
+    // Link tokens and revocation.
+    let (status, issued) =
+        admin.call(reqwest::Method::POST, "/link-tokens", Some(json!({"account": "alice-co"}))).await;
+    assert_eq!(status, 201);
+    assert_eq!(issued["token"].as_str().unwrap().len(), 64);
+    let (status, _) = admin.call(reqwest::Method::POST, "/link-tokens", Some(json!({"account": "nobody"}))).await;
+    assert_eq!(status, 404);
+    let path = format!("/identities/matrix/{}", alice.user_id);
+    assert_eq!(admin.call(reqwest::Method::DELETE, &path, None).await.0, 204);
+    assert_eq!(admin.call(reqwest::Method::DELETE, &path, None).await.0, 404);
+    let whoami = alice.say(&welcome_room, "!whoami").await;
+    assert!(body(&alice.wait_for_reply(&welcome_room, &bot, &whoami).await).contains("not linked"));
+
+    // A conversation: private history, renamed by an admin, archived by its owner.
+    let asked = alice.say(&welcome_room, "!new Budget").await;
+    alice.wait_for_reply(&welcome_room, &bot, &asked).await;
+    let room = wait_for_invite(&alice, &[&welcome_room]).await;
+    alice.join(&room).await;
+    assert_eq!(alice.state(&room, "m.room.history_visibility").await["history_visibility"], "invited");
+    let (_, listed) = admin.call(reqwest::Method::GET, "/conversations", None).await;
+    let conversation =
+        listed["conversations"].as_array().unwrap().iter().find(|c| c["roomId"] == room.as_str()).unwrap().clone();
+    assert_eq!(conversation["title"], "Budget");
+    let id = conversation["id"].as_str().unwrap();
+    let (status, _) = admin
+        .call(reqwest::Method::PATCH, &format!("/conversations/{id}"), Some(json!({"title": "Budget 2027"})))
+        .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alice.state(&room, "m.room.name").await["name"] != "Mosaic: Budget 2027" {
+        assert!(Instant::now() < deadline, "the room was not renamed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let archive = alice.say(&room, "!archive").await;
+    let answer = alice.wait_for_reply(&room, &bot, &archive).await;
+    assert!(body(&answer).contains("read-only"), "{}", body(&answer));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let power = alice.state(&room, "m.room.power_levels").await;
+        if power["events_default"] == 100 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the room did not become read-only: {power}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(alice.state(&room, "m.room.tombstone").await["body"].as_str().unwrap().contains("archived"));
+    let refused = reqwest::Client::new()
+        .put(format!(
+            "{}/_matrix/client/v3/rooms/{}/send/m.room.message/after-archive",
+            crate::support::homeserver_url(),
+            url::form_urlencoded::byte_serialize(room.as_bytes()).collect::<String>()
+        ))
+        .bearer_auth(alice.token())
+        .json(&json!({"msgtype": "m.text", "body": "still here?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403, "people cannot write in an archived room");
+    let (_, listed) = admin.call(reqwest::Method::GET, "/conversations", None).await;
+    let archived = listed["conversations"].as_array().unwrap().iter().find(|c| c["id"] == id).unwrap().clone();
+    assert!(archived["archivedAt"].as_i64().is_some());
+
+    assert_eq!(admin.call(reqwest::Method::DELETE, "/accounts/alice-co", None).await.0, 204);
+    let (_, accounts) = admin.call(reqwest::Method::GET, "/accounts", None).await;
+    assert!(accounts["accounts"].as_array().unwrap().is_empty());
+}
