@@ -13,8 +13,8 @@ use crate::agents::{Agents, TurnControl};
 use crate::config::Config;
 use crate::hub::{Hub, SEND_KIND, SendJob};
 use crate::matrix::rooms::{
-    AGENT_ROOM_KIND, AgentRoomJob, CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob, READ_ONLY_KIND,
-    ReadOnlyJob, STATE_KIND, StateJob, WELCOME_KIND, WelcomeJob,
+    AGENT_ROOM_KIND, AgentRoomJob, CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob, PERSONAL_SPACE_KIND,
+    PersonalSpaceJob, READ_ONLY_KIND, ReadOnlyJob, STATE_KIND, StateJob, WELCOME_KIND, WelcomeJob,
 };
 use crate::matrix::{self, MatrixAdapter, adapter::EventError, server};
 use crate::protocol::{ChannelAdapter, ChannelRegistry, ChannelSendError};
@@ -64,6 +64,9 @@ impl JobHandler for Dispatcher {
                 matrix_job(payload, |j: ReadOnlyJob| async move { matrix.make_read_only(&j).await }).await
             }
             WELCOME_KIND => matrix_job(payload, |j: WelcomeJob| async move { matrix.welcome(&j).await }).await,
+            PERSONAL_SPACE_KIND => {
+                matrix_job(payload, |j: PersonalSpaceJob| async move { matrix.personal_space(&j).await }).await
+            }
             other => JobOutcome::Failed(format!("unknown job kind {other:?}")),
         }
     }

@@ -240,6 +240,9 @@ impl Hub {
         match accounts::redeem_link_token(conn, &token_hash, &format!("{channel}:{sender}")).await? {
             Ok(account) => {
                 accounts::link_identity(conn, channel, sender, &account.id).await?;
+                if channel == crate::matrix::CHANNEL {
+                    lifecycle::personal_space(conn, &account, sender).await?;
+                }
                 tracing::info!(channel, sender, account = account.name, "identity linked");
                 Ok(format!("Linked {sender} to Mosaic account **{}**.", account.name))
             }

@@ -5,7 +5,9 @@
 use serde_json::json;
 use sqlx::AnyConnection;
 
-use crate::matrix::rooms::{READ_ONLY_KIND, ReadOnlyJob, STATE_KIND, StateJob, WELCOME_KIND, WelcomeJob};
+use crate::matrix::rooms::{
+    PERSONAL_SPACE_KIND, PersonalSpaceJob, READ_ONLY_KIND, ReadOnlyJob, STATE_KIND, StateJob, WELCOME_KIND, WelcomeJob,
+};
 use crate::queue;
 use crate::store::{self, accounts, conversations};
 
@@ -24,11 +26,25 @@ pub async fn provision_account(
     let account = accounts::create_account(conn, name, display_name).await?;
     if let Some(user_id) = matrix_id {
         accounts::link_identity(conn, crate::matrix::CHANNEL, user_id, &account.id).await?;
+        personal_space(conn, &account, user_id).await?;
         let job =
             WelcomeJob { account_id: account.id.clone(), account_name: account.name.clone(), user_id: user_id.into() };
         queue::enqueue(conn, &matrix_queue(), &format!("welcome:{}", account.id), WELCOME_KIND, &job).await?;
     }
     Ok(account)
+}
+
+/// Queues the account's personal Space (created once) with `user_id` invited; called
+/// when an account gets a Matrix identity.
+pub async fn personal_space(conn: &mut AnyConnection, account: &accounts::Account, user_id: &str) -> store::Result<()> {
+    let job = PersonalSpaceJob {
+        account_id: account.id.clone(),
+        account_name: account.name.clone(),
+        user_id: user_id.into(),
+    };
+    let key = format!("space:{}:{user_id}", account.id);
+    queue::enqueue(conn, &matrix_queue(), &key, PERSONAL_SPACE_KIND, &job).await?;
+    Ok(())
 }
 
 /// Renames a conversation and its room (the last rename wins). False when unknown.

@@ -47,6 +47,17 @@ pub struct AgentRoomJob {
 
 pub const AGENT_ROOM_KIND: &str = "matrix.agent_room";
 
+/// How a room is created.
+pub struct RoomShape {
+    /// Makes creation idempotent: a retry finds the room under its alias.
+    pub alias_localpart: String,
+    pub name: String,
+    pub topic: String,
+    pub history: HistoryVisibility,
+    /// A Space rather than a room.
+    pub space: bool,
+}
+
 /// Who may read a room's history: `invited` for personal rooms (members see what was
 /// said since they were invited), `shared` for rooms people are brought into later.
 #[derive(Debug, Clone, Copy)]
@@ -121,8 +132,14 @@ impl MatrixAdapter {
         let room_id = match self.existing_room(&job.conversation_id).await? {
             Some(room) => room,
             None => {
-                let alias = ns.conversation_alias_localpart(&job.conversation_id);
-                self.create_with_alias(job, &alias, "Mosaic", HistoryVisibility::Invited).await?
+                let shape = RoomShape {
+                    alias_localpart: ns.conversation_alias_localpart(&job.conversation_id),
+                    name: format!("Mosaic: {}", job.title),
+                    topic: format!("Mosaic conversation {}", job.conversation_id),
+                    history: HistoryVisibility::Invited,
+                    space: false,
+                };
+                self.create_with_alias(job, &shape).await?
             }
         };
         for agent in &agent_ids {
@@ -140,7 +157,15 @@ impl MatrixAdapter {
                 conversations::set_membership(&mut tx, room_id.as_str(), person, "invite").await?;
             }
         }
+        let space =
+            match conversations::conversation(&mut tx, &job.conversation_id).await?.and_then(|c| c.owner_account_id) {
+                Some(owner) => conversations::personal_space(&mut tx, &owner).await?,
+                None => None,
+            };
         tx.commit().await.map_err(crate::store::StoreError::from)?;
+        if let Some(space) = space {
+            self.link_child(&space, room_id.as_str()).await?;
+        }
         tracing::info!(conversation_id = job.conversation_id, room_id = %room_id, "conversation room ready");
         Ok(room_id)
     }
@@ -202,8 +227,14 @@ impl MatrixAdapter {
                     invite: job.observers.clone(),
                     agents: vec![a.clone(), b.clone()],
                 };
-                let alias = format!("{}agents-{a}-{b}", self.namespace().alias_prefix);
-                let room = self.create_with_alias(&create, &alias, "Mosaic agents", HistoryVisibility::Shared).await?;
+                let shape = RoomShape {
+                    alias_localpart: format!("{}agents-{a}-{b}", self.namespace().alias_prefix),
+                    name: format!("Mosaic agents: {a} & {b}"),
+                    topic: format!("Where the agents {a} and {b} work together; people watch"),
+                    history: HistoryVisibility::Shared,
+                    space: false,
+                };
+                let room = self.create_with_alias(&create, &shape).await?;
                 let mut tx = self.store().begin_write().await?;
                 store::agent_rooms::record(&mut tx, room.as_str(), a, b).await?;
                 conversations::set_membership(&mut tx, room.as_str(), &self.namespace().bot_user_id(), "join").await?;
@@ -259,13 +290,8 @@ impl MatrixAdapter {
     }
 
     /// Creates a room under `alias_localpart`, or finds it there after a crash.
-    async fn create_with_alias(
-        &self,
-        job: &CreateRoomJob,
-        alias_localpart: &str,
-        name_prefix: &str,
-        history: HistoryVisibility,
-    ) -> Result<OwnedRoomId, EventError> {
+    async fn create_with_alias(&self, job: &CreateRoomJob, shape: &RoomShape) -> Result<OwnedRoomId, EventError> {
+        let alias_localpart = shape.alias_localpart.as_str();
         let ns = self.namespace();
         let bot = ns.bot_user_id();
         let agents: Vec<OwnedUserId> =
@@ -275,11 +301,14 @@ impl MatrixAdapter {
         }
         let room_version = self.default_room_version().await?;
         let mut request = create_room::v3::Request::new();
-        request.name = Some(format!("{name_prefix}: {}", job.title));
-        request.topic = Some(match job.conversation_id.as_str() {
-            "" => format!("{name_prefix}: {}", job.title),
-            id => format!("Mosaic conversation {id}"),
-        });
+        request.name = Some(shape.name.clone());
+        request.topic = Some(shape.topic.clone());
+        if shape.space {
+            let creation = json!({ "type": "m.space" });
+            request.creation_content = Some(Raw::from_json(
+                serde_json::value::to_raw_value(&creation).map_err(|e| EventError::Permanent(e.to_string()))?,
+            ));
+        }
         request.room_alias_name = Some(alias_localpart.to_string());
         request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
         request.visibility = Visibility::Private;
@@ -293,7 +322,7 @@ impl MatrixAdapter {
         let visibility = json!({
             "type": "m.room.history_visibility",
             "state_key": "",
-            "content": { "history_visibility": history.as_str() },
+            "content": { "history_visibility": shape.history.as_str() },
         });
         request.initial_state = vec![Raw::from_json(
             serde_json::value::to_raw_value(&visibility).map_err(|e| EventError::Permanent(e.to_string()))?,
@@ -411,14 +440,20 @@ impl MatrixAdapter {
 
     /// Opens (once) a direct chat with the person and welcomes them.
     pub async fn welcome(&self, job: &WelcomeJob) -> Result<(), EventError> {
-        let alias = format!("{}welcome-{}", self.namespace().alias_prefix, job.account_id);
+        let shape = RoomShape {
+            alias_localpart: format!("{}welcome-{}", self.namespace().alias_prefix, job.account_id),
+            name: format!("Mosaic: Welcome, {}", job.account_name),
+            topic: "Your direct chat with Mosaic".into(),
+            history: HistoryVisibility::Invited,
+            space: false,
+        };
         let create = CreateRoomJob {
             conversation_id: String::new(),
             title: format!("Welcome, {}", job.account_name),
             invite: vec![job.user_id.clone()],
             agents: Vec::new(),
         };
-        let room = self.create_with_alias(&create, &alias, "Mosaic", HistoryVisibility::Invited).await?;
+        let room = self.create_with_alias(&create, &shape).await?;
         let text = format!(
             "Welcome to Mosaic, {}! Your Matrix account is linked to the Mosaic account **{}**. \
              Send `!help` here for the commands, `!agents` for the agents you can talk to, or `!new` to start a conversation.",
@@ -433,5 +468,92 @@ impl MatrixAdapter {
         conversations::set_membership(&mut conn, room.as_str(), &self.namespace().bot_user_id(), "join").await?;
         conversations::set_membership(&mut conn, room.as_str(), &job.user_id, "invite").await?;
         Ok(())
+    }
+}
+
+/// Outbox job: an account's personal Space, with the person invited and the account's
+/// conversation rooms as children.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PersonalSpaceJob {
+    pub account_id: String,
+    pub account_name: String,
+    pub user_id: String,
+}
+
+pub const PERSONAL_SPACE_KIND: &str = "matrix.personal_space";
+
+impl MatrixAdapter {
+    /// Creates the Space once, invites the person, and makes every room the account owns
+    /// a child of it.
+    pub async fn personal_space(&self, job: &PersonalSpaceJob) -> Result<(), EventError> {
+        let existing = {
+            let mut conn = self.store().conn().await?;
+            conversations::personal_space(&mut conn, &job.account_id).await?
+        };
+        let space = match existing.and_then(|s| OwnedRoomId::try_from(s).ok()) {
+            Some(space) => {
+                self.invite_person(&space, &job.user_id).await?;
+                space
+            }
+            None => {
+                let shape = RoomShape {
+                    alias_localpart: format!("{}space-{}", self.namespace().alias_prefix, job.account_id),
+                    name: format!("{}'s Space", job.account_name),
+                    topic: format!("Mosaic conversations of {}", job.account_name),
+                    history: HistoryVisibility::Invited,
+                    space: true,
+                };
+                let create = CreateRoomJob {
+                    conversation_id: String::new(),
+                    title: job.account_name.clone(),
+                    invite: vec![job.user_id.clone()],
+                    agents: Vec::new(),
+                };
+                let space = self.create_with_alias(&create, &shape).await?;
+                let mut conn = self.store().conn().await?;
+                conversations::record_personal_space(&mut conn, &job.account_id, space.as_str()).await?;
+                space
+            }
+        };
+        let rooms = {
+            let mut conn = self.store().conn().await?;
+            conversations::owned_rooms(&mut conn, &job.account_id).await?
+        };
+        for room in rooms {
+            self.link_child(space.as_str(), &room).await?;
+        }
+        Ok(())
+    }
+
+    /// `m.space.child` in the Space and `m.space.parent` in the room (both idempotent).
+    pub async fn link_child(&self, space: &str, room: &str) -> Result<(), EventError> {
+        let via = json!({ "via": [self.namespace().server_name] });
+        let child = StateJob {
+            room_id: space.into(),
+            event_type: "m.space.child".into(),
+            state_key: room.into(),
+            content: via.clone(),
+        };
+        self.send_state(&child).await?;
+        let mut parent_content = via;
+        parent_content["canonical"] = json!(true);
+        let parent = StateJob {
+            room_id: room.into(),
+            event_type: "m.space.parent".into(),
+            state_key: space.into(),
+            content: parent_content,
+        };
+        self.send_state(&parent).await
+    }
+
+    async fn invite_person(&self, room: &OwnedRoomId, person: &str) -> Result<(), EventError> {
+        let user = OwnedUserId::try_from(person).map_err(|e| EventError::Permanent(e.to_string()))?;
+        let recipient = invite_user::v3::InvitationRecipient::UserId(invite_user::v3::InviteUserId::new(user));
+        match self.client().call(invite_user::v3::Request::new(room.clone(), recipient), None).await {
+            Ok(_) => Ok(()),
+            // Already a member, or invited: nothing to do.
+            Err(error) if error.errcode() == Some("M_FORBIDDEN") => Ok(()),
+            Err(error) => Err(error.into()),
+        }
     }
 }

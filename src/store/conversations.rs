@@ -206,3 +206,35 @@ pub async fn archive(conn: &mut AnyConnection, id: &str) -> Result<bool> {
             .await?;
     Ok(done.rows_affected() == 1)
 }
+
+pub async fn personal_space(conn: &mut AnyConnection, account_id: &str) -> Result<Option<String>> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT space_id FROM personal_spaces WHERE account_id = $1")
+        .bind(account_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|(space,)| space))
+}
+
+pub async fn record_personal_space(conn: &mut AnyConnection, account_id: &str, space_id: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO personal_spaces (account_id, space_id, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(account_id)
+    .bind(space_id)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Rooms of the conversations an account owns.
+pub async fn owned_rooms(conn: &mut AnyConnection, account_id: &str) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT r.room_id FROM conversations c JOIN conversation_matrix_rooms r ON r.conversation_id = c.id
+         WHERE c.owner_account_id = $1 ORDER BY c.created_at",
+    )
+    .bind(account_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|(room,)| room).collect())
+}

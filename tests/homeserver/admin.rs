@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Person, Service, Slot, body, slot};
+use crate::support::Person;
+use crate::support::{Service, Slot, body, slot};
 
 struct Admin {
     base: String,
@@ -25,17 +26,6 @@ impl Admin {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
-    }
-}
-
-async fn wait_for_invite(person: &Person, except: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(room) = person.invites().await.into_iter().find(|r| !except.contains(&r.as_str())) {
-            return room;
-        }
-        assert!(Instant::now() < deadline, "no invitation arrived");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -68,12 +58,28 @@ async fn admins_provision_accounts_and_manage_conversations() {
     assert_eq!(account["identities"][0]["channelUserId"], alice.user_id.as_str());
     let (status, _) = admin.call(reqwest::Method::POST, "/accounts", Some(json!({"name": "alice-co"}))).await;
     assert_eq!(status, 409);
-    let welcome_room = wait_for_invite(&alice, &[]).await;
+    let (space, space_state) = alice.wait_for_invite_named("alice-co's Space").await;
+    let create = space_state.iter().find(|e| e["type"] == "m.room.create").expect("create event in the invite");
+    assert_eq!(create["content"]["type"], "m.space", "the personal Space is a Space");
+    let (welcome_room, _) = alice.wait_for_invite_named("Mosaic: Welcome, alice-co").await;
     alice.join(&welcome_room).await;
     let welcome = alice.wait_for(&welcome_room, &bot, |e| body(e).contains("Welcome to Mosaic")).await;
     assert!(body(&welcome).contains("alice-co"));
     let whoami = alice.say(&welcome_room, "!whoami").await;
     assert!(body(&alice.wait_for_reply(&welcome_room, &bot, &whoami).await).contains("alice-co"));
+
+    // Her conversations become children of her Space.
+    alice.join(&space).await;
+    let asked = alice.say(&welcome_room, "!new Budget").await;
+    alice.wait_for_reply(&welcome_room, &bot, &asked).await;
+    let (room, _) = alice.wait_for_invite_named("Mosaic: Budget").await;
+    alice.join(&room).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alice.state_or_null(&space, &format!("m.space.child/{room}")).await.is_null() {
+        assert!(Instant::now() < deadline, "the conversation did not become a child of the Space");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(alice.state(&room, &format!("m.space.parent/{space}")).await["canonical"], true);
 
     // Link tokens and revocation.
     let (status, issued) =
@@ -88,11 +94,7 @@ async fn admins_provision_accounts_and_manage_conversations() {
     let whoami = alice.say(&welcome_room, "!whoami").await;
     assert!(body(&alice.wait_for_reply(&welcome_room, &bot, &whoami).await).contains("not linked"));
 
-    // A conversation: private history, renamed by an admin, archived by its owner.
-    let asked = alice.say(&welcome_room, "!new Budget").await;
-    alice.wait_for_reply(&welcome_room, &bot, &asked).await;
-    let room = wait_for_invite(&alice, &[&welcome_room]).await;
-    alice.join(&room).await;
+    // The conversation: private history, renamed by an admin, archived by its owner.
     assert_eq!(alice.state(&room, "m.room.history_visibility").await["history_visibility"], "invited");
     let (_, listed) = admin.call(reqwest::Method::GET, "/conversations", None).await;
     let conversation =

@@ -413,8 +413,19 @@ impl Person {
         members["joined"].as_object().unwrap().keys().cloned().collect()
     }
 
-    pub async fn state(&self, room: &str, event_type: &str) -> Value {
-        self.call(reqwest::Method::GET, &format!("/rooms/{}/state/{event_type}/", enc(room)), None).await
+    /// A state event's content (`type` or `type/state_key`), or null when there is none.
+    pub async fn state_or_null(&self, room: &str, type_and_key: &str) -> Value {
+        let (event_type, key) = type_and_key.split_once('/').unwrap_or((type_and_key, ""));
+        let url = format!("{}/_matrix/client/v3/rooms/{}/state/{event_type}/{}", homeserver_url(), enc(room), enc(key));
+        let response = self.http.get(url).bearer_auth(&self.token).send().await.unwrap();
+        if response.status().is_success() { response.json().await.unwrap() } else { Value::Null }
+    }
+
+    /// A state event's content (`type` or `type/state_key`), which must exist.
+    pub async fn state(&self, room: &str, type_and_key: &str) -> Value {
+        let content = self.state_or_null(room, type_and_key).await;
+        assert!(!content.is_null(), "no {type_and_key} state in {room}");
+        content
     }
 
     /// Rooms this person is invited to.
@@ -425,6 +436,25 @@ impl Person {
         let filter = enc(&format!(r#"{{"room":{{"timeline":{{"limit":{limit}}}}}}}"#));
         let sync = self.call(reqwest::Method::GET, &format!("/sync?timeout=0&filter={filter}"), None).await;
         sync["rooms"]["invite"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Waits for an invitation to a room named `name`; returns the room and the invite
+    /// state (what an invited person sees of the room).
+    pub async fn wait_for_invite_named(&self, name: &str) -> (String, Vec<Value>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let limit = self.txn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let filter = enc(&format!(r#"{{"room":{{"timeline":{{"limit":{limit}}}}}}}"#));
+            let sync = self.call(reqwest::Method::GET, &format!("/sync?timeout=0&filter={filter}"), None).await;
+            for (room, invite) in sync["rooms"]["invite"].as_object().cloned().unwrap_or_default() {
+                let state = invite["invite_state"]["events"].as_array().cloned().unwrap_or_default();
+                if state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == name) {
+                    return (room, state);
+                }
+            }
+            assert!(Instant::now() < deadline, "no invitation to a room named {name:?} within 30 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Waits until a message from `sender` satisfies `check`; returns it.
