@@ -16,6 +16,9 @@ use crate::matrix::rooms::{
     AGENT_ROOM_KIND, AgentRoomJob, CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob, PERSONAL_SPACE_KIND,
     PersonalSpaceJob, READ_ONLY_KIND, ReadOnlyJob, STATE_KIND, StateJob, WELCOME_KIND, WelcomeJob,
 };
+use crate::matrix::teams::{
+    SHARE_KIND, ShareJob, TEAM_INVITE_KIND, TEAM_SPACE_KIND, TeamInviteJob, TeamSpaceJob, UNSHARE_KIND, UnshareJob,
+};
 use crate::matrix::{self, MatrixAdapter, adapter::EventError, server};
 use crate::protocol::{ChannelAdapter, ChannelRegistry, ChannelSendError};
 use crate::queue::{self, JobHandler, JobOutcome, Wakers};
@@ -64,6 +67,14 @@ impl JobHandler for Dispatcher {
                 matrix_job(payload, |j: ReadOnlyJob| async move { matrix.make_read_only(&j).await }).await
             }
             WELCOME_KIND => matrix_job(payload, |j: WelcomeJob| async move { matrix.welcome(&j).await }).await,
+            TEAM_SPACE_KIND => {
+                matrix_job(payload, |j: TeamSpaceJob| async move { matrix.open_team_space(&j).await }).await
+            }
+            SHARE_KIND => matrix_job(payload, |j: ShareJob| async move { matrix.share(&j).await }).await,
+            UNSHARE_KIND => matrix_job(payload, |j: UnshareJob| async move { matrix.unshare(&j).await }).await,
+            TEAM_INVITE_KIND => {
+                matrix_job(payload, |j: TeamInviteJob| async move { matrix.invite_to_team(&j).await }).await
+            }
             PERSONAL_SPACE_KIND => {
                 matrix_job(payload, |j: PersonalSpaceJob| async move { matrix.personal_space(&j).await }).await
             }

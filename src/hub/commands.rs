@@ -4,6 +4,7 @@
 
 use sqlx::AnyConnection;
 
+use super::teams::TeamCommand;
 use super::{Hub, lifecycle, routing};
 use crate::matrix::rooms::{CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob};
 use crate::protocol::ChannelMessage;
@@ -28,6 +29,9 @@ pub enum Command {
     Usage,
     Rename(String),
     Archive,
+    Team(super::teams::TeamCommand),
+    Share(String),
+    Unshare,
     /// Open the room of two agents.
     Pair(String, String),
     /// In an agent room: `(agent, text)`.
@@ -80,6 +84,20 @@ pub fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
         ("rename", []) => Err(Usage(format!("Usage: `{p}rename <title>` renames this conversation"))),
         ("rename", title) => Ok(Command::Rename(title.join(" "))),
         ("archive", []) => Ok(Command::Archive),
+        ("team", ["create", name @ ..]) if !name.is_empty() => Ok(Command::Team(TeamCommand::Create(name.join(" ")))),
+        ("team", ["add", team, member]) => {
+            Ok(Command::Team(TeamCommand::Add { team: (*team).to_string(), member: (*member).to_string() }))
+        }
+        ("team", ["remove", team, member]) => {
+            Ok(Command::Team(TeamCommand::Remove { team: (*team).to_string(), member: (*member).to_string() }))
+        }
+        ("team", ["list"]) => Ok(Command::Team(TeamCommand::List)),
+        ("team", _) => Err(Usage(format!(
+            "Usage: `{p}team create <name>`, `{p}team add <team> <@user|account>`, `{p}team remove <team> <@user|account>`, `{p}team list`"
+        ))),
+        ("share", [team]) => Ok(Command::Share((*team).to_string())),
+        ("share", _) => Err(Usage(format!("Usage: `{p}share <team>` shares this conversation with a team"))),
+        ("unshare", []) => Ok(Command::Unshare),
         ("pair", [a, b]) => Ok(Command::Pair((*a).to_string(), (*b).to_string())),
         ("pair", _) => {
             Err(Usage(format!("Usage: `{p}pair <agent> <agent>` opens a room where two agents work together")))
@@ -97,7 +115,7 @@ pub fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
         }
         ("stop", []) => Ok(Command::Stop),
         ("usage", []) => Ok(Command::Usage),
-        ("help" | "unlink" | "whoami" | "agents" | "stop" | "usage" | "archive", _) => {
+        ("help" | "unlink" | "whoami" | "agents" | "stop" | "usage" | "archive" | "unshare", _) => {
             Err(Usage(format!("Usage: `{p}{name}` takes no arguments")))
         }
         _ => Err(Usage(format!("Unknown command `{p}{name}`. Send `{p}help` for the list of commands."))),
@@ -122,6 +140,8 @@ pub fn help_text(p: char) -> String {
          - `{p}usage` — tokens used by the agents in this room\n\
          - `{p}rename <title>` — rename this conversation and its room\n\
          - `{p}archive` — archive this conversation (its room becomes read-only)\n\
+         - `{p}team create <name>`, `{p}team add <team> <@user|account>`, `{p}team remove <team> <@user|account>`, `{p}team list` — teams\n\
+         - `{p}share <team>` / `{p}unshare` — share this conversation with a team, or stop\n\
          - `{p}pair <agent> <agent>` — open a room where two agents work together\n\
          - in such a room: `{p}ask <agent> <text>`, `{p}delegate <agent> <task>`, `{p}broadcast <agent> <text>`; begin a message with [HUMAN] to interrupt"
     )
@@ -210,6 +230,15 @@ impl Hub {
             Command::Archive => match lifecycle::archive_conversation(conn, conversation_id).await? {
                 true => "Archived: this conversation is read-only from now on.".to_string().into(),
                 false => "This conversation is archived already.".to_string().into(),
+            },
+            Command::Team(team) => self.team(conn, channel, sender, team).await?,
+            Command::Share(team) => match self.room_of(conn, conversation_id).await? {
+                Some(room) => self.share(conn, channel, sender, conversation_id, &room, &team).await?,
+                None => "Only conversation rooms can be shared.".to_string().into(),
+            },
+            Command::Unshare => match self.room_of(conn, conversation_id).await? {
+                Some(room) => self.unshare(conn, conversation_id, &room).await?,
+                None => "Only conversation rooms can be shared.".to_string().into(),
             },
             Command::Pair(a, b) => self.pair(conn, channel, sender, &a, &b).await?,
             Command::Ask(agent, text) => self.ask(conn, conversation_id, msg, &agent, &text).await?,
@@ -425,6 +454,12 @@ mod tests {
         assert_eq!(parse('!', "!stop"), Some(Ok(Command::Stop)));
         assert_eq!(parse('!', "!rename Q3 plan"), Some(Ok(Command::Rename("Q3 plan".into()))));
         assert_eq!(parse('!', "!archive"), Some(Ok(Command::Archive)));
+        assert_eq!(
+            parse('!', "!team create Core team"),
+            Some(Ok(Command::Team(TeamCommand::Create("Core team".into()))))
+        );
+        assert_eq!(parse('!', "!share core"), Some(Ok(Command::Share("core".into()))));
+        assert!(matches!(parse('!', "!team frob"), Some(Err(_))));
         assert_eq!(parse('!', "!pair alpha beta"), Some(Ok(Command::Pair("alpha".into(), "beta".into()))));
         assert_eq!(parse('!', "!ask alpha sum it up"), Some(Ok(Command::Ask("alpha".into(), "sum it up".into()))));
         assert_eq!(

@@ -6,6 +6,7 @@ pub mod agent_rooms;
 pub mod commands;
 pub mod lifecycle;
 pub mod routing;
+pub mod teams;
 
 use std::sync::Arc;
 

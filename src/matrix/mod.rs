@@ -10,5 +10,6 @@ pub mod naming;
 pub mod registration;
 pub mod rooms;
 pub mod server;
+pub mod teams;
 
 pub use adapter::{CHANNEL, MatrixAdapter};

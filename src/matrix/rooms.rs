@@ -67,7 +67,7 @@ pub enum HistoryVisibility {
 }
 
 impl HistoryVisibility {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Invited => "invited",
             Self::Shared => "shared",
@@ -290,7 +290,11 @@ impl MatrixAdapter {
     }
 
     /// Creates a room under `alias_localpart`, or finds it there after a crash.
-    async fn create_with_alias(&self, job: &CreateRoomJob, shape: &RoomShape) -> Result<OwnedRoomId, EventError> {
+    pub(super) async fn create_with_alias(
+        &self,
+        job: &CreateRoomJob,
+        shape: &RoomShape,
+    ) -> Result<OwnedRoomId, EventError> {
         let alias_localpart = shape.alias_localpart.as_str();
         let ns = self.namespace();
         let bot = ns.bot_user_id();
@@ -546,7 +550,7 @@ impl MatrixAdapter {
         self.send_state(&parent).await
     }
 
-    async fn invite_person(&self, room: &OwnedRoomId, person: &str) -> Result<(), EventError> {
+    pub(super) async fn invite_person(&self, room: &OwnedRoomId, person: &str) -> Result<(), EventError> {
         let user = OwnedUserId::try_from(person).map_err(|e| EventError::Permanent(e.to_string()))?;
         let recipient = invite_user::v3::InvitationRecipient::UserId(invite_user::v3::InviteUserId::new(user));
         match self.client().call(invite_user::v3::Request::new(room.clone(), recipient), None).await {

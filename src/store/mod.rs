@@ -11,6 +11,7 @@ pub mod inbox;
 pub mod messages;
 pub mod outbox;
 pub mod settings;
+pub mod teams;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -144,3 +144,77 @@ async fn admins_provision_accounts_and_manage_conversations() {
     let (_, accounts) = admin.call(reqwest::Method::GET, "/accounts", None).await;
     assert!(accounts["accounts"].as_array().unwrap().is_empty());
 }
+
+/// The membership of `user` in `room`, as `viewer` sees it.
+async fn membership(viewer: &Person, room: &str, user: &str) -> Value {
+    viewer.state_or_null(room, &format!("m.room.member/{user}")).await["membership"].clone()
+}
+
+async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} did not happen within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn teams_share_rooms_through_their_space_and_unsharing_removes_only_who_came_with_it() {
+    let slot = slot("teams");
+    let _service = Service::start(&slot).await;
+    let admin = Admin::new(&slot);
+    let bot = slot.bot();
+    let (alice, bob, dave) =
+        (Person::new("teams-alice").await, Person::new("teams-bob").await, Person::new("teams-dave").await);
+    for (name, person) in [("alice-t", &alice), ("bob-t", &bob), ("dave-t", &dave)] {
+        let (status, _) = admin
+            .call(reqwest::Method::POST, "/accounts", Some(json!({"name": name, "matrixId": person.user_id})))
+            .await;
+        assert_eq!(status, 201);
+    }
+    let (dm, _) = alice.wait_for_invite_named("Mosaic: Welcome, alice-t").await;
+    alice.join(&dm).await;
+    let ask = |text: &'static str| {
+        let (alice, dm, bot) = (&alice, dm.clone(), bot.clone());
+        async move {
+            let asked = alice.say(&dm, text).await;
+            body(&alice.wait_for_reply(&dm, &bot, &asked).await).to_string()
+        }
+    };
+    assert!(ask("!team create core").await.contains("Created team **core**"));
+    let (team_space, _) = alice.wait_for_invite_named("core").await;
+    alice.join(&team_space).await;
+    for member in [&bob, &dave] {
+        let added = alice.say(&dm, &format!("!team add core {}", member.user_id)).await;
+        assert!(body(&alice.wait_for_reply(&dm, &bot, &added).await).contains("Added"));
+    }
+    bob.wait_for_invite_named("core").await;
+    assert!(ask("!team list").await.contains("alice-t, bob-t, dave-t"));
+
+    // Dave is invited to the conversation by hand before it is shared.
+    let asked = alice.say(&dm, "!new Roadmap").await;
+    alice.wait_for_reply(&dm, &bot, &asked).await;
+    let (room, _) = alice.wait_for_invite_named("Mosaic: Roadmap").await;
+    alice.join(&room).await;
+    alice.invite(&room, &dave.user_id).await;
+    dave.join(&room).await;
+
+    let share = alice.say(&room, "!share core").await;
+    assert!(body(&alice.wait_for_reply(&room, &bot, &share).await).contains("Shared with **core**"));
+    let (shared, _) = bob.wait_for_invite_named("Mosaic: Roadmap").await;
+    assert_eq!(shared, room);
+    bob.join(&room).await;
+    wait_until("the room joining the team Space", async || {
+        !alice.state_or_null(&team_space, &format!("m.space.child/{room}")).await.is_null()
+    })
+    .await;
+    assert_eq!(alice.state(&room, "m.room.history_visibility").await["history_visibility"], "shared");
+
+    let unshare = alice.say(&room, "!unshare").await;
+    assert!(body(&alice.wait_for_reply(&room, &bot, &unshare).await).contains("No longer shared"));
+    wait_until("bob's removal", async || membership(&alice, &room, &bob.user_id).await == "leave").await;
+    assert_eq!(membership(&alice, &room, &dave.user_id).await, "join", "people invited by hand stay");
+    let child = alice.state_or_null(&team_space, &format!("m.space.child/{room}")).await;
+    assert!(child.is_null() || child.as_object().is_some_and(|c| c.is_empty()), "the room left the Space: {child}");
+    assert_eq!(alice.state(&room, "m.room.history_visibility").await["history_visibility"], "invited");
+}

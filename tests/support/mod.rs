@@ -17,7 +17,7 @@ pub const SERVER_NAME: &str = "localhost";
 /// port and database, so tests run in parallel against one homeserver.
 pub const SLOTS: &[&str] = &[
     "echo", "group", "link", "replay", "crash", "http", "rooms", "doctor", "stream", "acp", "queue", "stop", "pair",
-    "admin",
+    "admin", "teams",
 ];
 
 pub fn repo() -> PathBuf {
@@ -65,7 +65,7 @@ impl Slot {
         format!("@mosaic_{}_agent_{id}:{SERVER_NAME}", self.name)
     }
 
-    /// The admin API token (only the `admin` slot turns the API on).
+    /// The admin API token (the `admin` and `teams` slots turn the API on).
     pub fn admin_token(&self) -> String {
         format!("admin-{}", self.hs_token)
     }
@@ -120,7 +120,7 @@ runtime = "echo"
             hs_token = self.hs_token,
             ttl = if self.name == "link" { 4 } else { 900 },
         );
-        let admin = if self.name == "admin" {
+        let admin = if matches!(self.name, "admin" | "teams") {
             format!("\n[admin]\ntoken = \"{}\"\n", self.admin_token())
         } else {
             String::new()
