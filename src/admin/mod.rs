@@ -1,5 +1,6 @@
 //! The admin HTTP API under `/_mosaic/v1`: accounts (with invite-based provisioning),
-//! link tokens, identity revocation, and conversations (list, rename, archive).
+//! link tokens, identity revocation, teams and their members, and conversations (list,
+//! rename, archive, share).
 //! Every request carries `Authorization: Bearer <admin token>`; without a configured
 //! token the API is off.
 
@@ -17,7 +18,7 @@ use crate::config::Config;
 use crate::hub::lifecycle;
 use crate::queue::Wakers;
 use crate::secrets::constant_time_eq;
-use crate::store::{self, Store, accounts, conversations};
+use crate::store::{self, Store, accounts, conversations, teams};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -35,6 +36,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/_mosaic/v1/conversations", get(list_conversations))
         .route("/_mosaic/v1/conversations/{id}", patch(rename_conversation))
         .route("/_mosaic/v1/conversations/{id}/archive", post(archive_conversation))
+        .route("/_mosaic/v1/conversations/{id}/share", post(share_conversation).delete(unshare_conversation))
+        .route("/_mosaic/v1/teams", post(create_team).get(list_teams))
+        .route("/_mosaic/v1/teams/{name}/members", post(add_team_member))
+        .route("/_mosaic/v1/teams/{name}/members/{account}", delete(remove_team_member))
         .with_state(state)
 }
 
@@ -265,4 +270,141 @@ async fn archive_conversation(
     tx.commit().await.map_err(store::StoreError::from)?;
     state.wakers.wake_all();
     Ok(axum::Json(json!({ "id": id, "archived": true, "alreadyArchived": !archived })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewTeam {
+    name: String,
+}
+
+async fn create_team(State(state): State<AdminState>, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult {
+    authorize(&state.config, &headers)?;
+    let new: NewTeam = parse(&body)?;
+    if new.name.trim().is_empty() {
+        return Err(ApiError::bad_request("name must not be empty"));
+    }
+    let mut tx = state.store.begin_write().await?;
+    if teams::by_name(&mut tx, &new.name).await?.is_some() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "exists", format!("a team named {:?} exists", new.name)));
+    }
+    let team = lifecycle::create_team(&mut tx, &new.name, None).await?;
+    tx.commit().await.map_err(store::StoreError::from)?;
+    state.wakers.wake_all();
+    Ok((StatusCode::CREATED, axum::Json(json!({ "id": team.id, "name": team.name, "members": [] }))).into_response())
+}
+
+async fn list_teams(State(state): State<AdminState>, headers: HeaderMap) -> ApiResult {
+    authorize(&state.config, &headers)?;
+    let mut conn = state.store.conn().await?;
+    let mut list = Vec::new();
+    for team in teams::list(&mut conn).await? {
+        let members = teams::member_names(&mut conn, &team.id).await?;
+        let space = teams::space(&mut conn, &team.id).await?;
+        list.push(json!({ "id": team.id, "name": team.name, "members": members, "spaceId": space }));
+    }
+    Ok(axum::Json(json!({ "teams": list })).into_response())
+}
+
+/// The team and account a membership request names.
+async fn team_and_account(
+    conn: &mut store::AnyConnection,
+    team: &str,
+    account: &str,
+) -> Result<(teams::Team, accounts::Account), ApiError> {
+    let Some(team) = teams::by_name(conn, team).await? else {
+        return Err(ApiError::not_found(format!("no team named {team:?}")));
+    };
+    let Some(account) = accounts::account_by_name(conn, account).await? else {
+        return Err(ApiError::not_found(format!("no account named {account:?}")));
+    };
+    Ok((team, account))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewMember {
+    account: String,
+}
+
+async fn add_team_member(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    authorize(&state.config, &headers)?;
+    let member: NewMember = parse(&body)?;
+    let mut tx = state.store.begin_write().await?;
+    let (team, account) = team_and_account(&mut tx, &name, &member.account).await?;
+    let added = lifecycle::add_team_member(&mut tx, &team, &account).await?;
+    tx.commit().await.map_err(store::StoreError::from)?;
+    state.wakers.wake_all();
+    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, axum::Json(json!({ "team": team.name, "account": account.name }))).into_response())
+}
+
+async fn remove_team_member(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path((name, account)): Path<(String, String)>,
+) -> ApiResult {
+    authorize(&state.config, &headers)?;
+    let mut tx = state.store.begin_write().await?;
+    let (team, account) = team_and_account(&mut tx, &name, &account).await?;
+    if !teams::remove_member(&mut tx, &team.id, &account.id).await? {
+        return Err(ApiError::not_found(format!("{} is not in team {}", account.name, team.name)));
+    }
+    tx.commit().await.map_err(store::StoreError::from)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ShareWith {
+    team: String,
+}
+
+async fn share_conversation(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    authorize(&state.config, &headers)?;
+    let share: ShareWith = parse(&body)?;
+    let mut tx = state.store.begin_write().await?;
+    let Some(team) = teams::by_name(&mut tx, &share.team).await? else {
+        return Err(ApiError::not_found(format!("no team named {:?}", share.team)));
+    };
+    if conversations::conversation(&mut tx, &id).await?.is_none() {
+        return Err(ApiError::not_found(format!("no conversation {id}")));
+    }
+    let outcome = lifecycle::share_conversation(&mut tx, &id, &team).await?;
+    tx.commit().await.map_err(store::StoreError::from)?;
+    state.wakers.wake_all();
+    match outcome {
+        lifecycle::ShareOutcome::NoRoom => {
+            Err(ApiError::new(StatusCode::CONFLICT, "no_room", "the conversation has no room yet"))
+        }
+        outcome => Ok(axum::Json(json!({
+            "id": id, "team": team.name, "alreadyShared": matches!(outcome, lifecycle::ShareOutcome::AlreadyShared),
+        }))
+        .into_response()),
+    }
+}
+
+async fn unshare_conversation(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    authorize(&state.config, &headers)?;
+    let mut tx = state.store.begin_write().await?;
+    let Some(team) = lifecycle::unshare_conversation(&mut tx, &id).await? else {
+        return Err(ApiError::not_found(format!("conversation {id} is not shared")));
+    };
+    tx.commit().await.map_err(store::StoreError::from)?;
+    state.wakers.wake_all();
+    Ok(axum::Json(json!({ "id": id, "unsharedFrom": team })).into_response())
 }

@@ -232,14 +232,8 @@ impl Hub {
                 false => "This conversation is archived already.".to_string().into(),
             },
             Command::Team(team) => self.team(conn, channel, sender, team).await?,
-            Command::Share(team) => match self.room_of(conn, conversation_id).await? {
-                Some(room) => self.share(conn, channel, sender, conversation_id, &room, &team).await?,
-                None => "Only conversation rooms can be shared.".to_string().into(),
-            },
-            Command::Unshare => match self.room_of(conn, conversation_id).await? {
-                Some(room) => self.unshare(conn, conversation_id, &room).await?,
-                None => "Only conversation rooms can be shared.".to_string().into(),
-            },
+            Command::Share(team) => self.share(conn, channel, sender, conversation_id, &team).await?,
+            Command::Unshare => self.unshare(conn, conversation_id).await?,
             Command::Pair(a, b) => self.pair(conn, channel, sender, &a, &b).await?,
             Command::Ask(agent, text) => self.ask(conn, conversation_id, msg, &agent, &text).await?,
             Command::Delegate(agent, task) => self.delegate(conn, conversation_id, msg, &agent, &task).await?,

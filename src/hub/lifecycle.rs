@@ -8,8 +8,11 @@ use sqlx::AnyConnection;
 use crate::matrix::rooms::{
     PERSONAL_SPACE_KIND, PersonalSpaceJob, READ_ONLY_KIND, ReadOnlyJob, STATE_KIND, StateJob, WELCOME_KIND, WelcomeJob,
 };
+use crate::matrix::teams::{
+    SHARE_KIND, ShareJob, TEAM_INVITE_KIND, TEAM_SPACE_KIND, TeamInviteJob, TeamSpaceJob, UNSHARE_KIND, UnshareJob,
+};
 use crate::queue;
-use crate::store::{self, accounts, conversations};
+use crate::store::{self, accounts, conversations, teams};
 
 fn matrix_queue() -> String {
     queue::send_queue(crate::matrix::CHANNEL)
@@ -85,4 +88,87 @@ pub async fn archive_conversation(conn: &mut AnyConnection, id: &str) -> store::
         queue::enqueue(conn, &matrix_queue(), &format!("archive:tombstone:{id}"), STATE_KIND, &tombstone).await?;
     }
     Ok(true)
+}
+
+/// Creates a team with its Space (people are invited as they join).
+pub async fn create_team(
+    conn: &mut AnyConnection,
+    name: &str,
+    first_member: Option<(&accounts::Account, &str)>,
+) -> store::Result<teams::Team> {
+    let team = teams::create(conn, name).await?;
+    let mut invite = Vec::new();
+    if let Some((account, matrix_id)) = first_member {
+        teams::add_member(conn, &team.id, &account.id).await?;
+        invite.push(matrix_id.to_string());
+    }
+    let job = TeamSpaceJob { team_id: team.id.clone(), team_name: team.name.clone(), invite };
+    queue::enqueue(conn, &matrix_queue(), &format!("team_space:{}", team.id), TEAM_SPACE_KIND, &job).await?;
+    Ok(team)
+}
+
+/// Adds an account to a team and invites its Matrix identities to the team's Space and
+/// shared rooms (the team membership hook). False when it was a member already.
+pub async fn add_team_member(
+    conn: &mut AnyConnection,
+    team: &teams::Team,
+    account: &accounts::Account,
+) -> store::Result<bool> {
+    if !teams::add_member(conn, &team.id, &account.id).await? {
+        return Ok(false);
+    }
+    for identity in accounts::identities_of(conn, &account.id).await? {
+        if identity.channel_name != crate::matrix::CHANNEL {
+            continue;
+        }
+        let job =
+            TeamInviteJob { team_id: team.id.clone(), team_name: team.name.clone(), user_id: identity.channel_user_id };
+        let key = format!("team_invite:{}:{}:{}", team.id, job.user_id, uuid::Uuid::new_v4());
+        queue::enqueue(conn, &matrix_queue(), &key, TEAM_INVITE_KIND, &job).await?;
+    }
+    Ok(true)
+}
+
+/// How a share request ended.
+pub enum ShareOutcome {
+    Shared,
+    AlreadyShared,
+    NoRoom,
+}
+
+/// Shares a conversation with a team: its room moves into the team's Space (out of
+/// another team's) and the team is invited.
+pub async fn share_conversation(
+    conn: &mut AnyConnection,
+    conversation_id: &str,
+    team: &teams::Team,
+) -> store::Result<ShareOutcome> {
+    let Some(room_id) = conversations::room_for_conversation(conn, conversation_id).await? else {
+        return Ok(ShareOutcome::NoRoom);
+    };
+    let previous_space = match teams::share_of(conn, conversation_id).await? {
+        Some(previous) if previous == team.id => return Ok(ShareOutcome::AlreadyShared),
+        Some(previous) => teams::space(conn, &previous).await?,
+        None => None,
+    };
+    teams::set_share(conn, conversation_id, &team.id).await?;
+    let job = ShareJob { team_id: team.id.clone(), team_name: team.name.clone(), room_id, previous_space };
+    let key = format!("share:{conversation_id}:{}", uuid::Uuid::new_v4());
+    queue::enqueue(conn, &matrix_queue(), &key, SHARE_KIND, &job).await?;
+    Ok(ShareOutcome::Shared)
+}
+
+/// Ends a conversation's share; returns the team's name, or `None` when it was not shared.
+pub async fn unshare_conversation(conn: &mut AnyConnection, conversation_id: &str) -> store::Result<Option<String>> {
+    let Some(team_id) = teams::share_of(conn, conversation_id).await? else {
+        return Ok(None);
+    };
+    let space_id = teams::space(conn, &team_id).await?;
+    teams::remove_share(conn, conversation_id).await?;
+    if let Some(room_id) = conversations::room_for_conversation(conn, conversation_id).await? {
+        let job = UnshareJob { room_id, space_id };
+        let key = format!("unshare:{conversation_id}:{}", uuid::Uuid::new_v4());
+        queue::enqueue(conn, &matrix_queue(), &key, UNSHARE_KIND, &job).await?;
+    }
+    Ok(Some(teams::by_id(conn, &team_id).await?.map(|t| t.name).unwrap_or_default()))
 }

@@ -5,11 +5,8 @@ use sqlx::AnyConnection;
 
 use super::Hub;
 use super::commands::Answer;
-use crate::matrix::teams::{
-    SHARE_KIND, ShareJob, TEAM_INVITE_KIND, TEAM_SPACE_KIND, TeamInviteJob, TeamSpaceJob, UNSHARE_KIND, UnshareJob,
-};
-use crate::queue;
-use crate::store::{self, accounts, conversations, teams};
+use super::lifecycle::{self, ShareOutcome};
+use crate::store::{self, accounts, teams};
 
 /// What `!team …` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,10 +15,6 @@ pub enum TeamCommand {
     Add { team: String, member: String },
     Remove { team: String, member: String },
     List,
-}
-
-fn matrix_queue() -> String {
-    queue::send_queue(crate::matrix::CHANNEL)
 }
 
 impl Hub {
@@ -54,11 +47,7 @@ impl Hub {
         if teams::by_name(conn, name).await?.is_some() {
             return Ok(format!("A team named **{name}** exists already."));
         }
-        let team = teams::create(conn, name).await?;
-        teams::add_member(conn, &team.id, &me.id).await?;
-        let job =
-            TeamSpaceJob { team_id: team.id.clone(), team_name: team.name.clone(), invite: vec![sender.to_string()] };
-        queue::enqueue(conn, &matrix_queue(), &format!("team_space:{}", team.id), TEAM_SPACE_KIND, &job).await?;
+        lifecycle::create_team(conn, name, Some((me, sender))).await?;
         Ok(format!("Created team **{name}** with you in it; its Space invitation is on its way."))
     }
 
@@ -98,20 +87,8 @@ impl Hub {
         let Some(account) = self.find_account(conn, member).await? else {
             return Ok(format!("No linked account for {member}: they link with `!link <token>` first."));
         };
-        if !teams::add_member(conn, &team.id, &account.id).await? {
+        if !lifecycle::add_team_member(conn, &team, &account).await? {
             return Ok(format!("**{}** is in **{}** already.", account.name, team.name));
-        }
-        for identity in accounts::identities_of(conn, &account.id).await? {
-            if identity.channel_name != crate::matrix::CHANNEL {
-                continue;
-            }
-            let job = TeamInviteJob {
-                team_id: team.id.clone(),
-                team_name: team.name.clone(),
-                user_id: identity.channel_user_id,
-            };
-            let key = format!("team_invite:{}:{}:{}", team.id, job.user_id, uuid::Uuid::new_v4());
-            queue::enqueue(conn, &matrix_queue(), &key, TEAM_INVITE_KIND, &job).await?;
         }
         Ok(format!("Added **{}** to **{}**; they are invited to its Space and shared rooms.", account.name, team.name))
     }
@@ -157,7 +134,6 @@ impl Hub {
         channel: &str,
         sender: &str,
         conversation_id: &str,
-        room_id: &str,
         team: &str,
     ) -> store::Result<Answer> {
         let Some(me) = accounts::account_for_identity(conn, channel, sender).await? else {
@@ -167,51 +143,24 @@ impl Hub {
             Ok(team) => team,
             Err(refusal) => return Ok(refusal.into()),
         };
-        let previous_space = match teams::share_of(conn, conversation_id).await? {
-            Some(previous) if previous == team.id => {
-                return Ok(format!("This conversation is shared with **{}** already.", team.name).into());
+        Ok(match lifecycle::share_conversation(conn, conversation_id, &team).await? {
+            ShareOutcome::Shared => {
+                format!("Shared with **{}**: the room is in the team's Space and its members are invited.", team.name)
             }
-            Some(previous) => teams::space(conn, &previous).await?,
-            None => None,
-        };
-        teams::set_share(conn, conversation_id, &team.id).await?;
-        let job = ShareJob {
-            team_id: team.id.clone(),
-            team_name: team.name.clone(),
-            room_id: room_id.to_string(),
-            previous_space,
-        };
-        let key = format!("share:{conversation_id}:{}", uuid::Uuid::new_v4());
-        queue::enqueue(conn, &matrix_queue(), &key, SHARE_KIND, &job).await?;
-        Ok(format!("Shared with **{}**: the room is in the team's Space and its members are invited.", team.name)
-            .into())
+            ShareOutcome::AlreadyShared => format!("This conversation is shared with **{}** already.", team.name),
+            ShareOutcome::NoRoom => "Only conversation rooms can be shared.".to_string(),
+        }
+        .into())
     }
 
     /// `!unshare`: out of the team's Space; the people the share brought in are removed.
-    pub(super) async fn unshare(
-        &self,
-        conn: &mut AnyConnection,
-        conversation_id: &str,
-        room_id: &str,
-    ) -> store::Result<Answer> {
-        let Some(team_id) = teams::share_of(conn, conversation_id).await? else {
-            return Ok("This conversation is not shared with a team.".to_string().into());
-        };
-        let space_id = teams::space(conn, &team_id).await?;
-        teams::remove_share(conn, conversation_id).await?;
-        let job = UnshareJob { room_id: room_id.to_string(), space_id };
-        let key = format!("unshare:{conversation_id}:{}", uuid::Uuid::new_v4());
-        queue::enqueue(conn, &matrix_queue(), &key, UNSHARE_KIND, &job).await?;
-        let name = teams::by_id(conn, &team_id).await?.map(|t| t.name).unwrap_or_default();
-        Ok(format!("No longer shared with **{name}**; team members invited through the share are removed.").into())
-    }
-
-    /// The room of a conversation, for commands that need one.
-    pub(super) async fn room_of(
-        &self,
-        conn: &mut AnyConnection,
-        conversation_id: &str,
-    ) -> store::Result<Option<String>> {
-        conversations::room_for_conversation(conn, conversation_id).await
+    pub(super) async fn unshare(&self, conn: &mut AnyConnection, conversation_id: &str) -> store::Result<Answer> {
+        Ok(match lifecycle::unshare_conversation(conn, conversation_id).await? {
+            Some(name) => {
+                format!("No longer shared with **{name}**; team members invited through the share are removed.")
+            }
+            None => "This conversation is not shared with a team.".to_string(),
+        }
+        .into())
     }
 }

@@ -22,6 +22,10 @@ pub async fn create(conn: &mut AnyConnection, name: &str) -> Result<Team> {
     Ok(team)
 }
 
+pub async fn list(conn: &mut AnyConnection) -> Result<Vec<Team>> {
+    Ok(sqlx::query_as("SELECT id, name FROM teams ORDER BY name").fetch_all(&mut *conn).await?)
+}
+
 pub async fn by_name(conn: &mut AnyConnection, name: &str) -> Result<Option<Team>> {
     Ok(sqlx::query_as("SELECT id, name FROM teams WHERE name = $1").bind(name).fetch_optional(&mut *conn).await?)
 }

@@ -217,4 +217,33 @@ async fn teams_share_rooms_through_their_space_and_unsharing_removes_only_who_ca
     let child = alice.state_or_null(&team_space, &format!("m.space.child/{room}")).await;
     assert!(child.is_null() || child.as_object().is_some_and(|c| c.is_empty()), "the room left the Space: {child}");
     assert_eq!(alice.state(&room, "m.room.history_visibility").await["history_visibility"], "invited");
+
+    // The same through the admin API.
+    let (status, _) = admin.call(reqwest::Method::POST, "/teams", Some(json!({"name": "ops"}))).await;
+    assert_eq!(status, 201);
+    let (status, _) = admin.call(reqwest::Method::POST, "/teams/ops/members", Some(json!({"account": "bob-t"}))).await;
+    assert_eq!(status, 201);
+    bob.wait_for_invite_named("ops").await;
+    let (_, listed) = admin.call(reqwest::Method::GET, "/conversations", None).await;
+    let id = listed["conversations"].as_array().unwrap().iter().find(|c| c["roomId"] == room.as_str()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) =
+        admin.call(reqwest::Method::POST, &format!("/conversations/{id}/share"), Some(json!({"team": "ops"}))).await;
+    assert_eq!(status, 200);
+    wait_until("bob's invitation through the ops share", async || {
+        membership(&alice, &room, &bob.user_id).await == "invite"
+    })
+    .await;
+    let (_, teams) = admin.call(reqwest::Method::GET, "/teams", None).await;
+    let ops = teams["teams"].as_array().unwrap().iter().find(|t| t["name"] == "ops").unwrap().clone();
+    assert_eq!(ops["members"], json!(["bob-t"]));
+    assert_eq!(admin.call(reqwest::Method::DELETE, &format!("/conversations/{id}/share"), None).await.0, 200);
+    assert_eq!(admin.call(reqwest::Method::DELETE, &format!("/conversations/{id}/share"), None).await.0, 404);
+    assert_eq!(admin.call(reqwest::Method::DELETE, "/teams/ops/members/bob-t", None).await.0, 204);
+    assert_eq!(
+        admin.call(reqwest::Method::POST, "/teams/nope/members", Some(json!({"account": "bob-t"}))).await.0,
+        404
+    );
 }
