@@ -17,7 +17,8 @@ use crate::matrix::rooms::{
     PersonalSpaceJob, READ_ONLY_KIND, ReadOnlyJob, STATE_KIND, StateJob, WELCOME_KIND, WelcomeJob,
 };
 use crate::matrix::teams::{
-    SHARE_KIND, ShareJob, TEAM_INVITE_KIND, TEAM_SPACE_KIND, TeamInviteJob, TeamSpaceJob, UNSHARE_KIND, UnshareJob,
+    KICK_KIND, KickJob, SHARE_KIND, ShareJob, TEAM_INVITE_KIND, TEAM_SPACE_KIND, TeamInviteJob, TeamSpaceJob,
+    UNSHARE_KIND, UnshareJob,
 };
 use crate::matrix::{self, MatrixAdapter, adapter::EventError, server};
 use crate::protocol::{ChannelAdapter, ChannelRegistry, ChannelSendError};
@@ -67,6 +68,7 @@ impl JobHandler for Dispatcher {
                 matrix_job(payload, |j: ReadOnlyJob| async move { matrix.make_read_only(&j).await }).await
             }
             WELCOME_KIND => matrix_job(payload, |j: WelcomeJob| async move { matrix.welcome(&j).await }).await,
+            KICK_KIND => matrix_job(payload, |j: KickJob| async move { matrix.kick(&j).await }).await,
             TEAM_SPACE_KIND => {
                 matrix_job(payload, |j: TeamSpaceJob| async move { matrix.open_team_space(&j).await }).await
             }

@@ -122,6 +122,10 @@ pub struct LinkingConfig {
     pub max_failed_attempts: u32,
     #[serde(default = "default_attempt_window")]
     pub attempt_window_secs: u64,
+    /// Revoking a Matrix identity (admin API) also removes the person from every room
+    /// and Space this service manages.
+    #[serde(default)]
+    pub kick_on_revoke: bool,
 }
 
 impl Default for LinkingConfig {
@@ -130,6 +134,7 @@ impl Default for LinkingConfig {
             token_ttl_secs: default_token_ttl(),
             max_failed_attempts: default_max_failed_attempts(),
             attempt_window_secs: default_attempt_window(),
+            kick_on_revoke: false,
         }
     }
 }

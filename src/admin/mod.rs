@@ -206,11 +206,14 @@ async fn revoke_identity(
     Path((channel, channel_user_id)): Path<(String, String)>,
 ) -> ApiResult {
     authorize(&state.config, &headers)?;
-    let mut conn = state.store.conn().await?;
-    if !accounts::unlink_identity(&mut conn, &channel, &channel_user_id).await? {
+    let mut tx = state.store.begin_write().await?;
+    let kick = state.config.linking.kick_on_revoke;
+    if !lifecycle::revoke_identity(&mut tx, &channel, &channel_user_id, kick).await? {
         return Err(ApiError::not_found(format!("{channel} identity {channel_user_id} is not linked")));
     }
-    tracing::info!(channel, channel_user_id, "identity revoked");
+    tx.commit().await.map_err(store::StoreError::from)?;
+    state.wakers.wake_all();
+    tracing::info!(channel, channel_user_id, kick, "identity revoked");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

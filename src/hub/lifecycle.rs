@@ -9,7 +9,8 @@ use crate::matrix::rooms::{
     PERSONAL_SPACE_KIND, PersonalSpaceJob, READ_ONLY_KIND, ReadOnlyJob, STATE_KIND, StateJob, WELCOME_KIND, WelcomeJob,
 };
 use crate::matrix::teams::{
-    SHARE_KIND, ShareJob, TEAM_INVITE_KIND, TEAM_SPACE_KIND, TeamInviteJob, TeamSpaceJob, UNSHARE_KIND, UnshareJob,
+    KICK_KIND, KickJob, SHARE_KIND, ShareJob, TEAM_INVITE_KIND, TEAM_SPACE_KIND, TeamInviteJob, TeamSpaceJob,
+    UNSHARE_KIND, UnshareJob,
 };
 use crate::queue;
 use crate::store::{self, accounts, conversations, teams};
@@ -171,4 +172,30 @@ pub async fn unshare_conversation(conn: &mut AnyConnection, conversation_id: &st
         queue::enqueue(conn, &matrix_queue(), &key, UNSHARE_KIND, &job).await?;
     }
     Ok(Some(teams::by_id(conn, &team_id).await?.map(|t| t.name).unwrap_or_default()))
+}
+
+/// Revokes a channel identity. With `kick` (the `linking.kick_on_revoke` setting) a Matrix
+/// identity is also removed from every room and Space this service manages. False when
+/// the identity was not linked.
+pub async fn revoke_identity(
+    conn: &mut AnyConnection,
+    channel: &str,
+    channel_user_id: &str,
+    kick: bool,
+) -> store::Result<bool> {
+    if !accounts::unlink_identity(conn, channel, channel_user_id).await? {
+        return Ok(false);
+    }
+    if kick && channel == crate::matrix::CHANNEL {
+        for room_id in conversations::rooms_of_member(conn, channel_user_id).await? {
+            let job = KickJob {
+                room_id: room_id.clone(),
+                user_id: channel_user_id.to_string(),
+                reason: "Your Mosaic account link was revoked".into(),
+            };
+            let key = format!("revoke:{room_id}:{channel_user_id}:{}", uuid::Uuid::new_v4());
+            queue::enqueue(conn, &matrix_queue(), &key, KICK_KIND, &job).await?;
+        }
+    }
+    Ok(true)
 }

@@ -51,6 +51,16 @@ pub struct TeamInviteJob {
 
 pub const TEAM_INVITE_KIND: &str = "matrix.team_invite";
 
+/// Outbox job: remove a person from a room (as the bot).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KickJob {
+    pub room_id: String,
+    pub user_id: String,
+    pub reason: String,
+}
+
+pub const KICK_KIND: &str = "matrix.kick";
+
 fn permanent(error: impl std::fmt::Display) -> EventError {
     EventError::Permanent(error.to_string())
 }
@@ -121,16 +131,30 @@ impl MatrixAdapter {
             teams::take_share_invites(&mut conn, &job.room_id).await?
         };
         for person in invited {
-            let user = OwnedUserId::try_from(person.as_str()).map_err(permanent)?;
-            let mut kick = kick_user::v3::Request::new(room.clone(), user);
-            kick.reason = Some("The conversation is no longer shared with your team".into());
-            if let Err(error) = self.client().call(kick, None).await {
-                // Already gone: nothing to remove.
-                tracing::info!(room_id = job.room_id, user_id = person, %error, "not removed");
-            }
-            let mut conn = self.store().conn().await?;
-            conversations::set_membership(&mut conn, &job.room_id, &person, "leave").await?;
+            let kick = KickJob {
+                room_id: room.to_string(),
+                user_id: person,
+                reason: "The conversation is no longer shared with your team".into(),
+            };
+            self.kick(&kick).await?;
         }
+        Ok(())
+    }
+
+    /// Removes a person from a room; someone already gone is fine.
+    pub async fn kick(&self, job: &KickJob) -> Result<(), EventError> {
+        let room = OwnedRoomId::try_from(job.room_id.as_str()).map_err(permanent)?;
+        let user = OwnedUserId::try_from(job.user_id.as_str()).map_err(permanent)?;
+        let mut kick = kick_user::v3::Request::new(room, user);
+        kick.reason = Some(job.reason.clone());
+        if let Err(error) = self.client().call(kick, None).await {
+            if error.is_transient() {
+                return Err(error.into());
+            }
+            tracing::info!(room_id = job.room_id, user_id = job.user_id, %error, "not removed");
+        }
+        let mut conn = self.store().conn().await?;
+        conversations::set_membership(&mut conn, &job.room_id, &job.user_id, "leave").await?;
         Ok(())
     }
 

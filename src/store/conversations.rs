@@ -238,3 +238,14 @@ pub async fn owned_rooms(conn: &mut AnyConnection, account_id: &str) -> Result<V
     .await?;
     Ok(rows.into_iter().map(|(room,)| room).collect())
 }
+
+/// Rooms (and Spaces) where `user_id` is joined or invited, as far as this service saw.
+pub async fn rooms_of_member(conn: &mut AnyConnection, user_id: &str) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT room_id FROM room_members WHERE user_id = $1 AND membership IN ('join', 'invite') ORDER BY room_id",
+    )
+    .bind(user_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|(room,)| room).collect())
+}

@@ -103,6 +103,7 @@ url = "sqlite://mosaic-as.db"
 token_ttl_secs = {ttl}
 max_failed_attempts = 3
 attempt_window_secs = 600
+kick_on_revoke = {kick}
 [bot]
 localpart = "mosaic-{name}-bot"
 display_name = "Mosaic"
@@ -119,6 +120,7 @@ runtime = "echo"
             as_token = self.as_token,
             hs_token = self.hs_token,
             ttl = if self.name == "link" { 4 } else { 900 },
+            kick = self.name == "teams",
         );
         let admin = if matches!(self.name, "admin" | "teams") {
             format!("\n[admin]\ntoken = \"{}\"\n", self.admin_token())
