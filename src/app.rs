@@ -156,6 +156,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let sends = queue::send_queue(matrix::CHANNEL);
     tasks.spawn(queue::run_worker(store.clone(), sends, dispatcher.clone(), wakers.clone(), shutdown_rx.clone()));
     tasks.spawn(crate::agents::run_scheduler(store.clone(), agents, wakers.clone(), shutdown_rx.clone()));
+    tasks.spawn(crate::hub::retention::run(store.clone(), config.clone(), shutdown_rx.clone()));
     tasks.spawn(matrix::inbox::run(store.clone(), matrix.clone(), inbox_wake.clone(), shutdown_rx.clone()));
 
     let state = server::ServerState {

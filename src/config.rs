@@ -23,6 +23,9 @@ const ENV_OVERRIDES: &[(&str, &str, Setter)] = &[
     ("MOSAIC_AS_DATABASE_URL", "database.url", |c, v| c.database.url = v),
     ("MOSAIC_AS_HOMESERVER_URL", "homeserver.url", |c, v| c.homeserver.url = v),
     ("MOSAIC_AS_ADMIN_TOKEN", "admin.token", |c, v| c.admin.token = Some(v)),
+    ("MOSAIC_AS_HOMESERVER_ADMIN_TOKEN", "retention.homeserver_admin_token", |c, v| {
+        c.retention.homeserver_admin_token = Some(v)
+    }),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,8 @@ pub struct Config {
     pub bot: BotConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// The agent `!new` puts into new rooms.
     #[serde(default = "default_agent_id")]
     pub default_agent: String,
@@ -100,6 +105,57 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self { url: default_database_url() }
     }
+}
+
+/// How long messages are kept, per room type, and how often expired ones are removed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    #[serde(default = "default_personal_days")]
+    pub personal_days: i64,
+    #[serde(default = "default_team_days")]
+    pub team_days: i64,
+    #[serde(default = "default_agent_days")]
+    pub agent_days: i64,
+    /// System and audit rooms (kept longest).
+    #[serde(default = "default_system_days")]
+    pub system_days: i64,
+    /// Seconds between runs of the retention job.
+    #[serde(default = "default_retention_interval")]
+    pub interval_secs: u64,
+    /// Access token of a homeserver admin, to purge expired events there too (Synapse's
+    /// purge-history admin API). Without it only mosaic-as's own store is purged.
+    #[serde(default)]
+    pub homeserver_admin_token: Option<String>,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            personal_days: default_personal_days(),
+            team_days: default_team_days(),
+            agent_days: default_agent_days(),
+            system_days: default_system_days(),
+            interval_secs: default_retention_interval(),
+            homeserver_admin_token: None,
+        }
+    }
+}
+
+fn default_personal_days() -> i64 {
+    365
+}
+fn default_team_days() -> i64 {
+    730
+}
+fn default_agent_days() -> i64 {
+    90
+}
+fn default_system_days() -> i64 {
+    1825
+}
+fn default_retention_interval() -> u64 {
+    3600
 }
 
 /// The admin HTTP API (`/_mosaic/v1/…` on the appservice listener).

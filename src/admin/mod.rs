@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post};
+use axum::routing::{delete, get, patch, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -37,6 +37,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/_mosaic/v1/conversations/{id}", patch(rename_conversation))
         .route("/_mosaic/v1/conversations/{id}/archive", post(archive_conversation))
         .route("/_mosaic/v1/conversations/{id}/share", post(share_conversation).delete(unshare_conversation))
+        .route("/_mosaic/v1/retention", get(list_retention))
+        .route("/_mosaic/v1/retention/{kind}", put(set_type_retention))
+        .route("/_mosaic/v1/conversations/{id}/retention", put(set_conversation_retention))
         .route("/_mosaic/v1/teams", post(create_team).get(list_teams))
         .route("/_mosaic/v1/teams/{name}/members", post(add_team_member))
         .route("/_mosaic/v1/teams/{name}/members/{account}", delete(remove_team_member))
@@ -410,4 +413,70 @@ async fn unshare_conversation(
     tx.commit().await.map_err(store::StoreError::from)?;
     state.wakers.wake_all();
     Ok(axum::Json(json!({ "id": id, "unsharedFrom": team })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RetentionDays {
+    /// Days to keep messages; null keeps them forever.
+    days: Option<i64>,
+}
+
+fn parse_days(body: &[u8]) -> Result<Option<i64>, ApiError> {
+    let retention: RetentionDays = parse(body)?;
+    match retention.days {
+        Some(days) if days < 0 => Err(ApiError::bad_request("days must be 0 or more (or null to keep forever)")),
+        days => Ok(days),
+    }
+}
+
+async fn list_retention(State(state): State<AdminState>, headers: HeaderMap) -> ApiResult {
+    authorize(&state.config, &headers)?;
+    let mut conn = state.store.conn().await?;
+    let defaults = &state.config.retention;
+    let policies: Vec<Value> = store::retention::policies(&mut conn)
+        .await?
+        .into_iter()
+        .map(|p| json!({ "roomId": p.room_id, "appliesTo": p.applies_to, "days": p.retention_days }))
+        .collect();
+    Ok(axum::Json(json!({
+        "defaults": {
+            "personal": defaults.personal_days, "team": defaults.team_days,
+            "agent": defaults.agent_days, "system": defaults.system_days,
+        },
+        "policies": policies,
+    }))
+    .into_response())
+}
+
+async fn set_type_retention(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(kind): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    authorize(&state.config, &headers)?;
+    if !crate::hub::retention::TYPES.contains(&kind.as_str()) {
+        return Err(ApiError::not_found(format!("no room type {kind:?}; expected personal, team, agent or system")));
+    }
+    let days = parse_days(&body)?;
+    let mut conn = state.store.conn().await?;
+    store::retention::set_policy(&mut conn, "*", &kind, days).await?;
+    Ok(axum::Json(json!({ "appliesTo": kind, "days": days })).into_response())
+}
+
+async fn set_conversation_retention(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    authorize(&state.config, &headers)?;
+    let days = parse_days(&body)?;
+    let mut conn = state.store.conn().await?;
+    let Some(room) = conversations::room_for_conversation(&mut conn, &id).await? else {
+        return Err(ApiError::not_found(format!("no conversation {id} with a room")));
+    };
+    store::retention::set_policy(&mut conn, &room, "all", days).await?;
+    Ok(axum::Json(json!({ "id": id, "roomId": room, "days": days })).into_response())
 }

@@ -30,6 +30,8 @@ pub enum Command {
     Rename(String),
     Archive,
     Team(super::teams::TeamCommand),
+    /// Days this room keeps messages; `None` keeps them forever.
+    Retention(Option<i64>),
     Share(String),
     Unshare,
     /// Open the room of two agents.
@@ -95,6 +97,9 @@ pub fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
         ("team", _) => Err(Usage(format!(
             "Usage: `{p}team create <name>`, `{p}team add <team> <@user|account>`, `{p}team remove <team> <@user|account>`, `{p}team list`"
         ))),
+        ("retention", ["off"]) => Ok(Command::Retention(None)),
+        ("retention", [days]) if days.parse::<u32>().is_ok() => Ok(Command::Retention(days.parse::<i64>().ok())),
+        ("retention", _) => Err(Usage(format!("Usage: `{p}retention <days>` or `{p}retention off` (keep forever)"))),
         ("share", [team]) => Ok(Command::Share((*team).to_string())),
         ("share", _) => Err(Usage(format!("Usage: `{p}share <team>` shares this conversation with a team"))),
         ("unshare", []) => Ok(Command::Unshare),
@@ -142,6 +147,7 @@ pub fn help_text(p: char) -> String {
          - `{p}archive` — archive this conversation (its room becomes read-only)\n\
          - `{p}team create <name>`, `{p}team add <team> <@user|account>`, `{p}team remove <team> <@user|account>`, `{p}team list` — teams\n\
          - `{p}share <team>` / `{p}unshare` — share this conversation with a team, or stop\n\
+         - `{p}retention <days>|off` — how long this room keeps its messages\n\
          - `{p}pair <agent> <agent>` — open a room where two agents work together\n\
          - in such a room: `{p}ask <agent> <text>`, `{p}delegate <agent> <task>`, `{p}broadcast <agent> <text>`; begin a message with [HUMAN] to interrupt"
     )
@@ -232,6 +238,7 @@ impl Hub {
                 false => "This conversation is archived already.".to_string().into(),
             },
             Command::Team(team) => self.team(conn, channel, sender, team).await?,
+            Command::Retention(days) => self.set_retention(conn, conversation_id, days).await?.into(),
             Command::Share(team) => self.share(conn, channel, sender, conversation_id, &team).await?,
             Command::Unshare => self.unshare(conn, conversation_id).await?,
             Command::Pair(a, b) => self.pair(conn, channel, sender, &a, &b).await?,
@@ -371,6 +378,22 @@ impl Hub {
 }
 
 impl Hub {
+    async fn set_retention(
+        &self,
+        conn: &mut AnyConnection,
+        conversation_id: &str,
+        days: Option<i64>,
+    ) -> store::Result<String> {
+        let Some(room) = conversations::room_for_conversation(conn, conversation_id).await? else {
+            return Ok("Retention is set on conversation rooms.".into());
+        };
+        store::retention::set_policy(conn, &room, "all", days).await?;
+        Ok(match days {
+            Some(days) => format!("This room now keeps messages for {days} day(s); older ones are removed."),
+            None => "This room now keeps its messages forever.".into(),
+        })
+    }
+
     async fn room_agent(
         &self,
         conn: &mut AnyConnection,
@@ -453,6 +476,9 @@ mod tests {
             Some(Ok(Command::Team(TeamCommand::Create("Core team".into()))))
         );
         assert_eq!(parse('!', "!share core"), Some(Ok(Command::Share("core".into()))));
+        assert_eq!(parse('!', "!retention 30"), Some(Ok(Command::Retention(Some(30)))));
+        assert_eq!(parse('!', "!retention off"), Some(Ok(Command::Retention(None))));
+        assert!(matches!(parse('!', "!retention -1"), Some(Err(_))));
         assert!(matches!(parse('!', "!team frob"), Some(Err(_))));
         assert_eq!(parse('!', "!pair alpha beta"), Some(Ok(Command::Pair("alpha".into(), "beta".into()))));
         assert_eq!(parse('!', "!ask alpha sum it up"), Some(Ok(Command::Ask("alpha".into(), "sum it up".into()))));

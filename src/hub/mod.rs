@@ -5,6 +5,7 @@
 pub mod agent_rooms;
 pub mod commands;
 pub mod lifecycle;
+pub mod retention;
 pub mod routing;
 pub mod teams;
 

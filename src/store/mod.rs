@@ -10,6 +10,7 @@ pub mod conversations;
 pub mod inbox;
 pub mod messages;
 pub mod outbox;
+pub mod retention;
 pub mod settings;
 pub mod teams;
 

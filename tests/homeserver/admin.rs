@@ -247,3 +247,49 @@ async fn teams_share_rooms_through_their_space_and_unsharing_removes_only_who_ca
         404
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_messages_leave_the_store_and_the_homeserver() {
+    let slot = slot("retention");
+    let operator = Person::new_admin("retention-operator").await;
+    slot.write_config_with_sections(&format!(
+        "[retention]\ninterval_secs = 1\nhomeserver_admin_token = \"{}\"\n",
+        operator.token()
+    ));
+    let _service = Service::start(&slot).await;
+    let alice = Person::new("retention-alice").await;
+    let echo = slot.agent("echo");
+    let room = alice.create_room(&[&echo], true).await;
+    alice.wait_for_member(&room, &echo).await;
+    let old = alice.say(&room, "an old message").await;
+    alice.wait_for_reply(&room, &echo, &old).await;
+
+    let set = alice.say(&room, "!retention 0").await;
+    let answer = alice.wait_for_reply(&room, &echo, &set).await;
+    assert!(body(&answer).contains("0 day(s)"), "{}", body(&answer));
+
+    let database = slot.database_path();
+    wait_until("the store forgetting the old message", async || {
+        let url = format!("sqlite://{}?mode=ro", database.display());
+        sqlx::any::install_default_drivers();
+        let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await else { return false };
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages WHERE body LIKE '%an old message%'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        count == 0
+    })
+    .await;
+    wait_until("the homeserver purging the old message", async || {
+        !alice.messages(&room).await.iter().any(|e| body(e) == "an old message")
+    })
+    .await;
+
+    // Keeping forever stops the purge.
+    let keep = alice.say(&room, "!retention off").await;
+    assert!(body(&alice.wait_for_reply(&room, &echo, &keep).await).contains("forever"));
+    let kept = alice.say(&room, "a message to keep").await;
+    alice.wait_for_reply(&room, &echo, &kept).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(alice.messages(&room).await.iter().any(|e| body(e) == "a message to keep"));
+}

@@ -16,8 +16,22 @@ pub const SERVER_NAME: &str = "localhost";
 /// Every test that runs its own mosaic-as has a slot: its own registration, namespace,
 /// port and database, so tests run in parallel against one homeserver.
 pub const SLOTS: &[&str] = &[
-    "echo", "group", "link", "replay", "crash", "http", "rooms", "doctor", "stream", "acp", "queue", "stop", "pair",
-    "admin", "teams",
+    "echo",
+    "group",
+    "link",
+    "replay",
+    "crash",
+    "http",
+    "rooms",
+    "doctor",
+    "stream",
+    "acp",
+    "queue",
+    "stop",
+    "pair",
+    "admin",
+    "teams",
+    "retention",
 ];
 
 pub fn repo() -> PathBuf {
@@ -75,16 +89,21 @@ impl Slot {
     }
 
     fn write_config(&self, homeserver_port: u16) {
-        self.write_config_at(homeserver_port, "");
+        self.write_config_at(homeserver_port, "", "");
     }
 
     /// Rewrites the slot's config with more `[[agent]]` tables (the registration does
     /// not change). Call before starting the service.
     pub fn write_config_with_agents(&self, agents: &str) {
-        self.write_config_at(homeserver().port, agents);
+        self.write_config_at(homeserver().port, "", agents);
     }
 
-    fn write_config_at(&self, homeserver_port: u16, agents: &str) {
+    /// Rewrites the config with more top-level tables (e.g. `[retention]`).
+    pub fn write_config_with_sections(&self, sections: &str) {
+        self.write_config_at(homeserver().port, sections, "");
+    }
+
+    fn write_config_at(&self, homeserver_port: u16, sections: &str, agents: &str) {
         let text = format!(
             r#"default_agent = "echo"
 [homeserver]
@@ -129,7 +148,7 @@ runtime = "echo"
         };
         let text = match text.split_once("[[agent]]") {
             // Top-level tables must come before the agent array.
-            Some((head, agents)) => format!("{head}{admin}[[agent]]{agents}"),
+            Some((head, agents)) => format!("{head}{admin}\n{sections}\n[[agent]]{agents}"),
             None => text,
         };
         std::fs::create_dir_all(&self.dir).unwrap();
@@ -327,19 +346,33 @@ pub struct Person {
 impl Person {
     /// Registers (or reuses) `name` and logs in.
     pub async fn new(name: &str) -> Person {
+        Self::register(name, false).await
+    }
+
+    /// A homeserver administrator.
+    pub async fn new_admin(name: &str) -> Person {
+        Self::register(name, true).await
+    }
+
+    async fn register(name: &str, admin: bool) -> Person {
         homeserver();
         let synapse_dir = work_dir().join("synapse");
-        run_script(&[
+        let port = homeserver().port.to_string();
+        let mut args = vec![
             "register-user",
             "--dir",
             synapse_dir.to_str().unwrap(),
             "--port",
-            &homeserver().port.to_string(),
+            &port,
             "--user",
             name,
             "--password",
             "secret-password",
-        ]);
+        ];
+        if admin {
+            args.push("--admin");
+        }
+        run_script(&args);
         let http = reqwest::Client::new();
         let login: Value = http
             .post(format!("{}/_matrix/client/v3/login", homeserver_url()))

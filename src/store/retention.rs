@@ -1,0 +1,65 @@
+//! Retention policies and the deletion of expired messages.
+
+use sqlx::AnyConnection;
+
+use super::{Result, now_ms};
+
+/// Sets (or with `None` days, "keep forever") the policy of a room or, with room `*`, of
+/// every room of a type.
+pub async fn set_policy(conn: &mut AnyConnection, room_id: &str, applies_to: &str, days: Option<i64>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO room_retention_policies (room_id, retention_days, applies_to, created_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (room_id, applies_to) DO UPDATE SET retention_days = excluded.retention_days, created_at = excluded.created_at",
+    )
+    .bind(room_id)
+    .bind(days)
+    .bind(applies_to)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The stored policy for a room (`applies_to = all`) or a type (`room_id = *`):
+/// `None` when there is none, `Some(None)` for "keep forever".
+pub async fn policy(conn: &mut AnyConnection, room_id: &str, applies_to: &str) -> Result<Option<Option<i64>>> {
+    let row: Option<(Option<i64>,)> =
+        sqlx::query_as("SELECT retention_days FROM room_retention_policies WHERE room_id = $1 AND applies_to = $2")
+            .bind(room_id)
+            .bind(applies_to)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.map(|(days,)| days))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Policy {
+    pub room_id: String,
+    pub retention_days: Option<i64>,
+    pub applies_to: String,
+}
+
+pub async fn policies(conn: &mut AnyConnection) -> Result<Vec<Policy>> {
+    Ok(sqlx::query_as(
+        "SELECT room_id, retention_days, applies_to FROM room_retention_policies ORDER BY room_id, applies_to",
+    )
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// Deletes a conversation's messages created before `cutoff_ms`; returns how many.
+pub async fn delete_before(conn: &mut AnyConnection, conversation_id: &str, cutoff_ms: i64) -> Result<u64> {
+    sqlx::query(
+        "DELETE FROM message_refs WHERE message_id IN (SELECT id FROM messages WHERE conversation_id = $1 AND created_at < $2)",
+    )
+    .bind(conversation_id)
+    .bind(cutoff_ms)
+    .execute(&mut *conn)
+    .await?;
+    let done = sqlx::query("DELETE FROM messages WHERE conversation_id = $1 AND created_at < $2")
+        .bind(conversation_id)
+        .bind(cutoff_ms)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
+}
