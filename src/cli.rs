@@ -229,3 +229,67 @@ pub async fn link_token(config: &Config, name: &str, create: bool) -> anyhow::Re
     store.close().await;
     Ok((token, created))
 }
+
+/// `mosaic-as account …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum AccountAction {
+    /// Create an account; with --matrix-id it is linked at once, and the person gets a
+    /// personal Space and a welcome message (once `serve` runs).
+    Create {
+        name: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long)]
+        matrix_id: Option<String>,
+    },
+    /// List accounts and their linked identities.
+    List,
+    /// Delete an account (its identities and tokens go with it).
+    Delete { name: String },
+}
+
+/// Runs an account command against the database; Matrix work it needs is queued for
+/// `serve`.
+pub async fn account(config: &Config, action: AccountAction) -> anyhow::Result<std::process::ExitCode> {
+    let store = Store::open(&config.database.url).await.context("cannot open the database")?;
+    let mut tx = store.begin_write().await?;
+    match action {
+        AccountAction::Create { name, display_name, matrix_id } => {
+            if let Some(id) = &matrix_id {
+                ruma::UserId::parse(id.as_str()).map_err(|_| {
+                    anyhow::anyhow!("--matrix-id {id:?} is not a Matrix user id like @alice:example.org")
+                })?;
+                if let Some(owner) = accounts::account_for_identity(&mut tx, crate::matrix::CHANNEL, id).await? {
+                    bail!("{id} is linked to account {:?} already", owner.name);
+                }
+            }
+            if accounts::account_by_name(&mut tx, &name).await?.is_some() {
+                bail!("an account named {name:?} exists already");
+            }
+            let account =
+                crate::hub::lifecycle::provision_account(&mut tx, &name, display_name.as_deref(), matrix_id.as_deref())
+                    .await?;
+            println!("Created account {} ({}).", account.name, account.id);
+            if let Some(id) = matrix_id {
+                println!("Linked {id}; the personal Space and a welcome message follow once `mosaic-as serve` runs.");
+            }
+        }
+        AccountAction::List => {
+            for account in accounts::list_accounts(&mut tx).await? {
+                let identities = accounts::identities_of(&mut tx, &account.id).await?;
+                let linked: Vec<String> =
+                    identities.iter().map(|i| format!("{} {}", i.channel_name, i.channel_user_id)).collect();
+                println!("{}\t{}\t{}", account.name, account.id, linked.join(", "));
+            }
+        }
+        AccountAction::Delete { name } => {
+            if !accounts::delete_account(&mut tx, &name).await? {
+                bail!("no account named {name:?}");
+            }
+            println!("Deleted account {name}.");
+        }
+    }
+    tx.commit().await?;
+    store.close().await;
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use mosaic_as::cli::{self, InitOptions};
+use mosaic_as::cli::{self, AccountAction, InitOptions};
 use mosaic_as::config::{self, Config};
 use mosaic_as::matrix::naming::Namespace;
 use mosaic_as::matrix::registration::registration_yaml;
@@ -34,6 +34,9 @@ enum Command {
     Migrate,
     /// Check the database, the homeserver, the as_token and the appservice ping.
     Doctor,
+    /// Manage accounts.
+    #[command(subcommand)]
+    Account(AccountAction),
     /// Issue a single-use link token for an account (printed alone on the last line).
     LinkToken {
         /// Account name
@@ -102,6 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
         }
+        Command::Account(action) => return cli::account(&load(cli.config)?, action).await,
         Command::LinkToken { account, create } => {
             let config = load(cli.config)?;
             let (token, created) = cli::link_token(&config, &account, create).await?;

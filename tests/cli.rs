@@ -98,3 +98,25 @@ fn link_token_prints_the_token_alone_on_the_last_line() {
     assert!(ok);
     assert_ne!(again.lines().last().unwrap(), last, "every token is new");
 }
+
+#[test]
+fn accounts_are_created_listed_and_deleted_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path(), &[]);
+    let path = dir.path().join("mosaic-as.toml");
+    let config = path.to_str().unwrap();
+    let (ok, out, err) =
+        mosaic(&["--config", config, "account", "create", "alice", "--matrix-id", "@alice:example.org"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Created account alice") && out.contains("personal Space"), "{out}");
+    let (ok, _, err) = mosaic(&["--config", config, "account", "create", "again", "--matrix-id", "@alice:example.org"]);
+    assert!(!ok && err.contains("linked to account \"alice\""), "{err}");
+    let (ok, _, err) = mosaic(&["--config", config, "account", "create", "bad", "--matrix-id", "alice"]);
+    assert!(!ok && err.contains("not a Matrix user id"), "{err}");
+    let (ok, listed, _) = mosaic(&["--config", config, "account", "list"]);
+    assert!(ok && listed.contains("alice") && listed.contains("matrix @alice:example.org"), "{listed}");
+    let (ok, _, _) = mosaic(&["--config", config, "account", "delete", "alice"]);
+    assert!(ok);
+    let (ok, _, err) = mosaic(&["--config", config, "account", "delete", "alice"]);
+    assert!(!ok && err.contains("no account"), "{err}");
+}
