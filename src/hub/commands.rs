@@ -271,7 +271,7 @@ impl Hub {
             Ok(account) => {
                 accounts::link_identity(conn, channel, sender, &account.id).await?;
                 if channel == crate::matrix::CHANNEL {
-                    lifecycle::personal_space(conn, &account, sender).await?;
+                    lifecycle::matrix_identity_linked(conn, &account, sender).await?;
                 }
                 tracing::info!(channel, sender, account = account.name, "identity linked");
                 Ok(format!("Linked {sender} to Mosaic account **{}**.", account.name))

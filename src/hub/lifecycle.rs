@@ -38,6 +38,22 @@ pub async fn provision_account(
     Ok(account)
 }
 
+/// What an account gets when it gains a Matrix identity: its personal Space, and its
+/// teams' Spaces and shared rooms.
+pub async fn matrix_identity_linked(
+    conn: &mut AnyConnection,
+    account: &accounts::Account,
+    user_id: &str,
+) -> store::Result<()> {
+    personal_space(conn, account, user_id).await?;
+    for team in teams::of_account(conn, &account.id).await? {
+        let job = TeamInviteJob { team_id: team.id.clone(), team_name: team.name.clone(), user_id: user_id.into() };
+        let key = format!("team_invite:{}:{user_id}:{}", team.id, uuid::Uuid::new_v4());
+        queue::enqueue(conn, &matrix_queue(), &key, TEAM_INVITE_KIND, &job).await?;
+    }
+    Ok(())
+}
+
 /// Queues the account's personal Space (created once) with `user_id` invited; called
 /// when an account gets a Matrix identity.
 pub async fn personal_space(conn: &mut AnyConnection, account: &accounts::Account, user_id: &str) -> store::Result<()> {
