@@ -4,7 +4,7 @@ use std::process::Command;
 
 use mosaic_as::protocol::{ChannelMessage, ContentType, SenderType};
 use mosaic_as::secrets;
-use mosaic_as::store::{Store, accounts, conversations, inbox, messages, outbox};
+use mosaic_as::store::{Store, accounts, conversations, inbox, messages, outbox, retention, settings, teams};
 use serde_json::json;
 use sqlx::Connection;
 
@@ -73,6 +73,7 @@ on_both_backends!(
     messages_are_appended_once_per_native_id,
     outbox_runs_in_order_and_deduplicates,
     identities_link_and_unlink,
+    settings_usage_teams_and_retention,
 );
 
 async fn a_transaction_is_stored_once_and_survives_reopening(store: Store) {
@@ -191,4 +192,52 @@ async fn identities_link_and_unlink(store: Store) {
     assert!(accounts::unlink_identity(&mut conn, "matrix", "@a:x").await.unwrap());
     assert!(!accounts::unlink_identity(&mut conn, "matrix", "@a:x").await.unwrap());
     assert!(accounts::account_for_identity(&mut conn, "matrix", "@a:x").await.unwrap().is_none());
+}
+
+async fn settings_usage_teams_and_retention(store: Store) {
+    let mut conn = store.conn().await.unwrap();
+    let conversation = conversations::conversation_for_room_or_create(&mut conn, "!r:x", "Room").await.unwrap();
+    let id = conversation.id.as_str();
+
+    assert!(
+        settings::get(&mut conn, id).await.unwrap().answer_unlinked,
+        "people without a link are answered by default"
+    );
+    settings::set(&mut conn, id, settings::Change::DefaultAgent("helper")).await.unwrap();
+    settings::set(&mut conn, id, settings::Change::MentionOnly(true)).await.unwrap();
+    settings::set(&mut conn, id, settings::Change::AnswerUnlinked(false)).await.unwrap();
+    let room = settings::get(&mut conn, id).await.unwrap();
+    assert_eq!(room.default_agent.as_deref(), Some("helper"));
+    assert!(room.mention_only && !room.answer_unlinked);
+
+    settings::record_usage(&mut conn, "turn:1", "helper", id, 10, 5).await.unwrap();
+    settings::record_usage(&mut conn, "turn:1", "helper", id, 10, 5).await.unwrap();
+    settings::record_usage(&mut conn, "turn:2", "helper", id, 1, 2).await.unwrap();
+    let totals = settings::usage_totals(&mut conn, id).await.unwrap();
+    assert_eq!((totals[0].turns, totals[0].input_tokens, totals[0].output_tokens), (2, 11, 7), "a turn counts once");
+
+    let account = accounts::create_account(&mut conn, "owner", None).await.unwrap();
+    accounts::link_identity(&mut conn, "matrix", "@o:x", &account.id).await.unwrap();
+    let team = teams::create(&mut conn, "core").await.unwrap();
+    assert!(teams::add_member(&mut conn, &team.id, &account.id).await.unwrap());
+    assert!(!teams::add_member(&mut conn, &team.id, &account.id).await.unwrap());
+    assert_eq!(teams::member_matrix_ids(&mut conn, &team.id).await.unwrap(), vec!["@o:x"]);
+    teams::set_share(&mut conn, id, &team.id).await.unwrap();
+    assert_eq!(teams::share_of(&mut conn, id).await.unwrap().as_deref(), Some(team.id.as_str()));
+    assert_eq!(teams::shared_rooms(&mut conn, &team.id).await.unwrap(), vec!["!r:x"]);
+    teams::record_share_invite(&mut conn, "!r:x", "@p:x", &team.id).await.unwrap();
+    assert_eq!(teams::take_share_invites(&mut conn, "!r:x").await.unwrap(), vec!["@p:x"]);
+    assert!(teams::take_share_invites(&mut conn, "!r:x").await.unwrap().is_empty());
+    assert!(teams::remove_share(&mut conn, id).await.unwrap());
+
+    retention::set_policy(&mut conn, "!r:x", "all", Some(30)).await.unwrap();
+    retention::set_policy(&mut conn, "!r:x", "all", None).await.unwrap();
+    assert_eq!(retention::policy(&mut conn, "!r:x", "all").await.unwrap(), Some(None), "keep forever, last write wins");
+    assert_eq!(retention::policy(&mut conn, "*", "team").await.unwrap(), None);
+    let msg = ChannelMessage::new("!r:x", "@o:x", SenderType::User, "old", ContentType::Text);
+    messages::append(&mut conn, id, "matrix", &msg).await.unwrap();
+    assert_eq!(retention::delete_before(&mut conn, id, 0).await.unwrap(), 0, "nothing is older than the epoch");
+    let future = mosaic_as::store::now_ms() + 1000;
+    assert_eq!(retention::delete_before(&mut conn, id, future).await.unwrap(), 1);
+    assert_eq!(retention::delete_before(&mut conn, id, future).await.unwrap(), 0, "running twice removes nothing more");
 }
