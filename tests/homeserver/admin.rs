@@ -246,6 +246,12 @@ async fn teams_share_rooms_through_their_space_and_unsharing_removes_only_who_ca
         admin.call(reqwest::Method::POST, "/teams/nope/members", Some(json!({"account": "bob-t"}))).await.0,
         404
     );
+
+    // This deployment removes people whose link is revoked from every managed room.
+    let revoke = format!("/identities/matrix/{}", dave.user_id);
+    assert_eq!(admin.call(reqwest::Method::DELETE, &revoke, None).await.0, 204);
+    wait_until("dave's removal after revocation", async || membership(&alice, &room, &dave.user_id).await == "leave")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
