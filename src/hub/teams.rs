@@ -73,6 +73,25 @@ impl Hub {
         }
     }
 
+    /// The team (which `me` must belong to) and the account `member` names, or the
+    /// answer that explains why not.
+    async fn team_and_member(
+        &self,
+        conn: &mut AnyConnection,
+        me: &accounts::Account,
+        team: &str,
+        member: &str,
+    ) -> store::Result<Result<(teams::Team, accounts::Account), String>> {
+        let team = match self.my_team(conn, me, team).await? {
+            Ok(team) => team,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        Ok(match self.find_account(conn, member).await? {
+            Some(account) => Ok((team, account)),
+            None => Err(format!("No linked account for {member}: they link with `!link <token>` first.")),
+        })
+    }
+
     async fn add_member(
         &self,
         conn: &mut AnyConnection,
@@ -80,12 +99,9 @@ impl Hub {
         team: &str,
         member: &str,
     ) -> store::Result<String> {
-        let team = match self.my_team(conn, me, team).await? {
-            Ok(team) => team,
+        let (team, account) = match self.team_and_member(conn, me, team, member).await? {
+            Ok(found) => found,
             Err(refusal) => return Ok(refusal),
-        };
-        let Some(account) = self.find_account(conn, member).await? else {
-            return Ok(format!("No linked account for {member}: they link with `!link <token>` first."));
         };
         if !lifecycle::add_team_member(conn, &team, &account).await? {
             return Ok(format!("**{}** is in **{}** already.", account.name, team.name));
@@ -100,12 +116,9 @@ impl Hub {
         team: &str,
         member: &str,
     ) -> store::Result<String> {
-        let team = match self.my_team(conn, me, team).await? {
-            Ok(team) => team,
+        let (team, account) = match self.team_and_member(conn, me, team, member).await? {
+            Ok(found) => found,
             Err(refusal) => return Ok(refusal),
-        };
-        let Some(account) = self.find_account(conn, member).await? else {
-            return Ok(format!("No linked account for {member}."));
         };
         Ok(match teams::remove_member(conn, &team.id, &account.id).await? {
             true => format!("Removed **{}** from **{}**.", account.name, team.name),
