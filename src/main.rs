@@ -10,8 +10,8 @@ use mosaic_as::matrix::naming::Namespace;
 use mosaic_as::matrix::registration::registration_yaml;
 use mosaic_as::store::Store;
 
-/// A Matrix application service that puts AI agents into Matrix rooms and bridges
-/// Discord and Telegram into the same conversations.
+/// A Matrix application service that puts AI agents into Matrix rooms, with
+/// conversations, teams and linked identities.
 #[derive(Parser)]
 #[command(name = "mosaic-as", version, propagate_version = true)]
 struct Cli {
