@@ -97,11 +97,19 @@ async fn transaction(State(state): State<ServerState>, Path(txn_id): Path<String
             return matrix_error(StatusCode::BAD_REQUEST, "M_BAD_JSON", format!("transaction body: {error}"));
         }
     };
+    // Each event's envelope is read once: for the inbox key and for what is kept.
+    let envelopes: Vec<Option<Envelope>> = parsed.events.iter().map(|e| serde_json::from_str(e.get()).ok()).collect();
+    let inbox_key = inbox_key(&txn_id, envelopes.iter().map(|e| e.as_ref().map_or("", |e| e.event_id.as_ref())));
     let namespace = state.adapter.namespace();
     let key = &state.config.appservice.as_token;
-    let kept: Vec<Cow<str>> = parsed.events.iter().filter_map(|e| prepare_for_inbox(e.get(), namespace, key)).collect();
+    let kept: Vec<Cow<str>> = parsed
+        .events
+        .iter()
+        .zip(&envelopes)
+        .filter_map(|(raw, envelope)| prepare_for_inbox(raw.get(), envelope.as_ref()?, namespace, key))
+        .collect();
     let events: Vec<&str> = kept.iter().map(|e| e.as_ref()).collect();
-    match inbox::record_transaction(&state.store, &inbox_key(&txn_id, &parsed.events), &events).await {
+    match inbox::record_transaction(&state.store, &inbox_key, &events).await {
         Ok(new) => {
             if new {
                 tracing::debug!(txn_id, events = events.len(), "transaction stored");
@@ -123,35 +131,35 @@ async fn transaction(State(state): State<ServerState>, Path(txn_id): Path<String
 /// carries the same events and is recognised; a txnId that a homeserver hands out again
 /// for new events (Synapse on SQLite restarts its numbering when it has no pending
 /// transactions) is stored as the new transaction it is.
-pub fn inbox_key(txn_id: &str, events: &[&RawValue]) -> String {
-    #[derive(Deserialize)]
-    struct EventId<'a> {
-        #[serde(borrow, default)]
-        event_id: Cow<'a, str>,
-    }
+pub fn inbox_key<'a>(txn_id: &str, event_ids: impl Iterator<Item = &'a str>) -> String {
     let mut ids = String::new();
-    for event in events {
-        if let Ok(parsed) = serde_json::from_str::<EventId>(event.get()) {
-            ids.push_str(&parsed.event_id);
-        }
+    for event_id in event_ids {
+        ids.push_str(event_id);
         ids.push('\n');
     }
     format!("{txn_id}:{}", &secrets::hash_token(&ids)[..16])
 }
 
+/// The fields of a pushed event that decide how it is stored.
 #[derive(Deserialize)]
-struct Envelope<'a> {
+pub struct Envelope<'a> {
     #[serde(rename = "type", borrow, default)]
     kind: Cow<'a, str>,
     #[serde(borrow, default)]
     sender: Cow<'a, str>,
+    #[serde(borrow, default)]
+    event_id: Cow<'a, str>,
 }
 
 /// What of a pushed event goes into the inbox: messages our own users sent come back to
 /// us and are never acted on, so they are not stored (they may carry a handed-out link
 /// token); link tokens in people's messages are stored hashed.
-pub fn prepare_for_inbox<'a>(raw: &'a str, namespace: &Namespace, key: &str) -> Option<Cow<'a, str>> {
-    let envelope: Envelope = serde_json::from_str(raw).ok()?;
+pub fn prepare_for_inbox<'a>(
+    raw: &'a str,
+    envelope: &Envelope,
+    namespace: &Namespace,
+    key: &str,
+) -> Option<Cow<'a, str>> {
     if envelope.kind == "m.room.message" && namespace.is_ours(&envelope.sender) {
         return None;
     }
@@ -288,24 +296,30 @@ mod tests {
         };
         let ours =
             json!({"type": "m.room.message", "sender": "@mosaic-bot:x", "content": {"body": "token"}}).to_string();
-        assert!(prepare_for_inbox(&ours, &ns, "key").is_none());
+        assert!(prepare_for_inbox(&ours, &serde_json::from_str(&ours).unwrap(), &ns, "key").is_none());
         let join =
             json!({"type": "m.room.member", "sender": "@mosaic-bot:x", "state_key": "@mosaic-bot:x"}).to_string();
-        assert!(prepare_for_inbox(&join, &ns, "key").is_some());
+        assert!(prepare_for_inbox(&join, &serde_json::from_str(&join).unwrap(), &ns, "key").is_some());
         let theirs = json!({"type": "m.room.message", "sender": "@alice:x", "content": {"body": "hi"}}).to_string();
-        assert!(prepare_for_inbox(&theirs, &ns, "key").is_some());
+        assert!(prepare_for_inbox(&theirs, &serde_json::from_str(&theirs).unwrap(), &ns, "key").is_some());
     }
 
     #[test]
     fn a_reused_txn_id_with_other_events_is_a_new_transaction() {
-        let raw = |id: &str, age: u64| {
-            serde_json::value::to_raw_value(&json!({"event_id": id, "unsigned": {"age": age}})).unwrap()
-        };
-        let (a, a_later, b) = (raw("$a", 1), raw("$a", 900), raw("$b", 1));
-        assert_eq!(inbox_key("7", &[&a]), inbox_key("7", &[&a_later]), "a retry is the same transaction");
-        assert_ne!(inbox_key("7", &[&a]), inbox_key("7", &[&b]));
-        assert_ne!(inbox_key("7", &[&a]), inbox_key("8", &[&a]));
-        assert!(inbox_key("7", &[&a]).starts_with("7:"));
+        // A retry carries the same events, only their `unsigned.age` differs.
+        let first = json!({"event_id": "$a", "unsigned": {"age": 1}}).to_string();
+        let retry = json!({"event_id": "$a", "unsigned": {"age": 900}}).to_string();
+        let id_of = |raw: &str| serde_json::from_str::<Envelope>(raw).unwrap().event_id.into_owned();
+        assert_eq!(
+            inbox_key("7", [id_of(&first).as_str()].into_iter()),
+            inbox_key("7", [id_of(&retry).as_str()].into_iter()),
+            "a retry is the same transaction"
+        );
+        let key = |txn: &str, ids: &[&'static str]| inbox_key(txn, ids.iter().copied());
+        assert_ne!(key("7", &["$a"]), key("7", &["$b"]));
+        assert_ne!(key("7", &["$a"]), key("8", &["$a"]));
+        assert_ne!(key("7", &["$a", "$b"]), key("7", &["$ab"]), "ids are kept apart");
+        assert!(key("7", &["$a"]).starts_with("7:"));
     }
 
     #[test]
