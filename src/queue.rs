@@ -61,10 +61,6 @@ pub struct Wakers {
 }
 
 impl Wakers {
-    pub fn wake(&self, queue: &str) {
-        self.for_queue(queue).notify_one();
-    }
-
     pub fn wake_all(&self) {
         for notify in self.queues.lock().expect("wakers lock").values() {
             notify.notify_one();

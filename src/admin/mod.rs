@@ -74,6 +74,12 @@ impl From<store::StoreError> for ApiError {
     }
 }
 
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        store::StoreError::from(error).into()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, axum::Json(json!({ "error": { "code": self.code, "message": self.message } }))).into_response()
@@ -157,7 +163,7 @@ async fn create_account(State(state): State<AdminState>, headers: HeaderMap, bod
     let account =
         lifecycle::provision_account(&mut tx, &new.name, new.display_name.as_deref(), new.matrix_id.as_deref()).await?;
     let body = account_json(&mut tx, &account).await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     state.wakers.wake_all();
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
@@ -178,7 +184,7 @@ async fn delete_account(State(state): State<AdminState>, headers: HeaderMap, Pat
     if !accounts::delete_account(&mut tx, &name).await? {
         return Err(ApiError::not_found(format!("no account named {name:?}")));
     }
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -197,7 +203,7 @@ async fn create_link_token(State(state): State<AdminState>, headers: HeaderMap, 
     };
     let ttl = state.config.linking.token_ttl_secs;
     let token = accounts::issue_link_token(&mut tx, &account.id, ttl).await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     let expires_at = store::now_ms() + (ttl as i64) * 1000;
     Ok((StatusCode::CREATED, axum::Json(json!({ "token": token, "account": account.name, "expiresAt": expires_at })))
         .into_response())
@@ -214,7 +220,7 @@ async fn revoke_identity(
     if !lifecycle::revoke_identity(&mut tx, &channel, &channel_user_id, kick).await? {
         return Err(ApiError::not_found(format!("{channel} identity {channel_user_id} is not linked")));
     }
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     state.wakers.wake_all();
     tracing::info!(channel, channel_user_id, kick, "identity revoked");
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -257,7 +263,7 @@ async fn rename_conversation(
     if !lifecycle::rename_conversation(&mut tx, &id, rename.title.trim()).await? {
         return Err(ApiError::not_found(format!("no conversation {id}")));
     }
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     state.wakers.wake_all();
     Ok(axum::Json(json!({ "id": id, "title": rename.title.trim() })).into_response())
 }
@@ -273,7 +279,7 @@ async fn archive_conversation(
         return Err(ApiError::not_found(format!("no conversation {id}")));
     }
     let archived = lifecycle::archive_conversation(&mut tx, &id).await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     state.wakers.wake_all();
     Ok(axum::Json(json!({ "id": id, "archived": true, "alreadyArchived": !archived })).into_response())
 }
@@ -295,7 +301,7 @@ async fn create_team(State(state): State<AdminState>, headers: HeaderMap, body: 
         return Err(ApiError::new(StatusCode::CONFLICT, "exists", format!("a team named {:?} exists", new.name)));
     }
     let team = lifecycle::create_team(&mut tx, &new.name, None).await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     state.wakers.wake_all();
     Ok((StatusCode::CREATED, axum::Json(json!({ "id": team.id, "name": team.name, "members": [] }))).into_response())
 }
@@ -344,7 +350,7 @@ async fn add_team_member(
     let mut tx = state.store.begin_write().await?;
     let (team, account) = team_and_account(&mut tx, &name, &member.account).await?;
     let added = lifecycle::add_team_member(&mut tx, &team, &account).await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     state.wakers.wake_all();
     let status = if added { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(json!({ "team": team.name, "account": account.name }))).into_response())
@@ -361,7 +367,7 @@ async fn remove_team_member(
     if !teams::remove_member(&mut tx, &team.id, &account.id).await? {
         return Err(ApiError::not_found(format!("{} is not in team {}", account.name, team.name)));
     }
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -387,7 +393,7 @@ async fn share_conversation(
         return Err(ApiError::not_found(format!("no conversation {id}")));
     }
     let outcome = lifecycle::share_conversation(&mut tx, &id, &team).await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     state.wakers.wake_all();
     match outcome {
         lifecycle::ShareOutcome::NoRoom => {
@@ -410,7 +416,7 @@ async fn unshare_conversation(
     let Some(team) = lifecycle::unshare_conversation(&mut tx, &id).await? else {
         return Err(ApiError::not_found(format!("conversation {id} is not shared")));
     };
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     state.wakers.wake_all();
     Ok(axum::Json(json!({ "id": id, "unsharedFrom": team })).into_response())
 }
