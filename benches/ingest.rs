@@ -50,14 +50,7 @@ const ROOMS: usize = 8;
 const SENDERS: usize = 25;
 
 fn main() -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("ingest benchmark failed: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    support::run_main("ingest", run())
 }
 
 async fn run() -> anyhow::Result<()> {

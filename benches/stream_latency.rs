@@ -76,14 +76,7 @@ const ROOM: &str = "!bench:bench";
 const TURN_TAG: &str = "bench-turn-";
 
 fn main() -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("stream latency benchmark failed: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    support::run_main("stream latency", run())
 }
 
 async fn run() -> anyhow::Result<()> {

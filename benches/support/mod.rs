@@ -160,6 +160,19 @@ fn read_hs_token(config_path: &Path) -> anyhow::Result<String> {
 }
 
 /// A 127.0.0.1 port that was free a moment ago (bound and released at once).
+/// Runs a bench's async body on a multi-threaded runtime; a failure is printed with its
+/// causes and ends the process with a failure code.
+pub fn run_main<F: std::future::Future<Output = anyhow::Result<()>>>(bench: &str, body: F) -> std::process::ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(body) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{bench} benchmark failed: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 pub fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?)
