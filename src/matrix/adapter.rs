@@ -173,9 +173,7 @@ impl MatrixAdapter {
     }
 
     async fn on_message(&self, event: &Value, room_id: &str, sender: &str) -> Result<(), EventError> {
-        let Some(handler) = self.handler.read().expect("handler lock").clone() else {
-            return Err(EventError::Transient("no inbound handler installed yet".into()));
-        };
+        let handler = self.handler()?;
         let content: RoomMessageEventContent = match serde_json::from_value(event["content"].clone()) {
             Ok(content) => content,
             // Redacted or malformed messages carry nothing to act on.
@@ -242,12 +240,19 @@ impl MatrixAdapter {
         handler.handle(msg).await.map_err(|e| EventError::Transient(e.to_string()))
     }
 
+    /// The installed inbound handler; events wait in the inbox until there is one.
+    fn handler(&self) -> Result<Arc<dyn InboundHandler>, EventError> {
+        self.handler
+            .read()
+            .expect("handler lock")
+            .clone()
+            .ok_or_else(|| EventError::Transient("no inbound handler installed yet".into()))
+    }
+
     /// A reaction becomes a message whose content is the emoji, replying to the message
     /// reacted to (people answer an agent's permission question this way).
     async fn on_reaction(&self, event: &Value, room_id: &str, sender: &str) -> Result<(), EventError> {
-        let Some(handler) = self.handler.read().expect("handler lock").clone() else {
-            return Err(EventError::Transient("no inbound handler installed yet".into()));
-        };
+        let handler = self.handler()?;
         let relation = &event["content"]["m.relates_to"];
         let (Some(target), Some(key)) = (relation["event_id"].as_str(), relation["key"].as_str()) else {
             return Ok(());

@@ -177,18 +177,8 @@ impl MatrixAdapter {
             OwnedUserId::try_from(ns.agent_user_id(&job.agent)).map_err(|e| EventError::Permanent(e.to_string()))?;
         let room = OwnedRoomId::try_from(job.room_id.as_str()).map_err(|e| EventError::Permanent(e.to_string()))?;
         self.ensure_known_user(&agent).await?;
-        let invite = invite_user::v3::Request::new(
-            room.clone(),
-            invite_user::v3::InvitationRecipient::UserId(invite_user::v3::InviteUserId::new(agent.clone())),
-        );
-        match self.client().call(invite, None).await {
-            Ok(_) => {}
-            // Already in the room (or invited): joining settles it.
-            Err(error) if error.errcode() == Some("M_FORBIDDEN") => {
-                tracing::debug!(room_id = job.room_id, %error, "invite refused; trying to join");
-            }
-            Err(error) => return Err(error.into()),
-        }
+        // An agent invited or in the room already is fine: joining settles it.
+        self.invite_person(&room, agent.as_str()).await?;
         self.client().call(join_room_by_id::v3::Request::new(room.clone()), Some(&agent)).await?;
         let mut conn = self.store().conn().await?;
         conversations::set_membership(&mut conn, room.as_str(), agent.as_str(), "join").await?;
@@ -207,15 +197,7 @@ impl MatrixAdapter {
             Some(room) => {
                 self.grant_power(&room, &job.observers, PEOPLE_POWER).await?;
                 for person in &job.observers {
-                    let user =
-                        OwnedUserId::try_from(person.as_str()).map_err(|e| EventError::Permanent(e.to_string()))?;
-                    let invite = invite_user::v3::Request::new(
-                        room.clone(),
-                        invite_user::v3::InvitationRecipient::UserId(invite_user::v3::InviteUserId::new(user)),
-                    );
-                    if let Err(error) = self.client().call(invite, None).await {
-                        tracing::info!(room_id = %room, %error, "observer not invited (already in the room?)");
-                    }
+                    self.invite_person(&room, person).await?;
                 }
                 room
             }
