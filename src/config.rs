@@ -26,6 +26,10 @@ const ENV_OVERRIDES: &[(&str, &str, Setter)] = &[
     ("MOSAIC_AS_HOMESERVER_ADMIN_TOKEN", "retention.homeserver_admin_token", |c, v| {
         c.retention.homeserver_admin_token = Some(v)
     }),
+    ("MOSAIC_AS_TELEGRAM_TOKEN", "telegram.token", |c, v| {
+        c.telegram.get_or_insert_with(Default::default).token = Some(v)
+    }),
+    ("MOSAIC_AS_DISCORD_TOKEN", "discord.token", |c, v| c.discord.get_or_insert_with(Default::default).token = Some(v)),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,12 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// The Telegram bridge; off without this section (or `MOSAIC_AS_TELEGRAM_TOKEN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telegram: Option<TelegramConfig>,
+    /// The Discord bridge; off without this section (or `MOSAIC_AS_DISCORD_TOKEN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discord: Option<DiscordConfig>,
     /// The agent `!new` puts into new rooms.
     #[serde(default = "default_agent_id")]
     pub default_agent: String,
@@ -193,6 +203,78 @@ impl Default for LinkingConfig {
             kick_on_revoke: false,
         }
     }
+}
+
+/// How the Telegram adapter receives updates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TelegramMode {
+    /// `getUpdates` long polling: works behind NAT, needs no public URL.
+    #[default]
+    Polling,
+    /// Telegram posts updates to `webhook_url`, served on the appservice listener.
+    Webhook,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramConfig {
+    /// The bot token from BotFather; better given as `MOSAIC_AS_TELEGRAM_TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Base URL of the Bot API (a local `telegram-bot-api` server, or a test fake).
+    #[serde(default = "default_telegram_api_url")]
+    pub api_url: String,
+    #[serde(default)]
+    pub mode: TelegramMode,
+    /// Webhook mode: the public HTTPS URL Telegram posts updates to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Long-poll timeout of `getUpdates` in seconds.
+    #[serde(default = "default_telegram_poll_timeout")]
+    pub poll_timeout_secs: u32,
+}
+
+impl Default for TelegramConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            api_url: default_telegram_api_url(),
+            mode: TelegramMode::default(),
+            webhook_url: None,
+            poll_timeout_secs: default_telegram_poll_timeout(),
+        }
+    }
+}
+
+fn default_telegram_api_url() -> String {
+    "https://api.telegram.org".into()
+}
+
+fn default_telegram_poll_timeout() -> u32 {
+    30
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscordConfig {
+    /// The bot token of the Discord application; better given as `MOSAIC_AS_DISCORD_TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Base URL of Discord's REST API (requests go to `<api_url>/api/v10/…`); the
+    /// gateway URL is discovered from it.
+    #[serde(default = "default_discord_api_url")]
+    pub api_url: String,
+}
+
+impl Default for DiscordConfig {
+    fn default() -> Self {
+        Self { token: None, api_url: default_discord_api_url() }
+    }
+}
+
+fn default_discord_api_url() -> String {
+    "https://discord.com".into()
 }
 
 /// Names of the bot and the ghost namespaces. Changing them after users have talked to
@@ -458,6 +540,18 @@ impl Config {
             return Err((
                 "admin.token",
                 format!("expected a random token of at least 16 characters; {}", env_hint("MOSAIC_AS_ADMIN_TOKEN")),
+            ));
+        }
+        if self.telegram.as_ref().is_some_and(|t| t.token.as_deref().is_none_or(str::is_empty)) {
+            return Err((
+                "telegram.token",
+                format!("the [telegram] section needs the bot token from BotFather; {}", env_hint("MOSAIC_AS_TELEGRAM_TOKEN")),
+            ));
+        }
+        if self.discord.as_ref().is_some_and(|d| d.token.as_deref().is_none_or(str::is_empty)) {
+            return Err((
+                "discord.token",
+                format!("the [discord] section needs the application's bot token; {}", env_hint("MOSAIC_AS_DISCORD_TOKEN")),
             ));
         }
         if url::Url::parse(&self.homeserver.url).is_err() {

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::protocol::{ChannelAdapter, ChannelMessage, ContentType, SenderType};
 
 /// Metadata key of an edit: the canonical id of the message it replaces.
-pub const REPLACES: &str = "mosaic.replaces";
+pub use crate::protocol::metadata_keys::REPLACES;
 /// Longest message part; longer answers are split at a clean boundary.
 pub const MAX_PART_CHARS: usize = 16_000;
 const EDIT_INTERVAL: Duration = Duration::from_secs(1);

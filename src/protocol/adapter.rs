@@ -75,4 +75,18 @@ pub trait ChannelAdapter: Send + Sync {
 
     /// The account id linked to a channel-native user id, or `None` for anonymous senders.
     async fn map_identity(&self, channel_user_id: &str) -> Option<String>;
+
+    /// An admin bridged `channel_id` into a conversation: checks that the channel is
+    /// reachable, prepares what sending there needs (a Discord webhook), and says in one
+    /// line how messages will appear there. Runs again on every `!bridge`, so it must
+    /// be idempotent.
+    async fn open_bridge(&self, channel_id: &str) -> Result<String, ChannelSendError> {
+        let _ = channel_id;
+        Ok(String::new())
+    }
+
+    /// The bridge of `channel_id` was removed; release what `open_bridge` prepared.
+    async fn close_bridge(&self, channel_id: &str) {
+        let _ = channel_id;
+    }
 }

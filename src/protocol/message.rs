@@ -9,6 +9,30 @@ pub mod metadata_keys {
     pub const CHANNEL_MESSAGE_ID: &str = "channelMessageId";
     /// Language tag for `contentType = code`.
     pub const LANGUAGE: &str = "language";
+    /// The sender's display name. Inbound: the remote sender's name on its surface (the
+    /// Matrix ghost takes it). Outbound to a bridge: the name to show (webhook user name,
+    /// name prefix); the hub sets it on every message it sends to a bridge.
+    pub const SENDER_NAME: &str = "senderName";
+    /// The sender's avatar: an `mxc://` URI (inbound: uploaded through the media
+    /// repository) or an `https://` URL (outbound: usable as a webhook avatar).
+    pub const SENDER_AVATAR_URL: &str = "senderAvatarUrl";
+    /// What makes an inbound message unique on its surface when `channelMessageId` alone
+    /// does not (Telegram ids are per chat; an edit reuses the id). Stored as the
+    /// message's native key, so a redelivery is recognised.
+    pub const DEDUPE_KEY: &str = "mosaic.dedupeKey";
+    /// Inbound: the message deletes the one named by `replyToId`.
+    pub const IS_DELETION: &str = "mosaic.isDeletion";
+    /// Outbound: the canonical id of the message this one edits (stream previews, edits
+    /// bridged from another surface). The adapter edits its own copy of that message.
+    pub const REPLACES: &str = "mosaic.replaces";
+    /// Outbound: the canonical id of the thread's root message, when the hub could not
+    /// name the thread in the target's own terms (`threadId` is then empty).
+    pub const THREAD_ROOT_ID: &str = "mosaic.threadRootId";
+    /// Outbound: deliver privately to this channel-native user (a DM, an ephemeral
+    /// answer) instead of to the channel; used for link tokens.
+    pub const PRIVATE_TO: &str = "mosaic.privateTo";
+    /// Outbound: the surface the message was first written on (`matrix`, `discord`, …).
+    pub const ORIGIN_CHANNEL: &str = "mosaic.originChannel";
 }
 
 /// Who sent a message.
@@ -123,6 +147,17 @@ impl ChannelMessage {
     pub fn with_reply_to(mut self, id: Uuid) -> Self {
         self.reply_to_id = Some(id);
         self
+    }
+
+    /// A string field of `metadata`.
+    pub fn meta_str(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).and_then(Value::as_str)
+    }
+
+    /// The key that identifies this message on its surface: the adapter's dedupe key,
+    /// else the native message id.
+    pub fn native_key(&self) -> Option<&str> {
+        self.meta_str(metadata_keys::DEDUPE_KEY).or_else(|| self.channel_message_id())
     }
 
     pub fn with_thread(mut self, thread_id: Option<String>) -> Self {

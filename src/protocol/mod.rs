@@ -5,10 +5,12 @@
 //! version [`PROTOCOL_VERSION`].
 
 mod adapter;
+mod media;
 mod message;
 mod registry;
 
 pub use adapter::{AdapterHealth, ChannelAdapter, ChannelConnectError, ChannelSendError, HandlerError, InboundHandler};
+pub use media::{Media, MediaError, MediaRepository};
 pub use message::{ChannelAttachment, ChannelMessage, ContentType, SenderType, metadata_keys};
 pub use registry::{CONNECT_TIMEOUT, ChannelRegistry, DEFAULT_HEALTH_INTERVAL};
 

@@ -25,7 +25,7 @@ pub async fn append(
     .bind(conversation_id)
     .bind(channel)
     .bind(&msg.channel_id)
-    .bind(msg.channel_message_id())
+    .bind(msg.native_key())
     .bind(&msg.sender_id)
     .bind(msg.sender_type.as_str())
     .bind(msg.content_type.as_str())
