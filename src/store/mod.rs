@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod agent_rooms;
+pub mod bridges;
 pub mod conversations;
 pub mod inbox;
 pub mod messages;
