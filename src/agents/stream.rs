@@ -181,7 +181,7 @@ pub fn split_parts(text: &str, limit: usize) -> Vec<String> {
 pub fn answer_message(id: Uuid, to: &ChannelMessage, agent: &str) -> ChannelMessage {
     let mut reply = ChannelMessage::new(&to.channel_id, agent, SenderType::Agent, "", ContentType::Markdown)
         .with_reply_to(to.id)
-        .with_thread(to.thread_id.clone());
+        .in_thread_of(to);
     reply.id = id;
     reply
 }

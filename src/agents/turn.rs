@@ -17,7 +17,7 @@ use crate::protocol::{ChannelMessage, ContentType, SenderType};
 use crate::queue;
 use crate::queue::JobOutcome;
 use crate::store::AnyConnection;
-use crate::store::{self, conversations, messages, outbox, settings};
+use crate::store::{self, messages, outbox, settings};
 
 /// How a turn ended.
 enum Ending {
@@ -90,10 +90,10 @@ impl Agents {
             last.content = prompt.clone();
         }
         let mut targets = Vec::new();
-        if let Some(room) = conversations::room_for_conversation(&mut conn, &turn.conversation_id).await?
-            && let Some(adapter) = self.registry.get(crate::matrix::CHANNEL)
-        {
-            targets.push(Target { adapter, channel_id: room });
+        for (channel, chat) in crate::hub::bridging::surfaces(&mut conn, &turn.conversation_id).await? {
+            if let Some(adapter) = self.registry.get(&channel) {
+                targets.push(Target { adapter, channel_id: chat });
+            }
         }
         Ok(Some((message, context, targets)))
     }
@@ -343,7 +343,7 @@ impl Agents {
         let mut notice =
             ChannelMessage::new(&to.channel_id, crate::hub::SYSTEM_SENDER, SenderType::System, text, ContentType::Text)
                 .with_reply_to(to.id)
-                .with_thread(to.thread_id.clone());
+                .in_thread_of(to);
         notice.id = derived_id(to.id, &format!("{}:failed", job.dedupe_key));
         let mut tx = self.store.begin_write().await?;
         messages::append(&mut tx, &turn.conversation_id, "hub", &notice).await?;

@@ -5,7 +5,7 @@
 use sqlx::AnyConnection;
 
 use super::teams::TeamCommand;
-use super::{Hub, lifecycle, routing};
+use super::{Hub, bridging, lifecycle, routing};
 use crate::matrix::rooms::{CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob};
 use crate::protocol::ChannelMessage;
 use crate::queue;
@@ -34,6 +34,14 @@ pub enum Command {
     Retention(Option<i64>),
     Share(String),
     Unshare,
+    /// Bridge a chat of another surface into this conversation.
+    Bridge {
+        surface: String,
+        chat_id: String,
+        mirror_deletions: bool,
+    },
+    /// Remove the bridges of one surface, or all.
+    Unbridge(Option<String>),
     /// Open the room of two agents.
     Pair(String, String),
     /// In an agent room: `(agent, text)`.
@@ -103,6 +111,27 @@ pub fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
         ("share", [team]) => Ok(Command::Share((*team).to_string())),
         ("share", _) => Err(Usage(format!("Usage: `{p}share <team>` shares this conversation with a team"))),
         ("unshare", []) => Ok(Command::Unshare),
+        ("bridge", [surface, chat_id, rest @ ..])
+            if bridging::BRIDGEABLE.contains(surface)
+                && valid_chat_id(chat_id)
+                && rest.iter().all(|o| *o == "--keep-deleted") =>
+        {
+            Ok(Command::Bridge {
+                surface: (*surface).to_string(),
+                chat_id: (*chat_id).to_string(),
+                mirror_deletions: rest.is_empty(),
+            })
+        }
+        ("bridge", _) => Err(Usage(format!(
+            "Usage: `{p}bridge discord <channel id>` or `{p}bridge telegram <chat id>` (add `--keep-deleted` to keep messages deleted there); ids are numbers"
+        ))),
+        ("unbridge", []) => Ok(Command::Unbridge(None)),
+        ("unbridge", [surface]) if bridging::BRIDGEABLE.contains(surface) => {
+            Ok(Command::Unbridge(Some((*surface).to_string())))
+        }
+        ("unbridge", _) => {
+            Err(Usage(format!("Usage: `{p}unbridge` (every bridged chat) or `{p}unbridge discord|telegram`")))
+        }
         ("pair", [a, b]) => Ok(Command::Pair((*a).to_string(), (*b).to_string())),
         ("pair", _) => {
             Err(Usage(format!("Usage: `{p}pair <agent> <agent>` opens a room where two agents work together")))
@@ -127,6 +156,12 @@ pub fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
     })
 }
 
+/// Discord snowflakes and Telegram chat ids (negative for groups) are integers.
+fn valid_chat_id(id: &str) -> bool {
+    let digits = id.strip_prefix('-').unwrap_or(id);
+    !digits.is_empty() && digits.len() <= 20 && digits.chars().all(|c| c.is_ascii_digit())
+}
+
 pub fn help_text(p: char) -> String {
     format!(
         "**Mosaic commands**\n\
@@ -148,6 +183,7 @@ pub fn help_text(p: char) -> String {
          - `{p}team create <name>`, `{p}team add <team> <@user|account>`, `{p}team remove <team> <@user|account>`, `{p}team list` — teams\n\
          - `{p}share <team>` / `{p}unshare` — share this conversation with a team, or stop\n\
          - `{p}retention <days>|off` — how long this room keeps its messages\n\
+         - `{p}bridge discord|telegram <id>` / `{p}unbridge` — bridge a Discord channel or Telegram chat into this room (admins)\n\
          - `{p}pair <agent> <agent>` — open a room where two agents work together\n\
          - in such a room: `{p}ask <agent> <text>`, `{p}delegate <agent> <task>`, `{p}broadcast <agent> <text>`; begin a message with [HUMAN] to interrupt"
     )
@@ -241,6 +277,10 @@ impl Hub {
             Command::Retention(days) => self.set_retention(conn, conversation_id, days).await?.into(),
             Command::Share(team) => self.share(conn, channel, sender, conversation_id, &team).await?,
             Command::Unshare => self.unshare(conn, conversation_id).await?,
+            Command::Bridge { surface, chat_id, mirror_deletions } => {
+                self.bridge_chat(conn, msg, conversation_id, &surface, &chat_id, mirror_deletions).await?
+            }
+            Command::Unbridge(surface) => self.unbridge_chats(conn, msg, conversation_id, surface.as_deref()).await?,
             Command::Pair(a, b) => self.pair(conn, channel, sender, &a, &b).await?,
             Command::Ask(agent, text) => self.ask(conn, conversation_id, msg, &agent, &text).await?,
             Command::Delegate(agent, task) => self.delegate(conn, conversation_id, msg, &agent, &task).await?,
@@ -303,13 +343,14 @@ impl Hub {
             )
             .into());
         };
-        if routing::participants(msg) > 1 {
+        // On other surfaces the answer goes to the person privately (see `Hub::reply`).
+        if channel == crate::matrix::CHANNEL && routing::participants(msg) > 1 {
             return Ok(format!("Link tokens are secret: send `{p}link` in a direct chat with me.").into());
         }
         let minutes = self.config.linking.token_ttl_secs.div_ceil(60);
         Ok(Answer {
             text: format!(
-                "Link token for account **{}** (valid {minutes} min, single use). In the other channel, send:\n\n`!link {LINK_TOKEN_PLACEHOLDER}`",
+                "Link token for account **{}** (valid {minutes} min, single use). In the other channel, send:\n\n`!link {LINK_TOKEN_PLACEHOLDER}`\n\n(on Telegram: `/link {LINK_TOKEN_PLACEHOLDER}`)",
                 account.name
             ),
             link_token_for: Some(account.id),

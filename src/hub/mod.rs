@@ -3,6 +3,7 @@
 //! per message, so a message is handled exactly once even when it is delivered twice.
 
 pub mod agent_rooms;
+pub mod bridging;
 pub mod commands;
 pub mod lifecycle;
 pub mod retention;
@@ -18,10 +19,10 @@ use sqlx::AnyConnection;
 use crate::agents::TurnControl;
 use crate::config::Config;
 use crate::matrix::naming::Namespace;
-use crate::protocol::{ChannelMessage, ContentType, HandlerError, InboundHandler, SenderType};
+use crate::protocol::{ChannelMessage, ContentType, HandlerError, InboundHandler, SenderType, metadata_keys};
 use crate::queue::{self, Wakers};
 use crate::secrets;
-use crate::store::{self, Store, accounts, conversations, messages, settings};
+use crate::store::{self, Store, accounts, bridges, conversations, messages, settings};
 
 /// Outbox job: deliver `message` to `channel_id` on the surface `channel`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,9 +71,21 @@ impl Hub {
         Arc::new(HubInbound { hub: self.clone(), channel })
     }
 
-    pub async fn handle_inbound(&self, channel: &str, msg: ChannelMessage) -> store::Result<()> {
+    pub async fn handle_inbound(&self, channel: &str, mut msg: ChannelMessage) -> store::Result<()> {
+        msg.metadata.entry(metadata_keys::ORIGIN_CHANNEL).or_insert_with(|| channel.into());
         let mut tx = self.store.begin_write().await?;
-        let conversation = resolve_conversation(&mut tx, channel, &msg.channel_id).await?;
+        let (conversation, chat) = resolve_conversation(&mut tx, channel, &msg).await?;
+        match chat {
+            Chat::Matrix => {}
+            Chat::Bridged { .. } => {
+                bridging::annotate_routing(&mut tx, &self.config, &self.namespace, &conversation.id, &mut msg).await?
+            }
+            Chat::Direct => {
+                msg.metadata.insert(routing::COMMANDS.into(), true.into());
+                let people = if bridging::is_private_chat(&msg) { 1 } else { 2 };
+                msg.metadata.insert(routing::PARTICIPANTS.into(), people.into());
+            }
+        }
         let command = if routing::commands_enabled(&msg) && !routing::is_edit(&msg) {
             commands::parse(commands::prefix_for(channel), &msg.content)
         } else {
@@ -92,11 +105,34 @@ impl Hub {
         if let Some(native) = msg.channel_message_id() {
             messages::add_ref(&mut tx, channel, &msg.channel_id, native, msg.id).await?;
         }
+        if chat == Chat::Direct {
+            self.answer_direct_chat(&mut tx, channel, &conversation.id, &msg, command).await?;
+            tx.commit().await?;
+            self.wakers.wake_all();
+            return Ok(());
+        }
+        if let Chat::Bridged { mirror_deletions } = chat {
+            bridging::adopt_thread_root(&mut tx, channel, &msg).await?;
+            if is_deletion(&msg) {
+                if mirror_deletions {
+                    bridging::fan_out_except(&mut tx, &conversation.id, &msg, Some((channel, &msg.channel_id))).await?;
+                }
+                tx.commit().await?;
+                self.wakers.wake_all();
+                return Ok(());
+            }
+        }
+        // What people write is shown on every other surface of the conversation; commands
+        // and their answers stay where they were typed.
+        if command.is_none() && !routing::is_reaction(&msg) {
+            bridging::fan_out_except(&mut tx, &conversation.id, &msg, Some((channel, &msg.channel_id))).await?;
+        }
         // An answer to an agent's permission question is not a prompt, and reactions are
         // only ever such answers.
         let answered = self.control.answer(&conversation.id, &msg.content, msg.reply_to_id).is_some();
         if answered || routing::is_reaction(&msg) {
             tx.commit().await?;
+            self.wakers.wake_all();
             return Ok(());
         }
         let pair = match channel {
@@ -111,6 +147,11 @@ impl Hub {
             (None, Some(_)) => {
                 let hint = "This room belongs to its agents: start them with `!ask <agent> <text>` or `!delegate <agent> <task>`, and begin a message with [HUMAN] to interrupt them.";
                 self.reply(&mut tx, channel, &conversation.id, &msg, hint.to_string().into()).await?;
+            }
+            (Some(Ok(command)), _) if channel != crate::matrix::CHANNEL && !bridging::allowed_on_bridges(&command) => {
+                let answer =
+                    format!("That command works in the conversation's Matrix room. Here: {}", bridge_commands(channel));
+                self.reply(&mut tx, channel, &conversation.id, &msg, answer.into()).await?;
             }
             (Some(Ok(command)), _) => {
                 let answer = self.execute(&mut tx, channel, &conversation.id, &msg, command).await?;
@@ -161,6 +202,32 @@ impl Hub {
         Ok(())
     }
 
+    /// A chat of another surface that is not bridged talks to the bot only: commands are
+    /// answered, and a person writing to the bot directly learns what to do.
+    async fn answer_direct_chat(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        conversation_id: &str,
+        msg: &ChannelMessage,
+        command: Option<Result<commands::Command, commands::Usage>>,
+    ) -> store::Result<()> {
+        let answer = match command {
+            Some(Ok(command)) if bridging::allowed_on_bridges(&command) => {
+                self.execute(conn, channel, conversation_id, msg, command).await?
+            }
+            Some(Ok(_)) => format!("This chat is not bridged. Here: {}", bridge_commands(channel)).into(),
+            Some(Err(commands::Usage(usage))) => usage.into(),
+            None if bridging::is_private_chat(msg) => format!(
+                "This chat is not bridged to a conversation, so no agent reads it. An admin bridges a chat with `!bridge {channel} <chat id>` in a Matrix room. Here: {}",
+                bridge_commands(channel)
+            )
+            .into(),
+            None => return Ok(()),
+        };
+        self.reply(conn, channel, conversation_id, msg, answer).await
+    }
+
     /// Logs a notice answering `to` and sends it back where `to` came from only.
     async fn reply(
         &self,
@@ -176,11 +243,15 @@ impl Hub {
         let mut reply =
             ChannelMessage::new(&to.channel_id, SYSTEM_SENDER, SenderType::System, answer.text, ContentType::Markdown)
                 .with_reply_to(to.id)
-                .with_thread(to.thread_id.clone());
+                .in_thread_of(to);
         if let Some(account_id) = answer.link_token_for {
             let token = secrets::derived_token(&self.config.appservice.as_token, &reply.id.to_string());
             accounts::store_link_token(conn, &token, &account_id, self.config.linking.token_ttl_secs).await?;
             reply.metadata.insert(REVEAL_LINK_TOKEN.into(), serde_json::Value::Bool(true));
+            // Elsewhere than Matrix a group reads along: the token goes to the person alone.
+            if channel != crate::matrix::CHANNEL && !bridging::is_private_chat(to) {
+                reply.metadata.insert(metadata_keys::PRIVATE_TO.into(), to.sender_id.clone().into());
+            }
         }
         messages::append(conn, conversation_id, "hub", &reply).await?;
         enqueue_send(conn, channel, &to.channel_id, &reply).await
@@ -204,10 +275,28 @@ pub fn reveal_secrets(msg: &ChannelMessage, key: &str) -> ChannelMessage {
 
 /// Enqueues `msg` for every surface of the conversation.
 pub async fn fan_out(conn: &mut AnyConnection, conversation_id: &str, msg: &ChannelMessage) -> store::Result<()> {
-    if let Some(room) = conversations::room_for_conversation(conn, conversation_id).await? {
-        enqueue_send(conn, crate::matrix::CHANNEL, &room, msg).await?;
-    }
-    Ok(())
+    bridging::fan_out_except(conn, conversation_id, msg, None).await
+}
+
+fn is_deletion(msg: &ChannelMessage) -> bool {
+    msg.metadata.get(metadata_keys::IS_DELETION).and_then(|v| v.as_bool()).unwrap_or(false)
+}
+
+/// The commands that work on a surface other than Matrix.
+fn bridge_commands(channel: &str) -> String {
+    let p = commands::prefix_for(channel);
+    format!("`{p}link <token>`, `{p}link`, `{p}unlink`, `{p}whoami`, `{p}agents`, `{p}stop`, `{p}help`.")
+}
+
+/// What kind of chat a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chat {
+    Matrix,
+    Bridged {
+        mirror_deletions: bool,
+    },
+    /// A chat of another surface that is not bridged: it talks to the bot only.
+    Direct,
 }
 
 pub async fn enqueue_send(
@@ -222,16 +311,31 @@ pub async fn enqueue_send(
     Ok(())
 }
 
-/// The conversation a surface channel belongs to; a Matrix room gets one on first use.
+/// The conversation a surface chat belongs to; a Matrix room gets one on first use, and
+/// so does a chat of another surface that is not bridged (for its commands).
 async fn resolve_conversation(
     conn: &mut AnyConnection,
     channel: &str,
-    channel_id: &str,
-) -> store::Result<conversations::Conversation> {
-    match channel {
-        crate::matrix::CHANNEL => conversations::conversation_for_room_or_create(conn, channel_id, "Matrix room").await,
-        other => Err(store::StoreError::Corrupt(format!("no conversation mapping for channel {other}"))),
+    msg: &ChannelMessage,
+) -> store::Result<(conversations::Conversation, Chat)> {
+    let chat_id = msg.channel_id.as_str();
+    if channel == crate::matrix::CHANNEL {
+        let conversation = conversations::conversation_for_room_or_create(conn, chat_id, "Matrix room").await?;
+        return Ok((conversation, Chat::Matrix));
     }
+    if let Some(bridge) = bridges::get(conn, channel, chat_id).await?
+        && let Some(conversation) = conversations::conversation(conn, &bridge.conversation_id).await?
+    {
+        let chat = match bridge.is_bridged() {
+            true => Chat::Bridged { mirror_deletions: bridge.mirror_deletions != 0 },
+            false => Chat::Direct,
+        };
+        return Ok((conversation, chat));
+    }
+    let title = format!("{} chat {chat_id}", crate::matrix::adapter::surface_title(channel));
+    let conversation = conversations::create_conversation(conn, &title, None).await?;
+    bridges::record_direct(conn, channel, chat_id, &conversation.id).await?;
+    Ok((conversation, Chat::Direct))
 }
 
 struct HubInbound {

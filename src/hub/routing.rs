@@ -19,6 +19,15 @@ pub const IS_REACTION: &str = "mosaic.isReaction";
 /// Whether the service's bot is in the channel.
 pub const BOT_PRESENT: &str = "mosaic.botPresent";
 
+/// Whether `word` occurs in `haystack` as a whole word.
+pub fn contains_word(haystack: &str, word: &str) -> bool {
+    haystack.match_indices(word).any(|(start, _)| {
+        let before = haystack[..start].chars().next_back();
+        let after = haystack[start + word.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
+}
+
 fn string_list(msg: &ChannelMessage, key: &str) -> Vec<String> {
     msg.metadata
         .get(key)

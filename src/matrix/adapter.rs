@@ -7,9 +7,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ruma::api::client::{
     account::whoami, membership::join_room_by_id, membership::joined_members, message::send_message_event,
+    profile::get_profile_field, redact::redact_event,
 };
 use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent};
 use ruma::events::{AnyMessageLikeEventContent, MessageLikeEventType};
+use ruma::profile::{ProfileFieldName, ProfileFieldValue};
 use ruma::serde::Raw;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, UserId};
 use serde_json::{Value, json};
@@ -69,6 +71,8 @@ pub struct MatrixAdapter {
     rate_limited_until: AtomicI64,
     /// The homeserver's default room version, asked once.
     pub(super) room_version: tokio::sync::OnceCell<String>,
+    /// People's display names, shown with their messages on other surfaces.
+    display_names: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl MatrixAdapter {
@@ -83,6 +87,7 @@ impl MatrixAdapter {
             handler: RwLock::new(None),
             rate_limited_until: AtomicI64::new(0),
             room_version: tokio::sync::OnceCell::new(),
+            display_names: Default::default(),
         }
     }
 
@@ -144,6 +149,9 @@ impl MatrixAdapter {
         let mut conn = self.store.conn().await?;
         conversations::set_membership(&mut conn, room_id, target, membership).await?;
         drop(conn);
+        if let Some(name) = event["content"]["displayname"].as_str().filter(|n| !n.is_empty()) {
+            self.display_names.lock().expect("name cache").insert(target.to_string(), name.to_string());
+        }
         if membership == "invite" && self.ns.is_ours(target) && !self.ns.is_ours(sender) {
             self.accept_invite(room_id, target).await?;
         }
@@ -228,6 +236,7 @@ impl MatrixAdapter {
         drop(conn);
         let metadata = &mut msg.metadata;
         metadata.insert(metadata_keys::CHANNEL_MESSAGE_ID.into(), json!(event_id));
+        metadata.insert(metadata_keys::SENDER_NAME.into(), json!(self.display_name(sender).await));
         metadata.insert("roomId".into(), json!(room_id));
         metadata.insert("eventType".into(), json!("m.room.message"));
         metadata.insert("unsigned".into(), event.get("unsigned").cloned().unwrap_or_else(|| json!({})));
@@ -238,6 +247,26 @@ impl MatrixAdapter {
         metadata.insert(routing::BOT_PRESENT.into(), json!(bot_joined));
         tracing::debug!(room_id, event_id, sender, "message received");
         handler.handle(msg).await.map_err(|e| EventError::Transient(e.to_string()))
+    }
+
+    /// A person's display name: from their member events, else their profile, else the
+    /// localpart of their id.
+    async fn display_name(&self, user: &str) -> String {
+        if let Some(name) = self.display_names.lock().expect("name cache").get(user) {
+            return name.clone();
+        }
+        let fallback = user.trim_start_matches('@').split(':').next().unwrap_or(user).to_string();
+        let Ok(id) = OwnedUserId::try_from(user) else { return fallback };
+        let request = get_profile_field::v3::Request::new(id, ProfileFieldName::DisplayName);
+        let name = match self.client.call(request, None).await {
+            Ok(response) => match response.value {
+                Some(ProfileFieldValue::DisplayName(name)) if !name.is_empty() => name,
+                _ => fallback,
+            },
+            Err(_) => return fallback,
+        };
+        self.display_names.lock().expect("name cache").insert(user.to_string(), name.clone());
+        name
     }
 
     /// The installed inbound handler; events wait in the inbox until there is one.
@@ -290,7 +319,7 @@ impl MatrixAdapter {
                 explicit.contains(&mxid)
                     || body.contains(&mxid.to_lowercase())
                     || formatted.contains(&mxid.to_lowercase())
-                    || (!name.is_empty() && contains_word(&body, &name))
+                    || (!name.is_empty() && routing::contains_word(&body, &name))
             })
             .cloned()
             .collect()
@@ -300,6 +329,9 @@ impl MatrixAdapter {
     async fn speaker(&self, room_id: &str, msg: &ChannelMessage) -> Result<OwnedUserId, ChannelSendError> {
         if msg.sender_type == SenderType::Agent {
             return Ok(user_id(&self.ns.agent_user_id(&msg.sender_id)));
+        }
+        if msg.sender_type == SenderType::User && msg.origin_channel() != CHANNEL {
+            return self.remote_ghost(room_id, msg).await;
         }
         // System notices come from the bot; in a room the bot is not in, from an agent
         // that is, so that a command typed there still gets its answer.
@@ -314,6 +346,52 @@ impl MatrixAdapter {
         }
         let agent = members.iter().find(|(m, state)| state == "join" && self.ns.agent_id_of(m).is_some());
         Ok(user_id(agent.map_or(bot.as_str(), |(m, _)| m.as_str())))
+    }
+
+    /// The ghost of a person writing on another surface, with their name and avatar, in
+    /// the room.
+    async fn remote_ghost(&self, room_id: &str, msg: &ChannelMessage) -> Result<OwnedUserId, ChannelSendError> {
+        let origin = msg.origin_channel();
+        let ghost = OwnedUserId::try_from(self.ns.remote_user_id(origin, &msg.sender_id))
+            .map_err(|e| ChannelSendError::Terminal(format!("no ghost for {origin} user {:?}: {e}", msg.sender_id)))?;
+        let name = msg.meta_str(metadata_keys::SENDER_NAME).unwrap_or(&msg.sender_id);
+        let profile = GhostProfile {
+            display_name: Some(format!("{name} ({})", surface_title(origin))),
+            avatar_url: msg
+                .meta_str(metadata_keys::SENDER_AVATAR_URL)
+                .filter(|u| u.starts_with("mxc://"))
+                .map(Into::into),
+        };
+        self.ghosts.ensure(&ghost, &profile).await.map_err(send_error)?;
+        let joined = {
+            let mut conn = self.store.conn().await.map_err(transient)?;
+            conversations::membership(&mut conn, room_id, ghost.as_str()).await.map_err(transient)?
+        };
+        if joined.as_deref() != Some("join") {
+            let room = room(room_id).map_err(|e| ChannelSendError::Terminal(e.to_string()))?;
+            self.invite_person(&room, ghost.as_str()).await.map_err(|e| transient(e.to_string()))?;
+            self.client.call(join_room_by_id::v3::Request::new(room), Some(&ghost)).await.map_err(send_error)?;
+            let mut conn = self.store.conn().await.map_err(transient)?;
+            conversations::set_membership(&mut conn, room_id, ghost.as_str(), "join").await.map_err(transient)?;
+        }
+        Ok(ghost)
+    }
+
+    /// Redacts this room's copy of a message deleted on another surface.
+    async fn redact_copy(&self, room_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
+        let Some(target) = msg.reply_to_id else { return Ok(()) };
+        let native = {
+            let mut conn = self.store.conn().await.map_err(transient)?;
+            messages::native_for_message(&mut conn, CHANNEL, room_id, target).await.map_err(transient)?
+        };
+        let (Some(event_id), Ok(room)) = (native.and_then(|id| OwnedEventId::try_from(id).ok()), room(room_id)) else {
+            return Ok(());
+        };
+        let txn_id: OwnedTransactionId = format!("mosaic-{}", msg.id.simple()).into();
+        let mut request = redact_event::v3::Request::new(room, event_id, txn_id);
+        request.reason = Some("deleted on the other side of the bridge".into());
+        self.client.call(request, None).await.map_err(send_error)?;
+        Ok(())
     }
 
     async fn placement(&self, room_id: &str, msg: &ChannelMessage) -> Result<Placement, ChannelSendError> {
@@ -371,6 +449,20 @@ impl MatrixAdapter {
     }
 }
 
+fn send_error(error: HsError) -> ChannelSendError {
+    if error.is_transient() {
+        ChannelSendError::Transient { retry_after: error.retry_after(), message: error.to_string() }
+    } else {
+        ChannelSendError::Terminal(error.to_string())
+    }
+}
+
+/// How a surface is named to people.
+pub fn surface_title(channel: &str) -> String {
+    let mut chars = channel.chars();
+    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
 fn transient(error: impl std::fmt::Display) -> ChannelSendError {
     ChannelSendError::Transient { message: error.to_string(), retry_after: None }
 }
@@ -381,14 +473,6 @@ fn user_id(id: &str) -> OwnedUserId {
 
 fn room(id: &str) -> Result<OwnedRoomId, EventError> {
     OwnedRoomId::try_from(id).map_err(|e| EventError::Permanent(format!("bad room id {id:?}: {e}")))
-}
-
-fn contains_word(haystack: &str, word: &str) -> bool {
-    haystack.match_indices(word).any(|(start, _)| {
-        let before = haystack[..start].chars().next_back();
-        let after = haystack[start + word.len()..].chars().next();
-        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
-    })
 }
 
 /// Body, content type and attachments per the seed's Matrix table.
@@ -481,6 +565,9 @@ impl ChannelAdapter for MatrixAdapter {
     async fn send_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
         let room_id = OwnedRoomId::try_from(channel_id)
             .map_err(|e| ChannelSendError::Terminal(format!("bad room id {channel_id:?}: {e}")))?;
+        if msg.metadata.get(metadata_keys::IS_DELETION).and_then(Value::as_bool).unwrap_or(false) {
+            return self.redact_copy(channel_id, msg).await;
+        }
         let speaker = self.speaker(channel_id, msg).await?;
         let content = format::message_content(msg, self.placement(channel_id, msg).await?);
         let content = self.with_agent_message(channel_id, msg, content).await?;
@@ -543,10 +630,10 @@ mod tests {
 
     #[test]
     fn names_match_as_whole_words() {
-        assert!(contains_word("hey echo, what's up", "echo"));
-        assert!(contains_word("echo", "echo"));
-        assert!(!contains_word("echoes everywhere", "echo"));
-        assert!(!contains_word("anecho", "echo"));
+        assert!(routing::contains_word("hey echo, what's up", "echo"));
+        assert!(routing::contains_word("echo", "echo"));
+        assert!(!routing::contains_word("echoes everywhere", "echo"));
+        assert!(!routing::contains_word("anecho", "echo"));
     }
 
     #[test]

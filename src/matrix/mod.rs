@@ -6,6 +6,7 @@ pub mod client;
 pub mod format;
 pub mod ghosts;
 pub mod inbox;
+pub mod media;
 pub mod naming;
 pub mod registration;
 pub mod rooms;

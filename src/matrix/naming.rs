@@ -33,6 +33,16 @@ impl Namespace {
         format!("@{}agent_{}:{}", self.ghost_prefix, agent_id, self.server_name)
     }
 
+    /// The ghost of a person from another surface: `@<prefix><channel>_<id>`.
+    pub fn remote_user_id(&self, channel: &str, remote_id: &str) -> String {
+        let id: String = remote_id
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "-._=/".contains(c) { c } else { '_' })
+            .collect();
+        format!("@{}{}_{}:{}", self.ghost_prefix, channel, id, self.server_name)
+    }
+
     fn localpart<'a>(&self, user_id: &'a str) -> Option<&'a str> {
         let (local, server) = user_id.strip_prefix('@')?.split_once(':')?;
         (server == self.server_name).then_some(local)

@@ -160,6 +160,21 @@ impl ChannelMessage {
         self.meta_str(metadata_keys::DEDUPE_KEY).or_else(|| self.channel_message_id())
     }
 
+    /// The surface the message was first written on; messages without the mark are
+    /// Matrix's (the first surface, whose ids were never marked).
+    pub fn origin_channel(&self) -> &str {
+        self.meta_str(metadata_keys::ORIGIN_CHANNEL).unwrap_or("matrix")
+    }
+
+    /// In the same thread as `to`, whose thread id is in the terms of `to`'s surface.
+    pub fn in_thread_of(mut self, to: &ChannelMessage) -> Self {
+        self.thread_id = to.thread_id.clone();
+        if let Some(origin) = to.metadata.get(metadata_keys::ORIGIN_CHANNEL) {
+            self.metadata.insert(metadata_keys::ORIGIN_CHANNEL.into(), origin.clone());
+        }
+        self
+    }
+
     pub fn with_thread(mut self, thread_id: Option<String>) -> Self {
         self.thread_id = thread_id;
         self

@@ -61,7 +61,12 @@ pub async fn bridge(
 }
 
 /// Records a chat that talks to the bot without being bridged (first contact wins).
-pub async fn record_direct(conn: &mut AnyConnection, channel: &str, channel_id: &str, conversation_id: &str) -> Result<()> {
+pub async fn record_direct(
+    conn: &mut AnyConnection,
+    channel: &str,
+    channel_id: &str,
+    conversation_id: &str,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO bridges (channel, channel_id, conversation_id, kind, created_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (channel, channel_id) DO NOTHING",
@@ -85,20 +90,25 @@ pub async fn unbridge(conn: &mut AnyConnection, conversation_id: &str, channel: 
         .filter(|b| channel.is_none_or(|c| c == b.channel))
         .collect();
     for bridge in &removed {
-        sqlx::query("DELETE FROM bridges WHERE channel = $1 AND channel_id = $2")
-            .bind(&bridge.channel)
-            .bind(&bridge.channel_id)
-            .execute(&mut *conn)
-            .await?;
+        remove(conn, &bridge.channel, &bridge.channel_id).await?;
     }
     Ok(removed)
 }
 
+/// Forgets one chat.
+pub async fn remove(conn: &mut AnyConnection, channel: &str, channel_id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM bridges WHERE channel = $1 AND channel_id = $2")
+        .bind(channel)
+        .bind(channel_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// The chats bridged into a conversation.
 pub async fn bridged_chats(conn: &mut AnyConnection, conversation_id: &str) -> Result<Vec<Bridge>> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM bridges WHERE conversation_id = $1 AND kind = $2 ORDER BY channel, channel_id"
-    );
+    let sql =
+        format!("SELECT {COLUMNS} FROM bridges WHERE conversation_id = $1 AND kind = $2 ORDER BY channel, channel_id");
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(conversation_id).bind(KIND_BRIDGE).fetch_all(&mut *conn).await?)
 }
 

@@ -30,6 +30,21 @@ pub async fn get(conn: &mut AnyConnection, conversation_id: &str) -> Result<Room
     })
 }
 
+/// Agents ignore people without a linked account here, unless someone chose otherwise
+/// for this conversation already.
+pub async fn default_unlinked_off(conn: &mut AnyConnection, conversation_id: &str) -> Result<()> {
+    sqlx::query("INSERT INTO room_settings (conversation_id, updated_at) VALUES ($1, $2) ON CONFLICT (conversation_id) DO NOTHING")
+        .bind(conversation_id)
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE room_settings SET answer_unlinked = 0 WHERE conversation_id = $1 AND answer_unlinked IS NULL")
+        .bind(conversation_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// One setting to change; the others keep their values.
 pub enum Change<'a> {
     DefaultAgent(&'a str),

@@ -1,0 +1,343 @@
+//! Bridged chats: a conversation has one Matrix room plus any number of Discord channels
+//! and Telegram chats, and what is written on one surface is posted to all the others.
+//!
+//! Inbound, a bridged message is routed to agents like a Matrix one (the hub works out
+//! which agents are present and addressed from the conversation's room). Outbound, every
+//! message is translated into the target surface's terms by [`SurfaceAdapter`] (threads,
+//! edits, sender names) just before the target's adapter sends it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::AnyConnection;
+
+use super::commands::Answer;
+use super::{Hub, enqueue_send, routing};
+use crate::config::Config;
+use crate::matrix::naming::Namespace;
+use crate::protocol::{
+    AdapterHealth, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError, ContentType, InboundHandler,
+    SenderType, metadata_keys,
+};
+use crate::queue;
+use crate::store::{self, Store, accounts, bridges, conversations, messages, settings};
+
+/// The surfaces that can be bridged with `!bridge`.
+pub const BRIDGEABLE: [&str; 2] = ["discord", "telegram"];
+
+/// Outbox job: prepare a newly bridged chat and tell the room how it went.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenBridgeJob {
+    pub channel: String,
+    pub channel_id: String,
+    pub conversation_id: String,
+}
+
+pub const OPEN_BRIDGE_KIND: &str = "bridge.open";
+
+/// Every surface chat of a conversation: its Matrix room, then its bridged chats.
+pub async fn surfaces(conn: &mut AnyConnection, conversation_id: &str) -> store::Result<Vec<(String, String)>> {
+    let mut all = Vec::new();
+    if let Some(room) = conversations::room_for_conversation(conn, conversation_id).await? {
+        all.push((crate::matrix::CHANNEL.to_string(), room));
+    }
+    for bridge in bridges::bridged_chats(conn, conversation_id).await? {
+        all.push((bridge.channel, bridge.channel_id));
+    }
+    Ok(all)
+}
+
+/// Enqueues `msg` for every surface of the conversation except the chat it came from.
+pub async fn fan_out_except(
+    conn: &mut AnyConnection,
+    conversation_id: &str,
+    msg: &ChannelMessage,
+    origin: Option<(&str, &str)>,
+) -> store::Result<()> {
+    for (channel, chat) in surfaces(conn, conversation_id).await? {
+        if origin != Some((channel.as_str(), chat.as_str())) {
+            enqueue_send(conn, &channel, &chat, msg).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a chat of another surface is a one-to-one chat with the bot.
+pub fn is_private_chat(msg: &ChannelMessage) -> bool {
+    let chat_type = msg.metadata.get("chatType").and_then(Value::as_str);
+    let channel_type = msg.metadata.get("channelType");
+    chat_type == Some("private")
+        || channel_type.and_then(Value::as_u64) == Some(1)
+        || channel_type.and_then(Value::as_str).is_some_and(|t| t == "1" || t.eq_ignore_ascii_case("private"))
+}
+
+/// Commands that work in a chat of another surface; the rest belong to the Matrix room.
+pub fn allowed_on_bridges(command: &super::commands::Command) -> bool {
+    use super::commands::Command::*;
+    matches!(command, Help | Link(_) | Unlink | Whoami | Agents | Stop)
+}
+
+/// Fills the routing hints of a message from a bridged chat from the conversation's
+/// room: the agents there, those the message names, and how many people take part.
+pub async fn annotate_routing(
+    conn: &mut AnyConnection,
+    config: &Config,
+    ns: &Namespace,
+    conversation_id: &str,
+    msg: &mut ChannelMessage,
+) -> store::Result<()> {
+    let mut agents = Vec::new();
+    let mut people = 0u64;
+    if let Some(room) = conversations::room_for_conversation(conn, conversation_id).await? {
+        for (member, membership) in conversations::present_members(conn, &room).await? {
+            match ns.agent_id_of(&member) {
+                Some(agent) if membership == "join" && config.agent(&agent).is_some() => agents.push(agent),
+                Some(_) => {}
+                None if !ns.is_ours(&member) => people += 1,
+                None => {}
+            }
+        }
+    }
+    // The sender is one more person unless they are in the room under a linked account.
+    people += 1;
+    let content = msg.content.to_lowercase();
+    let mentioned: Vec<&String> = agents
+        .iter()
+        .filter(|agent| {
+            let name = config.agent(agent).map(|a| a.display_name().to_lowercase()).unwrap_or_default();
+            routing::contains_word(&content, &agent.to_lowercase())
+                || (!name.is_empty() && routing::contains_word(&content, &name))
+        })
+        .collect();
+    let metadata = &mut msg.metadata;
+    metadata.insert(routing::AGENTS.into(), json!(agents));
+    metadata.insert(routing::MENTIONS.into(), json!(mentioned));
+    metadata.insert(routing::PARTICIPANTS.into(), json!(people));
+    metadata.insert(routing::COMMANDS.into(), json!(true));
+    metadata.insert(routing::BOT_PRESENT.into(), json!(true));
+    Ok(())
+}
+
+/// A thread of another surface that no known message starts (a Telegram forum topic,
+/// a Discord forum post) starts with its first bridged message, so that the other
+/// surfaces can thread what follows under that message's copies.
+pub async fn adopt_thread_root(conn: &mut AnyConnection, channel: &str, msg: &ChannelMessage) -> store::Result<()> {
+    let Some(thread) = msg.thread_id.as_deref() else { return Ok(()) };
+    if messages::message_for_native(conn, channel, &msg.channel_id, thread).await?.is_none() {
+        messages::add_ref(conn, channel, &msg.channel_id, thread, msg.id).await?;
+    }
+    Ok(())
+}
+
+/// Tells the conversation's room how bridging a chat went; a chat that could not be
+/// bridged leaves the conversation again.
+pub async fn report_bridge(store: &Store, open: &OpenBridgeJob, text: &str, failed: bool) -> store::Result<()> {
+    let mut tx = store.begin_write().await?;
+    if failed
+        && let Some(bridge) = bridges::get(&mut tx, &open.channel, &open.channel_id).await?
+        && bridge.conversation_id == open.conversation_id
+    {
+        bridges::remove(&mut tx, &open.channel, &open.channel_id).await?;
+    }
+    if let Some(room) = conversations::room_for_conversation(&mut tx, &open.conversation_id).await? {
+        let notice = ChannelMessage::new(&room, super::SYSTEM_SENDER, SenderType::System, text, ContentType::Markdown);
+        messages::append(&mut tx, &open.conversation_id, "hub", &notice).await?;
+        enqueue_send(&mut tx, crate::matrix::CHANNEL, &room, &notice).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+impl Hub {
+    /// `!bridge <surface> <chat id>`: the chat joins this conversation.
+    pub(super) async fn bridge_chat(
+        &self,
+        conn: &mut AnyConnection,
+        msg: &ChannelMessage,
+        conversation_id: &str,
+        surface: &str,
+        chat_id: &str,
+        mirror_deletions: bool,
+    ) -> store::Result<Answer> {
+        if let Some(refusal) = self.refuse_unless_admin(conn, msg).await? {
+            return Ok(refusal.into());
+        }
+        let configured = match surface {
+            "discord" => self.config.discord.is_some(),
+            "telegram" => self.config.telegram.is_some(),
+            _ => false,
+        };
+        if !configured {
+            let var = format!("MOSAIC_AS_{}_TOKEN", surface.to_uppercase());
+            return Ok(format!(
+                "The {surface} bridge is not set up: add a [{surface}] section with the bot token to the config (or set {var}) and restart mosaic-as."
+            )
+            .into());
+        }
+        if let Some(existing) = bridges::get(conn, surface, chat_id).await?.filter(|b| b.is_bridged())
+            && existing.conversation_id != conversation_id
+        {
+            return Ok(format!(
+                "That {surface} chat is bridged to another conversation. Send `!unbridge {surface}` in that room first."
+            )
+            .into());
+        }
+        bridges::bridge(conn, surface, chat_id, conversation_id, mirror_deletions, &msg.sender_id).await?;
+        // People on the bridged side have no Mosaic account unless they link one.
+        settings::default_unlinked_off(conn, conversation_id).await?;
+        let job = OpenBridgeJob {
+            channel: surface.to_string(),
+            channel_id: chat_id.to_string(),
+            conversation_id: conversation_id.to_string(),
+        };
+        let key = format!("bridge.open:{surface}:{chat_id}:{}", msg.id);
+        queue::enqueue(conn, &queue::send_queue(surface), &key, OPEN_BRIDGE_KIND, &job).await?;
+        tracing::info!(channel = surface, chat_id, conversation_id, by = msg.sender_id, "chat bridged");
+        Ok(format!("Bridging {surface} chat `{chat_id}` into this conversation…").into())
+    }
+
+    /// `!unbridge [surface]`: the conversation's chats on that surface (or all) leave it.
+    pub(super) async fn unbridge_chats(
+        &self,
+        conn: &mut AnyConnection,
+        msg: &ChannelMessage,
+        conversation_id: &str,
+        surface: Option<&str>,
+    ) -> store::Result<Answer> {
+        if let Some(refusal) = self.refuse_unless_admin(conn, msg).await? {
+            return Ok(refusal.into());
+        }
+        let removed = bridges::unbridge(conn, conversation_id, surface).await?;
+        if removed.is_empty() {
+            return Ok("This conversation has no bridged chats.".to_string().into());
+        }
+        let list: Vec<String> = removed.iter().map(|b| format!("{} `{}`", b.channel, b.channel_id)).collect();
+        tracing::info!(conversation_id, removed = removed.len(), by = msg.sender_id, "chats unbridged");
+        Ok(format!("Unbridged {}. Messages no longer flow between them and this room.", list.join(", ")).into())
+    }
+
+    /// Bridging is for admins: the configured Matrix users, or (none configured) anyone
+    /// with a linked Mosaic account.
+    async fn refuse_unless_admin(
+        &self,
+        conn: &mut AnyConnection,
+        msg: &ChannelMessage,
+    ) -> store::Result<Option<String>> {
+        let admins = &self.config.admin.matrix_users;
+        let allowed = if admins.is_empty() {
+            accounts::account_for_identity(conn, crate::matrix::CHANNEL, &msg.sender_id).await?.is_some()
+        } else {
+            admins.iter().any(|admin| admin == &msg.sender_id)
+        };
+        Ok((!allowed).then(|| {
+            "Only admins can bridge chats (see `admin.matrix_users` in the config, or link your account first)."
+                .to_string()
+        }))
+    }
+}
+
+/// Wraps a surface's adapter so that every message it sends is first put into that
+/// surface's terms: the sender's name and avatar, edits bridged from elsewhere, and
+/// thread ids of another surface turned into this one's.
+pub struct SurfaceAdapter {
+    inner: Arc<dyn ChannelAdapter>,
+    store: Store,
+    config: Arc<Config>,
+}
+
+impl SurfaceAdapter {
+    pub fn wrap(inner: Arc<dyn ChannelAdapter>, store: Store, config: Arc<Config>) -> Arc<dyn ChannelAdapter> {
+        Arc::new(Self { inner, store, config })
+    }
+
+    async fn translate(&self, chat: &str, msg: &ChannelMessage) -> store::Result<ChannelMessage> {
+        let target = self.inner.name();
+        let mut out = msg.clone();
+        self.stamp_sender(&mut out);
+        if routing::is_edit(msg)
+            && let Some(original) = msg.reply_to_id.filter(|_| !msg.metadata.contains_key(metadata_keys::REPLACES))
+        {
+            out.metadata.insert(metadata_keys::REPLACES.into(), json!(original.to_string()));
+            out.reply_to_id = None;
+        }
+        let origin = msg.origin_channel();
+        if let Some(thread) = msg.thread_id.as_deref()
+            && (origin != target || msg.channel_id != chat)
+        {
+            out.thread_id = None;
+            let mut conn = self.store.conn().await?;
+            if let Some(root) = messages::message_for_native(&mut conn, origin, &msg.channel_id, thread).await? {
+                if target == crate::matrix::CHANNEL {
+                    out.thread_id = messages::native_for_message(&mut conn, target, chat, root).await?;
+                } else {
+                    out.metadata.insert(metadata_keys::THREAD_ROOT_ID.into(), json!(root.to_string()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Names the sender for surfaces that show names next to the text.
+    fn stamp_sender(&self, msg: &mut ChannelMessage) {
+        if msg.metadata.contains_key(metadata_keys::SENDER_NAME) {
+            return;
+        }
+        let (name, avatar) = match msg.sender_type {
+            SenderType::Agent => match self.config.agent(&msg.sender_id) {
+                Some(agent) => (agent.display_name(), agent.avatar_url.clone()),
+                None => (msg.sender_id.clone(), None),
+            },
+            SenderType::System => (self.config.bot.display_name.clone(), None),
+            SenderType::User => (msg.sender_id.clone(), None),
+        };
+        msg.metadata.insert(metadata_keys::SENDER_NAME.into(), json!(name));
+        if let Some(avatar) = avatar {
+            msg.metadata.insert(metadata_keys::SENDER_AVATAR_URL.into(), json!(avatar));
+        }
+    }
+}
+
+#[async_trait]
+impl ChannelAdapter for SurfaceAdapter {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn connect(&self) -> Result<(), ChannelConnectError> {
+        self.inner.connect().await
+    }
+
+    async fn disconnect(&self) {
+        self.inner.disconnect().await
+    }
+
+    async fn health(&self) -> AdapterHealth {
+        self.inner.health().await
+    }
+
+    fn on_message(&self, handler: Arc<dyn InboundHandler>) {
+        self.inner.on_message(handler)
+    }
+
+    async fn send_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
+        let out = self.translate(channel_id, msg).await.map_err(|e| ChannelSendError::Transient {
+            message: format!("cannot prepare the message: {e}"),
+            retry_after: None,
+        })?;
+        self.inner.send_message(channel_id, &out).await
+    }
+
+    async fn map_identity(&self, channel_user_id: &str) -> Option<String> {
+        self.inner.map_identity(channel_user_id).await
+    }
+
+    async fn open_bridge(&self, channel_id: &str) -> Result<String, ChannelSendError> {
+        self.inner.open_bridge(channel_id).await
+    }
+
+    async fn close_bridge(&self, channel_id: &str) {
+        self.inner.close_bridge(channel_id).await
+    }
+}
