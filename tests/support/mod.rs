@@ -32,6 +32,9 @@ pub const SLOTS: &[&str] = &[
     "admin",
     "teams",
     "retention",
+    "telegram",
+    "discord",
+    "soak",
 ];
 
 pub fn repo() -> PathBuf {
@@ -393,15 +396,24 @@ impl Person {
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let url = format!("{}/_matrix/client/v3{path}", homeserver_url());
-        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
+        // Reads may meet a 500 while the homeserver purges history (retention tests).
+        let tries = if method == reqwest::Method::GET { 5 } else { 1 };
+        for attempt in 1..=tries {
+            let mut request = self.http.request(method.clone(), &url).bearer_auth(&self.token);
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let value: Value = response.json().await.unwrap_or(Value::Null);
+            if status.is_server_error() && attempt < tries {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            assert!(status.is_success(), "{path}: {status} {value}");
+            return value;
         }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let value: Value = response.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "{path}: {status} {value}");
-        value
+        unreachable!("the last try returns or panics")
     }
 
     pub fn token(&self) -> &str {
