@@ -164,14 +164,15 @@ fn bridge_adapters(
     matrix: &Arc<MatrixAdapter>,
 ) -> Result<Vec<Arc<dyn ChannelAdapter>>, ServeError> {
     let media: Arc<dyn crate::protocol::MediaRepository> = matrix.clone();
-    let mut adapters: Vec<Arc<dyn ChannelAdapter>> = Vec::new();
+    let adapters: Vec<Arc<dyn ChannelAdapter>> = Vec::new();
     let _ = (config, store, media);
-    Ok(adapters.drain(..).collect())
+    Ok(adapters)
 }
 
 /// Runs the service until Ctrl-C or SIGTERM.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let config = Arc::new(config);
+    crate::metrics::install();
     let store = Store::open(&config.database.url).await?;
     let listener = TcpListener::bind(config.appservice.listen)
         .await

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod hub;
 pub mod matrix;
+pub mod metrics;
 pub mod protocol;
 pub mod queue;
 pub mod secrets;

@@ -144,6 +144,7 @@ pub async fn run_one(store: &Store, queue: &str, handler: &dyn JobHandler, job: 
                 outbox::mark_failed(&mut conn, job.seq, error).await
             }
             JobOutcome::Retry { error, after } => {
+                crate::metrics::job_retried(queue);
                 let delay = after.unwrap_or_else(|| backoff(job.attempts));
                 tracing::warn!(queue, job = job.dedupe_key, kind = job.kind, %error, retry_in_ms = delay.as_millis() as u64, "job will be retried");
                 outbox::retry_later(&mut conn, job.seq, delay.as_millis() as i64, error).await

@@ -114,7 +114,16 @@ impl JobHandler for Unknown {
 #[async_trait]
 impl JobHandler for Agents {
     async fn run(&self, job: &outbox::Job) -> JobOutcome {
-        self.run_turn(job).await
+        let started = std::time::Instant::now();
+        let outcome = self.run_turn(job).await;
+        let result = match &outcome {
+            JobOutcome::Done => "answered",
+            JobOutcome::Failed(_) => "failed",
+            JobOutcome::Retry { .. } => "retry",
+        };
+        let agent = crate::queue::parse_agent_queue(&job.queue).map_or("unknown", |(agent, _)| agent);
+        crate::metrics::agent_turn(agent, result, started.elapsed().as_secs_f64());
+        outcome
     }
 }
 

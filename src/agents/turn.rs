@@ -259,6 +259,7 @@ impl Agents {
                 enqueue_send(&mut tx, target.adapter.name(), &target.channel_id, &outgoing).await?;
             }
         }
+        crate::metrics::agent_tokens(&turn.agent, usage.input_tokens, usage.output_tokens);
         if usage != TokenUsage::default() {
             settings::record_usage(
                 &mut tx,

@@ -326,7 +326,14 @@ impl ChannelAdapter for SurfaceAdapter {
             message: format!("cannot prepare the message: {e}"),
             retry_after: None,
         })?;
-        self.inner.send_message(channel_id, &out).await
+        let result = self.inner.send_message(channel_id, &out).await;
+        let outcome = match &result {
+            Ok(()) => "ok",
+            Err(ChannelSendError::Terminal(_)) => "terminal",
+            Err(ChannelSendError::Transient { .. }) => "transient",
+        };
+        crate::metrics::send_finished(self.inner.name(), outcome);
+        result
     }
 
     async fn map_identity(&self, channel_user_id: &str) -> Option<String> {

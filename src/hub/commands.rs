@@ -297,6 +297,7 @@ impl Hub {
             let free_at = oldest.unwrap_or(window_start) + (limits.attempt_window_secs as i64) * 1000;
             let minutes = ((free_at - store::now_ms()).max(0) + 59_999) / 60_000;
             tracing::warn!(channel, sender, "link attempts rate-limited");
+            crate::metrics::link_attempt("rate_limited");
             return Ok(format!("Too many failed link attempts. Try again in {minutes} minute(s)."));
         }
         if let Some(account) = accounts::account_for_identity(conn, channel, sender).await? {
@@ -314,10 +315,12 @@ impl Hub {
                     lifecycle::matrix_identity_linked(conn, &account, sender).await?;
                 }
                 tracing::info!(channel, sender, account = account.name, "identity linked");
+                crate::metrics::link_attempt("linked");
                 Ok(format!("Linked {sender} to Mosaic account **{}**.", account.name))
             }
             Err(rejection) => {
                 accounts::record_link_failure(conn, &limiter_key).await?;
+                crate::metrics::link_attempt("rejected");
                 let reason = match rejection {
                     accounts::TokenRejection::Unknown => "That link token is not valid. Check it was copied whole.",
                     accounts::TokenRejection::Expired => "That link token has expired. Ask for a new one.",

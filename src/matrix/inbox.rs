@@ -58,6 +58,7 @@ async fn process_batch(store: &Store, adapter: &MatrixAdapter, failures: &mut i6
             }
         }
         mark_processed(store, item.seq).await.map_err(|e| e.to_string())?;
+        crate::metrics::event_processed(item.received_at);
         *failures = 0;
         finished += 1;
     }

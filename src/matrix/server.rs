@@ -52,6 +52,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/_matrix/app/v1/ping", post(ping))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .fallback(unknown)
         .with_state(state)
 }
@@ -112,6 +113,7 @@ async fn transaction(State(state): State<ServerState>, Path(txn_id): Path<String
     match inbox::record_transaction(&state.store, &inbox_key, &events).await {
         Ok(new) => {
             if new {
+                crate::metrics::transaction_received(parsed.events.len());
                 tracing::debug!(txn_id, events = events.len(), "transaction stored");
                 state.inbox_wake.notify_one();
             } else {
@@ -263,6 +265,17 @@ async fn ready(State(state): State<ServerState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(json!({ "database": database, "adapters": adapters }))).into_response()
+}
+
+/// Prometheus text exposition.
+async fn metrics(State(state): State<ServerState>) -> Response {
+    match crate::metrics::render(&state.store, &state.registry).await {
+        Ok(text) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "metrics unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "metrics unavailable: the database does not answer\n").into_response()
+        }
+    }
 }
 
 async fn unknown() -> Response {

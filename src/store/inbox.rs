@@ -10,6 +10,8 @@ pub struct InboxEvent {
     pub seq: i64,
     pub txn_id: String,
     pub event: String,
+    /// When its transaction arrived (unix ms).
+    pub received_at: i64,
 }
 
 /// Stores a homeserver transaction and its events in one database transaction. Returns
@@ -50,10 +52,13 @@ pub async fn record_transaction(store: &Store, txn_id: &str, events: &[&str]) ->
 
 /// The oldest unprocessed events, in the order they arrived.
 pub async fn pending(conn: &mut AnyConnection, limit: i64) -> Result<Vec<InboxEvent>> {
-    Ok(sqlx::query_as("SELECT seq, txn_id, event FROM inbox_events WHERE processed_at IS NULL ORDER BY seq LIMIT $1")
-        .bind(limit)
-        .fetch_all(&mut *conn)
-        .await?)
+    Ok(sqlx::query_as(
+        "SELECT e.seq, e.txn_id, e.event, t.received_at FROM inbox_events e JOIN txn_inbox t ON t.txn_id = e.txn_id
+         WHERE e.processed_at IS NULL ORDER BY e.seq LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?)
 }
 
 /// Marks an event processed and drops its body: what mattered is in the message log

@@ -95,6 +95,15 @@ pub async fn depth(conn: &mut AnyConnection, queue: &str) -> Result<i64> {
     Ok(count)
 }
 
+/// Unfinished jobs of every queue that has some.
+pub async fn depth_by_queue(conn: &mut AnyConnection) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT queue, COUNT(*) FROM outbox WHERE done_at IS NULL AND failed_at IS NULL GROUP BY queue ORDER BY queue",
+    )
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
 /// Queues whose name starts with `prefix` and that have unfinished jobs.
 pub async fn pending_queues(conn: &mut AnyConnection, prefix: &str) -> Result<Vec<String>> {
     let rows: Vec<(String,)> = sqlx::query_as(

@@ -39,6 +39,21 @@ async fn echo_agent_joins_on_invite_and_answers_every_message_as_a_reply() {
             .await
             .unwrap();
     assert_eq!(profile["displayname"], "Echo");
+
+    // What happened shows up in the operator's metrics.
+    let metrics = reqwest::get(format!("{}/metrics", slot.url())).await.unwrap().text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    assert!(value("mosaic_events_received_total") >= 2.0);
+    assert!(value("mosaic_agent_turns_total{agent=\"echo\",result=\"answered\"}") >= 2.0);
+    assert!(value("mosaic_sends_total{channel=\"matrix\",result=\"ok\"}") >= 2.0);
+    assert!(value("mosaic_inbox_lag_seconds_count") >= 2.0);
+    assert_eq!(value("mosaic_adapter_health{channel=\"matrix\"}"), 1.0);
+    assert!(metrics.contains("mosaic_outbox_depth{queue=\"matrix\"}"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
