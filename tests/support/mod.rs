@@ -162,6 +162,21 @@ runtime = "echo"
 pub struct Homeserver {
     pub port: u16,
     pub slots: Vec<Slot>,
+    /// The `scripts/synapse.sh start` arguments, to start it again after a stop.
+    start_args: Vec<String>,
+}
+
+impl Homeserver {
+    /// Stops Synapse (as an outage would); [`Homeserver::start_again`] brings it back on
+    /// the same port with the same registrations and data.
+    pub fn stop(&self) {
+        let dir = work_dir().join("synapse");
+        run_script(&["stop", "--dir", dir.to_str().unwrap()]);
+    }
+
+    pub fn start_again(&self) {
+        run_script(&self.start_args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
 }
 
 static HOMESERVER: OnceLock<Homeserver> = OnceLock::new();
@@ -227,7 +242,7 @@ fn start_homeserver() -> Homeserver {
         args.push(path.to_str().unwrap().into());
     }
     run_script(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    Homeserver { port, slots }
+    Homeserver { port, slots, start_args: args }
 }
 
 fn random_hex() -> String {
@@ -443,6 +458,57 @@ impl Person {
 
     pub async fn say(&self, room: &str, body: &str) -> String {
         self.send(room, json!({"msgtype": "m.text", "body": body})).await
+    }
+
+    /// Sends a message as a person's client does through an outage: the same
+    /// transaction id, again and again, until the homeserver takes it.
+    pub async fn say_until_accepted(&self, room: &str, body: &str, give_up: Duration) -> String {
+        let txn = self.txn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let url = format!(
+            "{}/_matrix/client/v3/rooms/{}/send/m.room.message/r{txn}-{}",
+            homeserver_url(),
+            enc(room),
+            random_hex()
+        );
+        let deadline = Instant::now() + give_up;
+        loop {
+            let sent = self
+                .http
+                .put(&url)
+                .bearer_auth(&self.token)
+                .json(&json!({"msgtype": "m.text", "body": body}))
+                .send()
+                .await;
+            if let Ok(response) = sent
+                && response.status().is_success()
+                && let Ok(value) = response.json::<Value>().await
+            {
+                return value["event_id"].as_str().unwrap_or_default().to_string();
+            }
+            assert!(Instant::now() < deadline, "the homeserver did not take {body:?} within {give_up:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Every message event of the room, oldest first, page by page.
+    pub async fn all_messages(&self, room: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut from: Option<String> = None;
+        loop {
+            let mut path = format!("/rooms/{}/messages?dir=b&limit=500", enc(room));
+            if let Some(token) = &from {
+                path.push_str(&format!("&from={}", enc(token)));
+            }
+            let page = self.call(reqwest::Method::GET, &path, None).await;
+            let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
+            events.extend(chunk.iter().filter(|e| e["type"] == "m.room.message").cloned());
+            match page["end"].as_str() {
+                Some(end) if !chunk.is_empty() => from = Some(end.to_string()),
+                _ => break,
+            }
+        }
+        events.reverse();
+        events
     }
 
     /// The room's message events, oldest first.

@@ -1,0 +1,126 @@
+//! A Telegram group bridged into a conversation, through the real homeserver and the real
+//! teloxide client talking to a fake Bot API.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::fake_telegram::{FakeTelegram, Incoming, SentKind, TgUser};
+use crate::support::{Person, Service, body, mosaic, reply_target, slot};
+
+const GROUP: i64 = -1_001_234_567_890;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn telegram_section(fake: &FakeTelegram, admin: &str) -> String {
+    format!(
+        "[telegram]\ntoken = \"{}\"\napi_url = \"{}\"\npoll_timeout_secs = 1\n\n[admin]\nmatrix_users = [\"{admin}\"]\n",
+        fake.token(),
+        fake.api_url()
+    )
+}
+
+/// The ghost a Telegram user appears as in this slot's namespace.
+fn ghost(slot: &crate::support::Slot, telegram_id: i64) -> String {
+    format!("@mosaic_{}_telegram_{telegram_id}:{}", slot.name, crate::support::SERVER_NAME)
+}
+
+fn thread_root(event: &Value) -> Option<&str> {
+    let relation = &event["content"]["m.relates_to"];
+    (relation["rel_type"] == "m.thread").then(|| relation["event_id"].as_str()).flatten()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_telegram_group_and_a_matrix_room_share_one_conversation() {
+    let fake = FakeTelegram::start().await;
+    fake.add_supergroup(GROUP, "Team chat", true);
+    let slot = slot("telegram");
+    let alice = Person::new("tg-alice").await;
+    slot.write_config_with_sections(&telegram_section(&fake, &alice.user_id));
+    mosaic(&slot, &["account", "create", "tg-alice", "--matrix-id", &alice.user_id]).expect_success();
+    let _service = Service::start(&slot).await;
+    let echo = slot.agent("echo");
+    let room = alice.create_room(&[&echo], true).await;
+    alice.wait_for_member(&room, &echo).await;
+
+    // An admin bridges the group; the room hears how it went.
+    alice.say(&room, &format!("!bridge telegram {GROUP}")).await;
+    alice.wait_for(&room, &echo, |e| body(e).contains("Team chat")).await;
+    // People on Telegram have no Mosaic account yet: let the agent answer them anyway.
+    alice.say(&room, "!unlinked answer").await;
+    alice.wait_for(&room, &echo, |e| body(e).contains("now answer people without")).await;
+
+    // A Telegram user's message appears under a ghost with their name, and the agent,
+    // addressed by name, answers on both sides.
+    let tom = TgUser::new(4242, "Tom", Some("Tester"), Some("tomt"));
+    let hello = fake.push_message(Incoming::text(GROUP, &tom, "hello echo from telegram"));
+    let tom_ghost = ghost(&slot, tom.id);
+    let bridged = alice.wait_for(&room, &tom_ghost, |e| body(e) == "hello echo from telegram").await;
+    let profile: Value = reqwest::get(format!("{}/_matrix/client/v3/profile/{tom_ghost}", crate::support::homeserver_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(profile["displayname"], "Tom Tester (Telegram)");
+    let answer = alice.wait_for(&room, &echo, |e| body(e) == "hello echo from telegram").await;
+    assert_eq!(reply_target(&answer), bridged["event_id"].as_str(), "the agent answers the bridged message");
+    let on_telegram =
+        fake.wait_for_sent(|s| s.chat_id == GROUP && s.text.ends_with("hello echo from telegram"), WAIT).await;
+    assert_eq!(on_telegram.reply_to, Some(hello), "the agent's answer replies to Tom's message in Telegram");
+    assert!(on_telegram.text.starts_with("Echo"), "the agent's name leads: {:?}", on_telegram.text);
+
+    // Tom replies to the agent's Telegram message: the Matrix copy replies to its event.
+    fake.push_message(Incoming::text(GROUP, &tom, "thanks").reply_to(on_telegram.message_id));
+    let reply_copy = alice.wait_for(&room, &tom_ghost, |e| body(e) == "thanks").await;
+    assert_eq!(reply_target(&reply_copy), answer["event_id"].as_str());
+
+    // A forum topic becomes a Matrix thread rooted at the topic's first bridged message.
+    fake.push_message(Incoming::text(GROUP, &tom, "topic starts").in_topic(77));
+    let root = alice.wait_for(&room, &tom_ghost, |e| body(e) == "topic starts").await;
+    fake.push_message(Incoming::text(GROUP, &tom, "inside the topic").in_topic(77));
+    let threaded = alice.wait_for(&room, &tom_ghost, |e| body(e) == "inside the topic").await;
+    assert_eq!(thread_root(&threaded), root["event_id"].as_str());
+
+    // Matrix → Telegram: the sender's name, MarkdownV2 that shows exactly what was written.
+    let text = "Plan: **ship** v1.2 (today) - ok? #1 [x] a_b!";
+    alice.say(&room, text).await;
+    let copy = fake.wait_for_sent(|s| s.chat_id == GROUP && s.raw.contains("ship"), WAIT).await;
+    assert_eq!(copy.parse_mode.as_deref(), Some("MarkdownV2"));
+    assert!(copy.text.starts_with("tg-alice"), "the sender's name leads: {:?}", copy.text);
+    assert!(copy.text.ends_with("Plan: ship v1.2 (today) - ok? #1 [x] a_b!"), "{:?}", copy.text);
+    assert!(copy.has_entity("bold", "ship"), "{copy:?}");
+
+    // A 429 delays the next message but delivers it once.
+    fake.fail_next(1, 429, Some(1));
+    alice.say(&room, "after the rate limit").await;
+    fake.wait_for_sent(|s| s.text.ends_with("after the rate limit"), WAIT).await;
+
+    // Tom links his account in a private chat with the bot; Matrix sees the link.
+    let token = mosaic(&slot, &["link-token", "tg-alice"]).expect_success();
+    let token = token.split_whitespace().find(|w| w.len() == 64).expect("a 64-hex token").to_string();
+    fake.push_message(Incoming::text(tom.id, &tom, &format!("/link@{} {token}", fake.bot().username.unwrap())));
+    let linked = fake.wait_for_sent(|s| s.chat_id == tom.id && s.text.contains("Linked"), WAIT).await;
+    assert!(linked.text.contains("tg-alice"), "{:?}", linked.text);
+    alice.say(&room, "!whoami").await;
+    alice.wait_for(&room, &echo, |e| body(e).contains("telegram 4242")).await;
+
+    // Nothing came back: each message exists once in Matrix, and Telegram never got
+    // its own messages back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = alice.messages(&room).await;
+    for text in ["hello echo from telegram", "thanks", "topic starts", "inside the topic"] {
+        let copies = events.iter().filter(|e| body(e) == text && e["sender"] == tom_ghost.as_str()).count();
+        assert_eq!(copies, 1, "{text:?} appears {copies} times in Matrix");
+    }
+    let sent = fake.sent();
+    for text in ["hello echo from telegram", "thanks", "topic starts", "inside the topic"] {
+        let echoed = sent.iter().filter(|s| s.kind != SentKind::Edit && s.text == text).count();
+        assert_eq!(echoed, 0, "{text:?} was sent back to Telegram");
+    }
+    let copies: Vec<&str> = sent
+        .iter()
+        .filter(|s| s.kind != SentKind::Edit && s.text.ends_with("after the rate limit"))
+        .map(|s| s.text.as_str())
+        .collect();
+    assert_eq!(copies.len(), 2, "Alice's message and the agent's answer, each once: {copies:?}");
+}
