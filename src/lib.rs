@@ -11,6 +11,7 @@ pub mod agents;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod discord;
 pub mod hub;
 pub mod matrix;
 pub mod metrics;

@@ -2,6 +2,7 @@
 //! slot, mosaic-as processes, and people acting through the client-server API.
 #![allow(dead_code)]
 
+pub mod fake_discord;
 pub mod fake_openai;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,420 @@
+//! Discord → hub: messages, edits, deletions and threads become `ChannelMessage`s, handed
+//! to the hub one at a time; the hub's `Err` means "offer it again", never "drop it".
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use serenity::all::{Event, Message, MessageType, MessageUpdateEvent, User};
+use serenity::http::{LightMethod, Request, Route};
+use serenity::model::id::ChannelId;
+use uuid::Uuid;
+
+use super::gateway::backoff;
+use super::rest::RestError;
+use super::{CHANNEL, ChannelInfo, IS_EDIT, Inner, cursor};
+use crate::protocol::{ChannelAttachment, ChannelMessage, ContentType, MediaError, SenderType, metadata_keys as keys};
+use crate::store::{bridges, messages};
+
+/// Messages per page of the catch-up (Discord's maximum).
+const PAGE: usize = 100;
+
+/// Why a message could not be translated yet; it is tried again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct Retry(String);
+
+impl From<RestError> for Retry {
+    fn from(error: RestError) -> Self {
+        Self(error.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for Retry {
+    fn from(error: crate::store::StoreError) -> Self {
+        Self(error.to_string())
+    }
+}
+
+/// Where a Discord channel sits in the bridge: the bridged chat id and, for a thread,
+/// the thread's own id.
+pub(super) struct Place {
+    pub chat: u64,
+    pub thread: Option<u64>,
+    pub info: ChannelInfo,
+}
+
+impl Inner {
+    pub(super) async fn on_event(&self, event: Event) {
+        match event {
+            Event::MessageCreate(e) => self.on_message(e.message).await,
+            Event::MessageUpdate(e) => self.on_update(e).await,
+            Event::MessageDelete(e) => self.on_delete(e.channel_id.get(), e.message_id.get()).await,
+            Event::MessageDeleteBulk(e) => {
+                for id in e.ids {
+                    self.on_delete(e.channel_id.get(), id.get()).await;
+                }
+            }
+            Event::ThreadCreate(e) => {
+                let info = ChannelInfo {
+                    kind: u8::from(e.thread.kind),
+                    guild: Some(e.thread.guild_id.get()),
+                    parent: e.thread.parent_id.map(|p| p.get()),
+                };
+                self.caches.lock().unwrap().channels.insert(e.thread.id.get(), info);
+            }
+            Event::InteractionCreate(e) => self.on_interaction(e.interaction).await,
+            _ => {}
+        }
+    }
+
+    /// A new message (live, or fetched by the catch-up).
+    pub(super) async fn on_message(&self, m: Message) {
+        let own = self.is_own(&m.author, m.webhook_id.map(|w| w.get()), m.application_id.map(|a| a.get()));
+        if own || !matches!(m.kind, MessageType::Regular | MessageType::InlineReply) {
+            return;
+        }
+        // The catch-up after READY may already have handed over what the gateway now
+        // delivers live.
+        if self.cursor_of(m.channel_id.get()).await.is_some_and(|seen| m.id.get() <= seen) {
+            return;
+        }
+        let mut attempt = 0;
+        let msg = loop {
+            match self.translate(&m).await {
+                Ok(msg) => break msg,
+                Err(error) => {
+                    attempt += 1;
+                    tracing::warn!(channel = CHANNEL, event = "inbound_retry", message_id = m.id.get(), %error, attempt);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        };
+        self.deliver(msg).await;
+        self.advance_cursor(m.channel_id.get(), m.id.get()).await;
+    }
+
+    async fn translate(&self, m: &Message) -> Result<ChannelMessage, Retry> {
+        let place = self.place(m.channel_id.get()).await?;
+        let sender_type = if m.author.bot { SenderType::Agent } else { SenderType::User };
+        let mut msg = ChannelMessage::new(
+            place.chat.to_string(),
+            m.author.id.to_string(),
+            sender_type,
+            &m.content,
+            ContentType::Markdown,
+        );
+        msg.thread_id = place.thread.map(|t| t.to_string());
+        msg.timestamp = timestamp(&m.timestamp.to_string());
+        let nick = m.member.as_ref().and_then(|member| member.nick.clone());
+        self.describe_sender(&mut msg, &m.author, nick).await;
+        self.describe_place(&mut msg, m.id.get(), &place, m.guild_id.map(|g| g.get()));
+        msg.metadata.insert(keys::DEDUPE_KEY.into(), json!(m.id.to_string()));
+        msg.metadata.insert("mentions".into(), json!(m.mentions.iter().map(|u| u.id.to_string()).collect::<Vec<_>>()));
+        msg.metadata.insert("embeds".into(), serde_json::to_value(&m.embeds).unwrap_or(Value::Array(vec![])));
+        if let Some(reply) = m.message_reference.as_ref().and_then(|r| r.message_id) {
+            msg.reply_to_id = self.canonical(place.chat, reply.get()).await?;
+        }
+        self.attach(&mut msg, m).await?;
+        Ok(msg)
+    }
+
+    /// `senderName` (server nickname, display name, user name) and `senderAvatarUrl`.
+    pub(super) async fn describe_sender(&self, msg: &mut ChannelMessage, user: &User, nick: Option<String>) {
+        let name = nick.or_else(|| user.global_name.clone()).unwrap_or_else(|| user.name.clone());
+        msg.metadata.insert(keys::SENDER_NAME.into(), json!(name));
+        if let Some(mxc) = self.avatar(user).await {
+            msg.metadata.insert(keys::SENDER_AVATAR_URL.into(), json!(mxc));
+        }
+    }
+
+    fn describe_place(&self, msg: &mut ChannelMessage, message_id: u64, place: &Place, guild: Option<u64>) {
+        msg.metadata.insert(keys::CHANNEL_MESSAGE_ID.into(), json!(message_id.to_string()));
+        if let Some(guild) = guild.or(place.info.guild) {
+            msg.metadata.insert("guildId".into(), json!(guild.to_string()));
+        }
+        msg.metadata.insert("channelType".into(), json!(place.info.kind));
+    }
+
+    /// The avatar on Discord's CDN, uploaded to the media repository once per avatar.
+    async fn avatar(&self, user: &User) -> Option<String> {
+        let hash = user.avatar.as_ref()?.to_string();
+        let key = format!("{}/{hash}", user.id);
+        if let Some(mxc) = self.caches.lock().unwrap().avatars.get(&key) {
+            return Some(mxc.clone());
+        }
+        let url = format!("{}/avatars/{}/{hash}.png?size=256", self.cdn_url, user.id);
+        let bytes = match self.download(&url).await {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(channel = CHANNEL, event = "avatar_download_failed", user = %user.id, %error);
+                return None;
+            }
+        };
+        match self.media.upload(bytes, "image/png", &format!("{hash}.png")).await {
+            Ok(mxc) => {
+                self.caches.lock().unwrap().avatars.insert(key, mxc.clone());
+                Some(mxc)
+            }
+            Err(error) => {
+                tracing::warn!(channel = CHANNEL, event = "avatar_upload_failed", user = %user.id, %error);
+                None
+            }
+        }
+    }
+
+    /// Downloads each attachment from Discord and stores it in the media repository;
+    /// only the `mxc://` URI travels on.
+    async fn attach(&self, msg: &mut ChannelMessage, m: &Message) -> Result<(), Retry> {
+        for file in &m.attachments {
+            let mime = file.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
+            let bytes = match self.download(&file.url).await {
+                Ok(bytes) => bytes,
+                Err(error) if error.is_transient() => return Err(error.into()),
+                Err(error) => {
+                    tracing::warn!(channel = CHANNEL, event = "attachment_gone", message_id = m.id.get(), %error);
+                    continue;
+                }
+            };
+            let url = match self.media.upload(bytes, &mime, &file.filename).await {
+                Ok(url) => url,
+                Err(MediaError::Unavailable(error)) => return Err(Retry(error)),
+                Err(MediaError::Rejected(error)) => {
+                    tracing::warn!(channel = CHANNEL, event = "attachment_rejected", message_id = m.id.get(), %error);
+                    msg.content.push_str(&format!("\n[{} could not be bridged: {error}]", file.filename));
+                    continue;
+                }
+            };
+            msg.attachments.push(ChannelAttachment {
+                name: file.filename.clone(),
+                mime_type: mime,
+                url,
+                size_bytes: Some(u64::from(file.size)),
+            });
+        }
+        if msg.content.is_empty()
+            && let Some(first) = msg.attachments.first()
+        {
+            msg.content_type =
+                if first.mime_type.starts_with("image/") { ContentType::Image } else { ContentType::File };
+        }
+        Ok(())
+    }
+
+    /// A public CDN download: no bot token goes to the CDN.
+    async fn download(&self, url: &str) -> Result<Vec<u8>, RestError> {
+        let response = self
+            .rest
+            .cdn_client()
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| RestError::Network(e.without_url().to_string()))?;
+        let status = response.status().as_u16();
+        if !response.status().is_success() {
+            return Err(RestError::Status { status, code: 0, message: "download failed".into() });
+        }
+        let bytes = response.bytes().await.map_err(|e| RestError::Network(e.without_url().to_string()))?;
+        Ok(bytes.to_vec())
+    }
+
+    async fn on_update(&self, e: MessageUpdateEvent) {
+        // Updates without an edit time are Discord filling in embeds, not a user's edit.
+        let (Some(content), Some(edited), Some(author)) = (e.content.clone(), e.edited_timestamp, e.author.clone())
+        else {
+            return;
+        };
+        let webhook = e.webhook_id.flatten().map(|w| w.get());
+        let application = e.application_id.flatten().map(|a| a.get());
+        if self.is_own(&author, webhook, application) {
+            return;
+        }
+        let nick = e.member.clone().flatten().and_then(|member| member.nick);
+        let mut attempt = 0;
+        let msg = loop {
+            match self.translate_edit(&e, &content, &edited.to_string(), &author, nick.clone()).await {
+                Ok(msg) => break msg,
+                Err(error) => {
+                    attempt += 1;
+                    tracing::warn!(channel = CHANNEL, event = "inbound_retry", message_id = e.id.get(), %error, attempt);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        };
+        self.deliver(msg).await;
+    }
+
+    async fn translate_edit(
+        &self,
+        e: &MessageUpdateEvent,
+        content: &str,
+        edited: &str,
+        author: &User,
+        nick: Option<String>,
+    ) -> Result<ChannelMessage, Retry> {
+        let place = self.place(e.channel_id.get()).await?;
+        let sender_type = if author.bot { SenderType::Agent } else { SenderType::User };
+        let mut msg = ChannelMessage::new(
+            place.chat.to_string(),
+            author.id.to_string(),
+            sender_type,
+            content,
+            ContentType::Markdown,
+        );
+        msg.thread_id = place.thread.map(|t| t.to_string());
+        msg.timestamp = timestamp(edited);
+        self.describe_sender(&mut msg, author, nick).await;
+        self.describe_place(&mut msg, e.id.get(), &place, e.guild_id.map(|g| g.get()));
+        msg.metadata.insert(IS_EDIT.into(), json!(true));
+        msg.metadata.insert(keys::DEDUPE_KEY.into(), json!(format!("{}:edit:{edited}", e.id)));
+        msg.reply_to_id = self.canonical(place.chat, e.id.get()).await?;
+        Ok(msg)
+    }
+
+    async fn on_delete(&self, channel: u64, message: u64) {
+        let mut attempt = 0;
+        let msg = loop {
+            match self.translate_delete(channel, message).await {
+                Ok(msg) => break msg,
+                Err(error) => {
+                    attempt += 1;
+                    tracing::warn!(channel = CHANNEL, event = "inbound_retry", message_id = message, %error, attempt);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        };
+        if let Some(msg) = msg {
+            self.deliver(msg).await;
+        }
+    }
+
+    /// A deletion of a message the hub knows; `None` for one it never saw (nothing to undo).
+    async fn translate_delete(&self, channel: u64, message: u64) -> Result<Option<ChannelMessage>, Retry> {
+        let place = self.place(channel).await?;
+        let Some(original) = self.canonical(place.chat, message).await? else { return Ok(None) };
+        let mut conn = self.store.conn().await?;
+        let sender = messages::get(&mut conn, original).await?.map(|m| m.sender_id).unwrap_or_default();
+        let mut msg = ChannelMessage::new(place.chat.to_string(), sender, SenderType::User, "", ContentType::Text);
+        msg.thread_id = place.thread.map(|t| t.to_string());
+        msg.reply_to_id = Some(original);
+        msg.metadata.insert(keys::IS_DELETION.into(), json!(true));
+        msg.metadata.insert(keys::CHANNEL_MESSAGE_ID.into(), json!(message.to_string()));
+        msg.metadata.insert(keys::DEDUPE_KEY.into(), json!(format!("{message}:delete")));
+        Ok(Some(msg))
+    }
+
+    /// Hands one message to the hub and waits until it is accepted.
+    pub(super) async fn deliver(&self, msg: ChannelMessage) {
+        let mut handler_rx = self.handler.subscribe();
+        let mut attempt = 0;
+        loop {
+            let handler = handler_rx.wait_for(Option::is_some).await.ok().and_then(|h| h.clone());
+            let Some(handler) = handler else { return };
+            match handler.handle(msg.clone()).await {
+                Ok(()) => {
+                    tracing::debug!(channel = CHANNEL, event = "inbound", id = %msg.id, chat = %msg.channel_id);
+                    return;
+                }
+                Err(error) => {
+                    attempt += 1;
+                    tracing::warn!(channel = CHANNEL, event = "handler_retry", id = %msg.id, %error, attempt);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// Loop safety: our bot user, our webhooks, and anything our application posted.
+    fn is_own(&self, author: &User, webhook: Option<u64>, application: Option<u64>) -> bool {
+        let identity = self.known_identity();
+        if identity.is_some_and(|i| author.id.get() == i.bot_user || application == Some(i.application)) {
+            return true;
+        }
+        webhook.is_some_and(|w| self.caches.lock().unwrap().own_webhooks.contains(&w))
+    }
+
+    /// The bridged chat of a Discord channel: itself, or the parent of a thread.
+    pub(super) async fn place(&self, channel: u64) -> Result<Place, Retry> {
+        let info = match self.channel_info(channel).await {
+            Ok(info) => info,
+            // A channel the bot cannot read about (a DM): take it as it is.
+            Err(error) if !error.is_transient() => ChannelInfo { kind: 1, guild: None, parent: None },
+            Err(error) => return Err(error.into()),
+        };
+        Ok(match info.parent {
+            Some(parent) if info.is_thread() => Place { chat: parent, thread: Some(channel), info },
+            _ => Place { chat: channel, thread: None, info },
+        })
+    }
+
+    async fn canonical(&self, chat: u64, native: u64) -> Result<Option<Uuid>, Retry> {
+        let mut conn = self.store.conn().await?;
+        Ok(messages::message_for_native(&mut conn, CHANNEL, &chat.to_string(), &native.to_string()).await?)
+    }
+
+    async fn advance_cursor(&self, channel: u64, message: u64) {
+        {
+            let mut caches = self.caches.lock().unwrap();
+            let seen = caches.cursors.entry(channel).or_insert(message);
+            *seen = (*seen).max(message);
+        }
+        let result = async { cursor::advance(&mut *self.store.conn().await?, channel, message).await }.await;
+        if let Err(error) = result {
+            tracing::warn!(channel = CHANNEL, event = "cursor_failed", %error);
+        }
+    }
+
+    /// The newest message of `channel` handed to the hub (cached after the first read).
+    async fn cursor_of(&self, channel: u64) -> Option<u64> {
+        if let Some(seen) = self.caches.lock().unwrap().cursors.get(&channel) {
+            return Some(*seen);
+        }
+        let seen = async { cursor::get(&mut *self.store.conn().await?, channel).await }.await.ok().flatten()?;
+        Some(*self.caches.lock().unwrap().cursors.entry(channel).or_insert(seen))
+    }
+
+    /// Fetches, oldest first, what each bridged channel got since the last message handed
+    /// to the hub. Overlap with live events is harmless: the hub dedupes.
+    pub(super) async fn catch_up(&self) {
+        let channels = match async { bridges::channels_of(&mut *self.store.conn().await?, CHANNEL).await }.await {
+            Ok(channels) => channels,
+            Err(error) => {
+                tracing::warn!(channel = CHANNEL, event = "catch_up_failed", %error);
+                return;
+            }
+        };
+        for chat in channels.iter().filter_map(|c| c.parse::<u64>().ok()) {
+            if let Err(error) = self.catch_up_channel(chat).await {
+                tracing::warn!(channel = CHANNEL, event = "catch_up_failed", chat, %error);
+            }
+        }
+    }
+
+    async fn catch_up_channel(&self, chat: u64) -> Result<(), Retry> {
+        let Some(mut after) = cursor::get(&mut *self.store.conn().await?, chat).await? else { return Ok(()) };
+        self.caches.lock().unwrap().cursors.insert(chat, after);
+        let mut caught = 0;
+        loop {
+            let route = Route::ChannelMessages { channel_id: ChannelId::new(chat) };
+            let params = vec![("after", after.to_string()), ("limit", PAGE.to_string())];
+            let mut page: Vec<Message> =
+                self.rest.json(|| Request::new(route, LightMethod::Get).params(Some(params.clone()))).await?;
+            page.sort_by_key(|m| m.id);
+            let full = page.len() >= PAGE;
+            for m in page {
+                after = after.max(m.id.get());
+                caught += 1;
+                self.on_message(m).await;
+            }
+            if !full {
+                break;
+            }
+        }
+        if caught > 0 {
+            tracing::info!(channel = CHANNEL, event = "caught_up", chat, messages = caught);
+        }
+        Ok(())
+    }
+}
+
+fn timestamp(rfc3339: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(rfc3339).map(|t| t.with_timezone(&Utc)).unwrap_or_else(|_| Utc::now())
+}
