@@ -2,6 +2,7 @@
 //! the bridge contract).
 
 use serde_json::{Value, json};
+use teloxide::DownloadError;
 use teloxide::net::Download;
 use teloxide::prelude::Requester;
 use teloxide::types::{Chat, ChatKind, FileId, Message, MessageEntity, MessageOrigin, PublicChatKind};
@@ -101,7 +102,10 @@ async fn build(
             messages::message_for_native(&mut conn, CHANNEL, &chat_id, &reply_native).await.map_err(transient)?;
     }
     if let Some(thread) = &msg.thread_id {
+        // The hub may adopt a topic's first bridged message as the thread root under the
+        // topic's id, so the topic id itself leads to the topic too.
         topics::record(&mut conn, &chat_id, &native_id, thread).await.map_err(transient)?;
+        topics::record(&mut conn, &chat_id, thread, thread).await.map_err(transient)?;
     }
     drop(conn);
     if let Some(file) = incoming {
@@ -262,7 +266,11 @@ async fn fetch(inner: &Inner, file_id: &FileId) -> Result<Vec<u8>, Fetch> {
         other => Fetch::Transient(other.message()),
     })?;
     let mut bytes = Vec::with_capacity(file.meta.size as usize);
-    inner.bot.download_file(&file.path, &mut bytes).await.map_err(|e| Fetch::Transient(inner.redact(e)))?;
+    inner.bot.download_file(&file.path, &mut bytes).await.map_err(|error| {
+        // A file Telegram no longer has will not come back; an outage will.
+        let gone = matches!(&error, DownloadError::Network(e) if e.status().is_some_and(|s| s.is_client_error()));
+        if gone { Fetch::Refused(inner.redact(error)) } else { Fetch::Transient(inner.redact(error)) }
+    })?;
     Ok(bytes)
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_openai;
+pub mod fake_telegram;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
