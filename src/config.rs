@@ -545,19 +545,13 @@ impl Config {
         if self.telegram.as_ref().is_some_and(|t| t.token.as_deref().is_none_or(str::is_empty)) {
             return Err((
                 "telegram.token",
-                format!(
-                    "the [telegram] section needs the bot token from BotFather; {}",
-                    env_hint("MOSAIC_AS_TELEGRAM_TOKEN")
-                ),
+                format!("the [telegram] section needs the bot token from BotFather; {}", env_hint("MOSAIC_AS_TELEGRAM_TOKEN")),
             ));
         }
         if self.discord.as_ref().is_some_and(|d| d.token.as_deref().is_none_or(str::is_empty)) {
             return Err((
                 "discord.token",
-                format!(
-                    "the [discord] section needs the application's bot token; {}",
-                    env_hint("MOSAIC_AS_DISCORD_TOKEN")
-                ),
+                format!("the [discord] section needs the application's bot token; {}", env_hint("MOSAIC_AS_DISCORD_TOKEN")),
             ));
         }
         if url::Url::parse(&self.homeserver.url).is_err() {

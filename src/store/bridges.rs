@@ -61,12 +61,7 @@ pub async fn bridge(
 }
 
 /// Records a chat that talks to the bot without being bridged (first contact wins).
-pub async fn record_direct(
-    conn: &mut AnyConnection,
-    channel: &str,
-    channel_id: &str,
-    conversation_id: &str,
-) -> Result<()> {
+pub async fn record_direct(conn: &mut AnyConnection, channel: &str, channel_id: &str, conversation_id: &str) -> Result<()> {
     sqlx::query(
         "INSERT INTO bridges (channel, channel_id, conversation_id, kind, created_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (channel, channel_id) DO NOTHING",
@@ -101,8 +96,9 @@ pub async fn unbridge(conn: &mut AnyConnection, conversation_id: &str, channel: 
 
 /// The chats bridged into a conversation.
 pub async fn bridged_chats(conn: &mut AnyConnection, conversation_id: &str) -> Result<Vec<Bridge>> {
-    let sql =
-        format!("SELECT {COLUMNS} FROM bridges WHERE conversation_id = $1 AND kind = $2 ORDER BY channel, channel_id");
+    let sql = format!(
+        "SELECT {COLUMNS} FROM bridges WHERE conversation_id = $1 AND kind = $2 ORDER BY channel, channel_id"
+    );
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(conversation_id).bind(KIND_BRIDGE).fetch_all(&mut *conn).await?)
 }
 
