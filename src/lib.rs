@@ -19,3 +19,4 @@ pub mod protocol;
 pub mod queue;
 pub mod secrets;
 pub mod store;
+pub mod telegram;

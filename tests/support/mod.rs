@@ -4,6 +4,7 @@
 
 pub mod fake_discord;
 pub mod fake_openai;
+pub mod fake_telegram;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
