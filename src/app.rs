@@ -10,7 +10,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::agents::{Agents, TurnControl};
-use crate::config::Config;
+use crate::config::{Config, TelegramMode};
+use crate::discord::DiscordAdapter;
 use crate::hub::bridging::{OPEN_BRIDGE_KIND, OpenBridgeJob, SurfaceAdapter};
 use crate::hub::{Hub, SEND_KIND, SendJob};
 use crate::matrix::rooms::{
@@ -25,6 +26,7 @@ use crate::matrix::{self, MatrixAdapter, adapter::EventError, server};
 use crate::protocol::{ChannelAdapter, ChannelRegistry, ChannelSendError};
 use crate::queue::{self, JobHandler, JobOutcome, Wakers};
 use crate::store::{Store, outbox};
+use crate::telegram::TelegramAdapter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -36,6 +38,8 @@ pub enum ServeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("cannot set up the {0}")]
+    Bridge(String),
 }
 
 /// Runs outbox jobs by kind.
@@ -156,17 +160,30 @@ fn event_outcome(result: Result<(), EventError>) -> JobOutcome {
     }
 }
 
-/// The Discord and Telegram adapters the config asks for; files they receive go to the
-/// homeserver's media repository.
+/// The bridges the config asks for: their adapters (files they receive go to the
+/// homeserver's media repository) and the routes they serve (Telegram's webhook).
 fn bridge_adapters(
     config: &Config,
     store: &Store,
     matrix: &Arc<MatrixAdapter>,
-) -> Result<Vec<Arc<dyn ChannelAdapter>>, ServeError> {
+) -> Result<(Vec<Arc<dyn ChannelAdapter>>, axum::Router), ServeError> {
     let media: Arc<dyn crate::protocol::MediaRepository> = matrix.clone();
-    let adapters: Vec<Arc<dyn ChannelAdapter>> = Vec::new();
-    let _ = (config, store, media);
-    Ok(adapters)
+    let mut adapters: Vec<Arc<dyn ChannelAdapter>> = Vec::new();
+    let mut routes = axum::Router::new();
+    if let Some(telegram) = &config.telegram {
+        let adapter = TelegramAdapter::new(telegram, store.clone(), media.clone())
+            .map_err(|e| ServeError::Bridge(format!("telegram: {e}")))?;
+        if telegram.mode == TelegramMode::Webhook {
+            routes = routes.merge(adapter.webhook_router());
+        }
+        adapters.push(Arc::new(adapter));
+    }
+    if let Some(discord) = &config.discord {
+        let adapter = DiscordAdapter::new(discord, store.clone(), media.clone())
+            .map_err(|e| ServeError::Bridge(format!("discord: {e}")))?;
+        adapters.push(Arc::new(adapter));
+    }
+    Ok((adapters, routes))
 }
 
 /// Runs the service until Ctrl-C or SIGTERM.
@@ -187,7 +204,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let agents =
         Arc::new(Agents::from_config(&config, store.clone(), wakers.clone(), registry.clone(), control.clone())?);
     let mut surfaces: Vec<Arc<dyn ChannelAdapter>> = vec![matrix.clone()];
-    surfaces.extend(bridge_adapters(&config, &store, &matrix)?);
+    let (bridges, bridge_routes) = bridge_adapters(&config, &store, &matrix)?;
+    surfaces.extend(bridges);
     for adapter in surfaces {
         adapter.on_message(hub.handler_for(adapter.name()));
         registry.register(SurfaceAdapter::wrap(adapter, store.clone(), config.clone()));
@@ -226,7 +244,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         store: store.clone(),
         wakers: wakers.clone(),
     });
-    let app = server::router(state).merge(admin).layer(trace);
+    let app = server::router(state).merge(admin).merge(bridge_routes).layer(trace);
     let mut http_shutdown = shutdown_rx.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)

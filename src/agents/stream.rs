@@ -36,6 +36,10 @@ pub fn edit_of(original: &ChannelMessage, text: &str, label: &str) -> ChannelMes
 pub struct Target {
     pub adapter: Arc<dyn ChannelAdapter>,
     pub channel_id: String,
+    /// Whether the answer may be streamed here. Not while the message it answers is still
+    /// on its way to this chat: the answer then goes through the same ordered queue, after
+    /// that message, so that it never shows up above what it answers.
+    pub previews: bool,
 }
 
 pub struct Streamer {
@@ -121,7 +125,7 @@ impl Streamer {
             }
         } else {
             let first = self.with_text(&shown);
-            for target in &self.targets {
+            for target in self.targets.iter().filter(|t| t.previews) {
                 match send_preview(target, &first).await {
                     Ok(()) => self.previewed.push(target.channel_id.clone()),
                     Err(error) => {

@@ -91,9 +91,11 @@ impl Agents {
         }
         let mut targets = Vec::new();
         for (channel, chat) in crate::hub::bridging::surfaces(&mut conn, &turn.conversation_id).await? {
-            if let Some(adapter) = self.registry.get(&channel) {
-                targets.push(Target { adapter, channel_id: chat });
-            }
+            let Some(adapter) = self.registry.get(&channel) else { continue };
+            let origin = message.origin_channel() == channel && message.channel_id == chat;
+            let previews =
+                origin || messages::native_for_message(&mut conn, &channel, &chat, message.id).await?.is_some();
+            targets.push(Target { adapter, channel_id: chat, previews });
         }
         Ok(Some((message, context, targets)))
     }

@@ -333,6 +333,11 @@ impl MatrixAdapter {
         if msg.sender_type == SenderType::User && msg.origin_channel() != CHANNEL {
             return self.remote_ghost(room_id, msg).await;
         }
+        self.notice_speaker(room_id).await
+    }
+
+    /// Who speaks for the service in a room.
+    async fn notice_speaker(&self, room_id: &str) -> Result<OwnedUserId, ChannelSendError> {
         // System notices come from the bot; in a room the bot is not in, from an agent
         // that is, so that a command typed there still gets its answer.
         let members = {
@@ -369,7 +374,10 @@ impl MatrixAdapter {
         };
         if joined.as_deref() != Some("join") {
             let room = room(room_id).map_err(|e| ChannelSendError::Terminal(e.to_string()))?;
-            self.invite_person(&room, ghost.as_str()).await.map_err(|e| transient(e.to_string()))?;
+            // The bot invites where it is a member; elsewhere an agent of the room does.
+            let inviter = self.notice_speaker(room_id).await?;
+            let inviter = (!self.ns.is_bot(inviter.as_str())).then_some(inviter.as_ref());
+            self.invite_person_as(&room, ghost.as_str(), inviter).await.map_err(|e| transient(e.to_string()))?;
             self.client.call(join_room_by_id::v3::Request::new(room), Some(&ghost)).await.map_err(send_error)?;
             let mut conn = self.store.conn().await.map_err(transient)?;
             conversations::set_membership(&mut conn, room_id, ghost.as_str(), "join").await.map_err(transient)?;

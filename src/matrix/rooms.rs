@@ -9,7 +9,7 @@ use ruma::api::client::state::{get_state_event_for_key, send_state_event};
 use ruma::events::StateEventType;
 use ruma::events::room::message::RoomMessageEventContent;
 use ruma::serde::Raw;
-use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId};
+use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -533,9 +533,19 @@ impl MatrixAdapter {
     }
 
     pub(super) async fn invite_person(&self, room: &OwnedRoomId, person: &str) -> Result<(), EventError> {
+        self.invite_person_as(room, person, None).await
+    }
+
+    /// Invites `person` as `inviter` (the bot when `None`).
+    pub(super) async fn invite_person_as(
+        &self,
+        room: &OwnedRoomId,
+        person: &str,
+        inviter: Option<&UserId>,
+    ) -> Result<(), EventError> {
         let user = OwnedUserId::try_from(person).map_err(|e| EventError::Permanent(e.to_string()))?;
         let recipient = invite_user::v3::InvitationRecipient::UserId(invite_user::v3::InviteUserId::new(user));
-        match self.client().call(invite_user::v3::Request::new(room.clone(), recipient), None).await {
+        match self.client().call(invite_user::v3::Request::new(room.clone(), recipient), inviter).await {
             Ok(_) => Ok(()),
             // Already a member, or invited: nothing to do.
             Err(error) if error.errcode() == Some("M_FORBIDDEN") => Ok(()),

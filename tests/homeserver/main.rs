@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod agents;
+mod telegram;
 
 use std::time::Duration;
 

@@ -55,12 +55,13 @@ async fn a_telegram_group_and_a_matrix_room_share_one_conversation() {
     let hello = fake.push_message(Incoming::text(GROUP, &tom, "hello echo from telegram"));
     let tom_ghost = ghost(&slot, tom.id);
     let bridged = alice.wait_for(&room, &tom_ghost, |e| body(e) == "hello echo from telegram").await;
-    let profile: Value = reqwest::get(format!("{}/_matrix/client/v3/profile/{tom_ghost}", crate::support::homeserver_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let profile: Value =
+        reqwest::get(format!("{}/_matrix/client/v3/profile/{tom_ghost}", crate::support::homeserver_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(profile["displayname"], "Tom Tester (Telegram)");
     let answer = alice.wait_for(&room, &echo, |e| body(e) == "hello echo from telegram").await;
     assert_eq!(reply_target(&answer), bridged["event_id"].as_str(), "the agent answers the bridged message");
