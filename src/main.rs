@@ -45,6 +45,8 @@ enum Command {
         #[arg(long)]
         create: bool,
     },
+    /// Register the appservice in the admin room of Conduit, conduwuit or tuwunel.
+    RegisterConduit(mosaic_as::conduit::RegisterOptions),
 }
 
 fn init_logging() {
@@ -106,6 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
         }
         Command::Account(action) => return cli::account(&load(cli.config)?, action).await,
+        Command::RegisterConduit(options) => return mosaic_as::conduit::register(&load(cli.config)?, &options).await,
         Command::LinkToken { account, create } => {
             let config = load(cli.config)?;
             let (token, created) = cli::link_token(&config, &account, create).await?;

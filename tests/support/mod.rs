@@ -43,8 +43,12 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Where the homeserver and the slots live. `MOSAIC_TEST_WORK_DIR` moves it, so that two
+/// checkouts sharing one target directory can run their suites at the same time.
 fn work_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("homeserver-tests")
+    std::env::var_os("MOSAIC_TEST_WORK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("homeserver-tests"))
 }
 
 pub fn homeserver_url() -> String {
