@@ -398,7 +398,10 @@ impl MatrixAdapter {
         let txn_id: OwnedTransactionId = format!("mosaic-{}", msg.id.simple()).into();
         let mut request = redact_event::v3::Request::new(room, event_id, txn_id);
         request.reason = Some("deleted on the other side of the bridge".into());
-        self.client.call(request, None).await.map_err(send_error)?;
+        // The ghost that posted the copy takes it back: it needs no power for its own
+        // events, and the bot may not be in the room.
+        let author = OwnedUserId::try_from(self.ns.remote_user_id(msg.origin_channel(), &msg.sender_id)).ok();
+        self.client.call(request, author.as_deref()).await.map_err(send_error)?;
         Ok(())
     }
 

@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod agents;
+mod discord;
 mod telegram;
 
 use std::time::Duration;
