@@ -226,6 +226,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     tasks.spawn(crate::agents::run_scheduler(store.clone(), agents, wakers.clone(), shutdown_rx.clone()));
     tasks.spawn(crate::hub::retention::run(store.clone(), config.clone(), shutdown_rx.clone()));
+    tasks.spawn(matrix::catch_up::run(matrix.clone(), shutdown_rx.clone()));
     tasks.spawn(matrix::inbox::run(store.clone(), matrix.clone(), inbox_wake.clone(), shutdown_rx.clone()));
 
     let state = server::ServerState {

@@ -337,7 +337,7 @@ impl MatrixAdapter {
     }
 
     /// Who speaks for the service in a room.
-    async fn notice_speaker(&self, room_id: &str) -> Result<OwnedUserId, ChannelSendError> {
+    pub(super) async fn notice_speaker(&self, room_id: &str) -> Result<OwnedUserId, ChannelSendError> {
         // System notices come from the bot; in a room the bot is not in, from an agent
         // that is, so that a command typed there still gets its answer.
         let members = {

@@ -2,6 +2,7 @@
 //! message formatting.
 
 pub mod adapter;
+pub mod catch_up;
 pub mod client;
 pub mod format;
 pub mod ghosts;

@@ -254,11 +254,12 @@ async fn health() -> Response {
     (StatusCode::OK, axum::Json(json!({ "status": "ok" }))).into_response()
 }
 
-/// Ready when the database answers and every adapter is connected.
+/// Ready when the database answers and every adapter works, if perhaps slowed down
+/// (rate-limited or resuming: `degraded`).
 async fn ready(State(state): State<ServerState>) -> Response {
     let database = state.store.ping().await.is_ok();
     let adapters = state.registry.health_all();
-    let all_connected = adapters.values().all(|h| *h == crate::protocol::AdapterHealth::Connected);
+    let all_connected = adapters.values().all(|h| *h != crate::protocol::AdapterHealth::Disconnected);
     let status = if database && all_connected && !adapters.is_empty() {
         StatusCode::OK
     } else {

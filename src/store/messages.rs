@@ -122,3 +122,20 @@ pub async fn native_for_message(
             .await?;
     Ok(row.map(|(native,)| native))
 }
+
+/// Matrix rooms with messages stored since `since_ms`, each with the time of its newest
+/// stored message (unix ms): where a catch-up looks for events the homeserver never
+/// pushed.
+pub async fn recently_active_rooms(
+    conn: &mut AnyConnection,
+    channel: &str,
+    since_ms: i64,
+) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT channel_id, MAX(created_at) FROM messages WHERE channel = $1 AND created_at >= $2 GROUP BY channel_id",
+    )
+    .bind(channel)
+    .bind(since_ms)
+    .fetch_all(&mut *conn)
+    .await?)
+}
