@@ -373,7 +373,7 @@ fn synthetic_events(ghost_prefix: &str) -> Vec<Value> {
         let members: Vec<String> = (0..MEMBERS_PER_ROOM)
             .map(|m| {
                 let n = room * MEMBERS_PER_ROOM + m;
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     format!("@{ghost_prefix}{n}:{SERVER_NAME}")
                 } else {
                     format!("@person{n}:remote.example")

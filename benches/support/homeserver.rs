@@ -330,7 +330,7 @@ impl Person {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.with_context(|| format!("{path}"))?;
+        let response = request.send().await.with_context(|| path.to_string())?;
         let status = response.status();
         let value: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
