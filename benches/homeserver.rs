@@ -1,0 +1,470 @@
+//! Benchmarks through a real homeserver: end-to-end echo latency and resident memory,
+//! for mosaic-as and, side by side, for a reference echo appservice written with
+//! mautrix-python (`benches/reference/echo_appservice.py`).
+//!
+//! Each phase starts its own Synapse (`scripts/synapse.sh`, SQLite, a free loopback port,
+//! under `<target>/bench/<phase>/`) with two appservice registrations: mosaic-as
+//! (`init`, then `serve` on SQLite) and the reference (its own virtualenv under
+//! `<target>/bench/reference-venv`, created on first use).
+//!
+//! **e2e**: two people, alice and bob. Three kinds of sample, interleaved so that noise
+//! from other work on the machine falls on all of them alike, one at a time (the next
+//! message is sent once the previous one has been seen):
+//!
+//! - the homeserver's floor: alice sends to bob, bob's `/sync` sees it (one way); bob
+//!   sends back at once and alice's `/sync` sees that (two plain client sends);
+//! - mosaic-as: alice sends in a direct chat with the echo agent; alice's `/sync` sees the
+//!   agent's reply;
+//! - the reference: the same, with the reference's bot.
+//!
+//! Arrival is observed by one `/sync` long-poll loop per person (a `since` token and a
+//! 30 s timeout, with a filter that keeps only message timelines), never by polling.
+//! Times run from just before the sending `PUT` to the `/sync` response that carries the
+//! awaited event. It prints p50/p99, the ratio of the echo's median to each floor's and
+//! the added latency (difference of medians), then the resident memory of each process.
+//!
+//! **memory**: resident memory (`VmRSS`) of mosaic-as and of the reference, idle after
+//! start and after each has been pushed the same synthetic appservice transactions: 1,000
+//! rooms, 10 members joining each (10,000 users: half ghosts in the service's own
+//! namespace, half people on a remote server, all with display names) and 5 messages per
+//! room, 15,000 events in transactions of 100. mosaic-as has processed them when its
+//! `/metrics` shows `mosaic_inbox_pending 0`; the reference when its `/bench/stats` has
+//! counted every event.
+//!
+//! Run with:
+//!
+//! ```text
+//! cargo bench --bench homeserver             # both phases
+//! cargo bench --bench homeserver -- e2e      # one of them
+//! cargo bench --bench homeserver -- memory
+//! ```
+//!
+//! The homeserver, both services and the benchmark share the machine's cores with
+//! whatever else runs there: the figures are indicative; compare runs on the same box.
+
+#[path = "support/homeserver.rs"]
+mod homeserver;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use homeserver::{
+    Arrival, Person, Reference, ReferenceConfig, SERVER_NAME, Synapse, bench_dir, mib, reply_target, rss_bytes,
+    wait_for_arrival,
+};
+use serde_json::{Value, json};
+use support::{Server, event_id, free_loopback_addr, http_client, millis, now_ms, percentile};
+use tokio::sync::mpsc;
+
+const WARMUP_ROUNDS: usize = 20;
+const MEASURED_ROUNDS: usize = 200;
+/// Measuring stops once it has run this long, and reports what it measured.
+const MEASURE_BUDGET: Duration = Duration::from_secs(600);
+
+const ROOMS: usize = 1_000;
+const MEMBERS_PER_ROOM: usize = 10;
+const MESSAGES_PER_ROOM: usize = 5;
+const EVENTS_PER_TXN: usize = 100;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+/// Time left to a process to settle before its memory is read.
+const SETTLE: Duration = Duration::from_secs(3);
+
+fn main() -> ExitCode {
+    support::run_main("homeserver", run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; anything else names a phase.
+    let phases: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    for phase in &phases {
+        if !matches!(phase.as_str(), "e2e" | "memory") {
+            bail!("unknown phase {phase:?}: e2e or memory");
+        }
+    }
+    let wanted = |phase: &str| phases.is_empty() || phases.iter().any(|p| p == phase);
+    if wanted("e2e") {
+        Stack::run("e2e", e2e).await?;
+    }
+    if wanted("memory") {
+        Stack::run("memory", memory).await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The homeserver and both services
+
+/// Synapse with mosaic-as and the reference registered, both running.
+struct Stack {
+    mosaic: Server,
+    mosaic_dir: PathBuf,
+    reference: Reference,
+    reference_config: ReferenceConfig,
+    // Dropped last: the services stop before their homeserver.
+    synapse: Synapse,
+}
+
+impl Stack {
+    async fn start(phase: &str) -> anyhow::Result<Self> {
+        let dir = bench_dir(phase)?;
+        let port = free_loopback_addr()?.port();
+        let homeserver_url = format!("http://127.0.0.1:{port}");
+        let prepared = Server::prepare(&["--server-name", SERVER_NAME, "--homeserver-url", &homeserver_url], None)?;
+        let mosaic_dir = prepared.dir().to_path_buf();
+        let reference_config = ReferenceConfig::write(&dir.join("reference"))?;
+        let registrations = [&*mosaic_dir.join("registration.yaml"), &*reference_config.registration_path];
+        let synapse = Synapse::start(&dir.join("synapse"), port, &registrations)?;
+        let mut mosaic = prepared.serve()?;
+        if let Err(error) = mosaic.wait_until_ok(&http_client()?, "/ready").await {
+            mosaic.print_log_tail();
+            return Err(error);
+        }
+        let reference = reference_config.start(&synapse.url()).await?;
+        Ok(Self { mosaic, mosaic_dir, reference, reference_config, synapse })
+    }
+
+    /// Starts a stack, runs `body` on it, stops the services (showing their logs when
+    /// something failed).
+    async fn run<F>(phase: &str, body: F) -> anyhow::Result<()>
+    where
+        F: AsyncFnOnce(&Stack) -> anyhow::Result<()>,
+    {
+        let mut stack = Self::start(phase).await?;
+        let result = body(&stack).await;
+        stack.reference.stop();
+        let stopped = stack.mosaic.stop();
+        if result.is_err() || stopped.is_err() {
+            stack.mosaic.print_log_tail();
+            stack.reference.print_log_tail();
+        }
+        result.and(stopped)
+    }
+
+    fn agent(&self) -> String {
+        format!("@mosaic_agent_echo:{SERVER_NAME}")
+    }
+
+    fn print_rss(&self, when: &str) -> anyhow::Result<()> {
+        println!(
+            "{:<8} resident memory {when}: mosaic-as {:.1} MiB, reference {:.1} MiB, synapse {:.1} MiB",
+            "",
+            mib(rss_bytes(self.mosaic.pid())?),
+            mib(rss_bytes(self.reference.pid())?),
+            mib(rss_bytes(self.synapse.pid()?)?),
+        );
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// e2e
+
+/// One person with their sync loop.
+struct Observer {
+    person: Person,
+    arrivals: mpsc::UnboundedReceiver<Arrival>,
+}
+
+struct Rooms {
+    floor: String,
+    mosaic: String,
+    reference: String,
+}
+
+#[derive(Default)]
+struct Samples {
+    one_way: Vec<Duration>,
+    two_sends: Vec<Duration>,
+    mosaic: Vec<Duration>,
+    reference: Vec<Duration>,
+}
+
+async fn e2e(stack: &Stack) -> anyhow::Result<()> {
+    println!(
+        "e2e: Synapse on loopback, {WARMUP_ROUNDS} warm-up + {MEASURED_ROUNDS} measured rounds, \
+         each a floor, a mosaic-as and a reference sample, one message at a time"
+    );
+    let alice = stack.synapse.person("alice").await?;
+    let bob = stack.synapse.person("bob").await?;
+    let agent = stack.agent();
+    let reference_bot = stack.reference_config.bot.clone();
+    let rooms = Rooms {
+        floor: alice.create_room(&[&bob.user_id], false).await?,
+        mosaic: alice.create_room(&[&agent], true).await?,
+        reference: alice.create_room(&[&reference_bot], true).await?,
+    };
+    bob.join(&rooms.floor).await?;
+    alice.wait_for_member(&rooms.mosaic, &agent).await?;
+    alice.wait_for_member(&rooms.reference, &reference_bot).await?;
+    let mut alice = Observer { arrivals: alice.sync_loop().await?, person: alice };
+    let mut bob = Observer { arrivals: bob.sync_loop().await?, person: bob };
+
+    let mut samples = Samples::default();
+    for n in 0..WARMUP_ROUNDS {
+        round(&format!("warm-up {n}"), &mut alice, &mut bob, &rooms, &agent, &reference_bot, &mut Samples::default())
+            .await?;
+    }
+    let start = Instant::now();
+    for n in 0..MEASURED_ROUNDS {
+        if start.elapsed() > MEASURE_BUDGET {
+            println!("(stopped at the {MEASURE_BUDGET:?} time budget)");
+            break;
+        }
+        round(&format!("round {n}"), &mut alice, &mut bob, &rooms, &agent, &reference_bot, &mut samples).await?;
+    }
+    print_e2e(&mut samples);
+    stack.print_rss("after the run")
+}
+
+/// One sample of each kind.
+async fn round(
+    tag: &str,
+    alice: &mut Observer,
+    bob: &mut Observer,
+    rooms: &Rooms,
+    agent: &str,
+    reference_bot: &str,
+    samples: &mut Samples,
+) -> anyhow::Result<()> {
+    // The floor: alice → bob, then bob → alice.
+    let text = format!("floor {tag}: are you there?");
+    let sent = Instant::now();
+    alice.person.say(&rooms.floor, &text).await?;
+    let alice_id = alice.person.user_id.clone();
+    let seen = wait_for_arrival(&mut bob.arrivals, &format!("{tag} at bob"), |a| {
+        a.room_id == rooms.floor && a.event["sender"] == alice_id.as_str() && body(&a.event) == text
+    })
+    .await?;
+    let answer = format!("floor {tag}: yes");
+    bob.person.say(&rooms.floor, &answer).await?;
+    let bob_id = bob.person.user_id.clone();
+    let back = wait_for_arrival(&mut alice.arrivals, &format!("bob's answer to {tag}"), |a| {
+        a.room_id == rooms.floor && a.event["sender"] == bob_id.as_str() && body(&a.event) == answer
+    })
+    .await?;
+    samples.one_way.push(seen - sent);
+    samples.two_sends.push(back - sent);
+
+    samples.mosaic.push(echo(alice, &rooms.mosaic, agent, &format!("mosaic {tag}: echo this")).await?);
+    samples.reference.push(echo(alice, &rooms.reference, reference_bot, &format!("reference {tag}: echo this")).await?);
+    Ok(())
+}
+
+/// Sends `text` in `room` and waits for `echoer`'s reply with the same body.
+async fn echo(alice: &mut Observer, room: &str, echoer: &str, text: &str) -> anyhow::Result<Duration> {
+    let sent = Instant::now();
+    let event_id = alice.person.say(room, text).await?;
+    let mut wrong_body = None;
+    let back = wait_for_arrival(&mut alice.arrivals, &format!("{echoer}'s reply to {text:?}"), |a| {
+        let matches = a.room_id == room && a.event["sender"] == echoer && reply_target(&a.event) == Some(&event_id);
+        if matches && body(&a.event) != text {
+            wrong_body = Some(body(&a.event).to_string());
+        }
+        matches
+    })
+    .await?;
+    if let Some(wrong) = wrong_body {
+        bail!("{echoer} answered {text:?} with {wrong:?}");
+    }
+    Ok(back - sent)
+}
+
+fn body(event: &Value) -> &str {
+    event["content"]["body"].as_str().unwrap_or_default()
+}
+
+fn print_e2e(samples: &mut Samples) {
+    for list in [&mut samples.one_way, &mut samples.two_sends, &mut samples.mosaic, &mut samples.reference] {
+        list.sort();
+    }
+    let p50 = |list: &[Duration]| millis(percentile(list, 50.0));
+    let line = |label: &str, list: &[Duration]| {
+        println!(
+            "e2e      {label:<46} p50 {:>7.2} ms  p99 {:>7.2} ms  min {:>7.2}  max {:>7.2}  ({} samples)",
+            p50(list),
+            millis(percentile(list, 99.0)),
+            millis(percentile(list, 0.0)),
+            millis(percentile(list, 100.0)),
+            list.len(),
+        );
+    };
+    line("floor, one way (alice sends → bob's sync)", &samples.one_way);
+    line("floor, two sends (alice → bob → alice)", &samples.two_sends);
+    line("mosaic-as echo (send → agent's reply in sync)", &samples.mosaic);
+    line("reference echo, mautrix-python (same)", &samples.reference);
+    for (label, list) in [("mosaic-as", &samples.mosaic), ("reference", &samples.reference)] {
+        println!(
+            "e2e      {label:<10} p50 vs one-way floor: x{:.2}, added {:.2} ms; vs two-send floor: x{:.2}, added {:.2} ms",
+            p50(list) / p50(&samples.one_way),
+            p50(list) - p50(&samples.one_way),
+            p50(list) / p50(&samples.two_sends),
+            p50(list) - p50(&samples.two_sends),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// memory
+
+async fn memory(stack: &Stack) -> anyhow::Result<()> {
+    println!(
+        "memory: {ROOMS} rooms, {} users joining ({MEMBERS_PER_ROOM} per room), {MESSAGES_PER_ROOM} messages per \
+         room, pushed as appservice transactions of {EVENTS_PER_TXN} events",
+        ROOMS * MEMBERS_PER_ROOM
+    );
+    let client = http_client()?;
+    tokio::time::sleep(SETTLE).await;
+    let mosaic_idle = rss_bytes(stack.mosaic.pid())?;
+    let reference_idle = rss_bytes(stack.reference.pid())?;
+
+    let events = synthetic_events("mosaic_ghost_");
+    let total = events.len();
+    let pushed = Instant::now();
+    push_all(&client, &stack.mosaic.base_url, &stack.mosaic.hs_token, &events).await?;
+    let push_time = pushed.elapsed();
+    wait_for_mosaic_inbox(&client, &stack.mosaic.base_url).await?;
+    let mosaic_time = pushed.elapsed();
+
+    let events = synthetic_events("refecho_ghost_");
+    let pushed = Instant::now();
+    let base_url = &stack.reference_config.base_url;
+    push_all(&client, base_url, &stack.reference_config.hs_token, &events).await?;
+    let reference_push_time = pushed.elapsed();
+    wait_for_reference(&client, base_url, total).await?;
+    let reference_time = pushed.elapsed();
+
+    tokio::time::sleep(SETTLE).await;
+    let mosaic_after = rss_bytes(stack.mosaic.pid())?;
+    let reference_after = rss_bytes(stack.reference.pid())?;
+    let database = database_bytes(&stack.mosaic_dir);
+    for (label, idle, after, push, done) in [
+        ("mosaic-as", mosaic_idle, mosaic_after, push_time, mosaic_time),
+        ("reference", reference_idle, reference_after, reference_push_time, reference_time),
+    ] {
+        let grown = after.saturating_sub(idle);
+        println!(
+            "memory   {label:<10} idle {:>6.1} MiB  after {:>6.1} MiB  (+{:.1} MiB: {:.0} B per room, {:.0} B per user)  \
+             {total} events pushed in {:.1} s, processed in {:.1} s",
+            mib(idle),
+            mib(after),
+            mib(grown),
+            grown as f64 / ROOMS as f64,
+            grown as f64 / (ROOMS * MEMBERS_PER_ROOM) as f64,
+            push.as_secs_f64(),
+            done.as_secs_f64(),
+        );
+    }
+    println!("memory   mosaic-as SQLite database on disk: {:.1} MiB", mib(database));
+    stack.print_rss("at the end")
+}
+
+/// Per room: its members join (alternately a ghost `@<ghost_prefix>N` of the service's
+/// namespace and a person on a remote server), then some of them talk.
+fn synthetic_events(ghost_prefix: &str) -> Vec<Value> {
+    let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let now = now_ms();
+    let mut events = Vec::with_capacity(ROOMS * (MEMBERS_PER_ROOM + MESSAGES_PER_ROOM));
+    for room in 0..ROOMS {
+        let room_id = format!("!mem{room}-{run}:{SERVER_NAME}");
+        let members: Vec<String> = (0..MEMBERS_PER_ROOM)
+            .map(|m| {
+                let n = room * MEMBERS_PER_ROOM + m;
+                if n.is_multiple_of(2) {
+                    format!("@{ghost_prefix}{n}:{SERVER_NAME}")
+                } else {
+                    format!("@person{n}:remote.example")
+                }
+            })
+            .collect();
+        for (m, member) in members.iter().enumerate() {
+            events.push(json!({
+                "type": "m.room.member",
+                "room_id": room_id,
+                "sender": member,
+                "state_key": member,
+                "event_id": event_id(),
+                "origin_server_ts": now,
+                "content": {"membership": "join", "displayname": format!("Member {m} of room {room}")},
+                "unsigned": {"age": 1},
+            }));
+        }
+        for message in 0..MESSAGES_PER_ROOM {
+            events.push(json!({
+                "type": "m.room.message",
+                "room_id": room_id,
+                "sender": members[(message * 3) % MEMBERS_PER_ROOM],
+                "event_id": event_id(),
+                "origin_server_ts": now,
+                "content": {"msgtype": "m.text", "body": format!("Message {message} in room {room}: see you at ten?")},
+                "unsigned": {"age": 1},
+            }));
+        }
+    }
+    events
+}
+
+/// Pushes `events` in transactions of `EVENTS_PER_TXN`, one at a time, as a homeserver does.
+async fn push_all(client: &reqwest::Client, base_url: &str, hs_token: &str, events: &[Value]) -> anyhow::Result<()> {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    for (n, chunk) in events.chunks(EVENTS_PER_TXN).enumerate() {
+        let txn_id = format!("bench-memory-{run}-{n}");
+        let response = client
+            .put(format!("{base_url}/_matrix/app/v1/transactions/{txn_id}"))
+            .bearer_auth(hs_token)
+            .json(&json!({ "events": chunk }))
+            .send()
+            .await
+            .with_context(|| format!("transaction {txn_id} to {base_url}"))?;
+        if !response.status().is_success() {
+            bail!("transaction {txn_id} to {base_url} answered {}", response.status());
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `/metrics` shows an empty inbox.
+async fn wait_for_mosaic_inbox(client: &reqwest::Client, base_url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        let metrics = client.get(format!("{base_url}/metrics")).send().await?.text().await?;
+        let pending: Option<u64> =
+            metrics.lines().find_map(|line| line.strip_prefix("mosaic_inbox_pending ")?.trim().parse().ok());
+        match pending {
+            Some(0) => return Ok(()),
+            Some(_) => {}
+            None => bail!("/metrics has no mosaic_inbox_pending"),
+        }
+        if Instant::now() > deadline {
+            bail!("mosaic-as still had {pending:?} events pending after {DRAIN_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the reference has handled at least `events` events.
+async fn wait_for_reference(client: &reqwest::Client, base_url: &str, events: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        let stats: Value = client.get(format!("{base_url}/bench/stats")).send().await?.json().await?;
+        if stats["events"].as_u64().unwrap_or(0) >= events as u64 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the reference had handled only {stats} of {events} events after {DRAIN_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Size of mosaic-as's SQLite database with its write-ahead log.
+fn database_bytes(dir: &Path) -> u64 {
+    ["mosaic-as.db", "mosaic-as.db-wal"]
+        .iter()
+        .filter_map(|name| std::fs::metadata(dir.join(name)).ok())
+        .map(|m| m.len())
+        .sum()
+}
