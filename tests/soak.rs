@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use support::fake_discord::FakeDiscord;
 use support::fake_telegram::{FakeTelegram, Incoming, SentKind, TgUser};
-use support::{Person, Service, body, homeserver, slot};
+use support::{Person, Service, body, homeserver, mosaic, slot};
 
 const TELEGRAM_CHAT: i64 = -1_009_876_543_210;
 const DISCORD_GUILD: u64 = 800_000_000_000_000_001;
@@ -77,6 +77,7 @@ async fn every_message_is_answered_exactly_once_on_every_surface_through_faults(
         discord.api_url(),
         alice.user_id
     ));
+    mosaic(&slot, &["account", "create", "soak-alice", "--matrix-id", &alice.user_id]).expect_success();
     let mut service = Some(Service::start(&slot).await);
     let echo = slot.agent("echo");
     let room = alice.create_room(&[&echo, &bob.user_id], false).await;
