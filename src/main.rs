@@ -45,6 +45,9 @@ enum Command {
         #[arg(long)]
         create: bool,
     },
+    /// Manage the secrets sealed in the database (bridge tokens, model API keys).
+    #[command(subcommand)]
+    Secret(mosaic_as::secrets::command::SecretAction),
 }
 
 fn init_logging() {
@@ -106,6 +109,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
         }
         Command::Account(action) => return cli::account(&load(cli.config)?, action).await,
+        Command::Secret(action) => {
+            return mosaic_as::secrets::command::run_with_stdio(action, || load(cli.config)).await;
+        }
         Command::LinkToken { account, create } => {
             let config = load(cli.config)?;
             let (token, created) = cli::link_token(&config, &account, create).await?;
