@@ -187,10 +187,14 @@ fn bridge_adapters(
 }
 
 /// Runs the service until Ctrl-C or SIGTERM.
-pub async fn serve(config: Config) -> Result<(), ServeError> {
-    let config = Arc::new(config);
+pub async fn serve(mut config: Config) -> Result<(), ServeError> {
     crate::metrics::install();
     let store = Store::open(&config.database.url).await?;
+    // Bridge tokens sealed in the database stand in for those missing from the config.
+    crate::secrets::load_sealed_into_config(&store, &mut config)
+        .await
+        .map_err(|e| ServeError::Bridge(format!("bridges: the sealed tokens cannot be read: {e}")))?;
+    let config = Arc::new(config);
     let listener = TcpListener::bind(config.appservice.listen)
         .await
         .map_err(|source| ServeError::Bind { addr: config.appservice.listen, source })?;

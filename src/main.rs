@@ -47,6 +47,9 @@ enum Command {
     },
     /// Register the appservice in the admin room of Conduit, conduwuit or tuwunel.
     RegisterConduit(mosaic_as::conduit::RegisterOptions),
+    /// Manage the secrets sealed in the database (bridge tokens, model API keys).
+    #[command(subcommand)]
+    Secret(mosaic_as::secrets::command::SecretAction),
 }
 
 fn init_logging() {
@@ -109,6 +112,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Account(action) => return cli::account(&load(cli.config)?, action).await,
         Command::RegisterConduit(options) => return mosaic_as::conduit::register(&load(cli.config)?, &options).await,
+        Command::Secret(action) => {
+            return mosaic_as::secrets::command::run_with_stdio(action, || load(cli.config)).await;
+        }
         Command::LinkToken { account, create } => {
             let config = load(cli.config)?;
             let (token, created) = cli::link_token(&config, &account, create).await?;

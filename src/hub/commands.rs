@@ -255,6 +255,11 @@ impl Hub {
                 let how = if on { "only when mentioned" } else { "to every message when one person is here" };
                 format!("Agents in this room now answer {how}.").into()
             }
+            // Whether people without an account are answered is not theirs to decide.
+            Command::AnswerUnlinked(_) if accounts::account_for_identity(conn, channel, sender).await?.is_none() => {
+                format!("Only people with a linked Mosaic account can change this. Send `{p}link <token>` first.")
+                    .into()
+            }
             Command::AnswerUnlinked(on) => {
                 settings::set(conn, conversation_id, settings::Change::AnswerUnlinked(on)).await?;
                 let how = if on { "answer" } else { "ignore" };

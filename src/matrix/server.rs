@@ -92,25 +92,15 @@ async fn transaction(State(state): State<ServerState>, Path(txn_id): Path<String
         Ok(bytes) => bytes,
         Err(response) => return response,
     };
-    let parsed: TransactionBody = match serde_json::from_slice(&bytes) {
+    let namespace = state.adapter.namespace();
+    let parsed = match parse_transaction(&txn_id, &bytes, namespace, &state.config.appservice.as_token) {
         Ok(parsed) => parsed,
         Err(error) => {
             return matrix_error(StatusCode::BAD_REQUEST, "M_BAD_JSON", format!("transaction body: {error}"));
         }
     };
-    // Each event's envelope is read once: for the inbox key and for what is kept.
-    let envelopes: Vec<Option<Envelope>> = parsed.events.iter().map(|e| serde_json::from_str(e.get()).ok()).collect();
-    let inbox_key = inbox_key(&txn_id, envelopes.iter().map(|e| e.as_ref().map_or("", |e| e.event_id.as_ref())));
-    let namespace = state.adapter.namespace();
-    let key = &state.config.appservice.as_token;
-    let kept: Vec<Cow<str>> = parsed
-        .events
-        .iter()
-        .zip(&envelopes)
-        .filter_map(|(raw, envelope)| prepare_for_inbox(raw.get(), envelope.as_ref()?, namespace, key))
-        .collect();
-    let events: Vec<&str> = kept.iter().map(|e| e.as_ref()).collect();
-    match inbox::record_transaction(&state.store, &inbox_key, &events).await {
+    let events: Vec<&str> = parsed.events.iter().map(|e| e.as_ref()).collect();
+    match inbox::record_transaction(&state.store, &parsed.inbox_key, &events).await {
         Ok(new) => {
             if new {
                 crate::metrics::transaction_received(parsed.events.len());
@@ -127,6 +117,36 @@ async fn transaction(State(state): State<ServerState>, Path(txn_id): Path<String
             matrix_error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", "storage unavailable, retry later")
         }
     }
+}
+
+/// A pushed transaction body as it goes into the inbox.
+pub struct ParsedTransaction<'a> {
+    /// See [`inbox_key`].
+    pub inbox_key: String,
+    /// The events to store, after [`prepare_for_inbox`].
+    pub events: Vec<Cow<'a, str>>,
+}
+
+/// Parses a transaction body (`{"events": [...]}`) into its inbox key and the events to
+/// store. `key` seals link tokens (see [`seal_link_tokens`]). Events that are not JSON
+/// objects are dropped; a body that is not a transaction is an error.
+pub fn parse_transaction<'a>(
+    txn_id: &str,
+    body: &'a [u8],
+    namespace: &Namespace,
+    key: &str,
+) -> Result<ParsedTransaction<'a>, serde_json::Error> {
+    let parsed: TransactionBody = serde_json::from_slice(body)?;
+    // Each event's envelope is read once: for the inbox key and for what is kept.
+    let envelopes: Vec<Option<Envelope>> = parsed.events.iter().map(|e| serde_json::from_str(e.get()).ok()).collect();
+    let inbox_key = inbox_key(txn_id, envelopes.iter().map(|e| e.as_ref().map_or("", |e| e.event_id.as_ref())));
+    let events = parsed
+        .events
+        .iter()
+        .zip(&envelopes)
+        .filter_map(|(raw, envelope)| prepare_for_inbox(raw.get(), envelope.as_ref()?, namespace, key))
+        .collect();
+    Ok(ParsedTransaction { inbox_key, events })
 }
 
 /// The inbox key of a transaction: its txnId plus a digest of its event ids. A retry
@@ -172,7 +192,7 @@ pub fn prepare_for_inbox<'a>(
 /// [`secrets::seal_token`]) before the event is stored, so that link tokens never reach
 /// the database in clear.
 pub fn seal_link_tokens<'a>(raw: &'a str, key: &str) -> Cow<'a, str> {
-    if !raw.contains("link") {
+    if !may_hold_link_command(raw) {
         return Cow::Borrowed(raw);
     }
     let Ok(mut event) = serde_json::from_str::<Value>(raw) else {
@@ -186,11 +206,23 @@ pub fn seal_link_tokens<'a>(raw: &'a str, key: &str) -> Cow<'a, str> {
     let hashed = secrets::seal_token(key, &token);
     let content = &mut event["content"];
     for field in ["body", "formatted_body"] {
-        if let Some(text) = content[field].as_str() {
-            content[field] = Value::String(text.replace(&token, &hashed));
+        // The token is the command's last word: only that occurrence is replaced, so a
+        // short token that also occurs in `!link` itself leaves the command intact.
+        if let Some(text) = content[field].as_str()
+            && let Some(at) = text.rfind(&token)
+        {
+            content[field] = Value::String(format!("{}{hashed}{}", &text[..at], &text[at + token.len()..]));
         }
     }
     Cow::Owned(event.to_string())
+}
+
+/// A cheap test that lets most events skip the JSON parse of [`seal_link_tokens`]. Command
+/// names are matched case-insensitively (`!Link`, as phones capitalise it), after Unicode
+/// lowercasing (the Kelvin sign lowercases to `k`) and JSON unescaping (`\u006c`), so
+/// anything non-ASCII or escaped is looked at closely.
+fn may_hold_link_command(raw: &str) -> bool {
+    !raw.is_ascii() || raw.contains("\\u") || raw.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"link"))
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Response> {
@@ -298,6 +330,34 @@ mod tests {
         let body = serde_json::from_str::<Value>(&stored).unwrap()["content"]["body"].as_str().unwrap().to_string();
         let Some(Ok(commands::Command::Link(Some(given)))) = commands::parse('!', &body) else { panic!("{body}") };
         assert_eq!(secrets::token_lookup_hash("key", &given), secrets::hash_token(&token));
+    }
+
+    #[test]
+    fn link_tokens_are_hashed_however_the_command_is_written() {
+        let token = "cd".repeat(32);
+        for body in [
+            format!("!Link {token}"),
+            format!("!LINK {token}"),
+            format!("!lin\u{212A} {token}"),
+            format!("  !link\t{token}  "),
+        ] {
+            let event = json!({"type": "m.room.message", "content": {"msgtype": "m.text", "body": body}});
+            for raw in [event.to_string(), event.to_string().replace("!L", "!\\u004c")] {
+                let stored = seal_link_tokens(&raw, "key").into_owned();
+                assert!(!stored.contains(&token), "{body:?} stored in clear: {stored}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_short_token_leaves_the_command_intact() {
+        for token in ["l", "i", "!", "nk", "in"] {
+            let event = json!({"type": "m.room.message", "content": {"body": format!("!link {token}")}});
+            let stored = seal_link_tokens(&event.to_string(), "key").into_owned();
+            let body = serde_json::from_str::<Value>(&stored).unwrap()["content"]["body"].as_str().unwrap().to_string();
+            let Some(Ok(commands::Command::Link(Some(given)))) = commands::parse('!', &body) else { panic!("{body}") };
+            assert_eq!(secrets::token_lookup_hash("key", &given), secrets::hash_token(token), "{body}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod inbox;
 pub mod messages;
 pub mod outbox;
 pub mod retention;
+pub mod sealed;
 pub mod settings;
 pub mod teams;
 
