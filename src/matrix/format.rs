@@ -1,13 +1,14 @@
 //! `ChannelMessage` → Matrix `m.room.message` content: markdown rendered to sanitised
 //! `org.matrix.custom.html`, `m.notice` for system messages, replies and threads.
 
-use ruma::OwnedEventId;
 use ruma::events::relation::{InReplyTo, Reply, Thread};
 use ruma::events::room::message::{
-    FormattedBody, MessageType, NoticeMessageEventContent, Relation, ReplacementMetadata, RoomMessageEventContent,
-    TextMessageEventContent,
+    FileMessageEventContent, FormattedBody, ImageMessageEventContent, MessageType, NoticeMessageEventContent, Relation,
+    ReplacementMetadata, RoomMessageEventContent, TextMessageEventContent,
 };
+use ruma::events::room::{ImageInfo, message::FileInfo};
 use ruma::html::{HtmlSanitizerMode, RemoveReplyFallback, sanitize_html};
+use ruma::{OwnedEventId, OwnedMxcUri, UInt};
 
 use crate::protocol::{ChannelMessage, ContentType, SenderType, metadata_keys};
 
@@ -34,6 +35,7 @@ pub fn message_content(msg: &ChannelMessage, placement: Placement) -> RoomMessag
         _ => None,
     };
     let msgtype = match (msg.sender_type, formatted) {
+        _ if media_message(msg).is_some() => media_message(msg).expect("checked"),
         (SenderType::System, Some(html)) => MessageType::Notice(NoticeMessageEventContent::html(body, html)),
         (SenderType::System, None) => MessageType::Notice(NoticeMessageEventContent::plain(body)),
         (_, Some(html)) => MessageType::Text(TextMessageEventContent::html(body, html)),
@@ -50,6 +52,33 @@ pub fn message_content(msg: &ChannelMessage, placement: Placement) -> RoomMessag
         (None, None) => None,
     };
     content
+}
+
+/// An image or file carried by the message, as `m.image` / `m.file`: files bridged from
+/// other surfaces are in the media repository already (`mxc://`). The caption, if any,
+/// is the body, else the file name.
+fn media_message(msg: &ChannelMessage) -> Option<MessageType> {
+    let attachment = msg.attachments.iter().find(|a| a.url.starts_with("mxc://"))?;
+    let url = OwnedMxcUri::from(attachment.url.as_str());
+    let body = if msg.content.trim().is_empty() { attachment.name.clone() } else { msg.content.clone() };
+    let size = attachment.size_bytes.and_then(|n| UInt::try_from(n).ok());
+    if attachment.mime_type.starts_with("image/") {
+        let mut info = ImageInfo::new();
+        info.mimetype = Some(attachment.mime_type.clone());
+        info.size = size;
+        let mut image = ImageMessageEventContent::plain(body, url);
+        image.info = Some(Box::new(info));
+        image.filename = Some(attachment.name.clone());
+        Some(MessageType::Image(image))
+    } else {
+        let mut info = FileInfo::new();
+        info.mimetype = Some(attachment.mime_type.clone());
+        info.size = size;
+        let mut file = FileMessageEventContent::plain(body, url);
+        file.info = Some(Box::new(info));
+        file.filename = Some(attachment.name.clone());
+        Some(MessageType::File(file))
+    }
 }
 
 /// Renders markdown to HTML with the Matrix allow-list applied; `None` when the text has

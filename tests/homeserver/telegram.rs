@@ -91,6 +91,26 @@ async fn a_telegram_group_and_a_matrix_room_share_one_conversation() {
     assert!(copy.text.ends_with("Plan: ship v1.2 (today) - ok? #1 [x] a_b!"), "{:?}", copy.text);
     assert!(copy.has_entity("bold", "ship"), "{copy:?}");
 
+    // Files cross in both directions through the homeserver's media repository.
+    let photo = b"\x89PNG fake photo bytes".to_vec();
+    fake.push_message(Incoming::photo(GROUP, &tom, &photo, Some("a photo")));
+    let image = alice.wait_for(&room, &tom_ghost, |e| e["content"]["msgtype"] == "m.image").await;
+    assert_eq!(body(&image), "a photo");
+    let mxc = image["content"]["url"].as_str().expect("an mxc URL").trim_start_matches("mxc://").to_string();
+    let downloaded = alice.http_get_bytes(&format!("/_matrix/client/v1/media/download/{mxc}")).await;
+    assert_eq!(downloaded, photo, "the Matrix copy has the photo's bytes");
+    let document = b"%PDF-1.4 a small document".to_vec();
+    let uploaded = alice.upload(&document, "application/pdf", "notes.pdf").await;
+    alice
+        .send(
+            &room,
+            serde_json::json!({"msgtype": "m.file", "body": "notes.pdf", "url": uploaded,
+            "info": {"mimetype": "application/pdf", "size": document.len()}}),
+        )
+        .await;
+    let sent_file = fake.wait_for_sent(|s| s.kind == SentKind::Document, WAIT).await;
+    assert_eq!(sent_file.file.as_ref().map(|(_, bytes)| bytes.clone()), Some(document));
+
     // A 429 delays the next message but delivers it once.
     fake.fail_next(1, 429, Some(1));
     alice.say(&room, "after the rate limit").await;

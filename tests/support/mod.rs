@@ -496,6 +496,31 @@ impl Person {
         }
     }
 
+    /// Raw bytes of a client API path (media downloads).
+    pub async fn http_get_bytes(&self, path: &str) -> Vec<u8> {
+        let response =
+            self.http.get(format!("{}{path}", homeserver_url())).bearer_auth(&self.token).send().await.unwrap();
+        assert!(response.status().is_success(), "{path}: {}", response.status());
+        response.bytes().await.unwrap().to_vec()
+    }
+
+    /// Uploads a file to the media repository; returns its `mxc://` URI.
+    pub async fn upload(&self, bytes: &[u8], mime_type: &str, name: &str) -> String {
+        let response: Value = self
+            .http
+            .post(format!("{}/_matrix/media/v3/upload?filename={name}", homeserver_url()))
+            .bearer_auth(&self.token)
+            .header("Content-Type", mime_type)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        response["content_uri"].as_str().expect("an mxc URI").to_string()
+    }
+
     /// Every message event of the room, oldest first, page by page.
     pub async fn all_messages(&self, room: &str) -> Vec<Value> {
         let mut events = Vec::new();
