@@ -26,6 +26,7 @@ RUN mkdir -p src benches \
     && touch src/lib.rs \
     && echo 'fn main() {}' > benches/ingest.rs \
     && echo 'fn main() {}' > benches/stream_latency.rs \
+    && echo 'fn main() {}' > benches/homeserver.rs \
     && cargo build --release --locked \
     && rm -rf src
 

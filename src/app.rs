@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use crate::agents::{Agents, TurnControl};
 use crate::config::{Config, TelegramMode};
 use crate::discord::DiscordAdapter;
-use crate::hub::bridging::{OPEN_BRIDGE_KIND, OpenBridgeJob, SurfaceAdapter};
+use crate::hub::bridging::{CLOSE_BRIDGE_KIND, OPEN_BRIDGE_KIND, OpenBridgeJob, SurfaceAdapter};
 use crate::hub::{Hub, SEND_KIND, SendJob};
 use crate::matrix::rooms::{
     AGENT_ROOM_KIND, AgentRoomJob, CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob, PERSONAL_SPACE_KIND,
@@ -60,6 +60,15 @@ impl JobHandler for Dispatcher {
             SEND_KIND => self.send(job).await,
             OPEN_BRIDGE_KIND => match serde_json::from_str::<OpenBridgeJob>(payload) {
                 Ok(open) => self.open_bridge(&open).await,
+                Err(error) => JobOutcome::Failed(format!("bad bridge payload: {error}")),
+            },
+            CLOSE_BRIDGE_KIND => match serde_json::from_str::<OpenBridgeJob>(payload) {
+                Ok(close) => {
+                    if let Some(adapter) = self.registry.get(&close.channel) {
+                        adapter.close_bridge(&close.channel_id).await;
+                    }
+                    JobOutcome::Done
+                }
                 Err(error) => JobOutcome::Failed(format!("bad bridge payload: {error}")),
             },
             CREATE_ROOM_KIND => {

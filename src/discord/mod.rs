@@ -41,7 +41,9 @@ pub const INTERACTION_TOKEN: &str = "discord.interactionToken";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscordError {
-    #[error("the Discord bridge needs a bot token: set MOSAIC_AS_DISCORD_TOKEN or [discord] token")]
+    #[error(
+        "the Discord bridge needs a bot token: set MOSAIC_AS_DISCORD_TOKEN, [discord] token, or seal one with `mosaic-as secret set discord.token`"
+    )]
     MissingToken,
 }
 

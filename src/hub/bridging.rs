@@ -37,6 +37,9 @@ pub struct OpenBridgeJob {
 
 pub const OPEN_BRIDGE_KIND: &str = "bridge.open";
 
+/// Outbox job: the adapter releases what it prepared for a chat no longer bridged.
+pub const CLOSE_BRIDGE_KIND: &str = "bridge.close";
+
 /// Every surface chat of a conversation: its Matrix room, then its bridged chats.
 pub async fn surfaces(conn: &mut AnyConnection, conversation_id: &str) -> store::Result<Vec<(String, String)>> {
     let mut all = Vec::new();
@@ -212,6 +215,15 @@ impl Hub {
         let removed = bridges::unbridge(conn, conversation_id, surface).await?;
         if removed.is_empty() {
             return Ok("This conversation has no bridged chats.".to_string().into());
+        }
+        for bridge in &removed {
+            let job = OpenBridgeJob {
+                channel: bridge.channel.clone(),
+                channel_id: bridge.channel_id.clone(),
+                conversation_id: conversation_id.to_string(),
+            };
+            let key = format!("bridge.close:{}:{}:{}", bridge.channel, bridge.channel_id, msg.id);
+            queue::enqueue(conn, &queue::send_queue(&bridge.channel), &key, CLOSE_BRIDGE_KIND, &job).await?;
         }
         let list: Vec<String> = removed.iter().map(|b| format!("{} `{}`", b.channel, b.channel_id)).collect();
         tracing::info!(conversation_id, removed = removed.len(), by = msg.sender_id, "chats unbridged");

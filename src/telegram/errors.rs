@@ -8,7 +8,9 @@ use teloxide::{ApiError, RequestError};
 /// Building the adapter failed (configuration).
 #[derive(Debug, thiserror::Error)]
 pub enum TelegramError {
-    #[error("telegram: no bot token; set MOSAIC_AS_TELEGRAM_TOKEN or [telegram] token")]
+    #[error(
+        "telegram: no bot token; set MOSAIC_AS_TELEGRAM_TOKEN, [telegram] token, or seal one with `mosaic-as secret set telegram.token`"
+    )]
     MissingToken,
     #[error("telegram: bad api_url {url:?}: {reason}")]
     BadApiUrl { url: String, reason: String },

@@ -144,4 +144,17 @@ async fn a_telegram_group_and_a_matrix_room_share_one_conversation() {
         .map(|s| s.text.as_str())
         .collect();
     assert_eq!(copies.len(), 2, "Alice's message and the agent's answer, each once: {copies:?}");
+
+    // After `!unbridge`, the group's messages stay in Telegram.
+    alice.say(&room, "!unbridge telegram").await;
+    alice.wait_for(&room, &echo, |e| body(e).starts_with("Unbridged telegram")).await;
+    fake.push_message(Incoming::text(GROUP, &tom, "after the unbridge echo"));
+    let deadline = std::time::Instant::now() + WAIT;
+    while fake.pending_updates() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the update was never taken");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = alice.messages(&room).await;
+    assert!(!events.iter().any(|e| body(e) == "after the unbridge echo"), "an unbridged chat still reaches Matrix");
 }
