@@ -141,7 +141,7 @@ async fn link_flow_with_reuse_expiry_wrong_tokens_and_rate_limit() {
 
     // A linked person gets a token for another channel; another identity uses it.
     let handed = command(&alice, &alice_dm, &bot, "!link").await;
-    let second = handed.split("!link ").nth(1).unwrap().trim_matches(|c: char| !c.is_ascii_hexdigit()).to_string();
+    let second: String = handed.split("!link ").nth(1).unwrap().chars().take_while(char::is_ascii_hexdigit).collect();
     assert_eq!(second.len(), 64, "{handed}");
     let carol_linked = command(&carol, &carol_dm, &bot, &format!("!link {second}")).await;
     assert!(carol_linked.contains("team-a"), "{carol_linked}");
