@@ -31,8 +31,7 @@ use rest::{Rest, RestError};
 
 pub const CHANNEL: &str = "discord";
 
-/// Inbound metadata: the message is an edit of the one named by `replyToId`.
-pub const IS_EDIT: &str = "mosaic.isEdit";
+pub use crate::protocol::metadata_keys::IS_EDIT;
 /// Inbound metadata of a `/link` command: the interaction it came from, so that the
 /// answer can be an ephemeral interaction response (outbound, copied back by the hub or
 /// matched by `replyToId` / `mosaic.privateTo`).

@@ -12,8 +12,7 @@ pub const MENTIONS: &str = "mosaic.mentions";
 pub const PARTICIPANTS: &str = "mosaic.participants";
 /// Whether chat commands are read in this channel.
 pub const COMMANDS: &str = "mosaic.commands";
-/// The message edits the one named by `replyToId`.
-pub const IS_EDIT: &str = "mosaic.isEdit";
+pub use crate::protocol::metadata_keys::IS_EDIT;
 /// The message is a reaction (its content the emoji) to the one named by `replyToId`.
 pub const IS_REACTION: &str = "mosaic.isReaction";
 /// Whether the service's bot is in the channel.

@@ -20,6 +20,9 @@ pub mod metadata_keys {
     /// does not (Telegram ids are per chat; an edit reuses the id). Stored as the
     /// message's native key, so a redelivery is recognised.
     pub const DEDUPE_KEY: &str = "mosaic.dedupeKey";
+    /// Inbound: the message edits the one named by `replyToId`; its content is the new
+    /// full text.
+    pub const IS_EDIT: &str = "mosaic.isEdit";
     /// Inbound: the message deletes the one named by `replyToId`.
     pub const IS_DELETION: &str = "mosaic.isDeletion";
     /// Outbound: the canonical id of the message this one edits (stream previews, edits

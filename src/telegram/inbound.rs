@@ -13,8 +13,7 @@ use super::{CHANNEL, Inner, markdown, topics};
 use crate::protocol::{ChannelAttachment, ChannelMessage, ContentType, MediaError, SenderType, metadata_keys as keys};
 use crate::store::messages;
 
-/// Inbound edits carry this flag; `replyToId` names the edited message.
-pub const IS_EDIT: &str = "mosaic.isEdit";
+pub use crate::protocol::metadata_keys::IS_EDIT;
 
 /// A file of the message, before it is fetched.
 struct Incoming {
