@@ -34,12 +34,12 @@ pub fn message_content(msg: &ChannelMessage, placement: Placement) -> RoomMessag
         ContentType::Markdown | ContentType::Code => markdown_to_html(&body),
         _ => None,
     };
-    let msgtype = match (msg.sender_type, formatted) {
-        _ if media_message(msg).is_some() => media_message(msg).expect("checked"),
-        (SenderType::System, Some(html)) => MessageType::Notice(NoticeMessageEventContent::html(body, html)),
-        (SenderType::System, None) => MessageType::Notice(NoticeMessageEventContent::plain(body)),
-        (_, Some(html)) => MessageType::Text(TextMessageEventContent::html(body, html)),
-        (_, None) => MessageType::Text(TextMessageEventContent::plain(body)),
+    let msgtype = match (media_message(msg), msg.sender_type, formatted) {
+        (Some(media), _, _) => media,
+        (None, SenderType::System, Some(html)) => MessageType::Notice(NoticeMessageEventContent::html(body, html)),
+        (None, SenderType::System, None) => MessageType::Notice(NoticeMessageEventContent::plain(body)),
+        (None, _, Some(html)) => MessageType::Text(TextMessageEventContent::html(body, html)),
+        (None, _, None) => MessageType::Text(TextMessageEventContent::plain(body)),
     };
     let mut content = RoomMessageEventContent::new(msgtype);
     if let Some(original) = placement.replaces {
