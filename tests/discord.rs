@@ -4,9 +4,8 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -14,36 +13,18 @@ use mosaic_as::config::DiscordConfig;
 use mosaic_as::discord::{self, DiscordAdapter};
 use mosaic_as::protocol::{
     AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelMessage, ChannelSendError, ContentType, HandlerError,
-    InboundHandler, Media, MediaError, MediaRepository, SenderType, metadata_keys as keys,
+    InboundHandler, MediaRepository, SenderType, metadata_keys as keys,
 };
 use mosaic_as::store::{Store, bridges, conversations, messages};
 use serde_json::json;
 use support::fake_discord::{FakeDiscord, GUILD, Sent};
+use support::memory_media::MemoryMedia;
 use tokio::sync::mpsc;
 
 const GENERAL: u64 = 1_100_000_000_000_000_001;
 const ALICE: u64 = 1_200_000_000_000_000_001;
 const BOB: u64 = 1_200_000_000_000_000_002;
 const WAIT: Duration = Duration::from_secs(10);
-
-#[derive(Default)]
-struct MemoryMedia {
-    files: Mutex<HashMap<String, Media>>,
-}
-
-#[async_trait]
-impl MediaRepository for MemoryMedia {
-    async fn upload(&self, bytes: Vec<u8>, mime_type: &str, _file_name: &str) -> Result<String, MediaError> {
-        let mut files = self.files.lock().unwrap();
-        let uri = format!("mxc://test.local/{}", files.len() + 1);
-        files.insert(uri.clone(), Media { bytes, mime_type: mime_type.into() });
-        Ok(uri)
-    }
-
-    async fn download(&self, mxc_uri: &str) -> Result<Media, MediaError> {
-        self.files.lock().unwrap().get(mxc_uri).cloned().ok_or_else(|| MediaError::Rejected("not found".into()))
-    }
-}
 
 /// Stands in for the hub: records what it is handed (and, like the hub, the native id of
 /// each new message, so replies, edits and deletions can be resolved).

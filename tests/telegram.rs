@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,42 +12,18 @@ use async_trait::async_trait;
 use mosaic_as::config::{TelegramConfig, TelegramMode};
 use mosaic_as::protocol::{
     AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelMessage, ChannelSendError, ContentType, HandlerError,
-    InboundHandler, Media, MediaError, MediaRepository, SenderType, metadata_keys as keys,
+    InboundHandler, MediaRepository, SenderType, metadata_keys as keys,
 };
 use mosaic_as::store::{Store, messages};
 use mosaic_as::telegram::{CHANNEL, TelegramAdapter};
 use serde_json::json;
 use support::fake_telegram::{BOT_USERNAME, FakeTelegram, Incoming, SentKind, TgUser};
+use support::memory_media::MemoryMedia;
 use tokio::sync::watch;
 
 const GROUP: i64 = -4_000_000_001;
 const FORUM: i64 = -1_001_234_567_890;
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Media repository in memory: `mxc://test/<n>`.
-#[derive(Default)]
-struct MemoryMedia {
-    files: Mutex<HashMap<String, Media>>,
-}
-
-#[async_trait]
-impl MediaRepository for MemoryMedia {
-    async fn upload(&self, bytes: Vec<u8>, mime_type: &str, _file_name: &str) -> Result<String, MediaError> {
-        let mut files = self.files.lock().unwrap();
-        let uri = format!("mxc://test/{}", files.len() + 1);
-        files.insert(uri.clone(), Media { bytes, mime_type: mime_type.into() });
-        Ok(uri)
-    }
-
-    async fn download(&self, mxc_uri: &str) -> Result<Media, MediaError> {
-        self.files
-            .lock()
-            .unwrap()
-            .get(mxc_uri)
-            .cloned()
-            .ok_or_else(|| MediaError::Rejected(format!("{mxc_uri} not found")))
-    }
-}
 
 /// Stands in for the hub: records what arrives and, like the hub, remembers each
 /// message's native id. Can refuse the first messages.

@@ -5,6 +5,7 @@
 pub mod fake_discord;
 pub mod fake_openai;
 pub mod fake_telegram;
+pub mod memory_media;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
