@@ -18,7 +18,8 @@ const MAX_VALUE_BYTES: u64 = 64 * 1024;
 #[derive(Debug, clap::Subcommand)]
 pub enum SecretAction {
     /// Seal a value read from standard input and store it under NAME: telegram.token,
-    /// discord.token or agent.<id>.api_key. Needs MOSAIC_AS_SECRET_KEY.
+    /// discord.token or agent.<id>.api_key (kept for later: agents read their key from
+    /// api_key_env). Needs MOSAIC_AS_SECRET_KEY.
     Set {
         /// telegram.token, discord.token or agent.<id>.api_key
         name: String,
