@@ -24,7 +24,7 @@ use crate::matrix::teams::{
 };
 use crate::matrix::{self, MatrixAdapter, adapter::EventError, server};
 use crate::protocol::{ChannelAdapter, ChannelRegistry, ChannelSendError};
-use crate::queue::{self, JobHandler, JobOutcome, Wakers};
+use crate::queue::{self, DeadReason, JobHandler, JobOutcome, Queues, Wakers};
 use crate::store::{Store, outbox};
 use crate::telegram::TelegramAdapter;
 
@@ -102,6 +102,18 @@ impl JobHandler for Dispatcher {
             other => JobOutcome::Failed(format!("unknown job kind {other:?}")),
         }
     }
+
+    async fn on_dead_letter(
+        &self,
+        conn: &mut crate::store::AnyConnection,
+        job: &outbox::Job,
+        reason: DeadReason,
+    ) -> crate::store::Result<()> {
+        match (job.kind.as_str(), serde_json::from_str::<SendJob>(&job.payload)) {
+            (SEND_KIND, Ok(send)) => crate::hub::bridging::report_undelivered(conn, &send, job.seq, reason).await,
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Dispatcher {
@@ -114,7 +126,11 @@ impl Dispatcher {
             return JobOutcome::Retry { error: format!("no adapter {:?} registered", send.channel), after: None };
         };
         let message = crate::hub::reveal_secrets(&send.message, &self.secret_key);
-        match adapter.send_message(&send.channel_id, &message).await {
+        let sent = match job.may_have_run(self.store.opened_at()) {
+            true => adapter.resend_message(&send.channel_id, &message).await,
+            false => adapter.send_message(&send.channel_id, &message).await,
+        };
+        match sent {
             Ok(()) => JobOutcome::Done,
             Err(ChannelSendError::Terminal(error)) => JobOutcome::Failed(error),
             Err(ChannelSendError::Transient { message, retry_after }) => {
@@ -233,14 +249,13 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
         matrix: matrix.clone(),
         store: store.clone(),
     });
-    for adapter in registry.list() {
-        let sends = queue::send_queue(adapter.name());
-        tasks.spawn(queue::run_worker(store.clone(), sends, dispatcher.clone(), wakers.clone(), shutdown_rx.clone()));
+    let limits = queue::RetryLimits::from(&config.delivery);
+    for (queues, handler) in [(Queues::Surfaces, dispatcher), (Queues::Agents, agents as Arc<dyn JobHandler>)] {
+        tasks.spawn(queue::run_scheduler(store.clone(), queues, handler, limits, wakers.clone(), shutdown_rx.clone()));
     }
-    tasks.spawn(crate::agents::run_scheduler(store.clone(), agents, wakers.clone(), shutdown_rx.clone()));
     tasks.spawn(crate::hub::retention::run(store.clone(), config.clone(), shutdown_rx.clone()));
     tasks.spawn(matrix::catch_up::run(matrix.clone(), shutdown_rx.clone()));
-    tasks.spawn(matrix::inbox::run(store.clone(), matrix.clone(), inbox_wake.clone(), shutdown_rx.clone()));
+    tasks.spawn(matrix::inbox::run(store.clone(), matrix.clone(), limits, inbox_wake.clone(), shutdown_rx.clone()));
 
     let state = server::ServerState {
         config: config.clone(),

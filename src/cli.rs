@@ -13,6 +13,7 @@ use crate::matrix::client::HomeserverClient;
 use crate::matrix::naming::Namespace;
 use crate::matrix::registration::registration_yaml;
 use crate::secrets;
+use crate::store::dead_letters::{self, DeadLetterId};
 use crate::store::{Store, accounts};
 
 /// `mosaic-as init`: where the homeserver is and where to write the files.
@@ -290,6 +291,65 @@ pub async fn account(config: &Config, action: AccountAction) -> anyhow::Result<s
         }
     }
     tx.commit().await?;
+    store.close().await;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `mosaic-as jobs …`: the dead letters.
+#[derive(Debug, clap::Subcommand)]
+pub enum JobsAction {
+    /// List the dead letters, newest first: id, queue, kind, reason, tries, last error.
+    List,
+    /// Show one dead letter with its payload (`outbox/12`, `inbox/7`).
+    Show { id: DeadLetterId },
+    /// Put a dead letter back in its queue; a running `serve` picks it up within a second.
+    Retry { id: DeadLetterId },
+    /// Drop a dead letter for good.
+    Drop { id: DeadLetterId },
+}
+
+pub async fn jobs(config: &Config, action: JobsAction) -> anyhow::Result<std::process::ExitCode> {
+    let store = Store::open(&config.database.url).await.context("cannot open the database")?;
+    let mut conn = store.conn().await?;
+    let missing = |id: &DeadLetterId| anyhow::anyhow!("no dead letter {id}: see `mosaic-as jobs list`");
+    match action {
+        JobsAction::List => {
+            let letters = dead_letters::list(&mut conn).await?;
+            if letters.is_empty() {
+                println!("No dead letters.");
+            }
+            for letter in letters {
+                let when = chrono::DateTime::from_timestamp_millis(letter.failed_at).unwrap_or_default();
+                println!(
+                    "{}\t{}\t{}\t{}\t{} tries\t{}\t{}",
+                    letter.id,
+                    when.format("%Y-%m-%d %H:%M:%S"),
+                    letter.queue,
+                    letter.kind,
+                    letter.attempts,
+                    letter.reason,
+                    letter.error.unwrap_or_default()
+                );
+            }
+        }
+        JobsAction::Show { id } => {
+            let letter = dead_letters::get(&mut conn, id).await?.ok_or_else(|| missing(&id))?;
+            println!("{}", serde_json::to_string_pretty(&letter)?);
+        }
+        JobsAction::Retry { id } => {
+            if !dead_letters::retry(&mut conn, id).await? {
+                return Err(missing(&id));
+            }
+            println!("{id} is back in its queue.");
+        }
+        JobsAction::Drop { id } => {
+            if !dead_letters::drop(&mut conn, id).await? {
+                return Err(missing(&id));
+            }
+            println!("Dropped {id}.");
+        }
+    }
+    drop(conn);
     store.close().await;
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -59,6 +59,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
     /// The Telegram bridge; off without this section (or `MOSAIC_AS_TELEGRAM_TOKEN`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telegram: Option<TelegramConfig>,
@@ -166,6 +168,42 @@ fn default_system_days() -> i64 {
 }
 fn default_retention_interval() -> u64 {
     3600
+}
+
+/// How long failing work is retried before it becomes a dead letter (see
+/// `mosaic-as jobs`): sends to a surface, agent turns, and pushed events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Tries of one job or pushed event before it is given up.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: i64,
+    /// Seconds after which failing work is given up, however few its tries.
+    #[serde(default = "default_max_age_secs")]
+    pub max_age_secs: u64,
+    /// Longest wait between two tries, in seconds (the wait doubles from half a second).
+    #[serde(default = "default_max_backoff_secs")]
+    pub max_backoff_secs: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            max_age_secs: default_max_age_secs(),
+            max_backoff_secs: default_max_backoff_secs(),
+        }
+    }
+}
+
+fn default_max_attempts() -> i64 {
+    100
+}
+fn default_max_age_secs() -> u64 {
+    24 * 3600
+}
+fn default_max_backoff_secs() -> u64 {
+    300
 }
 
 /// The admin HTTP API (`/_mosaic/v1/…` on the appservice listener).
@@ -545,6 +583,9 @@ impl Config {
                 "admin.token",
                 format!("expected a random token of at least 16 characters; {}", env_hint("MOSAIC_AS_ADMIN_TOKEN")),
             ));
+        }
+        if self.delivery.max_attempts < 1 {
+            return Err(("delivery.max_attempts", "expected at least 1 try".into()));
         }
         // A bridge section without its token is checked when `serve` starts: a token
         // sealed in the database (`mosaic-as secret set`) may stand in for it.

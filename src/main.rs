@@ -50,6 +50,9 @@ enum Command {
     /// Manage the secrets sealed in the database (bridge tokens, model API keys).
     #[command(subcommand)]
     Secret(mosaic_as::secrets::command::SecretAction),
+    /// Dead letters: work that was given up after its retries (list, show, retry, drop).
+    #[command(subcommand)]
+    Jobs(cli::JobsAction),
 }
 
 fn init_logging() {
@@ -111,6 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
         }
         Command::Account(action) => return cli::account(&load(cli.config)?, action).await,
+        Command::Jobs(action) => return cli::jobs(&load(cli.config)?, action).await,
         Command::RegisterConduit(options) => return mosaic_as::conduit::register(&load(cli.config)?, &options).await,
         Command::Secret(action) => {
             return mosaic_as::secrets::command::run_with_stdio(action, || load(cli.config)).await;

@@ -70,10 +70,7 @@ pub fn link_attempt(result: &'static str) {
 /// Agent lanes (one per agent and conversation) are summed up as `agents`, so that the
 /// number of series stays small.
 fn queue_label(queue: &str) -> String {
-    match crate::queue::parse_agent_queue(queue) {
-        Some(_) => "agents".into(),
-        None => queue.to_string(),
-    }
+    store::dead_letters::queue_family(queue).to_string()
 }
 
 fn health_value(health: AdapterHealth) -> f64 {
@@ -97,7 +94,12 @@ pub async fn render(store: &Store, registry: &ChannelRegistry) -> store::Result<
         depths.entry(adapter.name().to_string()).or_default();
     }
     let backlog = store::inbox::pending_count(&mut conn).await?;
+    let dead = store::dead_letters::counts(&mut conn).await?;
     drop(conn);
+    text.push_str("# HELP mosaic_dead_letters Work given up after its retries, until retried or dropped (`mosaic-as jobs`).\n# TYPE mosaic_dead_letters gauge\n");
+    for (queue, reason, count) in dead {
+        text.push_str(&format!("mosaic_dead_letters{{queue=\"{queue}\",reason=\"{reason}\"}} {count}\n"));
+    }
     text.push_str("# HELP mosaic_outbox_depth Unfinished jobs per queue.\n# TYPE mosaic_outbox_depth gauge\n");
     for (queue, count) in depths {
         text.push_str(&format!("mosaic_outbox_depth{{queue=\"{queue}\"}} {count}\n"));

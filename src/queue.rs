@@ -1,22 +1,34 @@
-//! Workers that drain the durable outbox, one ordered queue each.
+//! Lanes that drain the durable outbox: one lane per queue runs its jobs in order, and
+//! queues run side by side, so a chat whose surface keeps failing holds back only
+//! itself.
 //!
 //! A job is marked done only after its handler succeeded, so a crash mid-job runs it
-//! again after restart; handlers make that harmless (fixed Matrix transaction ids,
-//! idempotent inserts).
+//! again after restart; handlers make that harmless (they look for an earlier copy
+//! before sending again, see [`crate::store::outbox::Job::may_have_run`]). Failing work
+//! is retried with backoff and jitter up to [`RetryLimits`], then set aside as a dead
+//! letter (`mosaic-as jobs`).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
-use crate::store::{self, Store, outbox};
+use crate::config::DeliveryConfig;
+use crate::store::{self, AnyConnection, Store, outbox};
 
-/// Queue of sends to a surface: its adapter name.
-pub fn send_queue(channel: &str) -> String {
-    channel.to_string()
+/// The queue of sends (and bridge set-up) to one chat of a surface: order matters
+/// within a chat, not across chats.
+pub fn chat_queue(channel: &str, chat_id: &str) -> String {
+    format!("{CHAT_QUEUE_PREFIX}{channel}:{chat_id}")
 }
+
+pub const CHAT_QUEUE_PREFIX: &str = "chat:";
+
+/// The queue of Matrix room and Space management (creating rooms, invites, state).
+pub const ROOMS_QUEUE: &str = "matrix";
 
 /// Prefix of the agent turn queues: one queue per agent and conversation, so turns of
 /// one conversation run in order while conversations run side by side.
@@ -32,32 +44,127 @@ pub fn parse_agent_queue(queue: &str) -> Option<(&str, &str)> {
     queue.strip_prefix(AGENT_QUEUE_PREFIX)?.split_once(':')
 }
 
-/// Wake-up name of the agent scheduler.
-pub const AGENT_SCHEDULER: &str = "agents";
+/// Which queues a scheduler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queues {
+    /// Agent turns (`agent:…`).
+    Agents,
+    /// Everything else: sends to chats, room management.
+    Surfaces,
+}
+
+impl Queues {
+    /// Wake-up name of the scheduler.
+    fn waker(self) -> &'static str {
+        match self {
+            Self::Agents => "scheduler:agents",
+            Self::Surfaces => "scheduler:surfaces",
+        }
+    }
+}
 
 /// What became of one try of a job.
 #[derive(Debug)]
 pub enum JobOutcome {
     Done,
-    /// Will never succeed; recorded and skipped.
+    /// Will never succeed: set aside as a dead letter at once.
     Failed(String),
-    /// Try again after the given delay (or the worker's backoff).
+    /// Try again after the given delay (or the lane's backoff).
     Retry {
         error: String,
         after: Option<Duration>,
     },
 }
 
+/// Why work was given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeadReason {
+    /// It can never succeed (refused, malformed, bad data).
+    Permanent,
+    /// It failed [`RetryLimits::max_attempts`] times.
+    Attempts,
+    /// It kept failing for longer than [`RetryLimits::max_age`].
+    Age,
+}
+
+impl DeadReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Permanent => "permanent",
+            Self::Attempts => "attempts",
+            Self::Age => "age",
+        }
+    }
+}
+
+/// How long failing work is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryLimits {
+    pub max_attempts: i64,
+    pub max_age: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryLimits {
+    fn default() -> Self {
+        Self::from(&DeliveryConfig::default())
+    }
+}
+
+impl From<&DeliveryConfig> for RetryLimits {
+    fn from(config: &DeliveryConfig) -> Self {
+        Self {
+            max_attempts: config.max_attempts,
+            max_age: Duration::from_secs(config.max_age_secs),
+            max_backoff: Duration::from_secs(config.max_backoff_secs),
+        }
+    }
+}
+
+impl RetryLimits {
+    /// Whether work that failed `attempts` times before, failing since `failing_since`
+    /// (unix ms, if it failed before), is given up after failing once more now.
+    pub fn exhausted(&self, attempts: i64, failing_since: Option<i64>) -> Option<DeadReason> {
+        if attempts + 1 >= self.max_attempts {
+            return Some(DeadReason::Attempts);
+        }
+        let failing_for = failing_since.map_or(0, |since| store::now_ms() - since);
+        (failing_for > self.max_age.as_millis() as i64).then_some(DeadReason::Age)
+    }
+
+    /// The wait before the next try: [`backoff`] capped at `max_backoff`, give or take a
+    /// fifth, so that many failing queues do not all come back at once.
+    pub fn delay(&self, attempt: i64) -> Duration {
+        let base = backoff_capped(attempt, self.max_backoff);
+        let spread = base.as_millis() as u64 / 5;
+        let offset = if spread == 0 { 0 } else { getrandom::u64().unwrap_or(0) % (2 * spread) };
+        Duration::from_millis(base.as_millis() as u64 - spread + offset)
+    }
+}
+
 #[async_trait]
 pub trait JobHandler: Send + Sync {
     async fn run(&self, job: &outbox::Job) -> JobOutcome;
+
+    /// The job was given up: tell the people concerned, in the same database
+    /// transaction that sets it aside. By default nobody is told.
+    async fn on_dead_letter(
+        &self,
+        conn: &mut AnyConnection,
+        job: &outbox::Job,
+        reason: DeadReason,
+    ) -> store::Result<()> {
+        let _ = (conn, job, reason);
+        Ok(())
+    }
 }
 
-/// Wakes queue workers when work is enqueued; a wake-up sent while a worker is busy is
-/// kept until it next waits.
+/// Wakes schedulers when work is enqueued; a wake-up sent while one is busy is kept
+/// until it next waits.
 #[derive(Default)]
 pub struct Wakers {
-    queues: std::sync::Mutex<std::collections::HashMap<String, Arc<Notify>>>,
+    queues: Mutex<std::collections::HashMap<String, Arc<Notify>>>,
 }
 
 impl Wakers {
@@ -86,77 +193,153 @@ pub async fn enqueue<T: Serialize>(
 
 /// Backoff for the n-th retry: 0.5 s doubling up to 30 s.
 pub fn backoff(attempt: i64) -> Duration {
-    let exponent = attempt.clamp(0, 6) as u32;
-    Duration::from_millis(500 * 2u64.pow(exponent)).min(Duration::from_secs(30))
+    backoff_capped(attempt, Duration::from_secs(30))
 }
 
-/// Runs `queue` until `shutdown` turns true.
-pub async fn run_worker(
+fn backoff_capped(attempt: i64, cap: Duration) -> Duration {
+    let exponent = attempt.clamp(0, 20) as u32;
+    Duration::from_millis(500u64.saturating_mul(2u64.pow(exponent))).min(cap)
+}
+
+/// How often a scheduler looks for work it was not woken for.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Starts a lane for every queue of `queues` with work, until `shutdown`.
+pub async fn run_scheduler(
     store: Store,
-    queue: String,
+    queues: Queues,
     handler: Arc<dyn JobHandler>,
+    limits: RetryLimits,
     wakers: Arc<Wakers>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let idle = Duration::from_secs(5);
-    let wake = wakers.for_queue(&queue);
+    let active: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let wake = wakers.for_queue(queues.waker());
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let wait = match next_job(&store, &queue).await {
-            Ok(Some(job)) => {
-                let delay = job.not_before - store::now_ms();
-                if delay > 0 {
-                    Duration::from_millis(delay as u64)
-                } else {
-                    run_one(&store, &queue, handler.as_ref(), &job).await;
-                    continue;
+        match pending(&store, queues).await {
+            Ok(names) => {
+                for queue in names {
+                    if active.lock().expect("lanes lock").insert(queue.clone()) {
+                        let lane = Lane {
+                            store: store.clone(),
+                            queue,
+                            handler: handler.clone(),
+                            limits,
+                            active: active.clone(),
+                        };
+                        tokio::spawn(lane.run(shutdown.clone()));
+                    }
                 }
             }
-            Ok(None) => idle,
-            Err(error) => {
-                tracing::error!(queue, %error, "cannot read the outbox");
-                Duration::from_secs(1)
-            }
-        };
+            Err(error) => tracing::error!(?queues, %error, "cannot read the outbox"),
+        }
         tokio::select! {
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.changed() => {}
         }
     }
 }
 
-async fn next_job(store: &Store, queue: &str) -> store::Result<Option<outbox::Job>> {
+async fn pending(store: &Store, queues: Queues) -> store::Result<Vec<String>> {
     let mut conn = store.conn().await?;
-    outbox::head(&mut conn, queue).await
+    let agents = outbox::pending_queues(&mut conn).await?.into_iter();
+    Ok(agents.filter(|queue| queue.starts_with(AGENT_QUEUE_PREFIX) == (queues == Queues::Agents)).collect())
 }
 
-pub async fn run_one(store: &Store, queue: &str, handler: &dyn JobHandler, job: &outbox::Job) {
+/// Runs one queue's jobs in order until it is empty.
+struct Lane {
+    store: Store,
+    queue: String,
+    handler: Arc<dyn JobHandler>,
+    limits: RetryLimits,
+    active: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Lane {
+    async fn run(self, shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            match self.next().await {
+                Ok(Some(job)) => {
+                    let delay = job.not_before - store::now_ms();
+                    if delay > 0 {
+                        // The queue waits for its head: jobs behind it keep their order.
+                        tokio::time::sleep(Duration::from_millis(delay as u64).min(POLL * 5)).await;
+                        continue;
+                    }
+                    run_one(&self.store, &self.queue, self.handler.as_ref(), &job, &self.limits).await;
+                }
+                Ok(None) => {
+                    // Leave, then look once more: work enqueued in between would
+                    // otherwise wait for the scheduler's next poll.
+                    self.active.lock().expect("lanes lock").remove(&self.queue);
+                    match self.next().await {
+                        Ok(Some(_)) if self.active.lock().expect("lanes lock").insert(self.queue.clone()) => continue,
+                        _ => return,
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(queue = self.queue, %error, "cannot read the queue");
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+        }
+        self.active.lock().expect("lanes lock").remove(&self.queue);
+    }
+
+    async fn next(&self) -> store::Result<Option<outbox::Job>> {
+        let mut conn = self.store.conn().await?;
+        outbox::head(&mut conn, &self.queue).await
+    }
+}
+
+/// Runs one try of `job` and records what became of it.
+pub async fn run_one(store: &Store, queue: &str, handler: &dyn JobHandler, job: &outbox::Job, limits: &RetryLimits) {
     let outcome = handler.run(job).await;
     let result = async {
-        let mut conn = store.conn().await?;
         match &outcome {
-            JobOutcome::Done => outbox::mark_done(&mut conn, job.seq).await,
-            JobOutcome::Failed(error) => {
-                tracing::error!(queue, job = job.dedupe_key, kind = job.kind, %error, "job failed for good");
-                outbox::mark_failed(&mut conn, job.seq, error).await
+            JobOutcome::Done => {
+                let mut conn = store.conn().await?;
+                outbox::mark_done(&mut conn, job.seq).await
             }
-            JobOutcome::Retry { error, after } => {
-                crate::metrics::job_retried(queue);
-                let delay = after.unwrap_or_else(|| backoff(job.attempts));
-                tracing::warn!(queue, job = job.dedupe_key, kind = job.kind, %error, retry_in_ms = delay.as_millis() as u64, "job will be retried");
-                outbox::retry_later(&mut conn, job.seq, delay.as_millis() as i64, error).await
-            }
+            JobOutcome::Failed(error) => give_up(store, handler, job, DeadReason::Permanent, error).await,
+            JobOutcome::Retry { error, after } => match limits.exhausted(job.attempts, job.failing_since) {
+                Some(reason) => give_up(store, handler, job, reason, error).await,
+                None => {
+                    crate::metrics::job_retried(queue);
+                    let delay = after.unwrap_or_else(|| limits.delay(job.attempts));
+                    tracing::warn!(queue, job = job.dedupe_key, kind = job.kind, %error, retry_in_ms = delay.as_millis() as u64, "job will be retried");
+                    let mut conn = store.conn().await?;
+                    outbox::retry_later(&mut conn, job.seq, delay.as_millis() as i64, error).await
+                }
+            },
         }
     }
     .await;
     if let Err(error) = result {
-        // The job stays pending and runs again; its handler is idempotent.
+        // The job stays pending and runs again; its handler looks before it resends.
         tracing::error!(queue, job = job.dedupe_key, %error, "cannot record the job's outcome");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Sets `job` aside as a dead letter and lets its handler tell the people concerned.
+async fn give_up(
+    store: &Store,
+    handler: &dyn JobHandler,
+    job: &outbox::Job,
+    reason: DeadReason,
+    error: &str,
+) -> store::Result<()> {
+    tracing::error!(queue = job.queue, job = job.dedupe_key, kind = job.kind, reason = reason.as_str(), %error, "job given up: dead letter");
+    let mut tx = store.begin_write().await?;
+    outbox::mark_dead(&mut tx, job.seq, reason.as_str(), error).await?;
+    handler.on_dead_letter(&mut tx, job, reason).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -168,6 +351,7 @@ mod tests {
         let queue = agent_queue("echo", "5f0c");
         assert_eq!(parse_agent_queue(&queue), Some(("echo", "5f0c")));
         assert_eq!(parse_agent_queue("matrix"), None);
+        assert_eq!(parse_agent_queue(&chat_queue("telegram", "-100")), None);
     }
 
     #[test]
@@ -176,5 +360,26 @@ mod tests {
         assert_eq!(backoff(1), Duration::from_secs(1));
         assert!(backoff(3) > backoff(2));
         assert_eq!(backoff(50), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn retries_end_by_attempts_or_by_age() {
+        let limits =
+            RetryLimits { max_attempts: 3, max_age: Duration::from_secs(60), max_backoff: Duration::from_secs(10) };
+        assert_eq!(limits.exhausted(0, None), None);
+        assert_eq!(limits.exhausted(1, Some(store::now_ms())), None);
+        assert_eq!(limits.exhausted(2, Some(store::now_ms())), Some(DeadReason::Attempts));
+        assert_eq!(limits.exhausted(0, Some(store::now_ms() - 61_000)), Some(DeadReason::Age));
+    }
+
+    #[test]
+    fn retry_delays_spread_around_the_capped_backoff() {
+        let limits = RetryLimits { max_attempts: 9, max_age: Duration::from_secs(60), max_backoff: Duration::from_secs(8) };
+        for _ in 0..50 {
+            let first = limits.delay(0);
+            assert!(first >= Duration::from_millis(400) && first <= Duration::from_millis(600), "{first:?}");
+            let late = limits.delay(30);
+            assert!(late >= Duration::from_millis(6_400) && late <= Duration::from_millis(9_600), "{late:?}");
+        }
     }
 }

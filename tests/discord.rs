@@ -39,7 +39,7 @@ impl InboundHandler for Hub {
     async fn handle(&self, msg: ChannelMessage) -> Result<(), HandlerError> {
         if self.refuse_first.load(Ordering::SeqCst) > 0 {
             self.refuse_first.fetch_sub(1, Ordering::SeqCst);
-            return Err(HandlerError("database busy".into()));
+            return Err(HandlerError::transient("database busy"));
         }
         let plain = msg.metadata.get(discord::IS_EDIT).is_none() && msg.metadata.get(keys::IS_DELETION).is_none();
         if let (true, Some(native)) = (plain, msg.channel_message_id()) {

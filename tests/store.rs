@@ -72,12 +72,17 @@ on_both_backends!(
     link_tokens_are_single_use_and_expire,
     messages_are_appended_once_per_native_id,
     outbox_runs_in_order_and_deduplicates,
+    a_room_waiting_for_a_retry_holds_back_only_itself,
+    dead_letters_are_listed_retried_and_dropped,
     identities_link_and_unlink,
     settings_usage_teams_and_retention,
 );
 
 async fn a_transaction_is_stored_once_and_survives_reopening(store: Store) {
-    let events = [r#"{"type":"m.room.message","n":1}"#, r#"{"type":"m.room.message","n":2}"#];
+    let events = [
+        inbox::Pushed { room_id: "!a:x", event: r#"{"type":"m.room.message","n":1}"# },
+        inbox::Pushed { room_id: "!b:x", event: r#"{"type":"m.room.message","n":2}"# },
+    ];
     assert!(inbox::record_transaction(&store, "txn-1", &events).await.unwrap());
     assert!(
         !inbox::record_transaction(&store, "txn-1", &events).await.unwrap(),
@@ -91,6 +96,66 @@ async fn a_transaction_is_stored_once_and_survives_reopening(store: Store) {
     assert_eq!(inbox::pending_count(&mut conn).await.unwrap(), 1);
     drop(conn);
     assert!(inbox::record_transaction(&store, "txn-2", &[]).await.unwrap(), "an empty transaction is fine");
+}
+
+async fn a_room_waiting_for_a_retry_holds_back_only_itself(store: Store) {
+    let events = [
+        inbox::Pushed { room_id: "!slow:x", event: r#"{"n":1}"# },
+        inbox::Pushed { room_id: "!fine:x", event: r#"{"n":2}"# },
+        inbox::Pushed { room_id: "!slow:x", event: r#"{"n":3}"# },
+        inbox::Pushed { room_id: "!fine:x", event: r#"{"n":4}"# },
+    ];
+    assert!(inbox::record_transaction(&store, "txn-rooms", &events).await.unwrap());
+    let mut conn = store.conn().await.unwrap();
+    let pending = inbox::pending(&mut conn, 10).await.unwrap();
+    assert_eq!(pending.len(), 4);
+    inbox::retry_later(&mut conn, pending[0].seq, 60_000, "homeserver down").await.unwrap();
+    let now: Vec<String> = inbox::pending(&mut conn, 10).await.unwrap().into_iter().map(|e| e.event).collect();
+    assert_eq!(now, [r#"{"n":2}"#, r#"{"n":4}"#], "the waiting room's later event stays behind it");
+    assert!(inbox::next_retry_at(&mut conn).await.unwrap().is_some_and(|at| at > mosaic_as::store::now_ms()));
+    inbox::mark_dead(&mut conn, pending[0].seq, "attempts", "homeserver down").await.unwrap();
+    let now: Vec<String> = inbox::pending(&mut conn, 10).await.unwrap().into_iter().map(|e| e.event).collect();
+    assert_eq!(now, [r#"{"n":2}"#, r#"{"n":3}"#, r#"{"n":4}"#], "past a dead letter its room goes on");
+    assert_eq!(inbox::pending_count(&mut conn).await.unwrap(), 3);
+}
+
+async fn dead_letters_are_listed_retried_and_dropped(store: Store) {
+    use mosaic_as::store::dead_letters::{self, DeadLetterId};
+    let mut conn = store.conn().await.unwrap();
+    let queue = "chat:telegram:-100";
+    for key in ["send:a", "send:b"] {
+        outbox::enqueue(&mut conn, queue, key, "send", r#"{"secret":"payload"}"#).await.unwrap();
+    }
+    let first = outbox::head(&mut conn, queue).await.unwrap().unwrap();
+    outbox::mark_dead(&mut conn, first.seq, "attempts", "Telegram answered 500").await.unwrap();
+    let second = outbox::head(&mut conn, queue).await.unwrap().unwrap();
+    assert_eq!(second.dedupe_key, "send:b");
+    outbox::mark_dead(&mut conn, second.seq, "permanent", "chat not found").await.unwrap();
+
+    let listed = dead_letters::list(&mut conn).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|d| d.body.is_none()), "the list leaves payloads out");
+    let counts = dead_letters::counts(&mut conn).await.unwrap();
+    assert_eq!(counts, [("telegram".to_string(), "attempts".to_string(), 1), ("telegram".into(), "permanent".into(), 1)]);
+
+    let id = DeadLetterId { source: dead_letters::Source::Outbox, seq: first.seq };
+    let shown = dead_letters::get(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!((shown.reason.as_str(), shown.error.as_deref()), ("attempts", Some("Telegram answered 500")));
+    assert!(shown.body.unwrap().contains("payload"));
+
+    assert!(dead_letters::retry(&mut conn, id).await.unwrap());
+    assert!(!dead_letters::retry(&mut conn, id).await.unwrap(), "a job back in its queue is no dead letter");
+    let again = outbox::head(&mut conn, queue).await.unwrap().unwrap();
+    assert_eq!(again.seq, first.seq, "a retried job takes its old place in the queue");
+    assert!(again.may_have_run(0), "a retried job looks for an earlier copy before sending");
+
+    let dropped = DeadLetterId { source: dead_letters::Source::Outbox, seq: second.seq };
+    assert!(dead_letters::drop(&mut conn, dropped).await.unwrap());
+    assert!(dead_letters::get(&mut conn, dropped).await.unwrap().is_none());
+    assert!(!dead_letters::drop(&mut conn, dropped).await.unwrap());
+    assert!(!outbox::enqueue(&mut conn, queue, "send:b", "send", "{}").await.unwrap(), "its dedupe key still holds");
+    assert!(dead_letters::list(&mut conn).await.unwrap().is_empty());
+    assert!(dead_letters::get(&mut conn, "inbox/999".parse().unwrap()).await.unwrap().is_none());
 }
 
 async fn link_tokens_are_single_use_and_expire(store: Store) {
@@ -171,8 +236,8 @@ async fn outbox_runs_in_order_and_deduplicates(store: Store) {
     outbox::mark_done(&mut conn, still.seq).await.unwrap();
     let next = outbox::head(&mut conn, "matrix").await.unwrap().unwrap();
     assert_eq!(next.dedupe_key, "send:2");
-    outbox::mark_failed(&mut conn, next.seq, "room gone").await.unwrap();
-    assert!(outbox::head(&mut conn, "matrix").await.unwrap().is_none());
+    outbox::mark_dead(&mut conn, next.seq, "permanent", "room gone").await.unwrap();
+    assert!(outbox::head(&mut conn, "matrix").await.unwrap().is_none(), "a dead letter holds nothing back");
     let (payload,): (String,) =
         sqlx::query_as("SELECT payload FROM outbox WHERE dedupe_key = 'send:1'").fetch_one(&mut *conn).await.unwrap();
     assert_eq!(payload, "{}", "a finished job keeps no payload");

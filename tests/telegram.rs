@@ -41,7 +41,7 @@ impl InboundHandler for Inbox {
         self.offered.lock().unwrap().push(msg.clone());
         if self.refuse.load(Ordering::SeqCst) > 0 {
             self.refuse.fetch_sub(1, Ordering::SeqCst);
-            return Err(HandlerError("database is busy".into()));
+            return Err(HandlerError::transient("database is busy"));
         }
         let mut conn = self.store.conn().await.unwrap();
         let native = msg.channel_message_id().unwrap().to_string();

@@ -32,7 +32,8 @@ fn check(body: &[u8]) {
     };
     assert!(parsed.inbox_key.starts_with("txn1:"), "{}", parsed.inbox_key);
     assert_eq!(parsed.inbox_key.len(), "txn1:".len() + 16);
-    for event in &parsed.events {
+    for pushed in &parsed.events {
+        let event = &pushed.event;
         let value: Value = serde_json::from_str(event).expect("a stored event is JSON");
         assert!(value.is_object(), "a stored event is an object: {event}");
         if let Some(token) = link_token(&value) {
@@ -48,7 +49,7 @@ fn check_message(body: &[u8], text: &str) {
         return;
     };
     let parsed = parse_transaction("txn1", body, &namespace(), "fuzz-key").expect("a well-formed transaction");
-    let stored: Value = serde_json::from_str(&parsed.events[0]).unwrap();
+    let stored: Value = serde_json::from_str(&parsed.events[0].event).unwrap();
     let sealed = link_token(&stored).unwrap_or_else(|| panic!("the link command was lost: {stored}"));
     assert_eq!(token_lookup_hash("fuzz-key", &sealed), hash_token(&token), "{stored}");
 }

@@ -4,6 +4,8 @@
 //! Every request carries `Authorization: Bearer <admin token>`; without a configured
 //! token the API is off.
 
+mod jobs;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -43,6 +45,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/_mosaic/v1/teams", post(create_team).get(list_teams))
         .route("/_mosaic/v1/teams/{name}/members", post(add_team_member))
         .route("/_mosaic/v1/teams/{name}/members/{account}", delete(remove_team_member))
+        .route("/_mosaic/v1/jobs", get(jobs::list))
+        .route("/_mosaic/v1/jobs/{source}/{seq}", get(jobs::show))
+        .route("/_mosaic/v1/jobs/{source}/{seq}/retry", post(jobs::retry))
+        .route("/_mosaic/v1/jobs/{source}/{seq}/drop", post(jobs::drop))
         .with_state(state)
 }
 

@@ -22,7 +22,6 @@ pub use echo::EchoRuntime;
 pub use runtime::{AgentError, AgentEvent, AgentRuntime, ContextMessage, Role, TokenUsage, TurnContext};
 
 pub use control::TurnControl;
-pub use lanes::run_scheduler;
 
 use crate::config::{AgentConfig, Config};
 use crate::protocol::ChannelRegistry;

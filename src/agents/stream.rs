@@ -119,14 +119,14 @@ impl Streamer {
             self.edits += 1;
             let edit = edit_of(&self.with_text(&shown), &shown, &format!("edit-{}", self.edits));
             for target in self.targets.iter().filter(|t| self.previewed.contains(&t.channel_id)) {
-                if let Err(error) = send_preview(target, &edit).await {
+                if let Err(error) = send_preview(target, &edit, self.rerun).await {
                     tracing::debug!(channel = target.adapter.name(), %error, "streaming edit not delivered");
                 }
             }
         } else {
             let first = self.with_text(&shown);
             for target in self.targets.iter().filter(|t| t.previews) {
-                match send_preview(target, &first).await {
+                match send_preview(target, &first, self.rerun).await {
                     Ok(()) => self.previewed.push(target.channel_id.clone()),
                     Err(error) => {
                         tracing::debug!(channel = target.adapter.name(), %error, "first streamed message not delivered")
@@ -148,8 +148,15 @@ impl Streamer {
 /// goes through the outbox anyway.
 const PREVIEW_TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn send_preview(target: &Target, message: &ChannelMessage) -> Result<(), String> {
-    match tokio::time::timeout(PREVIEW_TIMEOUT, target.adapter.send_message(&target.channel_id, message)).await {
+/// `rerun`: an earlier run of the turn may have sent this message already.
+async fn send_preview(target: &Target, message: &ChannelMessage, rerun: bool) -> Result<(), String> {
+    let send = async {
+        match rerun {
+            true => target.adapter.resend_message(&target.channel_id, message).await,
+            false => target.adapter.send_message(&target.channel_id, message).await,
+        }
+    };
+    match tokio::time::timeout(PREVIEW_TIMEOUT, send).await {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer within {} s", PREVIEW_TIMEOUT.as_secs())),
     }

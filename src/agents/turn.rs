@@ -47,7 +47,8 @@ impl Agents {
         let reply = answer_message(derived_id(turn.message_id, &job.dedupe_key), &message, &turn.agent);
         // Structured agent-room messages go out whole, not as previews and edits.
         let previews = turn.step.is_none();
-        let mut streamer = Streamer::new(reply, targets, agent.config.max_edits, job.attempts > 0, previews);
+        let rerun = job.may_have_run(self.store.opened_at());
+        let mut streamer = Streamer::new(reply, targets, agent.config.max_edits, rerun, previews);
         let mut usage = TokenUsage::default();
         let ending = match self.stream_answer(agent, &context, &mut streamer, &mut usage).await {
             Ok(ending) => ending,

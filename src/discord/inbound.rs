@@ -313,6 +313,11 @@ impl Inner {
                     tracing::debug!(channel = CHANNEL, event = "inbound", id = %msg.id, chat = %msg.channel_id);
                     return;
                 }
+                Err(error) if error.permanent => {
+                    // This message can never be stored: it alone is dropped.
+                    tracing::error!(channel = CHANNEL, event = "inbound_dropped", id = %msg.id, %error);
+                    return;
+                }
                 Err(error) => {
                     attempt += 1;
                     tracing::warn!(channel = CHANNEL, event = "handler_retry", id = %msg.id, %error, attempt);

@@ -99,7 +99,7 @@ impl Hub {
         let (first, second) = agent_rooms::sorted(a, b);
         let job = AgentRoomJob { agents: (first.to_string(), second.to_string()), observers: vec![sender.to_string()] };
         let key = format!("agent_room:{first}:{second}:{sender}");
-        queue::enqueue(conn, &queue::send_queue(channel), &key, AGENT_ROOM_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, AGENT_ROOM_KIND, &job).await?;
         let alias =
             format!("#{}agents-{first}-{second}:{}", self.config.bot.alias_prefix, self.config.homeserver.server_name);
         Ok(format!("Opening {alias} where `{first}` and `{second}` work together; you are invited to watch. Start them with `!ask <agent> <text>` or `!delegate <agent> <task>` there.").into())

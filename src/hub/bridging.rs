@@ -21,7 +21,7 @@ use crate::protocol::{
     AdapterHealth, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError, ContentType, InboundHandler,
     SenderType, metadata_keys,
 };
-use crate::queue;
+use crate::queue::{self, DeadReason};
 use crate::store::{self, Store, accounts, bridges, conversations, messages, settings};
 
 /// The surfaces that can be bridged with `!bridge`.
@@ -153,6 +153,40 @@ pub async fn report_bridge(store: &Store, open: &OpenBridgeJob, text: &str, fail
     Ok(())
 }
 
+/// A message could not be delivered to a bridged chat and was given up: the
+/// conversation's Matrix room is told, once, in words for people (the error itself is
+/// in the log and in `mosaic-as jobs`).
+pub async fn report_undelivered(
+    conn: &mut AnyConnection,
+    send: &super::SendJob,
+    seq: i64,
+    reason: DeadReason,
+) -> store::Result<()> {
+    if send.channel == crate::matrix::CHANNEL {
+        return Ok(());
+    }
+    let Some(bridge) = bridges::get(conn, &send.channel, &send.channel_id).await? else { return Ok(()) };
+    let Some(room) = conversations::room_for_conversation(conn, &bridge.conversation_id).await? else {
+        return Ok(());
+    };
+    let surface = crate::matrix::adapter::surface_title(&send.channel);
+    let whose = match send.message.meta_str(metadata_keys::SENDER_NAME) {
+        Some(name) => format!("{name}'s message"),
+        None => "a message".to_string(),
+    };
+    let why = match reason {
+        DeadReason::Permanent => format!("{surface} refused it"),
+        DeadReason::Attempts | DeadReason::Age => format!("{surface} could not be reached"),
+    };
+    let text = format!("Could not deliver {whose} to {surface}: {why}. An admin can retry it with `mosaic-as jobs`.");
+    let mut notice = ChannelMessage::new(&room, super::SYSTEM_SENDER, SenderType::System, text, ContentType::Text);
+    notice.id = crate::agents::stream::derived_id(send.message.id, &format!("undelivered:{seq}"));
+    if messages::append(conn, &bridge.conversation_id, "hub", &notice).await? {
+        enqueue_send(conn, crate::matrix::CHANNEL, &room, &notice).await?;
+    }
+    Ok(())
+}
+
 impl Hub {
     /// `!bridge <surface> <chat id>`: the chat joins this conversation.
     pub(super) async fn bridge_chat(
@@ -196,7 +230,7 @@ impl Hub {
             conversation_id: conversation_id.to_string(),
         };
         let key = format!("bridge.open:{surface}:{chat_id}:{}", msg.id);
-        queue::enqueue(conn, &queue::send_queue(surface), &key, OPEN_BRIDGE_KIND, &job).await?;
+        queue::enqueue(conn, &queue::chat_queue(surface, chat_id), &key, OPEN_BRIDGE_KIND, &job).await?;
         tracing::info!(channel = surface, chat_id, conversation_id, by = msg.sender_id, "chat bridged");
         Ok(format!("Bridging {surface} chat `{chat_id}` into this conversation…").into())
     }
@@ -223,7 +257,7 @@ impl Hub {
                 conversation_id: conversation_id.to_string(),
             };
             let key = format!("bridge.close:{}:{}:{}", bridge.channel, bridge.channel_id, msg.id);
-            queue::enqueue(conn, &queue::send_queue(&bridge.channel), &key, CLOSE_BRIDGE_KIND, &job).await?;
+            queue::enqueue(conn, &queue::chat_queue(&bridge.channel, &bridge.channel_id), &key, CLOSE_BRIDGE_KIND, &job).await?;
         }
         let list: Vec<String> = removed.iter().map(|b| format!("{} `{}`", b.channel, b.channel_id)).collect();
         tracing::info!(conversation_id, removed = removed.len(), by = msg.sender_id, "chats unbridged");
@@ -291,6 +325,24 @@ impl SurfaceAdapter {
         Ok(out)
     }
 
+    async fn send(&self, channel_id: &str, msg: &ChannelMessage, resend: bool) -> Result<(), ChannelSendError> {
+        let out = self.translate(channel_id, msg).await.map_err(|e| ChannelSendError::Transient {
+            message: format!("cannot prepare the message: {e}"),
+            retry_after: None,
+        })?;
+        let result = match resend {
+            true => self.inner.resend_message(channel_id, &out).await,
+            false => self.inner.send_message(channel_id, &out).await,
+        };
+        let outcome = match &result {
+            Ok(()) => "ok",
+            Err(ChannelSendError::Terminal(_)) => "terminal",
+            Err(ChannelSendError::Transient { .. }) => "transient",
+        };
+        crate::metrics::send_finished(self.inner.name(), outcome);
+        result
+    }
+
     /// Names the sender for surfaces that show names next to the text.
     fn stamp_sender(&self, msg: &mut ChannelMessage) {
         if msg.metadata.contains_key(metadata_keys::SENDER_NAME) {
@@ -334,18 +386,11 @@ impl ChannelAdapter for SurfaceAdapter {
     }
 
     async fn send_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
-        let out = self.translate(channel_id, msg).await.map_err(|e| ChannelSendError::Transient {
-            message: format!("cannot prepare the message: {e}"),
-            retry_after: None,
-        })?;
-        let result = self.inner.send_message(channel_id, &out).await;
-        let outcome = match &result {
-            Ok(()) => "ok",
-            Err(ChannelSendError::Terminal(_)) => "terminal",
-            Err(ChannelSendError::Transient { .. }) => "transient",
-        };
-        crate::metrics::send_finished(self.inner.name(), outcome);
-        result
+        self.send(channel_id, msg, false).await
+    }
+
+    async fn resend_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
+        self.send(channel_id, msg, true).await
     }
 
     async fn map_identity(&self, channel_user_id: &str) -> Option<String> {

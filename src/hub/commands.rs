@@ -418,9 +418,8 @@ impl Hub {
             invite: vec![sender.to_string()],
             agents: vec![agent.clone()],
         };
-        let queue_name = queue::send_queue(crate::matrix::CHANNEL);
         let key = format!("create_room:{}", conversation.id);
-        queue::enqueue(conn, &queue_name, &key, CREATE_ROOM_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, CREATE_ROOM_KIND, &job).await?;
         let agent_name = self.config.agent(&agent).map(|a| a.display_name()).unwrap_or(agent);
         Ok(format!("Creating **Mosaic: {title}** with {agent_name}. Accept the invitation to start."))
     }
@@ -482,7 +481,7 @@ impl Hub {
         }
         let job = InviteJob { room_id: msg.channel_id.clone(), agent: agent.to_string() };
         let key = format!("invite:{}:{agent}:{}", msg.channel_id, msg.id);
-        queue::enqueue(conn, &queue::send_queue(channel), &key, INVITE_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, INVITE_KIND, &job).await?;
         Ok(format!("Inviting {} ({ghost}).", config.display_name()))
     }
 

@@ -15,10 +15,6 @@ use crate::matrix::teams::{
 use crate::queue;
 use crate::store::{self, accounts, conversations, teams};
 
-fn matrix_queue() -> String {
-    queue::send_queue(crate::matrix::CHANNEL)
-}
-
 /// Creates an account; with a Matrix id, links it at once and welcomes the person in a
 /// direct chat (no `!link` needed).
 pub async fn provision_account(
@@ -33,7 +29,7 @@ pub async fn provision_account(
         personal_space(conn, &account, user_id).await?;
         let job =
             WelcomeJob { account_id: account.id.clone(), account_name: account.name.clone(), user_id: user_id.into() };
-        queue::enqueue(conn, &matrix_queue(), &format!("welcome:{}", account.id), WELCOME_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &format!("welcome:{}", account.id), WELCOME_KIND, &job).await?;
     }
     Ok(account)
 }
@@ -49,7 +45,7 @@ pub async fn matrix_identity_linked(
     for team in teams::of_account(conn, &account.id).await? {
         let job = TeamInviteJob { team_id: team.id.clone(), team_name: team.name.clone(), user_id: user_id.into() };
         let key = format!("team_invite:{}:{user_id}:{}", team.id, uuid::Uuid::new_v4());
-        queue::enqueue(conn, &matrix_queue(), &key, TEAM_INVITE_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, TEAM_INVITE_KIND, &job).await?;
     }
     Ok(())
 }
@@ -63,7 +59,7 @@ pub async fn personal_space(conn: &mut AnyConnection, account: &accounts::Accoun
         user_id: user_id.into(),
     };
     let key = format!("space:{}:{user_id}", account.id);
-    queue::enqueue(conn, &matrix_queue(), &key, PERSONAL_SPACE_KIND, &job).await?;
+    queue::enqueue(conn, queue::ROOMS_QUEUE, &key, PERSONAL_SPACE_KIND, &job).await?;
     Ok(())
 }
 
@@ -80,7 +76,7 @@ pub async fn rename_conversation(conn: &mut AnyConnection, id: &str, title: &str
             content: json!({ "name": format!("Mosaic: {title}") }),
         };
         let key = format!("rename:{id}:{}", uuid::Uuid::new_v4());
-        queue::enqueue(conn, &matrix_queue(), &key, STATE_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, STATE_KIND, &job).await?;
     }
     Ok(true)
 }
@@ -93,7 +89,7 @@ pub async fn archive_conversation(conn: &mut AnyConnection, id: &str) -> store::
     }
     if let Some(room_id) = conversations::room_for_conversation(conn, id).await? {
         let read_only = ReadOnlyJob { room_id: room_id.clone() };
-        queue::enqueue(conn, &matrix_queue(), &format!("archive:read_only:{id}"), READ_ONLY_KIND, &read_only).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &format!("archive:read_only:{id}"), READ_ONLY_KIND, &read_only).await?;
         // Matrix requires a replacement room in a tombstone; an archived conversation
         // has none, which clients show as a room that ended.
         let tombstone = StateJob {
@@ -102,7 +98,7 @@ pub async fn archive_conversation(conn: &mut AnyConnection, id: &str) -> store::
             state_key: String::new(),
             content: json!({ "body": "This conversation was archived and is read-only.", "replacement_room": "" }),
         };
-        queue::enqueue(conn, &matrix_queue(), &format!("archive:tombstone:{id}"), STATE_KIND, &tombstone).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &format!("archive:tombstone:{id}"), STATE_KIND, &tombstone).await?;
     }
     Ok(true)
 }
@@ -120,7 +116,7 @@ pub async fn create_team(
         invite.push(matrix_id.to_string());
     }
     let job = TeamSpaceJob { team_id: team.id.clone(), team_name: team.name.clone(), invite };
-    queue::enqueue(conn, &matrix_queue(), &format!("team_space:{}", team.id), TEAM_SPACE_KIND, &job).await?;
+    queue::enqueue(conn, queue::ROOMS_QUEUE, &format!("team_space:{}", team.id), TEAM_SPACE_KIND, &job).await?;
     Ok(team)
 }
 
@@ -141,7 +137,7 @@ pub async fn add_team_member(
         let job =
             TeamInviteJob { team_id: team.id.clone(), team_name: team.name.clone(), user_id: identity.channel_user_id };
         let key = format!("team_invite:{}:{}:{}", team.id, job.user_id, uuid::Uuid::new_v4());
-        queue::enqueue(conn, &matrix_queue(), &key, TEAM_INVITE_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, TEAM_INVITE_KIND, &job).await?;
     }
     Ok(true)
 }
@@ -171,7 +167,7 @@ pub async fn share_conversation(
     teams::set_share(conn, conversation_id, &team.id).await?;
     let job = ShareJob { team_id: team.id.clone(), team_name: team.name.clone(), room_id, previous_space };
     let key = format!("share:{conversation_id}:{}", uuid::Uuid::new_v4());
-    queue::enqueue(conn, &matrix_queue(), &key, SHARE_KIND, &job).await?;
+    queue::enqueue(conn, queue::ROOMS_QUEUE, &key, SHARE_KIND, &job).await?;
     Ok(ShareOutcome::Shared)
 }
 
@@ -185,7 +181,7 @@ pub async fn unshare_conversation(conn: &mut AnyConnection, conversation_id: &st
     if let Some(room_id) = conversations::room_for_conversation(conn, conversation_id).await? {
         let job = UnshareJob { room_id, space_id };
         let key = format!("unshare:{conversation_id}:{}", uuid::Uuid::new_v4());
-        queue::enqueue(conn, &matrix_queue(), &key, UNSHARE_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, UNSHARE_KIND, &job).await?;
     }
     Ok(Some(teams::by_id(conn, &team_id).await?.map(|t| t.name).unwrap_or_default()))
 }
@@ -210,7 +206,7 @@ pub async fn revoke_identity(
                 reason: "Your Mosaic account link was revoked".into(),
             };
             let key = format!("revoke:{room_id}:{channel_user_id}:{}", uuid::Uuid::new_v4());
-            queue::enqueue(conn, &matrix_queue(), &key, KICK_KIND, &job).await?;
+            queue::enqueue(conn, queue::ROOMS_QUEUE, &key, KICK_KIND, &job).await?;
         }
     }
     Ok(true)

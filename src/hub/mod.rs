@@ -72,6 +72,7 @@ impl Hub {
     }
 
     pub async fn handle_inbound(&self, channel: &str, mut msg: ChannelMessage) -> store::Result<()> {
+        msg.strip_control_chars();
         msg.metadata.entry(metadata_keys::ORIGIN_CHANNEL).or_insert_with(|| channel.into());
         let mut tx = self.store.begin_write().await?;
         let (conversation, chat) = resolve_conversation(&mut tx, channel, &msg).await?;
@@ -307,7 +308,7 @@ pub async fn enqueue_send(
 ) -> store::Result<()> {
     let job = SendJob { channel: channel.to_string(), channel_id: channel_id.to_string(), message: msg.clone() };
     let key = format!("send:{channel}:{channel_id}:{}", msg.id);
-    queue::enqueue(conn, &queue::send_queue(channel), &key, SEND_KIND, &job).await?;
+    queue::enqueue(conn, &queue::chat_queue(channel, channel_id), &key, SEND_KIND, &job).await?;
     Ok(())
 }
 
@@ -346,6 +347,9 @@ struct HubInbound {
 #[async_trait]
 impl InboundHandler for HubInbound {
     async fn handle(&self, msg: ChannelMessage) -> Result<(), HandlerError> {
-        self.hub.handle_inbound(self.channel, msg).await.map_err(|e| HandlerError(e.to_string()))
+        self.hub.handle_inbound(self.channel, msg).await.map_err(|e| match e.is_permanent() {
+            true => HandlerError::permanent(e.to_string()),
+            false => HandlerError::transient(e.to_string()),
+        })
     }
 }

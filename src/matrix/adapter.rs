@@ -5,15 +5,16 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use ruma::api::Direction;
 use ruma::api::client::{
-    account::whoami, membership::join_room_by_id, membership::joined_members, message::send_message_event,
+    account::whoami, message::get_message_events, membership::join_room_by_id, membership::joined_members, message::send_message_event,
     profile::get_profile_field, redact::redact_event,
 };
 use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent};
 use ruma::events::{AnyMessageLikeEventContent, MessageLikeEventType};
 use ruma::profile::{ProfileFieldName, ProfileFieldValue};
 use ruma::serde::Raw;
-use ruma::{OwnedEventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, UserId};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, UInt, UserId};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -37,6 +38,12 @@ pub const CHANNEL: &str = "matrix";
 /// Tries of one send inside the adapter before the outbox schedules a later retry.
 const SEND_TRIES: u32 = 4;
 
+/// Content key of every event this service sends: the message's canonical id.
+pub const MESSAGE_ID_KEY: &str = "mosaic.id";
+/// How far back the room is searched for an earlier try: pages of the speaker's events.
+const LOOK_BACK_PAGES: usize = 4;
+const LOOK_BACK_PAGE: u32 = 50;
+
 /// How one pushed event was handled.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -54,9 +61,15 @@ impl From<HsError> for EventError {
     }
 }
 
+impl From<crate::protocol::HandlerError> for EventError {
+    fn from(error: crate::protocol::HandlerError) -> Self {
+        if error.permanent { Self::Permanent(error.message) } else { Self::Transient(error.message) }
+    }
+}
+
 impl From<store::StoreError> for EventError {
     fn from(error: store::StoreError) -> Self {
-        Self::Transient(error.to_string())
+        if error.is_permanent() { Self::Permanent(error.to_string()) } else { Self::Transient(error.to_string()) }
     }
 }
 
@@ -73,6 +86,8 @@ pub struct MatrixAdapter {
     pub(super) room_version: tokio::sync::OnceCell<String>,
     /// People's display names, shown with their messages on other surfaces.
     display_names: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Messages whose send started in this process and whose event id is not recorded yet.
+    unconfirmed: std::sync::Mutex<std::collections::HashSet<Uuid>>,
 }
 
 impl MatrixAdapter {
@@ -88,7 +103,12 @@ impl MatrixAdapter {
             rate_limited_until: AtomicI64::new(0),
             room_version: tokio::sync::OnceCell::new(),
             display_names: Default::default(),
+            unconfirmed: Default::default(),
         }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     pub fn namespace(&self) -> &Namespace {
@@ -246,7 +266,7 @@ impl MatrixAdapter {
         metadata.insert(routing::COMMANDS.into(), json!(true));
         metadata.insert(routing::BOT_PRESENT.into(), json!(bot_joined));
         tracing::debug!(room_id, event_id, sender, "message received");
-        handler.handle(msg).await.map_err(|e| EventError::Transient(e.to_string()))
+        handler.handle(msg).await.map_err(EventError::from)
     }
 
     /// A person's display name: from their member events, else their profile, else the
@@ -299,7 +319,7 @@ impl MatrixAdapter {
         metadata.insert("eventType".into(), json!("m.reaction"));
         metadata.insert("reactionEmoji".into(), json!(key));
         metadata.insert(routing::IS_REACTION.into(), json!(true));
-        handler.handle(msg).await.map_err(|e| EventError::Transient(e.to_string()))
+        handler.handle(msg).await.map_err(EventError::from)
     }
 
     /// Agents addressed in a message: by `m.mentions`, by user id, or by display name.
@@ -428,15 +448,17 @@ impl MatrixAdapter {
         Ok(placement)
     }
 
-    /// The event content as sent: with the `mosaic.agent_message` payload of messages in
+    /// The event content as sent: carrying the message's canonical id (found again after
+    /// an uncertain send), and with the `mosaic.agent_message` payload of messages in
     /// agent rooms, its `reply_to` resolved to the event id in this room.
-    async fn with_agent_message(
+    async fn outgoing_content(
         &self,
         room_id: &str,
         msg: &ChannelMessage,
         content: RoomMessageEventContent,
     ) -> Result<Raw<AnyMessageLikeEventContent>, ChannelSendError> {
         let mut json = serde_json::to_value(&content).map_err(|e| ChannelSendError::Terminal(e.to_string()))?;
+        json[MESSAGE_ID_KEY] = json!(msg.id.to_string());
         if let Some(mut agent_message) = msg.metadata.get(AGENT_MESSAGE).cloned() {
             let reply_to = agent_message["payload"]["reply_to"].as_str().and_then(|id| Uuid::parse_str(id).ok());
             if let Some(canonical) = reply_to {
@@ -452,6 +474,121 @@ impl MatrixAdapter {
         }
         let raw = serde_json::value::to_raw_value(&json).map_err(|e| ChannelSendError::Terminal(e.to_string()))?;
         Ok(Raw::from_json(raw))
+    }
+
+    /// Sends `msg` into the room exactly once. The homeserver drops a repeated
+    /// transaction id only while it remembers it (Synapse keeps appservice transaction ids
+    /// in memory: a restart forgets them), so after a try that may have landed without us
+    /// learning its event id — a network error, a 5xx, a try cut short, a restart of this
+    /// service — the room is searched for the event carrying our message id before
+    /// anything is sent again.
+    async fn deliver(&self, channel_id: &str, msg: &ChannelMessage, resend: bool) -> Result<(), ChannelSendError> {
+        let room_id = OwnedRoomId::try_from(channel_id)
+            .map_err(|e| ChannelSendError::Terminal(format!("bad room id {channel_id:?}: {e}")))?;
+        if msg.metadata.get(metadata_keys::IS_DELETION).and_then(Value::as_bool).unwrap_or(false) {
+            return self.redact_copy(channel_id, msg).await;
+        }
+        let speaker = self.speaker(channel_id, msg).await?;
+        let content = format::message_content(msg, self.placement(channel_id, msg).await?);
+        let content = self.outgoing_content(channel_id, msg, content).await?;
+        let txn_id: OwnedTransactionId = format!("mosaic-{}", msg.id.simple()).into();
+        // An id already here is one whose earlier try in this process never confirmed.
+        let mut look_first = !self.unconfirmed.lock().expect("unconfirmed lock").insert(msg.id) || resend;
+        let mut last_error = None;
+        for attempt in 0..SEND_TRIES {
+            if look_first {
+                match self.find_sent(&room_id, &speaker, msg.id).await {
+                    Ok(Some(event_id)) => {
+                        tracing::info!(room_id = channel_id, %event_id, message_id = %msg.id, "earlier try had landed; not sent again");
+                        return self.confirm_sent(channel_id, msg.id, &event_id).await;
+                    }
+                    Ok(None) => look_first = false,
+                    Err(error) => {
+                        last_error = Some(error);
+                        tokio::time::sleep(crate::queue::backoff(attempt as i64)).await;
+                        continue;
+                    }
+                }
+            }
+            let step = async {
+                self.ensure_known_user(&speaker).await?;
+                let request = send_message_event::v3::Request::new_raw(
+                    room_id.clone(),
+                    txn_id.clone(),
+                    MessageLikeEventType::RoomMessage,
+                    content.clone(),
+                );
+                self.client.call(request, Some(&speaker)).await
+            };
+            match step.await {
+                Ok(response) => {
+                    tracing::debug!(room_id = channel_id, event_id = %response.event_id, txn_id = %txn_id, "sent");
+                    return self.confirm_sent(channel_id, msg.id, &response.event_id).await;
+                }
+                Err(HsError::RateLimited { retry_after }) => {
+                    self.note_rate_limit(retry_after);
+                    tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1))).await;
+                    last_error = Some(HsError::RateLimited { retry_after });
+                }
+                Err(error) if error.is_transient() => {
+                    // The request may have been carried out before the failure.
+                    look_first = true;
+                    tokio::time::sleep(crate::queue::backoff(attempt as i64)).await;
+                    last_error = Some(error);
+                }
+                Err(error) if error.errcode() == Some("M_FORBIDDEN") && attempt == 0 => {
+                    // A ghost that was invited but has not joined yet: join, then send.
+                    let join =
+                        self.client.call(join_room_by_id::v3::Request::new(room_id.clone()), Some(&speaker)).await;
+                    if join.is_err() {
+                        return Err(ChannelSendError::Terminal(error.to_string()));
+                    }
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(ChannelSendError::Terminal(error.to_string())),
+            }
+        }
+        let error = last_error.expect("at least one try");
+        Err(ChannelSendError::Transient { retry_after: error.retry_after(), message: error.to_string() })
+    }
+
+    /// Records where a message landed; from then on it needs no search.
+    async fn confirm_sent(&self, room_id: &str, id: Uuid, event_id: &ruma::EventId) -> Result<(), ChannelSendError> {
+        let mut conn = self.store.conn().await.map_err(transient)?;
+        messages::add_ref(&mut conn, CHANNEL, room_id, event_id.as_str(), id).await.map_err(transient)?;
+        self.unconfirmed.lock().expect("unconfirmed lock").remove(&id);
+        Ok(())
+    }
+
+    /// The event `speaker` sent for message `id` in the room, if any: searched among the
+    /// speaker's recent messages there by the `mosaic.id` every sent event carries.
+    async fn find_sent(
+        &self,
+        room_id: &OwnedRoomId,
+        speaker: &UserId,
+        id: Uuid,
+    ) -> Result<Option<OwnedEventId>, HsError> {
+        let wanted = id.to_string();
+        let mut from = None;
+        for _ in 0..LOOK_BACK_PAGES {
+            let mut request = get_message_events::v3::Request::new(room_id.clone(), Direction::Backward);
+            request.from = from.take();
+            request.limit = UInt::from(LOOK_BACK_PAGE);
+            request.filter.senders = Some(vec![speaker.to_owned()]);
+            request.filter.types = Some(vec![MessageLikeEventType::RoomMessage.to_string()]);
+            let page = self.client.call(request, Some(speaker)).await?;
+            for raw in &page.chunk {
+                let Ok(event) = serde_json::from_str::<Value>(raw.json().get()) else { continue };
+                if event["sender"] == speaker.as_str() && event["content"][MESSAGE_ID_KEY] == wanted.as_str() {
+                    return Ok(event["event_id"].as_str().and_then(|e| OwnedEventId::try_from(e).ok()));
+                }
+            }
+            match page.end {
+                Some(end) if !page.chunk.is_empty() => from = Some(end),
+                _ => break,
+            }
+        }
+        Ok(None)
     }
 
     fn note_rate_limit(&self, retry_after: Option<Duration>) {
@@ -572,61 +709,14 @@ impl ChannelAdapter for MatrixAdapter {
     }
 
     /// Sends as the agent ghost (agents) or the bot (system). The transaction id is the
-    /// message's canonical id, fixed before the first try, so a retry never duplicates.
+    /// message's canonical id, fixed before the first try, so a retry the homeserver still
+    /// remembers is dropped there; see [`MatrixAdapter::deliver`] for one it forgot.
     async fn send_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
-        let room_id = OwnedRoomId::try_from(channel_id)
-            .map_err(|e| ChannelSendError::Terminal(format!("bad room id {channel_id:?}: {e}")))?;
-        if msg.metadata.get(metadata_keys::IS_DELETION).and_then(Value::as_bool).unwrap_or(false) {
-            return self.redact_copy(channel_id, msg).await;
-        }
-        let speaker = self.speaker(channel_id, msg).await?;
-        let content = format::message_content(msg, self.placement(channel_id, msg).await?);
-        let content = self.with_agent_message(channel_id, msg, content).await?;
-        let txn_id: OwnedTransactionId = format!("mosaic-{}", msg.id.simple()).into();
-        let mut last_error = None;
-        for attempt in 0..SEND_TRIES {
-            let step = async {
-                self.ensure_known_user(&speaker).await?;
-                let request = send_message_event::v3::Request::new_raw(
-                    room_id.clone(),
-                    txn_id.clone(),
-                    MessageLikeEventType::RoomMessage,
-                    content.clone(),
-                );
-                self.client.call(request, Some(&speaker)).await
-            };
-            match step.await {
-                Ok(response) => {
-                    let mut conn = self.store.conn().await.map_err(transient)?;
-                    messages::add_ref(&mut conn, CHANNEL, channel_id, response.event_id.as_str(), msg.id)
-                        .await
-                        .map_err(transient)?;
-                    tracing::debug!(room_id = channel_id, event_id = %response.event_id, txn_id = %txn_id, "sent");
-                    return Ok(());
-                }
-                Err(HsError::RateLimited { retry_after }) => {
-                    self.note_rate_limit(retry_after);
-                    tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1))).await;
-                    last_error = Some(HsError::RateLimited { retry_after });
-                }
-                Err(error) if error.is_transient() => {
-                    tokio::time::sleep(crate::queue::backoff(attempt as i64)).await;
-                    last_error = Some(error);
-                }
-                Err(error) if error.errcode() == Some("M_FORBIDDEN") && attempt == 0 => {
-                    // A ghost that was invited but has not joined yet: join, then send.
-                    let join =
-                        self.client.call(join_room_by_id::v3::Request::new(room_id.clone()), Some(&speaker)).await;
-                    if join.is_err() {
-                        return Err(ChannelSendError::Terminal(error.to_string()));
-                    }
-                    last_error = Some(error);
-                }
-                Err(error) => return Err(ChannelSendError::Terminal(error.to_string())),
-            }
-        }
-        let error = last_error.expect("at least one try");
-        Err(ChannelSendError::Transient { retry_after: error.retry_after(), message: error.to_string() })
+        self.deliver(channel_id, msg, false).await
+    }
+
+    async fn resend_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
+        self.deliver(channel_id, msg, true).await
     }
 
     async fn map_identity(&self, channel_user_id: &str) -> Option<String> {

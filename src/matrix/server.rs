@@ -99,7 +99,8 @@ async fn transaction(State(state): State<ServerState>, Path(txn_id): Path<String
             return matrix_error(StatusCode::BAD_REQUEST, "M_BAD_JSON", format!("transaction body: {error}"));
         }
     };
-    let events: Vec<&str> = parsed.events.iter().map(|e| e.as_ref()).collect();
+    let events: Vec<inbox::Pushed> =
+        parsed.events.iter().map(|e| inbox::Pushed { room_id: &e.room_id, event: &e.event }).collect();
     match inbox::record_transaction(&state.store, &parsed.inbox_key, &events).await {
         Ok(new) => {
             if new {
@@ -124,7 +125,14 @@ pub struct ParsedTransaction<'a> {
     /// See [`inbox_key`].
     pub inbox_key: String,
     /// The events to store, after [`prepare_for_inbox`].
-    pub events: Vec<Cow<'a, str>>,
+    pub events: Vec<PushedEvent<'a>>,
+}
+
+/// One pushed event as it goes into the inbox.
+pub struct PushedEvent<'a> {
+    /// Its room (empty for an event without one): the inbox keeps each room in order.
+    pub room_id: Cow<'a, str>,
+    pub event: Cow<'a, str>,
 }
 
 /// Parses a transaction body (`{"events": [...]}`) into its inbox key and the events to
@@ -144,7 +152,11 @@ pub fn parse_transaction<'a>(
         .events
         .iter()
         .zip(&envelopes)
-        .filter_map(|(raw, envelope)| prepare_for_inbox(raw.get(), envelope.as_ref()?, namespace, key))
+        .filter_map(|(raw, envelope)| {
+            let envelope = envelope.as_ref()?;
+            let event = prepare_for_inbox(raw.get(), envelope, namespace, key)?;
+            Some(PushedEvent { room_id: envelope.room_id.clone(), event })
+        })
         .collect();
     Ok(ParsedTransaction { inbox_key, events })
 }
@@ -171,6 +183,8 @@ pub struct Envelope<'a> {
     sender: Cow<'a, str>,
     #[serde(borrow, default)]
     event_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    room_id: Cow<'a, str>,
 }
 
 /// What of a pushed event goes into the inbox: messages our own users sent come back to

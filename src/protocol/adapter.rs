@@ -37,10 +37,25 @@ pub enum ChannelSendError {
     Transient { message: String, retry_after: Option<Duration> },
 }
 
-/// Error from an inbound handler; the adapter keeps the message and offers it again.
+/// Error from an inbound handler. A transient one: the adapter keeps the message and
+/// offers it again later. A permanent one (the message itself cannot be stored, e.g.
+/// data the database refuses): the adapter logs it and goes on with the next message.
 #[derive(Debug, thiserror::Error)]
-#[error("inbound handler failed: {0}")]
-pub struct HandlerError(pub String);
+#[error("inbound handler failed: {message}")]
+pub struct HandlerError {
+    pub message: String,
+    pub permanent: bool,
+}
+
+impl HandlerError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self { message: message.into(), permanent: false }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self { message: message.into(), permanent: true }
+    }
+}
 
 /// Receives every inbound message of an adapter. The adapter awaits each call before it
 /// delivers the next message (back-pressure).
@@ -72,6 +87,14 @@ pub trait ChannelAdapter: Send + Sync {
     /// Sends `msg` to the channel-native `channel_id`. Transient failures are retried
     /// with backoff inside the adapter before an error is returned.
     async fn send_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError>;
+
+    /// Sends `msg` again after a try whose outcome is unknown (it failed without an
+    /// answer, or the service stopped while it ran): an adapter that can find out whether
+    /// the first try landed looks before it sends, so the message does not appear twice.
+    /// The default sends again, for surfaces whose sends are idempotent by themselves.
+    async fn resend_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
+        self.send_message(channel_id, msg).await
+    }
 
     /// The account id linked to a channel-native user id, or `None` for anonymous senders.
     async fn map_identity(&self, channel_user_id: &str) -> Option<String>;

@@ -1,3 +1,5 @@
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -152,6 +154,25 @@ impl ChannelMessage {
         self
     }
 
+    /// Removes the control characters that databases and surfaces refuse (NUL above
+    /// all: PostgreSQL cannot store it in text) from what people wrote: the text, the
+    /// file names and the sender's name. Line breaks and tabs stay.
+    pub fn strip_control_chars(&mut self) {
+        if let Cow::Owned(clean) = without_control_chars(&self.content) {
+            self.content = clean;
+        }
+        for attachment in &mut self.attachments {
+            if let Cow::Owned(clean) = without_control_chars(&attachment.name) {
+                attachment.name = clean;
+            }
+        }
+        if let Some(Value::String(name)) = self.metadata.get_mut(metadata_keys::SENDER_NAME)
+            && let Cow::Owned(clean) = without_control_chars(name)
+        {
+            *name = clean;
+        }
+    }
+
     /// A string field of `metadata`.
     pub fn meta_str(&self, key: &str) -> Option<&str> {
         self.metadata.get(key).and_then(Value::as_str)
@@ -184,8 +205,27 @@ impl ChannelMessage {
     }
 }
 
+/// `text` without control characters other than line breaks and tabs.
+pub fn without_control_chars(text: &str) -> Cow<'_, str> {
+    let unwanted = |c: char| c.is_control() && !matches!(c, '\n' | '\r' | '\t');
+    match text.contains(unwanted) {
+        true => Cow::Owned(text.chars().filter(|c| !unwanted(*c)).collect()),
+        false => Cow::Borrowed(text),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn control_characters_are_stripped_but_line_breaks_stay() {
+        let mut msg = ChannelMessage::new("c", "u", SenderType::User, "a\0b\u{7}c\nd\te", ContentType::Text);
+        msg.metadata.insert(metadata_keys::SENDER_NAME.into(), Value::String("Ev\0e".into()));
+        msg.strip_control_chars();
+        assert_eq!(msg.content, "abc\nd\te");
+        assert_eq!(msg.meta_str(metadata_keys::SENDER_NAME), Some("Eve"));
+        assert!(matches!(without_control_chars("plain"), Cow::Borrowed("plain")));
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -122,6 +122,25 @@ pub async fn present_members(conn: &mut AnyConnection, room_id: &str) -> Result<
     .await?)
 }
 
+/// Rooms where any of `users` is joined, with the time the earliest of them was seen
+/// joining (unix ms).
+pub async fn rooms_joined_by(conn: &mut AnyConnection, users: &[String]) -> Result<Vec<(String, i64)>> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (1..=users.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT room_id, MIN(updated_at) FROM room_members WHERE membership = 'join' AND user_id IN ({})
+         GROUP BY room_id ORDER BY room_id",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+    for user in users {
+        query = query.bind(user);
+    }
+    Ok(query.fetch_all(&mut *conn).await?)
+}
+
 pub async fn membership(conn: &mut AnyConnection, room_id: &str, user_id: &str) -> Result<Option<String>> {
     let row: Option<(String,)> =
         sqlx::query_as("SELECT membership FROM room_members WHERE room_id = $1 AND user_id = $2")

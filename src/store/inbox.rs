@@ -9,15 +9,28 @@ use super::{Result, Store, now_ms};
 pub struct InboxEvent {
     pub seq: i64,
     pub txn_id: String,
+    /// Events of one room are handled in order; rooms do not wait for each other.
+    pub room_id: String,
     pub event: String,
+    /// Failed tries so far.
+    pub attempts: i64,
+    /// When the first try failed (unix ms).
+    pub failing_since: Option<i64>,
     /// When its transaction arrived (unix ms).
     pub received_at: i64,
+}
+
+/// A pushed event as it is stored: the room it belongs to and its JSON.
+#[derive(Debug, Clone, Copy)]
+pub struct Pushed<'a> {
+    pub room_id: &'a str,
+    pub event: &'a str,
 }
 
 /// Stores a homeserver transaction and its events in one database transaction. Returns
 /// false when this txnId was stored before: the caller acknowledges it again and does
 /// nothing else.
-pub async fn record_transaction(store: &Store, txn_id: &str, events: &[&str]) -> Result<bool> {
+pub async fn record_transaction(store: &Store, txn_id: &str, events: &[Pushed<'_>]) -> Result<bool> {
     let mut tx = store.begin_write().await?;
     let now = now_ms();
     let inserted = sqlx::query(
@@ -38,11 +51,12 @@ pub async fn record_transaction(store: &Store, txn_id: &str, events: &[&str]) ->
     // placeholders are numbered by hand: sqlx's Any driver writes `?`, which PostgreSQL
     // does not accept.
     for chunk in events.chunks(200) {
-        let rows: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
-        let sql = format!("INSERT INTO inbox_events (txn_id, event) VALUES {}", rows.join(", "));
+        let rows: Vec<String> =
+            (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
+        let sql = format!("INSERT INTO inbox_events (txn_id, room_id, event) VALUES {}", rows.join(", "));
         let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for event in chunk {
-            insert = insert.bind(txn_id).bind(*event);
+        for pushed in chunk {
+            insert = insert.bind(txn_id).bind(pushed.room_id).bind(pushed.event);
         }
         insert.execute(&mut *tx).await?;
     }
@@ -50,15 +64,61 @@ pub async fn record_transaction(store: &Store, txn_id: &str, events: &[&str]) ->
     Ok(true)
 }
 
-/// The oldest unprocessed events, in the order they arrived.
+/// The oldest unprocessed events, in the order they arrived, leaving out every room
+/// with an event that waits for a later try: that room's events stay in order behind it.
 pub async fn pending(conn: &mut AnyConnection, limit: i64) -> Result<Vec<InboxEvent>> {
     Ok(sqlx::query_as(
-        "SELECT e.seq, e.txn_id, e.event, t.received_at FROM inbox_events e JOIN txn_inbox t ON t.txn_id = e.txn_id
-         WHERE e.processed_at IS NULL ORDER BY e.seq LIMIT $1",
+        "SELECT e.seq, e.txn_id, e.room_id, e.event, e.attempts, e.failing_since, t.received_at
+         FROM inbox_events e JOIN txn_inbox t ON t.txn_id = e.txn_id
+         WHERE e.processed_at IS NULL AND e.failed_at IS NULL
+           AND e.room_id NOT IN (SELECT w.room_id FROM inbox_events w
+                                 WHERE w.processed_at IS NULL AND w.failed_at IS NULL AND w.not_before > $1)
+         ORDER BY e.seq LIMIT $2",
     )
+    .bind(now_ms())
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?)
+}
+
+/// When the next event that waits for a later try is due (unix ms), if one waits.
+pub async fn next_retry_at(conn: &mut AnyConnection) -> Result<Option<i64>> {
+    let (at,): (Option<i64>,) = sqlx::query_as(
+        "SELECT MIN(not_before) FROM inbox_events WHERE processed_at IS NULL AND failed_at IS NULL AND not_before > 0",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(at)
+}
+
+/// Schedules another try of an event after `delay_ms`; its room waits until then.
+pub async fn retry_later(conn: &mut AnyConnection, seq: i64, delay_ms: i64, error: &str) -> Result<()> {
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE inbox_events SET attempts = attempts + 1, not_before = $1, last_error = $2,
+         failing_since = COALESCE(failing_since, $3) WHERE seq = $4",
+    )
+    .bind(now + delay_ms)
+    .bind(error)
+    .bind(now)
+    .bind(seq)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Sets an event aside as a dead letter; its room goes on with the next one.
+pub async fn mark_dead(conn: &mut AnyConnection, seq: i64, reason: &str, error: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE inbox_events SET failed_at = $1, dead_reason = $2, last_error = $3, attempts = attempts + 1 WHERE seq = $4",
+    )
+    .bind(now_ms())
+    .bind(reason)
+    .bind(error)
+    .bind(seq)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Marks an event processed and drops its body: what mattered is in the message log
@@ -74,6 +134,8 @@ pub async fn mark_processed(conn: &mut AnyConnection, seq: i64) -> Result<()> {
 
 pub async fn pending_count(conn: &mut AnyConnection) -> Result<i64> {
     let (count,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM inbox_events WHERE processed_at IS NULL").fetch_one(&mut *conn).await?;
+        sqlx::query_as("SELECT COUNT(*) FROM inbox_events WHERE processed_at IS NULL AND failed_at IS NULL")
+            .fetch_one(&mut *conn)
+            .await?;
     Ok(count)
 }

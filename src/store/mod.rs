@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod agent_rooms;
 pub mod bridges;
 pub mod conversations;
+pub mod dead_letters;
 pub mod inbox;
 pub mod messages;
 pub mod outbox;
@@ -39,6 +40,24 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the database refused the data itself, so that trying again cannot help:
+    /// a data exception (SQLSTATE class 22, e.g. a NUL byte in text on PostgreSQL) or an
+    /// integrity constraint (class 23, and SQLite's constraint errors).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(error)) => {
+                let sqlstate_class = error.code().and_then(|code| code.get(..2).map(str::to_string));
+                // Unique, foreign-key, not-null and check violations on either backend.
+                !matches!(error.kind(), sqlx::error::ErrorKind::Other)
+                    || matches!(sqlstate_class.as_deref(), Some("22" | "23"))
+            }
+            Self::Corrupt(_) | Self::UnsupportedUrl(_) => true,
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +70,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// When this process connected (unix ms): work queued before then is left over from
+    /// an earlier run.
+    opened_at: i64,
 }
 
 /// Milliseconds since the unix epoch, the time format of every table.
@@ -93,7 +115,7 @@ impl Store {
             }
             Backend::Postgres => pool_options.max_connections(10).connect_with(options).await?,
         };
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, opened_at: now_ms() })
     }
 
     /// Connects and brings the schema up to date.
@@ -110,6 +132,10 @@ impl Store {
         };
         migrator.run(&self.pool).await?;
         Ok(())
+    }
+
+    pub fn opened_at(&self) -> i64 {
+        self.opened_at
     }
 
     pub fn backend(&self) -> Backend {

@@ -14,6 +14,18 @@ pub struct Job {
     pub payload: String,
     pub attempts: i64,
     pub not_before: i64,
+    pub created_at: i64,
+    /// When the first try failed (unix ms).
+    pub failing_since: Option<i64>,
+}
+
+impl Job {
+    /// Whether an earlier try of this job may have got as far as the surface: it was
+    /// tried before, or it was queued before `since` (this process opened the store), so
+    /// a run that a crash cut short may have sent it already.
+    pub fn may_have_run(&self, since: i64) -> bool {
+        self.attempts > 0 || self.created_at < since
+    }
 }
 
 /// Adds a job unless one with the same `dedupe_key` exists. Returns true when added.
@@ -44,7 +56,7 @@ pub async fn enqueue(
 /// for a retry holds back the ones behind it: messages are never reordered.
 pub async fn head(conn: &mut AnyConnection, queue: &str) -> Result<Option<Job>> {
     Ok(sqlx::query_as(
-        "SELECT seq, queue, dedupe_key, kind, payload, attempts, not_before FROM outbox
+        "SELECT seq, queue, dedupe_key, kind, payload, attempts, not_before, created_at, failing_since FROM outbox
          WHERE queue = $1 AND done_at IS NULL AND failed_at IS NULL ORDER BY seq LIMIT 1",
     )
     .bind(queue)
@@ -63,25 +75,34 @@ pub async fn mark_done(conn: &mut AnyConnection, seq: i64) -> Result<()> {
     Ok(())
 }
 
-/// Gives up on a job that can never succeed; the error stays for the operator.
-pub async fn mark_failed(conn: &mut AnyConnection, seq: i64, error: &str) -> Result<()> {
-    sqlx::query("UPDATE outbox SET failed_at = $1, last_error = $2, attempts = attempts + 1 WHERE seq = $3")
-        .bind(now_ms())
-        .bind(error)
-        .bind(seq)
-        .execute(&mut *conn)
-        .await?;
+/// Sets a job aside as a dead letter (see [`crate::queue::DeadReason`]); its queue goes
+/// on with the next job. The error stays for the operator.
+pub async fn mark_dead(conn: &mut AnyConnection, seq: i64, reason: &str, error: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE outbox SET failed_at = $1, dead_reason = $2, last_error = $3, attempts = attempts + 1 WHERE seq = $4",
+    )
+    .bind(now_ms())
+    .bind(reason)
+    .bind(error)
+    .bind(seq)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
 /// Schedules another try of a job after `delay_ms`.
 pub async fn retry_later(conn: &mut AnyConnection, seq: i64, delay_ms: i64, error: &str) -> Result<()> {
-    sqlx::query("UPDATE outbox SET not_before = $1, last_error = $2, attempts = attempts + 1 WHERE seq = $3")
-        .bind(now_ms() + delay_ms)
-        .bind(error)
-        .bind(seq)
-        .execute(&mut *conn)
-        .await?;
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE outbox SET not_before = $1, last_error = $2, attempts = attempts + 1,
+         failing_since = COALESCE(failing_since, $3) WHERE seq = $4",
+    )
+    .bind(now + delay_ms)
+    .bind(error)
+    .bind(now)
+    .bind(seq)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -104,13 +125,11 @@ pub async fn depth_by_queue(conn: &mut AnyConnection) -> Result<Vec<(String, i64
     .await?)
 }
 
-/// Queues whose name starts with `prefix` and that have unfinished jobs.
-pub async fn pending_queues(conn: &mut AnyConnection, prefix: &str) -> Result<Vec<String>> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT DISTINCT queue FROM outbox WHERE queue LIKE $1 AND done_at IS NULL AND failed_at IS NULL",
-    )
-    .bind(format!("{prefix}%"))
-    .fetch_all(&mut *conn)
-    .await?;
+/// Queues that have unfinished jobs.
+pub async fn pending_queues(conn: &mut AnyConnection) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT DISTINCT queue FROM outbox WHERE done_at IS NULL AND failed_at IS NULL")
+            .fetch_all(&mut *conn)
+            .await?;
     Ok(rows.into_iter().map(|(queue,)| queue).collect())
 }

@@ -120,6 +120,11 @@ async fn deliver_until_accepted(inner: &Inner, update: &Update, stopped: &mut wa
     loop {
         match process_update(inner, update).await {
             Ok(()) => return true,
+            Err(InboundError::Handler(error)) if error.permanent => {
+                // This update can never be stored: it alone is dropped, the chat goes on.
+                tracing::error!(channel = CHANNEL, event = "update_dropped", update_id = update.id.0, %error);
+                return true;
+            }
             Err(error) => {
                 let delay = backoff(attempt);
                 tracing::warn!(channel = CHANNEL, event = "update_not_accepted", update_id = update.id.0, attempt, %error, retry_in_ms = delay.as_millis() as u64);
