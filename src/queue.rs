@@ -374,7 +374,8 @@ mod tests {
 
     #[test]
     fn retry_delays_spread_around_the_capped_backoff() {
-        let limits = RetryLimits { max_attempts: 9, max_age: Duration::from_secs(60), max_backoff: Duration::from_secs(8) };
+        let limits =
+            RetryLimits { max_attempts: 9, max_age: Duration::from_secs(60), max_backoff: Duration::from_secs(8) };
         for _ in 0..50 {
             let first = limits.delay(0);
             assert!(first >= Duration::from_millis(400) && first <= Duration::from_millis(600), "{first:?}");

@@ -136,7 +136,10 @@ async fn dead_letters_are_listed_retried_and_dropped(store: Store) {
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().all(|d| d.body.is_none()), "the list leaves payloads out");
     let counts = dead_letters::counts(&mut conn).await.unwrap();
-    assert_eq!(counts, [("telegram".to_string(), "attempts".to_string(), 1), ("telegram".into(), "permanent".into(), 1)]);
+    assert_eq!(
+        counts,
+        [("telegram".to_string(), "attempts".to_string(), 1), ("telegram".into(), "permanent".into(), 1)]
+    );
 
     let id = DeadLetterId { source: dead_letters::Source::Outbox, seq: first.seq };
     let shown = dead_letters::get(&mut conn, id).await.unwrap().unwrap();

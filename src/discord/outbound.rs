@@ -112,7 +112,7 @@ impl Inner {
                 continue;
             }
             let reply = if index == 0 { native_reply.as_deref() } else { None };
-            let native = self.post(target, msg, text, reply, None).await?;
+            let native = self.post(target, msg, id, text, reply, None).await?;
             self.record(channel_id, &native, id, target).await?;
         }
         for (offset, (bytes, name)) in files.into_iter().enumerate() {
@@ -120,7 +120,7 @@ impl Inner {
             if self.native_of(channel_id, id).await?.is_some() {
                 continue;
             }
-            let native = self.post(target, msg, "", None, Some((bytes, name))).await?;
+            let native = self.post(target, msg, id, "", None, Some((bytes, name))).await?;
             self.record(channel_id, &native, id, target).await?;
         }
         tracing::info!(channel = CHANNEL, event = "sent", id = %msg.id, chat = target.chat, parts = parts.len(), webhook = target.hook.is_some());
@@ -200,6 +200,7 @@ impl Inner {
         &self,
         target: &Target,
         msg: &ChannelMessage,
+        part: Uuid,
         text: &str,
         reply: Option<&str>,
         file: Option<(Vec<u8>, String)>,
@@ -220,6 +221,10 @@ impl Inner {
                 if let Some(reply) = reply {
                     payload["message_reference"] = json!({"message_id": reply, "fail_if_not_exists": false});
                 }
+                // Discord answers a repeated nonce (within minutes) with the message it
+                // created the first time, so a retry after a lost answer posts nothing new.
+                payload["nonce"] = json!(part.simple().to_string()[..25]);
+                payload["enforce_nonce"] = json!(true);
                 let channel = target.thread.unwrap_or(target.chat);
                 let route = Route::ChannelMessages { channel_id: ChannelId::new(channel) };
                 self.rest
@@ -294,7 +299,7 @@ impl Inner {
             match self.native_of(channel_id, id).await? {
                 Some(native) => self.patch(&as_sent, &native, text).await?,
                 None => {
-                    let native = self.post(&as_sent, msg, text, None, None).await?;
+                    let native = self.post(&as_sent, msg, id, text, None, None).await?;
                     self.record(channel_id, &native, id, &as_sent).await?;
                 }
             }
@@ -492,8 +497,8 @@ impl Inner {
             .await?;
         let target = Target { chat: dm.id, thread: None, hook: None };
         let mut first = None;
-        for text in split_parts(&neutralise_mentions(&msg.content), LIMIT) {
-            let native = self.post(&target, msg, &text, None, None).await?;
+        for (index, text) in split_parts(&neutralise_mentions(&msg.content), LIMIT).iter().enumerate() {
+            let native = self.post(&target, msg, part_id(msg.id, index), text, None, None).await?;
             first.get_or_insert(native);
         }
         if let Some(native) = first {

@@ -257,7 +257,14 @@ impl Hub {
                 conversation_id: conversation_id.to_string(),
             };
             let key = format!("bridge.close:{}:{}:{}", bridge.channel, bridge.channel_id, msg.id);
-            queue::enqueue(conn, &queue::chat_queue(&bridge.channel, &bridge.channel_id), &key, CLOSE_BRIDGE_KIND, &job).await?;
+            queue::enqueue(
+                conn,
+                &queue::chat_queue(&bridge.channel, &bridge.channel_id),
+                &key,
+                CLOSE_BRIDGE_KIND,
+                &job,
+            )
+            .await?;
         }
         let list: Vec<String> = removed.iter().map(|b| format!("{} `{}`", b.channel, b.channel_id)).collect();
         tracing::info!(conversation_id, removed = removed.len(), by = msg.sender_id, "chats unbridged");

@@ -89,7 +89,8 @@ pub async fn archive_conversation(conn: &mut AnyConnection, id: &str) -> store::
     }
     if let Some(room_id) = conversations::room_for_conversation(conn, id).await? {
         let read_only = ReadOnlyJob { room_id: room_id.clone() };
-        queue::enqueue(conn, queue::ROOMS_QUEUE, &format!("archive:read_only:{id}"), READ_ONLY_KIND, &read_only).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &format!("archive:read_only:{id}"), READ_ONLY_KIND, &read_only)
+            .await?;
         // Matrix requires a replacement room in a tombstone; an archived conversation
         // has none, which clients show as a room that ended.
         let tombstone = StateJob {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ruma::api::Direction;
 use ruma::api::client::{
-    account::whoami, message::get_message_events, membership::join_room_by_id, membership::joined_members, message::send_message_event,
-    profile::get_profile_field, redact::redact_event,
+    account::whoami, membership::join_room_by_id, membership::joined_members, message::get_message_events,
+    message::send_message_event, profile::get_profile_field, redact::redact_event,
 };
 use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent};
 use ruma::events::{AnyMessageLikeEventContent, MessageLikeEventType};

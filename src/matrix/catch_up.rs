@@ -123,7 +123,8 @@ impl MatrixAdapter {
     /// Whether an event of the room was handled (a message stored) or sent by us.
     async fn handled(&self, room: &str, event_id: &str) -> Result<bool, String> {
         let mut conn = self.store().conn().await.map_err(|e| e.to_string())?;
-        let known = messages::message_for_native(&mut conn, CHANNEL, room, event_id).await.map_err(|e| e.to_string())?;
+        let known =
+            messages::message_for_native(&mut conn, CHANNEL, room, event_id).await.map_err(|e| e.to_string())?;
         Ok(known.is_some())
     }
 }

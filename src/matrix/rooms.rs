@@ -511,17 +511,11 @@ impl MatrixAdapter {
         Ok(())
     }
 
-    /// `m.space.child` in the Space and `m.space.parent` in the room (both idempotent).
+    /// `m.space.parent` in the room, then `m.space.child` in the Space (both idempotent):
+    /// once the Space lists the room, the room names its Space too.
     pub async fn link_child(&self, space: &str, room: &str) -> Result<(), EventError> {
         let via = json!({ "via": [self.namespace().server_name] });
-        let child = StateJob {
-            room_id: space.into(),
-            event_type: "m.space.child".into(),
-            state_key: room.into(),
-            content: via.clone(),
-        };
-        self.send_state(&child).await?;
-        let mut parent_content = via;
+        let mut parent_content = via.clone();
         parent_content["canonical"] = json!(true);
         let parent = StateJob {
             room_id: room.into(),
@@ -529,7 +523,14 @@ impl MatrixAdapter {
             state_key: space.into(),
             content: parent_content,
         };
-        self.send_state(&parent).await
+        self.send_state(&parent).await?;
+        let child = StateJob {
+            room_id: space.into(),
+            event_type: "m.space.child".into(),
+            state_key: room.into(),
+            content: via,
+        };
+        self.send_state(&child).await
     }
 
     pub(super) async fn invite_person(&self, room: &OwnedRoomId, person: &str) -> Result<(), EventError> {

@@ -24,6 +24,12 @@ pub enum MediaError {
     Unavailable(String),
 }
 
+/// What a surface shows in place of a file that cannot be fetched (gone, refused or too
+/// large): the message still goes, with this note, instead of waiting for the file.
+pub fn not_bridged_note(file_name: &str) -> String {
+    format!("[file not bridged: {file_name}]")
+}
+
 #[async_trait]
 pub trait MediaRepository: Send + Sync {
     /// Stores `bytes` and returns their `mxc://` URI.

@@ -284,7 +284,31 @@ async fn send_piece(inner: &Inner, target: &Target, piece: &Piece<'_>) -> Result
             };
             call(inner, "sendMessage", request).await.map_err(send_error)
         }
-        Piece::File { attachment, caption } => send_file(inner, target, attachment, caption.as_deref(), reply).await,
+        Piece::File { attachment, caption } => {
+            match send_file(inner, target, attachment, caption.as_deref(), reply).await {
+                Err(FileSend::NotFetchable(error)) => {
+                    tracing::warn!(channel = CHANNEL, event = "attachment_not_bridged", file = attachment.name, %error);
+                    let note = markdown::escape(&crate::protocol::not_bridged_note(&attachment.name));
+                    let text = caption.as_ref().map_or(note.clone(), |caption| format!("{caption}\n{note}"));
+                    Box::pin(send_piece(inner, target, &Piece::Text(text))).await
+                }
+                Err(FileSend::Failed(error)) => Err(error),
+                Ok(sent) => Ok(sent),
+            }
+        }
+    }
+}
+
+/// Why a file was not sent.
+enum FileSend {
+    /// The media repository will never hand it out: the message goes without it.
+    NotFetchable(String),
+    Failed(ChannelSendError),
+}
+
+impl From<ChannelSendError> for FileSend {
+    fn from(error: ChannelSendError) -> Self {
+        Self::Failed(error)
     }
 }
 
@@ -296,12 +320,10 @@ async fn send_file(
     attachment: &ChannelAttachment,
     caption: Option<&str>,
     reply: Option<ReplyParameters>,
-) -> Result<Message, ChannelSendError> {
+) -> Result<Message, FileSend> {
     let media = inner.media.download(&attachment.url).await.map_err(|error| match error {
-        crate::protocol::MediaError::Rejected(e) => {
-            ChannelSendError::Terminal(format!("attachment {}: {e}", attachment.name))
-        }
-        crate::protocol::MediaError::Unavailable(e) => transient(format!("media repository: {e}")),
+        crate::protocol::MediaError::Rejected(e) => FileSend::NotFetchable(e),
+        crate::protocol::MediaError::Unavailable(e) => FileSend::Failed(transient(format!("media repository: {e}"))),
     })?;
     let mime = if attachment.mime_type.is_empty() { media.mime_type.clone() } else { attachment.mime_type.clone() };
     let name = attachment.name.clone();
@@ -322,7 +344,7 @@ async fn send_file(
             }
             request.into_future()
         };
-        return call(inner, "sendPhoto", request).await.map_err(send_error);
+        return Ok(call(inner, "sendPhoto", request).await.map_err(send_error)?);
     }
     let request = || {
         let mut request = inner.bot.send_document(target.chat, file());
@@ -337,7 +359,7 @@ async fn send_file(
         }
         request.into_future()
     };
-    call(inner, "sendDocument", request).await.map_err(send_error)
+    Ok(call(inner, "sendDocument", request).await.map_err(send_error)?)
 }
 
 /// Runs one Bot API request with the adapter's retries: a 429 waits the `retry_after`

@@ -122,6 +122,8 @@ struct World {
     commands: Value,
     interactions: Vec<Interaction>,
     dms: HashMap<u64, u64>,
+    /// Messages created with `enforce_nonce`, by nonce: a repeat gets the same message.
+    nonces: HashMap<String, Value>,
     gateway: Gateway,
     api_url: String,
     gateway_url: String,
@@ -168,6 +170,7 @@ impl FakeDiscord {
             commands: json!([]),
             interactions: Vec::new(),
             dms: HashMap::new(),
+            nonces: HashMap::new(),
             gateway: Gateway {
                 conn: None,
                 session_id: String::new(),
@@ -874,6 +877,10 @@ fn route(fake: &FakeDiscord, method: &Method, uri: &Uri, headers: &HeaderMap, bo
                 return error(404, 10003, "Unknown Channel");
             }
             let b = parse_body(headers, body);
+            let nonce = b.json["nonce"].as_str().filter(|_| b.json["enforce_nonce"] == true).map(str::to_string);
+            if let Some(earlier) = nonce.as_ref().and_then(|n| world.nonces.get(n)) {
+                return ok(earlier.clone());
+            }
             let message = world.next_id();
             let mut msg = world.message_json(
                 message,
@@ -907,6 +914,9 @@ fn route(fake: &FakeDiscord, method: &Method, uri: &Uri, headers: &HeaderMap, bo
                 deleted: false,
                 at: Instant::now(),
             });
+            if let Some(nonce) = nonce {
+                world.nonces.insert(nonce, msg.clone());
+            }
             world.post(channel, msg.clone(), up);
             ok(msg)
         }

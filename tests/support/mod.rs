@@ -38,6 +38,8 @@ pub const SLOTS: &[&str] = &[
     "telegram",
     "discord",
     "soak",
+    "restart",
+    "backlog",
 ];
 
 pub fn repo() -> PathBuf {
