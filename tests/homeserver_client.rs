@@ -8,7 +8,7 @@ use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{post, put};
+use axum::routing::{get, post, put};
 use mosaic_as::config::Config;
 use mosaic_as::matrix::MatrixAdapter;
 use mosaic_as::protocol::{ChannelAdapter, ChannelMessage, ChannelSendError, ContentType, SenderType};
@@ -22,6 +22,13 @@ struct Script {
     /// (txn id, query, when) of each send received.
     sends: Vec<(String, String, Instant)>,
     registered: Vec<String>,
+    /// How many of the next sends land (the event is created) but are answered 502, as
+    /// when a proxy times out or the homeserver stops before it answers.
+    lose_answers: usize,
+    /// Events created, oldest first: (event id, sender, content).
+    events: Vec<(String, String, serde_json::Value)>,
+    /// History reads.
+    lookups: usize,
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -40,12 +47,55 @@ async fn send(
     State(script): State<Shared>,
     Path((_room, _kind, txn)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
+    content: axum::Json<serde_json::Value>,
 ) -> impl IntoResponse {
     let mut script = script.lock().unwrap();
-    script.sends.push((txn, query.unwrap_or_default(), Instant::now()));
-    let (status, body) =
-        if script.answers.is_empty() { (200, json!({"event_id": "$sent"})) } else { script.answers.remove(0) };
-    (StatusCode::from_u16(status).unwrap(), axum::Json(body))
+    let query = query.unwrap_or_default();
+    script.sends.push((txn, query.clone(), Instant::now()));
+    if !script.answers.is_empty() {
+        let (status, body) = script.answers.remove(0);
+        return (StatusCode::from_u16(status).unwrap(), axum::Json(body));
+    }
+    let event_id = format!("$event{}", script.events.len());
+    let sender = sender_of(&query);
+    script.events.push((event_id.clone(), sender, content.0));
+    if script.lose_answers > 0 {
+        script.lose_answers -= 1;
+        return (StatusCode::BAD_GATEWAY, axum::Json(json!({"errcode": "M_UNKNOWN", "error": "timed out"})));
+    }
+    (StatusCode::OK, axum::Json(json!({"event_id": event_id})))
+}
+
+/// The asserted user of an appservice request.
+fn sender_of(query: &str) -> String {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "user_id")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// `/messages`, newest first, filtered by sender as the request's filter asks.
+async fn messages(State(script): State<Shared>, RawQuery(query): RawQuery) -> impl IntoResponse {
+    let mut script = script.lock().unwrap();
+    script.lookups += 1;
+    let query = query.unwrap_or_default();
+    let filter: serde_json::Value = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "filter")
+        .and_then(|(_, v)| serde_json::from_str(&v).ok())
+        .unwrap_or_default();
+    let senders: Vec<&str> =
+        filter["senders"].as_array().map(|s| s.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+    let chunk: Vec<serde_json::Value> = script
+        .events
+        .iter()
+        .rev()
+        .filter(|(_, sender, _)| senders.is_empty() || senders.contains(&sender.as_str()))
+        .map(|(id, sender, content)| {
+            json!({"event_id": id, "sender": sender, "type": "m.room.message", "content": content,
+                   "origin_server_ts": 0, "room_id": "!room:test"})
+        })
+        .collect();
+    axum::Json(json!({"start": "s0", "chunk": chunk}))
 }
 
 async fn fake_homeserver(answers: Vec<(u16, serde_json::Value)>) -> (String, Shared) {
@@ -54,6 +104,7 @@ async fn fake_homeserver(answers: Vec<(u16, serde_json::Value)>) -> (String, Sha
         .route("/_matrix/client/v3/register", post(register))
         .route("/_matrix/client/v3/profile/{user}/{field}", put(profile))
         .route("/_matrix/client/v3/rooms/{room}/send/{kind}/{txn}", put(send))
+        .route("/_matrix/client/v3/rooms/{room}/messages", get(messages))
         .with_state(script.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -108,6 +159,37 @@ async fn rate_limits_and_server_errors_are_waited_out_with_one_transaction_id() 
     );
     let waited = script.sends[1].2 - script.sends[0].2;
     assert!(waited >= Duration::from_millis(700), "retry_after_ms was not obeyed: {waited:?}");
+    assert_eq!(script.lookups, 1, "after the 502 the room is searched once before sending again");
+    assert_eq!(script.events.len(), 1);
+}
+
+#[tokio::test]
+async fn a_send_that_landed_but_lost_its_answer_is_found_not_repeated() {
+    let (url, script) = fake_homeserver(vec![]).await;
+    script.lock().unwrap().lose_answers = 1;
+    let (adapter, _dir) = adapter(&url).await;
+    let message = agent_message();
+    adapter.send_message("!room:test", &message).await.unwrap();
+
+    let script = script.lock().unwrap();
+    assert_eq!(script.sends.len(), 1, "the event was found, so it was not sent again");
+    assert_eq!(script.events.len(), 1);
+    assert_eq!(script.events[0].2["mosaic.id"], message.id.to_string(), "the event carries the message id");
+    assert_eq!(script.lookups, 1);
+}
+
+#[tokio::test]
+async fn a_job_left_over_from_an_earlier_run_looks_before_it_sends() {
+    let (url, script) = fake_homeserver(vec![]).await;
+    let (adapter, _dir) = adapter(&url).await;
+    let message = agent_message();
+    adapter.resend_message("!room:test", &message).await.unwrap();
+    adapter.resend_message("!room:test", &message).await.unwrap();
+
+    let script = script.lock().unwrap();
+    assert_eq!(script.lookups, 1, "the first resend searched the room; the second found the event recorded");
+    assert_eq!(script.sends.len(), 1, "the second resend did not send again: {:?}", script.sends);
+    assert_eq!(script.events.len(), 1);
 }
 
 #[tokio::test]

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::Agents;
-use crate::queue::{JobHandler, JobOutcome};
-use crate::store::outbox;
+use crate::queue::{DeadReason, JobHandler, JobOutcome};
+use crate::store::{self, outbox};
 
 /// Turns run in the outbox's lanes (`queue::run_scheduler` with `Queues::Agents`); each
 /// waits for one of its agent's concurrency slots and its rate limit.
@@ -29,6 +29,19 @@ impl JobHandler for Agents {
         let agent = crate::queue::parse_agent_queue(&job.queue).map_or("unknown", |(agent, _)| agent);
         crate::metrics::agent_turn(agent, result, started.elapsed().as_secs_f64());
         outcome
+    }
+
+    async fn on_dead_letter(
+        &self,
+        conn: &mut store::AnyConnection,
+        job: &outbox::Job,
+        reason: DeadReason,
+    ) -> store::Result<()> {
+        // A turn that failed for good has told the room itself.
+        match reason {
+            DeadReason::Permanent => Ok(()),
+            DeadReason::Attempts | DeadReason::Age => super::turn::report_dead_turn(self, conn, job).await,
+        }
     }
 }
 

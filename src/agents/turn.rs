@@ -344,19 +344,46 @@ impl Agents {
         to: &ChannelMessage,
         text: String,
     ) -> store::Result<()> {
-        let mut notice =
-            ChannelMessage::new(&to.channel_id, crate::hub::SYSTEM_SENDER, SenderType::System, text, ContentType::Text)
-                .with_reply_to(to.id)
-                .in_thread_of(to);
-        notice.id = derived_id(to.id, &format!("{}:failed", job.dedupe_key));
         let mut tx = self.store.begin_write().await?;
-        messages::append(&mut tx, &turn.conversation_id, "hub", &notice).await?;
-        crate::hub::fan_out(&mut tx, &turn.conversation_id, &notice).await?;
+        post_notice(&mut tx, job, turn, to, text).await?;
         outbox::mark_done(&mut tx, job.seq).await?;
         tx.commit().await?;
         self.wakers.wake_all();
         Ok(())
     }
+}
+
+/// A turn that was given up (its agent stayed unavailable past the retry limits): the
+/// conversation is told, in the transaction that sets the turn aside.
+pub(super) async fn report_dead_turn(
+    agents: &Agents,
+    conn: &mut AnyConnection,
+    job: &outbox::Job,
+) -> store::Result<()> {
+    let Ok(turn) = serde_json::from_str::<TurnJob>(&job.payload) else { return Ok(()) };
+    let Some(to) = messages::get(conn, turn.message_id).await? else { return Ok(()) };
+    let name = agents.agents.get(&turn.agent).map_or(turn.agent.clone(), |agent| agent.config.display_name());
+    let text = format!("{name} could not answer: it stayed unavailable. An admin can retry with `mosaic-as jobs`.");
+    post_notice(conn, job, &turn, &to, text).await
+}
+
+/// Logs a notice answering `to` in place of the turn's answer and sends it everywhere.
+async fn post_notice(
+    conn: &mut AnyConnection,
+    job: &outbox::Job,
+    turn: &TurnJob,
+    to: &ChannelMessage,
+    text: String,
+) -> store::Result<()> {
+    let mut notice =
+        ChannelMessage::new(&to.channel_id, crate::hub::SYSTEM_SENDER, SenderType::System, text, ContentType::Text)
+            .with_reply_to(to.id)
+            .in_thread_of(to);
+    notice.id = derived_id(to.id, &format!("{}:failed", job.dedupe_key));
+    if messages::append(conn, &turn.conversation_id, "hub", &notice).await? {
+        crate::hub::fan_out(conn, &turn.conversation_id, &notice).await?;
+    }
+    Ok(())
 }
 
 async fn sleep_until(due: Option<Instant>) {

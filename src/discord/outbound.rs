@@ -102,7 +102,17 @@ impl Inner {
             _ => None,
         };
         let mut parts = self.render(target, msg, quote.as_deref());
-        let files = self.files(msg).await?;
+        let (files, not_fetchable) = self.files(msg).await?;
+        for name in not_fetchable {
+            let note = crate::protocol::not_bridged_note(&name);
+            match parts.last_mut() {
+                Some(last) if last.chars().count() + note.chars().count() < LIMIT => {
+                    last.push('\n');
+                    last.push_str(&note);
+                }
+                _ => parts.push(note),
+            }
+        }
         if parts.is_empty() && files.is_empty() {
             parts.push(String::new());
         }
@@ -332,9 +342,10 @@ impl Inner {
         Ok(())
     }
 
-    /// Attachments fetched from the media repository, ready to upload.
-    async fn files(&self, msg: &ChannelMessage) -> Result<Vec<(Vec<u8>, String)>, ChannelSendError> {
-        let mut files = Vec::new();
+    /// Attachments fetched from the media repository, ready to upload, and the names of
+    /// those the repository will never hand out (they are bridged as a note instead).
+    async fn files(&self, msg: &ChannelMessage) -> Result<(Vec<(Vec<u8>, String)>, Vec<String>), ChannelSendError> {
+        let (mut files, mut not_fetchable) = (Vec::new(), Vec::new());
         for attachment in &msg.attachments {
             match self.media.download(&attachment.url).await {
                 Ok(media) => files.push((media.bytes, attachment.name.clone())),
@@ -342,11 +353,12 @@ impl Inner {
                     return Err(ChannelSendError::Transient { message: e, retry_after: None });
                 }
                 Err(crate::protocol::MediaError::Rejected(e)) => {
-                    tracing::warn!(channel = CHANNEL, event = "attachment_skipped", id = %msg.id, error = %e);
+                    tracing::warn!(channel = CHANNEL, event = "attachment_not_bridged", id = %msg.id, error = %e);
+                    not_fetchable.push(attachment.name.clone());
                 }
             }
         }
-        Ok(files)
+        Ok((files, not_fetchable))
     }
 
     /// The thread to post in: `threadId` as given, or the thread of `mosaic.threadRootId`'s

@@ -503,10 +503,16 @@ impl MatrixAdapter {
                         return self.confirm_sent(channel_id, msg.id, &event_id).await;
                     }
                     Ok(None) => look_first = false,
-                    Err(error) => {
+                    Err(error) if error.is_transient() => {
                         last_error = Some(error);
                         tokio::time::sleep(crate::queue::backoff(attempt as i64)).await;
                         continue;
+                    }
+                    Err(error) => {
+                        // The room cannot be read (the speaker may not be in it yet):
+                        // there is nothing to find, so the send goes ahead.
+                        tracing::warn!(room_id = channel_id, message_id = %msg.id, %error, "cannot look for an earlier try");
+                        look_first = false;
                     }
                 }
             }
@@ -560,14 +566,22 @@ impl MatrixAdapter {
         Ok(())
     }
 
-    /// The event `speaker` sent for message `id` in the room, if any: searched among the
-    /// speaker's recent messages there by the `mosaic.id` every sent event carries.
+    /// The event `speaker` sent for message `id` in the room, if any: recorded already,
+    /// or found among the speaker's recent messages there by the `mosaic.id` every sent
+    /// event carries.
     async fn find_sent(
         &self,
         room_id: &OwnedRoomId,
         speaker: &UserId,
         id: Uuid,
     ) -> Result<Option<OwnedEventId>, HsError> {
+        let recorded = match self.store.conn().await {
+            Ok(mut conn) => messages::native_for_message(&mut conn, CHANNEL, room_id.as_str(), id).await.ok().flatten(),
+            Err(_) => None,
+        };
+        if let Some(event_id) = recorded.and_then(|e| OwnedEventId::try_from(e).ok()) {
+            return Ok(Some(event_id));
+        }
         let wanted = id.to_string();
         let mut from = None;
         for _ in 0..LOOK_BACK_PAGES {

@@ -38,7 +38,7 @@ pub enum HsError {
 }
 
 impl HsError {
-    /// Network failures, 429 and 5xx may succeed when tried again; 4xx will not.
+    /// Network failures, 408, 429 and 5xx may succeed when tried again; other 4xx will not.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Network(_) | Self::RateLimited { .. } | Self::Server { .. })
     }
@@ -175,7 +175,8 @@ impl ToHsError for ruma::api::error::Error {
             return HsError::RateLimited { retry_after: None };
         }
         let message = self.to_string();
-        if status >= 500 {
+        // A request timeout says nothing about the request itself: worth another try.
+        if status >= 500 || status == 408 {
             return HsError::Server { status, message };
         }
         let errcode = self.error_kind().map(|k| k.errcode().to_string()).unwrap_or_else(|| "M_UNKNOWN".into());

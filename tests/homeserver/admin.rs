@@ -143,6 +143,15 @@ async fn admins_provision_accounts_and_manage_conversations() {
     assert_eq!(admin.call(reqwest::Method::DELETE, "/accounts/alice-co", None).await.0, 204);
     let (_, accounts) = admin.call(reqwest::Method::GET, "/accounts", None).await;
     assert!(accounts["accounts"].as_array().unwrap().is_empty());
+
+    // Dead letters: none here; bad ids are refused, unknown ones not found.
+    let (status, jobs) = admin.call(reqwest::Method::GET, "/jobs", None).await;
+    assert_eq!((status, jobs["deadLetters"].as_array().map(Vec::len)), (200, Some(0)), "{jobs}");
+    assert_eq!(admin.call(reqwest::Method::GET, "/jobs/mail/1", None).await.0, 400);
+    assert_eq!(admin.call(reqwest::Method::GET, "/jobs/outbox/x", None).await.0, 400);
+    assert_eq!(admin.call(reqwest::Method::GET, "/jobs/outbox/999999", None).await.0, 404);
+    assert_eq!(admin.call(reqwest::Method::POST, "/jobs/inbox/999999/retry", None).await.0, 404);
+    assert_eq!(admin.call(reqwest::Method::POST, "/jobs/outbox/999999/drop", None).await.0, 404);
 }
 
 /// The membership of `user` in `room`, as `viewer` sees it.

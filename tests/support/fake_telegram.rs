@@ -135,6 +135,8 @@ struct Store {
     sent: Vec<Sent>,
     failures: VecDeque<(u16, Option<u32>)>,
     poll_failures: VecDeque<(u16, Option<u32>)>,
+    /// Chats whose sends always fail with this status.
+    broken_chats: HashMap<i64, u16>,
     webhook: Option<(String, Option<String>)>,
     calls: HashMap<String, usize>,
     last_params: HashMap<String, Value>,
@@ -325,6 +327,11 @@ impl FakeTelegram {
     pub fn fail_next(&self, n: usize, status: u16, retry_after: Option<u32>) {
         let mut store = self.store();
         store.failures.extend(std::iter::repeat_n((status, retry_after), n));
+    }
+
+    /// Every send to `chat` fails with `status` from now on (its updates still arrive).
+    pub fn break_chat(&self, chat: i64, status: u16) {
+        self.store().broken_chats.insert(chat, status);
     }
 
     /// The next `n` getUpdates calls fail.
@@ -589,6 +596,11 @@ async fn handle(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap,
         };
         if let Some((status, retry_after)) = injected {
             return reply(Err(failure(status, retry_after)));
+        }
+        let is_send = matches!(method.as_str(), "sendmessage" | "editmessagetext" | "sendphoto" | "senddocument");
+        let chat = params.get("chat_id").and_then(|c| c.as_i64().or_else(|| c.as_str()?.parse().ok()));
+        if let Some(status) = chat.filter(|_| is_send).and_then(|chat| store.broken_chats.get(&chat)) {
+            return reply(Err(failure(*status, None)));
         }
     }
     let answer = match method.as_str() {

@@ -38,6 +38,7 @@ pub const SLOTS: &[&str] = &[
     "telegram",
     "discord",
     "soak",
+    "soak-pg",
     "restart",
     "backlog",
 ];
@@ -113,6 +114,13 @@ impl Slot {
     /// Rewrites the config with more top-level tables (e.g. `[retention]`).
     pub fn write_config_with_sections(&self, sections: &str) {
         self.write_config_at(homeserver().port, sections, "");
+    }
+
+    /// Points the slot's written config at another database.
+    pub fn set_database_url(&self, url: &str) {
+        let text = std::fs::read_to_string(self.config_path()).unwrap();
+        let text = text.replace(r#"url = "sqlite://mosaic-as.db""#, &format!("url = {url:?}"));
+        std::fs::write(self.config_path(), text).unwrap();
     }
 
     fn write_config_at(&self, homeserver_port: u16, sections: &str, agents: &str) {
@@ -638,6 +646,20 @@ impl Person {
 /// The event a message replies to.
 pub fn reply_target(event: &Value) -> Option<&str> {
     event["content"]["m.relates_to"]["m.in_reply_to"]["event_id"].as_str()
+}
+
+/// A fresh, empty PostgreSQL database for one test (`MOSAIC_TEST_POSTGRES_URL`, set by
+/// `scripts/test.sh`, names the server); its URL.
+pub async fn fresh_postgres_database(prefix: &str) -> String {
+    use sqlx::Connection;
+    let base = std::env::var("MOSAIC_TEST_POSTGRES_URL")
+        .expect("MOSAIC_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh, which starts PostgreSQL");
+    let name = format!("{prefix}_{}", &random_hex()[..12]);
+    sqlx::any::install_default_drivers();
+    let mut admin = sqlx::AnyConnection::connect(&base).await.unwrap_or_else(|e| panic!("PostgreSQL at {base}: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+    let (server, _) = base.rsplit_once('/').unwrap();
+    format!("{server}/{name}")
 }
 
 pub fn body(event: &Value) -> &str {
