@@ -589,7 +589,7 @@ impl Config {
     /// Agent programs get folders of their own: refuses a workspace that is, or holds,
     /// one of the `protected` paths (the config file, the database, the service's
     /// working directory), each named for the message.
-    pub fn check_workspaces(&self, protected: &[(&str, PathBuf)]) -> Result<(), (&'static str, String)> {
+    fn check_workspaces(&self, protected: &[(&str, PathBuf)]) -> Result<(), (&'static str, String)> {
         for agent in self.agents.iter().filter(|agent| agent.runs_programs()) {
             let Some(workspace) = agent.workspace.as_deref().map(normalize) else { continue };
             if let Some((what, path)) = protected.iter().find(|(_, path)| normalize(path).starts_with(&workspace)) {
