@@ -40,6 +40,8 @@ pub enum ServeError {
     Http(std::io::Error),
     #[error("cannot set up the {0}")]
     Bridge(String),
+    #[error("cannot make the service non-dumpable (agent programs could read its memory): {0}")]
+    NonDumpable(std::io::Error),
 }
 
 /// Runs outbox jobs by kind.
@@ -213,6 +215,9 @@ fn bridge_adapters(
 
 /// Runs the service until Ctrl-C or SIGTERM.
 pub async fn serve(mut config: Config) -> Result<(), ServeError> {
+    // Before any agent program starts: programs running as this user must not read our
+    // memory or /proc/<pid>/environ, which hold the tokens (see agents::confine).
+    crate::agents::confine::make_non_dumpable().map_err(ServeError::NonDumpable)?;
     crate::metrics::install();
     let store = Store::open(&config.database.url).await?;
     // Bridge tokens sealed in the database stand in for those missing from the config.

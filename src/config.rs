@@ -3,8 +3,9 @@
 //! Secrets may come from the environment instead of the file so that the file can be
 //! shared or committed to an operator's own repository without them.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +104,11 @@ pub struct AppserviceConfig {
     /// Largest transaction body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Folder for the service's own files (the agents' workspaces). Left out: the SQLite
+    /// database's folder, or with PostgreSQL the config file's folder. Relative paths are
+    /// relative to the config file; `Config::load` fills it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -399,6 +405,23 @@ pub struct AgentConfig {
     /// Most turns this agent starts per minute; more wait their turn (no limit if unset).
     #[serde(default)]
     pub turns_per_minute: Option<u32>,
+    /// Folder under which each conversation gets the folder its program works in
+    /// (`command`, `acp`). Left out: `<data_dir>/workspaces/<id>`; relative paths are
+    /// relative to the config file; `Config::load` fills it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<PathBuf>,
+    /// Environment variables given to the agent's program, beside `PATH`, `LANG` and
+    /// `HOME` (`command`, `acp`). They win over those three.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Names of variables of this service's environment passed on to the agent's program
+    /// (an API key, say), so that their values need not be in this file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pass_env: Vec<String>,
+    /// `user` or `user:group` the agent's program runs as; only when the service runs
+    /// as root (`command`, `acp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
 }
 
 impl AgentConfig {
@@ -422,7 +445,16 @@ impl AgentConfig {
             max_edits: default_max_edits(),
             concurrency: default_concurrency(),
             turns_per_minute: None,
+            workspace: None,
+            env: BTreeMap::new(),
+            pass_env: Vec::new(),
+            run_as: None,
         }
+    }
+
+    /// Whether this agent's runtime starts programs, which are confined to a workspace.
+    pub fn runs_programs(&self) -> bool {
+        matches!(self.runtime.as_str(), "command" | "acp")
     }
 
     pub fn display_name(&self) -> String {
@@ -515,12 +547,22 @@ impl Config {
             message,
         })?;
         config.apply_env(|name| std::env::var(name).ok());
-        config.resolve_relative_paths(path.parent().unwrap_or(Path::new(".")));
-        config.validate().map_err(|(key, message)| ConfigError::Invalid {
-            path: path.to_owned(),
-            key: key.into(),
-            message,
-        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_relative_paths(base);
+        let invalid =
+            |(key, message): (&str, String)| ConfigError::Invalid { path: path.to_owned(), key: key.into(), message };
+        let base = std::path::absolute(if base.as_os_str().is_empty() { Path::new(".") } else { base })
+            .map_err(|error| invalid(("(file)", format!("cannot tell the config file's folder: {error}"))))?;
+        config.resolve_workspaces(&base);
+        config.validate().map_err(invalid)?;
+        let mut protected = vec![("the config file", base.join(path.file_name().unwrap_or_default()))];
+        if let Some(database) = sqlite_file(&config.database.url) {
+            protected.push(("the database", base.join(database)));
+        }
+        if let Ok(cwd) = std::env::current_dir() {
+            protected.push(("the service's working directory", cwd));
+        }
+        config.check_workspaces(&protected).map_err(invalid)?;
         Ok(config)
     }
 
@@ -562,6 +604,45 @@ impl Config {
                 };
             }
         }
+    }
+
+    /// Fills in `appservice.data_dir` and every agent's `workspace` as absolute paths
+    /// (see their docs); `base` is the config file's folder, absolute.
+    fn resolve_workspaces(&mut self, base: &Path) {
+        let data_dir = match self.appservice.data_dir.take() {
+            Some(dir) => base.join(dir),
+            None => sqlite_file(&self.database.url)
+                .and_then(|file| base.join(file).parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| base.to_path_buf()),
+        };
+        for agent in &mut self.agents {
+            agent.workspace = Some(match agent.workspace.take() {
+                Some(dir) => base.join(dir),
+                None => data_dir.join("workspaces").join(crate::agents::confine::path_component(&agent.id)),
+            });
+        }
+        self.appservice.data_dir = Some(data_dir);
+    }
+
+    /// Agent programs get folders of their own: refuses a workspace that is, or holds,
+    /// one of the `protected` paths (the config file, the database, the service's
+    /// working directory), each named for the message.
+    fn check_workspaces(&self, protected: &[(&str, PathBuf)]) -> Result<(), (&'static str, String)> {
+        for agent in self.agents.iter().filter(|agent| agent.runs_programs()) {
+            let Some(workspace) = agent.workspace.as_deref().map(normalize) else { continue };
+            if let Some((what, path)) = protected.iter().find(|(_, path)| normalize(path).starts_with(&workspace)) {
+                return Err((
+                    "agent.workspace",
+                    format!(
+                        "agent {:?}: the workspace {} holds {what} ({}); give the agent's programs a folder of their own",
+                        agent.id,
+                        workspace.display(),
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
@@ -646,6 +727,28 @@ impl Config {
     }
 }
 
+/// The file of a SQLite database URL; `None` for PostgreSQL and in-memory databases.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let file = rest.split('?').next().unwrap_or_default();
+    (!file.is_empty() && !file.starts_with(':')).then(|| PathBuf::from(file))
+}
+
+/// `path` with `.` and `..` resolved without looking at the file system.
+fn normalize(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                normal.pop();
+            }
+            other => normal.push(other),
+        }
+    }
+    normal
+}
+
 fn is_localpart(s: &str) -> bool {
     s.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/'))
 }
@@ -697,6 +800,68 @@ mod tests {
         let (key, message) = Config::parse(&text).unwrap().validate().unwrap_err();
         assert_eq!(key, "appservice.as_token");
         assert!(message.contains("MOSAIC_AS_AS_TOKEN"));
+    }
+
+    /// Loads `text` (after `MINIMAL`) from `mosaic-as.toml` in the folder `conf`.
+    fn load_in(conf: &Path, text: &str) -> Result<Config, ConfigError> {
+        std::fs::create_dir_all(conf).unwrap();
+        let path = conf.join("mosaic-as.toml");
+        std::fs::write(&path, format!("{MINIMAL}\n{text}")).unwrap();
+        Config::load(&path)
+    }
+
+    const CODER: &str =
+        "[[agent]]\nid = \"echo\"\n\n[[agent]]\nid = \"coder\"\nruntime = \"command\"\ncommand = [\"true\"]\n";
+
+    #[test]
+    fn workspaces_default_to_the_data_dir_beside_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("etc");
+        let state = dir.path().join("state");
+        let sqlite = format!("[database]\nurl = \"sqlite://{}/mosaic-as.db?mode=rwc\"\n", state.display());
+        let config = load_in(&conf, &format!("{CODER}\n{sqlite}")).unwrap();
+        assert_eq!(config.appservice.data_dir.as_deref(), Some(state.as_path()));
+        assert_eq!(config.agent("coder").unwrap().workspace, Some(state.join("workspaces/coder")));
+
+        // PostgreSQL: beside the config file.
+        let postgres = "[database]\nurl = \"postgres://mosaic@localhost/mosaic\"\n";
+        let config = load_in(&conf, &format!("{CODER}\n{postgres}")).unwrap();
+        assert_eq!(config.agent("coder").unwrap().workspace, Some(conf.join("workspaces/coder")));
+
+        // Relative settings are relative to the config file; odd agent ids are made safe.
+        let text = MINIMAL.replace("hs_token", "data_dir = \"data\"\nhs_token");
+        std::fs::write(conf.join("mosaic-as.toml"), format!("{text}\n{CODER}\n[[agent]]\nid = \"a/../..\"\nruntime = \"acp\"\ncommand = [\"x\"]\n[[agent]]\nid = \"own\"\nruntime = \"acp\"\ncommand = [\"x\"]\nworkspace = \"agents/own\"\n")).unwrap();
+        let config = Config::load(&conf.join("mosaic-as.toml")).unwrap();
+        assert_eq!(config.appservice.data_dir.as_deref(), Some(conf.join("data").as_path()));
+        assert_eq!(config.agent("coder").unwrap().workspace, Some(conf.join("data/workspaces/coder")));
+        let odd = config.agent("a/../..").unwrap().workspace.clone().unwrap();
+        assert_eq!(odd.parent(), Some(conf.join("data/workspaces").as_path()));
+        assert!(odd.file_name().unwrap().to_str().unwrap().starts_with("_a______-"), "{}", odd.display());
+        assert_eq!(config.agent("own").unwrap().workspace, Some(conf.join("agents/own")));
+    }
+
+    #[test]
+    fn a_workspace_holding_the_service_files_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("etc");
+        for workspace in [".", "..", "/", "sub/../."] {
+            let text = format!("{CODER}workspace = \"{workspace}\"\n");
+            let Err(ConfigError::Invalid { key, message, .. }) = load_in(&conf, &text) else {
+                panic!("workspace = {workspace:?} was accepted")
+            };
+            assert_eq!(key, "agent.workspace", "{workspace}");
+            assert!(message.contains("holds the config file"), "{message}");
+        }
+        let database = dir.path().join("state/mosaic-as.db");
+        let text = format!(
+            "{CODER}workspace = \"{}\"\n[database]\nurl = \"sqlite://{}\"\n",
+            dir.path().join("state").display(),
+            database.display()
+        );
+        let Err(ConfigError::Invalid { message, .. }) = load_in(&conf, &text) else { panic!("accepted") };
+        assert!(message.contains("holds the database"), "{message}");
+        // A folder inside the config file's folder holds none of them.
+        load_in(&conf, &format!("{CODER}workspace = \"agents\"\n")).unwrap();
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! The runtimes that run agent programs: `command` (a process per turn) and `acp` (a
-//! long-running Agent Client Protocol agent), against the Python fakes in
-//! `tests/fixtures/`.
+//! long-running Agent Client Protocol agent), against the fakes in `tests/fixtures/`,
+//! and how those programs are confined.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mosaic_as::agents::acp::AcpRuntime;
 use mosaic_as::agents::command::CommandRuntime;
+use mosaic_as::agents::confine::{self, path_component, service_uid};
 use mosaic_as::agents::runtime::PermissionRequest;
 use mosaic_as::agents::{AgentError, AgentEvent, AgentRuntime, ContextMessage, Role, TurnContext};
 use mosaic_as::config::AgentConfig;
@@ -20,8 +23,14 @@ fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Where the agents of tests that do not look at their folders work.
+fn shared_workspace() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("process_runtimes")
+}
+
 fn agent(runtime: &str, script: &str, args: &[&str]) -> AgentConfig {
     let mut agent = AgentConfig::new("helper", "Helper", runtime);
+    agent.workspace = Some(shared_workspace());
     agent.command = vec!["python3".into(), fixture(script)];
     agent.command.extend(args.iter().map(|a| a.to_string()));
     agent
@@ -206,6 +215,7 @@ async fn command_exiting_with_an_error_fails_with_its_stderr() {
 #[tokio::test]
 async fn command_missing_program_is_unavailable() {
     let mut config = AgentConfig::new("helper", "Helper", "command");
+    config.workspace = Some(shared_workspace());
     config.command = vec!["mosaic-no-such-program".into()];
     let runtime: Arc<dyn AgentRuntime> = Arc::new(CommandRuntime::new(&config).unwrap());
     let (_, result) = run(&runtime, ask("hi"), Answer::Refuse).await;
@@ -387,9 +397,211 @@ async fn acp_file_system_requests_are_refused() {
 #[tokio::test]
 async fn acp_missing_program_is_unavailable() {
     let mut config = AgentConfig::new("helper", "Helper", "acp");
+    config.workspace = Some(shared_workspace());
     config.command = vec!["mosaic-no-such-agent".into()];
     let runtime: Arc<dyn AgentRuntime> = Arc::new(AcpRuntime::new(&config).unwrap());
     let (_, result) = run(&runtime, ask("hi"), Answer::Refuse).await;
     let Err(AgentError::Unavailable(message)) = result else { panic!("expected Unavailable, got {result:?}") };
     assert!(message.contains("mosaic-no-such-agent"), "{message}");
+}
+
+// --- confinement ---
+
+/// A variable of the service's environment that no agent program may see.
+const CANARY: &str = "MOSAIC_TEST_CANARY";
+/// Set in the copy of this test binary that plays the service for
+/// `a_command_agent_is_confined_and_cannot_read_the_service`.
+const PLAYING_THE_SERVICE: &str = "MOSAIC_TEST_PLAYING_THE_SERVICE";
+
+/// A `command` agent running `confined_agent.sh`, with its workspace in `root`.
+fn confined_agent(root: &Path) -> AgentConfig {
+    let mut agent = AgentConfig::new("helper", "Helper", "command");
+    agent.command = vec!["/bin/sh".into(), fixture("confined_agent.sh")];
+    agent.workspace = Some(root.to_path_buf());
+    agent
+}
+
+/// What `confined_agent.sh` reported.
+#[derive(Debug)]
+struct Report {
+    cwd: PathBuf,
+    uid: u32,
+    env: BTreeMap<String, String>,
+    /// `readable` or `denied`.
+    parent_environ: String,
+    canary_seen: bool,
+}
+
+impl Report {
+    fn parse(text: &str) -> Self {
+        let mut report = Report {
+            cwd: PathBuf::new(),
+            uid: u32::MAX,
+            env: BTreeMap::new(),
+            parent_environ: String::new(),
+            canary_seen: false,
+        };
+        for line in text.lines() {
+            if let Some(cwd) = line.strip_prefix("cwd: ") {
+                report.cwd = cwd.into();
+            } else if let Some(uid) = line.strip_prefix("uid: ") {
+                report.uid = uid.parse().unwrap();
+            } else if let Some((name, value)) = line.strip_prefix("env: ").and_then(|v| v.split_once('=')) {
+                report.env.insert(name.into(), value.into());
+            } else if line == "parent environ: canary seen" {
+                report.canary_seen = true;
+            } else if let Some(state) = line.strip_prefix("parent environ: ") {
+                report.parent_environ = state.into();
+            }
+        }
+        report
+    }
+}
+
+fn mode_and_owner(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).unwrap();
+    (meta.mode() & 0o7777, meta.uid())
+}
+
+/// The service's side of the test below, run in a fresh copy of this test binary as an
+/// unprivileged user: nothing else has made it non-dumpable yet.
+async fn play_the_service() {
+    assert_ne!(service_uid(), 0, "root reads every process: this must run as another user");
+    // Without protection, a program of the same user reads the service's environment.
+    let unprotected =
+        std::process::Command::new("/bin/sh").args(["-c", "tr '\\0' '\\n' < /proc/$PPID/environ"]).output().unwrap();
+    let seen = String::from_utf8_lossy(&unprotected.stdout);
+    assert!(seen.contains(&format!("{CANARY}=")), "the unprotected read failed: the test proves nothing");
+
+    let root = tempfile::tempdir().unwrap();
+    let mut config = confined_agent(root.path());
+    config.env.insert("AGENT_MODE".into(), "careful".into());
+    config.pass_env = vec!["CARGO_PKG_NAME".into(), "MOSAIC_TEST_SURELY_UNSET".into()];
+    let runtime: Arc<dyn AgentRuntime> = Arc::new(CommandRuntime::new(&config).unwrap());
+    assert!(!confine::is_dumpable(), "an agent runtime makes the service non-dumpable");
+    let (seen, result) = run(&runtime, ask("where am I?"), Answer::Refuse).await;
+    result.unwrap();
+    let report = Report::parse(&seen.text);
+
+    let workspace = root.path().join(path_component("!room:example.org"));
+    assert_eq!(report.cwd, workspace.canonicalize().unwrap(), "{}", seen.text);
+    assert_ne!(report.cwd, std::env::current_dir().unwrap().canonicalize().unwrap());
+    assert_eq!(mode_and_owner(&workspace), (0o700, service_uid()));
+
+    let mut names = vec!["AGENT_MODE", "CARGO_PKG_NAME", "HOME", "PATH"];
+    if std::env::var_os("LANG").is_some() {
+        names.push("LANG");
+    }
+    names.sort();
+    assert_eq!(report.env.keys().collect::<Vec<_>>(), names, "{}", seen.text);
+    assert_eq!(report.env["HOME"], workspace.display().to_string());
+    assert_eq!(report.env["PATH"], std::env::var("PATH").unwrap());
+    assert_eq!(report.env["CARGO_PKG_NAME"], "mosaic-as");
+    assert_eq!(report.env["AGENT_MODE"], "careful");
+
+    assert_eq!(report.parent_environ, "denied", "{}", seen.text);
+    assert!(!report.canary_seen);
+}
+
+#[test]
+fn a_command_agent_is_confined_and_cannot_read_the_service() {
+    if std::env::var_os(PLAYING_THE_SERVICE).is_some() {
+        return tokio::runtime::Runtime::new().unwrap().block_on(play_the_service());
+    }
+    // This process may be non-dumpable already (other tests build runtimes), and as root
+    // it could read any process anyway: a fresh copy of it plays the service, as an
+    // unprivileged user when we are root.
+    let name = "a_command_agent_is_confined_and_cannot_read_the_service";
+    let mut service = std::process::Command::new(std::env::current_exe().unwrap());
+    service
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(PLAYING_THE_SERVICE, "1")
+        .env(CANARY, "the service's secret")
+        .current_dir("/");
+    if service_uid() == 0 {
+        use std::os::unix::process::CommandExt;
+        let nobody = confine::resolve_run_as("nobody", 0).expect("the user nobody");
+        service.uid(nobody.uid).gid(nobody.gid);
+    }
+    let output = service.output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && stdout.contains("1 passed"), "{stdout}\n{stderr}");
+}
+
+#[tokio::test]
+async fn run_as_drops_to_that_user_in_a_folder_it_owns_and_needs_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut config = confined_agent(&root.path().join("coder"));
+    config.run_as = Some("nobody".into());
+    if service_uid() != 0 {
+        let refused = CommandRuntime::new(&config).err().expect("run_as without root");
+        assert!(refused.contains("needs the service to run as root"), "{refused}");
+        return;
+    }
+    let nobody = confine::resolve_run_as("nobody", 0).unwrap();
+    // Behind a folder of mode 0700, nobody could not reach its workspace.
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let refused = CommandRuntime::new(&config).err().expect("an unreachable workspace");
+    assert!(refused.contains("cannot reach"), "{refused}");
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+
+    let runtime: Arc<dyn AgentRuntime> = Arc::new(CommandRuntime::new(&config).unwrap());
+    let (seen, result) = run(&runtime, ask("who am I?"), Answer::Refuse).await;
+    result.unwrap();
+    let report = Report::parse(&seen.text);
+    let workspace = root.path().join("coder").join(path_component("!room:example.org"));
+    assert_eq!(report.uid, nobody.uid, "{}", seen.text);
+    assert_eq!(report.cwd, workspace.canonicalize().unwrap());
+    assert_eq!(mode_and_owner(&workspace), (0o700, nobody.uid));
+    assert_eq!(mode_and_owner(&root.path().join("coder")), (0o700, nobody.uid));
+    assert_eq!(report.parent_environ, "denied", "{}", seen.text);
+}
+
+#[test]
+fn agents_with_an_unknown_run_as_user_or_no_workspace_are_refused() {
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    for runtime in ["command", "acp"] {
+        let mut config = confined_agent(root.path());
+        config.runtime = runtime.into();
+        config.run_as = Some("mosaic-no-such-user".into());
+        let refused = match runtime {
+            "command" => CommandRuntime::new(&config).err(),
+            _ => AcpRuntime::new(&config).err(),
+        };
+        let refused = refused.expect("an unknown user");
+        assert!(refused.contains("there is no user \"mosaic-no-such-user\""), "{refused}");
+
+        config.run_as = None;
+        config.workspace = None;
+        let refused = match runtime {
+            "command" => CommandRuntime::new(&config).err(),
+            _ => AcpRuntime::new(&config).err(),
+        };
+        assert!(refused.expect("no workspace").starts_with("agent.workspace"));
+    }
+}
+
+#[tokio::test]
+async fn acp_agent_runs_in_its_folder_and_each_conversation_in_its_own() {
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let runtime = acp_runtime(|config| config.workspace = Some(root.path().to_path_buf()));
+    let (seen, result) = run(&runtime, ask("probe-confinement"), Answer::Choose("allow")).await;
+    result.unwrap();
+    let line = |name: &str, path: &Path| format!("{name}: {}\n", path.display());
+    assert!(seen.text.contains(&line("process cwd", &root.path().canonicalize().unwrap())), "{}", seen.text);
+    assert!(seen.text.contains(&line("HOME", root.path())), "{}", seen.text);
+    let first = root.path().join(path_component("!room:example.org"));
+    assert!(seen.text.contains(&line("session cwd", &first)), "{}", seen.text);
+    assert!(seen.text.contains("CARGO_MANIFEST_DIR seen: False"), "{}", seen.text);
+    assert_eq!(mode_and_owner(&first).0, 0o700);
+
+    let mut elsewhere = ask("probe-confinement");
+    elsewhere.conversation_id = "../../elsewhere".into();
+    let (seen, result) = run(&runtime, elsewhere, Answer::Choose("allow")).await;
+    result.unwrap();
+    let second = root.path().join(path_component("../../elsewhere"));
+    assert_eq!(second.parent(), Some(root.path()));
+    assert!(seen.text.contains(&line("session cwd", &second)), "{}", seen.text);
 }

@@ -24,6 +24,9 @@
 //! as it arrives (a final newline is dropped). Exit status 0 ends the turn; any other
 //! status fails it, with the end of standard error as the reason. A program that runs
 //! longer than `timeout_secs` is killed.
+//!
+//! The program runs confined (see `confine`): in the conversation's own folder, which is
+//! also its `HOME`, with only the allowed environment.
 
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -31,9 +34,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
 
+use super::confine::Confinement;
 use super::runtime::{AgentError, AgentEvent, AgentRuntime, ContextMessage, Role, TurnContext};
 use crate::config::AgentConfig;
 
@@ -42,8 +46,6 @@ const STDERR_TAIL_BYTES: usize = 2048;
 /// Longest piece of output sent at once; a longer line is streamed in pieces so that a
 /// program printing without newlines cannot make us buffer without bound.
 const MAX_PIECE_BYTES: u64 = 16 * 1024;
-/// Prefix of this service's own environment variables.
-const SERVICE_ENV_PREFIX: &str = "MOSAIC_AS_";
 
 /// Checks the settings this runtime needs: the config key at fault and why.
 pub fn check_config(agent: &AgentConfig) -> Result<(), (&'static str, String)> {
@@ -61,6 +63,7 @@ pub struct CommandRuntime {
     program: String,
     args: Vec<String>,
     timeout: Duration,
+    confinement: Confinement,
 }
 
 impl CommandRuntime {
@@ -70,12 +73,18 @@ impl CommandRuntime {
             program: agent.command[0].clone(),
             args: agent.command[1..].to_vec(),
             timeout: Duration::from_secs(agent.timeout_secs),
+            confinement: Confinement::new(agent)?,
         })
     }
 
-    fn spawn(&self) -> Result<Child, AgentError> {
-        without_service_secrets(&mut Command::new(&self.program))
-            .args(&self.args)
+    /// Starts the program in the conversation's workspace, created if missing.
+    fn spawn(&self, turn: &TurnContext) -> Result<Child, AgentError> {
+        let workspace = self.confinement.workspace(&turn.conversation_id).map_err(|error| {
+            tracing::error!(agent = turn.agent_id, session = turn.session_key(), %error, "cannot prepare the workspace");
+            AgentError::Failed(format!("cannot prepare the workspace of this conversation: {error}"))
+        })?;
+        self.confinement
+            .command(&self.program, &self.args, &workspace)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -113,7 +122,7 @@ impl AgentRuntime for CommandRuntime {
     async fn respond(&self, turn: &TurnContext, events: mpsc::Sender<AgentEvent>) -> Result<(), AgentError> {
         let input = serde_json::to_vec(&TurnInput::from(turn))
             .map_err(|error| AgentError::Failed(format!("cannot encode the turn: {error}")))?;
-        let mut child = self.spawn()?;
+        let mut child = self.spawn(turn)?;
         tracing::debug!(agent = turn.agent_id, session = turn.session_key(), pid = child.id(), "command started");
         let outcome = tokio::time::timeout(self.timeout, self.drive(&mut child, input, &events)).await;
         let Ok(result) = outcome else {
@@ -135,18 +144,6 @@ impl AgentRuntime for CommandRuntime {
         let reason = if stderr.trim().is_empty() { "(no output on stderr)".into() } else { stderr };
         Err(AgentError::Failed(format!("{:?} failed ({status}): {}", self.program, reason.trim_end())))
     }
-}
-
-/// Agent programs are other people's code: they get our environment (API keys they may
-/// need, `PATH`, …) but not this service's own settings, which hold the appservice tokens
-/// and the database URL.
-pub(crate) fn without_service_secrets(command: &mut Command) -> &mut Command {
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with(SERVICE_ENV_PREFIX) {
-            command.env_remove(name);
-        }
-    }
-    command
 }
 
 /// What the program reads on its standard input.

@@ -3,6 +3,7 @@
 pub mod acp;
 pub mod anthropic;
 pub mod command;
+pub mod confine;
 pub mod context;
 pub mod control;
 mod echo;
@@ -37,8 +38,8 @@ pub fn check_config(agent: &AgentConfig) -> Result<(), (&'static str, String)> {
         "echo" => Ok(()),
         "openai" => openai::check_config(agent),
         "anthropic" => anthropic::check_config(agent),
-        "command" => command::check_config(agent),
-        "acp" => acp::check_config(agent),
+        "command" => command::check_config(agent).and_then(|()| confine::check_config(agent)),
+        "acp" => acp::check_config(agent).and_then(|()| confine::check_config(agent)),
         other => Err(("agent.runtime", format!("unknown runtime {other:?}; expected one of: {}", RUNTIMES.join(", ")))),
     }
 }

@@ -17,8 +17,6 @@ use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::agents::command::without_service_secrets;
-
 use super::wire::{self, Message, PermissionParams, RpcError, SessionNotification, SessionUpdate};
 
 /// Most bytes of the agent's standard error kept to explain why it died.
@@ -75,10 +73,10 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Starts the program; the caller then calls `initialize`.
-    pub fn spawn(agent: &str, program: &str, args: &[String]) -> std::io::Result<Self> {
-        let mut child = without_service_secrets(&mut Command::new(program))
-            .args(args)
+    /// Starts the program (`command`, confined by the caller; `program` names it in
+    /// messages); the caller then calls `initialize`.
+    pub fn spawn(agent: &str, program: &str, mut command: Command) -> std::io::Result<Self> {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

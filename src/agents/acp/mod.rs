@@ -9,11 +9,16 @@
 //! messages. The agent's text, tool calls and plans are streamed; its permission
 //! questions are put to people, and refused when nobody answers in time. We offer the
 //! agent no file system and no terminal: it works in its own environment.
+//!
+//! The process is confined (see `confine`): it runs in the agent's folder, which is its
+//! `HOME`, with only the allowed environment; each session's `cwd` is its conversation's
+//! own folder inside it.
 
 mod connection;
 mod turn;
 mod wire;
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +29,7 @@ use tokio::time::Instant;
 
 use self::connection::{CallError, Connection, lock};
 use self::turn::{Limits, Turn};
+use super::confine::Confinement;
 use super::runtime::{AgentError, AgentEvent, AgentRuntime, ContextMessage, Role, TurnContext};
 use crate::config::AgentConfig;
 
@@ -45,6 +51,7 @@ pub struct AcpRuntime {
     args: Vec<String>,
     turn_timeout: Duration,
     permission_timeout: Duration,
+    confinement: Confinement,
     /// The running process, if started; replaced when it died.
     current: Mutex<Option<Arc<Connection>>>,
     /// Held while a process starts, so that concurrent turns start only one.
@@ -60,6 +67,7 @@ impl AcpRuntime {
             args: agent.command[1..].to_vec(),
             turn_timeout: Duration::from_secs(agent.timeout_secs),
             permission_timeout: Duration::from_secs(agent.permission_timeout_secs),
+            confinement: Confinement::new(agent)?,
             current: Mutex::new(None),
             starting: tokio::sync::Mutex::new(()),
         })
@@ -71,7 +79,12 @@ impl AcpRuntime {
         if let Some(conn) = self.running() {
             return Ok(conn);
         }
-        let conn = Connection::spawn(&self.agent, &self.program, &self.args)
+        let home = self.confinement.agent_folder().map_err(|error| {
+            tracing::error!(agent = self.agent, %error, "cannot prepare the agent's folder");
+            AgentError::Failed(format!("cannot prepare the agent's folder: {error}"))
+        })?;
+        let command = self.confinement.command(&self.program, &self.args, &home);
+        let conn = Connection::spawn(&self.agent, &self.program, command)
             .map_err(|error| AgentError::Unavailable(format!("cannot start {:?}: {error}", self.program)))?;
         let result =
             conn.request("initialize", wire::initialize_params()).await.map_err(|e| setup_error("initialize", e))?;
@@ -91,14 +104,12 @@ impl AcpRuntime {
         lock(&self.current).as_ref().filter(|conn| conn.is_alive()).cloned()
     }
 
-    /// The session of the turn's thread; `true` when it was just created.
-    async fn session(&self, conn: &Connection, key: &str) -> Result<(String, bool), AgentError> {
+    /// The session of the turn's thread, working in `cwd`; `true` when it was just created.
+    async fn session(&self, conn: &Connection, key: &str, cwd: &Path) -> Result<(String, bool), AgentError> {
         let _creating = conn.creating_sessions().await;
         if let Some(session_id) = conn.session(key) {
             return Ok((session_id, false));
         }
-        let cwd = std::env::current_dir()
-            .map_err(|error| AgentError::Failed(format!("cannot tell the working directory: {error}")))?;
         let params = wire::new_session_params(&cwd.display().to_string());
         let result = conn.request("session/new", params).await.map_err(|e| setup_error("session/new", e))?;
         let session_id = parse::<wire::NewSessionResult>("session/new", result)?.session_id;
@@ -108,8 +119,12 @@ impl AcpRuntime {
     }
 
     async fn prepare(&self, turn: &TurnContext) -> Result<(Arc<Connection>, String, bool), AgentError> {
+        let workspace = self.confinement.workspace(&turn.conversation_id).map_err(|error| {
+            tracing::error!(agent = self.agent, session = turn.session_key(), %error, "cannot prepare the workspace");
+            AgentError::Failed(format!("cannot prepare the workspace of this conversation: {error}"))
+        })?;
         let conn = self.connection().await?;
-        let (session_id, new) = self.session(&conn, &turn.session_key()).await?;
+        let (session_id, new) = self.session(&conn, &turn.session_key(), &workspace).await?;
         Ok((conn, session_id, new))
     }
 
@@ -225,6 +240,9 @@ mod tests {
         let mut agent = AgentConfig::new("a", "A", "acp");
         assert_eq!(check_config(&agent).unwrap_err().0, "agent.command");
         agent.command = vec!["agent".into()];
+        let refused = AcpRuntime::new(&agent).err().expect("a runtime without a workspace");
+        assert!(refused.starts_with("agent.workspace"), "{refused}");
+        agent.workspace = Some(std::env::temp_dir().join("mosaic-acp-unit-test"));
         assert!(AcpRuntime::new(&agent).is_ok());
     }
 }
