@@ -137,6 +137,10 @@ pub struct RetentionConfig {
     /// purge-history admin API). Without it only mosaic-as's own store is purged.
     #[serde(default)]
     pub homeserver_admin_token: Option<String>,
+    /// The fewest days `!retention` may set (0 lets people empty a room's history at the
+    /// next pass).
+    #[serde(default = "default_min_days")]
+    pub min_days: i64,
 }
 
 impl Default for RetentionConfig {
@@ -148,6 +152,7 @@ impl Default for RetentionConfig {
             system_days: default_system_days(),
             interval_secs: default_retention_interval(),
             homeserver_admin_token: None,
+            min_days: default_min_days(),
         }
     }
 }
@@ -166,6 +171,9 @@ fn default_system_days() -> i64 {
 }
 fn default_retention_interval() -> u64 {
     3600
+}
+fn default_min_days() -> i64 {
+    1
 }
 
 /// The admin HTTP API (`/_mosaic/v1/…` on the appservice listener).
@@ -571,6 +579,9 @@ impl Config {
             || self.database.url.starts_with("postgresql://"))
         {
             return Err(("database.url", "expected sqlite://FILE or postgres://USER@HOST/DB".into()));
+        }
+        if self.retention.min_days < 0 {
+            return Err(("retention.min_days", "expected a number of days, 0 or more".into()));
         }
         for localpart in [&self.bot.localpart, &self.bot.ghost_prefix] {
             if !is_localpart(localpart) {

@@ -6,6 +6,7 @@ pub mod agent_rooms;
 pub mod bridging;
 pub mod commands;
 pub mod lifecycle;
+pub mod power;
 pub mod retention;
 pub mod routing;
 pub mod teams;
@@ -226,6 +227,24 @@ impl Hub {
             None => return Ok(()),
         };
         self.reply(conn, channel, conversation_id, msg, answer).await
+    }
+
+    /// Whether `sender` is an admin of the service: a Matrix user listed in
+    /// `admin.matrix_users`, or, on another surface, someone whose linked account has such
+    /// a Matrix identity.
+    pub(crate) async fn is_admin(&self, conn: &mut AnyConnection, channel: &str, sender: &str) -> store::Result<bool> {
+        let admins = &self.config.admin.matrix_users;
+        if admins.is_empty() {
+            return Ok(false);
+        }
+        if channel == crate::matrix::CHANNEL {
+            return Ok(admins.iter().any(|admin| admin == sender));
+        }
+        let Some(account) = accounts::account_for_identity(conn, channel, sender).await? else {
+            return Ok(false);
+        };
+        let identities = accounts::identities_of(conn, &account.id).await?;
+        Ok(identities.iter().any(|i| i.channel_name == crate::matrix::CHANNEL && admins.contains(&i.channel_user_id)))
     }
 
     /// Logs a notice answering `to` and sends it back where `to` came from only.

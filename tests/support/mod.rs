@@ -37,6 +37,8 @@ pub const SLOTS: &[&str] = &[
     "retention",
     "telegram",
     "discord",
+    "power",
+    "asker",
     "soak",
 ];
 
