@@ -184,7 +184,7 @@ pub fn help_text(p: char) -> String {
          - `{p}share <team>` / `{p}unshare` — share this conversation with a team, or stop\n\
          - `{p}retention <days>|off` — how long this room keeps its messages\n\
          - `{p}bridge discord|telegram <id>` / `{p}unbridge` — bridge a Discord channel or Telegram chat into this room (admins)\n\
-         - `{p}pair <agent> <agent>` — open a room where two agents work together\n\
+         - `{p}pair <agent> <agent>` — open your room where two agents work together (needs a linked account)\n\
          - in such a room: `{p}ask <agent> <text>`, `{p}delegate <agent> <task>`, `{p}broadcast <agent> <text>`; begin a message with [HUMAN] to interrupt"
     )
 }

@@ -38,11 +38,20 @@ pub struct InviteJob {
 
 pub const INVITE_KIND: &str = "matrix.invite";
 
-/// Outbox job: the room of two agents (ids sorted), with people invited to watch.
+/// Outbox job: an account's room of two agents (ids sorted), with the account's person
+/// invited to watch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentRoomJob {
+    /// The account the room belongs to.
+    pub owner_account_id: String,
     pub agents: (String, String),
+    /// The owner's Matrix identity that asked for the room.
     pub observers: Vec<String>,
+}
+
+/// The alias localpart of an account's agent room.
+pub fn agent_room_alias_localpart(alias_prefix: &str, owner_account_id: &str, a: &str, b: &str) -> String {
+    format!("{alias_prefix}agents-{a}-{b}-{owner_account_id}")
 }
 
 pub const AGENT_ROOM_KIND: &str = "matrix.agent_room";
@@ -191,17 +200,23 @@ impl MatrixAdapter {
         Ok(())
     }
 
-    /// Creates the agents' room once (alias `#<alias_prefix>agents-<a>-<b>`), joins both
-    /// agents and invites the observers (power 50, like people elsewhere).
+    /// Creates the account's room of the two agents once (alias
+    /// `#<alias_prefix>agents-<a>-<b>-<account id>`), joins both agents and invites the
+    /// owner's identity that asked, who owns the room (power 100). Nobody else is invited:
+    /// others come in when the owner invites them.
     pub async fn open_agent_room(&self, job: &AgentRoomJob) -> Result<OwnedRoomId, EventError> {
         let (a, b) = (&job.agents.0, &job.agents.1);
+        let owner = job.owner_account_id.as_str();
+        if owner.is_empty() {
+            return Err(EventError::Permanent("an agent room needs an owning account".into()));
+        }
         let existing = {
             let mut conn = self.store().conn().await?;
-            store::agent_rooms::room_of_pair(&mut conn, a, b).await?
+            store::agent_rooms::room_of_pair(&mut conn, owner, a, b).await?
         };
         let room_id = match existing.and_then(|r| OwnedRoomId::try_from(r).ok()) {
             Some(room) => {
-                self.grant_power(&room, &job.observers, PEOPLE_POWER).await?;
+                self.grant_power(&room, &job.observers, OWNER_POWER).await?;
                 for person in &job.observers {
                     self.invite_person(&room, person).await?;
                 }
@@ -216,7 +231,7 @@ impl MatrixAdapter {
                     agents: vec![a.clone(), b.clone()],
                 };
                 let shape = RoomShape {
-                    alias_localpart: format!("{}agents-{a}-{b}", self.namespace().alias_prefix),
+                    alias_localpart: agent_room_alias_localpart(&self.namespace().alias_prefix, owner, a, b),
                     name: format!("Mosaic agents: {a} & {b}"),
                     topic: format!("Where the agents {a} and {b} work together; people watch"),
                     history: HistoryVisibility::Shared,
@@ -224,7 +239,7 @@ impl MatrixAdapter {
                 };
                 let room = self.create_with_alias(&create, &shape).await?;
                 let mut tx = self.store().begin_write().await?;
-                store::agent_rooms::record(&mut tx, room.as_str(), a, b).await?;
+                store::agent_rooms::record(&mut tx, room.as_str(), owner, a, b).await?;
                 conversations::set_membership(&mut tx, room.as_str(), &self.namespace().bot_user_id(), "join").await?;
                 conversations::conversation_for_room_or_create(&mut tx, room.as_str(), &format!("Agents {a} & {b}"))
                     .await?;
