@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
 use crate::agents::TurnControl;
+use crate::agents::control::Responder;
 use crate::config::Config;
 use crate::matrix::naming::Namespace;
 use crate::protocol::{ChannelMessage, ContentType, HandlerError, InboundHandler, SenderType, metadata_keys};
@@ -129,8 +130,18 @@ impl Hub {
             bridging::fan_out_except(&mut tx, &conversation.id, &msg, Some((channel, &msg.channel_id))).await?;
         }
         // An answer to an agent's permission question is not a prompt, and reactions are
-        // only ever such answers.
-        let answered = self.control.answer(&conversation.id, &msg.content, msg.reply_to_id).is_some();
+        // only ever such answers. Only the person who started the turn, or an admin,
+        // answers; anyone else's message is an ordinary one.
+        let answered = self.control.has_question(&conversation.id) && {
+            let account = accounts::account_for_identity(&mut tx, channel, &msg.sender_id).await?;
+            let who = Responder {
+                channel,
+                sender_id: &msg.sender_id,
+                account_id: account.as_ref().map(|a| a.id.as_str()),
+                admin: self.is_admin(&mut tx, channel, &msg.sender_id).await?,
+            };
+            self.control.answer(&conversation.id, &msg.content, msg.reply_to_id, &who).is_some()
+        };
         if answered || routing::is_reaction(&msg) {
             tx.commit().await?;
             self.wakers.wake_all();

@@ -190,6 +190,61 @@ permission_timeout_secs = 60
     assert!(text.contains("You said: please run the tests"), "{text}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permission_question_answered_by_someone_else_does_not_count() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake_acp_agent.py");
+    let slot = slot("asker");
+    slot.write_config_with_agents(&format!(
+        r#"
+[[agent]]
+id = "coder"
+display_name = "Coder"
+runtime = "acp"
+command = ["python3", "{script}"]
+permission_timeout_secs = 60
+"#
+    ));
+    let _service = Service::start(&slot).await;
+    let alice = Person::new("asker-alice").await;
+    let mallory = Person::new("asker-mallory").await;
+    let coder = slot.agent("coder");
+    let room = alice.create_room(&[&coder, &mallory.user_id], false).await;
+    mallory.join(&room).await;
+    alice.wait_for_member(&room, &coder).await;
+
+    // Alice starts the turn; the question says who may answer it.
+    let asked = alice.say(&room, "Coder, please run the tests").await;
+    let question = alice.wait_for(&room, &coder, |e| body(e).contains("asks for permission")).await;
+    assert_eq!(reply_target(&question), Some(asked.as_str()));
+    let text = body(&question);
+    assert!(text.contains(&format!("Only {} (who asked) or an admin can answer.", alice.user_id)), "{text}");
+
+    // Mallory answers first, in every way an answer can be given: none of them counts.
+    let question_id = question["event_id"].as_str().unwrap();
+    mallory
+        .send(
+            &room,
+            serde_json::json!({
+                "msgtype": "m.text", "body": "always",
+                "m.relates_to": {"m.in_reply_to": {"event_id": question_id}},
+            }),
+        )
+        .await;
+    mallory.say(&room, "yes").await;
+    mallory.react(&room, question_id, "👍").await;
+    // Alice refuses: had Mallory's answer counted, the tool would have run and Alice's
+    // "no" would be an ordinary message.
+    alice.say(&room, "no").await;
+    let answered = alice
+        .wait_for(&room, &coder, |e| {
+            let text = e["content"]["m.new_content"]["body"].as_str().unwrap_or_else(|| body(e));
+            ["allowed", "rejected", "cancelled"].iter().any(|outcome| text.contains(&format!("permission: {outcome}")))
+        })
+        .await;
+    let text = answered["content"]["m.new_content"]["body"].as_str().unwrap_or_else(|| body(&answered));
+    assert!(text.contains("permission: rejected"), "{text}");
+}
+
 /// The `mosaic.agent_message` of an event.
 fn agent_message(event: &Value) -> &Value {
     &event["content"]["mosaic.agent_message"]
