@@ -145,6 +145,10 @@ pub struct RetentionConfig {
     /// purge-history admin API). Without it only mosaic-as's own store is purged.
     #[serde(default)]
     pub homeserver_admin_token: Option<String>,
+    /// The fewest days `!retention` may set (0 lets people empty a room's history at the
+    /// next pass).
+    #[serde(default = "default_min_days")]
+    pub min_days: i64,
 }
 
 impl Default for RetentionConfig {
@@ -156,6 +160,7 @@ impl Default for RetentionConfig {
             system_days: default_system_days(),
             interval_secs: default_retention_interval(),
             homeserver_admin_token: None,
+            min_days: default_min_days(),
         }
     }
 }
@@ -174,6 +179,9 @@ fn default_system_days() -> i64 {
 }
 fn default_retention_interval() -> u64 {
     3600
+}
+fn default_min_days() -> i64 {
+    1
 }
 
 /// How long failing work is retried before it becomes a dead letter (see
@@ -693,6 +701,9 @@ impl Config {
             || self.database.url.starts_with("postgresql://"))
         {
             return Err(("database.url", "expected sqlite://FILE or postgres://USER@HOST/DB".into()));
+        }
+        if self.retention.min_days < 0 {
+            return Err(("retention.min_days", "expected a number of days, 0 or more".into()));
         }
         for localpart in [&self.bot.localpart, &self.bot.ghost_prefix] {
             if !is_localpart(localpart) {

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use mosaic_as::agents::TurnControl;
 use mosaic_as::config::Config;
 use mosaic_as::hub::Hub;
+use mosaic_as::hub::power::{ROOM_POWER, RoomChange};
 use mosaic_as::protocol::{ChannelMessage, ContentType, SenderType};
 use mosaic_as::queue::Wakers;
-use mosaic_as::store::{Store, accounts, conversations, messages, settings};
+use mosaic_as::store::{Store, accounts, bridges, conversations, messages, retention, settings};
 
 const CONFIG: &str = r#"
     [homeserver]
@@ -24,19 +25,40 @@ const CONFIG: &str = r#"
 const ROOM: &str = "!room:example.org";
 
 async fn hub() -> (Hub, Store, tempfile::TempDir) {
+    hub_with(CONFIG).await
+}
+
+async fn hub_with(config: &str) -> (Hub, Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
-    let config = Arc::new(Config::parse(CONFIG).unwrap());
+    let config = Arc::new(Config::parse(config).unwrap());
     let hub = Hub::new(config, store.clone(), Arc::new(Wakers::default()), Arc::new(TurnControl::default()));
     (hub, store, dir)
 }
 
-/// A message from `sender` in the Matrix room, as the Matrix adapter hands it over.
+/// A message from `sender` in the Matrix room, as the Matrix adapter hands it over, from
+/// someone with power 100 there.
 fn said(sender: &str, text: &str) -> ChannelMessage {
+    said_with_power(sender, text, Some(100))
+}
+
+/// A message from someone with power `level` in a room whose every change needs 50, but
+/// retention 100; without a level, the adapter could not read the room's power levels.
+fn said_with_power(sender: &str, text: &str, level: Option<i64>) -> ChannelMessage {
     let mut msg = ChannelMessage::new(ROOM, sender, SenderType::User, text, ContentType::Text);
     msg.metadata.insert("mosaic.commands".into(), true.into());
     msg.metadata.insert("mosaic.participants".into(), 2.into());
     msg.metadata.insert("channelMessageId".into(), format!("${}", msg.id).into());
+    if let Some(level) = level {
+        let needs: serde_json::Map<String, serde_json::Value> = RoomChange::ALL
+            .iter()
+            .map(|change| {
+                let name = serde_json::to_value(change).unwrap().as_str().unwrap().to_string();
+                (name, if *change == RoomChange::Retention { 100 } else { 50 }.into())
+            })
+            .collect();
+        msg.metadata.insert(ROOM_POWER.into(), serde_json::json!({"sender": level, "needs": needs}));
+    }
     msg
 }
 
@@ -81,4 +103,87 @@ async fn link_tokens_are_masked_in_the_message_log() {
     for msg in logged {
         assert!(!msg.content.contains(&token), "{}", msg.content);
     }
+}
+
+/// The notices the hub answered in the room, oldest first.
+async fn notices(store: &Store) -> Vec<String> {
+    let mut conn = store.conn().await.unwrap();
+    let conversation = conversations::conversation_for_room(&mut conn, ROOM).await.unwrap().unwrap();
+    let logged = messages::history(&mut conn, &conversation.id, 100).await.unwrap();
+    logged.into_iter().filter(|m| m.sender_type == SenderType::System).map(|m| m.content).collect()
+}
+
+async fn conversation(store: &Store) -> conversations::Conversation {
+    let mut conn = store.conn().await.unwrap();
+    conversations::conversation_for_room(&mut conn, ROOM).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn room_commands_need_the_power_the_room_requires() {
+    let config = format!("{CONFIG}\n[admin]\nmatrix_users = [\"@operator:example.org\"]\n");
+    let (hub, store, _dir) = hub_with(&config).await;
+    let mallory = "@mallory:example.org";
+    hub.handle_inbound("matrix", said_with_power(mallory, "!rename Mine now", Some(0))).await.unwrap();
+    hub.handle_inbound("matrix", said_with_power(mallory, "!archive", Some(0))).await.unwrap();
+    hub.handle_inbound("matrix", said_with_power(mallory, "!retention 1", Some(50))).await.unwrap();
+    hub.handle_inbound("matrix", said_with_power(mallory, "!mention-only on", None)).await.unwrap();
+    let answers = notices(&store).await;
+    assert_eq!(
+        answers,
+        [
+            "Renaming this conversation needs power level 50 in this room; you have 0.",
+            "Archiving this conversation needs power level 50 in this room; you have 0.",
+            "Changing retention needs power level 100 in this room; you have 50.",
+            "Changing mention-only needs power in this room, and I could not read this room's power levels; try again later.",
+        ]
+    );
+    let unchanged = conversation(&store).await;
+    assert_eq!(unchanged.title, "Matrix room");
+    assert!(unchanged.archived_at.is_none());
+    let mut conn = store.conn().await.unwrap();
+    assert!(!settings::get(&mut conn, &unchanged.id).await.unwrap().mention_only);
+    drop(conn);
+
+    // A configured admin needs no power in the room; the power does not matter for
+    // commands that change nothing.
+    hub.handle_inbound("matrix", said_with_power("@operator:example.org", "!rename Audited", Some(0))).await.unwrap();
+    hub.handle_inbound("matrix", said_with_power(mallory, "!agent", None)).await.unwrap();
+    assert_eq!(conversation(&store).await.title, "Audited");
+    let answers = notices(&store).await;
+    assert!(answers[answers.len() - 1].contains("no default agent"), "{answers:?}");
+}
+
+#[tokio::test]
+async fn retention_has_a_floor() {
+    let (hub, store, _dir) = hub().await;
+    hub.handle_inbound("matrix", said("@owner:example.org", "!retention 0")).await.unwrap();
+    hub.handle_inbound("matrix", said("@owner:example.org", "!retention 1")).await.unwrap();
+    let answers = notices(&store).await;
+    assert_eq!(
+        answers[0],
+        "Rooms here keep messages at least 1 day(s): send `!retention 1` or more, or `!retention off`."
+    );
+    assert!(answers[1].contains("keeps messages for 1 day(s)"), "{answers:?}");
+}
+
+#[tokio::test]
+async fn bridged_senders_cannot_change_the_room() {
+    let (hub, store, _dir) = hub().await;
+    let chat = "-1001234";
+    hub.handle_inbound("matrix", said("@owner:example.org", "hello")).await.unwrap();
+    {
+        let mut tx = store.begin_write().await.unwrap();
+        let conversation = conversations::conversation_for_room(&mut tx, ROOM).await.unwrap().unwrap();
+        bridges::bridge(&mut tx, "telegram", chat, &conversation.id, true, "@owner:example.org").await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    // Even with a room power attached, as no Telegram adapter ever does.
+    let mut msg = said("4242", "/retention 1");
+    msg.channel_id = chat.into();
+    msg.metadata.insert("chatType".into(), "supergroup".into());
+    hub.handle_inbound("telegram", msg).await.unwrap();
+    let answers = notices(&store).await;
+    assert!(answers.last().unwrap().contains("works in the conversation's Matrix room"), "{answers:?}");
+    let mut conn = store.conn().await.unwrap();
+    assert_eq!(retention::policy(&mut conn, ROOM, "all").await.unwrap(), None);
 }

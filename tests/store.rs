@@ -4,7 +4,9 @@ use std::process::Command;
 
 use mosaic_as::protocol::{ChannelMessage, ContentType, SenderType};
 use mosaic_as::secrets;
-use mosaic_as::store::{Store, accounts, conversations, inbox, messages, outbox, retention, settings, teams};
+use mosaic_as::store::{
+    Store, accounts, agent_rooms, conversations, inbox, messages, outbox, retention, settings, teams,
+};
 use serde_json::json;
 use sqlx::Connection;
 
@@ -76,6 +78,7 @@ on_both_backends!(
     dead_letters_are_listed_retried_and_dropped,
     identities_link_and_unlink,
     settings_usage_teams_and_retention,
+    agent_rooms_belong_to_an_account,
 );
 
 async fn a_transaction_is_stored_once_and_survives_reopening(store: Store) {
@@ -308,4 +311,30 @@ async fn settings_usage_teams_and_retention(store: Store) {
     let future = mosaic_as::store::now_ms() + 1000;
     assert_eq!(retention::delete_before(&mut conn, id, future).await.unwrap(), 1);
     assert_eq!(retention::delete_before(&mut conn, id, future).await.unwrap(), 0, "running twice removes nothing more");
+}
+
+async fn agent_rooms_belong_to_an_account(store: Store) {
+    let mut conn = store.conn().await.unwrap();
+    agent_rooms::record(&mut conn, "!alice:x", "alice-account", "beta", "alpha").await.unwrap();
+    assert_eq!(
+        agent_rooms::room_of_pair(&mut conn, "alice-account", "alpha", "beta").await.unwrap().as_deref(),
+        Some("!alice:x")
+    );
+    // Another account's pair of the same agents is another room.
+    assert_eq!(agent_rooms::room_of_pair(&mut conn, "bob-account", "alpha", "beta").await.unwrap(), None);
+    agent_rooms::record(&mut conn, "!bob:x", "bob-account", "alpha", "beta").await.unwrap();
+    assert_eq!(
+        agent_rooms::room_of_pair(&mut conn, "bob-account", "beta", "alpha").await.unwrap().as_deref(),
+        Some("!bob:x")
+    );
+    for room in ["!alice:x", "!bob:x"] {
+        let pair = agent_rooms::pair_of_room(&mut conn, room).await.unwrap();
+        assert_eq!(pair, Some(("alpha".to_string(), "beta".to_string())));
+    }
+    // Recording again changes nothing.
+    agent_rooms::record(&mut conn, "!other:x", "alice-account", "alpha", "beta").await.unwrap();
+    assert_eq!(
+        agent_rooms::room_of_pair(&mut conn, "alice-account", "alpha", "beta").await.unwrap().as_deref(),
+        Some("!alice:x")
+    );
 }

@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::control::question_text;
+use super::control::{Asker, question_text};
 use super::runtime::{AgentError, AgentEvent, PermissionRequest, TokenUsage, TurnContext};
 use super::stream::{self, Streamer, Target, answer_message, derived_id, edit_of, split_parts};
 use super::{Agent, Agents, context};
@@ -43,14 +43,14 @@ impl Agents {
             Ok(None) => return JobOutcome::Failed(format!("message {} not found", turn.message_id)),
             Err(error) => return JobOutcome::Retry { error: error.to_string(), after: None },
         };
-        let (message, context, targets) = prepared;
+        let Prepared { message, context, targets, asker } = prepared;
         let reply = answer_message(derived_id(turn.message_id, &job.dedupe_key), &message, &turn.agent);
         // Structured agent-room messages go out whole, not as previews and edits.
         let previews = turn.step.is_none();
         let rerun = job.may_have_run(self.store.opened_at());
         let mut streamer = Streamer::new(reply, targets, agent.config.max_edits, rerun, previews);
         let mut usage = TokenUsage::default();
-        let ending = match self.stream_answer(agent, &context, &mut streamer, &mut usage).await {
+        let ending = match self.stream_answer(agent, &context, asker.as_ref(), &mut streamer, &mut usage).await {
             Ok(ending) => ending,
             Err(AgentError::Unavailable(error)) => return JobOutcome::Retry { error, after: None },
             Err(AgentError::Failed(error)) => {
@@ -75,11 +75,7 @@ impl Agents {
         }
     }
 
-    async fn prepare(
-        &self,
-        agent: &Agent,
-        turn: &TurnJob,
-    ) -> store::Result<Option<(ChannelMessage, TurnContext, Vec<Target>)>> {
+    async fn prepare(&self, agent: &Agent, turn: &TurnJob) -> store::Result<Option<Prepared>> {
         let mut conn = self.store.conn().await?;
         let Some(message) = messages::get(&mut conn, turn.message_id).await? else {
             return Ok(None);
@@ -98,7 +94,8 @@ impl Agents {
                 origin || messages::native_for_message(&mut conn, &channel, &chat, message.id).await?.is_some();
             targets.push(Target { adapter, channel_id: chat, previews });
         }
-        Ok(Some((message, context, targets)))
+        let asker = asker_of(&mut conn, &message).await?;
+        Ok(Some(Prepared { message, context, targets, asker }))
     }
 
     /// Runs the runtime, showing its text as it comes, until it finishes or is stopped.
@@ -106,6 +103,7 @@ impl Agents {
         &self,
         agent: &Agent,
         context: &TurnContext,
+        asker: Option<&Asker>,
         streamer: &mut Streamer,
         usage: &mut TokenUsage,
     ) -> Result<Ending, AgentError> {
@@ -126,7 +124,7 @@ impl Agents {
                         if matches!(event, AgentEvent::Permission(_)) {
                             deadline += Duration::from_secs(agent.config.permission_timeout_secs);
                         }
-                        self.on_event(agent, context, streamer, usage, event).await
+                        self.on_event(agent, context, asker, streamer, usage, event).await
                     }
                     None if finished.is_some() => break,
                     None => finished = Some((&mut running).await),
@@ -156,6 +154,7 @@ impl Agents {
         &self,
         agent: &Agent,
         context: &TurnContext,
+        asker: Option<&Asker>,
         streamer: &mut Streamer,
         usage: &mut TokenUsage,
         event: AgentEvent,
@@ -169,7 +168,7 @@ impl Agents {
                 usage.input_tokens += reported.input_tokens;
                 usage.output_tokens += reported.output_tokens;
             }
-            AgentEvent::Permission(request) => self.ask_permission(agent, context, streamer, request).await,
+            AgentEvent::Permission(request) => self.ask_permission(agent, context, asker, streamer, request).await,
             AgentEvent::ToolCall { title, status } => {
                 tracing::debug!(agent = agent.config.id, tool = title, status, "tool call");
             }
@@ -177,18 +176,19 @@ impl Agents {
         }
     }
 
-    /// Posts the question in the room and hands the person's answer (or, after the
-    /// timeout, a refusal) back to the runtime.
+    /// Posts the question in the room and hands the answer of the person who started the
+    /// turn (or an admin), or after the timeout a refusal, back to the runtime.
     async fn ask_permission(
         &self,
         agent: &Agent,
         context: &TurnContext,
+        asker: Option<&Asker>,
         streamer: &Streamer,
         request: PermissionRequest,
     ) {
         let PermissionRequest { title, options, answer } = request;
         let timeout = agent.config.permission_timeout_secs;
-        let text = question_text(&agent.config.display_name(), &title, &options, timeout);
+        let text = question_text(&agent.config.display_name(), &title, &options, timeout, asker);
         let mut question = streamer.reply.clone();
         question.id = Uuid::new_v4();
         question.content = text;
@@ -198,7 +198,7 @@ impl Agents {
             return;
         }
         let (forward, answered) = oneshot::channel();
-        self.control.ask(&context.conversation_id, question.id, options, forward);
+        self.control.ask(&context.conversation_id, question.id, options, asker.cloned(), forward);
         let control = self.control.clone();
         let conversation_id = context.conversation_id.clone();
         tokio::spawn(async move {
@@ -384,6 +384,44 @@ async fn post_notice(
         crate::hub::fan_out(conn, &turn.conversation_id, &notice).await?;
     }
     Ok(())
+}
+
+/// What a turn needs before it runs.
+struct Prepared {
+    /// The message the agent answers.
+    message: ChannelMessage,
+    context: TurnContext,
+    targets: Vec<Target>,
+    /// The person who started the turn.
+    asker: Option<Asker>,
+}
+
+/// How far back a turn is followed to the person who started it (in agent rooms, an
+/// agent's request answers a person's `!ask`, and so on).
+const ASKER_HOPS: usize = 8;
+
+/// The person whose message started the turn that answers `message`: its sender, or
+/// when an agent or the service wrote it, the sender of the message it replies to.
+async fn asker_of(conn: &mut AnyConnection, message: &ChannelMessage) -> store::Result<Option<Asker>> {
+    let mut current = message.clone();
+    for _ in 0..ASKER_HOPS {
+        if current.sender_type == SenderType::User {
+            let channel = current.origin_channel().to_string();
+            let account =
+                crate::store::accounts::account_for_identity(conn, &channel, &current.sender_id).await?.map(|a| a.id);
+            let label = if channel == crate::matrix::CHANNEL {
+                current.sender_id.clone()
+            } else {
+                let name = current.meta_str(crate::protocol::metadata_keys::SENDER_NAME).unwrap_or(&current.sender_id);
+                format!("{name} ({})", crate::matrix::adapter::surface_title(&channel))
+            };
+            return Ok(Some(Asker { channel, sender_id: current.sender_id, account_id: account, label }));
+        }
+        let Some(parent) = current.reply_to_id else { return Ok(None) };
+        let Some(found) = messages::get(conn, parent).await? else { return Ok(None) };
+        current = found;
+    }
+    Ok(None)
 }
 
 async fn sleep_until(due: Option<Instant>) {

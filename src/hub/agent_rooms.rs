@@ -9,10 +9,10 @@ use sqlx::AnyConnection;
 use uuid::Uuid;
 
 use super::{Hub, TURN_KIND, TurnJob, commands::Answer, enqueue_send};
-use crate::matrix::rooms::{AGENT_ROOM_KIND, AgentRoomJob};
+use crate::matrix::rooms::{AGENT_ROOM_KIND, AgentRoomJob, agent_room_alias_localpart};
 use crate::protocol::{ChannelMessage, ContentType, SenderType};
 use crate::queue;
-use crate::store::{self, agent_rooms, messages};
+use crate::store::{self, accounts, agent_rooms, messages};
 
 /// Metadata key holding a message's `mosaic.agent_message` payload. A `reply_to` in its
 /// `payload` is a canonical message id; the Matrix adapter turns it into
@@ -75,8 +75,9 @@ pub fn is_interrupt(text: &str) -> bool {
 }
 
 impl Hub {
-    /// `!pair <a> <b>`: the agents' room, created once per pair; the asker is invited
-    /// to watch.
+    /// `!pair <a> <b>`: the sender's account's room of the two agents, created once per
+    /// account and pair; the sender is invited (again) to watch. Others come in only when
+    /// the owner invites them.
     pub(super) async fn pair(
         &self,
         conn: &mut AnyConnection,
@@ -96,13 +97,22 @@ impl Hub {
         if channel != crate::matrix::CHANNEL {
             return Ok("Agent rooms are opened from Matrix.".to_string().into());
         }
+        let Some(owner) = accounts::account_for_identity(conn, channel, sender).await? else {
+            return Ok("Agent rooms belong to a Mosaic account: link yours first with `!link <token>`."
+                .to_string()
+                .into());
+        };
         let (first, second) = agent_rooms::sorted(a, b);
-        let job = AgentRoomJob { agents: (first.to_string(), second.to_string()), observers: vec![sender.to_string()] };
-        let key = format!("agent_room:{first}:{second}:{sender}");
+        let job = AgentRoomJob {
+            owner_account_id: owner.id.clone(),
+            agents: (first.to_string(), second.to_string()),
+            observers: vec![sender.to_string()],
+        };
+        let key = format!("agent_room:{}:{first}:{second}:{sender}:{}", owner.id, Uuid::new_v4());
         queue::enqueue(conn, queue::ROOMS_QUEUE, &key, AGENT_ROOM_KIND, &job).await?;
-        let alias =
-            format!("#{}agents-{first}-{second}:{}", self.config.bot.alias_prefix, self.config.homeserver.server_name);
-        Ok(format!("Opening {alias} where `{first}` and `{second}` work together; you are invited to watch. Start them with `!ask <agent> <text>` or `!delegate <agent> <task>` there.").into())
+        let localpart = agent_room_alias_localpart(&self.config.bot.alias_prefix, &owner.id, first, second);
+        let alias = format!("#{localpart}:{}", self.config.homeserver.server_name);
+        Ok(format!("Opening your room {alias} where `{first}` and `{second}` work together; you are invited to watch, and others join when you invite them. Start them with `!ask <agent> <text>` or `!delegate <agent> <task>` there.").into())
     }
 
     /// `!ask <agent> <text>`: the agent turns the text into a request to the other agent,

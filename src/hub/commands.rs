@@ -5,7 +5,7 @@
 use sqlx::AnyConnection;
 
 use super::teams::TeamCommand;
-use super::{Hub, bridging, lifecycle, routing};
+use super::{Hub, bridging, lifecycle, power, routing};
 use crate::matrix::rooms::{CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob};
 use crate::protocol::ChannelMessage;
 use crate::queue;
@@ -184,7 +184,7 @@ pub fn help_text(p: char) -> String {
          - `{p}share <team>` / `{p}unshare` — share this conversation with a team, or stop\n\
          - `{p}retention <days>|off` — how long this room keeps its messages\n\
          - `{p}bridge discord|telegram <id>` / `{p}unbridge` — bridge a Discord channel or Telegram chat into this room (admins)\n\
-         - `{p}pair <agent> <agent>` — open a room where two agents work together\n\
+         - `{p}pair <agent> <agent>` — open your room where two agents work together (needs a linked account)\n\
          - in such a room: `{p}ask <agent> <text>`, `{p}delegate <agent> <task>`, `{p}broadcast <agent> <text>`; begin a message with [HUMAN] to interrupt"
     )
 }
@@ -237,6 +237,13 @@ impl Hub {
     ) -> store::Result<Answer> {
         let p = prefix_for(channel);
         let sender = msg.sender_id.as_str();
+        if let Some(change) = power::RoomChange::of(&command)
+            && !self.is_admin(conn, channel, sender).await?
+            && let Some(refusal) = power::refusal(change, power::RoomPower::of_message(msg).as_ref())
+        {
+            tracing::info!(channel, sender, ?change, "room change refused");
+            return Ok(refusal.into());
+        }
         Ok(match command {
             Command::Help => help_text(p).into(),
             Command::Link(Some(token)) => self.link(conn, channel, sender, &token).await?.into(),
@@ -435,6 +442,14 @@ impl Hub {
         let Some(room) = conversations::room_for_conversation(conn, conversation_id).await? else {
             return Ok("Retention is set on conversation rooms.".into());
         };
+        let least = self.config.retention.min_days;
+        if let Some(days) = days
+            && days < least
+        {
+            return Ok(format!(
+                "Rooms here keep messages at least {least} day(s): send `!retention {least}` or more, or `!retention off`."
+            ));
+        }
         store::retention::set_policy(conn, &room, "all", days).await?;
         Ok(match days {
             Some(days) => format!("This room now keeps messages for {days} day(s); older ones are removed."),

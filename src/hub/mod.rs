@@ -6,6 +6,7 @@ pub mod agent_rooms;
 pub mod bridging;
 pub mod commands;
 pub mod lifecycle;
+pub mod power;
 pub mod retention;
 pub mod routing;
 pub mod teams;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
 use crate::agents::TurnControl;
+use crate::agents::control::Responder;
 use crate::config::Config;
 use crate::matrix::naming::Namespace;
 use crate::protocol::{ChannelMessage, ContentType, HandlerError, InboundHandler, SenderType, metadata_keys};
@@ -129,8 +131,18 @@ impl Hub {
             bridging::fan_out_except(&mut tx, &conversation.id, &msg, Some((channel, &msg.channel_id))).await?;
         }
         // An answer to an agent's permission question is not a prompt, and reactions are
-        // only ever such answers.
-        let answered = self.control.answer(&conversation.id, &msg.content, msg.reply_to_id).is_some();
+        // only ever such answers. Only the person who started the turn, or an admin,
+        // answers; anyone else's message is an ordinary one.
+        let answered = self.control.has_question(&conversation.id) && {
+            let account = accounts::account_for_identity(&mut tx, channel, &msg.sender_id).await?;
+            let who = Responder {
+                channel,
+                sender_id: &msg.sender_id,
+                account_id: account.as_ref().map(|a| a.id.as_str()),
+                admin: self.is_admin(&mut tx, channel, &msg.sender_id).await?,
+            };
+            self.control.answer(&conversation.id, &msg.content, msg.reply_to_id, &who).is_some()
+        };
         if answered || routing::is_reaction(&msg) {
             tx.commit().await?;
             self.wakers.wake_all();
@@ -227,6 +239,24 @@ impl Hub {
             None => return Ok(()),
         };
         self.reply(conn, channel, conversation_id, msg, answer).await
+    }
+
+    /// Whether `sender` is an admin of the service: a Matrix user listed in
+    /// `admin.matrix_users`, or, on another surface, someone whose linked account has such
+    /// a Matrix identity.
+    pub(crate) async fn is_admin(&self, conn: &mut AnyConnection, channel: &str, sender: &str) -> store::Result<bool> {
+        let admins = &self.config.admin.matrix_users;
+        if admins.is_empty() {
+            return Ok(false);
+        }
+        if channel == crate::matrix::CHANNEL {
+            return Ok(admins.iter().any(|admin| admin == sender));
+        }
+        let Some(account) = accounts::account_for_identity(conn, channel, sender).await? else {
+            return Ok(false);
+        };
+        let identities = accounts::identities_of(conn, &account.id).await?;
+        Ok(identities.iter().any(|i| i.channel_name == crate::matrix::CHANNEL && admins.contains(&i.channel_user_id)))
     }
 
     /// Logs a notice answering `to` and sends it back where `to` came from only.

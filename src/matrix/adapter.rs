@@ -25,6 +25,7 @@ use super::naming::Namespace;
 use crate::agents::stream;
 use crate::config::Config;
 use crate::hub::agent_rooms::AGENT_MESSAGE;
+use crate::hub::power::{ROOM_POWER, RoomPower};
 use crate::hub::routing;
 use crate::protocol::{
     AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelConnectError, ChannelMessage, ChannelSendError,
@@ -265,8 +266,25 @@ impl MatrixAdapter {
         metadata.insert(routing::PARTICIPANTS.into(), json!(people));
         metadata.insert(routing::COMMANDS.into(), json!(true));
         metadata.insert(routing::BOT_PRESENT.into(), json!(bot_joined));
+        if edit_native.is_none() && looks_like_command(&msg.content) {
+            // Read with a member of the room: the bot, else one of its agents.
+            let reader = if bot_joined { self.bot() } else { user_id(&self.ns.agent_user_id(&agents[0])) };
+            match self.power_of(room_id, &reader, sender).await {
+                Ok(power) => {
+                    let power = serde_json::to_value(power).map_err(|e| EventError::Permanent(e.to_string()))?;
+                    msg.metadata.insert(ROOM_POWER.into(), power);
+                }
+                Err(error) => tracing::warn!(room_id, event_id, %error, "cannot read the room's power levels"),
+            }
+        }
         tracing::debug!(room_id, event_id, sender, "message received");
         handler.handle(msg).await.map_err(EventError::from)
+    }
+
+    async fn power_of(&self, room_id: &str, reader: &UserId, sender: &str) -> Result<RoomPower, String> {
+        let room = room(room_id).map_err(|e| e.to_string())?;
+        let sender = OwnedUserId::try_from(sender).map_err(|e| e.to_string())?;
+        self.read_room_power(&room, reader, &sender).await
     }
 
     /// A person's display name: from their member events, else their profile, else the
@@ -635,6 +653,12 @@ fn user_id(id: &str) -> OwnedUserId {
 
 fn room(id: &str) -> Result<OwnedRoomId, EventError> {
     OwnedRoomId::try_from(id).map_err(|e| EventError::Permanent(format!("bad room id {id:?}: {e}")))
+}
+
+/// Whether a message may be a command (commands start with `!` on Matrix): the room's
+/// power is read for those only.
+fn looks_like_command(text: &str) -> bool {
+    text.trim_start().starts_with('!')
 }
 
 /// Body, content type and attachments per the seed's Matrix table.

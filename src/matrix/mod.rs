@@ -9,6 +9,7 @@ pub mod ghosts;
 pub mod inbox;
 pub mod media;
 pub mod naming;
+pub mod power;
 pub mod registration;
 pub mod rooms;
 pub mod server;

@@ -38,11 +38,20 @@ pub struct InviteJob {
 
 pub const INVITE_KIND: &str = "matrix.invite";
 
-/// Outbox job: the room of two agents (ids sorted), with people invited to watch.
+/// Outbox job: an account's room of two agents (ids sorted), with the account's person
+/// invited to watch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentRoomJob {
+    /// The account the room belongs to.
+    pub owner_account_id: String,
     pub agents: (String, String),
+    /// The owner's Matrix identity that asked for the room.
     pub observers: Vec<String>,
+}
+
+/// The alias localpart of an account's agent room.
+pub fn agent_room_alias_localpart(alias_prefix: &str, owner_account_id: &str, a: &str, b: &str) -> String {
+    format!("{alias_prefix}agents-{a}-{b}-{owner_account_id}")
 }
 
 pub const AGENT_ROOM_KIND: &str = "matrix.agent_room";
@@ -75,8 +84,14 @@ impl HistoryVisibility {
     }
 }
 
-/// Power needed for each action: people (50) may moderate, agents (0) may only talk.
+/// Power needed for each action: people at 50 may moderate, agents (0) may only talk.
 pub const PEOPLE_POWER: i64 = 50;
+
+/// The person a room is created for (`!new`, `!pair`, their welcome chat and Space) owns
+/// it, as if they had created it themselves: they may also archive it, set its retention
+/// and share it, which need 100 in rooms with Synapse's default levels. The bot, which
+/// creates the room, has unlimited power from room version 12 on and keeps 100 before.
+pub const OWNER_POWER: i64 = 100;
 
 /// Whether rooms this homeserver creates by default give their creator unlimited power
 /// (room version 12 and its "hydra" predecessors). Then the creator must not be listed
@@ -85,14 +100,14 @@ pub fn creator_is_privileged(room_version: &str) -> bool {
     room_version.parse::<u32>().is_ok_and(|v| v >= 12) || room_version.starts_with("org.matrix.hydra")
 }
 
-/// The `power_level_content_override` of a new conversation room.
-pub fn power_levels(bot: &str, people: &[String], room_version: &str) -> serde_json::Value {
+/// The `power_level_content_override` of a new room, owned by `owners`.
+pub fn power_levels(bot: &str, owners: &[String], room_version: &str) -> serde_json::Value {
     let mut users = serde_json::Map::new();
     if !creator_is_privileged(room_version) {
         users.insert(bot.to_string(), json!(100));
     }
-    for person in people {
-        users.insert(person.clone(), json!(PEOPLE_POWER));
+    for person in owners {
+        users.insert(person.clone(), json!(OWNER_POWER));
     }
     json!({
         "users": users,
@@ -185,17 +200,23 @@ impl MatrixAdapter {
         Ok(())
     }
 
-    /// Creates the agents' room once (alias `#<alias_prefix>agents-<a>-<b>`), joins both
-    /// agents and invites the observers (power 50, like people elsewhere).
+    /// Creates the account's room of the two agents once (alias
+    /// `#<alias_prefix>agents-<a>-<b>-<account id>`), joins both agents and invites the
+    /// owner's identity that asked, who owns the room (power 100). Nobody else is invited:
+    /// others come in when the owner invites them.
     pub async fn open_agent_room(&self, job: &AgentRoomJob) -> Result<OwnedRoomId, EventError> {
         let (a, b) = (&job.agents.0, &job.agents.1);
+        let owner = job.owner_account_id.as_str();
+        if owner.is_empty() {
+            return Err(EventError::Permanent("an agent room needs an owning account".into()));
+        }
         let existing = {
             let mut conn = self.store().conn().await?;
-            store::agent_rooms::room_of_pair(&mut conn, a, b).await?
+            store::agent_rooms::room_of_pair(&mut conn, owner, a, b).await?
         };
         let room_id = match existing.and_then(|r| OwnedRoomId::try_from(r).ok()) {
             Some(room) => {
-                self.grant_power(&room, &job.observers, PEOPLE_POWER).await?;
+                self.grant_power(&room, &job.observers, OWNER_POWER).await?;
                 for person in &job.observers {
                     self.invite_person(&room, person).await?;
                 }
@@ -210,7 +231,7 @@ impl MatrixAdapter {
                     agents: vec![a.clone(), b.clone()],
                 };
                 let shape = RoomShape {
-                    alias_localpart: format!("{}agents-{a}-{b}", self.namespace().alias_prefix),
+                    alias_localpart: agent_room_alias_localpart(&self.namespace().alias_prefix, owner, a, b),
                     name: format!("Mosaic agents: {a} & {b}"),
                     topic: format!("Where the agents {a} and {b} work together; people watch"),
                     history: HistoryVisibility::Shared,
@@ -218,7 +239,7 @@ impl MatrixAdapter {
                 };
                 let room = self.create_with_alias(&create, &shape).await?;
                 let mut tx = self.store().begin_write().await?;
-                store::agent_rooms::record(&mut tx, room.as_str(), a, b).await?;
+                store::agent_rooms::record(&mut tx, room.as_str(), owner, a, b).await?;
                 conversations::set_membership(&mut tx, room.as_str(), &self.namespace().bot_user_id(), "join").await?;
                 conversations::conversation_for_room_or_create(&mut tx, room.as_str(), &format!("Agents {a} & {b}"))
                     .await?;
@@ -338,7 +359,7 @@ mod tests {
         let people = vec!["@alice:x".to_string()];
         let v12 = power_levels("@mosaic-bot:x", &people, "12");
         assert!(v12["users"].get("@mosaic-bot:x").is_none());
-        assert_eq!(v12["users"]["@alice:x"], 50);
+        assert_eq!(v12["users"]["@alice:x"], 100, "the person the room is for owns it");
         let v10 = power_levels("@mosaic-bot:x", &people, "10");
         assert_eq!(v10["users"]["@mosaic-bot:x"], 100);
         assert_eq!(v10["users_default"], 0);
@@ -346,6 +367,17 @@ mod tests {
         for action in ["state_default", "invite", "kick", "ban", "redact"] {
             assert_eq!(v10[action], 50, "{action}");
         }
+    }
+
+    #[test]
+    fn archived_rooms_are_closed_to_their_owners_where_the_bot_outranks_them() {
+        let bot = "@mosaic-bot:x";
+        // Room version 12: the bot created the room and is above everyone listed.
+        assert_eq!(archived_level(&power_levels(bot, &["@alice:x".into()], "12"), bot), 101);
+        assert_eq!(archived_level(&json!({"users": {"@bob:x": 50}}), bot), 100);
+        assert_eq!(archived_level(&json!({}), bot), 100);
+        // Before: the bot has 100 and cannot require more.
+        assert_eq!(archived_level(&power_levels(bot, &["@alice:x".into()], "10"), bot), 100);
     }
 
     #[test]
@@ -386,8 +418,22 @@ pub struct WelcomeJob {
 
 pub const WELCOME_KIND: &str = "matrix.welcome";
 
-/// Power needed to post in an archived room: only the bot has it.
+/// Power needed to post in an archived room, at least: only the bot has it.
 const ARCHIVED_POWER: i64 = 100;
+
+/// The level an archived room requires for everything, given its power levels: above
+/// every person listed when the bot has unlimited power (it created the room in version
+/// 12 and is not listed), else the bot's own level, the most it may require.
+pub fn archived_level(power_levels: &serde_json::Value, bot: &str) -> i64 {
+    let users = power_levels["users"].as_object();
+    match users.and_then(|u| u.get(bot)).and_then(serde_json::Value::as_i64) {
+        Some(bot_level) => bot_level,
+        None => {
+            let highest = users.into_iter().flat_map(|u| u.values()).filter_map(serde_json::Value::as_i64).max();
+            highest.unwrap_or(0).max(ARCHIVED_POWER - 1) + 1
+        }
+    }
+}
 
 impl MatrixAdapter {
     pub async fn send_state(&self, job: &StateJob) -> Result<(), EventError> {
@@ -411,8 +457,9 @@ impl MatrixAdapter {
         let current = self.client().call(current, None).await?;
         let mut content: serde_json::Value =
             serde_json::from_str(current.event_or_content.get()).map_err(|e| EventError::Permanent(e.to_string()))?;
+        let level = archived_level(&content, &self.namespace().bot_user_id());
         for key in ["events_default", "state_default", "invite"] {
-            content[key] = json!(ARCHIVED_POWER);
+            content[key] = json!(level);
         }
         content["events"] = json!({});
         let state = StateJob {

@@ -134,7 +134,7 @@ pub async fn list(conn: &mut AnyConnection) -> Result<Vec<DeadLetter>> {
         let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *conn).await?;
         letters.extend(rows.into_iter().map(|row| from_row(source, row, false)));
     }
-    letters.sort_by(|a, b| b.failed_at.cmp(&a.failed_at));
+    letters.sort_by_key(|letter| std::cmp::Reverse(letter.failed_at));
     Ok(letters)
 }
 

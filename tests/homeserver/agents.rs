@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::fake_openai::{FakeOpenAi, Script};
-use crate::support::{Person, Service, body, reply_target, slot};
+use crate::support::{Person, Service, body, mosaic, reply_target, slot};
 
 fn openai_agent(id: &str, base_url: &str, max_edits: u32) -> String {
     format!(
@@ -190,6 +190,61 @@ permission_timeout_secs = 60
     assert!(text.contains("You said: please run the tests"), "{text}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permission_question_answered_by_someone_else_does_not_count() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake_acp_agent.py");
+    let slot = slot("asker");
+    slot.write_config_with_agents(&format!(
+        r#"
+[[agent]]
+id = "coder"
+display_name = "Coder"
+runtime = "acp"
+command = ["python3", "{script}"]
+permission_timeout_secs = 60
+"#
+    ));
+    let _service = Service::start(&slot).await;
+    let alice = Person::new("asker-alice").await;
+    let mallory = Person::new("asker-mallory").await;
+    let coder = slot.agent("coder");
+    let room = alice.create_room(&[&coder, &mallory.user_id], false).await;
+    mallory.join(&room).await;
+    alice.wait_for_member(&room, &coder).await;
+
+    // Alice starts the turn; the question says who may answer it.
+    let asked = alice.say(&room, "Coder, please run the tests").await;
+    let question = alice.wait_for(&room, &coder, |e| body(e).contains("asks for permission")).await;
+    assert_eq!(reply_target(&question), Some(asked.as_str()));
+    let text = body(&question);
+    assert!(text.contains(&format!("Only {} (who asked) or an admin can answer.", alice.user_id)), "{text}");
+
+    // Mallory answers first, in every way an answer can be given: none of them counts.
+    let question_id = question["event_id"].as_str().unwrap();
+    mallory
+        .send(
+            &room,
+            serde_json::json!({
+                "msgtype": "m.text", "body": "always",
+                "m.relates_to": {"m.in_reply_to": {"event_id": question_id}},
+            }),
+        )
+        .await;
+    mallory.say(&room, "yes").await;
+    mallory.react(&room, question_id, "👍").await;
+    // Alice refuses: had Mallory's answer counted, the tool would have run and Alice's
+    // "no" would be an ordinary message.
+    alice.say(&room, "no").await;
+    let answered = alice
+        .wait_for(&room, &coder, |e| {
+            let text = e["content"]["m.new_content"]["body"].as_str().unwrap_or_else(|| body(e));
+            ["allowed", "rejected", "cancelled"].iter().any(|outcome| text.contains(&format!("permission: {outcome}")))
+        })
+        .await;
+    let text = answered["content"]["m.new_content"]["body"].as_str().unwrap_or_else(|| body(&answered));
+    assert!(text.contains("permission: rejected"), "{text}");
+}
+
 /// The `mosaic.agent_message` of an event.
 fn agent_message(event: &Value) -> &Value {
     &event["content"]["mosaic.agent_message"]
@@ -211,37 +266,33 @@ display_name = "Beta"
 runtime = "echo"
 "#,
     );
+    let alice = Person::new("pair-alice").await;
+    mosaic(&slot, &["account", "create", "pair-alice", "--matrix-id", &alice.user_id]).expect_success();
     let _service = Service::start(&slot).await;
     let bot = slot.bot();
     let (alpha, beta) = (slot.agent("alpha"), slot.agent("beta"));
-    let alice = Person::new("pair-alice").await;
     let dm = alice.create_room(&[&bot], true).await;
     alice.wait_for_member(&dm, &bot).await;
     let asked = alice.say(&dm, "!pair beta alpha").await;
-    let answer = alice.wait_for_reply(&dm, &bot, &asked).await;
-    assert!(body(&answer).contains("#mosaic-pair-agents-alpha-beta:localhost"), "{}", body(&answer));
+    let answer = body(&alice.wait_for_reply(&dm, &bot, &asked).await).to_string();
+    let alias = answer.split_whitespace().find(|w| w.starts_with('#')).unwrap_or_default().to_string();
+    assert!(alias.starts_with("#mosaic-pair-agents-alpha-beta-") && alias.ends_with(":localhost"), "{answer}");
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let room = loop {
-        if let Some(room) = alice.invites().await.into_iter().find(|r| r != &dm) {
-            break room;
-        }
-        assert!(std::time::Instant::now() < deadline, "no invitation to the agents' room");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (room, _) = alice.wait_for_invite_named("Mosaic agents: alpha & beta").await;
     alice.join(&room).await;
     let resolved: Value = reqwest::get(format!(
-        "{}/_matrix/client/v3/directory/room/%23mosaic-pair-agents-alpha-beta:localhost",
-        crate::support::homeserver_url()
+        "{}/_matrix/client/v3/directory/room/{}",
+        crate::support::homeserver_url(),
+        alias.replace('#', "%23")
     ))
     .await
     .unwrap()
     .json()
     .await
     .unwrap();
-    assert_eq!(resolved["room_id"], room.as_str(), "the alias names the pair, ids sorted");
+    assert_eq!(resolved["room_id"], room.as_str(), "the alias names the pair, ids sorted, and its owner");
     let power = alice.state(&room, "m.room.power_levels").await;
-    assert_eq!(power["users"][&alice.user_id], 50, "people watch with power 50");
+    assert_eq!(power["users"][&alice.user_id], 100, "the person who asked owns the room");
     assert!(power["users"].get(&alpha).is_none() && power["users"].get(&beta).is_none(), "agents stay at 0");
     alice.wait_for_member(&room, &alpha).await;
     alice.wait_for_member(&room, &beta).await;
@@ -268,18 +319,26 @@ runtime = "echo"
         assert_eq!(agent_message(&step)["payload"]["reply_to_event_id"], delegate_id.as_str(), "{kind}");
     }
 
-    // Someone else asks for the same pair: the same room, watched with the same power.
+    // Someone else asks for the same pair. Without an account they get no room at all;
+    // with one, a room of their own: never Alice's, whose history stays hers.
     let bob = Person::new("pair-bob").await;
     let bob_dm = bob.create_room(&[&bot], true).await;
     bob.wait_for_member(&bob_dm, &bot).await;
+    let unlinked = bob.say(&bob_dm, "!pair alpha beta").await;
+    let refused = body(&bob.wait_for_reply(&bob_dm, &bot, &unlinked).await).to_string();
+    assert!(refused.contains("link yours first"), "{refused}");
+    mosaic(&slot, &["account", "create", "pair-bob", "--matrix-id", &bob.user_id]).expect_success();
     let again = bob.say(&bob_dm, "!pair alpha beta").await;
-    bob.wait_for_reply(&bob_dm, &bot, &again).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !bob.invites().await.contains(&room) {
-        assert!(std::time::Instant::now() < deadline, "bob was not invited to the existing agents' room");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(alice.state(&room, "m.room.power_levels").await["users"][&bob.user_id], 50);
+    let answer = body(&bob.wait_for_reply(&bob_dm, &bot, &again).await).to_string();
+    assert!(!answer.contains(&alias), "bob is sent to alice's room: {answer}");
+    let (bobs_room, _) = bob.wait_for_invite_named("Mosaic agents: alpha & beta").await;
+    assert_ne!(bobs_room, room, "bob was invited into alice's agent room");
+    // Alice asks again: her own room is reopened, not a new one, and not Bob's.
+    let reopen = alice.say(&dm, "!pair alpha beta").await;
+    assert!(body(&alice.wait_for_reply(&dm, &bot, &reopen).await).contains(&alias));
+    assert!(!alice.invites().await.contains(&bobs_room));
+    assert!(alice.state_or_null(&room, &format!("m.room.member/{}", bob.user_id)).await.is_null());
+    assert!(alice.state(&room, "m.room.power_levels").await["users"].get(&bob.user_id).is_none());
 
     // A person interrupts: both agents answer the interruption.
     let interrupt = alice.say(&room, "[HUMAN] please pause and summarise").await;

@@ -7,6 +7,7 @@ mod support;
 mod admin;
 mod agents;
 mod discord;
+mod room_power;
 mod telegram;
 
 use std::time::Duration;
@@ -270,7 +271,7 @@ async fn new_creates_a_room_with_the_asker_and_the_default_agent() {
     assert_eq!(alice.state(&room, "m.room.name").await["name"], "Mosaic: Weekly plan");
     assert_eq!(alice.state(&room, "m.room.join_rules").await["join_rule"], "invite");
     let power = alice.state(&room, "m.room.power_levels").await;
-    assert_eq!(power["users"][&alice.user_id], 50);
+    assert_eq!(power["users"][&alice.user_id], 100, "the person who asked owns the room");
     assert!(power["users"].get(&echo).is_none(), "agents stay at the default power 0");
     assert_eq!(power["users_default"], 0);
     assert_eq!(power["state_default"], 50);

@@ -37,6 +37,8 @@ pub const SLOTS: &[&str] = &[
     "retention",
     "telegram",
     "discord",
+    "power",
+    "asker",
     "soak",
     "soak-pg",
     "restart",
@@ -470,6 +472,14 @@ impl Person {
     pub async fn send(&self, room: &str, content: Value) -> String {
         let txn = self.txn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = format!("/rooms/{}/send/m.room.message/t{txn}-{}", enc(room), random_hex());
+        self.call(reqwest::Method::PUT, &path, Some(content)).await["event_id"].as_str().unwrap().to_string()
+    }
+
+    /// Reacts to an event with `key` (an emoji); returns the reaction's event id.
+    pub async fn react(&self, room: &str, event_id: &str, key: &str) -> String {
+        let txn = self.txn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = format!("/rooms/{}/send/m.reaction/t{txn}-{}", enc(room), random_hex());
+        let content = json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}});
         self.call(reqwest::Method::PUT, &path, Some(content)).await["event_id"].as_str().unwrap().to_string()
     }
 
