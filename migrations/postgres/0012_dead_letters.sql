@@ -15,3 +15,8 @@ ALTER TABLE inbox_events ADD COLUMN failing_since BIGINT;
 ALTER TABLE inbox_events ADD COLUMN dead_reason TEXT;
 CREATE INDEX inbox_events_dead ON inbox_events (failed_at) WHERE failed_at IS NOT NULL;
 CREATE INDEX outbox_dead ON outbox (failed_at) WHERE failed_at IS NOT NULL;
+
+-- Unfinished work only: the lanes' and the inbox's reads stay small however much
+-- finished work the tables keep.
+CREATE INDEX outbox_unfinished ON outbox (queue, seq) WHERE done_at IS NULL AND failed_at IS NULL;
+CREATE INDEX inbox_events_unfinished ON inbox_events (seq) WHERE processed_at IS NULL AND failed_at IS NULL;

@@ -36,31 +36,42 @@ pub(super) async fn show(
     Ok(axum::Json(letter).into_response())
 }
 
-pub(super) async fn retry(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-    Path((source, seq)): Path<(String, String)>,
-) -> ApiResult {
-    authorize(&state.config, &headers)?;
-    let id = id_of(&source, &seq)?;
-    let mut conn = state.store.conn().await?;
-    if !dead_letters::retry(&mut conn, id).await? {
-        return Err(missing(id));
-    }
-    state.wakers.wake_all();
-    Ok(axum::Json(json!({ "id": id.to_string(), "status": "queued" })).into_response())
+/// What an operator does with a dead letter.
+#[derive(Clone, Copy)]
+enum Action {
+    Retry,
+    Drop,
 }
 
-pub(super) async fn drop(
+pub(super) async fn retry(state: State<AdminState>, headers: HeaderMap, path: Path<(String, String)>) -> ApiResult {
+    act(state, headers, path, Action::Retry).await
+}
+
+pub(super) async fn drop(state: State<AdminState>, headers: HeaderMap, path: Path<(String, String)>) -> ApiResult {
+    act(state, headers, path, Action::Drop).await
+}
+
+async fn act(
     State(state): State<AdminState>,
     headers: HeaderMap,
     Path((source, seq)): Path<(String, String)>,
+    action: Action,
 ) -> ApiResult {
     authorize(&state.config, &headers)?;
     let id = id_of(&source, &seq)?;
     let mut conn = state.store.conn().await?;
-    if !dead_letters::drop(&mut conn, id).await? {
+    let found = match action {
+        Action::Retry => dead_letters::retry(&mut conn, id).await?,
+        Action::Drop => dead_letters::drop(&mut conn, id).await?,
+    };
+    if !found {
         return Err(missing(id));
     }
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(match action {
+        Action::Retry => {
+            state.wakers.wake_all();
+            axum::Json(json!({ "id": id.to_string(), "status": "queued" })).into_response()
+        }
+        Action::Drop => StatusCode::NO_CONTENT.into_response(),
+    })
 }

@@ -126,6 +126,48 @@ fn select(source: Source) -> String {
     format!("SELECT {columns} FROM {} WHERE {}", source.table(), source.dead())
 }
 
+/// Schedules another try of failing work after `delay_ms`, remembering when it first
+/// failed.
+pub(super) async fn retry_later(
+    conn: &mut AnyConnection,
+    source: Source,
+    seq: i64,
+    delay_ms: i64,
+    error: &str,
+) -> Result<()> {
+    let now = now_ms();
+    let sql = format!(
+        "UPDATE {} SET attempts = attempts + 1, not_before = $1, last_error = $2,
+         failing_since = COALESCE(failing_since, $3) WHERE seq = $4",
+        source.table()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(now + delay_ms)
+        .bind(error)
+        .bind(now)
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Sets failing work aside as a dead letter, with why (see [`crate::queue::DeadReason`])
+/// and its last error.
+pub(super) async fn set_aside(
+    conn: &mut AnyConnection,
+    source: Source,
+    seq: i64,
+    reason: &str,
+    error: &str,
+) -> Result<()> {
+    let sql = format!(
+        "UPDATE {} SET failed_at = $1, dead_reason = $2, last_error = $3, attempts = attempts + 1 WHERE seq = $4",
+        source.table()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms()).bind(reason).bind(error).bind(seq).execute(&mut *conn).await?;
+    Ok(())
+}
+
 /// Every dead letter, newest first.
 pub async fn list(conn: &mut AnyConnection) -> Result<Vec<DeadLetter>> {
     let mut letters = Vec::new();

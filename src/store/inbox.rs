@@ -93,32 +93,12 @@ pub async fn next_retry_at(conn: &mut AnyConnection) -> Result<Option<i64>> {
 
 /// Schedules another try of an event after `delay_ms`; its room waits until then.
 pub async fn retry_later(conn: &mut AnyConnection, seq: i64, delay_ms: i64, error: &str) -> Result<()> {
-    let now = now_ms();
-    sqlx::query(
-        "UPDATE inbox_events SET attempts = attempts + 1, not_before = $1, last_error = $2,
-         failing_since = COALESCE(failing_since, $3) WHERE seq = $4",
-    )
-    .bind(now + delay_ms)
-    .bind(error)
-    .bind(now)
-    .bind(seq)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    super::dead_letters::retry_later(conn, super::dead_letters::Source::Inbox, seq, delay_ms, error).await
 }
 
 /// Sets an event aside as a dead letter; its room goes on with the next one.
 pub async fn mark_dead(conn: &mut AnyConnection, seq: i64, reason: &str, error: &str) -> Result<()> {
-    sqlx::query(
-        "UPDATE inbox_events SET failed_at = $1, dead_reason = $2, last_error = $3, attempts = attempts + 1 WHERE seq = $4",
-    )
-    .bind(now_ms())
-    .bind(reason)
-    .bind(error)
-    .bind(seq)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    super::dead_letters::set_aside(conn, super::dead_letters::Source::Inbox, seq, reason, error).await
 }
 
 /// Marks an event processed and drops its body: what mattered is in the message log

@@ -78,32 +78,12 @@ pub async fn mark_done(conn: &mut AnyConnection, seq: i64) -> Result<()> {
 /// Sets a job aside as a dead letter (see [`crate::queue::DeadReason`]); its queue goes
 /// on with the next job. The error stays for the operator.
 pub async fn mark_dead(conn: &mut AnyConnection, seq: i64, reason: &str, error: &str) -> Result<()> {
-    sqlx::query(
-        "UPDATE outbox SET failed_at = $1, dead_reason = $2, last_error = $3, attempts = attempts + 1 WHERE seq = $4",
-    )
-    .bind(now_ms())
-    .bind(reason)
-    .bind(error)
-    .bind(seq)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    super::dead_letters::set_aside(conn, super::dead_letters::Source::Outbox, seq, reason, error).await
 }
 
 /// Schedules another try of a job after `delay_ms`.
 pub async fn retry_later(conn: &mut AnyConnection, seq: i64, delay_ms: i64, error: &str) -> Result<()> {
-    let now = now_ms();
-    sqlx::query(
-        "UPDATE outbox SET not_before = $1, last_error = $2, attempts = attempts + 1,
-         failing_since = COALESCE(failing_since, $3) WHERE seq = $4",
-    )
-    .bind(now + delay_ms)
-    .bind(error)
-    .bind(now)
-    .bind(seq)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    super::dead_letters::retry_later(conn, super::dead_letters::Source::Outbox, seq, delay_ms, error).await
 }
 
 /// Unfinished jobs per queue.
