@@ -62,6 +62,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
     /// The Telegram bridge; off without this section (or `MOSAIC_AS_TELEGRAM_TOKEN`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telegram: Option<TelegramConfig>,
@@ -182,6 +184,32 @@ fn default_retention_interval() -> u64 {
 }
 fn default_min_days() -> i64 {
     1
+}
+
+/// Files carried between surfaces.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Largest file fetched from the media repository to pass on; a larger one is
+    /// bridged as a note (`[file not bridged: name]`).
+    #[serde(default = "default_media_max_bytes")]
+    pub max_bytes: u64,
+    /// Seconds a fetch may take before the file counts as unavailable for now.
+    #[serde(default = "default_media_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self { max_bytes: default_media_max_bytes(), timeout_secs: default_media_timeout_secs() }
+    }
+}
+
+fn default_media_max_bytes() -> u64 {
+    50 * 1024 * 1024
+}
+fn default_media_timeout_secs() -> u64 {
+    120
 }
 
 /// How long failing work is retried before it becomes a dead letter (see

@@ -66,6 +66,22 @@ async fn send(
     (StatusCode::OK, axum::Json(json!({"event_id": event_id})))
 }
 
+/// A file of as many bytes as its media id says (`mxc://test/2000` is 2,000 bytes); the
+/// first two are also announced in `Content-Length`, the others streamed without it.
+async fn download(Path((_server, id)): Path<(String, String)>) -> axum::response::Response {
+    let size: usize = id.parse().unwrap_or(0);
+    let bytes = vec![b'x'; size];
+    if id.ends_with('1') {
+        let chunks =
+            futures::stream::iter(bytes.chunks(100).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
+        return axum::response::Response::builder()
+            .header("content-type", "application/octet-stream")
+            .body(axum::body::Body::from_stream(chunks))
+            .unwrap();
+    }
+    ([("content-type", "application/octet-stream")], bytes).into_response()
+}
+
 /// The asserted user of an appservice request.
 fn sender_of(query: &str) -> String {
     url::form_urlencoded::parse(query.as_bytes())
@@ -105,6 +121,7 @@ async fn fake_homeserver(answers: Vec<(u16, serde_json::Value)>) -> (String, Sha
         .route("/_matrix/client/v3/profile/{user}/{field}", put(profile))
         .route("/_matrix/client/v3/rooms/{room}/send/{kind}/{txn}", put(send))
         .route("/_matrix/client/v3/rooms/{room}/messages", get(messages))
+        .route("/_matrix/client/v1/media/download/{server}/{id}", get(download))
         .with_state(script.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -113,9 +130,14 @@ async fn fake_homeserver(answers: Vec<(u16, serde_json::Value)>) -> (String, Sha
 }
 
 async fn adapter(homeserver: &str) -> (MatrixAdapter, tempfile::TempDir) {
+    adapter_with(homeserver, "").await
+}
+
+async fn adapter_with(homeserver: &str, sections: &str) -> (MatrixAdapter, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::parse(&format!(
         r#"
+        {sections}
         [homeserver]
         url = "{homeserver}"
         server_name = "test"
@@ -209,4 +231,18 @@ async fn adapter_to_closed_port() -> (MatrixAdapter, tempfile::TempDir) {
     let url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
     adapter(&url).await
+}
+
+#[tokio::test]
+async fn files_over_the_size_cap_are_refused_without_being_read_whole() {
+    use mosaic_as::protocol::{MediaError, MediaRepository};
+    let (url, _script) = fake_homeserver(vec![]).await;
+    let (adapter, _dir) = adapter_with(&url, "[media]\nmax_bytes = 1000").await;
+    assert_eq!(adapter.download("mxc://test/1000").await.unwrap().bytes.len(), 1000);
+    for (uri, how) in [("mxc://test/2000", "announced"), ("mxc://test/2001", "streamed")] {
+        match adapter.download(uri).await {
+            Err(MediaError::Rejected(reason)) => assert!(reason.contains("larger than 1000"), "{reason}"),
+            other => panic!("a {how} file over the cap must be refused for good: {other:?}"),
+        }
+    }
 }

@@ -35,6 +35,15 @@ pub enum HsError {
     Api { status: u16, errcode: String, message: String },
     #[error("unexpected homeserver response: {0}")]
     Protocol(String),
+    #[error("the answer is larger than {max_bytes} bytes")]
+    TooLarge { max_bytes: u64 },
+}
+
+/// Bounds for an answer that may be large (a file from the media repository).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit {
+    pub max_bytes: u64,
+    pub timeout: Duration,
 }
 
 impl HsError {
@@ -102,6 +111,23 @@ impl HomeserverClient {
         R::PathBuilder: PathInput,
         for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
     {
+        self.call_limited(request, as_user, None).await
+    }
+
+    /// [`HomeserverClient::call`] whose answer is read only up to `limit`: a larger one
+    /// fails with [`HsError::TooLarge`] without being read to its end.
+    pub async fn call_limited<R>(
+        &self,
+        request: R,
+        as_user: Option<&UserId>,
+        limit: Option<BodyLimit>,
+    ) -> Result<R::IncomingResponse, HsError>
+    where
+        R: OutgoingRequest,
+        R::EndpointError: ToHsError,
+        R::PathBuilder: PathInput,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+    {
         let identity = as_user.map(AppserviceUserIdentity::new).unwrap_or_default();
         let http_request = request
             .try_into_http_request_with_identity::<Vec<u8>>(
@@ -111,26 +137,48 @@ impl HomeserverClient {
                 R::PathBuilder::input(),
             )
             .map_err(|e| HsError::Protocol(format!("cannot build request: {e}")))?;
-        let response = self.execute(http_request).await?;
+        let response = self.execute(http_request, limit).await?;
         R::IncomingResponse::try_from_http_response(response).map_err(classify)
     }
 
-    async fn execute(&self, request: http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, HsError> {
+    async fn execute(
+        &self,
+        request: http::Request<Vec<u8>>,
+        limit: Option<BodyLimit>,
+    ) -> Result<http::Response<Vec<u8>>, HsError> {
         let (parts, body) = request.into_parts();
         let url = parts.uri.to_string();
         let mut builder = self.http.request(parts.method, &url).body(body);
         for (name, value) in &parts.headers {
             builder = builder.header(name, value);
         }
-        let response = builder.send().await.map_err(|e| HsError::Network(without_url(e)))?;
+        if let Some(limit) = limit {
+            builder = builder.timeout(limit.timeout);
+        }
+        let mut response = builder.send().await.map_err(|e| HsError::Network(without_url(e)))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response.bytes().await.map_err(|e| HsError::Network(without_url(e)))?;
+        let bytes = match limit {
+            None => response.bytes().await.map_err(|e| HsError::Network(without_url(e)))?.to_vec(),
+            Some(BodyLimit { max_bytes, .. }) => {
+                if response.content_length().is_some_and(|length| length > max_bytes) {
+                    return Err(HsError::TooLarge { max_bytes });
+                }
+                let mut bytes = Vec::new();
+                while let Some(chunk) = response.chunk().await.map_err(|e| HsError::Network(without_url(e)))? {
+                    if (bytes.len() + chunk.len()) as u64 > max_bytes {
+                        return Err(HsError::TooLarge { max_bytes });
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                bytes
+            }
+        };
         let mut http_response = http::Response::builder().status(status.as_u16());
         for (name, value) in &headers {
             http_response = http_response.header(name, value);
         }
-        http_response.body(bytes.to_vec()).map_err(|e| HsError::Protocol(e.to_string()))
+        http_response.body(bytes).map_err(|e| HsError::Protocol(e.to_string()))
     }
 }
 

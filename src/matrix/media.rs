@@ -7,7 +7,9 @@ use ruma::api::client::media::create_content;
 use ruma::{MxcUri, OwnedServerName};
 
 use super::MatrixAdapter;
-use super::client::HsError;
+use std::time::Duration;
+
+use super::client::{BodyLimit, HsError};
 use crate::protocol::{Media, MediaError, MediaRepository};
 
 impl From<HsError> for MediaError {
@@ -32,7 +34,9 @@ impl MediaRepository for MatrixAdapter {
         let uri = <&MxcUri>::from(mxc_uri);
         let (server, media_id) = uri.parts().map_err(|e| MediaError::Rejected(format!("not an mxc:// URI: {e}")))?;
         let request = get_content::v1::Request::new(media_id.to_string(), OwnedServerName::from(server));
-        let response = self.client().call(request, None).await?;
+        let media = &self.config().media;
+        let limit = BodyLimit { max_bytes: media.max_bytes, timeout: Duration::from_secs(media.timeout_secs) };
+        let response = self.client().call_limited(request, None, Some(limit)).await?;
         Ok(Media {
             bytes: response.file,
             mime_type: response.content_type.unwrap_or_else(|| "application/octet-stream".into()),
