@@ -544,3 +544,40 @@ async fn errors_say_what_to_fix_without_tokens() {
     }
     assert!(DiscordAdapter::new(&DiscordConfig::default(), h.store.clone(), h.media.clone()).is_err());
 }
+
+#[tokio::test]
+async fn a_resend_finds_the_webhook_message_whose_answer_was_lost() {
+    let h = harness().await;
+    let first = from_matrix("said once");
+    h.send(&first).await.unwrap();
+    let posted = h.fake.sent()[0].id.to_string();
+    // The answer was lost (a crash before recording it): the record is gone.
+    {
+        let mut conn = h.store.conn().await.unwrap();
+        sqlx::query("DELETE FROM message_refs").execute(&mut *conn).await.unwrap();
+    }
+    h.adapter.resend_message(&GENERAL.to_string(), &first).await.unwrap();
+    assert_eq!(h.fake.sent().len(), 1, "found in the channel, not posted again: {:?}", h.fake.sent());
+    assert_eq!(h.native_of(&first).await, Some(posted), "the earlier copy is recorded");
+
+    // The same words sent again as a new message are a new message.
+    let again = from_matrix("said once");
+    h.adapter.resend_message(&GENERAL.to_string(), &again).await.unwrap();
+    assert_eq!(h.fake.sent().len(), 2, "a copy recorded for another message is not taken");
+}
+
+#[tokio::test]
+async fn bot_messages_carry_an_enforced_nonce_so_a_repeat_posts_nothing() {
+    let h = harness_with(|fake| fake.deny_webhooks(GENERAL)).await;
+    let msg = from_matrix("by the bot");
+    h.send(&msg).await.unwrap();
+    {
+        let mut conn = h.store.conn().await.unwrap();
+        sqlx::query("DELETE FROM message_refs").execute(&mut *conn).await.unwrap();
+    }
+    h.send(&msg).await.unwrap();
+    let sent = h.fake.sent();
+    assert_eq!(sent.len(), 1, "Discord answered the repeated nonce with the first message: {sent:?}");
+    assert!(!by_webhook(&sent[0]));
+    assert_eq!(h.native_of(&msg).await, Some(sent[0].id.to_string()));
+}

@@ -182,3 +182,12 @@ async fn messages_sent_while_the_service_was_stopped_are_all_answered_once() {
     assert!(doubled.is_empty(), "answered more than once: {doubled:?}");
     drop(service);
 }
+
+#[test]
+fn no_slot_namespace_covers_another() {
+    for a in support::SLOTS {
+        for b in support::SLOTS {
+            assert!(!b.starts_with(&format!("{a}-")), "slot {b:?} falls inside the alias namespace of slot {a:?}");
+        }
+    }
+}

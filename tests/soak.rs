@@ -80,7 +80,7 @@ async fn every_message_is_answered_exactly_once_on_every_surface_through_faults_
 async fn every_message_is_answered_exactly_once_on_every_surface_through_faults_on_postgres() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let database = fresh_postgres_database("mosaic_store_soak").await;
-    soak(slot("soak-pg"), Some(database)).await;
+    soak(slot("pgsoak"), Some(database)).await;
 }
 
 async fn soak(slot: support::Slot, database: Option<String>) {

@@ -214,7 +214,13 @@ impl ChannelAdapter for DiscordAdapter {
     }
 
     async fn send_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
-        self.inner.send(channel_id, msg).await
+        self.inner.send(channel_id, msg, false).await
+    }
+
+    /// Bot messages carry an enforced nonce, so Discord itself drops a repeat; webhook
+    /// messages take none, so the channel is searched for the earlier copy first.
+    async fn resend_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
+        self.inner.send(channel_id, msg, true).await
     }
 
     async fn map_identity(&self, channel_user_id: &str) -> Option<String> {

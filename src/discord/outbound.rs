@@ -23,6 +23,27 @@ const WEBHOOK_NAME: &str = "Mosaic";
 /// How many sent messages are remembered for edits (an agent's stream needs the last few).
 const SENT_MEMORY: usize = 10_000;
 
+/// Messages read back when looking for an earlier try of a webhook message.
+const LOOK_BACK: usize = 50;
+
+/// A message as read back from a channel.
+#[derive(Deserialize)]
+struct Posted {
+    #[serde(with = "snowflake")]
+    id: u64,
+    #[serde(default)]
+    content: String,
+    #[serde(default, with = "snowflake::option")]
+    webhook_id: Option<u64>,
+    author: PostedBy,
+}
+
+#[derive(Deserialize)]
+struct PostedBy {
+    #[serde(default)]
+    username: String,
+}
+
 #[derive(Deserialize)]
 struct Created {
     #[serde(with = "snowflake")]
@@ -71,7 +92,14 @@ fn parse_id(text: &str, what: &str) -> Result<u64, ChannelSendError> {
 }
 
 impl Inner {
-    pub(super) async fn send(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
+    /// `resend`: an earlier try may have posted the message already (see
+    /// [`crate::protocol::ChannelAdapter::resend_message`]).
+    pub(super) async fn send(
+        &self,
+        channel_id: &str,
+        msg: &ChannelMessage,
+        resend: bool,
+    ) -> Result<(), ChannelSendError> {
         let chat = parse_id(channel_id, "channel")?;
         if let Some(user) = msg.meta_str(keys::PRIVATE_TO) {
             return self.send_private(channel_id, user, msg).await;
@@ -92,10 +120,16 @@ impl Inner {
         {
             return Ok(());
         }
-        self.send_new(&target, channel_id, msg).await
+        self.send_new(&target, channel_id, msg, resend).await
     }
 
-    async fn send_new(&self, target: &Target, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
+    async fn send_new(
+        &self,
+        target: &Target,
+        channel_id: &str,
+        msg: &ChannelMessage,
+        resend: bool,
+    ) -> Result<(), ChannelSendError> {
         let quote = if target.hook.is_some() { self.reply_quote(channel_id, msg).await? } else { None };
         let native_reply = match (&target.hook, msg.reply_to_id) {
             (None, Some(reply)) => self.native_of(channel_id, reply).await?,
@@ -119,6 +153,11 @@ impl Inner {
         for (index, text) in parts.iter().enumerate() {
             let id = part_id(msg.id, index);
             if self.native_of(channel_id, id).await?.is_some() {
+                continue;
+            }
+            if resend && let Some(native) = self.find_webhook_copy(channel_id, target, msg, text).await? {
+                tracing::info!(channel = CHANNEL, event = "earlier_try_found", id = %id, native);
+                self.record(channel_id, &native, id, target).await?;
                 continue;
             }
             let reply = if index == 0 { native_reply.as_deref() } else { None };
@@ -268,6 +307,35 @@ impl Inner {
         self.rest
             .json(|| with_body(Request::new(route, LightMethod::Post), payload, &file).params(Some(params.clone())))
             .await
+    }
+
+    /// The earlier try of a webhook message whose answer was lost: a message of our
+    /// webhook among the channel's latest, with this very name and text, that no message
+    /// of ours is recorded for. (Bot messages need no search: their nonce does it.)
+    async fn find_webhook_copy(
+        &self,
+        channel_id: &str,
+        target: &Target,
+        msg: &ChannelMessage,
+        text: &str,
+    ) -> Result<Option<String>, ChannelSendError> {
+        let Some(hook) = &target.hook else { return Ok(None) };
+        let route = Route::ChannelMessages { channel_id: ChannelId::new(target.thread.unwrap_or(target.chat)) };
+        let params = vec![("limit", LOOK_BACK.to_string())];
+        let recent: Vec<Posted> =
+            self.rest.json(|| Request::new(route, LightMethod::Get).params(Some(params.clone()))).await?;
+        let username = webhook_username(&sender_name(msg));
+        for posted in recent {
+            if posted.webhook_id == Some(hook.id) && posted.content == text && posted.author.username == username {
+                let native = posted.id.to_string();
+                let mut conn = self.store.conn().await.map_err(store_error)?;
+                let known = messages::message_for_native(&mut conn, CHANNEL, channel_id, &native).await;
+                if known.map_err(store_error)?.is_none() {
+                    return Ok(Some(native));
+                }
+            }
+        }
+        Ok(None)
     }
 
     async fn record(&self, channel_id: &str, native: &str, id: Uuid, target: &Target) -> Result<(), ChannelSendError> {

@@ -17,7 +17,10 @@ use serde_json::{Value, json};
 pub const SERVER_NAME: &str = "localhost";
 
 /// Every test that runs its own mosaic-as has a slot: its own registration, namespace,
-/// port and database, so tests run in parallel against one homeserver.
+/// port and database, so tests run in parallel against one homeserver. No name may
+/// start with another followed by `-` (`soak`, `soak-pg`): the first one's alias
+/// namespace (`#mosaic-soak-…`) would cover the second's rooms, and the homeserver would
+/// push their events to a service that is not running, then hold back its pushes.
 pub const SLOTS: &[&str] = &[
     "echo",
     "group",
@@ -40,7 +43,7 @@ pub const SLOTS: &[&str] = &[
     "power",
     "asker",
     "soak",
-    "soak-pg",
+    "pgsoak",
     "restart",
     "backlog",
 ];
