@@ -111,8 +111,15 @@ impl JobHandler for Dispatcher {
         job: &outbox::Job,
         reason: DeadReason,
     ) -> crate::store::Result<()> {
-        match (job.kind.as_str(), serde_json::from_str::<SendJob>(&job.payload)) {
-            (SEND_KIND, Ok(send)) => crate::hub::bridging::report_undelivered(conn, &send, job.seq, reason).await,
+        match job.kind.as_str() {
+            SEND_KIND => match serde_json::from_str::<SendJob>(&job.payload) {
+                Ok(send) => crate::hub::bridging::report_undelivered(conn, &send, job.seq, reason).await,
+                Err(_) => Ok(()),
+            },
+            OPEN_BRIDGE_KIND => match serde_json::from_str::<OpenBridgeJob>(&job.payload) {
+                Ok(open) => crate::hub::bridging::report_bridge_given_up(conn, &open).await,
+                Err(_) => Ok(()),
+            },
             _ => Ok(()),
         }
     }

@@ -138,19 +138,41 @@ pub async fn adopt_thread_root(conn: &mut AnyConnection, channel: &str, msg: &Ch
 /// bridged leaves the conversation again.
 pub async fn report_bridge(store: &Store, open: &OpenBridgeJob, text: &str, failed: bool) -> store::Result<()> {
     let mut tx = store.begin_write().await?;
-    if failed
-        && let Some(bridge) = bridges::get(&mut tx, &open.channel, &open.channel_id).await?
-        && bridge.conversation_id == open.conversation_id
-    {
-        bridges::remove(&mut tx, &open.channel, &open.channel_id).await?;
-    }
-    if let Some(room) = conversations::room_for_conversation(&mut tx, &open.conversation_id).await? {
-        let notice = ChannelMessage::new(&room, super::SYSTEM_SENDER, SenderType::System, text, ContentType::Markdown);
-        messages::append(&mut tx, &open.conversation_id, "hub", &notice).await?;
-        enqueue_send(&mut tx, crate::matrix::CHANNEL, &room, &notice).await?;
-    }
+    report_bridge_in(&mut tx, open, text, failed).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// [`report_bridge`] inside the caller's transaction.
+async fn report_bridge_in(
+    conn: &mut AnyConnection,
+    open: &OpenBridgeJob,
+    text: &str,
+    failed: bool,
+) -> store::Result<()> {
+    if failed
+        && let Some(bridge) = bridges::get(conn, &open.channel, &open.channel_id).await?
+        && bridge.conversation_id == open.conversation_id
+    {
+        bridges::remove(conn, &open.channel, &open.channel_id).await?;
+    }
+    if let Some(room) = conversations::room_for_conversation(conn, &open.conversation_id).await? {
+        let notice = ChannelMessage::new(&room, super::SYSTEM_SENDER, SenderType::System, text, ContentType::Markdown);
+        messages::append(conn, &open.conversation_id, "hub", &notice).await?;
+        enqueue_send(conn, crate::matrix::CHANNEL, &room, &notice).await?;
+    }
+    Ok(())
+}
+
+/// Bridging a chat was given up (its surface kept failing): the chat is unbridged again
+/// and the room told, so that `!bridge` does not stay at "Bridging…".
+pub async fn report_bridge_given_up(conn: &mut AnyConnection, open: &OpenBridgeJob) -> store::Result<()> {
+    let surface = crate::matrix::adapter::surface_title(&open.channel);
+    let text = format!(
+        "Could not bridge {} chat `{}`: {surface} kept failing. Try `!bridge` again later; an admin can see why with `mosaic-as jobs`.",
+        open.channel, open.channel_id
+    );
+    report_bridge_in(conn, open, &text, true).await
 }
 
 /// A message could not be delivered to a bridged chat and was given up: the

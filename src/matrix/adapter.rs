@@ -89,6 +89,8 @@ pub struct MatrixAdapter {
     display_names: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Messages whose send started in this process and whose event id is not recorded yet.
     unconfirmed: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+    /// Per room, the event time back to which the next catch-up pass reads.
+    pub(super) catch_up_cursors: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl MatrixAdapter {
@@ -105,6 +107,7 @@ impl MatrixAdapter {
             room_version: tokio::sync::OnceCell::new(),
             display_names: Default::default(),
             unconfirmed: Default::default(),
+            catch_up_cursors: Default::default(),
         }
     }
 
