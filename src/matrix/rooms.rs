@@ -181,6 +181,12 @@ impl MatrixAdapter {
         if let Some(space) = space {
             self.link_child(&space, room_id.as_str()).await?;
         }
+        // The room is complete (agents in, Space linked) before its people are invited.
+        if !agent_ids.is_empty() {
+            for person in &job.invite {
+                self.invite_person(&room_id, person).await?;
+            }
+        }
         tracing::info!(conversation_id = job.conversation_id, room_id = %room_id, "conversation room ready");
         Ok(room_id)
     }
@@ -217,9 +223,6 @@ impl MatrixAdapter {
         let room_id = match existing.and_then(|r| OwnedRoomId::try_from(r).ok()) {
             Some(room) => {
                 self.grant_power(&room, &job.observers, OWNER_POWER).await?;
-                for person in &job.observers {
-                    self.invite_person(&room, person).await?;
-                }
                 room
             }
             None => {
@@ -254,6 +257,9 @@ impl MatrixAdapter {
             self.client().call(join_room_by_id::v3::Request::new(room_id.clone()), Some(&user)).await?;
             let mut conn = self.store().conn().await?;
             conversations::set_membership(&mut conn, room_id.as_str(), user.as_str(), "join").await?;
+        }
+        for person in &job.observers {
+            self.invite_person(&room_id, person).await?;
         }
         Ok(room_id)
     }
@@ -319,12 +325,11 @@ impl MatrixAdapter {
         request.room_alias_name = Some(alias_localpart.to_string());
         request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
         request.visibility = Visibility::Private;
-        request.invite = job
-            .invite
-            .iter()
-            .filter_map(|u| OwnedUserId::try_from(u.as_str()).ok())
-            .chain(agents.iter().cloned())
-            .collect();
+        // People come in once the room's agents are there (the caller invites them after
+        // the joins), so nobody arrives in a room whose agent has not joined yet.
+        let people_now = agents.is_empty().then_some(&job.invite).into_iter().flatten();
+        request.invite =
+            people_now.filter_map(|u| OwnedUserId::try_from(u.as_str()).ok()).chain(agents.iter().cloned()).collect();
         let overrides = power_levels(&bot, &job.invite, &room_version);
         let visibility = json!({
             "type": "m.room.history_visibility",
