@@ -142,6 +142,7 @@ impl Dispatcher {
         match sent {
             Ok(()) => JobOutcome::Done,
             Err(ChannelSendError::Terminal(error)) => JobOutcome::Failed(error),
+            Err(ChannelSendError::Unconfirmed(error)) => JobOutcome::Unconfirmed(error),
             Err(ChannelSendError::Transient { message, retry_after }) => {
                 JobOutcome::Retry { error: message, after: retry_after }
             }
@@ -162,9 +163,11 @@ impl Dispatcher {
             Err(ChannelSendError::Terminal(error)) => {
                 (format!("Could not bridge {} chat `{}`: {error}", open.channel, open.channel_id), true)
             }
+            // Opening a bridge only reads: asking again is harmless.
             Err(ChannelSendError::Transient { message, retry_after }) => {
                 return JobOutcome::Retry { error: message, after: retry_after };
             }
+            Err(ChannelSendError::Unconfirmed(message)) => return JobOutcome::Retry { error: message, after: None },
         };
         match crate::hub::bridging::report_bridge(&self.store, open, &text, failed).await {
             Ok(()) => JobOutcome::Done,

@@ -69,6 +69,9 @@ pub enum JobOutcome {
     Done,
     /// Will never succeed: set aside as a dead letter at once.
     Failed(String),
+    /// May have been carried out, and trying again could do it twice: set aside as a
+    /// dead letter at once, for an admin who can check before retrying it.
+    Unconfirmed(String),
     /// Try again after the given delay (or the lane's backoff).
     Retry {
         error: String,
@@ -86,6 +89,8 @@ pub enum DeadReason {
     Attempts,
     /// It kept failing for longer than [`RetryLimits::max_age`].
     Age,
+    /// Its last try may have been carried out; it is not tried again on its own.
+    Unconfirmed,
 }
 
 impl DeadReason {
@@ -94,6 +99,7 @@ impl DeadReason {
             Self::Permanent => "permanent",
             Self::Attempts => "attempts",
             Self::Age => "age",
+            Self::Unconfirmed => "unconfirmed",
         }
     }
 }
@@ -306,6 +312,7 @@ pub async fn run_one(store: &Store, queue: &str, handler: &dyn JobHandler, job: 
                 outbox::mark_done(&mut conn, job.seq).await
             }
             JobOutcome::Failed(error) => give_up(store, handler, job, DeadReason::Permanent, error).await,
+            JobOutcome::Unconfirmed(error) => give_up(store, handler, job, DeadReason::Unconfirmed, error).await,
             JobOutcome::Retry { error, after } => match limits.exhausted(job.attempts, job.failing_since) {
                 Some(reason) => give_up(store, handler, job, reason, error).await,
                 None => {

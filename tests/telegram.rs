@@ -488,6 +488,42 @@ async fn a_server_error_is_retried() {
 }
 
 #[tokio::test]
+async fn a_send_whose_answer_is_lost_is_not_sent_again() {
+    let h = harness().await;
+    h.fake.lose_next_answers(1);
+    let msg = from_matrix("did it arrive?", ContentType::Text);
+    match h.send(GROUP, &msg).await {
+        Err(ChannelSendError::Unconfirmed(error)) => assert!(!error.contains(&h.fake.token()), "{error}"),
+        other => panic!("expected an unconfirmed send, got {other:?}"),
+    }
+    // Telegram carried it out once; the adapter did not try a second time.
+    assert_eq!(h.fake.calls("sendMessage"), 1);
+    assert_eq!(h.fake.sent().iter().filter(|s| s.text.ends_with("did it arrive?")).count(), 1);
+}
+
+#[tokio::test]
+async fn a_lost_answer_to_a_read_is_asked_again() {
+    let h = harness().await;
+    h.fake.lose_next_answers(1);
+    let line = h.adapter.open_bridge(&GROUP.to_string()).await.unwrap();
+    assert!(line.contains("Team chat"), "{line}");
+}
+
+#[tokio::test]
+async fn a_chat_answer_that_cannot_be_read_refuses_the_bridge_at_once() {
+    let h = harness().await;
+    h.fake.garble_chat(GROUP);
+    match h.adapter.open_bridge(&GROUP.to_string()).await {
+        Err(ChannelSendError::Terminal(reason)) => {
+            assert!(reason.contains("could not be read"), "{reason}");
+            assert!(!reason.contains(&h.fake.token()), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(h.fake.calls("getChat"), 1, "an answer that cannot be read is not asked for again");
+}
+
+#[tokio::test]
 async fn refusals_are_terminal_and_name_no_token() {
     let h = harness().await;
     let error = h.send(-999, &from_matrix("nobody home", ContentType::Text)).await.unwrap_err();

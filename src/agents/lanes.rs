@@ -23,7 +23,7 @@ impl JobHandler for Agents {
         let outcome = self.run_turn(job).await;
         let result = match &outcome {
             JobOutcome::Done => "answered",
-            JobOutcome::Failed(_) => "failed",
+            JobOutcome::Failed(_) | JobOutcome::Unconfirmed(_) => "failed",
             JobOutcome::Retry { .. } => "retry",
         };
         let agent = crate::queue::parse_agent_queue(&job.queue).map_or("unknown", |(agent, _)| agent);
@@ -39,7 +39,7 @@ impl JobHandler for Agents {
     ) -> store::Result<()> {
         // A turn that failed for good has told the room itself.
         match reason {
-            DeadReason::Permanent => Ok(()),
+            DeadReason::Permanent | DeadReason::Unconfirmed => Ok(()),
             DeadReason::Attempts | DeadReason::Age => super::turn::report_dead_turn(self, conn, job).await,
         }
     }

@@ -199,6 +199,9 @@ pub async fn report_undelivered(
     let why = match reason {
         DeadReason::Permanent => format!("{surface} refused it"),
         DeadReason::Attempts | DeadReason::Age => format!("{surface} could not be reached"),
+        DeadReason::Unconfirmed => {
+            format!("{surface} did not confirm it, so it is not sent again (it may be there already)")
+        }
     };
     let text = format!("Could not deliver {whose} to {surface}: {why}. An admin can retry it with `mosaic-as jobs`.");
     let mut notice = ChannelMessage::new(&room, super::SYSTEM_SENDER, SenderType::System, text, ContentType::Text);
@@ -367,6 +370,7 @@ impl SurfaceAdapter {
             Ok(()) => "ok",
             Err(ChannelSendError::Terminal(_)) => "terminal",
             Err(ChannelSendError::Transient { .. }) => "transient",
+            Err(ChannelSendError::Unconfirmed(_)) => "unconfirmed",
         };
         crate::metrics::send_finished(self.inner.name(), outcome);
         result

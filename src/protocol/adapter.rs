@@ -35,6 +35,10 @@ pub enum ChannelSendError {
     /// Retried inside the adapter and still failing; worth trying again later.
     #[error("transient send failure: {message}")]
     Transient { message: String, retry_after: Option<Duration> },
+    /// The request went out but its answer was lost, and the surface offers no way to
+    /// look whether it was carried out: sending again could show the message twice.
+    #[error("unconfirmed send: {0}")]
+    Unconfirmed(String),
 }
 
 /// Error from an inbound handler. A transient one: the adapter keeps the message and

@@ -27,6 +27,12 @@ pub(crate) enum Failure {
     Transient(String),
     /// Telegram refused the request (4xx): it will fail the same way again.
     Terminal(String),
+    /// The request left but its answer was lost (timeout, reset): Telegram may have
+    /// carried it out.
+    Unconfirmed(String),
+    /// Telegram answered with something teloxide cannot parse (a field it needs is
+    /// missing): it may have carried the request out, and will answer the same again.
+    Unreadable(String),
     /// `editMessageText` with the text the message already has: nothing to do.
     NotModified,
 }
@@ -35,7 +41,10 @@ impl Failure {
     pub fn message(&self) -> String {
         match self {
             Self::RateLimited(after) => format!("rate limited by Telegram for {} s", after.as_secs()),
-            Self::Transient(message) | Self::Terminal(message) => message.clone(),
+            Self::Transient(message)
+            | Self::Terminal(message)
+            | Self::Unconfirmed(message)
+            | Self::Unreadable(message) => message.clone(),
             Self::NotModified => "message is not modified".into(),
         }
     }
@@ -57,9 +66,13 @@ pub(crate) fn classify(error: RequestError, token: &str) -> Failure {
         RequestError::MigrateToChatId(to) => {
             Failure::Terminal(format!("the group was upgraded to a supergroup with id {to}; bridge the new id instead"))
         }
-        error @ (RequestError::Network(_) | RequestError::InvalidJson { .. } | RequestError::Io(_)) => {
+        // A connection that was never made carried nothing.
+        RequestError::Network(ref network) if network.is_connect() => {
             Failure::Transient(redact(&error.to_string(), token))
         }
+        error @ RequestError::Network(_) => Failure::Unconfirmed(redact(&error.to_string(), token)),
+        error @ RequestError::InvalidJson { .. } => Failure::Unreadable(redact(&error.to_string(), token)),
+        error @ RequestError::Io(_) => Failure::Transient(redact(&error.to_string(), token)),
     }
 }
 
@@ -115,6 +128,13 @@ mod tests {
         assert!(matches!(classify(RequestError::Api(ApiError::ChatNotFound), "t"), Failure::Terminal(_)));
         let retry = RequestError::RetryAfter(teloxide::types::Seconds::from_seconds(3));
         assert_eq!(classify(retry, "t"), Failure::RateLimited(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn an_unparsable_answer_is_unreadable() {
+        let source = serde_json::from_str::<u8>("{").unwrap_err();
+        let unreadable = RequestError::InvalidJson { source: source.into(), raw: "{\"ok\":true".into() };
+        assert!(matches!(classify(unreadable, "t"), Failure::Unreadable(_)));
     }
 
     #[test]

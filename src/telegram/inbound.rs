@@ -261,7 +261,9 @@ enum Fetch {
 
 async fn fetch(inner: &Inner, file_id: &FileId) -> Result<Vec<u8>, Fetch> {
     let file = inner.bot.get_file(file_id.clone()).await.map_err(|error| match inner.classify(error) {
-        super::errors::Failure::Terminal(message) => Fetch::Refused(message),
+        super::errors::Failure::Terminal(message) | super::errors::Failure::Unreadable(message) => {
+            Fetch::Refused(message)
+        }
         other => Fetch::Transient(other.message()),
     })?;
     let mut bytes = Vec::with_capacity(file.meta.size as usize);

@@ -364,6 +364,8 @@ async fn send_file(
 
 /// Runs one Bot API request with the adapter's retries: a 429 waits the `retry_after`
 /// Telegram asked for, a server or network failure backs off; a refusal returns at once.
+/// A `send*` whose answer was lost is not tried again: the Bot API has no idempotency
+/// key, so a second try could post the message twice.
 async fn call<T, F, Fut>(inner: &Inner, method: &'static str, request: F) -> Result<T, Failure>
 where
     F: Fn() -> Fut,
@@ -390,7 +392,13 @@ where
                 }
                 tokio::time::sleep(*after).await;
             }
-            Failure::Transient(error) => {
+            Failure::Unconfirmed(error) | Failure::Unreadable(error) if !is_idempotent(method) => {
+                tracing::warn!(channel = CHANNEL, event = "send_unconfirmed", method, %error);
+                return Err(failure);
+            }
+            // The same request gets the same answer.
+            Failure::Unreadable(_) => return Err(failure),
+            Failure::Transient(error) | Failure::Unconfirmed(error) => {
                 tracing::warn!(channel = CHANNEL, event = "send_retry", method, %error, attempt);
                 if attempt + 1 < SEND_TRIES {
                     tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
@@ -410,8 +418,25 @@ fn send_error(failure: Failure) -> ChannelSendError {
         }
         Failure::Transient(message) => ChannelSendError::Transient { message, retry_after: None },
         Failure::Terminal(message) => ChannelSendError::Terminal(message),
+        Failure::Unconfirmed(message) | Failure::Unreadable(message) => ChannelSendError::Unconfirmed(message),
         Failure::NotModified => ChannelSendError::Terminal("message is not modified".into()),
     }
+}
+
+/// A failed read: an answer that cannot be parsed will not parse next time either.
+fn read_error(failure: Failure) -> ChannelSendError {
+    match failure {
+        Failure::Unreadable(reason) => {
+            tracing::warn!(channel = CHANNEL, event = "unreadable_answer", error = %reason);
+            ChannelSendError::Terminal("Telegram's answer about the chat could not be read".into())
+        }
+        other => send_error(other),
+    }
+}
+
+/// Reads and edits can be repeated safely; a second `sendMessage` posts a second message.
+fn is_idempotent(method: &str) -> bool {
+    !method.starts_with("send")
 }
 
 fn transient(error: impl std::fmt::Display) -> ChannelSendError {
@@ -428,11 +453,11 @@ pub(super) async fn open_bridge(inner: &Inner, channel_id: &str) -> Result<Strin
                 "Telegram chat {channel_id} is not reachable ({reason}): add the bot to the group, and turn off \
              privacy mode in BotFather (/setprivacy → Disable) so it sees all messages"
             )),
-            other => send_error(other),
+            other => read_error(other),
         })?;
     let member = call(inner, "getChatMember", || inner.bot.get_chat_member(chat, UserId(me.id)).into_future())
         .await
-        .map_err(send_error)?;
+        .map_err(read_error)?;
     let (title, kind) = describe(&info);
     if !member.is_present() {
         return Err(ChannelSendError::Terminal(format!(

@@ -158,3 +158,54 @@ async fn a_telegram_group_and_a_matrix_room_share_one_conversation() {
     let events = alice.messages(&room).await;
     assert!(!events.iter().any(|e| body(e) == "after the unbridge echo"), "an unbridged chat still reaches Matrix");
 }
+
+/// `!bridge` to a Telegram whose API keeps failing does not stay at "Bridging…": after
+/// `[delivery]`'s retries the room is told, the chat is not bridged, and an admin sees
+/// the dead letter. Once Telegram is well again, bridging works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bridge_whose_surface_keeps_failing_is_given_up_with_a_notice() {
+    let fake = FakeTelegram::start().await;
+    fake.add_supergroup(GROUP, "Team chat", true);
+    let slot = slot("giveup");
+    let alice = Person::new("gu-alice").await;
+    let delivery = "\n[delivery]\nmax_attempts = 2\nmax_backoff_secs = 1\n";
+    slot.write_config_with_sections(&format!("{}{delivery}", telegram_section(&fake, &alice.user_id)));
+    mosaic(&slot, &["account", "create", "gu-alice", "--matrix-id", &alice.user_id]).expect_success();
+    let _service = Service::start(&slot).await;
+    let echo = slot.agent("echo");
+    let room = alice.create_room(&[&echo], true).await;
+    alice.wait_for_member(&room, &echo).await;
+
+    fake.fail_next(1_000, 500, None);
+    alice.say(&room, &format!("!bridge telegram {GROUP}")).await;
+    // teloxide waits 10 s after every 5xx: two tries of three requests take a minute.
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let given_up = loop {
+        let found = alice.messages(&room).await.into_iter().find(|e| body(e).starts_with("Could not bridge"));
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(std::time::Instant::now() < deadline, "the room was not told that bridging was given up");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(given_up["sender"], echo.as_str());
+    assert!(
+        body(&given_up).contains(&GROUP.to_string()) && body(&given_up).contains("kept failing"),
+        "{}",
+        body(&given_up)
+    );
+    assert!(!body(&given_up).contains("Internal Server Error"), "no internal error in chat: {}", body(&given_up));
+    let listed = mosaic(&slot, &["jobs", "list"]).expect_success();
+    assert!(listed.lines().any(|l| l.contains(&format!("chat:telegram:{GROUP}"))), "{listed}");
+
+    // Not bridged: Telegram hears nothing from the room.
+    alice.say(&room, "only for matrix").await;
+    alice.wait_for(&room, &echo, |e| body(e) == "only for matrix").await;
+    assert!(fake.sent().iter().all(|s| !s.text.contains("only for matrix")), "{:?}", fake.sent());
+
+    fake.heal();
+    alice.say(&room, &format!("!bridge telegram {GROUP}")).await;
+    alice.wait_for(&room, &echo, |e| body(e).contains("Team chat")).await;
+    alice.say(&room, "now for both").await;
+    fake.wait_for_sent(|s| s.chat_id == GROUP && s.text.ends_with("now for both"), WAIT).await;
+}

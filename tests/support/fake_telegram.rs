@@ -8,7 +8,7 @@
 //! Texts the bot sends are parsed as real Telegram does (MarkdownV2 is strict: an unescaped
 //! reserved character is a 400), so `Sent::text` is what a Telegram user would see.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -137,6 +137,10 @@ struct Store {
     poll_failures: VecDeque<(u16, Option<u32>)>,
     /// Chats whose sends always fail with this status.
     broken_chats: HashMap<i64, u16>,
+    /// Requests carried out whose answers are cut short, as by a dropped connection.
+    lost_answers: usize,
+    /// Chats whose `getChat` answer lacks the `type` every client needs.
+    garbled_chats: HashSet<i64>,
     webhook: Option<(String, Option<String>)>,
     calls: HashMap<String, usize>,
     last_params: HashMap<String, Value>,
@@ -332,6 +336,23 @@ impl FakeTelegram {
     /// Every send to `chat` fails with `status` from now on (its updates still arrive).
     pub fn break_chat(&self, chat: i64, status: u16) {
         self.store().broken_chats.insert(chat, status);
+    }
+
+    /// Failures asked for with [`FakeTelegram::fail_next`] that have not happened yet
+    /// are forgotten: Telegram is well again.
+    pub fn heal(&self) {
+        self.store().failures.clear();
+    }
+
+    /// The next `n` requests other than getUpdates/getMe are carried out, but their
+    /// answers break off after the first bytes.
+    pub fn lose_next_answers(&self, n: usize) {
+        self.store().lost_answers += n;
+    }
+
+    /// `getChat` on `chat` answers without the chat's `type`, which clients cannot parse.
+    pub fn garble_chat(&self, chat: i64) {
+        self.store().garbled_chats.insert(chat);
     }
 
     /// The next `n` getUpdates calls fail.
@@ -620,6 +641,14 @@ async fn handle(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap,
         }
         _ => Err((404, "Not Found".into(), None)),
     };
+    let mut store = shared.store.lock().unwrap();
+    if !matches!(method.as_str(), "getupdates" | "getme") && store.lost_answers > 0 {
+        store.lost_answers -= 1;
+        // More bytes announced than sent: the client sees the connection close mid-answer.
+        let cut = "{\"ok\":true,\"result\":";
+        return (StatusCode::OK, [("content-type", "application/json"), ("content-length", "4096")], cut)
+            .into_response();
+    }
     reply(answer)
 }
 
@@ -1011,6 +1040,9 @@ fn get_chat(shared: &Shared, params: &Map<String, Value>) -> Answer {
     let store = shared.store.lock().unwrap();
     let id = int(params, "chat_id").ok_or_else(|| bad_request("chat_id is empty"))?;
     let mut chat = store.chats.get(&id).cloned().ok_or_else(|| bad_request("chat not found"))?;
+    if store.garbled_chats.contains(&id) {
+        chat.as_object_mut().unwrap().remove("type");
+    }
     // ChatFullInfo (Bot API 9): always-present fields.
     chat["accent_color_id"] = json!(0);
     chat["max_reaction_count"] = json!(11);

@@ -46,6 +46,7 @@ pub const SLOTS: &[&str] = &[
     "pgsoak",
     "restart",
     "backlog",
+    "giveup",
 ];
 
 pub fn repo() -> PathBuf {
