@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use crate::agents::{Agents, TurnControl};
 use crate::config::{Config, TelegramMode};
 use crate::discord::DiscordAdapter;
+use crate::error_ref::ErrorRef;
 use crate::hub::bridging::{CLOSE_BRIDGE_KIND, OPEN_BRIDGE_KIND, OpenBridgeJob, SurfaceAdapter};
 use crate::hub::{Hub, SEND_KIND, SendJob};
 use crate::matrix::rooms::{
@@ -23,7 +24,7 @@ use crate::matrix::teams::{
     UNSHARE_KIND, UnshareJob,
 };
 use crate::matrix::{self, MatrixAdapter, adapter::EventError, server};
-use crate::protocol::{ChannelAdapter, ChannelRegistry, ChannelSendError};
+use crate::protocol::{BridgeError, ChannelAdapter, ChannelRegistry, ChannelSendError};
 use crate::queue::{self, DeadReason, JobHandler, JobOutcome, Queues, Wakers};
 use crate::store::{Store, outbox};
 use crate::telegram::TelegramAdapter;
@@ -159,10 +160,21 @@ impl Dispatcher {
         let (text, failed) = match adapter.open_bridge(&open.channel_id).await {
             Ok(line) if line.is_empty() => (format!("Bridged {} chat `{}`.", open.channel, open.channel_id), false),
             Ok(line) => (line, false),
-            Err(ChannelSendError::Terminal(error)) => {
-                (format!("Could not bridge {} chat `{}`: {error}", open.channel, open.channel_id), true)
+            Err(BridgeError::Refused(fix)) => {
+                (format!("Could not bridge {} chat `{}`: {fix}", open.channel, open.channel_id), true)
             }
-            Err(ChannelSendError::Transient { message, retry_after }) => {
+            Err(BridgeError::Send(ChannelSendError::Terminal(error))) => {
+                let reference = ErrorRef::new();
+                tracing::warn!(
+                    channel = open.channel,
+                    chat = open.channel_id,
+                    r#ref = %reference,
+                    %error,
+                    "cannot bridge the chat"
+                );
+                (reference.notice(&format!("Could not bridge {} chat `{}`", open.channel, open.channel_id)), true)
+            }
+            Err(BridgeError::Send(ChannelSendError::Transient { message, retry_after })) => {
                 return JobOutcome::Retry { error: message, after: retry_after };
             }
         };

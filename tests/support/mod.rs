@@ -46,6 +46,7 @@ pub const SLOTS: &[&str] = &[
     "pgsoak",
     "restart",
     "backlog",
+    "quiet",
 ];
 
 pub fn repo() -> PathBuf {
@@ -119,6 +120,16 @@ impl Slot {
     /// Rewrites the config with more top-level tables (e.g. `[retention]`).
     pub fn write_config_with_sections(&self, sections: &str) {
         self.write_config_at(homeserver().port, sections, "");
+    }
+
+    /// Rewrites the config with more top-level tables and more `[[agent]]` tables.
+    pub fn write_config_with(&self, sections: &str, agents: &str) {
+        self.write_config_at(homeserver().port, sections, agents);
+    }
+
+    /// The service's log (its stderr and stdout), as written so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
     }
 
     /// Points the slot's written config at another database.
