@@ -47,6 +47,7 @@ pub const SLOTS: &[&str] = &[
     "restart",
     "backlog",
     "quiet",
+    "listeners",
 ];
 
 pub fn repo() -> PathBuf {
@@ -67,7 +68,7 @@ pub fn homeserver_url() -> String {
 
 /// A loopback port nobody listens on now. Ports are picked per run so that a homeserver
 /// or service left over from another checkout never answers for this one.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
