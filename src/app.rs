@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use crate::agents::{Agents, TurnControl};
 use crate::config::{Config, TelegramMode};
 use crate::discord::DiscordAdapter;
+use crate::error_ref::ErrorRef;
 use crate::hub::bridging::{CLOSE_BRIDGE_KIND, OPEN_BRIDGE_KIND, OpenBridgeJob, SurfaceAdapter};
 use crate::hub::{Hub, SEND_KIND, SendJob};
 use crate::matrix::rooms::{
@@ -23,7 +24,7 @@ use crate::matrix::teams::{
     UNSHARE_KIND, UnshareJob,
 };
 use crate::matrix::{self, MatrixAdapter, adapter::EventError, server};
-use crate::protocol::{ChannelAdapter, ChannelRegistry, ChannelSendError};
+use crate::protocol::{BridgeError, ChannelAdapter, ChannelRegistry, ChannelSendError};
 use crate::queue::{self, DeadReason, JobHandler, JobOutcome, Queues, Wakers};
 use crate::store::{Store, outbox};
 use crate::telegram::TelegramAdapter;
@@ -160,14 +161,27 @@ impl Dispatcher {
         let (text, failed) = match adapter.open_bridge(&open.channel_id).await {
             Ok(line) if line.is_empty() => (format!("Bridged {} chat `{}`.", open.channel, open.channel_id), false),
             Ok(line) => (line, false),
-            Err(ChannelSendError::Terminal(error)) => {
-                (format!("Could not bridge {} chat `{}`: {error}", open.channel, open.channel_id), true)
+            Err(BridgeError::Refused(fix)) => {
+                (format!("Could not bridge {} chat `{}`: {fix}", open.channel, open.channel_id), true)
+            }
+            Err(BridgeError::Send(ChannelSendError::Terminal(error))) => {
+                let reference = ErrorRef::new();
+                tracing::warn!(
+                    channel = open.channel,
+                    chat = open.channel_id,
+                    r#ref = %reference,
+                    %error,
+                    "cannot bridge the chat"
+                );
+                (reference.notice(&format!("Could not bridge {} chat `{}`", open.channel, open.channel_id)), true)
             }
             // Opening a bridge only reads: asking again is harmless.
-            Err(ChannelSendError::Transient { message, retry_after }) => {
+            Err(BridgeError::Send(ChannelSendError::Transient { message, retry_after })) => {
                 return JobOutcome::Retry { error: message, after: retry_after };
             }
-            Err(ChannelSendError::Unconfirmed(message)) => return JobOutcome::Retry { error: message, after: None },
+            Err(BridgeError::Send(ChannelSendError::Unconfirmed(message))) => {
+                return JobOutcome::Retry { error: message, after: None };
+            }
         };
         match crate::hub::bridging::report_bridge(&self.store, open, &text, failed).await {
             Ok(()) => JobOutcome::Done,
@@ -235,10 +249,17 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
         .await
         .map_err(|e| ServeError::Bridge(format!("bridges: the sealed tokens cannot be read: {e}")))?;
     let config = Arc::new(config);
-    let listener = TcpListener::bind(config.appservice.listen)
-        .await
-        .map_err(|source| ServeError::Bind { addr: config.appservice.listen, source })?;
-    tracing::info!(listen = %config.appservice.listen, homeserver = config.homeserver.url, "mosaic-as starting");
+    let listener = bind(config.appservice.listen).await?;
+    let admin_listener = match config.admin.listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    tracing::info!(
+        listen = %config.appservice.listen,
+        admin_listen = config.admin.listen.map(|addr| addr.to_string()),
+        homeserver = config.homeserver.url,
+        "mosaic-as starting"
+    );
 
     let wakers = Arc::new(Wakers::default());
     let registry = Arc::new(ChannelRegistry::new());
@@ -279,24 +300,18 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
         registry: registry.clone(),
         inbox_wake,
     };
-    // Spans carry the path only: a query string may hold the hs_token.
-    let trace = tower_http::trace::TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
-        tracing::debug_span!("request", method = %request.method(), path = request.uri().path())
-    });
-    let admin = crate::admin::router(crate::admin::AdminState {
-        config: config.clone(),
-        store: store.clone(),
-        wakers: wakers.clone(),
-    });
-    let app = server::router(state).merge(admin).merge(bridge_routes).layer(trace);
-    let mut http_shutdown = shutdown_rx.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.changed().await;
-            })
-            .await
-    });
+    let operator = operator_router(&config, &store, &wakers, &registry);
+    let push = server::router(state).merge(bridge_routes);
+    let mut servers = Vec::new();
+    match admin_listener {
+        // The push address answers the homeserver (and Telegram's webhook) only.
+        Some(admin_listener) => {
+            servers.push(serve_http(listener, push, shutdown_rx.clone()));
+            let operator = operator.route("/health", axum::routing::get(server::health)).fallback(operator_unknown);
+            servers.push(serve_http(admin_listener, operator, shutdown_rx.clone()));
+        }
+        None => servers.push(serve_http(listener, push.merge(operator), shutdown_rx.clone())),
+    }
 
     // The homeserver may still be starting: connecting is retried in the background while
     // transactions are already accepted into the inbox.
@@ -321,9 +336,62 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
     background.abort();
     while tasks.join_next().await.is_some() {}
     registry.disconnect_all().await;
-    let served = http.await.map_err(|e| ServeError::Http(std::io::Error::other(e)))?;
+    let mut served = Ok(());
+    for server in servers {
+        let result = server.await.map_err(std::io::Error::other).and_then(|result| result);
+        served = served.and(result);
+    }
     store.close().await;
     served.map_err(ServeError::Http)
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// What operators use: the admin API and the metrics.
+fn operator_router(
+    config: &Arc<Config>,
+    store: &Store,
+    wakers: &Arc<Wakers>,
+    registry: &Arc<ChannelRegistry>,
+) -> axum::Router {
+    let admin = crate::admin::router(crate::admin::AdminState {
+        config: config.clone(),
+        store: store.clone(),
+        wakers: wakers.clone(),
+    });
+    let metrics = crate::metrics::router(crate::metrics::MetricsState {
+        store: store.clone(),
+        registry: registry.clone(),
+        token: config.metrics.token.clone(),
+    });
+    admin.merge(metrics)
+}
+
+async fn operator_unknown() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let error = serde_json::json!({"error": {"code": "not_found", "message": "no such route on the admin listener"}});
+    (axum::http::StatusCode::NOT_FOUND, axum::Json(error)).into_response()
+}
+
+/// Serves `app` on `listener` until shutdown.
+fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    // Spans carry the path only: a query string may hold the hs_token.
+    let trace = tower_http::trace::TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+        tracing::debug_span!("request", method = %request.method(), path = request.uri().path())
+    });
+    tokio::spawn(async move {
+        axum::serve(listener, app.layer(trace))
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.changed().await;
+            })
+            .await
+    })
 }
 
 async fn shutdown_signal() {

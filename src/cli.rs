@@ -91,6 +91,18 @@ hs_token = "{hs_token}"
 # sqlite://FILE (relative to this file) or postgres://USER:PASSWORD@HOST/DB
 url = "{database_url}"
 
+[admin]
+# The admin API (/_mosaic/v1/…) is off until it has a token (or MOSAIC_AS_ADMIN_TOKEN);
+# make one with `openssl rand -hex 32`.
+# token = "…"
+# Recommended: the admin API and /metrics on an address of their own, no longer on
+# `listen` above, so that `listen` need only be reachable from the homeserver.
+# listen = "127.0.0.1:9100"
+
+[metrics]
+# When set, /metrics asks for `Authorization: Bearer <token>` (or MOSAIC_AS_METRICS_TOKEN).
+# token = "…"
+
 [linking]
 token_ttl_secs = 900
 max_failed_attempts = 5
@@ -162,6 +174,7 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
             format!("{e} — fix: check database.url (or MOSAIC_AS_DATABASE_URL) and that the database server runs")
         }),
     });
+    checks.push(Check { name: "listeners", result: Ok(listeners(config)) });
 
     let versions_url = format!("{}/_matrix/client/versions", config.homeserver.url.trim_end_matches('/'));
     let reachable =
@@ -214,6 +227,20 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
     };
     checks.push(Check { name: "ping", result: ping_result });
     checks
+}
+
+/// Where the homeserver pushes and where operators connect; a shared address is allowed
+/// (the default) but worth a hint.
+fn listeners(config: &Config) -> String {
+    let push = config.appservice.listen;
+    let metrics = if config.metrics.token.is_some() { "/metrics (token required)" } else { "/metrics" };
+    match config.admin.listen {
+        Some(admin) => format!("homeserver pushes to {push}; the admin API and {metrics} are on {admin}"),
+        None => format!(
+            "the admin API and {metrics} share {push} with the homeserver's pushes — hint: set [admin] listen \
+             (e.g. \"127.0.0.1:9100\") so that {push} need only be reachable from the homeserver"
+        ),
+    }
 }
 
 /// Issues a link token for the account named `name`, creating it with `create`.

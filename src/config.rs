@@ -24,6 +24,7 @@ const ENV_OVERRIDES: &[(&str, &str, Setter)] = &[
     ("MOSAIC_AS_DATABASE_URL", "database.url", |c, v| c.database.url = v),
     ("MOSAIC_AS_HOMESERVER_URL", "homeserver.url", |c, v| c.homeserver.url = v),
     ("MOSAIC_AS_ADMIN_TOKEN", "admin.token", |c, v| c.admin.token = Some(v)),
+    ("MOSAIC_AS_METRICS_TOKEN", "metrics.token", |c, v| c.metrics.token = Some(v)),
     ("MOSAIC_AS_HOMESERVER_ADMIN_TOKEN", "retention.homeserver_admin_token", |c, v| {
         c.retention.homeserver_admin_token = Some(v)
     }),
@@ -58,6 +59,8 @@ pub struct Config {
     pub bot: BotConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
     #[serde(default)]
@@ -248,17 +251,31 @@ fn default_max_backoff_secs() -> u64 {
     300
 }
 
-/// The admin HTTP API (`/_mosaic/v1/…` on the appservice listener).
+/// The admin HTTP API (`/_mosaic/v1/…`, on the appservice listener unless `listen` is set).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Bearer token of the admin API; the API is off without one.
     #[serde(default)]
     pub token: Option<String>,
+    /// A listener of its own for the admin API and `/metrics`, which are then no longer
+    /// served on `appservice.listen`: the homeserver's push address can be exposed to the
+    /// homeserver alone, and this one to operators only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
     /// Matrix users who may run admin chat commands (`!bridge`, `!unbridge`). When the
     /// list is empty, anyone with a linked Mosaic account may.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matrix_users: Vec<String>,
+}
+
+/// Prometheus metrics at `/metrics` (on `admin.listen` when set).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// When set, `/metrics` asks for `Authorization: Bearer <token>`; open without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -701,6 +718,18 @@ impl Config {
                 format!("expected a random token of at least 16 characters; {}", env_hint("MOSAIC_AS_ADMIN_TOKEN")),
             ));
         }
+        if self.metrics.token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err((
+                "metrics.token",
+                format!("expected a random token of at least 16 characters; {}", env_hint("MOSAIC_AS_METRICS_TOKEN")),
+            ));
+        }
+        if self.admin.listen.is_some_and(|admin| admin == self.appservice.listen) {
+            return Err((
+                "admin.listen",
+                "must differ from appservice.listen: leave it out to serve everything on one listener".into(),
+            ));
+        }
         if self.delivery.max_attempts < 1 {
             return Err(("delivery.max_attempts", "expected at least 1 try".into()));
         }
@@ -815,6 +844,28 @@ mod tests {
         assert_eq!(config.default_agent, "echo");
         assert_eq!(config.agents[0].runtime, "echo");
         assert_eq!(config.linking.token_ttl_secs, 900);
+    }
+
+    #[test]
+    fn the_admin_listener_is_off_by_default_and_must_be_an_address_of_its_own() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!((config.admin.listen, config.metrics.token), (None, None));
+        let apart = Config::parse(&format!("{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9100\"\n")).unwrap();
+        apart.validate().unwrap();
+        assert_eq!(apart.admin.listen, Some("127.0.0.1:9100".parse().unwrap()));
+        let same = Config::parse(&format!("{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:29330\"\n")).unwrap();
+        assert_eq!(same.validate().unwrap_err().0, "admin.listen");
+    }
+
+    #[test]
+    fn a_metrics_token_is_long_and_may_come_from_the_environment() {
+        let short = Config::parse(&format!("{MINIMAL}\n[metrics]\ntoken = \"short\"\n")).unwrap();
+        let (key, message) = short.validate().unwrap_err();
+        assert_eq!(key, "metrics.token");
+        assert!(message.contains("MOSAIC_AS_METRICS_TOKEN"), "{message}");
+        let mut config = Config::parse(MINIMAL).unwrap();
+        config.apply_env(|name| (name == "MOSAIC_AS_METRICS_TOKEN").then(|| "from-the-environment".to_string()));
+        assert_eq!(config.metrics.token.as_deref(), Some("from-the-environment"));
     }
 
     #[test]

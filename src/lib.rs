@@ -13,6 +13,7 @@ pub mod cli;
 pub mod conduit;
 pub mod config;
 pub mod discord;
+pub mod error_ref;
 pub mod hub;
 pub mod matrix;
 pub mod metrics;

@@ -1,15 +1,21 @@
-//! Prometheus metrics, served at `/metrics`.
+//! Prometheus metrics, served at `/metrics` (behind `[metrics] token` when it is set).
 //!
 //! Counters and histograms are recorded where things happen, through the `metrics`
 //! facade; queue depths and adapter health are read when Prometheus scrapes, so they
 //! are exact rather than sampled.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use metrics::{counter, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::protocol::{AdapterHealth, ChannelRegistry};
+use crate::secrets::constant_time_eq;
 use crate::store::{self, Store, outbox};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -29,6 +35,41 @@ pub fn install() -> &'static PrometheusHandle {
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
+}
+
+/// What `/metrics` reads.
+#[derive(Clone)]
+pub struct MetricsState {
+    pub store: Store,
+    pub registry: Arc<ChannelRegistry>,
+    /// `[metrics] token`: scrapes must carry it as `Authorization: Bearer`.
+    pub token: Option<String>,
+}
+
+pub fn router(state: MetricsState) -> Router {
+    Router::new().route("/metrics", get(scrape)).with_state(state)
+}
+
+/// Prometheus text exposition.
+async fn scrape(State(state): State<MetricsState>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &state.token {
+        let given =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|token| constant_time_eq(token, expected)) {
+            let body = match given {
+                None => "metrics need Authorization: Bearer <metrics.token>\n",
+                Some(_) => "wrong metrics token: send the one in [metrics] token (or MOSAIC_AS_METRICS_TOKEN)\n",
+            };
+            return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
+        }
+    }
+    match render(&state.store, &state.registry).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "metrics unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "metrics unavailable: the database does not answer\n").into_response()
+        }
+    }
 }
 
 pub fn transaction_received(events: usize) {

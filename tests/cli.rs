@@ -50,6 +50,25 @@ fn init_writes_config_and_registration_and_refuses_to_overwrite() {
 }
 
 #[test]
+fn init_shows_how_to_give_operators_a_listener_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = init(dir.path(), &[]);
+    assert!(ok, "{out}{err}");
+    let path = dir.path().join("mosaic-as.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    for example in ["# listen = \"127.0.0.1:9100\"", "# token = \"…\""] {
+        assert!(config.contains(example), "no {example:?} in\n{config}");
+    }
+    // Uncommented, the examples are a working config.
+    let uncommented = config
+        .replace("# listen = \"127.0.0.1:9100\"", "listen = \"127.0.0.1:9100\"")
+        .replace("# token = \"…\"", &format!("token = \"{}\"", "0123456789abcdef".repeat(2)));
+    std::fs::write(&path, uncommented).unwrap();
+    let (ok, printed, err) = mosaic(&["--config", path.to_str().unwrap(), "registration"]);
+    assert!(ok && printed.contains("url: http://127.0.0.1:29330"), "{printed}{err}");
+}
+
+#[test]
 fn config_errors_name_the_file_the_key_and_what_is_expected() {
     let dir = tempfile::tempdir().unwrap();
     init(dir.path(), &[]);

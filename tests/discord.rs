@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use mosaic_as::config::DiscordConfig;
 use mosaic_as::discord::{self, DiscordAdapter};
 use mosaic_as::protocol::{
-    AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelMessage, ChannelSendError, ContentType, HandlerError,
-    InboundHandler, MediaRepository, SenderType, metadata_keys as keys,
+    AdapterHealth, BridgeError, ChannelAdapter, ChannelAttachment, ChannelMessage, ChannelSendError, ContentType,
+    HandlerError, InboundHandler, MediaRepository, SenderType, metadata_keys as keys,
 };
 use mosaic_as::store::{Store, bridges, conversations, messages};
 use serde_json::json;
@@ -529,7 +529,7 @@ async fn slash_link_becomes_a_link_command_answered_ephemerally() {
 async fn errors_say_what_to_fix_without_tokens() {
     let h = harness().await;
     let err = h.adapter.open_bridge("1300000000000000000").await.unwrap_err();
-    let ChannelSendError::Terminal(text) = &err else { panic!("terminal: {err:?}") };
+    let BridgeError::Refused(text) = &err else { panic!("refused: {err:?}") };
     assert!(text.contains("cannot see it") && text.contains("invite the bot"), "{text}");
 
     h.fake.fail_next(4, 503, 0.0);

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use mosaic_as::config::{TelegramConfig, TelegramMode};
 use mosaic_as::protocol::{
-    AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelMessage, ChannelSendError, ContentType, HandlerError,
-    InboundHandler, MediaRepository, SenderType, metadata_keys as keys,
+    AdapterHealth, BridgeError, ChannelAdapter, ChannelAttachment, ChannelMessage, ChannelSendError, ContentType,
+    HandlerError, InboundHandler, MediaRepository, SenderType, metadata_keys as keys,
 };
 use mosaic_as::store::{Store, messages};
 use mosaic_as::telegram::{CHANNEL, TelegramAdapter};
@@ -514,7 +514,7 @@ async fn a_chat_answer_that_cannot_be_read_refuses_the_bridge_at_once() {
     let h = harness().await;
     h.fake.garble_chat(GROUP);
     match h.adapter.open_bridge(&GROUP.to_string()).await {
-        Err(ChannelSendError::Terminal(reason)) => {
+        Err(BridgeError::Send(ChannelSendError::Terminal(reason))) => {
             assert!(reason.contains("could not be read"), "{reason}");
             assert!(!reason.contains(&h.fake.token()), "{reason}");
         }
@@ -556,13 +556,14 @@ async fn open_bridge_checks_the_chat() {
     let line = h.adapter.open_bridge(&FORUM.to_string()).await.unwrap();
     assert!(line.contains("supergroup"), "{line}");
     match h.adapter.open_bridge("-123").await {
-        Err(ChannelSendError::Terminal(fix)) => {
-            assert!(fix.contains("add the bot to the group") && fix.contains("privacy"), "{fix}")
+        Err(BridgeError::Refused(fix)) => {
+            assert!(fix.contains("add the bot to the group") && fix.contains("privacy"), "{fix}");
+            assert!(!fix.contains("chat not found"), "Telegram's own words stay in the log: {fix}");
         }
         other => panic!("{other:?}"),
     }
     h.fake.set_member_status(GROUP, "left");
-    assert!(matches!(h.adapter.open_bridge(&GROUP.to_string()).await, Err(ChannelSendError::Terminal(_))));
+    assert!(matches!(h.adapter.open_bridge(&GROUP.to_string()).await, Err(BridgeError::Refused(_))));
 }
 
 #[tokio::test]

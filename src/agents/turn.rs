@@ -11,6 +11,7 @@ use super::control::{Asker, question_text};
 use super::runtime::{AgentError, AgentEvent, PermissionRequest, TokenUsage, TurnContext};
 use super::stream::{self, Streamer, Target, answer_message, derived_id, edit_of, split_parts};
 use super::{Agent, Agents, context};
+use crate::error_ref::ErrorRef;
 use crate::hub::agent_rooms::{self, Step};
 use crate::hub::{TURN_KIND, TurnJob, enqueue_send};
 use crate::protocol::{ChannelMessage, ContentType, SenderType};
@@ -54,8 +55,17 @@ impl Agents {
             Ok(ending) => ending,
             Err(AgentError::Unavailable(error)) => return JobOutcome::Retry { error, after: None },
             Err(AgentError::Failed(error)) => {
-                tracing::warn!(agent = turn.agent, %error, "agent turn failed");
-                let notice = format!("{} could not answer: {error}", agent.config.display_name());
+                // The error may quote the program's stderr or the provider's answer: the
+                // room gets a reference, the log the error.
+                let reference = ErrorRef::new();
+                tracing::warn!(
+                    agent = turn.agent,
+                    conversation_id = turn.conversation_id,
+                    r#ref = %reference,
+                    %error,
+                    "agent turn failed"
+                );
+                let notice = reference.notice(&format!("{} could not answer", agent.config.display_name()));
                 return self.end_with_notice(job, &turn, &message, notice).await;
             }
         };

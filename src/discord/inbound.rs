@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::gateway::backoff;
 use super::rest::RestError;
 use super::{CHANNEL, ChannelInfo, IS_EDIT, Inner, cursor};
+use crate::error_ref::ErrorRef;
 use crate::protocol::{ChannelAttachment, ChannelMessage, ContentType, MediaError, SenderType, metadata_keys as keys};
 use crate::store::{bridges, messages};
 
@@ -178,8 +179,17 @@ impl Inner {
                 Ok(url) => url,
                 Err(MediaError::Unavailable(error)) => return Err(Retry(error)),
                 Err(MediaError::Rejected(error)) => {
-                    tracing::warn!(channel = CHANNEL, event = "attachment_rejected", message_id = m.id.get(), %error);
-                    msg.content.push_str(&format!("\n[{} could not be bridged: {error}]", file.filename));
+                    // The repository's refusal is for the operator; the chat gets a reference.
+                    let reference = ErrorRef::new();
+                    tracing::warn!(
+                        channel = CHANNEL,
+                        event = "attachment_rejected",
+                        message_id = m.id.get(),
+                        r#ref = %reference,
+                        %error
+                    );
+                    let note = reference.notice(&format!("{} could not be bridged", file.filename));
+                    msg.content.push_str(&format!("\n[{note}]"));
                     continue;
                 }
             };

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::config::DiscordConfig;
 use crate::protocol::{
-    AdapterHealth, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError, InboundHandler,
+    AdapterHealth, BridgeError, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError, InboundHandler,
     MediaRepository,
 };
 use crate::store::{Store, accounts};
@@ -234,7 +234,7 @@ impl ChannelAdapter for DiscordAdapter {
         }
     }
 
-    async fn open_bridge(&self, channel_id: &str) -> Result<String, ChannelSendError> {
+    async fn open_bridge(&self, channel_id: &str) -> Result<String, BridgeError> {
         self.inner.open_bridge(channel_id).await
     }
 

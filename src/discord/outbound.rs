@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::rest::{RestError, codes};
 use super::{CHANNEL, Hook, Inner, RawChannel, Sent, cursor, snowflake};
 use crate::agents::stream::{derived_id, split_parts};
-use crate::protocol::{ChannelMessage, ChannelSendError, ContentType, metadata_keys as keys};
+use crate::protocol::{BridgeError, ChannelMessage, ChannelSendError, ContentType, metadata_keys as keys};
 use crate::store::{StoreError, messages};
 
 /// Discord's limit on a message's content, in characters.
@@ -522,20 +522,22 @@ impl Inner {
         Ok(Hook { id: hook.id, token, name: hook.name.unwrap_or_else(|| WEBHOOK_NAME.into()) })
     }
 
-    pub(super) async fn open_bridge(&self, channel_id: &str) -> Result<String, ChannelSendError> {
-        let chat = parse_id(channel_id, "channel")?;
+    pub(super) async fn open_bridge(&self, channel_id: &str) -> Result<String, BridgeError> {
+        let chat = channel_id
+            .parse::<u64>()
+            .map_err(|_| BridgeError::Refused(format!("{channel_id:?} is not a Discord channel id")))?;
         let channel = match self.fetch_channel(chat).await {
             Ok(channel) => channel,
             Err(error) if matches!(error.status(), Some(403 | 404)) => {
-                return Err(ChannelSendError::Terminal(format!(
+                return Err(BridgeError::Refused(format!(
                     "Discord channel {chat} is unknown or the bot cannot see it: invite the bot to its server and give it \
                      View Channel there (see docs/discord.md), then bridge again"
                 )));
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => return Err(ChannelSendError::from(error).into()),
         };
         if !matches!(channel.kind, 0 | 5) {
-            return Err(ChannelSendError::Terminal(format!(
+            return Err(BridgeError::Refused(format!(
                 "Discord channel {chat} is not a text channel; bridge a text or announcement channel"
             )));
         }

@@ -18,8 +18,8 @@ use super::{Hub, enqueue_send, routing};
 use crate::config::Config;
 use crate::matrix::naming::Namespace;
 use crate::protocol::{
-    AdapterHealth, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError, ContentType, InboundHandler,
-    SenderType, metadata_keys,
+    AdapterHealth, BridgeError, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError, ContentType,
+    InboundHandler, SenderType, metadata_keys,
 };
 use crate::queue::{self, DeadReason};
 use crate::store::{self, Store, accounts, bridges, conversations, messages, settings};
@@ -430,7 +430,7 @@ impl ChannelAdapter for SurfaceAdapter {
         self.inner.map_identity(channel_user_id).await
     }
 
-    async fn open_bridge(&self, channel_id: &str) -> Result<String, ChannelSendError> {
+    async fn open_bridge(&self, channel_id: &str) -> Result<String, BridgeError> {
         self.inner.open_bridge(channel_id).await
     }
 

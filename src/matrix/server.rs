@@ -1,5 +1,5 @@
 //! The appservice HTTP API the homeserver calls: transactions, user and alias queries,
-//! ping, on `/_matrix/app/v1/…` and the legacy unprefixed paths.
+//! ping, on `/_matrix/app/v1/…` and the legacy unprefixed paths; `/health` and `/ready`.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -52,7 +52,6 @@ pub fn router(state: ServerState) -> Router {
         .route("/_matrix/app/v1/ping", post(ping))
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
         .fallback(unknown)
         .with_state(state)
 }
@@ -296,7 +295,7 @@ async fn ping(State(state): State<ServerState>, headers: HeaderMap, uri: Uri, bo
     ok_empty()
 }
 
-async fn health() -> Response {
+pub(crate) async fn health() -> Response {
     (StatusCode::OK, axum::Json(json!({ "status": "ok" }))).into_response()
 }
 
@@ -312,17 +311,6 @@ async fn ready(State(state): State<ServerState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(json!({ "database": database, "adapters": adapters }))).into_response()
-}
-
-/// Prometheus text exposition.
-async fn metrics(State(state): State<ServerState>) -> Response {
-    match crate::metrics::render(&state.store, &state.registry).await {
-        Ok(text) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-        Err(error) => {
-            tracing::warn!(%error, "metrics unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, "metrics unavailable: the database does not answer\n").into_response()
-        }
-    }
 }
 
 async fn unknown() -> Response {

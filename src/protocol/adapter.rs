@@ -41,6 +41,18 @@ pub enum ChannelSendError {
     Unconfirmed(String),
 }
 
+/// `open_bridge` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The chat cannot be bridged as it is. The text is for the people in the room: it
+    /// says what to change (invite the bot, give it a permission), never an error.
+    #[error("{0}")]
+    Refused(String),
+    /// Talking to the surface failed; the detail is for the log only.
+    #[error(transparent)]
+    Send(#[from] ChannelSendError),
+}
+
 /// Error from an inbound handler. A transient one: the adapter keeps the message and
 /// offers it again later. A permanent one (the message itself cannot be stored, e.g.
 /// data the database refuses): the adapter logs it and goes on with the next message.
@@ -107,7 +119,7 @@ pub trait ChannelAdapter: Send + Sync {
     /// reachable, prepares what sending there needs (a Discord webhook), and says in one
     /// line how messages will appear there. Runs again on every `!bridge`, so it must
     /// be idempotent.
-    async fn open_bridge(&self, channel_id: &str) -> Result<String, ChannelSendError> {
+    async fn open_bridge(&self, channel_id: &str) -> Result<String, BridgeError> {
         let _ = channel_id;
         Ok(String::new())
     }

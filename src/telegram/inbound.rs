@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::polling::InboundError;
 use super::{CHANNEL, Inner, markdown, topics};
+use crate::error_ref::ErrorRef;
 use crate::protocol::{ChannelAttachment, ChannelMessage, ContentType, MediaError, SenderType, metadata_keys as keys};
 use crate::store::messages;
 
@@ -223,8 +224,7 @@ async fn attach(inner: &Inner, msg: &mut ChannelMessage, file: Incoming) -> Resu
         Ok(bytes) => bytes,
         Err(Fetch::Transient(error)) => return Err(InboundError::Transient(error)),
         Err(Fetch::Refused(error)) => {
-            tracing::warn!(channel = CHANNEL, event = "file_not_bridged", name = %file.name, %error);
-            not_bridged(msg, &file.name);
+            not_bridged(msg, &file.name, &error);
             return Ok(());
         }
     };
@@ -241,15 +241,17 @@ async fn attach(inner: &Inner, msg: &mut ChannelMessage, file: Incoming) -> Resu
         }
         Err(MediaError::Unavailable(error)) => Err(InboundError::Transient(format!("media repository: {error}"))),
         Err(MediaError::Rejected(error)) => {
-            tracing::warn!(channel = CHANNEL, event = "file_not_bridged", name = %file.name, %error);
-            not_bridged(msg, &file.name);
+            not_bridged(msg, &file.name, &error);
             Ok(())
         }
     }
 }
 
-fn not_bridged(msg: &mut ChannelMessage, name: &str) {
-    let note = format!("[file {name} could not be bridged]");
+/// Names the file in the text in its place, with a reference to the reason in the log.
+fn not_bridged(msg: &mut ChannelMessage, name: &str, error: &str) {
+    let reference = ErrorRef::new();
+    tracing::warn!(channel = CHANNEL, event = "file_not_bridged", name, r#ref = %reference, error);
+    let note = format!("[{}]", reference.notice(&format!("file {name} could not be bridged")));
     msg.content = if msg.content.is_empty() { note } else { format!("{}\n{note}", msg.content) };
     msg.content_type = ContentType::Text;
 }

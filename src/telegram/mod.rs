@@ -26,7 +26,7 @@ pub use self::errors::TelegramError;
 use self::errors::{Failure, classify, redact};
 use crate::config::{TelegramConfig, TelegramMode};
 use crate::protocol::{
-    AdapterHealth, CONNECT_TIMEOUT, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError,
+    AdapterHealth, BridgeError, CONNECT_TIMEOUT, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError,
     InboundHandler, MediaRepository,
 };
 use crate::store::{self, Store, accounts};
@@ -299,7 +299,7 @@ impl ChannelAdapter for TelegramAdapter {
         accounts::account_for_identity(&mut conn, CHANNEL, channel_user_id).await.ok().flatten().map(|a| a.id)
     }
 
-    async fn open_bridge(&self, channel_id: &str) -> Result<String, ChannelSendError> {
+    async fn open_bridge(&self, channel_id: &str) -> Result<String, BridgeError> {
         outbound::open_bridge(&self.inner, channel_id).await
     }
 }

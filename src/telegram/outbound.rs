@@ -16,7 +16,7 @@ use super::markdown::{self, utf16_len};
 use super::{CHANNEL, Inner, topics};
 use crate::agents::stream::{derived_id, split_parts};
 use crate::protocol::{
-    ChannelAttachment, ChannelMessage, ChannelSendError, ContentType, SenderType, metadata_keys as keys,
+    BridgeError, ChannelAttachment, ChannelMessage, ChannelSendError, ContentType, SenderType, metadata_keys as keys,
 };
 use crate::store::messages;
 
@@ -444,29 +444,35 @@ fn transient(error: impl std::fmt::Display) -> ChannelSendError {
 }
 
 /// Checks that the chat exists and the bot can post there; says how messages will look.
-pub(super) async fn open_bridge(inner: &Inner, channel_id: &str) -> Result<String, ChannelSendError> {
-    let chat = parse_chat(channel_id)?;
+pub(super) async fn open_bridge(inner: &Inner, channel_id: &str) -> Result<String, BridgeError> {
+    let chat = channel_id.trim().parse::<i64>().map(ChatId).map_err(|_| {
+        BridgeError::Refused(format!("{channel_id:?} is not a Telegram chat id (a number such as -1001234567890)"))
+    })?;
     let me = inner.me().ok_or_else(|| transient("the Telegram bot is not connected yet"))?;
     let info =
         call(inner, "getChat", || inner.bot.get_chat(chat).into_future()).await.map_err(|failure| match failure {
-            Failure::Terminal(reason) => ChannelSendError::Terminal(format!(
-                "Telegram chat {channel_id} is not reachable ({reason}): add the bot to the group, and turn off \
-             privacy mode in BotFather (/setprivacy → Disable) so it sees all messages"
-            )),
-            other => read_error(other),
+            Failure::Terminal(reason) => {
+                // Telegram's own words go to the log; the room learns what to do.
+                tracing::info!(channel = CHANNEL, event = "bridge_chat_unreachable", chat = channel_id, %reason);
+                BridgeError::Refused(format!(
+                    "Telegram chat {channel_id} is not reachable: add the bot to the group, and turn off \
+                     privacy mode in BotFather (/setprivacy → Disable) so it sees all messages"
+                ))
+            }
+            other => read_error(other).into(),
         })?;
     let member = call(inner, "getChatMember", || inner.bot.get_chat_member(chat, UserId(me.id)).into_future())
         .await
-        .map_err(read_error)?;
+        .map_err(|failure| BridgeError::from(read_error(failure)))?;
     let (title, kind) = describe(&info);
     if !member.is_present() {
-        return Err(ChannelSendError::Terminal(format!(
+        return Err(BridgeError::Refused(format!(
             "the bot is not a member of Telegram {kind} “{title}”: add @{} to it, then bridge again",
             me.username
         )));
     }
     if info.is_channel() && !member.is_privileged() {
-        return Err(ChannelSendError::Terminal(format!(
+        return Err(BridgeError::Refused(format!(
             "the bot cannot post in Telegram channel “{title}”: make @{} an administrator with “Post messages”",
             me.username
         )));

@@ -7,6 +7,8 @@ mod support;
 mod admin;
 mod agents;
 mod discord;
+mod listeners;
+mod quiet_errors;
 mod room_power;
 mod telegram;
 

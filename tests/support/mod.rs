@@ -47,6 +47,8 @@ pub const SLOTS: &[&str] = &[
     "restart",
     "backlog",
     "giveup",
+    "quiet",
+    "listeners",
 ];
 
 pub fn repo() -> PathBuf {
@@ -67,7 +69,7 @@ pub fn homeserver_url() -> String {
 
 /// A loopback port nobody listens on now. Ports are picked per run so that a homeserver
 /// or service left over from another checkout never answers for this one.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -120,6 +122,16 @@ impl Slot {
     /// Rewrites the config with more top-level tables (e.g. `[retention]`).
     pub fn write_config_with_sections(&self, sections: &str) {
         self.write_config_at(homeserver().port, sections, "");
+    }
+
+    /// Rewrites the config with more top-level tables and more `[[agent]]` tables.
+    pub fn write_config_with(&self, sections: &str, agents: &str) {
+        self.write_config_at(homeserver().port, sections, agents);
+    }
+
+    /// The service's log (its stderr and stdout), as written so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
     }
 
     /// Points the slot's written config at another database.
