@@ -16,6 +16,7 @@ pub mod discord;
 pub mod hub;
 pub mod matrix;
 pub mod metrics;
+pub mod permissions;
 pub mod protocol;
 pub mod queue;
 pub mod secrets;

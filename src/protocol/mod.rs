@@ -9,7 +9,9 @@ mod media;
 mod message;
 mod registry;
 
-pub use adapter::{AdapterHealth, ChannelAdapter, ChannelConnectError, ChannelSendError, HandlerError, InboundHandler};
+pub use adapter::{
+    AdapterHealth, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelSendError, HandlerError, InboundHandler,
+};
 pub use media::{Media, MediaError, MediaRepository, not_bridged_note};
 pub use message::{ChannelAttachment, ChannelMessage, ContentType, SenderType, metadata_keys};
 pub use registry::{CONNECT_TIMEOUT, ChannelRegistry, DEFAULT_HEALTH_INTERVAL};
