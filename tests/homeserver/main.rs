@@ -7,6 +7,7 @@ mod support;
 mod admin;
 mod agents;
 mod discord;
+mod permissions;
 mod room_power;
 mod telegram;
 

@@ -46,6 +46,8 @@ pub const SLOTS: &[&str] = &[
     "pgsoak",
     "restart",
     "backlog",
+    "perms",
+    "bridgeproof",
 ];
 
 pub fn repo() -> PathBuf {
