@@ -949,6 +949,22 @@ mod tests {
     }
 
     #[test]
+    fn permission_keys_and_allowed_lists_are_checked() {
+        for key in ["\"*\"", "\"example.org\"", "\"matrix.example.org:8448\"", "\"@alice:example.org\""] {
+            let text = format!("{MINIMAL}\n[permissions]\n{key} = \"user\"\n");
+            Config::parse(&text).unwrap().validate().unwrap_or_else(|e| panic!("{key}: {e:?}"));
+        }
+        for key in ["\"@alice\"", "\"@:example.org\"", "\"*.example.org\"", "\"\""] {
+            let text = format!("{MINIMAL}\n[permissions]\n{key} = \"user\"\n");
+            let (at, message) = Config::parse(&text).unwrap().validate().unwrap_err();
+            assert_eq!(at, "permissions", "{key}");
+            assert!(message.contains("user id like @alice:example.org"), "{message}");
+        }
+        let text = format!("{MINIMAL}\n[[agent]]\nid = \"echo\"\nallowed = [\"@bob\"]\n");
+        assert_eq!(Config::parse(&text).unwrap().validate().unwrap_err().0, "agent.allowed");
+    }
+
+    #[test]
     fn unknown_default_agent_is_rejected() {
         let text = format!("default_agent = \"nobody\"\n{MINIMAL}");
         let (key, _) = Config::parse(&text).unwrap().validate().unwrap_err();

@@ -372,7 +372,10 @@ impl Hub {
     /// For a `!bridge` from an admin: whether the surface lets them bridge that chat,
     /// asked with the requester's linked identities there. `None` for everything else.
     async fn bridge_right(&self, channel: &str, msg: &ChannelMessage) -> store::Result<Option<BridgeRight>> {
-        if channel != crate::matrix::CHANNEL || self.permissions.matrix_level(&msg.sender_id) != Level::Admin {
+        if channel != crate::matrix::CHANNEL
+            || routing::is_edit(msg)
+            || self.permissions.matrix_level(&msg.sender_id) != Level::Admin
+        {
             return Ok(None);
         }
         let Some(Ok(commands::Command::Bridge { surface, chat_id, .. })) =
