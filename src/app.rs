@@ -260,12 +260,20 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
         homeserver = config.homeserver.url,
         "mosaic-as starting"
     );
+    if !config.admin.matrix_users.is_empty() {
+        tracing::warn!(
+            users = ?config.admin.matrix_users,
+            "admin.matrix_users is deprecated: these users are read as \"admin\" in [permissions]; move them there"
+        );
+    }
 
     let wakers = Arc::new(Wakers::default());
     let registry = Arc::new(ChannelRegistry::new());
     let matrix = Arc::new(MatrixAdapter::new(config.clone(), store.clone()));
     let control = Arc::new(TurnControl::default());
-    let hub = Arc::new(Hub::new(config.clone(), store.clone(), wakers.clone(), control.clone()));
+    let hub = Arc::new(
+        Hub::new(config.clone(), store.clone(), wakers.clone(), control.clone()).with_surfaces(registry.clone()),
+    );
     let agents =
         Arc::new(Agents::from_config(&config, store.clone(), wakers.clone(), registry.clone(), control.clone())?);
     let mut surfaces: Vec<Arc<dyn ChannelAdapter>> = vec![matrix.clone()];

@@ -40,6 +40,9 @@ pub struct InitOptions {
     /// Overwrite existing files (and their tokens)
     #[arg(long)]
     pub force: bool,
+    /// A Matrix user id made an admin of the service (bridging, admin commands)
+    #[arg(long, value_name = "@USER:SERVER")]
+    pub admin: Option<String>,
 }
 
 /// Writes a fresh config and registration with new random tokens.
@@ -54,6 +57,10 @@ pub fn init(options: &InitOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(&options.dir).with_context(|| format!("cannot create {}", options.dir.display()))?;
     let appservice_url = options.appservice_url.clone().unwrap_or_else(|| format!("http://{}", options.listen));
     let database_url = options.database_url.clone().unwrap_or_else(|| "sqlite://mosaic-as.db".into());
+    if let Some(admin) = &options.admin {
+        ruma::UserId::parse(admin.as_str())
+            .map_err(|_| anyhow::anyhow!("--admin {admin:?} is not a Matrix user id like @alice:example.org"))?;
+    }
     let text = config_template(options, &appservice_url, &database_url);
     let config = Config::parse(&text)
         .map_err(|(key, message)| anyhow::anyhow!("generated config is invalid at {key}: {message}"))?;
@@ -114,6 +121,21 @@ display_name = "Mosaic"
 ghost_prefix = "mosaic_"
 alias_prefix = "mosaic-"
 
+# Who may use the service: "*", a server name or a user id, the most specific key wins.
+# none: ignored (invites refused, messages dropped); relay: bridged but not answered;
+# user: talks to agents and uses commands; admin: also bridges chats and acts in every room.
+[permissions]
+"*" = "none"
+"{server_name}" = "user"
+{admin_line}
+# People on Discord and Telegram who have not linked an account: "relay" (their messages
+# are bridged, agents do not answer them), "none" or "user".
+[permissions.discord]
+unlinked = "relay"
+
+[permissions.telegram]
+unlinked = "relay"
+
 # Agents appear as @<ghost_prefix>agent_<id>:<server_name>.
 [[agent]]
 id = "echo"
@@ -123,6 +145,7 @@ runtime = "echo"
         homeserver_url = options.homeserver_url,
         server_name = options.server_name,
         listen = options.listen,
+        admin_line = options.admin.as_ref().map(|admin| format!("\"{admin}\" = \"admin\"\n")).unwrap_or_default(),
     )
 }
 
@@ -159,22 +182,63 @@ pub fn next_steps(config_path: &Path, registration_path: &Path, server_name: &st
 pub struct Check {
     pub name: &'static str,
     pub result: Result<String, String>,
+    /// Works, but should be changed (shown as `WARN`; `doctor` still succeeds).
+    pub warning: bool,
 }
 
-/// Checks the database, the homeserver, the `as_token` and the ping round trip.
+impl Check {
+    fn new(name: &'static str, result: Result<String, String>) -> Self {
+        Self { name, result, warning: false }
+    }
+}
+
+/// Who the config makes an admin, and whether it still uses `admin.matrix_users`.
+pub fn permissions_check(config: &Config) -> Check {
+    let deprecated = &config.admin.matrix_users;
+    if !deprecated.is_empty() {
+        let keys: Vec<String> = deprecated.iter().map(|user| format!("\"{user}\" = \"admin\"")).collect();
+        let detail = format!(
+            "admin.matrix_users is deprecated (still read as admins) — fix: remove it and add {} under [permissions]",
+            keys.join(", ")
+        );
+        return Check { name: "permissions", result: Ok(detail), warning: true };
+    }
+    let detail = match &config.permissions {
+        Some(section) => {
+            let admins: Vec<&str> = section
+                .levels
+                .iter()
+                .filter(|(_, level)| **level == crate::permissions::Level::Admin)
+                .map(|(key, _)| key.as_str())
+                .collect();
+            match admins.is_empty() {
+                true => "[permissions] names no admin: nobody can bridge chats".to_string(),
+                false => format!("admins: {}", admins.join(", ")),
+            }
+        }
+        None => format!(
+            "no [permissions]: users of {} may use the service, nobody else, and nobody is an admin",
+            config.homeserver.server_name
+        ),
+    };
+    Check::new("permissions", Ok(detail))
+}
+
+/// Checks the permissions, the database, the homeserver, the `as_token` and the ping
+/// round trip.
 pub async fn doctor(config: &Config) -> Vec<Check> {
-    let mut checks = Vec::new();
+    let mut checks = vec![permissions_check(config)];
     let database = match Store::connect(&config.database.url).await {
         Ok(store) => store.ping().await.map(|_| "database reachable".to_string()).map_err(|e| e.to_string()),
         Err(error) => Err(error.to_string()),
     };
-    checks.push(Check {
-        name: "database",
-        result: database.map_err(|e| {
+    checks.push(Check::new(
+        "database",
+        database.map_err(|e| {
             format!("{e} — fix: check database.url (or MOSAIC_AS_DATABASE_URL) and that the database server runs")
         }),
-    });
-    checks.push(Check { name: "listeners", result: Ok(listeners(config)) });
+    ));
+    checks.push(Check::new("listeners", Ok(listeners(config))));
 
     let versions_url = format!("{}/_matrix/client/versions", config.homeserver.url.trim_end_matches('/'));
     let reachable =
@@ -186,10 +250,10 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
             Err(error) => Err(format!("cannot reach {}: {}", config.homeserver.url, error.without_url())),
         };
     let homeserver_up = reachable.is_ok();
-    checks.push(Check {
-        name: "homeserver",
-        result: reachable.map_err(|e| format!("{e} — fix: start the homeserver or correct homeserver.url")),
-    });
+    checks.push(Check::new(
+        "homeserver",
+        reachable.map_err(|e| format!("{e} — fix: start the homeserver or correct homeserver.url")),
+    ));
     if !homeserver_up {
         return checks;
     }
@@ -207,7 +271,7 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
         )),
     };
     let token_ok = token.is_ok();
-    checks.push(Check { name: "as_token", result: token });
+    checks.push(Check::new("as_token", token));
     if !token_ok {
         return checks;
     }
@@ -225,7 +289,7 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
             config.appservice.url
         )),
     };
-    checks.push(Check { name: "ping", result: ping_result });
+    checks.push(Check::new("ping", ping_result));
     checks
 }
 

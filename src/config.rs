@@ -59,6 +59,10 @@ pub struct Config {
     pub bot: BotConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Who may use the service (see `crate::permissions`); when absent, the homeserver's
+    /// own users are `user` and everyone else `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<crate::permissions::PermissionsConfig>,
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
@@ -263,8 +267,8 @@ pub struct AdminConfig {
     /// homeserver alone, and this one to operators only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
-    /// Matrix users who may run admin chat commands (`!bridge`, `!unbridge`). When the
-    /// list is empty, anyone with a linked Mosaic account may.
+    /// Deprecated: Matrix users who are admins. Read as `"<user>" = "admin"` in
+    /// `[permissions]` (a key there wins); `serve` warns and `doctor` names the fix.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matrix_users: Vec<String>,
 }
@@ -334,6 +338,9 @@ pub struct TelegramConfig {
     /// Long-poll timeout of `getUpdates` in seconds.
     #[serde(default = "default_telegram_poll_timeout")]
     pub poll_timeout_secs: u32,
+    /// Chats an admin may bridge without being an administrator of them on Telegram.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bridge_chats: Vec<i64>,
 }
 
 impl Default for TelegramConfig {
@@ -344,6 +351,7 @@ impl Default for TelegramConfig {
             mode: TelegramMode::default(),
             webhook_url: None,
             poll_timeout_secs: default_telegram_poll_timeout(),
+            bridge_chats: Vec::new(),
         }
     }
 }
@@ -366,11 +374,15 @@ pub struct DiscordConfig {
     /// gateway URL is discovered from it.
     #[serde(default = "default_discord_api_url")]
     pub api_url: String,
+    /// Guilds (servers) whose channels an admin may bridge without holding Manage
+    /// Webhooks there on Discord.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bridge_guilds: Vec<u64>,
 }
 
 impl Default for DiscordConfig {
     fn default() -> Self {
-        Self { token: None, api_url: default_discord_api_url() }
+        Self { token: None, api_url: default_discord_api_url(), bridge_guilds: Vec::new() }
     }
 }
 
@@ -475,6 +487,10 @@ pub struct AgentConfig {
     /// as root (`command`, `acp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as: Option<String>,
+    /// Who may use this agent: user ids and server names (as keys of `[permissions]`).
+    /// Left out: everyone whose level is `user` or more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<Vec<String>>,
 }
 
 impl AgentConfig {
@@ -502,6 +518,7 @@ impl AgentConfig {
             env: BTreeMap::new(),
             pass_env: Vec::new(),
             run_as: None,
+            allowed: None,
         }
     }
 
@@ -781,6 +798,25 @@ impl Config {
                 return Err((key, format!("agent {:?}: {message}", agent.id)));
             }
         }
+        if let Some(section) = &self.permissions
+            && let Some(key) = section.levels.keys().find(|key| !is_permission_key(key))
+        {
+            return Err((
+                "permissions",
+                format!("{key:?} is not \"*\", a server name like example.org or a user id like @alice:example.org"),
+            ));
+        }
+        for agent in &self.agents {
+            if let Some(entry) = agent.allowed.iter().flatten().find(|entry| !is_permission_key(entry)) {
+                return Err((
+                    "agent.allowed",
+                    format!(
+                        "agent {:?}: {entry:?} is not a server name like example.org or a user id like @alice:example.org",
+                        agent.id
+                    ),
+                ));
+            }
+        }
         if !self.agents.iter().any(|a| a.id == self.default_agent) {
             return Err((
                 "default_agent",
@@ -815,6 +851,15 @@ fn normalize(path: &Path) -> PathBuf {
         }
     }
     normal
+}
+
+/// `"*"`, a server name or a full user id (`@name:server`).
+fn is_permission_key(key: &str) -> bool {
+    let server = match key.strip_prefix('@') {
+        Some(user) => user.split_once(':').map(|(name, server)| (server, name)).filter(|(_, name)| !name.is_empty()),
+        None => Some((key, "")),
+    };
+    key == "*" || server.is_some_and(|(server, _)| !server.is_empty() && !server.contains(['/', ' ', '@', '*']))
 }
 
 fn is_localpart(s: &str) -> bool {
@@ -952,6 +997,22 @@ mod tests {
         assert!(message.contains("holds the database"), "{message}");
         // A folder inside the config file's folder holds none of them.
         load_in(&conf, &format!("{CODER}workspace = \"agents\"\n")).unwrap();
+    }
+
+    #[test]
+    fn permission_keys_and_allowed_lists_are_checked() {
+        for key in ["\"*\"", "\"example.org\"", "\"matrix.example.org:8448\"", "\"@alice:example.org\""] {
+            let text = format!("{MINIMAL}\n[permissions]\n{key} = \"user\"\n");
+            Config::parse(&text).unwrap().validate().unwrap_or_else(|e| panic!("{key}: {e:?}"));
+        }
+        for key in ["\"@alice\"", "\"@:example.org\"", "\"*.example.org\"", "\"\""] {
+            let text = format!("{MINIMAL}\n[permissions]\n{key} = \"user\"\n");
+            let (at, message) = Config::parse(&text).unwrap().validate().unwrap_err();
+            assert_eq!(at, "permissions", "{key}");
+            assert!(message.contains("user id like @alice:example.org"), "{message}");
+        }
+        let text = format!("{MINIMAL}\n[[agent]]\nid = \"echo\"\nallowed = [\"@bob\"]\n");
+        assert_eq!(Config::parse(&text).unwrap().validate().unwrap_err().0, "agent.allowed");
     }
 
     #[test]

@@ -104,6 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut failed = false;
             for check in &checks {
                 match &check.result {
+                    Ok(detail) if check.warning => println!("WARN  {:<11} {detail}", check.name),
                     Ok(detail) => println!("OK    {:<11} {detail}", check.name),
                     Err(detail) => {
                         failed = true;

@@ -69,6 +69,33 @@ fn init_shows_how_to_give_operators_a_listener_of_their_own() {
 }
 
 #[test]
+fn init_writes_who_may_use_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = init(dir.path(), &["--admin", "@you:example.org"]);
+    assert!(ok, "{out}{err}");
+    let path = dir.path().join("mosaic-as.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let config = mosaic_as::config::Config::load(&path).unwrap();
+    let section = config.permissions.expect("a [permissions] section");
+    let level = |key: &str| section.levels.get(key).map(|l| l.as_str());
+    assert_eq!(level("*"), Some("none"), "{text}");
+    assert_eq!(level("example.org"), Some("user"), "{text}");
+    assert_eq!(level("@you:example.org"), Some("admin"), "{text}");
+    assert_eq!(section.discord.map(|d| d.unlinked.as_str()), Some("relay"));
+    assert_eq!(section.telegram.map(|t| t.unlinked.as_str()), Some("relay"));
+    let (ok, _, _) = mosaic(&["--config", path.to_str().unwrap(), "registration"]);
+    assert!(ok, "the written config loads");
+
+    // Without --admin nobody is an admin; a malformed id is refused.
+    let plain = tempfile::tempdir().unwrap();
+    init(plain.path(), &[]);
+    let text = std::fs::read_to_string(plain.path().join("mosaic-as.toml")).unwrap();
+    assert!(!text.contains("\"admin\""), "{text}");
+    let (ok, _, err) = init(tempfile::tempdir().unwrap().path(), &["--admin", "you"]);
+    assert!(!ok && err.contains("not a Matrix user id"), "{err}");
+}
+
+#[test]
 fn config_errors_name_the_file_the_key_and_what_is_expected() {
     let dir = tempfile::tempdir().unwrap();
     init(dir.path(), &[]);

@@ -83,7 +83,7 @@ async fn harness_with(prepare: impl FnOnce(&FakeDiscord)) -> Harness {
             .unwrap();
     }
     let media = Arc::new(MemoryMedia::default());
-    let config = DiscordConfig { token: Some(fake.token()), api_url: fake.api_url() };
+    let config = DiscordConfig { token: Some(fake.token()), api_url: fake.api_url(), ..Default::default() };
     let adapter = DiscordAdapter::new(&config, store.clone(), media.clone()).unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let hub = Arc::new(Hub { store: store.clone(), tx, refuse_first: AtomicUsize::new(0) });
@@ -260,7 +260,7 @@ async fn a_restart_reuses_the_webhook_and_ignores_foreign_ones() {
     .await;
     h.send(&from_matrix("one")).await.unwrap();
     h.adapter.disconnect().await;
-    let config = DiscordConfig { token: Some(h.fake.token()), api_url: h.fake.api_url() };
+    let config = DiscordConfig { token: Some(h.fake.token()), api_url: h.fake.api_url(), ..Default::default() };
     let again = DiscordAdapter::new(&config, h.store.clone(), h.media.clone()).unwrap();
     let line = again.open_bridge(&GENERAL.to_string()).await.unwrap();
     assert!(line.contains("#general") && line.contains("webhook"), "{line}");

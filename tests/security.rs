@@ -168,7 +168,10 @@ async fn retention_has_a_floor() {
 
 #[tokio::test]
 async fn bridged_senders_cannot_change_the_room() {
-    let (hub, store, _dir) = hub().await;
+    // Even when the operator lets unlinked Telegram people talk to agents.
+    let config =
+        format!("{CONFIG}\n[permissions]\n\"example.org\" = \"user\"\n[permissions.telegram]\nunlinked = \"user\"\n");
+    let (hub, store, _dir) = hub_with(&config).await;
     let chat = "-1001234";
     hub.handle_inbound("matrix", said("@owner:example.org", "hello")).await.unwrap();
     {
@@ -186,4 +189,116 @@ async fn bridged_senders_cannot_change_the_room() {
     assert!(answers.last().unwrap().contains("works in the conversation's Matrix room"), "{answers:?}");
     let mut conn = store.conn().await.unwrap();
     assert_eq!(retention::policy(&mut conn, ROOM, "all").await.unwrap(), None);
+}
+
+/// Every message the hub stored for the room's conversation, oldest first.
+async fn stored(store: &Store) -> Vec<ChannelMessage> {
+    let mut conn = store.conn().await.unwrap();
+    let Some(conversation) = conversations::conversation_for_room(&mut conn, ROOM).await.unwrap() else {
+        return Vec::new();
+    };
+    messages::history(&mut conn, &conversation.id, 100).await.unwrap()
+}
+
+/// Kinds of the jobs waiting in the outbox.
+async fn queued_kinds(store: &Store) -> Vec<String> {
+    use sqlx::Row;
+    let mut conn = store.conn().await.unwrap();
+    let rows = sqlx::query("SELECT kind FROM outbox ORDER BY seq").fetch_all(&mut *conn).await.unwrap();
+    rows.iter().map(|row| row.get::<String, _>("kind")).collect()
+}
+
+#[tokio::test]
+async fn a_stranger_from_a_refused_server_is_ignored_entirely() {
+    let config = format!(
+        "{CONFIG}\n[permissions]\n\"*\" = \"none\"\n\"example.org\" = \"user\"\n\"@troll:example.org\" = \"none\"\n"
+    );
+    let (refusing, store, _dir) = hub_with(&config).await;
+    for (sender, text) in [
+        ("@mallory:evil.example", "!help"),
+        ("@mallory:evil.example", "hello agents"),
+        ("@troll:example.org", "!retention 1"),
+    ] {
+        refusing.handle_inbound("matrix", said(sender, text)).await.unwrap();
+    }
+    assert!(stored(&store).await.is_empty(), "nothing from them is stored");
+    assert!(queued_kinds(&store).await.is_empty(), "nothing answers them");
+    // Without a [permissions] section, the homeserver's own users are served, others not.
+    let (hub, store, _dir) = hub().await;
+    hub.handle_inbound("matrix", said("@mallory:evil.example", "!help")).await.unwrap();
+    assert!(stored(&store).await.is_empty());
+    hub.handle_inbound("matrix", said("@alice:example.org", "!help")).await.unwrap();
+    assert!(notices(&store).await[0].contains("Mosaic commands"));
+}
+
+#[tokio::test]
+async fn people_who_are_only_relayed_are_bridged_but_not_served() {
+    let (hub, store, _dir) = hub().await;
+    let chat = "-1001234";
+    hub.handle_inbound("matrix", said("@owner:example.org", "hello")).await.unwrap();
+    {
+        let mut tx = store.begin_write().await.unwrap();
+        let conversation = conversations::conversation_for_room(&mut tx, ROOM).await.unwrap().unwrap();
+        bridges::bridge(&mut tx, "telegram", chat, &conversation.id, true, "@owner:example.org").await.unwrap();
+        settings::set(&mut tx, &conversation.id, settings::Change::AnswerUnlinked(true)).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let from_telegram = |text: &str| {
+        let mut msg = ChannelMessage::new(chat, "4242", SenderType::User, text, ContentType::Text);
+        msg.metadata.insert("chatType".into(), "supergroup".into());
+        msg
+    };
+    let before = queued_kinds(&store).await.len();
+    hub.handle_inbound("telegram", from_telegram("hello echo")).await.unwrap();
+    let kinds = queued_kinds(&store).await;
+    assert!(stored(&store).await.iter().any(|m| m.content == "hello echo"), "the message is stored");
+    assert_eq!(kinds[before..], ["send"], "it goes to the Matrix room, and no agent turn is queued: {kinds:?}");
+    hub.handle_inbound("telegram", from_telegram("/whoami")).await.unwrap();
+    let answers = notices(&store).await;
+    assert!(answers.last().unwrap().starts_with("Only people with access"), "{answers:?}");
+    hub.handle_inbound("telegram", from_telegram("/help")).await.unwrap();
+    assert!(notices(&store).await.last().unwrap().contains("Mosaic commands"));
+}
+
+#[tokio::test]
+async fn only_admins_may_bridge_and_only_with_the_surface_s_consent() {
+    let config = format!(
+        "{CONFIG}\n[permissions]\n\"example.org\" = \"user\"\n\"@boss:example.org\" = \"admin\"\n[telegram]\ntoken = \"123:abc\"\n"
+    );
+    let (hub, store, _dir) = hub_with(&config).await;
+    hub.handle_inbound("matrix", said("@alice:example.org", "!bridge telegram -100555")).await.unwrap();
+    // This hub knows no surface to ask: an admin is refused too, and told why.
+    hub.handle_inbound("matrix", said("@boss:example.org", "!bridge telegram -100555")).await.unwrap();
+    let answers = notices(&store).await;
+    assert_eq!(
+        answers[0],
+        "Only admins can bridge chats: the operator makes you one with `\"@alice:example.org\" = \"admin\"` under [permissions] in the config."
+    );
+    assert!(answers[1].starts_with("I could not ask Telegram"), "{answers:?}");
+    let mut conn = store.conn().await.unwrap();
+    assert!(bridges::get(&mut conn, "telegram", "-100555").await.unwrap().is_none(), "nothing was bridged");
+}
+
+#[tokio::test]
+async fn an_agent_with_an_allowed_list_answers_only_those_people() {
+    let config = format!("{CONFIG}\n[[agent]]\nid = \"echo\"\nallowed = [\"@alice:example.org\"]\n");
+    let (hub, store, _dir) = hub_with(&config).await;
+    let with_agent = |sender: &str, text: &str| {
+        let mut msg = said(sender, text);
+        msg.metadata.insert("mosaic.participants".into(), 1.into());
+        msg.metadata.insert("mosaic.agents".into(), serde_json::json!(["echo"]));
+        msg
+    };
+    hub.handle_inbound("matrix", with_agent("@bob:example.org", "hello")).await.unwrap();
+    hub.handle_inbound("matrix", with_agent("@bob:example.org", "hello again")).await.unwrap();
+    let kinds = queued_kinds(&store).await;
+    assert!(!kinds.iter().any(|k| k == "agent.turn"), "{kinds:?}");
+    let answers = notices(&store).await;
+    assert_eq!(
+        answers,
+        ["Echo answers only the people the operator allowed (its `allowed` list); not you."],
+        "told once"
+    );
+    hub.handle_inbound("matrix", with_agent("@alice:example.org", "hello")).await.unwrap();
+    assert!(queued_kinds(&store).await.iter().any(|k| k == "agent.turn"), "Alice is answered");
 }

@@ -94,7 +94,11 @@ async fn soak(slot: support::Slot, database: Option<String>) {
     let alice = Person::new(&format!("{}-alice", slot.name)).await;
     let bob = Person::new(&format!("{}-bob", slot.name)).await;
     slot.write_config_with_sections(&format!(
-        "[telegram]\ntoken = \"{}\"\napi_url = \"{}\"\npoll_timeout_secs = 1\n\n[discord]\ntoken = \"{}\"\napi_url = \"{}\"\n\n[admin]\nmatrix_users = [\"{}\"]\n\n[delivery]\nmax_attempts = 20\nmax_backoff_secs = 2\nmax_age_secs = 60\n",
+        "[telegram]\ntoken = \"{}\"\napi_url = \"{}\"\npoll_timeout_secs = 1\nbridge_chats = [{TELEGRAM_CHAT}, {BROKEN_CHAT}]\n\n\
+         [discord]\ntoken = \"{}\"\napi_url = \"{}\"\nbridge_guilds = [{DISCORD_GUILD}]\n\n\
+         [permissions]\n\"*\" = \"none\"\n\"localhost\" = \"user\"\n\"{}\" = \"admin\"\n\
+         [permissions.telegram]\nunlinked = \"user\"\n[permissions.discord]\nunlinked = \"user\"\n\n\
+         [delivery]\nmax_attempts = 20\nmax_backoff_secs = 2\nmax_age_secs = 60\n",
         telegram.token(),
         telegram.api_url(),
         discord.token(),

@@ -86,6 +86,7 @@ fn config(fake: &FakeTelegram) -> TelegramConfig {
         mode: TelegramMode::Polling,
         webhook_url: None,
         poll_timeout_secs: 2,
+        bridge_chats: Vec::new(),
     }
 }
 

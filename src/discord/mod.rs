@@ -10,6 +10,7 @@ mod cursor;
 mod gateway;
 mod inbound;
 mod outbound;
+mod proof;
 mod rest;
 
 use std::collections::{HashMap, HashSet};
@@ -23,8 +24,8 @@ use uuid::Uuid;
 
 use crate::config::DiscordConfig;
 use crate::protocol::{
-    AdapterHealth, BridgeError, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError, InboundHandler,
-    MediaRepository,
+    AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError,
+    InboundHandler, MediaRepository,
 };
 use crate::store::{Store, accounts};
 use rest::{Rest, RestError};
@@ -158,6 +159,8 @@ struct Inner {
     identity: RwLock<Option<Identity>>,
     caches: Mutex<Caches>,
     gateway: tokio::sync::Mutex<Option<gateway::Running>>,
+    /// Servers whose channels admins may bridge without proof (`[discord] bridge_guilds`).
+    bridge_guilds: Vec<u64>,
 }
 
 impl DiscordAdapter {
@@ -175,6 +178,7 @@ impl DiscordAdapter {
             identity: RwLock::new(None),
             caches: Mutex::new(Caches::default()),
             gateway: tokio::sync::Mutex::new(None),
+            bridge_guilds: config.bridge_guilds.clone(),
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -236,6 +240,10 @@ impl ChannelAdapter for DiscordAdapter {
 
     async fn open_bridge(&self, channel_id: &str) -> Result<String, BridgeError> {
         self.inner.open_bridge(channel_id).await
+    }
+
+    async fn may_bridge(&self, channel_id: &str, requester: &[String]) -> BridgeRight {
+        self.inner.may_bridge(channel_id, requester).await
     }
 
     async fn close_bridge(&self, channel_id: &str) {

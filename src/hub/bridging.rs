@@ -18,11 +18,11 @@ use super::{Hub, enqueue_send, routing};
 use crate::config::Config;
 use crate::matrix::naming::Namespace;
 use crate::protocol::{
-    AdapterHealth, BridgeError, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError, ContentType,
-    InboundHandler, SenderType, metadata_keys,
+    AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError,
+    ContentType, InboundHandler, SenderType, metadata_keys,
 };
 use crate::queue::{self, DeadReason};
-use crate::store::{self, Store, accounts, bridges, conversations, messages, settings};
+use crate::store::{self, Store, bridges, conversations, messages, settings};
 
 /// The surfaces that can be bridged with `!bridge`.
 pub const BRIDGEABLE: [&str; 2] = ["discord", "telegram"];
@@ -212,17 +212,26 @@ pub async fn report_undelivered(
     Ok(())
 }
 
+/// A `!bridge` as the hub runs it.
+pub(super) struct BridgeRequest<'a> {
+    pub surface: &'a str,
+    pub chat_id: &'a str,
+    pub mirror_deletions: bool,
+    /// The surface's answer to whether the sender may bridge the chat.
+    pub right: Option<BridgeRight>,
+}
+
 impl Hub {
-    /// `!bridge <surface> <chat id>`: the chat joins this conversation.
+    /// `!bridge <surface> <chat id>`: the chat joins this conversation, when an admin
+    /// asks and the surface agrees (the chat is allow-listed, or the admin administers it).
     pub(super) async fn bridge_chat(
         &self,
         conn: &mut AnyConnection,
         msg: &ChannelMessage,
         conversation_id: &str,
-        surface: &str,
-        chat_id: &str,
-        mirror_deletions: bool,
+        request: BridgeRequest<'_>,
     ) -> store::Result<Answer> {
+        let BridgeRequest { surface, chat_id, mirror_deletions, right } = request;
         if let Some(refusal) = self.refuse_unless_admin(conn, msg).await? {
             return Ok(refusal.into());
         }
@@ -237,6 +246,17 @@ impl Hub {
                 "The {surface} bridge is not set up: add a [{surface}] section with the bot token to the config (or set {var}) and restart mosaic-as."
             )
             .into());
+        }
+        match right {
+            Some(BridgeRight::AllowListed | BridgeRight::Proven) => {}
+            Some(BridgeRight::Refused(why)) => return Ok(why.into()),
+            None => {
+                return Ok(format!(
+                    "I could not ask {} whether you may bridge that chat; try again later.",
+                    crate::matrix::adapter::surface_title(surface)
+                )
+                .into());
+            }
         }
         if let Some(existing) = bridges::get(conn, surface, chat_id).await?.filter(|b| b.is_bridged())
             && existing.conversation_id != conversation_id
@@ -296,22 +316,18 @@ impl Hub {
         Ok(format!("Unbridged {}. Messages no longer flow between them and this room.", list.join(", ")).into())
     }
 
-    /// Bridging is for admins: the configured Matrix users, or (none configured) anyone
-    /// with a linked Mosaic account.
+    /// Bridging is for admins (`"admin"` in `[permissions]`).
     async fn refuse_unless_admin(
         &self,
         conn: &mut AnyConnection,
         msg: &ChannelMessage,
     ) -> store::Result<Option<String>> {
-        let admins = &self.config.admin.matrix_users;
-        let allowed = if admins.is_empty() {
-            accounts::account_for_identity(conn, crate::matrix::CHANNEL, &msg.sender_id).await?.is_some()
-        } else {
-            admins.iter().any(|admin| admin == &msg.sender_id)
-        };
+        let allowed = self.is_admin(conn, crate::matrix::CHANNEL, &msg.sender_id).await?;
         Ok((!allowed).then(|| {
-            "Only admins can bridge chats (see `admin.matrix_users` in the config, or link your account first)."
-                .to_string()
+            format!(
+                "Only admins can bridge chats: the operator makes you one with `\"{}\" = \"admin\"` under [permissions] in the config.",
+                msg.sender_id
+            )
         }))
     }
 }
@@ -436,5 +452,9 @@ impl ChannelAdapter for SurfaceAdapter {
 
     async fn close_bridge(&self, channel_id: &str) {
         self.inner.close_bridge(channel_id).await
+    }
+
+    async fn may_bridge(&self, channel_id: &str, requester: &[String]) -> BridgeRight {
+        self.inner.may_bridge(channel_id, requester).await
     }
 }

@@ -39,6 +39,9 @@ pub enum Command {
         surface: String,
         chat_id: String,
         mirror_deletions: bool,
+        /// What the surface said when asked whether the sender may bridge the chat
+        /// (filled in by the hub before the command runs; parsing leaves it out).
+        right: Option<crate::protocol::BridgeRight>,
     },
     /// Remove the bridges of one surface, or all.
     Unbridge(Option<String>),
@@ -120,6 +123,7 @@ pub fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
                 surface: (*surface).to_string(),
                 chat_id: (*chat_id).to_string(),
                 mirror_deletions: rest.is_empty(),
+                right: None,
             })
         }
         ("bridge", _) => Err(Usage(format!(
@@ -183,7 +187,7 @@ pub fn help_text(p: char) -> String {
          - `{p}team create <name>`, `{p}team add <team> <@user|account>`, `{p}team remove <team> <@user|account>`, `{p}team list` — teams\n\
          - `{p}share <team>` / `{p}unshare` — share this conversation with a team, or stop\n\
          - `{p}retention <days>|off` — how long this room keeps its messages\n\
-         - `{p}bridge discord|telegram <id>` / `{p}unbridge` — bridge a Discord channel or Telegram chat into this room (admins)\n\
+         - `{p}bridge discord|telegram <id>` / `{p}unbridge` — bridge a Discord channel or Telegram chat into this room (admins, with proof that they administer that chat)\n\
          - `{p}pair <agent> <agent>` — open your room where two agents work together (needs a linked account)\n\
          - in such a room: `{p}ask <agent> <text>`, `{p}delegate <agent> <task>`, `{p}broadcast <agent> <text>`; begin a message with [HUMAN] to interrupt"
     )
@@ -289,8 +293,9 @@ impl Hub {
             Command::Retention(days) => self.set_retention(conn, conversation_id, days).await?.into(),
             Command::Share(team) => self.share(conn, channel, sender, conversation_id, &team).await?,
             Command::Unshare => self.unshare(conn, conversation_id).await?,
-            Command::Bridge { surface, chat_id, mirror_deletions } => {
-                self.bridge_chat(conn, msg, conversation_id, &surface, &chat_id, mirror_deletions).await?
+            Command::Bridge { surface, chat_id, mirror_deletions, right } => {
+                let chat = bridging::BridgeRequest { surface: &surface, chat_id: &chat_id, mirror_deletions, right };
+                self.bridge_chat(conn, msg, conversation_id, chat).await?
             }
             Command::Unbridge(surface) => self.unbridge_chats(conn, msg, conversation_id, surface.as_deref()).await?,
             Command::Pair(a, b) => self.pair(conn, channel, sender, &a, &b).await?,

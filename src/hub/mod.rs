@@ -21,7 +21,10 @@ use crate::agents::TurnControl;
 use crate::agents::control::Responder;
 use crate::config::Config;
 use crate::matrix::naming::Namespace;
-use crate::protocol::{ChannelMessage, ContentType, HandlerError, InboundHandler, SenderType, metadata_keys};
+use crate::permissions::{Level, Permissions};
+use crate::protocol::{
+    BridgeRight, ChannelMessage, ChannelRegistry, ContentType, HandlerError, InboundHandler, SenderType, metadata_keys,
+};
 use crate::queue::{self, Wakers};
 use crate::secrets;
 use crate::store::{self, Store, accounts, bridges, conversations, messages, settings};
@@ -61,11 +64,28 @@ pub struct Hub {
     wakers: Arc<Wakers>,
     namespace: Namespace,
     control: Arc<TurnControl>,
+    permissions: Permissions,
+    /// The surfaces, asked whether a chat may be bridged; without them nothing is.
+    surfaces: Option<Arc<ChannelRegistry>>,
 }
 
 impl Hub {
     pub fn new(config: Arc<Config>, store: Store, wakers: Arc<Wakers>, control: Arc<TurnControl>) -> Self {
-        Self { namespace: Namespace::from_config(&config), config, store, wakers, control }
+        Self {
+            namespace: Namespace::from_config(&config),
+            permissions: Permissions::from_config(&config),
+            config,
+            store,
+            wakers,
+            control,
+            surfaces: None,
+        }
+    }
+
+    /// The hub asks these surfaces whether the chats admins bridge may be bridged.
+    pub fn with_surfaces(mut self, surfaces: Arc<ChannelRegistry>) -> Self {
+        self.surfaces = Some(surfaces);
+        self
     }
 
     /// The inbound handler for one adapter.
@@ -76,7 +96,15 @@ impl Hub {
     pub async fn handle_inbound(&self, channel: &str, mut msg: ChannelMessage) -> store::Result<()> {
         msg.strip_control_chars();
         msg.metadata.entry(metadata_keys::ORIGIN_CHANNEL).or_insert_with(|| channel.into());
+        // Asking another surface takes a while: it happens before the write transaction.
+        let bridge_right = self.bridge_right(channel, &msg).await?;
         let mut tx = self.store.begin_write().await?;
+        let level = self.level_of(&mut tx, channel, &msg.sender_id).await?;
+        if level == Level::None && !may_link_anyway(channel, &msg) {
+            tracing::debug!(channel, sender = msg.sender_id, "message from a sender without access ignored");
+            tx.rollback().await?;
+            return Ok(());
+        }
         let (conversation, chat) = resolve_conversation(&mut tx, channel, &msg).await?;
         match chat {
             Chat::Matrix => {}
@@ -108,6 +136,12 @@ impl Hub {
         if let Some(native) = msg.channel_message_id() {
             messages::add_ref(&mut tx, channel, &msg.channel_id, native, msg.id).await?;
         }
+        let command = match command {
+            Some(Ok(command)) if level < Level::User && !relay_may_run(&command) => {
+                Some(Err(commands::Usage(relay_refusal(channel))))
+            }
+            command => command.map(|c| c.map(|c| with_bridge_right(c, bridge_right))),
+        };
         if chat == Chat::Direct {
             self.answer_direct_chat(&mut tx, channel, &conversation.id, &msg, command).await?;
             tx.commit().await?;
@@ -133,7 +167,7 @@ impl Hub {
         // An answer to an agent's permission question is not a prompt, and reactions are
         // only ever such answers. Only the person who started the turn, or an admin,
         // answers; anyone else's message is an ordinary one.
-        let answered = self.control.has_question(&conversation.id) && {
+        let answered = level >= Level::User && self.control.has_question(&conversation.id) && {
             let account = accounts::account_for_identity(&mut tx, channel, &msg.sender_id).await?;
             let who = Responder {
                 channel,
@@ -173,8 +207,9 @@ impl Hub {
             (Some(Err(commands::Usage(usage))), _) => {
                 self.reply(&mut tx, channel, &conversation.id, &msg, usage.into()).await?;
             }
-            // Archived conversations are read-only: agents do not answer there.
-            (None, None) if conversation.archived_at.is_some() => {}
+            // Archived conversations are read-only: agents do not answer there; nor do
+            // they act on people who are only relayed.
+            (None, None) if conversation.archived_at.is_some() || level < Level::User => {}
             (None, None) => self.route_to_agents(&mut tx, channel, &conversation.id, &msg).await?,
         }
         tx.commit().await?;
@@ -200,6 +235,10 @@ impl Hub {
             );
             return self.reply(conn, channel, conversation_id, msg, hint.into()).await;
         }
+        let (agents, refused) = self.split_allowed(conn, channel, &msg.sender_id, agents).await?;
+        for agent in refused {
+            self.tell_not_allowed(conn, channel, conversation_id, msg, &agent).await?;
+        }
         for agent in agents {
             let job = TurnJob {
                 agent: agent.clone(),
@@ -211,6 +250,52 @@ impl Hub {
             let lane = queue::agent_queue(&agent, conversation_id);
             queue::enqueue(conn, &lane, &format!("turn:{agent}:{}", msg.id), TURN_KIND, &job).await?;
             tracing::debug!(agent, message_id = %msg.id, "agent turn queued");
+        }
+        Ok(())
+    }
+
+    /// Splits `agents` into those the sender may use and those whose `allowed` list does
+    /// not name them (by their Matrix identity; people without one are never named).
+    async fn split_allowed(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        sender: &str,
+        agents: Vec<String>,
+    ) -> store::Result<(Vec<String>, Vec<String>)> {
+        if agents.iter().all(|agent| self.config.agent(agent).is_none_or(|a| a.allowed.is_none())) {
+            return Ok((agents, Vec::new()));
+        }
+        let identities = self.matrix_identities(conn, channel, sender).await?.unwrap_or_default();
+        Ok(agents.into_iter().partition(|agent| {
+            let allowed = self.config.agent(agent).and_then(|a| a.allowed.as_deref());
+            allowed.is_none_or(|list| identities.iter().any(|id| crate::permissions::listed(list, id)))
+        }))
+    }
+
+    /// Tells someone, once per conversation and agent, that the agent does not answer
+    /// them; afterwards their messages to it are ignored without a word.
+    async fn tell_not_allowed(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        conversation_id: &str,
+        to: &ChannelMessage,
+        agent: &str,
+    ) -> store::Result<()> {
+        tracing::info!(channel, agent, sender = to.sender_id, "agent not allowed for this sender");
+        let name = self.config.agent(agent).map(|a| a.display_name()).unwrap_or_else(|| agent.to_string());
+        let text = format!("{name} answers only the people the operator allowed (its `allowed` list); not you.");
+        let mut notice =
+            ChannelMessage::new(&to.channel_id, SYSTEM_SENDER, SenderType::System, text, ContentType::Text)
+                .with_reply_to(to.id)
+                .in_thread_of(to);
+        // The id is the same for every message of this sender to this agent here, so the
+        // store keeps (and the room gets) the first notice only.
+        let once = format!("not-allowed:{conversation_id}:{agent}:{channel}:{}", to.sender_id);
+        notice.id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, once.as_bytes());
+        if messages::append(conn, conversation_id, "hub", &notice).await? {
+            enqueue_send(conn, channel, &to.channel_id, &notice).await?;
         }
         Ok(())
     }
@@ -241,22 +326,81 @@ impl Hub {
         self.reply(conn, channel, conversation_id, msg, answer).await
     }
 
-    /// Whether `sender` is an admin of the service: a Matrix user listed in
-    /// `admin.matrix_users`, or, on another surface, someone whose linked account has such
-    /// a Matrix identity.
+    /// Whether `sender` is an admin of the service (see [`Hub::level_of`]).
     pub(crate) async fn is_admin(&self, conn: &mut AnyConnection, channel: &str, sender: &str) -> store::Result<bool> {
-        let admins = &self.config.admin.matrix_users;
-        if admins.is_empty() {
-            return Ok(false);
-        }
+        Ok(self.level_of(conn, channel, sender).await? == Level::Admin)
+    }
+
+    /// What `sender` may do: a Matrix user's level comes from `[permissions]`; someone on
+    /// another surface takes the highest level of their account's Matrix identities (an
+    /// account with none, which only an operator or a linked person can have made, is
+    /// `user`), or, not linked, the surface's `unlinked` level.
+    pub(crate) async fn level_of(&self, conn: &mut AnyConnection, channel: &str, sender: &str) -> store::Result<Level> {
         if channel == crate::matrix::CHANNEL {
-            return Ok(admins.iter().any(|admin| admin == sender));
+            return Ok(self.permissions.matrix_level(sender));
+        }
+        Ok(match self.matrix_identities(conn, channel, sender).await? {
+            None => self.permissions.unlinked_level(channel),
+            Some(ids) if ids.is_empty() => Level::User,
+            Some(ids) => ids.iter().map(|id| self.permissions.matrix_level(id)).max().unwrap_or(Level::None),
+        })
+    }
+
+    /// The Matrix identities of the account `sender` is linked to; `None` when not linked.
+    async fn matrix_identities(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        sender: &str,
+    ) -> store::Result<Option<Vec<String>>> {
+        if channel == crate::matrix::CHANNEL {
+            return Ok(Some(vec![sender.to_string()]));
         }
         let Some(account) = accounts::account_for_identity(conn, channel, sender).await? else {
-            return Ok(false);
+            return Ok(None);
         };
         let identities = accounts::identities_of(conn, &account.id).await?;
-        Ok(identities.iter().any(|i| i.channel_name == crate::matrix::CHANNEL && admins.contains(&i.channel_user_id)))
+        Ok(Some(
+            identities
+                .into_iter()
+                .filter(|i| i.channel_name == crate::matrix::CHANNEL)
+                .map(|i| i.channel_user_id)
+                .collect(),
+        ))
+    }
+
+    /// For a `!bridge` from an admin: whether the surface lets them bridge that chat,
+    /// asked with the requester's linked identities there. `None` for everything else.
+    async fn bridge_right(&self, channel: &str, msg: &ChannelMessage) -> store::Result<Option<BridgeRight>> {
+        if channel != crate::matrix::CHANNEL
+            || routing::is_edit(msg)
+            || self.permissions.matrix_level(&msg.sender_id) != Level::Admin
+        {
+            return Ok(None);
+        }
+        let Some(Ok(commands::Command::Bridge { surface, chat_id, .. })) =
+            commands::parse(commands::prefix_for(channel), &msg.content)
+        else {
+            return Ok(None);
+        };
+        let Some(adapter) = self.surfaces.as_ref().and_then(|s| s.get(&surface)) else {
+            return Ok(None);
+        };
+        let requester = {
+            let mut conn = self.store.conn().await?;
+            match accounts::account_for_identity(&mut conn, channel, &msg.sender_id).await? {
+                Some(account) => accounts::identities_of(&mut conn, &account.id)
+                    .await?
+                    .into_iter()
+                    .filter(|i| i.channel_name == surface)
+                    .map(|i| i.channel_user_id)
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        let right = adapter.may_bridge(&chat_id, &requester).await;
+        tracing::info!(channel = surface, chat_id, by = msg.sender_id, ?right, "bridge right asked");
+        Ok(Some(right))
     }
 
     /// Logs a notice answering `to` and sends it back where `to` came from only.
@@ -286,6 +430,38 @@ impl Hub {
         }
         messages::append(conn, conversation_id, "hub", &reply).await?;
         enqueue_send(conn, channel, &to.channel_id, &reply).await
+    }
+}
+
+/// Commands someone below `user` may run: getting access, and reading how.
+fn relay_may_run(command: &commands::Command) -> bool {
+    matches!(command, commands::Command::Help | commands::Command::Link(_))
+}
+
+fn relay_refusal(channel: &str) -> String {
+    let p = commands::prefix_for(channel);
+    format!(
+        "Only people with access to this service can use that command: link a Mosaic account with `{p}link <token>` (ask an admin for a token)."
+    )
+}
+
+/// A `link <token>` from someone ignored on another surface is still read: linking is
+/// how they get access, and the token an admin gave them is the proof.
+fn may_link_anyway(channel: &str, msg: &ChannelMessage) -> bool {
+    channel != crate::matrix::CHANNEL
+        && matches!(
+            commands::parse(commands::prefix_for(channel), &msg.content),
+            Some(Ok(commands::Command::Link(Some(_))))
+        )
+}
+
+/// Hands the surface's answer on to the `!bridge` command it was asked for.
+fn with_bridge_right(command: commands::Command, right: Option<BridgeRight>) -> commands::Command {
+    match command {
+        commands::Command::Bridge { surface, chat_id, mirror_deletions, .. } => {
+            commands::Command::Bridge { surface, chat_id, mirror_deletions, right }
+        }
+        other => other,
     }
 }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ruma::api::Direction;
 use ruma::api::client::{
-    account::whoami, membership::join_room_by_id, membership::joined_members, message::get_message_events,
-    message::send_message_event, profile::get_profile_field, redact::redact_event,
+    account::whoami, membership::join_room_by_id, membership::joined_members, membership::leave_room,
+    message::get_message_events, message::send_message_event, profile::get_profile_field, redact::redact_event,
 };
 use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent};
 use ruma::events::{AnyMessageLikeEventContent, MessageLikeEventType};
@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::hub::agent_rooms::AGENT_MESSAGE;
 use crate::hub::power::{ROOM_POWER, RoomPower};
 use crate::hub::routing;
+use crate::permissions::{Level, Permissions};
 use crate::protocol::{
     AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelConnectError, ChannelMessage, ChannelSendError,
     ContentType, InboundHandler, SenderType, metadata_keys,
@@ -91,6 +92,8 @@ pub struct MatrixAdapter {
     unconfirmed: std::sync::Mutex<std::collections::HashSet<Uuid>>,
     /// Per room, the event time back to which the next catch-up pass reads.
     pub(super) catch_up_cursors: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// Who may use the service: invites and messages from `none` are ignored here.
+    permissions: Permissions,
 }
 
 impl MatrixAdapter {
@@ -100,6 +103,7 @@ impl MatrixAdapter {
             ns: Namespace::from_config(&config),
             ghosts: Ghosts::new(client.clone(), store.clone()),
             client,
+            permissions: Permissions::from_config(&config),
             config,
             store,
             handler: RwLock::new(None),
@@ -177,6 +181,9 @@ impl MatrixAdapter {
             self.display_names.lock().expect("name cache").insert(target.to_string(), name.to_string());
         }
         if membership == "invite" && self.ns.is_ours(target) && !self.ns.is_ours(sender) {
+            if self.permissions.matrix_level(sender) == Level::None {
+                return self.refuse_invite(room_id, target, sender).await;
+            }
             self.accept_invite(room_id, target).await?;
         }
         Ok(())
@@ -195,6 +202,19 @@ impl MatrixAdapter {
         self.sync_members(&room, &user).await
     }
 
+    /// Someone the service ignores invited one of our users: the invite is rejected,
+    /// without a word in the room.
+    async fn refuse_invite(&self, room_id: &str, target: &str, sender: &str) -> Result<(), EventError> {
+        let user = user_id(target);
+        if !self.ensure_known_user(&user).await? {
+            return Ok(());
+        }
+        let room = room(room_id)?;
+        self.client.call(leave_room::v3::Request::new(room), Some(&user)).await?;
+        tracing::info!(room_id, user_id = target, sender, "invite from a sender without access rejected");
+        Ok(())
+    }
+
     async fn sync_members(&self, room: &OwnedRoomId, as_user: &UserId) -> Result<(), EventError> {
         let members = self.client.call(joined_members::v3::Request::new(room.clone()), Some(as_user)).await?;
         let mut conn = self.store.conn().await?;
@@ -205,6 +225,10 @@ impl MatrixAdapter {
     }
 
     async fn on_message(&self, event: &Value, room_id: &str, sender: &str) -> Result<(), EventError> {
+        // Nothing is read or stored for people the service ignores (the hub checks again).
+        if self.permissions.matrix_level(sender) == Level::None {
+            return Ok(());
+        }
         let handler = self.handler()?;
         let content: RoomMessageEventContent = match serde_json::from_value(event["content"].clone()) {
             Ok(content) => content,
@@ -322,6 +346,9 @@ impl MatrixAdapter {
     /// A reaction becomes a message whose content is the emoji, replying to the message
     /// reacted to (people answer an agent's permission question this way).
     async fn on_reaction(&self, event: &Value, room_id: &str, sender: &str) -> Result<(), EventError> {
+        if self.permissions.matrix_level(sender) == Level::None {
+            return Ok(());
+        }
         let handler = self.handler()?;
         let relation = &event["content"]["m.relates_to"];
         let (Some(target), Some(key)) = (relation["event_id"].as_str(), relation["key"].as_str()) else {

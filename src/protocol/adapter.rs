@@ -73,6 +73,18 @@ impl HandlerError {
     }
 }
 
+/// Whether a chat of a surface may be bridged, as that surface tells
+/// ([`ChannelAdapter::may_bridge`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BridgeRight {
+    /// The operator allow-listed the chat (or the server it belongs to) in the config.
+    AllowListed,
+    /// One of the requester's linked identities there administers the chat.
+    Proven,
+    /// Not allowed: one line that says what is missing and how to fix it.
+    Refused(String),
+}
+
 /// Receives every inbound message of an adapter. The adapter awaits each call before it
 /// delivers the next message (back-pressure).
 #[async_trait]
@@ -122,6 +134,15 @@ pub trait ChannelAdapter: Send + Sync {
     async fn open_bridge(&self, channel_id: &str) -> Result<String, BridgeError> {
         let _ = channel_id;
         Ok(String::new())
+    }
+
+    /// An admin asks to bridge `channel_id`: may they? `requester` holds their linked user
+    /// ids on this surface (none when they linked none). A surface allows a chat the
+    /// operator allow-listed, or one that one of those identities administers there.
+    /// Never fails: a surface that cannot be asked refuses, saying so.
+    async fn may_bridge(&self, channel_id: &str, requester: &[String]) -> BridgeRight {
+        let _ = (channel_id, requester);
+        BridgeRight::Refused(format!("Chats of {} cannot be bridged.", self.name()))
     }
 
     /// The bridge of `channel_id` was removed; release what `open_bridge` prepared.

@@ -10,7 +10,8 @@ mod message;
 mod registry;
 
 pub use adapter::{
-    AdapterHealth, BridgeError, ChannelAdapter, ChannelConnectError, ChannelSendError, HandlerError, InboundHandler,
+    AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelSendError, HandlerError,
+    InboundHandler,
 };
 pub use media::{Media, MediaError, MediaRepository, not_bridged_note};
 pub use message::{ChannelAttachment, ChannelMessage, ContentType, SenderType, metadata_keys};

@@ -10,6 +10,7 @@ mod inbound;
 pub mod markdown;
 mod outbound;
 mod polling;
+mod proof;
 mod topics;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -26,8 +27,8 @@ pub use self::errors::TelegramError;
 use self::errors::{Failure, classify, redact};
 use crate::config::{TelegramConfig, TelegramMode};
 use crate::protocol::{
-    AdapterHealth, BridgeError, CONNECT_TIMEOUT, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError,
-    InboundHandler, MediaRepository,
+    AdapterHealth, BridgeError, BridgeRight, CONNECT_TIMEOUT, ChannelAdapter, ChannelConnectError, ChannelMessage,
+    ChannelSendError, InboundHandler, MediaRepository,
 };
 use crate::store::{self, Store, accounts};
 
@@ -301,5 +302,9 @@ impl ChannelAdapter for TelegramAdapter {
 
     async fn open_bridge(&self, channel_id: &str) -> Result<String, BridgeError> {
         outbound::open_bridge(&self.inner, channel_id).await
+    }
+
+    async fn may_bridge(&self, channel_id: &str, requester: &[String]) -> BridgeRight {
+        self.inner.may_bridge(channel_id, requester).await
     }
 }

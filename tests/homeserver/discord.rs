@@ -26,7 +26,9 @@ async fn a_discord_channel_and_a_matrix_room_share_one_conversation() {
     let slot = slot("discord");
     let alice = Person::new("dc-alice").await;
     slot.write_config_with_sections(&format!(
-        "[discord]\ntoken = \"{}\"\napi_url = \"{}\"\n\n[admin]\nmatrix_users = [\"{}\"]\n",
+        "[discord]\ntoken = \"{}\"\napi_url = \"{}\"\nbridge_guilds = [{GUILD}]\n\n\
+         [permissions]\n\"*\" = \"none\"\n\"localhost\" = \"user\"\n\"{}\" = \"admin\"\n\
+         [permissions.discord]\nunlinked = \"user\"\n",
         fake.token(),
         fake.api_url(),
         alice.user_id

@@ -8,6 +8,7 @@ mod admin;
 mod agents;
 mod discord;
 mod listeners;
+mod permissions;
 mod quiet_errors;
 mod room_power;
 mod telegram;

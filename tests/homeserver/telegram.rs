@@ -13,7 +13,9 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn telegram_section(fake: &FakeTelegram, admin: &str) -> String {
     format!(
-        "[telegram]\ntoken = \"{}\"\napi_url = \"{}\"\npoll_timeout_secs = 1\n\n[admin]\nmatrix_users = [\"{admin}\"]\n",
+        "[telegram]\ntoken = \"{}\"\napi_url = \"{}\"\npoll_timeout_secs = 1\nbridge_chats = [{GROUP}]\n\n\
+         [permissions]\n\"*\" = \"none\"\n\"localhost\" = \"user\"\n\"{admin}\" = \"admin\"\n\
+         [permissions.telegram]\nunlinked = \"user\"\n",
         fake.token(),
         fake.api_url()
     )

@@ -25,6 +25,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 pub const GUILD: u64 = 900_000_000_000_000_001;
 pub const BOT_USER: u64 = 900_000_000_000_000_100;
 pub const APPLICATION: u64 = 900_000_000_000_000_200;
+/// Permission bits (Discord's "Bitwise Permission Flags").
+pub const VIEW_CHANNEL: u64 = 1 << 10;
+pub const SEND_MESSAGES: u64 = 1 << 11;
+pub const ADMINISTRATOR: u64 = 1 << 3;
+pub const MANAGE_WEBHOOKS: u64 = 1 << 29;
+/// What @everyone may do in a new server: see channels and write.
+const EVERYONE_PERMISSIONS: u64 = VIEW_CHANNEL | SEND_MESSAGES;
 const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
 const HEARTBEAT_MS: u64 = 41_250;
 /// Dispatches kept for RESUME replays.
@@ -75,7 +82,19 @@ struct Channel {
     parent: Option<u64>,
     /// Can the bot manage webhooks here?
     manage_webhooks: bool,
+    /// `permission_overwrites` as Discord returns them.
+    overwrites: Vec<Value>,
     history: BTreeMap<u64, Value>,
+}
+
+/// A server's roles, owner and members: what Discord computes people's permissions from.
+#[derive(Clone, Default)]
+struct Guild {
+    owner: u64,
+    /// Role id → (name, permission bits); the @everyone role has the guild's id.
+    roles: BTreeMap<u64, (String, u64)>,
+    /// Member → their role ids (without @everyone).
+    members: HashMap<u64, Vec<u64>>,
 }
 
 #[derive(Clone)]
@@ -113,6 +132,7 @@ struct World {
     users: HashMap<u64, Value>,
     nicks: HashMap<u64, String>,
     channels: BTreeMap<u64, Channel>,
+    guilds: HashMap<u64, Guild>,
     webhooks: Vec<Webhook>,
     sent: Vec<Sent>,
     log: Vec<Logged>,
@@ -162,6 +182,7 @@ impl FakeDiscord {
             users,
             nicks: HashMap::new(),
             channels: BTreeMap::new(),
+            guilds: HashMap::new(),
             webhooks: Vec::new(),
             sent: Vec::new(),
             log: Vec::new(),
@@ -217,9 +238,39 @@ impl FakeDiscord {
             kind: 0,
             parent: None,
             manage_webhooks: true,
+            overwrites: Vec::new(),
             history: BTreeMap::new(),
         };
-        self.world().channels.insert(id, channel);
+        let mut world = self.world();
+        world.guilds.entry(guild).or_insert_with(|| Guild {
+            // Nobody the tests create owns the server unless they say so.
+            owner: 1,
+            roles: BTreeMap::from([(guild, ("@everyone".to_string(), EVERYONE_PERMISSIONS))]),
+            members: HashMap::new(),
+        });
+        world.channels.insert(id, channel);
+    }
+
+    /// A role of `guild` with these permission bits.
+    pub fn add_role(&self, guild: u64, role: u64, name: &str, permissions: u64) {
+        self.world()
+            .guilds
+            .get_mut(&guild)
+            .expect("a channel of the guild first")
+            .roles
+            .insert(role, (name.into(), permissions));
+    }
+
+    /// `user` joins `guild` with these roles.
+    pub fn add_member(&self, guild: u64, user: u64, roles: &[u64]) {
+        self.world().guilds.get_mut(&guild).expect("a channel of the guild first").members.insert(user, roles.to_vec());
+    }
+
+    /// A permission overwrite on `channel` for a role (`member` false) or a member.
+    pub fn add_overwrite(&self, channel: u64, target: u64, member: bool, allow: u64, deny: u64) {
+        let overwrite = json!({"id": target.to_string(), "type": u8::from(member),
+                               "allow": allow.to_string(), "deny": deny.to_string()});
+        self.world().channels.get_mut(&channel).unwrap().overwrites.push(overwrite);
     }
 
     /// The bot lacks Manage Webhooks in `channel`.
@@ -643,7 +694,7 @@ impl World {
     fn channel_json(&self, id: u64) -> Value {
         let c = &self.channels[&id];
         let mut v = json!({
-            "id": c.id.to_string(), "type": c.kind, "name": c.name, "position": 0, "permission_overwrites": [],
+            "id": c.id.to_string(), "type": c.kind, "name": c.name, "position": 0, "permission_overwrites": c.overwrites,
             "nsfw": false, "topic": null, "rate_limit_per_user": 0, "flags": 0,
             "last_message_id": c.history.keys().next_back().map(|m| m.to_string()),
             "parent_id": c.parent.map(|p| p.to_string())
@@ -661,6 +712,46 @@ impl World {
         v
     }
 
+    /// A guild object (`GET /guilds/{id}`) with its roles.
+    fn guild_json(&self, id: u64) -> Value {
+        let g = &self.guilds[&id];
+        let roles: Vec<Value> = g
+            .roles
+            .iter()
+            .enumerate()
+            .map(|(position, (role, (name, permissions)))| {
+                json!({"id": role.to_string(), "name": name, "color": 0,
+                       "colors": {"primary_color": 0, "secondary_color": null, "tertiary_color": null},
+                       "hoist": false, "icon": null, "unicode_emoji": null, "position": position,
+                       "permissions": permissions.to_string(), "managed": false, "mentionable": false, "flags": 0})
+            })
+            .collect();
+        json!({
+            "id": id.to_string(), "name": format!("Server {id}"), "icon": null, "icon_hash": null, "splash": null,
+            "discovery_splash": null, "owner_id": g.owner.to_string(), "afk_channel_id": null, "afk_timeout": 300,
+            "widget_enabled": false, "widget_channel_id": null, "verification_level": 0,
+            "default_message_notifications": 0, "explicit_content_filter": 0, "roles": roles, "emojis": [],
+            "features": [], "mfa_level": 0, "application_id": null, "system_channel_id": null,
+            "system_channel_flags": 0, "rules_channel_id": null, "max_presences": null, "max_members": 500000,
+            "vanity_url_code": null, "description": null, "banner": null, "premium_tier": 0,
+            "premium_subscription_count": 0, "preferred_locale": "en-US", "public_updates_channel_id": null,
+            "max_video_channel_users": 25, "max_stage_video_channel_users": 50, "nsfw_level": 0, "stickers": [],
+            "premium_progress_bar_enabled": false, "safety_alerts_channel_id": null
+        })
+    }
+
+    /// A guild member object (`GET /guilds/{id}/members/{user}`).
+    fn member_json(&self, guild: u64, user: u64) -> Option<Value> {
+        let roles = self.guilds.get(&guild)?.members.get(&user)?;
+        Some(json!({
+            "user": self.users.get(&user).cloned().unwrap_or_else(|| user_json(user, "someone", None, None, false)),
+            "nick": self.nicks.get(&user), "avatar": null, "banner": null,
+            "roles": roles.iter().map(u64::to_string).collect::<Vec<_>>(),
+            "joined_at": self.timestamp_now(), "premium_since": null, "deaf": false, "mute": false, "flags": 0,
+            "pending": false, "communication_disabled_until": null
+        }))
+    }
+
     /// A public thread started from `root` (Discord gives it the root message's id).
     fn create_thread(&mut self, channel: u64, root: u64, name: &str, _by: u64) -> u64 {
         let parent = self.channels[&channel].clone();
@@ -671,6 +762,7 @@ impl World {
             kind: 11,
             parent: Some(channel),
             manage_webhooks: parent.manage_webhooks,
+            overwrites: Vec::new(),
             history: BTreeMap::new(),
         };
         self.channels.insert(root, thread);
@@ -842,6 +934,7 @@ fn route(fake: &FakeDiscord, method: &Method, uri: &Uri, headers: &HeaderMap, bo
                         kind: 1,
                         parent: None,
                         manage_webhooks: false,
+                        overwrites: Vec::new(),
                         history: BTreeMap::new(),
                     };
                     world.channels.insert(dm, channel);
@@ -852,6 +945,15 @@ fn route(fake: &FakeDiscord, method: &Method, uri: &Uri, headers: &HeaderMap, bo
             ok(json!({"id": dm.to_string(), "type": 1, "last_message_id": null, "flags": 0,
                       "recipients": [world.users.get(&user).cloned().unwrap_or(Value::Null)]}))
         }
+        (Method::GET, ["guilds", guild]) => match world.guilds.contains_key(&id(guild)) {
+            true => ok(world.guild_json(id(guild))),
+            false => error(404, 10004, "Unknown Guild"),
+        },
+        (Method::GET, ["guilds", guild, "members", user]) => match world.member_json(id(guild), id(user)) {
+            Some(member) => ok(member),
+            None if world.guilds.contains_key(&id(guild)) => error(404, 10007, "Unknown Member"),
+            None => error(404, 10004, "Unknown Guild"),
+        },
         (Method::GET, ["channels", channel]) => match world.channels.get(&id(channel)) {
             Some(_) => ok(world.channel_json(id(channel))),
             None => error(404, 10003, "Unknown Channel"),

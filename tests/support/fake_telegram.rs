@@ -129,6 +129,8 @@ struct Store {
     forums: HashMap<i64, bool>,
     users: HashMap<i64, Value>,
     member_status: HashMap<i64, String>,
+    /// People's membership per (chat, user); someone never added has `left`.
+    people_status: HashMap<(i64, i64), String>,
     files: HashMap<String, File>,
     file_paths: HashMap<String, String>,
     next_file: u64,
@@ -229,6 +231,13 @@ impl FakeTelegram {
     /// The bot's membership in a chat: `member` (default), `administrator`, `left`, `kicked`.
     pub fn set_member_status(&self, chat_id: i64, status: &str) {
         self.store().member_status.insert(chat_id, status.into());
+    }
+
+    /// A person's membership in a chat: `creator`, `administrator`, `member`, `left`…
+    pub fn set_person_status(&self, chat_id: i64, user: &TgUser, status: &str) {
+        let mut store = self.store();
+        store.users.insert(user.id, user.json());
+        store.people_status.insert((chat_id, user.id), status.into());
     }
 
     /// A user writes in a chat; returns the new message's id.
@@ -1063,9 +1072,13 @@ fn get_chat_member(shared: &Shared, params: &Map<String, Value>) -> Answer {
     } else {
         store.users.get(&user).cloned().ok_or_else(|| bad_request("user not found"))?
     };
-    let status = store.member_status.get(&chat).cloned().unwrap_or_else(|| "member".into());
+    let status = match user == shared.bot.id {
+        true => store.member_status.get(&chat).cloned().unwrap_or_else(|| "member".into()),
+        false => store.people_status.get(&(chat, user)).cloned().unwrap_or_else(|| "left".into()),
+    };
     let mut member = json!({"status": status, "user": user_json});
     match status.as_str() {
+        "creator" => member["is_anonymous"] = json!(false),
         "administrator" => {
             for right in [
                 "can_be_edited",

@@ -49,6 +49,8 @@ pub const SLOTS: &[&str] = &[
     "giveup",
     "quiet",
     "listeners",
+    "perms",
+    "bridgeproof",
 ];
 
 pub fn repo() -> PathBuf {
