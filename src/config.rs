@@ -867,10 +867,10 @@ fn is_localpart(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    pub(crate) const MINIMAL: &str = r#"
         [homeserver]
         url = "http://127.0.0.1:8008"
         server_name = "example.org"

@@ -150,15 +150,8 @@ fn default_levels(server_name: &str) -> BTreeMap<String, Level> {
 mod tests {
     use super::*;
 
-    const BASE: &str = r#"
-        [homeserver]
-        url = "http://127.0.0.1:8008"
-        server_name = "example.org"
-        [appservice]
-        url = "http://127.0.0.1:29330"
-        as_token = "aaaaaaaaaaaaaaaaaaaa"
-        hs_token = "bbbbbbbbbbbbbbbbbbbb"
-    "#;
+    // The smallest config that loads (server name `example.org`).
+    use crate::config::tests::MINIMAL as BASE;
 
     fn permissions(extra: &str) -> Permissions {
         Permissions::from_config(&Config::parse(&format!("{BASE}\n{extra}")).unwrap())

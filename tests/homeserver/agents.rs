@@ -159,18 +159,7 @@ async fn stop_ends_the_answer_being_written() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_coding_agent_asks_permission_in_the_room_and_gets_the_answer() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake_acp_agent.py");
-    let slot = slot("acp");
-    slot.write_config_with_agents(&format!(
-        r#"
-[[agent]]
-id = "coder"
-display_name = "Coder"
-runtime = "acp"
-command = ["python3", "{script}"]
-permission_timeout_secs = 60
-"#
-    ));
+    let slot = slot_with_coder("acp");
     let _service = Service::start(&slot).await;
     let alice = Person::new("acp-alice").await;
     let coder = slot.agent("coder");
@@ -192,18 +181,7 @@ permission_timeout_secs = 60
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_permission_question_answered_by_someone_else_does_not_count() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake_acp_agent.py");
-    let slot = slot("asker");
-    slot.write_config_with_agents(&format!(
-        r#"
-[[agent]]
-id = "coder"
-display_name = "Coder"
-runtime = "acp"
-command = ["python3", "{script}"]
-permission_timeout_secs = 60
-"#
-    ));
+    let slot = slot_with_coder("asker");
     let _service = Service::start(&slot).await;
     let alice = Person::new("asker-alice").await;
     let mallory = Person::new("asker-mallory").await;
@@ -346,4 +324,22 @@ runtime = "echo"
         let answer = alice.wait_for_reply(&room, agent, &interrupt).await;
         assert!(body(&answer).contains("please pause and summarise"), "{}", body(&answer));
     }
+}
+
+/// The slot, configured with one `acp` coding agent `coder` (the fake ACP agent, which
+/// asks permission before it runs anything).
+fn slot_with_coder(name: &str) -> crate::support::Slot {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake_acp_agent.py");
+    let slot = slot(name);
+    slot.write_config_with_agents(&format!(
+        r#"
+[[agent]]
+id = "coder"
+display_name = "Coder"
+runtime = "acp"
+command = ["python3", "{script}"]
+permission_timeout_secs = 60
+"#
+    ));
+    slot
 }
