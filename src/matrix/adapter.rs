@@ -176,7 +176,11 @@ impl MatrixAdapter {
         let mut conn = self.store.conn().await?;
         conversations::set_membership(&mut conn, room_id, target, membership).await?;
         drop(conn);
-        if let Some(name) = event["content"]["displayname"].as_str().filter(|n| !n.is_empty()) {
+        // Only a person's own member event names them: an invite or a kick carries
+        // whatever name its sender chose.
+        if sender == target
+            && let Some(name) = event["content"]["displayname"].as_str().filter(|n| !n.is_empty())
+        {
             self.display_names.lock().expect("name cache").insert(target.to_string(), name.to_string());
         }
         if membership == "invite" && self.ns.is_ours(target) && !self.ns.is_ours(sender) {
@@ -442,9 +446,8 @@ impl MatrixAdapter {
         let origin = msg.origin_channel();
         let ghost = OwnedUserId::try_from(self.ns.remote_user_id(origin, &msg.sender_id))
             .map_err(|e| ChannelSendError::Terminal(format!("no ghost for {origin} user {:?}: {e}", msg.sender_id)))?;
-        let name = msg.meta_str(metadata_keys::SENDER_NAME).unwrap_or(&msg.sender_id);
         let profile = GhostProfile {
-            display_name: Some(format!("{name} ({})", surface_title(origin))),
+            display_name: Some(crate::hub::bridging::person_name(msg)),
             avatar_url: msg
                 .meta_str(metadata_keys::SENDER_AVATAR_URL)
                 .filter(|u| u.starts_with("mxc://"))
