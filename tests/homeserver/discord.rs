@@ -69,7 +69,7 @@ async fn a_discord_channel_and_a_matrix_room_share_one_conversation() {
         .wait_for_sent(|s| s.content.contains("hi from matrix"), WAIT)
         .await
         .expect("Alice's message reaches Discord");
-    assert_eq!(from_alice.username.as_deref(), Some("dc-alice"));
+    assert_eq!(from_alice.username.as_deref(), Some("dc-alice (Matrix)"), "people carry their surface");
     assert!(!from_alice.content.contains("@everyone"), "@everyone is neutralised: {:?}", from_alice.content);
 
     // A reply to the agent's Discord message replies to its Matrix event.

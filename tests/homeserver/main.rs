@@ -9,6 +9,7 @@ mod agents;
 mod discord;
 mod room_power;
 mod telegram;
+mod trust;
 
 use std::time::Duration;
 
