@@ -302,3 +302,117 @@ async fn an_agent_with_an_allowed_list_answers_only_those_people() {
     hub.handle_inbound("matrix", with_agent("@alice:example.org", "hello")).await.unwrap();
     assert!(queued_kinds(&store).await.iter().any(|k| k == "agent.turn"), "Alice is answered");
 }
+
+async fn issue_token(store: &Store, account: &str) -> String {
+    let mut tx = store.begin_write().await.unwrap();
+    let account = accounts::create_account(&mut tx, account, None).await.unwrap();
+    let token = accounts::issue_link_token(&mut tx, &account.id, 900).await.unwrap();
+    tx.commit().await.unwrap();
+    token
+}
+
+async fn columns_holding(store: &Store, needle: &str) -> Vec<String> {
+    let mut conn = store.conn().await.unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'").fetch_all(&mut *conn).await.unwrap();
+    let mut found = Vec::new();
+    for table in tables {
+        let columns: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{table}')")))
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+        for column in columns {
+            let sql =
+                format!("SELECT count(*) FROM \"{table}\" WHERE instr(lower(CAST(\"{column}\" AS TEXT)), $1) > 0");
+            let hits: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(needle.to_string())
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            if hits > 0 {
+                found.push(format!("{table}.{column}"));
+            }
+        }
+    }
+    found
+}
+
+fn said_on(channel: &str, chat: &str, sender: &str, text: &str) -> ChannelMessage {
+    let mut msg = ChannelMessage::new(chat, sender, SenderType::User, text, ContentType::Text);
+    msg.metadata.insert("channelMessageId".into(), msg.id.to_string().into());
+    msg.metadata.insert("mosaic.originChannel".into(), channel.into());
+    match channel {
+        "telegram" => msg.metadata.insert("chatType".into(), "supergroup".into()),
+        _ => msg.metadata.insert("channelType".into(), 0.into()),
+    };
+    msg
+}
+
+#[tokio::test]
+async fn a_link_token_typed_anywhere_is_burnt_at_once_and_kept_nowhere() {
+    let (hub, store, _dir) = hub().await;
+    let mallory = "@mallory:example.org";
+    let original = said(mallory, "!link 00");
+    hub.handle_inbound("matrix", original.clone()).await.unwrap();
+
+    let mut tokens = Vec::new();
+    let mut attempts: Vec<(&str, ChannelMessage)> = Vec::new();
+    for (i, form) in ["edit", "!link T", "/link T", "!link T and more words", "ok so link T thanks"].iter().enumerate()
+    {
+        let token = issue_token(&store, &format!("matrix-{i}")).await;
+        let mut msg = said(mallory, &form.replace('T', &token).replace("edit", &format!("!link {token}")));
+        if *form == "edit" {
+            msg.metadata.insert("mosaic.isEdit".into(), true.into());
+            msg.reply_to_id = Some(original.id);
+        }
+        attempts.push(("matrix", msg));
+        tokens.push(token);
+    }
+    for (i, (channel, chat, form)) in [
+        ("telegram", "-1001234", "!link T"),
+        ("telegram", "-1001234", "/link@some_other_bot T"),
+        ("discord", "700000000000000002", "/link T please"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let token = issue_token(&store, &format!("{channel}-{i}")).await;
+        attempts.push((channel, said_on(channel, chat, "4242", &form.replace('T', &token))));
+        tokens.push(token);
+    }
+    for (channel, msg) in attempts {
+        hub.handle_inbound(channel, msg).await.unwrap();
+    }
+
+    // Nobody can redeem any of them afterwards.
+    for (i, token) in tokens.iter().enumerate() {
+        let bob = format!("@bob{i}:example.org");
+        hub.handle_inbound("matrix", said(&bob, &format!("!link {token}"))).await.unwrap();
+        let answers = notices(&store).await;
+        assert!(answers.last().unwrap().contains("already used"), "token {i}: {answers:?}");
+        let mut conn = store.conn().await.unwrap();
+        assert!(accounts::account_for_identity(&mut conn, "matrix", &bob).await.unwrap().is_none());
+    }
+    // No table holds any of them in clear.
+    for token in &tokens {
+        assert_eq!(columns_holding(&store, token).await, Vec::<String>::new(), "{token} is kept in clear");
+    }
+}
+
+#[tokio::test]
+async fn a_linked_sender_burns_the_token_they_type() {
+    let (hub, store, _dir) = hub().await;
+    let alice = "@alice:example.org";
+    let first = issue_token(&store, "alice-co").await;
+    hub.handle_inbound("matrix", said(alice, &format!("!link {first}"))).await.unwrap();
+    assert!(notices(&store).await.last().unwrap().contains("Linked"));
+
+    let second = issue_token(&store, "other-co").await;
+    hub.handle_inbound("matrix", said(alice, &format!("!link {second}"))).await.unwrap();
+    let answer = notices(&store).await.last().unwrap().clone();
+    assert!(answer.contains("already linked") && answer.contains("can no longer be used"), "{answer}");
+
+    hub.handle_inbound("matrix", said("@bob:example.org", &format!("!link {second}"))).await.unwrap();
+    assert!(notices(&store).await.last().unwrap().contains("already used"));
+}

@@ -93,7 +93,9 @@ impl Inner {
         });
         let content = token.filter(|t| !t.is_empty()).map_or_else(|| "!link".to_string(), |t| format!("!link {t}"));
         let place = self.place(command.channel_id.get()).await?;
-        let sender_type = if user.bot { SenderType::Agent } else { SenderType::User };
+        // Other bots speak for themselves, as people do: `agent` is for our agents only,
+        // whose names are reserved.
+        let sender_type = SenderType::User;
         let mut msg =
             ChannelMessage::new(place.chat.to_string(), user.id.to_string(), sender_type, content, ContentType::Text);
         msg.thread_id = place.thread.map(|t| t.to_string());

@@ -95,7 +95,9 @@ impl Inner {
 
     async fn translate(&self, m: &Message) -> Result<ChannelMessage, Retry> {
         let place = self.place(m.channel_id.get()).await?;
-        let sender_type = if m.author.bot { SenderType::Agent } else { SenderType::User };
+        // Other bots speak for themselves, as people do: `agent` is for our agents only,
+        // whose names are reserved.
+        let sender_type = SenderType::User;
         let mut msg = ChannelMessage::new(
             place.chat.to_string(),
             m.author.id.to_string(),
@@ -261,7 +263,9 @@ impl Inner {
         nick: Option<String>,
     ) -> Result<ChannelMessage, Retry> {
         let place = self.place(e.channel_id.get()).await?;
-        let sender_type = if author.bot { SenderType::Agent } else { SenderType::User };
+        // Other bots speak for themselves, as people do: `agent` is for our agents only,
+        // whose names are reserved.
+        let sender_type = SenderType::User;
         let mut msg = ChannelMessage::new(
             place.chat.to_string(),
             author.id.to_string(),

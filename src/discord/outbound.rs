@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::rest::{RestError, codes};
 use super::{CHANNEL, Hook, Inner, RawChannel, Sent, cursor, snowflake};
 use crate::agents::stream::{derived_id, split_parts};
-use crate::protocol::{BridgeError, ChannelMessage, ChannelSendError, ContentType, metadata_keys as keys};
+use crate::protocol::{BridgeError, ChannelMessage, ChannelSendError, ContentType, SenderType, metadata_keys as keys};
 use crate::store::{StoreError, messages};
 
 /// Discord's limit on a message's content, in characters.
@@ -206,7 +206,12 @@ impl Inner {
         let chat = parse_id(channel_id, "channel")?;
         let (content, who) = match (original, &native) {
             (Some(original), _) => {
-                let who = original.meta_str(keys::SENDER_NAME).unwrap_or("").to_string();
+                // The log keeps people's names as they wrote them; shown, they carry
+                // their surface as everywhere else.
+                let who = match original.sender_type {
+                    SenderType::User => crate::hub::bridging::person_name(&original),
+                    _ => original.meta_str(keys::SENDER_NAME).unwrap_or("").to_string(),
+                };
                 (original.content, who)
             }
             (None, Some(native)) => self.fetch_quoted(chat, native).await,

@@ -332,6 +332,15 @@ impl Hub {
     }
 }
 
+/// How a person is named on the other surfaces: their name where they wrote, and that
+/// surface (`Alice (Matrix)`). Agents and the bot are named without one, so a person
+/// can never appear under their names.
+pub fn person_name(msg: &ChannelMessage) -> String {
+    let name = msg.meta_str(metadata_keys::SENDER_NAME).map(str::trim).filter(|n| !n.is_empty());
+    let surface = crate::matrix::adapter::surface_title(msg.origin_channel());
+    format!("{} ({surface})", name.unwrap_or(&msg.sender_id))
+}
+
 /// Wraps a surface's adapter so that every message it sends is first put into that
 /// surface's terms: the sender's name and avatar, edits bridged from elsewhere, and
 /// thread ids of another surface turned into this one's.
@@ -349,7 +358,7 @@ impl SurfaceAdapter {
     async fn translate(&self, chat: &str, msg: &ChannelMessage) -> store::Result<ChannelMessage> {
         let target = self.inner.name();
         let mut out = msg.clone();
-        self.stamp_sender(&mut out);
+        self.stamp_sender(&mut out, target);
         if routing::is_edit(msg)
             && let Some(original) = msg.reply_to_id.filter(|_| !msg.metadata.contains_key(metadata_keys::REPLACES))
         {
@@ -392,8 +401,17 @@ impl SurfaceAdapter {
         result
     }
 
-    /// Names the sender for surfaces that show names next to the text.
-    fn stamp_sender(&self, msg: &mut ChannelMessage) {
+    /// Names the sender for surfaces that show names next to the text. People's names
+    /// carry their surface, so that nobody appears under an agent's or the bot's name
+    /// (the Matrix adapter names its ghosts the same way).
+    fn stamp_sender(&self, msg: &mut ChannelMessage, target: &str) {
+        if msg.sender_type == SenderType::User {
+            if target != crate::matrix::CHANNEL {
+                let name = person_name(msg);
+                msg.metadata.insert(metadata_keys::SENDER_NAME.into(), json!(name));
+            }
+            return;
+        }
         if msg.metadata.contains_key(metadata_keys::SENDER_NAME) {
             return;
         }
@@ -402,8 +420,7 @@ impl SurfaceAdapter {
                 Some(agent) => (agent.display_name(), agent.avatar_url.clone()),
                 None => (msg.sender_id.clone(), None),
             },
-            SenderType::System => (self.config.bot.display_name.clone(), None),
-            SenderType::User => (msg.sender_id.clone(), None),
+            SenderType::System | SenderType::User => (self.config.bot.display_name.clone(), None),
         };
         msg.metadata.insert(metadata_keys::SENDER_NAME.into(), json!(name));
         if let Some(avatar) = avatar {

@@ -8,8 +8,8 @@ use super::teams::TeamCommand;
 use super::{Hub, bridging, lifecycle, power, routing};
 use crate::matrix::rooms::{CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob};
 use crate::protocol::ChannelMessage;
+use crate::protocol::link_token::LinkToken;
 use crate::queue;
-use crate::secrets;
 use crate::store::{self, accounts, conversations, settings};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +202,9 @@ pub struct Answer {
     pub link_token_for: Option<String>,
 }
 
+/// Said when a link token was burnt without linking.
+const BURNT: &str = " The link token you sent can no longer be used; ask for a new one.";
+
 /// Stands for the token in an answer that hands one out.
 pub const LINK_TOKEN_PLACEHOLDER: &str = "[link token]";
 
@@ -250,7 +253,7 @@ impl Hub {
         }
         Ok(match command {
             Command::Help => help_text(p).into(),
-            Command::Link(Some(token)) => self.link(conn, channel, sender, &token).await?.into(),
+            Command::Link(Some(token)) => self.link(conn, channel, sender, &LinkToken::typed(&token)).await?.into(),
             Command::Link(None) => self.issue_token(conn, channel, msg).await?,
             Command::Unlink => match accounts::unlink_identity(conn, channel, sender).await? {
                 true => format!("Unlinked {sender} from its Mosaic account.").into(),
@@ -305,27 +308,42 @@ impl Hub {
         })
     }
 
-    async fn link(&self, conn: &mut AnyConnection, channel: &str, sender: &str, token: &str) -> store::Result<String> {
+    /// Redeems `token` for `sender`. A token that does not link (the sender is linked
+    /// already, or has failed too often) is burnt all the same: it was seen in a chat.
+    pub(super) async fn link(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        sender: &str,
+        token: &LinkToken,
+    ) -> store::Result<String> {
         let limits = &self.config.linking;
+        let token_hash = token.lookup_hash(&self.config.appservice.as_token);
+        let used_by = format!("{channel}:{sender}");
         let window_start = store::now_ms() - (limits.attempt_window_secs as i64) * 1000;
-        let limiter_key = format!("{channel}:{sender}");
-        let (failures, oldest) = accounts::link_failures_since(conn, &limiter_key, window_start).await?;
+        let (failures, oldest) = accounts::link_failures_since(conn, &used_by, window_start).await?;
         if failures >= limits.max_failed_attempts as i64 {
+            let burnt = accounts::burn_link_token(conn, &token_hash, &used_by).await?;
             let free_at = oldest.unwrap_or(window_start) + (limits.attempt_window_secs as i64) * 1000;
             let minutes = ((free_at - store::now_ms()).max(0) + 59_999) / 60_000;
-            tracing::warn!(channel, sender, "link attempts rate-limited");
+            tracing::warn!(channel, sender, burnt, "link attempts rate-limited");
             crate::metrics::link_attempt("rate_limited");
-            return Ok(format!("Too many failed link attempts. Try again in {minutes} minute(s)."));
+            return Ok(format!(
+                "Too many failed link attempts. Try again in {minutes} minute(s).{}",
+                if burnt { BURNT } else { "" }
+            ));
         }
         if let Some(account) = accounts::account_for_identity(conn, channel, sender).await? {
+            let burnt = accounts::burn_link_token(conn, &token_hash, &used_by).await?;
+            tracing::info!(channel, sender, burnt, "link attempt by a linked identity");
+            crate::metrics::link_attempt("already_linked");
             return Ok(format!(
-                "{sender} is already linked to account **{}**. Send `{}unlink` first to link it elsewhere.",
+                "{sender} is already linked to account **{}**, so this link token did nothing; it can no longer be used. Send `{}unlink` first to link it elsewhere, with a new token.",
                 account.name,
                 prefix_for(channel)
             ));
         }
-        let token_hash = secrets::token_lookup_hash(&self.config.appservice.as_token, token);
-        match accounts::redeem_link_token(conn, &token_hash, &format!("{channel}:{sender}")).await? {
+        match accounts::redeem_link_token(conn, &token_hash, &used_by).await? {
             Ok(account) => {
                 accounts::link_identity(conn, channel, sender, &account.id).await?;
                 if channel == crate::matrix::CHANNEL {
@@ -336,7 +354,7 @@ impl Hub {
                 Ok(format!("Linked {sender} to Mosaic account **{}**.", account.name))
             }
             Err(rejection) => {
-                accounts::record_link_failure(conn, &limiter_key).await?;
+                accounts::record_link_failure(conn, &used_by).await?;
                 crate::metrics::link_attempt("rejected");
                 let reason = match rejection {
                     accounts::TokenRejection::Unknown => "That link token is not valid. Check it was copied whole.",

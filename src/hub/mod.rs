@@ -1,6 +1,7 @@
 //! The conversation hub: every inbound message is persisted, then answered (commands)
 //! or routed to agents, and replies are fanned out — all in one database transaction
 //! per message, so a message is handled exactly once even when it is delivered twice.
+//! A message carrying a link token is a link attempt first of all, whatever else it is.
 
 pub mod agent_rooms;
 pub mod bridging;
@@ -22,6 +23,7 @@ use crate::agents::control::Responder;
 use crate::config::Config;
 use crate::matrix::naming::Namespace;
 use crate::permissions::{Level, Permissions};
+use crate::protocol::link_token::{self, LinkToken};
 use crate::protocol::{
     BridgeRight, ChannelMessage, ChannelRegistry, ContentType, HandlerError, InboundHandler, SenderType, metadata_keys,
 };
@@ -94,6 +96,9 @@ impl Hub {
     }
 
     pub async fn handle_inbound(&self, channel: &str, mut msg: ChannelMessage) -> store::Result<()> {
+        // Surfaces that keep nothing before the hub hand over tokens in clear; from here
+        // on only their seals travel (the Matrix adapter seals before its inbox).
+        msg.seal_link_tokens(&self.config.appservice.as_token);
         msg.strip_control_chars();
         msg.metadata.entry(metadata_keys::ORIGIN_CHANNEL).or_insert_with(|| channel.into());
         // Asking another surface takes a while: it happens before the write transaction.
@@ -116,6 +121,15 @@ impl Hub {
                 let people = if bridging::is_private_chat(&msg) { 1 } else { 2 };
                 msg.metadata.insert(routing::PARTICIPANTS.into(), people.into());
             }
+        }
+        if let Some(token) = link_token::find(&msg.content) {
+            if self.link_attempt(&mut tx, channel, &conversation.id, &msg, &token).await? {
+                tx.commit().await?;
+                self.wakers.wake_all();
+            } else {
+                tx.rollback().await?;
+            }
+            return Ok(());
         }
         let command = if routing::commands_enabled(&msg) && !routing::is_edit(&msg) {
             commands::parse(commands::prefix_for(channel), &msg.content)
@@ -298,6 +312,32 @@ impl Hub {
             enqueue_send(conn, channel, &to.channel_id, &notice).await?;
         }
         Ok(())
+    }
+
+    /// A message that carries a link token, wherever it was typed (a command, an edit, a
+    /// sentence, any surface): the token is redeemed or burnt at once, and the message is
+    /// logged with the token hidden and goes nowhere else — not to other surfaces, not to
+    /// agents. False when the message was handled before.
+    async fn link_attempt(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        conversation_id: &str,
+        msg: &ChannelMessage,
+        token: &LinkToken,
+    ) -> store::Result<bool> {
+        let mut logged = msg.clone();
+        logged.mask_link_tokens();
+        if !messages::append(conn, conversation_id, channel, &logged).await? {
+            tracing::info!(channel, message_id = ?msg.channel_message_id(), "link attempt already handled");
+            return Ok(false);
+        }
+        if let Some(native) = msg.channel_message_id() {
+            messages::add_ref(conn, channel, &msg.channel_id, native, msg.id).await?;
+        }
+        let answer = self.link(conn, channel, &msg.sender_id, token).await?;
+        self.reply(conn, channel, conversation_id, msg, answer.into()).await?;
+        Ok(true)
     }
 
     /// A chat of another surface that is not bridged talks to the bot only: commands are

@@ -28,6 +28,7 @@ use crate::hub::agent_rooms::AGENT_MESSAGE;
 use crate::hub::power::{ROOM_POWER, RoomPower};
 use crate::hub::routing;
 use crate::permissions::{Level, Permissions};
+use crate::protocol::link_token;
 use crate::protocol::{
     AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelConnectError, ChannelMessage, ChannelSendError,
     ContentType, InboundHandler, SenderType, metadata_keys,
@@ -153,7 +154,9 @@ impl MatrixAdapter {
 
     /// Handles one event pushed by the homeserver.
     pub async fn process_event(&self, raw: &str) -> Result<(), EventError> {
-        let event: Value = serde_json::from_str(raw).map_err(|e| EventError::Permanent(format!("not JSON: {e}")))?;
+        // Events from the inbox are sealed already; those read back by the catch-up are not.
+        let raw = super::server::seal_link_tokens(raw, &self.config.appservice.as_token);
+        let event: Value = serde_json::from_str(&raw).map_err(|e| EventError::Permanent(format!("not JSON: {e}")))?;
         let kind = event["type"].as_str().unwrap_or_default();
         let room_id = event["room_id"].as_str().unwrap_or_default();
         let sender = event["sender"].as_str().unwrap_or_default();
@@ -177,7 +180,11 @@ impl MatrixAdapter {
         let mut conn = self.store.conn().await?;
         conversations::set_membership(&mut conn, room_id, target, membership).await?;
         drop(conn);
-        if let Some(name) = event["content"]["displayname"].as_str().filter(|n| !n.is_empty()) {
+        // Only a person's own member event names them: an invite or a kick carries
+        // whatever name its sender chose.
+        if sender == target
+            && let Some(name) = event["content"]["displayname"].as_str().filter(|n| !n.is_empty())
+        {
             self.display_names.lock().expect("name cache").insert(target.to_string(), name.to_string());
         }
         if membership == "invite" && self.ns.is_ours(target) && !self.ns.is_ours(sender) {
@@ -305,7 +312,46 @@ impl MatrixAdapter {
             }
         }
         tracing::debug!(room_id, event_id, sender, "message received");
-        handler.handle(msg).await.map_err(EventError::from)
+        // A token anywhere in the event (the HTML, an edit's fallback text) makes it a link
+        // attempt, also when the text shown does not carry it.
+        let carries_token = match text_with_link_token(&event["content"]) {
+            Some(text) if !link_token::is_attempt(&msg.content) => {
+                msg.content = text.to_string();
+                true
+            }
+            found => found.is_some(),
+        };
+        handler.handle(msg).await.map_err(EventError::from)?;
+        if carries_token && bot_joined {
+            self.redact_link_attempt(room_id, event_id).await;
+        }
+        Ok(())
+    }
+
+    /// Takes a link token out of the room's history, where the bot may: the hub has burnt
+    /// it already, but nobody needs to read it. Elsewhere it is left quietly.
+    async fn redact_link_attempt(&self, room_id: &str, event_id: &str) {
+        let (Ok(room), Ok(event)) = (room(room_id), OwnedEventId::try_from(event_id)) else { return };
+        let bot = self.bot();
+        match self.may_redact_others(&room, &bot).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(room_id, event_id, "no power to redact a link attempt");
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(room_id, event_id, %error, "cannot read whether a link attempt may be redacted");
+                return;
+            }
+        }
+        let txn_id: OwnedTransactionId =
+            format!("mosaic-redact-{}", &crate::secrets::hash_token(event_id)[..32]).into();
+        let mut request = redact_event::v3::Request::new(room, event, txn_id);
+        request.reason = Some("link tokens are secret".into());
+        match self.client.call(request, Some(&bot)).await {
+            Ok(_) => tracing::info!(room_id, event_id, "link attempt redacted"),
+            Err(error) => tracing::warn!(room_id, event_id, %error, "cannot redact a link attempt"),
+        }
     }
 
     async fn power_of(&self, room_id: &str, reader: &UserId, sender: &str) -> Result<RoomPower, String> {
@@ -427,9 +473,8 @@ impl MatrixAdapter {
         let origin = msg.origin_channel();
         let ghost = OwnedUserId::try_from(self.ns.remote_user_id(origin, &msg.sender_id))
             .map_err(|e| ChannelSendError::Terminal(format!("no ghost for {origin} user {:?}: {e}", msg.sender_id)))?;
-        let name = msg.meta_str(metadata_keys::SENDER_NAME).unwrap_or(&msg.sender_id);
         let profile = GhostProfile {
-            display_name: Some(format!("{name} ({})", surface_title(origin))),
+            display_name: Some(crate::hub::bridging::person_name(msg)),
             avatar_url: msg
                 .meta_str(metadata_keys::SENDER_AVATAR_URL)
                 .filter(|u| u.starts_with("mxc://"))
@@ -689,6 +734,16 @@ fn room(id: &str) -> Result<OwnedRoomId, EventError> {
 /// power is read for those only.
 fn looks_like_command(text: &str) -> bool {
     text.trim_start().starts_with('!')
+}
+
+/// The first string in `value` that carries a link token.
+fn text_with_link_token(value: &Value) -> Option<&str> {
+    match value {
+        Value::String(text) => link_token::is_attempt(text).then_some(text.as_str()),
+        Value::Array(items) => items.iter().find_map(text_with_link_token),
+        Value::Object(fields) => fields.values().find_map(text_with_link_token),
+        _ => None,
+    }
 }
 
 /// Body, content type and attachments per the seed's Matrix table.

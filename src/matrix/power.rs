@@ -52,6 +52,28 @@ fn actions(change: RoomChange) -> Vec<PowerLevelAction> {
 /// The sender's power and what each change needs, from the room's `m.room.power_levels`
 /// content (`None` when the room has none) and its `m.room.create` event.
 pub fn room_power(power_levels: Option<&Value>, create: &Value, sender: &UserId) -> Result<RoomPower, String> {
+    let levels = levels(power_levels, create)?;
+    let sender_level = match levels.for_user(sender) {
+        UserPowerLevel::Int(level) => Some(i64::from(level)),
+        _ => None,
+    };
+    let needs = RoomChange::ALL
+        .iter()
+        .map(|change| {
+            let needed = actions(*change).into_iter().map(|a| i64::from(levels.for_action(a))).max().unwrap_or(0);
+            (*change, needed)
+        })
+        .collect();
+    Ok(RoomPower { sender: sender_level, needs })
+}
+
+/// Whether `user` may redact other people's events, from the same state as [`room_power`].
+pub fn may_redact_others(power_levels: Option<&Value>, create: &Value, user: &UserId) -> Result<bool, String> {
+    Ok(levels(power_levels, create)?.user_can_redact_event_of_other(user))
+}
+
+/// The room's power levels as the room version's rules read them.
+fn levels(power_levels: Option<&Value>, create: &Value) -> Result<RoomPowerLevels, String> {
     // Servers that ignore `format=event` answer with the content alone.
     let (create_content, create_sender) = match create.get("content") {
         Some(content) => (content, create.get("sender").and_then(Value::as_str)),
@@ -77,19 +99,7 @@ pub fn room_power(power_levels: Option<&Value>, create: &Value, sender: &UserId)
         ),
         None => RoomPowerLevelsSource::None,
     };
-    let levels = RoomPowerLevels::new(source, &rules, creators);
-    let sender_level = match levels.for_user(sender) {
-        UserPowerLevel::Int(level) => Some(i64::from(level)),
-        _ => None,
-    };
-    let needs = RoomChange::ALL
-        .iter()
-        .map(|change| {
-            let needed = actions(*change).into_iter().map(|a| i64::from(levels.for_action(a))).max().unwrap_or(0);
-            (*change, needed)
-        })
-        .collect();
-    Ok(RoomPower { sender: sender_level, needs })
+    Ok(RoomPowerLevels::new(source, &rules, creators))
 }
 
 impl MatrixAdapter {
@@ -100,6 +110,18 @@ impl MatrixAdapter {
         reader: &UserId,
         sender: &UserId,
     ) -> Result<RoomPower, String> {
+        let (levels, create) = self.read_power_state(room, reader).await?;
+        room_power(levels.as_ref(), &create, sender)
+    }
+
+    /// Whether `user` (a member of the room) may redact other people's events there.
+    pub(super) async fn may_redact_others(&self, room: &OwnedRoomId, user: &UserId) -> Result<bool, String> {
+        let (levels, create) = self.read_power_state(room, user).await?;
+        may_redact_others(levels.as_ref(), &create, user)
+    }
+
+    /// The room's `m.room.power_levels` content (if any) and `m.room.create` event.
+    async fn read_power_state(&self, room: &OwnedRoomId, reader: &UserId) -> Result<(Option<Value>, Value), String> {
         let mut create = get_state::Request::new(room.clone(), StateEventType::RoomCreate, String::new());
         create.format = get_state::StateEventFormat::Event;
         let create = self.client().call(create, Some(reader)).await.map_err(|e| e.to_string())?;
@@ -110,7 +132,7 @@ impl MatrixAdapter {
             Err(error) if error.errcode() == Some("M_NOT_FOUND") => None,
             Err(error) => return Err(error.to_string()),
         };
-        room_power(levels.as_ref(), &create, sender)
+        Ok((levels, create))
     }
 }
 

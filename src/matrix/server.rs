@@ -17,8 +17,10 @@ use tokio::sync::Notify;
 use super::adapter::MatrixAdapter;
 use super::naming::Namespace;
 use crate::config::Config;
+#[cfg(test)]
 use crate::hub::commands;
-use crate::protocol::ChannelRegistry;
+use crate::protocol::link_token;
+use crate::protocol::{ChannelRegistry, rewrite_strings};
 use crate::secrets;
 use crate::secrets::constant_time_eq;
 use crate::store::{Store, inbox};
@@ -201,40 +203,30 @@ pub fn prepare_for_inbox<'a>(
     Some(seal_link_tokens(raw, key))
 }
 
-/// Replaces the token of a `!link <token>` message by its seal (hash and MAC, see
-/// [`secrets::seal_token`]) before the event is stored, so that link tokens never reach
-/// the database in clear.
+/// Replaces every link token in the event (see [`link_token`]) by its seal (hash and MAC,
+/// see [`secrets::seal_token`]) before the event is stored or handled, so that link tokens
+/// never reach the database in clear. Every string of the event is looked at: the text
+/// and its HTML, an edit's `m.new_content`, a file's name, what `unsigned` bundles.
 pub fn seal_link_tokens<'a>(raw: &'a str, key: &str) -> Cow<'a, str> {
-    if !may_hold_link_command(raw) {
+    if !may_hold_link_token(raw) {
         return Cow::Borrowed(raw);
     }
     let Ok(mut event) = serde_json::from_str::<Value>(raw) else {
         return Cow::Borrowed(raw);
     };
-    let body = event["content"]["body"].as_str().unwrap_or_default();
-    let token = match commands::parse('!', body) {
-        Some(Ok(commands::Command::Link(Some(token)))) => token,
-        _ => return Cow::Borrowed(raw),
-    };
-    let hashed = secrets::seal_token(key, &token);
-    let content = &mut event["content"];
-    for field in ["body", "formatted_body"] {
-        // The token is the command's last word: only that occurrence is replaced, so a
-        // short token that also occurs in `!link` itself leaves the command intact.
-        if let Some(text) = content[field].as_str()
-            && let Some(at) = text.rfind(&token)
-        {
-            content[field] = Value::String(format!("{}{hashed}{}", &text[..at], &text[at + token.len()..]));
-        }
+    let before = event.clone();
+    rewrite_strings(&mut event, &|text| link_token::seal(text, key));
+    if event == before {
+        return Cow::Borrowed(raw);
     }
     Cow::Owned(event.to_string())
 }
 
-/// A cheap test that lets most events skip the JSON parse of [`seal_link_tokens`]. Command
-/// names are matched case-insensitively (`!Link`, as phones capitalise it), after Unicode
+/// A cheap test that lets most events skip the JSON parse of [`seal_link_tokens`]. `link`
+/// is matched case-insensitively (`!Link`, as phones capitalise it), after Unicode
 /// lowercasing (the Kelvin sign lowercases to `k`) and JSON unescaping (`\u006c`), so
 /// anything non-ASCII or escaped is looked at closely.
-fn may_hold_link_command(raw: &str) -> bool {
+fn may_hold_link_token(raw: &str) -> bool {
     !raw.is_ascii() || raw.contains("\\u") || raw.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"link"))
 }
 
@@ -396,6 +388,23 @@ mod tests {
         assert_ne!(key("7", &["$a"]), key("8", &["$a"]));
         assert_ne!(key("7", &["$a", "$b"]), key("7", &["$ab"]), "ids are kept apart");
         assert!(key("7", &["$a"]).starts_with("7:"));
+    }
+
+    #[test]
+    fn link_tokens_are_sealed_wherever_the_event_carries_them() {
+        let token = "0f".repeat(32);
+        let edit = json!({"type": "m.room.message", "content": {
+            "msgtype": "m.text", "body": "* !link 00",
+            "m.new_content": {"msgtype": "m.text", "body": format!("/link {token} thanks"),
+                "format": "org.matrix.custom.html", "formatted_body": format!("<code>!link {token}</code>")},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": "$original"}},
+            "unsigned": {"m.relations": {"m.replace": {"content": {"body": format!("please link {token}")}}}}});
+        let stored = seal_link_tokens(&edit.to_string(), "key").into_owned();
+        assert!(!stored.contains(&token), "{stored}");
+        let stored: Value = serde_json::from_str(&stored).unwrap();
+        let new_body = stored["content"]["m.new_content"]["body"].as_str().unwrap();
+        let found = link_token::find(new_body).unwrap();
+        assert_eq!(found.lookup_hash("key"), secrets::hash_token(&token));
     }
 
     #[test]

@@ -173,6 +173,33 @@ impl ChannelMessage {
         }
     }
 
+    /// Seals the link tokens in what people wrote (the text, file names, the sender's
+    /// name and every string in `metadata`), so that none is kept or logged in clear.
+    /// Each surface does this where its payload becomes a message.
+    pub fn seal_link_tokens(&mut self, key: &str) {
+        self.rewrite_texts(|text| super::link_token::seal(text, key));
+    }
+
+    /// Hides the link tokens, in clear or sealed, everywhere [`Self::seal_link_tokens`]
+    /// looks: what the message log keeps of a link attempt.
+    pub fn mask_link_tokens(&mut self) {
+        self.rewrite_texts(super::link_token::mask);
+    }
+
+    fn rewrite_texts(&mut self, rewrite: impl Fn(&str) -> Cow<'_, str>) {
+        if let Cow::Owned(text) = rewrite(&self.content) {
+            self.content = text;
+        }
+        for attachment in &mut self.attachments {
+            if let Cow::Owned(name) = rewrite(&attachment.name) {
+                attachment.name = name;
+            }
+        }
+        for value in self.metadata.values_mut() {
+            rewrite_strings(value, &rewrite);
+        }
+    }
+
     /// A string field of `metadata`.
     pub fn meta_str(&self, key: &str) -> Option<&str> {
         self.metadata.get(key).and_then(Value::as_str)
@@ -202,6 +229,20 @@ impl ChannelMessage {
     pub fn with_thread(mut self, thread_id: Option<String>) -> Self {
         self.thread_id = thread_id;
         self
+    }
+}
+
+/// Rewrites every string inside `value`.
+pub fn rewrite_strings(value: &mut Value, rewrite: &impl Fn(&str) -> Cow<'_, str>) {
+    match value {
+        Value::String(text) => {
+            if let Cow::Owned(new) = rewrite(text) {
+                *text = new;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|item| rewrite_strings(item, rewrite)),
+        Value::Object(fields) => fields.values_mut().for_each(|field| rewrite_strings(field, rewrite)),
+        _ => {}
     }
 }
 

@@ -5,6 +5,7 @@
 //! version [`PROTOCOL_VERSION`].
 
 mod adapter;
+pub mod link_token;
 mod media;
 mod message;
 mod registry;
@@ -14,7 +15,7 @@ pub use adapter::{
     InboundHandler,
 };
 pub use media::{Media, MediaError, MediaRepository, not_bridged_note};
-pub use message::{ChannelAttachment, ChannelMessage, ContentType, SenderType, metadata_keys};
+pub use message::{ChannelAttachment, ChannelMessage, ContentType, SenderType, metadata_keys, rewrite_strings};
 pub use registry::{CONNECT_TIMEOUT, ChannelRegistry, DEFAULT_HEALTH_INTERVAL};
 
 /// Semantic version of the `ChannelMessage` wire format.

@@ -178,6 +178,19 @@ pub async fn redeem_link_token(
     }))
 }
 
+/// Marks an unused token used without linking anything: it was seen in a chat and must
+/// not work later. True when there was such a token.
+pub async fn burn_link_token(conn: &mut AnyConnection, token_hash: &str, used_by: &str) -> Result<bool> {
+    let burnt =
+        sqlx::query("UPDATE link_tokens SET used_at = $1, used_by = $2 WHERE token_hash = $3 AND used_at IS NULL")
+            .bind(now_ms())
+            .bind(used_by)
+            .bind(token_hash)
+            .execute(&mut *conn)
+            .await?;
+    Ok(burnt.rows_affected() > 0)
+}
+
 pub async fn record_link_failure(conn: &mut AnyConnection, sender: &str) -> Result<()> {
     sqlx::query("INSERT INTO link_failures (sender, attempted_at) VALUES ($1, $2)")
         .bind(sender)

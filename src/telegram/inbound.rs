@@ -61,8 +61,10 @@ async fn build(
     incoming: Option<Incoming>,
 ) -> Result<ChannelMessage, InboundError> {
     let chat_id = message.chat.id.0.to_string();
-    let (sender_id, sender_name, username, is_bot) = sender(message);
-    let sender_type = if is_bot { SenderType::Agent } else { SenderType::User };
+    let (sender_id, sender_name, username) = sender(message);
+    // Other bots speak for themselves, as people do: `agent` is for our agents only,
+    // whose names are reserved.
+    let sender_type = SenderType::User;
     let mut msg = ChannelMessage::new(&chat_id, sender_id, sender_type, content, content_type);
     msg.id = Uuid::new_v4();
     msg.timestamp = if edited { message.edit_date().copied().unwrap_or(message.date) } else { message.date };
@@ -114,20 +116,19 @@ async fn build(
     Ok(msg)
 }
 
-/// Sender id, display name, username, is a bot. Channel posts and anonymous admins
-/// speak as a chat.
-fn sender(message: &Message) -> (String, String, Option<String>, bool) {
+/// Sender id, display name, username. Channel posts and anonymous admins speak as a chat.
+fn sender(message: &Message) -> (String, String, Option<String>) {
     if let Some(from) = &message.from
         && message.sender_chat.is_none()
     {
         let name = from.full_name();
         let name =
             if name.trim().is_empty() { from.username.clone().unwrap_or_else(|| from.id.to_string()) } else { name };
-        return (from.id.0.to_string(), name, from.username.clone(), from.is_bot);
+        return (from.id.0.to_string(), name, from.username.clone());
     }
     let chat = message.sender_chat.as_ref().unwrap_or(&message.chat);
     let name = chat.title().or(chat.username()).map(str::to_string).unwrap_or_else(|| chat.id.to_string());
-    (chat.id.0.to_string(), name, chat.username().map(str::to_string), false)
+    (chat.id.0.to_string(), name, chat.username().map(str::to_string))
 }
 
 fn chat_type(chat: &Chat) -> &'static str {

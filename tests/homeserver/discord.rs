@@ -71,7 +71,7 @@ async fn a_discord_channel_and_a_matrix_room_share_one_conversation() {
         .wait_for_sent(|s| s.content.contains("hi from matrix"), WAIT)
         .await
         .expect("Alice's message reaches Discord");
-    assert_eq!(from_alice.username.as_deref(), Some("dc-alice"));
+    assert_eq!(from_alice.username.as_deref(), Some("dc-alice (Matrix)"), "people carry their surface");
     assert!(!from_alice.content.contains("@everyone"), "@everyone is neutralised: {:?}", from_alice.content);
 
     // A reply to the agent's Discord message replies to its Matrix event.
@@ -138,6 +138,32 @@ async fn a_discord_channel_and_a_matrix_room_share_one_conversation() {
     alice.say(&room, "!whoami").await;
     alice.wait_for(&room, &echo, |e| body(e).contains(&format!("discord {DAN}"))).await;
 
+    // Dan, linked now, sends more tokens: as text with the other prefix and more words,
+    // and with /link. Both die at once; Bob cannot use them afterwards.
+    let bob = Person::new("dc-bob").await;
+    let bob_dm = bob.create_room(&[&slot.bot()], true).await;
+    bob.wait_for_member(&bob_dm, &slot.bot()).await;
+    for (i, slash) in [false, true].into_iter().enumerate() {
+        let spare = mosaic(&slot, &["link-token", "dc-alice"]).expect_success();
+        let spare = spare.split_whitespace().find(|w| w.len() == 64).expect("a 64-hex token").to_string();
+        match slash {
+            false => {
+                fake.user_says(GENERAL, DAN, &format!("/link {spare} is mine too")).send();
+            }
+            true => {
+                fake.user_runs_link(GENERAL, DAN, Some(&spare));
+            }
+        }
+        let deadline = std::time::Instant::now() + WAIT;
+        while fake.sent().iter().filter(|s| s.content.contains("can no longer be used")).count() <= i {
+            assert!(std::time::Instant::now() < deadline, "no answer to Dan's token {i}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let asked = bob.say(&bob_dm, &format!("!link {spare}")).await;
+        let refused = body(&bob.wait_for_reply(&bob_dm, &slot.bot(), &asked).await).to_string();
+        assert!(refused.contains("already used"), "{refused}");
+    }
+
     // Nothing came back: Discord never got Dan's messages back, Matrix has one copy each.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let sent = fake.sent();
@@ -148,6 +174,9 @@ async fn a_discord_channel_and_a_matrix_room_share_one_conversation() {
     let limited = sent.iter().filter(|s| s.content.contains("after the rate limit")).count();
     assert_eq!(limited, 2, "Alice's message and the agent's answer, once each");
     let events = alice.messages(&room).await;
+    let bridged_links: Vec<&str> =
+        events.iter().filter(|e| e["sender"] == dan.as_str() && body(e).contains("link")).map(body).collect();
+    assert!(bridged_links.is_empty(), "link attempts were bridged: {bridged_links:?}");
     for text in ["hello echo from discord", "thanks", "in the thread", "said while the gateway was down"] {
         let copies = events.iter().filter(|e| body(e) == text && e["sender"] == dan.as_str()).count();
         assert_eq!(copies, 1, "{text:?} appears {copies} times in Matrix");

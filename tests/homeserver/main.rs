@@ -12,6 +12,7 @@ mod permissions;
 mod quiet_errors;
 mod room_power;
 mod telegram;
+mod trust;
 
 use std::time::Duration;
 

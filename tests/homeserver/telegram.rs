@@ -89,7 +89,7 @@ async fn a_telegram_group_and_a_matrix_room_share_one_conversation() {
     alice.say(&room, text).await;
     let copy = fake.wait_for_sent(|s| s.chat_id == GROUP && s.raw.contains("ship"), WAIT).await;
     assert_eq!(copy.parse_mode.as_deref(), Some("MarkdownV2"));
-    assert!(copy.text.starts_with("tg-alice"), "the sender's name leads: {:?}", copy.text);
+    assert!(copy.text.starts_with("tg-alice (Matrix): "), "the sender's name and surface lead: {:?}", copy.text);
     assert!(copy.text.ends_with("Plan: ship v1.2 (today) - ok? #1 [x] a_b!"), "{:?}", copy.text);
     assert!(copy.has_entity("bold", "ship"), "{copy:?}");
 

@@ -51,6 +51,8 @@ pub const SLOTS: &[&str] = &[
     "listeners",
     "perms",
     "bridgeproof",
+    "tokens",
+    "names",
 ];
 
 pub fn repo() -> PathBuf {
@@ -661,6 +663,24 @@ impl Person {
         self.wait_for(room, sender, |e| reply_target(e) == Some(event_id)).await
     }
 
+    /// Creates a room from a full `createRoom` body; returns its id.
+    pub async fn create_room_with(&self, body: Value) -> String {
+        let created = self.call(reqwest::Method::POST, "/createRoom", Some(body)).await;
+        created["room_id"].as_str().unwrap().to_string()
+    }
+
+    /// Sends a state event (`type`, `state_key`) with `content`.
+    pub async fn put_state(&self, room: &str, event_type: &str, state_key: &str, content: Value) {
+        let path = format!("/rooms/{}/state/{event_type}/{}", enc(room), enc(state_key));
+        self.call(reqwest::Method::PUT, &path, Some(content)).await;
+    }
+
+    /// Sets this person's display name in their profile (and so in their rooms).
+    pub async fn set_display_name(&self, name: &str) {
+        let path = format!("/profile/{}/displayname", enc(&self.user_id));
+        self.call(reqwest::Method::PUT, &path, Some(json!({"displayname": name}))).await;
+    }
+
     /// Waits until `user` has joined `room`.
     pub async fn wait_for_member(&self, room: &str, user: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -728,4 +748,35 @@ fn chrono_now_ms() -> i64 {
 
 pub fn file_contains(path: &Path, needle: &str) -> bool {
     std::fs::read(path).map(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes())).unwrap_or(false)
+}
+
+/// The `table.column`s of a SQLite database where `needle` occurs (case-insensitively),
+/// in any table and any column, read as text.
+pub async fn database_columns_holding(path: &Path, needle: &str) -> Vec<String> {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}?mode=ro", path.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'").fetch_all(&mut conn).await.unwrap();
+    let mut found = Vec::new();
+    for table in tables {
+        let columns: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{table}')")))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        for column in columns {
+            let sql =
+                format!("SELECT count(*) FROM \"{table}\" WHERE instr(lower(CAST(\"{column}\" AS TEXT)), $1) > 0");
+            let hits: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(needle.to_lowercase())
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            if hits > 0 {
+                found.push(format!("{table}.{column}"));
+            }
+        }
+    }
+    found
 }
