@@ -5,7 +5,7 @@
 use sqlx::AnyConnection;
 
 use super::teams::TeamCommand;
-use super::{Hub, bridging, lifecycle, power, routing};
+use super::{Hub, bridging, lifecycle, limits, power, routing};
 use crate::matrix::rooms::{CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob};
 use crate::protocol::ChannelMessage;
 use crate::queue;
@@ -218,6 +218,19 @@ impl From<String> for Answer {
     }
 }
 
+/// The name of a command that makes the service do costly work (and is therefore
+/// limited per person), or `None`.
+fn costly(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::New(_) => Some("new"),
+        Command::Pair(..) => Some("pair"),
+        Command::Team(TeamCommand::Create(_)) => Some("team create"),
+        // A token request; redeeming one has its own limit on failures.
+        Command::Link(None) => Some("link"),
+        _ => None,
+    }
+}
+
 /// The message as it may be written to the log: a token given to `!link` is masked.
 pub fn loggable_content(command: &Command, msg: &ChannelMessage) -> Option<String> {
     match command {
@@ -247,6 +260,12 @@ impl Hub {
         {
             tracing::info!(channel, sender, ?change, "room change refused");
             return Ok(refusal.into());
+        }
+        if let Some(name) = costly(&command)
+            && let Err(wait) = self.limiter.take(channel, sender, std::time::Instant::now())
+        {
+            tracing::info!(channel, sender, command = name, wait_secs = wait.as_secs(), "command rate-limited");
+            return Ok(format!("You sent `{p}{name}` too often: try again in {}.", limits::wait_text(wait)).into());
         }
         Ok(match command {
             Command::Help => help_text(p).into(),

@@ -6,6 +6,7 @@ pub mod agent_rooms;
 pub mod bridging;
 pub mod commands;
 pub mod lifecycle;
+pub mod limits;
 pub mod power;
 pub mod retention;
 pub mod routing;
@@ -67,6 +68,8 @@ pub struct Hub {
     permissions: Permissions,
     /// The surfaces, asked whether a chat may be bridged; without them nothing is.
     surfaces: Option<Arc<ChannelRegistry>>,
+    /// Per-person brakes on costly commands.
+    limiter: limits::CommandLimiter,
 }
 
 impl Hub {
@@ -74,6 +77,7 @@ impl Hub {
         Self {
             namespace: Namespace::from_config(&config),
             permissions: Permissions::from_config(&config),
+            limiter: limits::CommandLimiter::new(&config.limits),
             config,
             store,
             wakers,
