@@ -109,6 +109,11 @@ impl Hub {
             tx.rollback().await?;
             return Ok(());
         }
+        if is_chatter_in_unbridged_chat(&mut tx, channel, &msg).await? {
+            tracing::debug!(channel, chat_id = msg.channel_id, "message in a chat that is not bridged ignored");
+            tx.rollback().await?;
+            return Ok(());
+        }
         let (conversation, chat) = resolve_conversation(&mut tx, channel, &msg).await?;
         match chat {
             Chat::Matrix => {}
@@ -520,6 +525,23 @@ pub async fn enqueue_send(
     let key = format!("send:{channel}:{channel_id}:{}", msg.id);
     queue::enqueue(conn, &queue::chat_queue(channel, channel_id), &key, SEND_KIND, &job).await?;
     Ok(())
+}
+
+/// A message in a group chat of another surface that is not bridged, and not a command:
+/// nobody there talks to the service, so it is neither stored nor answered.
+async fn is_chatter_in_unbridged_chat(
+    conn: &mut AnyConnection,
+    channel: &str,
+    msg: &ChannelMessage,
+) -> store::Result<bool> {
+    if channel == crate::matrix::CHANNEL || bridging::is_private_chat(msg) {
+        return Ok(false);
+    }
+    let command = !routing::is_edit(msg) && commands::parse(commands::prefix_for(channel), &msg.content).is_some();
+    if command {
+        return Ok(false);
+    }
+    Ok(!bridges::get(conn, channel, &msg.channel_id).await?.is_some_and(|b| b.is_bridged()))
 }
 
 /// The conversation a surface chat belongs to; a Matrix room gets one on first use, and
