@@ -309,7 +309,13 @@ impl Hub {
                 false => "This conversation is archived already.".to_string().into(),
             },
             Command::Team(team) => self.team(conn, channel, sender, team).await?,
-            Command::Retention(days) => self.set_retention(conn, conversation_id, days).await?.into(),
+            Command::Retention(days) => {
+                let reach = match self.is_admin(conn, channel, sender).await? {
+                    true => store::retention::Reach::AlsoHomeserver,
+                    false => store::retention::Reach::StoreOnly,
+                };
+                self.set_retention(conn, conversation_id, days, reach).await?.into()
+            }
             Command::Share(team) => self.share(conn, channel, sender, conversation_id, &team).await?,
             Command::Unshare => self.unshare(conn, conversation_id).await?,
             Command::Bridge { surface, chat_id, mirror_deletions, right } => {
@@ -462,6 +468,7 @@ impl Hub {
         conn: &mut AnyConnection,
         conversation_id: &str,
         days: Option<i64>,
+        reach: store::retention::Reach,
     ) -> store::Result<String> {
         let Some(room) = conversations::room_for_conversation(conn, conversation_id).await? else {
             return Ok("Retention is set on conversation rooms.".into());
@@ -474,8 +481,16 @@ impl Hub {
                 "Rooms here keep messages at least {least} day(s): send `!retention {least}` or more, or `!retention off`."
             ));
         }
-        store::retention::set_policy(conn, &room, "all", days).await?;
+        store::retention::set_policy(conn, &room, "all", days, reach).await?;
         Ok(match days {
+            Some(days)
+                if reach == store::retention::Reach::StoreOnly
+                    && self.config.retention.homeserver_admin_token.is_some() =>
+            {
+                format!(
+                    "This room now keeps messages for {days} day(s); older ones are removed from Mosaic. The homeserver keeps its copy: purging it there needs an admin."
+                )
+            }
             Some(days) => format!("This room now keeps messages for {days} day(s); older ones are removed."),
             None => "This room now keeps its messages forever.".into(),
         })
