@@ -51,6 +51,7 @@ pub const SLOTS: &[&str] = &[
     "listeners",
     "perms",
     "bridgeproof",
+    "bounds",
 ];
 
 pub fn repo() -> PathBuf {
