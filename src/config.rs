@@ -71,6 +71,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub media: MediaConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// The Telegram bridge; off without this section (or `MOSAIC_AS_TELEGRAM_TOKEN`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telegram: Option<TelegramConfig>,
@@ -191,6 +193,32 @@ fn default_retention_interval() -> u64 {
 }
 fn default_min_days() -> i64 {
     1
+}
+
+/// Per-person limits on the commands that make the service do costly work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// `!new`, `!pair`, `!team create` and `!link` (a token request) one person may send
+    /// in a row, on one surface.
+    #[serde(default = "default_command_burst")]
+    pub command_burst: u32,
+    /// Seconds after which one more of them is allowed again.
+    #[serde(default = "default_command_refill_secs")]
+    pub command_refill_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { command_burst: default_command_burst(), command_refill_secs: default_command_refill_secs() }
+    }
+}
+
+fn default_command_burst() -> u32 {
+    5
+}
+fn default_command_refill_secs() -> u64 {
+    60
 }
 
 /// Files carried between surfaces.
@@ -458,6 +486,13 @@ pub struct AgentConfig {
     /// How long a permission question waits for a person (`acp`); then it is denied.
     #[serde(default = "default_permission_timeout")]
     pub permission_timeout_secs: u64,
+    /// Time permission questions may add to a turn, in seconds, all questions together.
+    #[serde(default = "default_max_permission_wait")]
+    pub max_permission_wait_secs: u64,
+    /// Longest answer, in characters; a longer one is cut there with a note and the
+    /// turn ends.
+    #[serde(default = "default_max_answer_chars")]
+    pub max_answer_chars: usize,
     /// Characters of conversation history given as context.
     #[serde(default = "default_context_chars")]
     pub context_chars: usize,
@@ -510,6 +545,8 @@ impl AgentConfig {
             command: Vec::new(),
             timeout_secs: default_turn_timeout(),
             permission_timeout_secs: default_permission_timeout(),
+            max_permission_wait_secs: default_max_permission_wait(),
+            max_answer_chars: default_max_answer_chars(),
             context_chars: default_context_chars(),
             max_edits: default_max_edits(),
             concurrency: default_concurrency(),
@@ -584,6 +621,12 @@ fn default_turn_timeout() -> u64 {
 }
 fn default_permission_timeout() -> u64 {
     300
+}
+fn default_max_permission_wait() -> u64 {
+    600
+}
+fn default_max_answer_chars() -> usize {
+    64_000
 }
 fn default_context_chars() -> usize {
     24_000
@@ -775,6 +818,15 @@ impl Config {
             || self.database.url.starts_with("postgresql://"))
         {
             return Err(("database.url", "expected sqlite://FILE or postgres://USER@HOST/DB".into()));
+        }
+        if self.limits.command_burst == 0 {
+            return Err(("limits.command_burst", "expected at least 1".into()));
+        }
+        if self.limits.command_refill_secs == 0 {
+            return Err(("limits.command_refill_secs", "expected at least 1 second".into()));
+        }
+        if let Some(agent) = self.agents.iter().find(|a| a.max_answer_chars == 0) {
+            return Err(("agent.max_answer_chars", format!("agent {:?}: expected at least 1 character", agent.id)));
         }
         if self.retention.min_days < 0 {
             return Err(("retention.min_days", "expected a number of days, 0 or more".into()));

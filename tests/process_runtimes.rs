@@ -235,6 +235,19 @@ async fn command_taking_too_long_is_killed() {
 }
 
 #[tokio::test]
+async fn command_line_past_the_limit_ends_the_turn() {
+    let mut config = agent("command", "fake_command_agent.py", &[]);
+    // 1 MiB and a bit without a newline, then a program that would never end.
+    config.command =
+        ["sh", "-c", "cat > /dev/null; head -c 1100000 /dev/zero | tr '\\0' x; sleep 600"].map(String::from).to_vec();
+    let runtime: Arc<dyn AgentRuntime> = Arc::new(CommandRuntime::new(&config).unwrap());
+    let (seen, result) = run(&runtime, ask("hello"), Answer::Refuse).await;
+    assert!(seen.text.len() <= 1024 * 1024, "{} bytes streamed", seen.text.len());
+    let Err(AgentError::Failed(message)) = result else { panic!("expected Failed, got {result:?}") };
+    assert!(message.contains("longer than 1048576 bytes"), "{message}");
+}
+
+#[tokio::test]
 async fn dropping_a_command_turn_kills_the_program() {
     let mut running = start(command_runtime(&["sleep"]), ask("hi"));
     let Some(AgentEvent::Text(first)) = running.next().await else { panic!("no text") };
@@ -278,6 +291,36 @@ async fn acp_permission_question_times_out_as_a_rejection() {
     result.unwrap();
     assert_eq!(seen.held.len(), 1);
     assert!(seen.text.contains("permission: rejected"), "{}", seen.text);
+}
+
+#[tokio::test]
+async fn acp_permission_questions_extend_a_turn_by_the_budget_only() {
+    let runtime = acp_runtime(|config| {
+        // The question alone would wait longer than the test's patience; the budget
+        // of the whole turn ends it first.
+        config.permission_timeout_secs = 600;
+        config.max_permission_wait_secs = 2;
+        config.timeout_secs = 1;
+    });
+    let (seen, result) = run(&runtime, ask("hello"), Answer::Hold).await;
+    assert_eq!(seen.held.len(), 1);
+    let Err(AgentError::Failed(message)) = result else { panic!("expected Failed, got {result:?}") };
+    assert!(message.contains("took longer than 1 s"), "{message}");
+}
+
+#[tokio::test]
+async fn acp_line_past_the_limit_ends_the_turn_and_the_next_turn_gets_a_new_process() {
+    let runtime = acp_runtime(|_| {});
+    let (first, result) = run(&runtime, ask("first"), Answer::Choose("allow")).await;
+    result.unwrap();
+    let (seen, result) = run(&runtime, ask("send a huge-line"), Answer::Refuse).await;
+    assert!(seen.text.len() < 1024 * 1024, "no part of the long line arrives: {} bytes", seen.text.len());
+    let Err(AgentError::Failed(message)) = result else { panic!("expected Failed, got {result:?}") };
+    assert!(message.contains("longer than 1048576 bytes"), "{message}");
+
+    let (seen, result) = run(&runtime, ask("again"), Answer::Choose("allow")).await;
+    result.unwrap();
+    assert_ne!(number_after(&seen.text, "pid"), number_after(&first.text, "pid"), "{}", seen.text);
 }
 
 #[tokio::test]

@@ -416,3 +416,39 @@ async fn a_linked_sender_burns_the_token_they_type() {
     hub.handle_inbound("matrix", said("@bob:example.org", &format!("!link {second}"))).await.unwrap();
     assert!(notices(&store).await.last().unwrap().contains("already used"));
 }
+
+/// Every message stored, in any conversation.
+async fn all_stored_texts(store: &Store) -> Vec<String> {
+    use sqlx::Row;
+    let mut conn = store.conn().await.unwrap();
+    let rows = sqlx::query("SELECT body FROM messages ORDER BY created_at").fetch_all(&mut *conn).await.unwrap();
+    rows.iter().map(|row| row.get::<String, _>("body")).collect()
+}
+
+#[tokio::test]
+async fn chats_that_are_not_bridged_are_read_for_commands_only() {
+    let (hub, store, _dir) = hub().await;
+    let in_chat = |chat: &str, chat_type: &str, text: &str| {
+        let mut msg = ChannelMessage::new(chat, "4242", SenderType::User, text, ContentType::Text);
+        msg.metadata.insert("chatType".into(), chat_type.into());
+        msg
+    };
+    // A group the bot was added to but nobody bridged: its talk is none of our business.
+    hub.handle_inbound("telegram", in_chat("-100777", "supergroup", "our private plans")).await.unwrap();
+    let mut discord = in_chat("555", "", "plans on discord");
+    discord.metadata.insert("channelType".into(), 0.into());
+    hub.handle_inbound("discord", discord).await.unwrap();
+    assert!(all_stored_texts(&store).await.is_empty(), "nothing stored: {:?}", all_stored_texts(&store).await);
+    assert!(queued_kinds(&store).await.is_empty(), "nothing answered");
+    let mut conn = store.conn().await.unwrap();
+    assert!(bridges::get(&mut conn, "telegram", "-100777").await.unwrap().is_none(), "no conversation made for it");
+    drop(conn);
+
+    // Commands there are answered.
+    hub.handle_inbound("telegram", in_chat("-100777", "supergroup", "/help")).await.unwrap();
+    assert_eq!(queued_kinds(&store).await, ["send"]);
+    assert!(all_stored_texts(&store).await.iter().any(|t| t.contains("Mosaic commands")));
+    // A private chat with the bot is told how to use it.
+    hub.handle_inbound("telegram", in_chat("4242", "private", "hello bot")).await.unwrap();
+    assert!(all_stored_texts(&store).await.iter().any(|t| t.contains("This chat is not bridged")));
+}

@@ -301,8 +301,15 @@ async fn settings_usage_teams_and_retention(store: Store) {
     assert!(teams::take_share_invites(&mut conn, "!r:x").await.unwrap().is_empty());
     assert!(teams::remove_share(&mut conn, id).await.unwrap());
 
-    retention::set_policy(&mut conn, "!r:x", "all", Some(30)).await.unwrap();
-    retention::set_policy(&mut conn, "!r:x", "all", None).await.unwrap();
+    retention::set_policy(&mut conn, "!r:x", "all", Some(30), retention::Reach::StoreOnly).await.unwrap();
+    assert_eq!(retention::reach_of_room(&mut conn, "!r:x").await.unwrap(), retention::Reach::StoreOnly);
+    retention::set_policy(&mut conn, "!r:x", "all", None, retention::Reach::AlsoHomeserver).await.unwrap();
+    assert_eq!(retention::reach_of_room(&mut conn, "!r:x").await.unwrap(), retention::Reach::AlsoHomeserver);
+    assert_eq!(
+        retention::reach_of_room(&mut conn, "!other:x").await.unwrap(),
+        retention::Reach::AlsoHomeserver,
+        "rooms without a policy of their own follow the operator's"
+    );
     assert_eq!(retention::policy(&mut conn, "!r:x", "all").await.unwrap(), Some(None), "keep forever, last write wins");
     assert_eq!(retention::policy(&mut conn, "*", "team").await.unwrap(), None);
     let msg = ChannelMessage::new("!r:x", "@o:x", SenderType::User, "old", ContentType::Text);

@@ -14,7 +14,7 @@ use mosaic_as::protocol::{
     AdapterHealth, BridgeError, ChannelAdapter, ChannelAttachment, ChannelMessage, ChannelSendError, ContentType,
     HandlerError, InboundHandler, MediaRepository, SenderType, metadata_keys as keys,
 };
-use mosaic_as::store::{Store, messages};
+use mosaic_as::store::{Store, bridges, conversations, messages};
 use mosaic_as::telegram::{CHANNEL, TelegramAdapter};
 use serde_json::json;
 use support::fake_telegram::{BOT_USERNAME, FakeTelegram, Incoming, SentKind, TgUser};
@@ -188,6 +188,7 @@ async fn replies_and_forum_topics_keep_their_place() {
 #[tokio::test]
 async fn photos_and_documents_are_uploaded_to_the_media_repository() {
     let h = harness().await;
+    bridge(&h.store, GROUP).await;
     let picture = b"\x89PNG full size picture".to_vec();
     h.fake.push_message(Incoming::photo(GROUP, &ada(), &picture, Some("our cat")));
     h.fake.push_message(Incoming::document(GROUP, &ada(), b"%PDF-1.7 report", "report.pdf", "application/pdf"));
@@ -207,6 +208,19 @@ async fn photos_and_documents_are_uploaded_to_the_media_repository() {
     );
     assert_eq!(h.media.download(&doc.attachments[0].url).await.unwrap().bytes, b"%PDF-1.7 report");
     assert_eq!(doc.attachments[0].size_bytes, Some(15));
+
+    // In a chat nobody bridged, only commands are read: files are not fetched.
+    h.fake.push_message(Incoming::photo(FORUM, &ada(), b"\x89PNG elsewhere", Some("/help")));
+    let unbridged = h.inbox.wait_for(3).await.remove(2);
+    assert_eq!(unbridged.content, "/help");
+    assert!(unbridged.attachments.is_empty(), "{:?}", unbridged.attachments);
+}
+
+/// Bridges a Telegram chat into a new conversation.
+async fn bridge(store: &Store, chat: i64) {
+    let mut conn = store.conn().await.unwrap();
+    let conversation = conversations::create_conversation(&mut conn, "Bridged", None).await.unwrap();
+    bridges::bridge(&mut conn, CHANNEL, &chat.to_string(), &conversation.id, true, "@admin:example.org").await.unwrap();
 }
 
 #[tokio::test]

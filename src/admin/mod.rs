@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::hub::lifecycle;
 use crate::queue::Wakers;
 use crate::secrets::constant_time_eq;
+use crate::store::retention::Reach;
 use crate::store::{self, Store, accounts, conversations, teams};
 
 #[derive(Clone)]
@@ -473,7 +474,7 @@ async fn set_type_retention(
     }
     let days = parse_days(&body)?;
     let mut conn = state.store.conn().await?;
-    store::retention::set_policy(&mut conn, "*", &kind, days).await?;
+    store::retention::set_policy(&mut conn, "*", &kind, days, Reach::AlsoHomeserver).await?;
     Ok(axum::Json(json!({ "appliesTo": kind, "days": days })).into_response())
 }
 
@@ -489,6 +490,6 @@ async fn set_conversation_retention(
     let Some(room) = conversations::room_for_conversation(&mut conn, &id).await? else {
         return Err(ApiError::not_found(format!("no conversation {id} with a room")));
     };
-    store::retention::set_policy(&mut conn, &room, "all", days).await?;
+    store::retention::set_policy(&mut conn, &room, "all", days, Reach::AlsoHomeserver).await?;
     Ok(axum::Json(json!({ "id": id, "roomId": room, "days": days })).into_response())
 }

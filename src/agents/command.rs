@@ -38,6 +38,7 @@ use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
 
 use super::confine::Confinement;
+use super::lines::{LineError, MAX_LINE_BYTES};
 use super::runtime::{AgentError, AgentEvent, AgentRuntime, ContextMessage, Role, TurnContext};
 use crate::config::AgentConfig;
 
@@ -107,8 +108,11 @@ impl CommandRuntime {
             return Err(AgentError::Failed(format!("{:?} started without its standard streams", self.program)));
         };
         // `try_join` so that an abandoned turn stops at once instead of waiting for the exit.
-        let ((), (), tail) =
-            tokio::try_join!(write_input(stdin, input), stream_output(BufReader::new(stdout), events), tail(stderr))?;
+        let ((), (), tail) = tokio::try_join!(
+            write_input(stdin, input),
+            stream_output(BufReader::new(stdout), events, MAX_LINE_BYTES),
+            tail(stderr)
+        )?;
         let status = child
             .wait()
             .await
@@ -202,10 +206,13 @@ async fn write_input(mut stdin: ChildStdin, input: Vec<u8>) -> Result<(), AgentE
 async fn stream_output(
     mut stdout: impl AsyncBufRead + Unpin,
     events: &mpsc::Sender<AgentEvent>,
+    max_line: usize,
 ) -> Result<(), AgentError> {
     let mut decoder = Utf8Pieces::default();
     let mut newline_owed = false;
     let mut bytes = Vec::new();
+    // Bytes of the line being read so far: lines are bounded as ACP's are.
+    let mut line_bytes = 0;
     loop {
         bytes.clear();
         let read = (&mut stdout).take(MAX_PIECE_BYTES).read_until(b'\n', &mut bytes).await;
@@ -216,6 +223,13 @@ async fn stream_output(
         let ends_line = bytes.last() == Some(&b'\n');
         if ends_line {
             bytes.pop();
+        }
+        line_bytes += bytes.len();
+        if line_bytes > max_line {
+            return Err(AgentError::Failed(LineError::TooLong { limit: max_line }.to_string()));
+        }
+        if ends_line {
+            line_bytes = 0;
         }
         let text = decoder.push(&bytes);
         send_piece(events, &text, &mut newline_owed, ends_line).await?;
@@ -288,7 +302,7 @@ mod tests {
 
     async fn pieces_of(output: &'static [u8]) -> Vec<String> {
         let (tx, mut rx) = mpsc::channel(64);
-        stream_output(output, &tx).await.unwrap();
+        stream_output(output, &tx, 1024).await.unwrap();
         drop(tx);
         let mut pieces = Vec::new();
         while let Some(AgentEvent::Text(piece)) = rx.recv().await {
@@ -302,6 +316,18 @@ mod tests {
         assert_eq!(pieces_of(b"one\ntwo\n\nthree\n").await, ["one", "\ntwo", "\n", "\nthree"]);
         assert_eq!(pieces_of(b"\nlast without newline").await, ["\nlast without newline"]);
         assert!(pieces_of(b"").await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_line_past_the_limit_ends_the_turn() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let output = format!("short\n{}\n", "x".repeat(100));
+        let error = stream_output(output.as_bytes(), &tx, 64).await.unwrap_err();
+        assert!(error.to_string().contains("longer than 64 bytes"), "{error}");
+        let Some(AgentEvent::Text(first)) = rx.recv().await else { panic!("the first line was streamed") };
+        assert_eq!(first, "short");
+        let fits = format!("{}\n{}", "y".repeat(64), "z".repeat(64));
+        assert!(stream_output(fits.as_bytes(), &tx, 64).await.is_ok(), "lines at the limit pass");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod context;
 pub mod control;
 mod echo;
 mod lanes;
+mod lines;
 pub mod openai;
 pub mod runtime;
 mod sse;

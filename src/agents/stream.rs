@@ -57,6 +57,18 @@ pub struct Streamer {
     /// This turn ran before (and was retried).
     rerun: bool,
     previews: bool,
+    /// Longest answer, in characters; `text` never grows past it.
+    max_chars: usize,
+    /// Characters in `text`, counted as they arrive.
+    chars: usize,
+}
+
+/// Whether the answer still has room after a piece of text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    Left,
+    /// The answer reached its limit: text past it was dropped, and the turn must end.
+    Full,
 }
 
 impl Streamer {
@@ -74,7 +86,15 @@ impl Streamer {
             shown: String::new(),
             rerun,
             previews,
+            max_chars: usize::MAX,
+            chars: 0,
         }
+    }
+
+    /// Answers stop at `max_chars` characters (see [`Streamer::push`]).
+    pub fn with_max_chars(mut self, max_chars: usize) -> Self {
+        self.max_chars = max_chars;
+        self
     }
 
     pub fn text(&self) -> &str {
@@ -92,8 +112,16 @@ impl Streamer {
         !self.rerun && self.previewed.iter().any(|c| c == channel_id) && self.shown == text
     }
 
-    pub fn push(&mut self, piece: &str) {
-        self.text.push_str(piece);
+    /// Adds text to the answer, up to its limit; what does not fit is dropped.
+    pub fn push(&mut self, piece: &str) -> Room {
+        let room = self.max_chars.saturating_sub(self.chars);
+        let (fits, count) = match piece.char_indices().nth(room) {
+            Some((cut, _)) => (&piece[..cut], room),
+            None => (piece, piece.chars().count()),
+        };
+        self.text.push_str(fits);
+        self.chars += count;
+        if fits.len() < piece.len() || self.chars >= self.max_chars { Room::Full } else { Room::Left }
     }
 
     /// When the next preview is due, if there is new text to show.
@@ -188,6 +216,24 @@ pub fn split_parts(text: &str, limit: usize) -> Vec<String> {
     parts
 }
 
+/// The note that ends an answer cut at `max_chars` characters.
+pub fn cut_note(max_chars: usize) -> String {
+    format!("\n\n*(… answer cut at {} characters)*", with_thousands(max_chars))
+}
+
+/// `64000` → `64,000`.
+fn with_thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
 /// The answer message of a turn, before any text.
 pub fn answer_message(id: Uuid, to: &ChannelMessage, agent: &str) -> ChannelMessage {
     let mut reply = ChannelMessage::new(&to.channel_id, agent, SenderType::Agent, "", ContentType::Markdown)
@@ -228,14 +274,37 @@ mod tests {
         let to = ChannelMessage::new("!r", "@a:x", SenderType::User, "q", ContentType::Text);
         let mut streamer = Streamer::new(answer_message(Uuid::new_v4(), &to, "echo"), Vec::new(), 3, false, true);
         assert!(streamer.next_due().is_none(), "nothing to show yet");
-        streamer.push("hello");
+        assert_eq!(streamer.push("hello"), Room::Left);
         assert!(streamer.next_due().unwrap() <= Instant::now(), "the first text goes out at once");
         streamer.last_sent = Some(Instant::now());
         streamer.shown = streamer.text.clone();
         streamer.previewed.push("!r".into());
-        streamer.push(" world");
+        assert_eq!(streamer.push(" world"), Room::Left);
         assert!(streamer.next_due().unwrap() > Instant::now(), "edits wait a second");
         streamer.edits = 2;
         assert!(streamer.next_due().is_none(), "the last edit is kept for the final text");
+    }
+
+    #[test]
+    fn an_answer_stops_at_its_limit() {
+        let to = ChannelMessage::new("!r", "@a:x", SenderType::User, "q", ContentType::Text);
+        let streamer = Streamer::new(answer_message(Uuid::new_v4(), &to, "echo"), Vec::new(), 3, false, true);
+        let mut streamer = streamer.with_max_chars(10);
+        assert_eq!(streamer.push("héllo"), Room::Left);
+        assert_eq!(streamer.push(" wörld and more"), Room::Full);
+        assert_eq!(streamer.text(), "héllo wörl", "cut at 10 characters, not bytes");
+        assert_eq!(streamer.push("x"), Room::Full);
+        assert_eq!(streamer.text(), "héllo wörl");
+        let mut exact =
+            Streamer::new(answer_message(Uuid::new_v4(), &to, "echo"), Vec::new(), 3, false, true).with_max_chars(5);
+        assert_eq!(exact.push("12345"), Room::Full, "a full answer ends the turn");
+        assert_eq!(exact.text(), "12345");
+    }
+
+    #[test]
+    fn the_cut_note_names_the_limit() {
+        assert_eq!(cut_note(64_000), "\n\n*(… answer cut at 64,000 characters)*");
+        assert_eq!(cut_note(1_234_567), "\n\n*(… answer cut at 1,234,567 characters)*");
+        assert_eq!(cut_note(999), "\n\n*(… answer cut at 999 characters)*");
     }
 }

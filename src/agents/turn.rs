@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::control::{Asker, question_text};
 use super::runtime::{AgentError, AgentEvent, PermissionRequest, TokenUsage, TurnContext};
-use super::stream::{self, Streamer, Target, answer_message, derived_id, edit_of, split_parts};
+use super::stream::{self, Room, Streamer, Target, answer_message, derived_id, edit_of, split_parts};
 use super::{Agent, Agents, context};
 use crate::error_ref::ErrorRef;
 use crate::hub::agent_rooms::{self, Step};
@@ -24,6 +24,8 @@ use crate::store::{self, messages, outbox, settings};
 enum Ending {
     Complete,
     Stopped,
+    /// The answer reached `max_answer_chars`.
+    Cut,
 }
 
 impl Agents {
@@ -49,7 +51,8 @@ impl Agents {
         // Structured agent-room messages go out whole, not as previews and edits.
         let previews = turn.step.is_none();
         let rerun = job.may_have_run(self.store.opened_at());
-        let mut streamer = Streamer::new(reply, targets, agent.config.max_edits, rerun, previews);
+        let mut streamer = Streamer::new(reply, targets, agent.config.max_edits, rerun, previews)
+            .with_max_chars(agent.config.max_answer_chars);
         let mut usage = TokenUsage::default();
         let ending = match self.stream_answer(agent, &context, asker.as_ref(), &mut streamer, &mut usage).await {
             Ok(ending) => ending,
@@ -72,6 +75,9 @@ impl Agents {
         let mut text = streamer.text().to_string();
         if matches!(ending, Ending::Stopped) {
             text.push_str("\n\n*(stopped)*");
+        } else if matches!(ending, Ending::Cut) {
+            tracing::info!(agent = turn.agent, conversation_id = turn.conversation_id, "answer cut at its limit");
+            text.push_str(&stream::cut_note(agent.config.max_answer_chars));
         } else if text.trim().is_empty() {
             let notice = format!("{} gave no answer.", agent.config.display_name());
             return self.end_with_notice(job, &turn, &message, notice).await;
@@ -124,6 +130,9 @@ impl Agents {
         let turn = context.clone();
         let mut running = tokio::spawn(async move { runtime.respond(&turn, events).await });
         let mut deadline = Instant::now() + Duration::from_secs(agent.config.timeout_secs);
+        // Questions extend the turn, but only by so much in all: an agent asking one
+        // question after another must not keep the turn open for ever.
+        let mut permission_budget = Duration::from_secs(agent.config.max_permission_wait_secs);
         let mut finished = None;
         loop {
             let due = streamer.next_due().map(Instant::from_std);
@@ -132,9 +141,16 @@ impl Agents {
                     Some(event) => {
                         // Time spent waiting for a person does not count against the turn.
                         if matches!(event, AgentEvent::Permission(_)) {
-                            deadline += Duration::from_secs(agent.config.permission_timeout_secs);
+                            let extension =
+                                Duration::from_secs(agent.config.permission_timeout_secs).min(permission_budget);
+                            permission_budget -= extension;
+                            deadline += extension;
                         }
-                        self.on_event(agent, context, asker, streamer, usage, event).await
+                        if self.on_event(agent, context, asker, streamer, usage, event).await == Room::Full {
+                            running.abort();
+                            agent.runtime.cancel(&context.session_key()).await;
+                            return Ok(Ending::Cut);
+                        }
                     }
                     None if finished.is_some() => break,
                     None => finished = Some((&mut running).await),
@@ -168,11 +184,12 @@ impl Agents {
         streamer: &mut Streamer,
         usage: &mut TokenUsage,
         event: AgentEvent,
-    ) {
+    ) -> Room {
         match event {
             AgentEvent::Text(piece) => {
-                streamer.push(&piece);
+                let room = streamer.push(&piece);
                 streamer.flush().await;
+                return room;
             }
             AgentEvent::Usage(reported) => {
                 usage.input_tokens += reported.input_tokens;
@@ -184,6 +201,7 @@ impl Agents {
             }
             AgentEvent::Plan(steps) => tracing::debug!(agent = agent.config.id, steps = steps.len(), "plan"),
         }
+        Room::Left
     }
 
     /// Posts the question in the room and hands the answer of the person who started the

@@ -108,7 +108,13 @@ impl Inner {
         msg.thread_id = place.thread.map(|t| t.to_string());
         msg.timestamp = timestamp(&m.timestamp.to_string());
         let nick = m.member.as_ref().and_then(|member| member.nick.clone());
-        self.describe_sender(&mut msg, &m.author, nick).await;
+        // In a chat that is not bridged only commands are read: no file (nor avatar) is
+        // fetched for it.
+        let bridged = self.is_bridged(place.chat).await?;
+        match bridged {
+            true => self.describe_sender(&mut msg, &m.author, nick).await,
+            false => name_sender(&mut msg, &m.author, nick),
+        }
         self.describe_place(&mut msg, m.id.get(), &place, m.guild_id.map(|g| g.get()));
         msg.metadata.insert(keys::DEDUPE_KEY.into(), json!(m.id.to_string()));
         msg.metadata.insert("mentions".into(), json!(m.mentions.iter().map(|u| u.id.to_string()).collect::<Vec<_>>()));
@@ -116,14 +122,28 @@ impl Inner {
         if let Some(reply) = m.message_reference.as_ref().and_then(|r| r.message_id) {
             msg.reply_to_id = self.canonical(place.chat, reply.get()).await?;
         }
-        self.attach(&mut msg, m).await?;
+        if bridged {
+            self.attach(&mut msg, m).await?;
+        } else if !m.attachments.is_empty() {
+            tracing::debug!(
+                channel = CHANNEL,
+                event = "files_not_fetched",
+                message_id = m.id.get(),
+                "chat not bridged"
+            );
+        }
         Ok(msg)
+    }
+
+    /// Whether a Discord channel is bridged into a conversation.
+    async fn is_bridged(&self, chat: u64) -> Result<bool, Retry> {
+        let mut conn = self.store.conn().await?;
+        Ok(bridges::get(&mut conn, CHANNEL, &chat.to_string()).await?.is_some_and(|b| b.is_bridged()))
     }
 
     /// `senderName` (server nickname, display name, user name) and `senderAvatarUrl`.
     pub(super) async fn describe_sender(&self, msg: &mut ChannelMessage, user: &User, nick: Option<String>) {
-        let name = nick.or_else(|| user.global_name.clone()).unwrap_or_else(|| user.name.clone());
-        msg.metadata.insert(keys::SENDER_NAME.into(), json!(name));
+        name_sender(msg, user, nick);
         if let Some(mxc) = self.avatar(user).await {
             msg.metadata.insert(keys::SENDER_AVATAR_URL.into(), json!(mxc));
         }
@@ -432,6 +452,12 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// `senderName`: server nickname, display name, or user name.
+fn name_sender(msg: &mut ChannelMessage, user: &User, nick: Option<String>) {
+    let name = nick.or_else(|| user.global_name.clone()).unwrap_or_else(|| user.name.clone());
+    msg.metadata.insert(keys::SENDER_NAME.into(), json!(name));
 }
 
 fn timestamp(rfc3339: &str) -> DateTime<Utc> {

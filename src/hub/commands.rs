@@ -5,7 +5,7 @@
 use sqlx::AnyConnection;
 
 use super::teams::TeamCommand;
-use super::{Hub, bridging, lifecycle, power, routing};
+use super::{Hub, bridging, lifecycle, limits, power, routing};
 use crate::matrix::rooms::{CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob};
 use crate::protocol::ChannelMessage;
 use crate::protocol::link_token::LinkToken;
@@ -221,6 +221,19 @@ impl From<String> for Answer {
     }
 }
 
+/// The name of a command that makes the service do costly work (and is therefore
+/// limited per person), or `None`.
+fn costly(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::New(_) => Some("new"),
+        Command::Pair(..) => Some("pair"),
+        Command::Team(TeamCommand::Create(_)) => Some("team create"),
+        // A token request; redeeming one has its own limit on failures.
+        Command::Link(None) => Some("link"),
+        _ => None,
+    }
+}
+
 /// The message as it may be written to the log: a token given to `!link` is masked.
 pub fn loggable_content(command: &Command, msg: &ChannelMessage) -> Option<String> {
     match command {
@@ -250,6 +263,12 @@ impl Hub {
         {
             tracing::info!(channel, sender, ?change, "room change refused");
             return Ok(refusal.into());
+        }
+        if let Some(name) = costly(&command)
+            && let Err(wait) = self.limiter.take(channel, sender, std::time::Instant::now())
+        {
+            tracing::info!(channel, sender, command = name, wait_secs = wait.as_secs(), "command rate-limited");
+            return Ok(format!("You sent `{p}{name}` too often: try again in {}.", limits::wait_text(wait)).into());
         }
         Ok(match command {
             Command::Help => help_text(p).into(),
@@ -293,7 +312,13 @@ impl Hub {
                 false => "This conversation is archived already.".to_string().into(),
             },
             Command::Team(team) => self.team(conn, channel, sender, team).await?,
-            Command::Retention(days) => self.set_retention(conn, conversation_id, days).await?.into(),
+            Command::Retention(days) => {
+                let reach = match self.is_admin(conn, channel, sender).await? {
+                    true => store::retention::Reach::AlsoHomeserver,
+                    false => store::retention::Reach::StoreOnly,
+                };
+                self.set_retention(conn, conversation_id, days, reach).await?.into()
+            }
             Command::Share(team) => self.share(conn, channel, sender, conversation_id, &team).await?,
             Command::Unshare => self.unshare(conn, conversation_id).await?,
             Command::Bridge { surface, chat_id, mirror_deletions, right } => {
@@ -461,6 +486,7 @@ impl Hub {
         conn: &mut AnyConnection,
         conversation_id: &str,
         days: Option<i64>,
+        reach: store::retention::Reach,
     ) -> store::Result<String> {
         let Some(room) = conversations::room_for_conversation(conn, conversation_id).await? else {
             return Ok("Retention is set on conversation rooms.".into());
@@ -473,8 +499,16 @@ impl Hub {
                 "Rooms here keep messages at least {least} day(s): send `!retention {least}` or more, or `!retention off`."
             ));
         }
-        store::retention::set_policy(conn, &room, "all", days).await?;
+        store::retention::set_policy(conn, &room, "all", days, reach).await?;
         Ok(match days {
+            Some(days)
+                if reach == store::retention::Reach::StoreOnly
+                    && self.config.retention.homeserver_admin_token.is_some() =>
+            {
+                format!(
+                    "This room now keeps messages for {days} day(s); older ones are removed from Mosaic. The homeserver keeps its copy: purging it there needs an admin."
+                )
+            }
             Some(days) => format!("This room now keeps messages for {days} day(s); older ones are removed."),
             None => "This room now keeps its messages forever.".into(),
         })

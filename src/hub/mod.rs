@@ -7,6 +7,7 @@ pub mod agent_rooms;
 pub mod bridging;
 pub mod commands;
 pub mod lifecycle;
+pub mod limits;
 pub mod power;
 pub mod retention;
 pub mod routing;
@@ -69,6 +70,8 @@ pub struct Hub {
     permissions: Permissions,
     /// The surfaces, asked whether a chat may be bridged; without them nothing is.
     surfaces: Option<Arc<ChannelRegistry>>,
+    /// Per-person brakes on costly commands.
+    limiter: limits::CommandLimiter,
 }
 
 impl Hub {
@@ -76,6 +79,7 @@ impl Hub {
         Self {
             namespace: Namespace::from_config(&config),
             permissions: Permissions::from_config(&config),
+            limiter: limits::CommandLimiter::new(&config.limits),
             config,
             store,
             wakers,
@@ -107,6 +111,11 @@ impl Hub {
         let level = self.level_of(&mut tx, channel, &msg.sender_id).await?;
         if level == Level::None && !may_link_anyway(channel, &msg) {
             tracing::debug!(channel, sender = msg.sender_id, "message from a sender without access ignored");
+            tx.rollback().await?;
+            return Ok(());
+        }
+        if is_chatter_in_unbridged_chat(&mut tx, channel, &msg).await? {
+            tracing::debug!(channel, chat_id = msg.channel_id, "message in a chat that is not bridged ignored");
             tx.rollback().await?;
             return Ok(());
         }
@@ -556,6 +565,25 @@ pub async fn enqueue_send(
     let key = format!("send:{channel}:{channel_id}:{}", msg.id);
     queue::enqueue(conn, &queue::chat_queue(channel, channel_id), &key, SEND_KIND, &job).await?;
     Ok(())
+}
+
+/// A message in a group chat of another surface that is not bridged, and neither a
+/// command nor a link attempt: nobody there talks to the service, so it is neither
+/// stored nor answered.
+async fn is_chatter_in_unbridged_chat(
+    conn: &mut AnyConnection,
+    channel: &str,
+    msg: &ChannelMessage,
+) -> store::Result<bool> {
+    if channel == crate::matrix::CHANNEL || bridging::is_private_chat(msg) {
+        return Ok(false);
+    }
+    let command = !routing::is_edit(msg) && commands::parse(commands::prefix_for(channel), &msg.content).is_some();
+    // A token typed anywhere is burnt, here too.
+    if command || link_token::is_attempt(&msg.content) {
+        return Ok(false);
+    }
+    Ok(!bridges::get(conn, channel, &msg.channel_id).await?.is_some_and(|b| b.is_bridged()))
 }
 
 /// The conversation a surface chat belongs to; a Matrix room gets one on first use, and

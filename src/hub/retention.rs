@@ -1,5 +1,6 @@
 //! The retention job: removes messages older than their room's policy from the store
-//! and, with a homeserver admin token, asks the homeserver to purge its copy.
+//! and, with a homeserver admin token, asks the homeserver to purge its copy — unless the
+//! room's policy was set by someone who is not an admin.
 //!
 //! A room's policy is its own (`!retention`, admin API), else its type's (admin API),
 //! else the config's default for the type. Running twice deletes nothing more: only
@@ -66,11 +67,14 @@ pub async fn run_once(store: &Store, config: &Config, http: &reqwest::Client) ->
         let Some(days) = effective_days(&mut tx, config, &room_id, kind).await? else { continue };
         let cutoff = store::now_ms() - days * 86_400_000;
         let deleted = retention::delete_before(&mut tx, &conversation.id, cutoff).await?;
+        let reach = retention::reach_of_room(&mut tx, &room_id).await?;
         tx.commit().await?;
         if deleted > 0 {
-            tracing::info!(room_id, kind, days, deleted, "expired messages removed");
+            tracing::info!(room_id, kind, days, deleted, ?reach, "expired messages removed");
             removed += deleted;
-            purge_homeserver(http, config, &room_id, cutoff).await;
+            if reach == retention::Reach::AlsoHomeserver {
+                purge_homeserver(http, config, &room_id, cutoff).await;
+            }
         }
     }
     Ok(removed)

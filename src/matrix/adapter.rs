@@ -21,6 +21,7 @@ use uuid::Uuid;
 use super::client::{HomeserverClient, HsError};
 use super::format::{self, Placement};
 use super::ghosts::Ghosts;
+use super::names::DisplayNames;
 use super::naming::Namespace;
 use crate::agents::stream;
 use crate::config::Config;
@@ -88,7 +89,7 @@ pub struct MatrixAdapter {
     /// The homeserver's default room version, asked once.
     pub(super) room_version: tokio::sync::OnceCell<String>,
     /// People's display names, shown with their messages on other surfaces.
-    display_names: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    display_names: DisplayNames,
     /// Messages whose send started in this process and whose event id is not recorded yet.
     unconfirmed: std::sync::Mutex<std::collections::HashSet<Uuid>>,
     /// Per room, the event time back to which the next catch-up pass reads.
@@ -185,7 +186,7 @@ impl MatrixAdapter {
         if sender == target
             && let Some(name) = event["content"]["displayname"].as_str().filter(|n| !n.is_empty())
         {
-            self.display_names.lock().expect("name cache").insert(target.to_string(), name.to_string());
+            self.display_names.remember(target, name);
         }
         if membership == "invite" && self.ns.is_ours(target) && !self.ns.is_ours(sender) {
             if self.permissions.matrix_level(sender) == Level::None {
@@ -363,21 +364,17 @@ impl MatrixAdapter {
     /// A person's display name: from their member events, else their profile, else the
     /// localpart of their id.
     async fn display_name(&self, user: &str) -> String {
-        if let Some(name) = self.display_names.lock().expect("name cache").get(user) {
-            return name.clone();
-        }
         let fallback = user.trim_start_matches('@').split(':').next().unwrap_or(user).to_string();
         let Ok(id) = OwnedUserId::try_from(user) else { return fallback };
-        let request = get_profile_field::v3::Request::new(id, ProfileFieldName::DisplayName);
-        let name = match self.client.call(request, None).await {
-            Ok(response) => match response.value {
-                Some(ProfileFieldValue::DisplayName(name)) if !name.is_empty() => name,
-                _ => fallback,
-            },
-            Err(_) => return fallback,
+        let client = self.client.clone();
+        let lookup = async move {
+            let request = get_profile_field::v3::Request::new(id, ProfileFieldName::DisplayName);
+            match client.call(request, None).await.ok()?.value {
+                Some(ProfileFieldValue::DisplayName(name)) if !name.is_empty() => Some(name),
+                _ => None,
+            }
         };
-        self.display_names.lock().expect("name cache").insert(user.to_string(), name.clone());
-        name
+        self.display_names.resolve(user, fallback, lookup).await
     }
 
     /// The installed inbound handler; events wait in the inbox until there is one.

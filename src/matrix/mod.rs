@@ -8,6 +8,7 @@ pub mod format;
 pub mod ghosts;
 pub mod inbox;
 pub mod media;
+pub mod names;
 pub mod naming;
 pub mod power;
 pub mod registration;

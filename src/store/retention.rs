@@ -4,20 +4,52 @@ use sqlx::AnyConnection;
 
 use super::{Result, now_ms};
 
+/// How far expiry reaches: the service's store only, or the homeserver's copy of the
+/// room too (which deletes history for everyone; only admins and operators decide that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    StoreOnly,
+    AlsoHomeserver,
+}
+
 /// Sets (or with `None` days, "keep forever") the policy of a room or, with room `*`, of
 /// every room of a type.
-pub async fn set_policy(conn: &mut AnyConnection, room_id: &str, applies_to: &str, days: Option<i64>) -> Result<()> {
+pub async fn set_policy(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    applies_to: &str,
+    days: Option<i64>,
+    reach: Reach,
+) -> Result<()> {
     sqlx::query(
-        "INSERT INTO room_retention_policies (room_id, retention_days, applies_to, created_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (room_id, applies_to) DO UPDATE SET retention_days = excluded.retention_days, created_at = excluded.created_at",
+        "INSERT INTO room_retention_policies (room_id, retention_days, applies_to, created_at, purge_homeserver)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (room_id, applies_to) DO UPDATE SET retention_days = excluded.retention_days,
+             created_at = excluded.created_at, purge_homeserver = excluded.purge_homeserver",
     )
     .bind(room_id)
     .bind(days)
     .bind(applies_to)
     .bind(now_ms())
+    .bind(i64::from(reach == Reach::AlsoHomeserver))
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// How far the expiry of a room's own policy reaches; a room without one follows its
+/// type's policy or the config, which operators set: those reach the homeserver.
+pub async fn reach_of_room(conn: &mut AnyConnection, room_id: &str) -> Result<Reach> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "SELECT purge_homeserver FROM room_retention_policies WHERE room_id = $1 AND applies_to = 'all'",
+    )
+    .bind(room_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some((0,)) => Reach::StoreOnly,
+        _ => Reach::AlsoHomeserver,
+    })
 }
 
 /// The stored policy for a room (`applies_to = all`) or a type (`room_id = *`):

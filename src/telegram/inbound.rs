@@ -12,7 +12,7 @@ use super::polling::InboundError;
 use super::{CHANNEL, Inner, markdown, topics};
 use crate::error_ref::ErrorRef;
 use crate::protocol::{ChannelAttachment, ChannelMessage, ContentType, MediaError, SenderType, metadata_keys as keys};
-use crate::store::messages;
+use crate::store::{bridges, messages};
 
 pub use crate::protocol::metadata_keys::IS_EDIT;
 
@@ -109,9 +109,13 @@ async fn build(
         topics::record(&mut conn, &chat_id, &native_id, thread).await.map_err(transient)?;
         topics::record(&mut conn, &chat_id, thread, thread).await.map_err(transient)?;
     }
+    // In a chat that is not bridged only commands are read: its files are not fetched.
+    let bridged = bridges::get(&mut conn, CHANNEL, &chat_id).await.map_err(transient)?.is_some_and(|b| b.is_bridged());
     drop(conn);
-    if let Some(file) = incoming {
-        attach(inner, &mut msg, file).await?;
+    match incoming {
+        Some(file) if bridged => attach(inner, &mut msg, file).await?,
+        Some(_) => tracing::debug!(channel = CHANNEL, event = "file_not_fetched", chat_id, "chat not bridged"),
+        None => {}
     }
     Ok(msg)
 }

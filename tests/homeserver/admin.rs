@@ -268,13 +268,36 @@ async fn teams_share_rooms_through_their_space_and_unsharing_removes_only_who_ca
 async fn expired_messages_leave_the_store_and_the_homeserver() {
     let slot = slot("retention");
     let operator = Person::new_admin("retention-operator").await;
+    let alice = Person::new("retention-alice").await;
+    let bob = Person::new("retention-bob").await;
     slot.write_config_with_sections(&format!(
-        "[retention]\ninterval_secs = 1\nmin_days = 0\nhomeserver_admin_token = \"{}\"\n",
-        operator.token()
+        "[retention]\ninterval_secs = 1\nmin_days = 0\nhomeserver_admin_token = \"{}\"\n\n\
+         [permissions]\n\"*\" = \"none\"\n\"localhost\" = \"user\"\n\"{}\" = \"admin\"\n",
+        operator.token(),
+        alice.user_id
     ));
     let _service = Service::start(&slot).await;
-    let alice = Person::new("retention-alice").await;
     let echo = slot.agent("echo");
+
+    // Bob, not an admin, may shorten his own room's retention: the service forgets, but
+    // the homeserver's copy (everyone's history) stays.
+    let bobs_room = bob.create_room(&[&echo], true).await;
+    bob.wait_for_member(&bobs_room, &echo).await;
+    let bobs_old = bob.say(&bobs_room, "an old message of bob's").await;
+    bob.wait_for_reply(&bobs_room, &echo, &bobs_old).await;
+    let set = bob.say(&bobs_room, "!retention 0").await;
+    let answer = bob.wait_for_reply(&bobs_room, &echo, &set).await;
+    assert!(
+        body(&answer).contains("The homeserver keeps its copy: purging it there needs an admin."),
+        "{}",
+        body(&answer)
+    );
+    let database = slot.database_path();
+    wait_until("the store forgetting bob's old message", async || {
+        stored_count(&database, "an old message of bob's").await == Some(0)
+    })
+    .await;
+
     let room = alice.create_room(&[&echo], true).await;
     alice.wait_for_member(&room, &echo).await;
     let old = alice.say(&room, "an old message").await;
@@ -284,22 +307,24 @@ async fn expired_messages_leave_the_store_and_the_homeserver() {
     let answer = alice.wait_for_reply(&room, &echo, &set).await;
     assert!(body(&answer).contains("0 day(s)"), "{}", body(&answer));
 
-    let database = slot.database_path();
     wait_until("the store forgetting the old message", async || {
-        let url = format!("sqlite://{}?mode=ro", database.display());
-        sqlx::any::install_default_drivers();
-        let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await else { return false };
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages WHERE body LIKE '%an old message%'")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        count == 0
+        stored_count(&database, "an old message").await == Some(0)
     })
     .await;
     wait_until("the homeserver purging the old message", async || {
         !alice.messages(&room).await.iter().any(|e| body(e) == "an old message")
     })
     .await;
+    // Bob's room was expired passes before Alice's, and was never purged on the homeserver.
+    assert!(
+        bob.messages(&bobs_room).await.iter().any(|e| body(e) == "an old message of bob's"),
+        "the homeserver keeps bob's history"
+    );
+    let log = slot.log();
+    assert!(
+        !log.lines().any(|l| l.contains("homeserver purge started") && l.contains(bobs_room.as_str())),
+        "no purge was asked for bob's room"
+    );
 
     // Keeping forever stops the purge.
     let keep = alice.say(&room, "!retention off").await;
@@ -308,4 +333,17 @@ async fn expired_messages_leave_the_store_and_the_homeserver() {
     alice.wait_for_reply(&room, &echo, &kept).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(alice.messages(&room).await.iter().any(|e| body(e) == "a message to keep"));
+}
+
+/// How many stored messages contain `text`; `None` while the database cannot be read.
+async fn stored_count(database: &std::path::Path, text: &str) -> Option<i64> {
+    let url = format!("sqlite://{}?mode=ro", database.display());
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.ok()?;
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages WHERE body LIKE $1")
+        .bind(format!("%{text}%"))
+        .fetch_one(&mut conn)
+        .await
+        .ok()?;
+    Some(count)
 }

@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod agents;
+mod bounds;
 mod discord;
 mod listeners;
 mod permissions;

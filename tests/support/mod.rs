@@ -53,6 +53,7 @@ pub const SLOTS: &[&str] = &[
     "bridgeproof",
     "tokens",
     "names",
+    "bounds",
 ];
 
 pub fn repo() -> PathBuf {

@@ -12,10 +12,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+
+use crate::agents::lines::{self, LineError};
 
 use super::wire::{self, Message, PermissionParams, RpcError, SessionNotification, SessionUpdate};
 
@@ -23,6 +25,8 @@ use super::wire::{self, Message, PermissionParams, RpcError, SessionNotification
 const STDERR_TAIL_BYTES: usize = 2048;
 /// How long a dead agent's remaining stderr is awaited before its turns are failed.
 const STDERR_GRACE: Duration = Duration::from_millis(500);
+/// Longest line of the agent's standard error logged; longer ones are left out.
+const STDERR_LINE_BYTES: usize = 16 * 1024;
 
 /// What the agent sends to the turn running in a session.
 #[derive(Debug)]
@@ -46,6 +50,10 @@ pub enum CallError {
     /// The agent answered with a JSON-RPC error.
     #[error("{0}")]
     Rpc(RpcError),
+    /// The agent broke the protocol (a line past the limit) and its process was let go:
+    /// trying again would only repeat it.
+    #[error("{0}")]
+    Broken(String),
 }
 
 type Reply = oneshot::Sender<Result<Value, RpcError>>;
@@ -59,6 +67,8 @@ struct Shared {
     pending: Mutex<Option<HashMap<u64, Reply>>>,
     routes: Mutex<Option<HashMap<String, mpsc::UnboundedSender<ToTurn>>>>,
     stderr_tail: Mutex<String>,
+    /// Why the connection was dropped by us, when the agent broke the protocol.
+    broken: Mutex<Option<String>>,
 }
 
 /// A running agent process. Dropping it kills the process.
@@ -95,6 +105,7 @@ impl Connection {
             pending: Mutex::new(Some(HashMap::new())),
             routes: Mutex::new(Some(HashMap::new())),
             stderr_tail: Mutex::new(String::new()),
+            broken: Mutex::new(None),
         });
         tracing::info!(agent, pid = child.id(), "acp agent started");
         tokio::spawn(write_lines(stdin, lines));
@@ -125,12 +136,12 @@ impl Connection {
         let (reply, answer) = oneshot::channel();
         match lock(&self.shared.pending).as_mut() {
             Some(pending) => pending.insert(id, reply),
-            None => return Err(CallError::Gone(self.shared.exit_reason())),
+            None => return Err(self.shared.gone()),
         };
         self.shared.send(&wire::request(id, method, params));
         match answer.await {
             Ok(result) => result.map_err(CallError::Rpc),
-            Err(_) => Err(CallError::Gone(self.shared.exit_reason())),
+            Err(_) => Err(self.shared.gone()),
         }
     }
 
@@ -199,6 +210,14 @@ impl Shared {
         // A closed writer means the process is going away; the reader then fails
         // whatever waits, so there is nothing more to do here.
         let _ = self.writer.send(format!("{message}\n"));
+    }
+
+    /// Why a request got no answer: the protocol was broken, or the process ended.
+    fn gone(&self) -> CallError {
+        match lock(&self.broken).clone() {
+            Some(why) => CallError::Broken(why),
+            None => CallError::Gone(self.exit_reason()),
+        }
     }
 
     fn exit_reason(&self) -> String {
@@ -302,11 +321,20 @@ async fn write_lines(mut stdin: ChildStdin, mut lines: mpsc::UnboundedReceiver<S
 }
 
 async fn read_messages(shared: Arc<Shared>, stdout: ChildStdout, stderr_done: JoinHandle<()>) {
-    let mut lines = BufReader::new(stdout).lines();
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
     loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => shared.dispatch(&line),
-            Ok(None) => break,
+        match lines::read_line(&mut reader, &mut line, lines::MAX_LINE_BYTES).await {
+            Ok(true) => shared.dispatch(&String::from_utf8_lossy(&line)),
+            Ok(false) => break,
+            Err(error @ LineError::TooLong { .. }) => {
+                // No message can be that long; the rest of the stream cannot be trusted
+                // either. The process is let go (a new one starts for the next turn).
+                tracing::warn!(agent = shared.agent, %error, "acp agent broke the protocol; stopping it");
+                *lock(&shared.broken) = Some(error.to_string());
+                shared.close();
+                return;
+            }
             Err(error) => {
                 tracing::warn!(agent = shared.agent, %error, "reading the acp agent's output failed");
                 break;
@@ -320,8 +348,19 @@ async fn read_messages(shared: Arc<Shared>, stdout: ChildStdout, stderr_done: Jo
 
 /// Logs the agent's diagnostics and keeps their end to explain a crash.
 async fn read_stderr(shared: Arc<Shared>, stderr: ChildStderr) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut reader = BufReader::new(stderr);
+    let mut bytes = Vec::new();
+    loop {
+        let line = match lines::read_line(&mut reader, &mut bytes, STDERR_LINE_BYTES).await {
+            Ok(true) => String::from_utf8_lossy(&bytes).into_owned(),
+            Ok(false) | Err(LineError::Io(_)) => break,
+            Err(LineError::TooLong { .. }) => {
+                if lines::skip_line(&mut reader).await.is_err() {
+                    break;
+                }
+                "(an overlong line was left out)".to_string()
+            }
+        };
         tracing::debug!(agent = shared.agent, line, "acp agent stderr");
         let mut tail = lock(&shared.stderr_tail);
         tail.push_str(&line);

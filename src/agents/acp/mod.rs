@@ -51,6 +51,7 @@ pub struct AcpRuntime {
     args: Vec<String>,
     turn_timeout: Duration,
     permission_timeout: Duration,
+    permission_budget: Duration,
     confinement: Confinement,
     /// The running process, if started; replaced when it died.
     current: Mutex<Option<Arc<Connection>>>,
@@ -67,6 +68,7 @@ impl AcpRuntime {
             args: agent.command[1..].to_vec(),
             turn_timeout: Duration::from_secs(agent.timeout_secs),
             permission_timeout: Duration::from_secs(agent.permission_timeout_secs),
+            permission_budget: Duration::from_secs(agent.max_permission_wait_secs),
             confinement: Confinement::new(agent)?,
             current: Mutex::new(None),
             starting: tokio::sync::Mutex::new(()),
@@ -143,7 +145,12 @@ impl AgentRuntime for AcpRuntime {
         let pid = conn.pid();
         tracing::debug!(agent = self.agent, session = key, pid, new_session = new, "acp prompt starts");
         let running = Turn::open(conn, session_id, &self.agent, &key)?;
-        let limits = Limits { deadline, turn: self.turn_timeout, permission: self.permission_timeout };
+        let limits = Limits {
+            deadline,
+            turn: self.turn_timeout,
+            permission: self.permission_timeout,
+            permission_budget: self.permission_budget,
+        };
         running.run(&prompt_texts(turn, new), &events, limits).await
     }
 
@@ -158,6 +165,7 @@ impl AgentRuntime for AcpRuntime {
 fn setup_error(method: &str, error: CallError) -> AgentError {
     match error {
         CallError::Gone(why) => AgentError::Unavailable(why),
+        CallError::Broken(why) => AgentError::Failed(why),
         CallError::Rpc(error) => AgentError::Failed(format!("the agent refused {method}: {}", error.message)),
     }
 }

@@ -24,6 +24,8 @@ pub struct Limits {
     pub deadline: Instant,
     pub turn: Duration,
     pub permission: Duration,
+    /// Time waiting for people may add to the turn, all questions together.
+    pub permission_budget: Duration,
 }
 
 /// A question answered (or not): its request id and the chosen option.
@@ -75,18 +77,23 @@ impl Turn {
         let response = conn.request("session/prompt", wire::prompt_params(&self.session_id, texts));
         tokio::pin!(response);
         let mut deadline = limits.deadline;
-        // Time spent waiting for a person does not count against the agent.
+        // Time spent waiting for a person does not count against the agent, up to the
+        // budget of the whole turn.
+        let mut budget = limits.permission_budget;
         let mut paused_since: Option<Instant> = None;
         loop {
             let waiting_for_person = !self.answering.is_empty();
             match (waiting_for_person, paused_since) {
                 (true, None) => paused_since = Some(Instant::now()),
                 (false, Some(since)) => {
-                    deadline += since.elapsed();
+                    let paused = since.elapsed().min(budget);
+                    deadline += paused;
+                    budget -= paused;
                     paused_since = None;
                 }
                 _ => {}
             }
+            let ends_at = if waiting_for_person { deadline + budget } else { deadline };
             tokio::select! {
                 biased;
                 Some(message) = self.incoming.recv() => self.on_message(message, events, limits.permission).await?,
@@ -96,8 +103,8 @@ impl Turn {
                     self.drain(events).await?;
                     return self.finish(result);
                 }
-                () = tokio::time::sleep_until(deadline), if !waiting_for_person => {
-                    tracing::warn!(agent = self.agent, session = self.session_key, "acp prompt timed out");
+                () = tokio::time::sleep_until(ends_at) => {
+                    tracing::warn!(agent = self.agent, session = self.session_key, waiting_for_person, "acp prompt timed out");
                     return Err(AgentError::Failed(format!("the agent took longer than {} s", limits.turn.as_secs())));
                 }
             }
@@ -220,6 +227,7 @@ impl Turn {
         let result = match result {
             Ok(result) => result,
             Err(CallError::Gone(why)) => return Err(AgentError::Unavailable(why)),
+            Err(CallError::Broken(why)) => return Err(AgentError::Failed(why)),
             Err(CallError::Rpc(error)) => {
                 return Err(AgentError::Failed(format!("the agent failed: {}", error.message)));
             }
