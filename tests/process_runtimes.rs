@@ -457,11 +457,24 @@ const CANARY: &str = "MOSAIC_TEST_CANARY";
 const PLAYING_THE_SERVICE: &str = "MOSAIC_TEST_PLAYING_THE_SERVICE";
 
 /// A `command` agent running `confined_agent.sh`, with its workspace in `root`.
+/// Its script is written next to `root`, where the user `nobody` can read it too.
 fn confined_agent(root: &Path) -> AgentConfig {
+    let script = root.parent().expect("root has a parent").join("confined_agent.sh");
+    std::fs::write(&script, include_str!("fixtures/confined_agent.sh")).unwrap();
     let mut agent = AgentConfig::new("helper", "Helper", "command");
-    agent.command = vec!["/bin/sh".into(), fixture("confined_agent.sh")];
+    agent.command = vec!["/bin/sh".into(), script.display().to_string()];
     agent.workspace = Some(root.to_path_buf());
     agent
+}
+
+/// A folder below /tmp that every user may pass through. The checkout (and its target
+/// folder) may sit below a folder only its owner can enter, as `mktemp -d` makes them,
+/// where the user `nobody` of these tests could neither run a program nor read a script.
+fn open_folder() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("mosaic-confine-").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }
 
 /// What `confined_agent.sh` reported.
@@ -517,7 +530,8 @@ async fn play_the_service() {
     let seen = String::from_utf8_lossy(&unprotected.stdout);
     assert!(seen.contains(&format!("{CANARY}=")), "the unprotected read failed: the test proves nothing");
 
-    let root = tempfile::tempdir().unwrap();
+    let open = open_folder();
+    let root = tempfile::tempdir_in(open.path()).unwrap();
     let mut config = confined_agent(root.path());
     config.env.insert("AGENT_MODE".into(), "careful".into());
     config.pass_env = vec!["CARGO_PKG_NAME".into(), "MOSAIC_TEST_SURELY_UNSET".into()];
@@ -556,7 +570,11 @@ fn a_command_agent_is_confined_and_cannot_read_the_service() {
     // it could read any process anyway: a fresh copy of it plays the service, as an
     // unprivileged user when we are root.
     let name = "a_command_agent_is_confined_and_cannot_read_the_service";
-    let mut service = std::process::Command::new(std::env::current_exe().unwrap());
+    // A copy of this test binary where `nobody` may run it.
+    let open = open_folder();
+    let copy = open.path().join("process_runtimes");
+    std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+    let mut service = std::process::Command::new(&copy);
     service
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(PLAYING_THE_SERVICE, "1")
@@ -575,7 +593,8 @@ fn a_command_agent_is_confined_and_cannot_read_the_service() {
 #[tokio::test]
 async fn run_as_drops_to_that_user_in_a_folder_it_owns_and_needs_root() {
     use std::os::unix::fs::PermissionsExt;
-    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let open = open_folder();
+    let root = tempfile::tempdir_in(open.path()).unwrap();
     let mut config = confined_agent(&root.path().join("coder"));
     config.run_as = Some("nobody".into());
     if service_uid() != 0 {
