@@ -20,7 +20,9 @@
 //!
 //! - echoes/s: messages ÷ the time from the first push to the last echo;
 //! - CPU per echo: the service's utime + stime (`/proc/<pid>/stat`) over that time ÷
-//!   echoes (this process's own CPU time, the fake's, is printed for scale);
+//!   echoes (this process's own CPU time, the fake's, is printed for scale; on
+//!   PostgreSQL so is the CPU time of the server's backends serving mosaic-as, which
+//!   CPU per echo does not include);
 //! - the ratios of mosaic-as (SQLite, and PostgreSQL when there is one) to the reference.
 //!
 //! mosaic-as runs its real `serve` binary with a config from `init` (the `echo` agent, a
@@ -131,8 +133,8 @@ async fn run() -> anyhow::Result<()> {
     if wanted("postgres") {
         match postgres::base_url() {
             Ok(base_url) => match FreshDatabase::create(&base_url).await {
-                Ok(database) => {
-                    let figures = bench_mosaic(Some(&database.url), messages).await;
+                Ok(mut database) => {
+                    let figures = bench_mosaic(Some(&mut database), messages).await;
                     let dropped = database.drop().await;
                     results.push(("mosaic-as postgres", figures?));
                     dropped?;
@@ -154,22 +156,22 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// mosaic-as `serve` with the `echo` agent, on SQLite or on the PostgreSQL database at
-/// `database_url`.
-async fn bench_mosaic(database_url: Option<&str>, messages: usize) -> anyhow::Result<Figures> {
-    let label = if database_url.is_some() { "mosaic-as postgres" } else { "mosaic-as sqlite" };
+/// mosaic-as `serve` with the `echo` agent, on SQLite or on the PostgreSQL `database`.
+async fn bench_mosaic(mut database: Option<&mut FreshDatabase>, messages: usize) -> anyhow::Result<Figures> {
+    let label = if database.is_some() { "mosaic-as postgres" } else { "mosaic-as sqlite" };
     let bot = format!("@mosaic-bot:{SERVER_NAME}");
     let echoer = format!("@{MOSAIC_ECHOER}:{SERVER_NAME}");
     let fake = FakeHomeserver::start(&bot, &echoer).await?;
     let mut init = vec!["--server-name", SERVER_NAME, "--homeserver-url", &fake.url];
-    if let Some(url) = database_url {
+    let database_url = database.as_ref().map(|d| d.url.clone());
+    if let Some(url) = &database_url {
         init.extend(["--database-url", url]);
     }
     let mut server = Server::prepare(&init, None)?.serve()?;
     let result = async {
         server.wait_until_ok(&http_client()?, "/ready").await?;
         fake.push_to(&server.base_url, &server.hs_token);
-        measure(label, &fake, server.pid(), messages).await
+        measure(label, &fake, server.pid(), database.as_deref_mut(), messages).await
     }
     .await;
     let stopped = server.stop();
@@ -189,7 +191,7 @@ async fn bench_reference(messages: usize) -> anyhow::Result<Figures> {
     let fake = FakeHomeserver::start(&config.bot, &config.bot).await?;
     let mut reference = config.start(&fake.url).await?;
     fake.push_to(&config.base_url, &config.hs_token);
-    let result = measure("reference", &fake, reference.pid(), messages).await;
+    let result = measure("reference", &fake, reference.pid(), None, messages).await;
     reference.stop();
     if result.is_err() {
         reference.print_log_tail();
@@ -199,7 +201,14 @@ async fn bench_reference(messages: usize) -> anyhow::Result<Figures> {
 }
 
 /// Sets up the rooms, warms up, then pushes `messages` messages and waits for their echoes.
-async fn measure(label: &str, fake: &FakeHomeserver, pid: u32, messages: usize) -> anyhow::Result<Figures> {
+/// With a `database`, the CPU time of its PostgreSQL backends is measured too.
+async fn measure(
+    label: &str,
+    fake: &FakeHomeserver,
+    pid: u32,
+    database: Option<&mut FreshDatabase>,
+    messages: usize,
+) -> anyhow::Result<Figures> {
     let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let rooms: Vec<(String, String)> = (0..ROOMS)
         .map(|r| (format!("!capacity{r}-{run}:{SERVER_NAME}"), format!("@person{r}:{SERVER_NAME}")))
@@ -220,6 +229,13 @@ async fn measure(label: &str, fake: &FakeHomeserver, pid: u32, messages: usize) 
             message(room, person, &format!("message {n}: how many of these can you answer in a second?"))
         })
         .collect();
+    // The service's connections are open after the warm-up; one opened later is missed.
+    let backends = match database {
+        Some(database) => database.backend_pids().await?,
+        None => Vec::new(),
+    };
+    let backends_cpu = || backends.iter().filter_map(|&pid| cpu_time(pid).ok()).sum::<Duration>();
+    let backends_before = backends_cpu();
     let cpu_before = cpu_time(pid)?;
     let bench_cpu_before = cpu_time(std::process::id())?;
     let start = Instant::now();
@@ -228,6 +244,7 @@ async fn measure(label: &str, fake: &FakeHomeserver, pid: u32, messages: usize) 
     let elapsed = start.elapsed();
     let cpu = cpu_time(pid)?.saturating_sub(cpu_before);
     let bench_cpu = cpu_time(std::process::id())?.saturating_sub(bench_cpu_before);
+    let backends_used = backends_cpu().saturating_sub(backends_before);
     let counts = fake.counts();
     let echoes = messages - counts.awaited;
     if complete.is_err() {
@@ -236,13 +253,22 @@ async fn measure(label: &str, fake: &FakeHomeserver, pid: u32, messages: usize) 
     let figures = Figures { echoes, elapsed, cpu, bench_cpu };
     println!(
         "capacity {label:<19} {:>8.1} echoes/s  CPU per echo {:>6.3} ms  ({echoes} echoes in {:.2} s, pushed in {} \
-         transactions; CPU {:.2} s; the bench with its fake homeserver {:.3} ms per echo{})",
+         transactions; CPU {:.2} s; the bench with its fake homeserver {:.3} ms per echo{}{})",
         figures.echoes_per_s(),
         figures.cpu_per_echo_ms(),
         elapsed.as_secs_f64(),
         counts.transactions,
         cpu.as_secs_f64(),
         millis(figures.bench_cpu) / echoes.max(1) as f64,
+        if backends.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; PostgreSQL's {} backends {:.3} ms per echo, not counted above",
+                backends.len(),
+                millis(backends_used) / echoes.max(1) as f64
+            )
+        },
         if counts.doubles > 0 { format!("; {} echoed twice", counts.doubles) } else { String::new() },
     );
     Ok(figures)

@@ -52,6 +52,18 @@ impl FreshDatabase {
         Ok(Self { admin, name, url: url.to_string() })
     }
 
+    /// The process ids of the server's backends connected to this database now.
+    // Only the capacity bench measures the backends.
+    #[allow(dead_code)]
+    pub async fn backend_pids(&mut self) -> anyhow::Result<Vec<u32>> {
+        let pids: Vec<i32> = sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+            .bind(&self.name)
+            .fetch_all(&mut self.admin)
+            .await
+            .context("postgres: pg_stat_activity")?;
+        Ok(pids.into_iter().filter_map(|pid| u32::try_from(pid).ok()).collect())
+    }
+
     /// Drops the database; its users must have stopped.
     pub async fn drop(mut self) -> anyhow::Result<()> {
         // FORCE (PostgreSQL 13+) only covers stray connections.
