@@ -79,6 +79,8 @@ const MESSAGES: usize = 5_000;
 const EVENTS_PER_TXN: usize = 100;
 /// Longest wait for the service to join every room, and for each warm-up echo.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the service is left idle after the warm-up, to measure its idle CPU time.
+const IDLE: Duration = Duration::from_secs(5);
 /// Measuring stops once it has run this long, and reports what was echoed by then.
 const MEASURE_BUDGET: Duration = Duration::from_secs(300);
 
@@ -178,7 +180,7 @@ async fn bench_mosaic(mut database: Option<&mut FreshDatabase>, messages: usize)
     if result.is_err() {
         server.print_log_tail();
     }
-    fake.print_unknown(label);
+    fake.print_requests(label);
     let figures = result?;
     stopped?;
     Ok(figures)
@@ -196,7 +198,7 @@ async fn bench_reference(messages: usize) -> anyhow::Result<Figures> {
     if result.is_err() {
         reference.print_log_tail();
     }
-    fake.print_unknown("reference");
+    fake.print_requests("reference");
     result
 }
 
@@ -222,6 +224,10 @@ async fn measure(
         rooms.iter().enumerate().map(|(n, (room, person))| message(room, person, &format!("warm-up {n}"))).collect();
     fake.push_messages(warm_up);
     fake.wait_for_echoes(SETUP_TIMEOUT).await.with_context(|| format!("{label}: warm-up echoes"))?;
+    // Idle: what the service spends when nothing happens (timers, polling).
+    let idle_before = cpu_time(pid)?;
+    tokio::time::sleep(IDLE).await;
+    let idle = cpu_time(pid)?.saturating_sub(idle_before);
 
     let batch: Vec<Value> = (0..messages)
         .map(|n| {
@@ -253,7 +259,8 @@ async fn measure(
     let figures = Figures { echoes, elapsed, cpu, bench_cpu };
     println!(
         "capacity {label:<19} {:>8.1} echoes/s  CPU per echo {:>6.3} ms  ({echoes} echoes in {:.2} s, pushed in {} \
-         transactions; CPU {:.2} s; the bench with its fake homeserver {:.3} ms per echo{}{})",
+         transactions; CPU {:.2} s; the bench with its fake homeserver {:.3} ms per echo{}{}; idle before: \
+         {:.1} ms CPU per s)",
         figures.echoes_per_s(),
         figures.cpu_per_echo_ms(),
         elapsed.as_secs_f64(),
@@ -270,6 +277,7 @@ async fn measure(
             )
         },
         if counts.doubles > 0 { format!("; {} echoed twice", counts.doubles) } else { String::new() },
+        millis(idle) / IDLE.as_secs_f64(),
     );
     Ok(figures)
 }
@@ -333,6 +341,8 @@ struct Rooms {
     joins: usize,
     doubles: usize,
     transactions: usize,
+    /// Requests served, by method and route.
+    served: BTreeMap<String, usize>,
     /// Requests the fake does not serve, by method and path shape.
     unknown: BTreeMap<String, usize>,
 }
@@ -392,6 +402,7 @@ impl FakeHomeserver {
             .route(&format!("{c}/rooms/{{room}}/messages"), get(|| async { ok(json!({ "chunk": [], "start": "s0" })) }))
             .route(&format!("{c}/capabilities"), get(hs_capabilities))
             .route(&format!("{c}/rooms/{{room}}/send/{{event_type}}/{{txn}}"), put(hs_send))
+            .route_layer(axum::middleware::from_fn_with_state(shared.clone(), count_request))
             .fallback(hs_unknown)
             .with_state(shared.clone());
         let url = format!("http://{}", listener.local_addr()?);
@@ -487,8 +498,12 @@ impl FakeHomeserver {
         Counts { awaited: rooms.awaited.len(), doubles: rooms.doubles, transactions: rooms.transactions }
     }
 
-    fn print_unknown(&self, label: &str) {
+    /// Prints what the service asked of the fake (besides sends), and what the fake
+    /// did not serve.
+    fn print_requests(&self, label: &str) {
         let rooms = self.shared.rooms.lock().expect("rooms");
+        let served: Vec<String> = rooms.served.iter().map(|(route, count)| format!("{route} {count}")).collect();
+        println!("capacity {label}: requests served by the fake homeserver: {}", served.join(", "));
         for (request, count) in &rooms.unknown {
             println!("capacity {label}: the fake homeserver did not serve {request} ({count} times)");
         }
@@ -532,6 +547,19 @@ async fn push_loop(shared: Arc<Shared>) {
         }
         shared.rooms.lock().expect("rooms").transactions += 1;
     }
+}
+
+/// Counts the request by its route, `/_matrix/client/v3` left out.
+async fn count_request(
+    State(shared): State<Arc<Shared>>,
+    route: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = route.as_str().trim_start_matches("/_matrix/client/v3");
+    let key = format!("{} {route}", request.method());
+    *shared.rooms.lock().expect("rooms").served.entry(key).or_default() += 1;
+    next.run(request).await
 }
 
 fn ok(body: Value) -> Response {
