@@ -23,6 +23,17 @@
 //! awaited event. It prints p50/p99, the ratio of the echo's median to each floor's and
 //! the added latency (difference of medians), then the resident memory of each process.
 //!
+//! Each service's CPU time (utime + stime from `/proc/<pid>/stat`) over the measured
+//! rounds, divided by its echoes, is printed beside the latency.
+//!
+//! **burst**: four people, each in a direct chat with the echo agent and another with the
+//! reference's bot. 600 messages, 150 from each person, all four sending at once, each
+//! as fast as the homeserver accepts (one `PUT` after the other); first at mosaic-as, then
+//! at the reference, two rounds in turns. For each burst: replies/s (from the first send
+//! to the last reply seen in a sync), the latency p50/p99 of each message (its `PUT` to the
+//! sync response carrying its reply) and the service's CPU time per echo; then the ratios
+//! of the medians over the rounds.
+//!
 //! **memory**: resident memory (`VmRSS`) of mosaic-as and of the reference, idle after
 //! start and after each has been pushed the same synthetic appservice transactions: 1,000
 //! rooms, 10 members joining each (10,000 users: half ghosts in the service's own
@@ -34,8 +45,9 @@
 //! Run with:
 //!
 //! ```text
-//! cargo bench --bench homeserver             # both phases
-//! cargo bench --bench homeserver -- e2e      # one of them
+//! cargo bench --bench homeserver             # all phases
+//! cargo bench --bench homeserver -- e2e      # one (or more) of them
+//! cargo bench --bench homeserver -- burst
 //! cargo bench --bench homeserver -- memory
 //! ```
 //!
@@ -53,8 +65,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use homeserver::{
-    Arrival, Person, Reference, ReferenceConfig, SERVER_NAME, Synapse, bench_dir, mib, reply_target, rss_bytes,
-    wait_for_arrival,
+    Arrival, Person, Reference, ReferenceConfig, SERVER_NAME, Synapse, bench_dir, cpu_time, mib, reply_target,
+    rss_bytes, wait_for_arrival,
 };
 use serde_json::{Value, json};
 use support::{Server, event_id, free_loopback_addr, http_client, millis, now_ms, percentile};
@@ -64,6 +76,13 @@ const WARMUP_ROUNDS: usize = 20;
 const MEASURED_ROUNDS: usize = 200;
 /// Measuring stops once it has run this long, and reports what it measured.
 const MEASURE_BUDGET: Duration = Duration::from_secs(600);
+
+/// Burst: this many messages, shared out over the people, each in their own room.
+const BURST_MESSAGES: usize = 600;
+const BURST_PEOPLE: [&str; 4] = ["carol", "dave", "erin", "frank"];
+/// Bursts per service, taken in turns (mosaic-as, reference, mosaic-as, ...).
+const BURST_ROUNDS: usize = 2;
+const BURST_TIMEOUT: Duration = Duration::from_secs(300);
 
 const ROOMS: usize = 1_000;
 const MEMBERS_PER_ROOM: usize = 10;
@@ -81,13 +100,16 @@ async fn run() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; anything else names a phase.
     let phases: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     for phase in &phases {
-        if !matches!(phase.as_str(), "e2e" | "memory") {
-            bail!("unknown phase {phase:?}: e2e or memory");
+        if !matches!(phase.as_str(), "e2e" | "burst" | "memory") {
+            bail!("unknown phase {phase:?}: e2e, burst or memory");
         }
     }
     let wanted = |phase: &str| phases.is_empty() || phases.iter().any(|p| p == phase);
     if wanted("e2e") {
         Stack::run("e2e", e2e).await?;
+    }
+    if wanted("burst") {
+        Stack::run("burst", burst).await?;
     }
     if wanted("memory") {
         Stack::run("memory", memory).await?;
@@ -148,6 +170,15 @@ impl Stack {
         format!("@mosaic_agent_echo:{SERVER_NAME}")
     }
 
+    /// The CPU time used so far by each process, to be read again after a phase.
+    fn cpu_meter(&self) -> anyhow::Result<Cpu> {
+        Ok(Cpu {
+            mosaic: cpu_time(self.mosaic.pid())?,
+            reference: cpu_time(self.reference.pid())?,
+            synapse: cpu_time(self.synapse.pid()?)?,
+        })
+    }
+
     fn print_rss(&self, when: &str) -> anyhow::Result<()> {
         println!(
             "{:<8} resident memory {when}: mosaic-as {:.1} MiB, reference {:.1} MiB, synapse {:.1} MiB",
@@ -158,6 +189,39 @@ impl Stack {
         );
         Ok(())
     }
+}
+
+/// CPU time (user + system) of each process.
+struct Cpu {
+    mosaic: Duration,
+    reference: Duration,
+    synapse: Duration,
+}
+
+impl Cpu {
+    /// The CPU time used since `self` was taken.
+    fn read(&self, stack: &Stack) -> anyhow::Result<Cpu> {
+        let now = stack.cpu_meter()?;
+        Ok(Cpu {
+            mosaic: now.mosaic.saturating_sub(self.mosaic),
+            reference: now.reference.saturating_sub(self.reference),
+            synapse: now.synapse.saturating_sub(self.synapse),
+        })
+    }
+}
+
+/// Prints the CPU time per echo of both services, their ratio, and Synapse's CPU time
+/// per echo of either service for scale.
+fn print_cpu(phase: &str, used: &Cpu, echoes: usize, note: &str) {
+    let per = |d: Duration| millis(d) / echoes.max(1) as f64;
+    println!(
+        "{phase:<8} CPU per echo: mosaic-as {:.2} ms, reference {:.2} ms, ratio mosaic-as/reference x{:.2}  \
+         (utime+stime / echoes; synapse {:.2} ms; {note})",
+        per(used.mosaic),
+        per(used.reference),
+        per(used.mosaic) / per(used.reference),
+        per(used.synapse),
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -208,6 +272,7 @@ async fn e2e(stack: &Stack) -> anyhow::Result<()> {
         round(&format!("warm-up {n}"), &mut alice, &mut bob, &rooms, &agent, &reference_bot, &mut Samples::default())
             .await?;
     }
+    let cpu = stack.cpu_meter()?;
     let start = Instant::now();
     for n in 0..MEASURED_ROUNDS {
         if start.elapsed() > MEASURE_BUDGET {
@@ -216,7 +281,12 @@ async fn e2e(stack: &Stack) -> anyhow::Result<()> {
         }
         round(&format!("round {n}"), &mut alice, &mut bob, &rooms, &agent, &reference_bot, &mut samples).await?;
     }
+    let cpu = cpu.read(stack)?;
     print_e2e(&mut samples);
+    // Each service's CPU time over the measured rounds, shared out over its echoes (its
+    // idle time between them included); Synapse's over everything it served.
+    let echoes = samples.mosaic.len();
+    print_cpu("e2e", &cpu, echoes, &format!("{echoes} echoes each; synapse's per round, floor included"));
     stack.print_rss("after the run")
 }
 
@@ -305,6 +375,156 @@ fn print_e2e(samples: &mut Samples) {
             p50(list) - p50(&samples.two_sends),
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// burst
+
+/// One burst's figures for one service.
+struct Burst {
+    replies_per_s: f64,
+    latency: Vec<Duration>,
+    cpu_per_echo: Duration,
+    synapse_cpu_per_echo: Duration,
+}
+
+async fn burst(stack: &Stack) -> anyhow::Result<()> {
+    let people = BURST_PEOPLE.len();
+    println!(
+        "burst: Synapse on loopback, {BURST_MESSAGES} messages from {people} people in {people} rooms (each \
+         person's direct chat with the echoer), each person sending as fast as the homeserver accepts; \
+         mosaic-as and the reference in turns, {BURST_ROUNDS} rounds"
+    );
+    let agent = stack.agent();
+    let reference_bot = stack.reference_config.bot.clone();
+    let mut observers = Vec::new();
+    let mut mosaic_rooms = Vec::new();
+    let mut reference_rooms = Vec::new();
+    for name in BURST_PEOPLE {
+        let person = stack.synapse.person(name).await?;
+        mosaic_rooms.push(person.create_room(&[&agent], true).await?);
+        reference_rooms.push(person.create_room(&[&reference_bot], true).await?);
+        observers.push(person);
+    }
+    let mut observers: Vec<Observer> = {
+        let mut started = Vec::new();
+        for (n, person) in observers.into_iter().enumerate() {
+            person.wait_for_member(&mosaic_rooms[n], &agent).await?;
+            person.wait_for_member(&reference_rooms[n], &reference_bot).await?;
+            started.push(Observer { arrivals: person.sync_loop().await?, person });
+        }
+        started
+    };
+    // Warm-up: one echo per room, which also shows that both services answer everywhere.
+    for (n, observer) in observers.iter_mut().enumerate() {
+        echo(observer, &mosaic_rooms[n], &agent, &format!("burst warm-up {n}")).await?;
+        echo(observer, &reference_rooms[n], &reference_bot, &format!("burst warm-up {n}")).await?;
+    }
+    let mut mosaic = Vec::new();
+    let mut reference = Vec::new();
+    for round in 0..BURST_ROUNDS {
+        for (label, rooms, echoer, figures) in [
+            ("mosaic-as", &mosaic_rooms, &agent, &mut mosaic),
+            ("reference", &reference_rooms, &reference_bot, &mut reference),
+        ] {
+            let cpu = stack.cpu_meter()?;
+            let mut burst = one_burst(&mut observers, rooms, echoer, &format!("{label} round {round}")).await?;
+            let used = cpu.read(stack)?;
+            let own = if label == "mosaic-as" { used.mosaic } else { used.reference };
+            burst.cpu_per_echo = own / burst.latency.len().max(1) as u32;
+            burst.synapse_cpu_per_echo = used.synapse / burst.latency.len().max(1) as u32;
+            print_burst(label, round, &burst);
+            figures.push(burst);
+        }
+    }
+    let median = |figures: &[Burst], f: fn(&Burst) -> f64| {
+        let mut values: Vec<f64> = figures.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        let middle = values.len() / 2;
+        if values.len().is_multiple_of(2) { (values[middle - 1] + values[middle]) / 2.0 } else { values[middle] }
+    };
+    let replies = |b: &Burst| b.replies_per_s;
+    let cpu = |b: &Burst| millis(b.cpu_per_echo);
+    let p50 = |b: &Burst| millis(percentile(&b.latency, 50.0));
+    println!(
+        "burst    ratios mosaic-as/reference (median of rounds): replies/s x{:.2}, latency p50 x{:.2}, CPU per echo x{:.2}",
+        median(&mosaic, replies) / median(&reference, replies),
+        median(&mosaic, p50) / median(&reference, p50),
+        median(&mosaic, cpu) / median(&reference, cpu),
+    );
+    stack.print_rss("after the bursts")
+}
+
+/// Each person sends their share of `BURST_MESSAGES` in their room of `rooms`, one
+/// `PUT` after the other, all people at once; waits for `echoer`'s reply to every one.
+/// Latency runs from just before a message's `PUT` to the sync response carrying its
+/// reply; replies/s from the first `PUT` to the last reply.
+async fn one_burst(observers: &mut [Observer], rooms: &[String], echoer: &str, tag: &str) -> anyhow::Result<Burst> {
+    let share = BURST_MESSAGES / observers.len();
+    let start = Instant::now();
+    let runs = observers.iter_mut().zip(rooms).enumerate().map(|(n, (observer, room))| async move {
+        let Observer { person, arrivals } = observer;
+        let send = async {
+            let mut sent = Vec::with_capacity(share);
+            for k in 0..share {
+                let at = Instant::now();
+                sent.push((person.say(room, &format!("{tag}: message {k} from person {n}")).await?, at));
+            }
+            anyhow::Ok(sent)
+        };
+        let collect = async {
+            let mut replies = std::collections::HashMap::with_capacity(share);
+            let deadline = tokio::time::Instant::now() + BURST_TIMEOUT;
+            while replies.len() < share {
+                match tokio::time::timeout_at(deadline, arrivals.recv()).await {
+                    Ok(Some(a)) if a.room_id == *room && a.event["sender"] == echoer => {
+                        if let Some(target) = reply_target(&a.event) {
+                            replies.insert(target.to_string(), a.at);
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => bail!("the sync loop of {} ended during {tag}", person.user_id),
+                    Err(_) => bail!("{tag}: {} of {share} replies in {room} within {BURST_TIMEOUT:?}", replies.len()),
+                }
+            }
+            anyhow::Ok(replies)
+        };
+        let (sent, replies) = tokio::try_join!(send, collect)?;
+        let mut latency = Vec::with_capacity(share);
+        for (event_id, at) in sent {
+            let reply =
+                replies.get(&event_id).with_context(|| format!("{tag}: a reply to another message than {event_id}"))?;
+            latency.push(*reply - at);
+        }
+        let last = replies.values().max().copied().unwrap_or(start);
+        anyhow::Ok((latency, last))
+    });
+    let mut latency = Vec::with_capacity(BURST_MESSAGES);
+    let mut last = start;
+    for (person_latency, person_last) in futures::future::try_join_all(runs).await? {
+        latency.extend(person_latency);
+        last = last.max(person_last);
+    }
+    latency.sort();
+    Ok(Burst {
+        replies_per_s: latency.len() as f64 / (last - start).as_secs_f64(),
+        latency,
+        cpu_per_echo: Duration::ZERO,
+        synapse_cpu_per_echo: Duration::ZERO,
+    })
+}
+
+fn print_burst(label: &str, round: usize, burst: &Burst) {
+    println!(
+        "burst    {label:<10} round {round}: {:>6.1} replies/s  latency p50 {:>8.1} ms  p99 {:>8.1} ms  \
+         CPU per echo {:>6.2} ms  (synapse {:.2} ms per echo; {} replies)",
+        burst.replies_per_s,
+        millis(percentile(&burst.latency, 50.0)),
+        millis(percentile(&burst.latency, 99.0)),
+        millis(burst.cpu_per_echo),
+        millis(burst.synapse_cpu_per_echo),
+        burst.latency.len(),
+    );
 }
 
 // ---------------------------------------------------------------------------------------

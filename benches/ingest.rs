@@ -25,18 +25,19 @@
 //! Figures depend heavily on the machine and its disk (every transaction is committed
 //! with an fsync); compare runs on the same box only.
 
+#[path = "support/postgres.rs"]
+mod postgres;
 #[path = "support/mod.rs"]
 mod support;
 
-use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use postgres::FreshDatabase;
 use serde_json::json;
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use support::{Server, event_id, free_loopback_addr, http_client, millis, now_ms, percentile};
 
 const EVENTS_PER_TXN: usize = 100;
@@ -59,7 +60,7 @@ async fn run() -> anyhow::Result<()> {
          {WARMUP_TXNS} warm-up + {MEASURED_TXNS} measured transactions per phase, loopback HTTP"
     );
     bench_database("sqlite", "sqlite://mosaic-as.db").await?;
-    match postgres_base_url() {
+    match postgres::base_url() {
         Ok(base_url) => bench_postgres(&base_url).await?,
         Err(error) => println!("postgres: unavailable, skipped ({error:#})"),
     }
@@ -96,64 +97,17 @@ async fn bench_database(label: &str, database_url: &str) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // PostgreSQL
 
-/// `MOSAIC_BENCH_POSTGRES_URL`, or the last stdout line of `scripts/postgres.sh ensure`.
-fn postgres_base_url() -> anyhow::Result<String> {
-    if let Some(url) = std::env::var("MOSAIC_BENCH_POSTGRES_URL").ok().filter(|u| !u.is_empty()) {
-        return Ok(url);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .arg("ensure")
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    if !output.status.success() {
-        bail!("{} ensure exited with {}", script.display(), output.status);
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .map(str::to_string)
-        .context("scripts/postgres.sh ensure printed no URL")
-}
-
 /// Benchmarks PostgreSQL in a fresh database, dropped afterwards.
 async fn bench_postgres(base_url: &str) -> anyhow::Result<()> {
-    let name = format!("mosaic_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = match PgConnection::connect(base_url).await {
-        Ok(admin) => admin,
+    let database = match FreshDatabase::create(base_url).await {
+        Ok(database) => database,
         Err(error) => {
-            println!("postgres: unavailable, skipped (cannot connect: {error})");
+            println!("postgres: unavailable, skipped ({error:#})");
             return Ok(());
         }
     };
-    admin_sql(&mut admin, &format!("CREATE DATABASE {name}")).await?;
-    let result = bench_database("postgres", &database_url(base_url, &name)?).await;
-    // The server has stopped; FORCE (PostgreSQL 13+) only covers stray connections.
-    let dropped = match admin_sql(&mut admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await {
-        Ok(()) => Ok(()),
-        Err(_) => admin_sql(&mut admin, &format!("DROP DATABASE IF EXISTS {name}")).await,
-    };
-    let _ = admin.close().await;
-    result.and(dropped)
-}
-
-async fn admin_sql(conn: &mut PgConnection, sql: &str) -> anyhow::Result<()> {
-    sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
-        .execute(&mut *conn)
-        .await
-        .with_context(|| format!("postgres: {sql}"))?;
-    Ok(())
-}
-
-/// `base_url` with its database replaced by `database`.
-fn database_url(base_url: &str, database: &str) -> anyhow::Result<String> {
-    let mut url = url::Url::parse(base_url).context("bad PostgreSQL URL")?;
-    url.set_path(&format!("/{database}"));
-    Ok(url.to_string())
+    let result = bench_database("postgres", &database.url).await;
+    result.and(database.drop().await)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -70,6 +70,27 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// CPU time a process has used so far, user and system (`utime` + `stime` from
+/// `/proc/<pid>/stat`, all its threads, in clock ticks of `sysconf(_SC_CLK_TCK)`).
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).with_context(|| format!("bad /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
+    let field = |n: usize| -> anyhow::Result<u64> {
+        fields.get(n - 3).and_then(|f| f.parse().ok()).with_context(|| format!("no field {n} in /proc/{pid}/stat"))
+    };
+    let ticks = field(14)? + field(15)?;
+    // SAFETY: sysconf only reads a system setting.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if per_second <= 0 {
+        bail!("sysconf(_SC_CLK_TCK) failed");
+    }
+    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
