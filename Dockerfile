@@ -27,6 +27,7 @@ RUN mkdir -p src benches \
     && echo 'fn main() {}' > benches/ingest.rs \
     && echo 'fn main() {}' > benches/stream_latency.rs \
     && echo 'fn main() {}' > benches/homeserver.rs \
+    && echo 'fn main() {}' > benches/capacity.rs \
     && cargo build --release --locked \
     && rm -rf src
 
