@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::fake_discord::FakeDiscord;
 use support::fake_telegram::{FakeTelegram, Incoming, SentKind, TgUser};
-use support::{Person, Service, body, fresh_postgres_database, homeserver, mosaic, slot};
+use support::{Person, Service, body, fresh_postgres_database, homeserver, mosaic, reply_target, slot};
 
 const TELEGRAM_CHAT: i64 = -1_009_876_543_210;
 /// A bridged Telegram chat whose sends always fail.
@@ -147,7 +147,9 @@ async fn soak(slot: support::Slot, database: Option<String>) {
             written.push(Written { text: text.to_string(), surface: Surface::Matrix });
             // A title the database would refuse as is.
             let asked = alice.say_until_accepted(&room, "!new soak\u{0}title", Duration::from_secs(120)).await;
-            alice.wait_for_reply(&room, &echo, &asked).await;
+            // The answer queues behind everything the room is owed so far, in order.
+            let backlog = Duration::from_secs(60 + written.len() as u64);
+            alice.wait_for_within(&room, &echo, backlog, |e| reply_target(e) == Some(asked.as_str())).await;
             // The broken chat's conversation.
             alice.say_until_accepted(&broken_room, "soak broken-room echo", Duration::from_secs(120)).await;
             telegram.push_message(Incoming::text(BROKEN_CHAT, &tom, "soak broken-chat echo"));

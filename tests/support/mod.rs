@@ -645,14 +645,25 @@ impl Person {
 
     /// Waits until a message from `sender` satisfies `check`; returns it.
     pub async fn wait_for(&self, room: &str, sender: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.wait_for_within(room, sender, Duration::from_secs(30), check).await
+    }
+
+    /// [`Person::wait_for`] with a deadline of `within`: for answers queued behind many others.
+    pub async fn wait_for_within(
+        &self,
+        room: &str,
+        sender: &str,
+        within: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
         loop {
             if let Some(found) = self.messages(room).await.into_iter().find(|e| e["sender"] == sender && check(e)) {
                 return found;
             }
             assert!(
                 Instant::now() < deadline,
-                "no matching message from {sender} in {room} within 30 s: {:#?}",
+                "no matching message from {sender} in {room} within {within:?}: {:#?}",
                 self.messages(room).await
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
