@@ -227,14 +227,23 @@ show_log_tail() {
     done
 }
 
+# wait_healthy DIR PORT [PID]: PID is the process this call just started. It is checked
+# with kill -0 only: until its subshell has exec'd, its command line is still this
+# script's, so the recycled-pid guard in pid_alive would call a starting Synapse dead.
 wait_healthy() {
-    local dir="$1" port="$2" deadline=$((SECONDS + START_TIMEOUT))
+    local dir="$1" port="$2" started="${3:-}" deadline=$((SECONDS + START_TIMEOUT))
     while ((SECONDS < deadline)); do
         if healthy "$port"; then
             log "Synapse is up on http://127.0.0.1:$port (dir $dir)"
             return 0
         fi
-        if ! pid_alive "$dir"; then
+        local alive
+        if [[ -n "$started" ]]; then
+            kill -0 "$started" 2>/dev/null && alive=1 || alive=0
+        else
+            pid_alive "$dir" && alive=1 || alive=0
+        fi
+        if ((alive == 0)); then
             log "Synapse process exited before becoming healthy"
             show_log_tail "$dir"
             rm -f "$dir/synapse.pid"
@@ -297,8 +306,9 @@ cmd_start() {
         exec setsid "$VPY" -m synapse.app.homeserver -c "$dir/homeserver.yaml" \
             </dev/null >"$dir/synapse.out" 2>&1
     ) &
-    echo $! >"$dir/synapse.pid"
-    wait_healthy "$dir" "$port"
+    local started=$!
+    echo "$started" >"$dir/synapse.pid"
+    wait_healthy "$dir" "$port" "$started"
 }
 
 cmd_stop() {

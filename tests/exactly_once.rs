@@ -33,6 +33,8 @@ struct CuttingProxy {
     /// Set once the homeserver is back after the cut.
     cut: Arc<AtomicBool>,
     cutting: Arc<AtomicBool>,
+    /// Set if the homeserver did not come back after the cut.
+    restart_failed: Arc<AtomicBool>,
 }
 
 async fn forward(State(proxy): State<CuttingProxy>, request: Request) -> Response {
@@ -58,12 +60,15 @@ async fn forward(State(proxy): State<CuttingProxy>, request: Request) -> Respons
     if agent_message && status.is_success() && !proxy.cutting.swap(true, Ordering::SeqCst) {
         // mosaic-as may give up on this request meanwhile, which drops this handler: the
         // restart runs on its own.
+        let restart_failed = proxy.restart_failed.clone();
         let restart = tokio::task::spawn_blocking(move || {
             homeserver().stop();
             homeserver().start_again();
             proxy.cut.store(true, Ordering::SeqCst);
         });
-        let _ = restart.await;
+        if restart.await.is_err() {
+            restart_failed.store(true, Ordering::SeqCst);
+        }
         return StatusCode::GATEWAY_TIMEOUT.into_response();
     }
     let mut response = Response::builder().status(status.as_u16());
@@ -75,20 +80,22 @@ async fn forward(State(proxy): State<CuttingProxy>, request: Request) -> Respons
     response.body(Body::from(bytes)).unwrap()
 }
 
-async fn start_proxy(agent: &str) -> (String, Arc<AtomicBool>) {
+async fn start_proxy(agent: &str) -> (String, Arc<AtomicBool>, Arc<AtomicBool>) {
     let cut = Arc::new(AtomicBool::new(false));
+    let restart_failed = Arc::new(AtomicBool::new(false));
     let proxy = CuttingProxy {
         upstream: homeserver_url(),
         agent: agent.to_string(),
         http: reqwest::Client::new(),
         cut: cut.clone(),
         cutting: Arc::default(),
+        restart_failed: restart_failed.clone(),
     };
     let app = axum::Router::new().fallback(forward).with_state(proxy);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, cut)
+    (url, cut, restart_failed)
 }
 
 /// The agent's messages in the room (edits left out), by body.
@@ -116,7 +123,7 @@ async fn an_answer_whose_send_outlived_a_homeserver_restart_appears_once() {
     let _turn = TURNS.lock().await;
     let slot = slot("restart");
     let echo = slot.agent("echo");
-    let (proxy_url, cut) = start_proxy(&echo).await;
+    let (proxy_url, cut, restart_failed) = start_proxy(&echo).await;
     let alice = Person::new("restart-alice").await;
     let service = Service::start_with_env(&slot, &[("MOSAIC_AS_HOMESERVER_URL", &proxy_url)]).await;
     wait_ready(&slot).await;
@@ -127,6 +134,10 @@ async fn an_answer_whose_send_outlived_a_homeserver_restart_appears_once() {
     alice.say_until_accepted(&room, text, Duration::from_secs(60)).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while !cut.load(Ordering::SeqCst) {
+        assert!(
+            !restart_failed.load(Ordering::SeqCst),
+            "the homeserver did not come back after its restart; see scripts/synapse.sh's output above"
+        );
         assert!(Instant::now() < deadline, "the answer's send never went through the proxy within 120 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
