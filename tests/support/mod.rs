@@ -55,6 +55,7 @@ pub const SLOTS: &[&str] = &[
     "names",
     "bounds",
     "typing",
+    "bridgetyping",
 ];
 
 pub fn repo() -> PathBuf {
