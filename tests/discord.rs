@@ -581,3 +581,21 @@ async fn bot_messages_carry_an_enforced_nonce_so_a_repeat_posts_nothing() {
     assert!(!by_webhook(&sent[0]));
     assert_eq!(h.native_of(&msg).await, Some(sent[0].id.to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bot_types_in_a_channel_and_invents_no_read_receipts() {
+    let h = harness().await;
+    let general = GENERAL.to_string();
+    assert!(
+        h.adapter.typing_renewal().is_some_and(|every| every < Duration::from_secs(10)),
+        "renewed before it lapses"
+    );
+    h.adapter.set_typing(&general, "echo", true).await.unwrap();
+    assert_eq!(h.fake.typing(GENERAL).len(), 1, "the bot shows as typing in #general");
+    let before = h.fake.requests().len();
+    h.adapter.set_typing(&general, "echo", false).await.unwrap();
+    h.adapter.mark_read(&general, &h.fake.user_says(GENERAL, ALICE, "seen?").send().to_string(), "echo").await.unwrap();
+    assert_eq!(h.fake.requests().len(), before, "Discord can neither clear typing nor take a bot's read receipt");
+    let unknown = h.adapter.set_typing("1100000000000000999", "echo", true).await;
+    assert!(matches!(unknown, Err(ChannelSendError::Terminal(_))), "{unknown:?}");
+}

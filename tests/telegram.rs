@@ -641,3 +641,21 @@ async fn webhook_mode_registers_and_checks_the_secret() {
     assert_eq!(h.inbox.wait_for(1).await[0].content, "via webhook");
     assert_eq!(h.fake.calls("getUpdates"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bot_types_in_a_chat_and_invents_no_read_receipts() {
+    let h = harness().await;
+    let group = GROUP.to_string();
+    assert!(h.adapter.typing_renewal().is_some_and(|every| every < Duration::from_secs(5)), "renewed before it lapses");
+    h.adapter.set_typing(&group, "echo", true).await.unwrap();
+    let actions = h.fake.chat_actions(GROUP);
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions[0].action, "typing");
+    h.adapter.set_typing(&group, "echo", false).await.unwrap();
+    h.adapter.mark_read(&group, "1", "echo").await.unwrap();
+    assert_eq!(h.fake.chat_actions(GROUP).len(), 1, "Telegram cannot clear a chat action");
+    assert!(h.fake.sent().is_empty(), "a read receipt posts nothing: {:?}", h.fake.sent());
+    h.fake.set_member_status(GROUP, "kicked");
+    let gone = h.adapter.set_typing(&group, "echo", true).await;
+    assert!(matches!(gone, Err(ChannelSendError::Terminal(_))), "{gone:?}");
+}

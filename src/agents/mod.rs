@@ -14,6 +14,7 @@ pub mod runtime;
 mod sse;
 pub mod stream;
 mod turn;
+pub mod typing;
 
 use std::collections::HashMap;
 use std::sync::Arc;

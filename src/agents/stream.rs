@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::typing::TypingGuard;
 use crate::protocol::{ChannelAdapter, ChannelMessage, ContentType, SenderType};
 
 /// Metadata key of an edit: the canonical id of the message it replaces.
@@ -61,6 +62,8 @@ pub struct Streamer {
     max_chars: usize,
     /// Characters in `text`, counted as they arrive.
     chars: usize,
+    /// The agent's typing notices, stopped in each chat as the first words show there.
+    typing: TypingGuard,
 }
 
 /// Whether the answer still has room after a piece of text.
@@ -88,7 +91,21 @@ impl Streamer {
             previews,
             max_chars: usize::MAX,
             chars: 0,
+            typing: TypingGuard::none(),
         }
+    }
+
+    /// Shows the agent `agent_id` typing in the targets until its words show there or
+    /// [`Streamer::stop_typing`].
+    pub fn with_typing(mut self, agent_id: &str) -> Self {
+        let chats = self.targets.iter().map(|t| (t.adapter.clone(), t.channel_id.clone()));
+        self.typing = TypingGuard::start(agent_id, chats);
+        self
+    }
+
+    /// The turn is over (answered, stopped or failed): no chat shows the agent typing.
+    pub fn stop_typing(&mut self) {
+        self.typing = TypingGuard::none();
     }
 
     /// Answers stop at `max_chars` characters (see [`Streamer::push`]).
@@ -155,7 +172,10 @@ impl Streamer {
             let first = self.with_text(&shown);
             for target in self.targets.iter().filter(|t| t.previews) {
                 match send_preview(target, &first, self.rerun).await {
-                    Ok(()) => self.previewed.push(target.channel_id.clone()),
+                    Ok(()) => {
+                        self.typing.stop_in(&target.channel_id);
+                        self.previewed.push(target.channel_id.clone());
+                    }
                     Err(error) => {
                         tracing::debug!(channel = target.adapter.name(), %error, "first streamed message not delivered")
                     }

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::control::{Asker, question_text};
 use super::runtime::{AgentError, AgentEvent, PermissionRequest, TokenUsage, TurnContext};
 use super::stream::{self, Room, Streamer, Target, answer_message, derived_id, edit_of, split_parts};
+use super::typing;
 use super::{Agent, Agents, context};
 use crate::error_ref::ErrorRef;
 use crate::hub::agent_rooms::{self, Step};
@@ -46,15 +47,19 @@ impl Agents {
             Ok(None) => return JobOutcome::Failed(format!("message {} not found", turn.message_id)),
             Err(error) => return JobOutcome::Retry { error: error.to_string(), after: None },
         };
-        let Prepared { message, context, targets, asker } = prepared;
+        let Prepared { message, context, targets, asker, seen } = prepared;
+        typing::mark_read(&turn.agent, seen);
         let reply = answer_message(derived_id(turn.message_id, &job.dedupe_key), &message, &turn.agent);
         // Structured agent-room messages go out whole, not as previews and edits.
         let previews = turn.step.is_none();
         let rerun = job.may_have_run(self.store.opened_at());
         let mut streamer = Streamer::new(reply, targets, agent.config.max_edits, rerun, previews)
-            .with_max_chars(agent.config.max_answer_chars);
+            .with_max_chars(agent.config.max_answer_chars)
+            .with_typing(&turn.agent);
         let mut usage = TokenUsage::default();
-        let ending = match self.stream_answer(agent, &context, asker.as_ref(), &mut streamer, &mut usage).await {
+        let streamed = self.stream_answer(agent, &context, asker.as_ref(), &mut streamer, &mut usage).await;
+        streamer.stop_typing();
+        let ending = match streamed {
             Ok(ending) => ending,
             Err(AgentError::Unavailable(error)) => return JobOutcome::Retry { error, after: None },
             Err(AgentError::Failed(error)) => {
@@ -103,15 +108,19 @@ impl Agents {
             last.content = prompt.clone();
         }
         let mut targets = Vec::new();
+        let mut seen = Vec::new();
         for (channel, chat) in crate::hub::bridging::surfaces(&mut conn, &turn.conversation_id).await? {
             let Some(adapter) = self.registry.get(&channel) else { continue };
             let origin = message.origin_channel() == channel && message.channel_id == chat;
-            let previews =
-                origin || messages::native_for_message(&mut conn, &channel, &chat, message.id).await?.is_some();
+            let native = messages::native_for_message(&mut conn, &channel, &chat, message.id).await?;
+            let previews = origin || native.is_some();
+            if let Some(native) = native {
+                seen.push(typing::Seen { adapter: adapter.clone(), channel_id: chat.clone(), native_id: native });
+            }
             targets.push(Target { adapter, channel_id: chat, previews });
         }
         let asker = asker_of(&mut conn, &message).await?;
-        Ok(Some(Prepared { message, context, targets, asker }))
+        Ok(Some(Prepared { message, context, targets, asker, seen }))
     }
 
     /// Runs the runtime, showing its text as it comes, until it finishes or is stopped.
@@ -422,6 +431,8 @@ struct Prepared {
     targets: Vec<Target>,
     /// The person who started the turn.
     asker: Option<Asker>,
+    /// Where the message shows natively, to be marked read there.
+    seen: Vec<typing::Seen>,
 }
 
 /// How far back a turn is followed to the person who started it (in agent rooms, an

@@ -32,6 +32,9 @@ use rest::{Rest, RestError};
 
 pub const CHANNEL: &str = "discord";
 
+/// How often the bot's typing is renewed while an agent works.
+const TYPING_RENEWAL: std::time::Duration = std::time::Duration::from_secs(8);
+
 pub use crate::protocol::metadata_keys::IS_EDIT;
 /// Inbound metadata of a `/link` command: the interaction it came from, so that the
 /// answer can be an ephemeral interaction response (outbound, copied back by the hub or
@@ -249,6 +252,20 @@ impl ChannelAdapter for DiscordAdapter {
     async fn close_bridge(&self, channel_id: &str) {
         if let Ok(id) = channel_id.parse::<u64>() {
             self.inner.caches.lock().unwrap().webhooks.remove(&id);
+        }
+    }
+
+    /// Discord's typing lasts about ten seconds.
+    fn typing_renewal(&self) -> Option<std::time::Duration> {
+        Some(TYPING_RENEWAL)
+    }
+
+    /// Discord shows typing for the bot only (webhooks cannot type), and has no call
+    /// that clears it: a stopped notice lapses.
+    async fn set_typing(&self, channel_id: &str, _agent_id: &str, active: bool) -> Result<(), ChannelSendError> {
+        match active {
+            true => self.inner.typing(channel_id).await,
+            false => Ok(()),
         }
     }
 }

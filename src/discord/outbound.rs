@@ -92,6 +92,14 @@ fn parse_id(text: &str, what: &str) -> Result<u64, ChannelSendError> {
 }
 
 impl Inner {
+    /// Shows the bot typing in the channel (`POST /channels/{id}/typing`); Discord keeps
+    /// it up for about ten seconds, or until the bot posts there.
+    pub(super) async fn typing(&self, channel_id: &str) -> Result<(), ChannelSendError> {
+        let channel_id = ChannelId::new(parse_id(channel_id, "channel")?);
+        self.rest.call_once(Request::new(Route::ChannelTyping { channel_id }, LightMethod::Post)).await?;
+        Ok(())
+    }
+
     /// `resend`: an earlier try may have posted the message already (see
     /// [`crate::protocol::ChannelAdapter::resend_message`]).
     pub(super) async fn send(

@@ -167,6 +167,17 @@ impl Rest {
         }
     }
 
+    /// One try and no retry, for requests that are stale by the time a retry could go
+    /// out (typing). A 429 is still noted, so that other requests obey it.
+    pub async fn call_once(&self, request: Request<'_>) -> Result<Vec<u8>, RestError> {
+        self.wait_global().await;
+        let result = self.once(request).await;
+        if let Err(RestError::RateLimited { retry_after, global }) = &result {
+            self.note_limit(*retry_after, *global);
+        }
+        result
+    }
+
     /// [`Rest::call`] decoding a JSON answer.
     pub async fn json<'a, T, F>(&self, make: F) -> Result<T, RestError>
     where

@@ -474,4 +474,16 @@ impl ChannelAdapter for SurfaceAdapter {
     async fn may_bridge(&self, channel_id: &str, requester: &[String]) -> BridgeRight {
         self.inner.may_bridge(channel_id, requester).await
     }
+
+    fn typing_renewal(&self) -> Option<std::time::Duration> {
+        self.inner.typing_renewal()
+    }
+
+    async fn set_typing(&self, channel_id: &str, agent_id: &str, active: bool) -> Result<(), ChannelSendError> {
+        self.inner.set_typing(channel_id, agent_id, active).await
+    }
+
+    async fn mark_read(&self, channel_id: &str, native_id: &str, agent_id: &str) -> Result<(), ChannelSendError> {
+        self.inner.mark_read(channel_id, native_id, agent_id).await
+    }
 }

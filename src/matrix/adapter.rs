@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ruma::api::Direction;
+use ruma::api::client::typing::create_typing_event::v3::{Typing, TypingInfo};
 use ruma::api::client::{
     account::whoami, membership::join_room_by_id, membership::joined_members, membership::leave_room,
-    message::get_message_events, message::send_message_event, profile::get_profile_field, redact::redact_event,
+    message::get_message_events, message::send_message_event, profile::get_profile_field, receipt::create_receipt,
+    redact::redact_event, typing::create_typing_event,
 };
 use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent};
 use ruma::events::{AnyMessageLikeEventContent, MessageLikeEventType};
@@ -44,6 +46,10 @@ const SEND_TRIES: u32 = 4;
 
 /// Content key of every event this service sends: the message's canonical id.
 pub const MESSAGE_ID_KEY: &str = "mosaic.id";
+/// How long a typing notice lasts on the homeserver, and how often it is renewed: well
+/// before it lapses, so that a slow request does not let it flicker.
+const TYPING_TIMEOUT: Duration = Duration::from_secs(30);
+const TYPING_RENEWAL: Duration = Duration::from_secs(20);
 /// How far back the room is searched for an earlier try: pages of the speaker's events.
 const LOOK_BACK_PAGES: usize = 4;
 const LOOK_BACK_PAGE: u32 = 50;
@@ -434,6 +440,11 @@ impl MatrixAdapter {
             })
             .cloned()
             .collect()
+    }
+
+    fn agent_ghost(&self, agent_id: &str) -> Result<OwnedUserId, ChannelSendError> {
+        OwnedUserId::try_from(self.ns.agent_user_id(agent_id))
+            .map_err(|e| ChannelSendError::Terminal(format!("no ghost for agent {agent_id:?}: {e}")))
     }
 
     /// The Matrix user that speaks for `msg` in `room_id`.
@@ -837,6 +848,38 @@ impl ChannelAdapter for MatrixAdapter {
 
     async fn resend_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
         self.deliver(channel_id, msg, true).await
+    }
+
+    fn typing_renewal(&self) -> Option<Duration> {
+        Some(TYPING_RENEWAL)
+    }
+
+    /// The agent's ghost types, as people's clients do; clearing it takes the notice
+    /// away at once instead of after its timeout.
+    async fn set_typing(&self, channel_id: &str, agent_id: &str, active: bool) -> Result<(), ChannelSendError> {
+        let room = OwnedRoomId::try_from(channel_id)
+            .map_err(|e| ChannelSendError::Terminal(format!("bad room id {channel_id:?}: {e}")))?;
+        let ghost = self.agent_ghost(agent_id)?;
+        let state = match active {
+            true => Typing::Yes(TypingInfo::new(TYPING_TIMEOUT)),
+            false => Typing::No,
+        };
+        let request = create_typing_event::v3::Request::new(ghost.clone(), room, state);
+        self.client.call(request, Some(&ghost)).await.map_err(send_error)?;
+        Ok(())
+    }
+
+    /// A public `m.read` receipt from the agent's ghost: people see the agent has read up
+    /// to their message.
+    async fn mark_read(&self, channel_id: &str, native_id: &str, agent_id: &str) -> Result<(), ChannelSendError> {
+        let room = OwnedRoomId::try_from(channel_id)
+            .map_err(|e| ChannelSendError::Terminal(format!("bad room id {channel_id:?}: {e}")))?;
+        let event = OwnedEventId::try_from(native_id)
+            .map_err(|e| ChannelSendError::Terminal(format!("bad event id {native_id:?}: {e}")))?;
+        let ghost = self.agent_ghost(agent_id)?;
+        let request = create_receipt::v3::Request::new(room, create_receipt::v3::ReceiptType::Read, event);
+        self.client.call(request, Some(&ghost)).await.map_err(send_error)?;
+        Ok(())
     }
 
     async fn map_identity(&self, channel_user_id: &str) -> Option<String> {

@@ -149,4 +149,29 @@ pub trait ChannelAdapter: Send + Sync {
     async fn close_bridge(&self, channel_id: &str) {
         let _ = channel_id;
     }
+
+    /// How often a typing notice must be sent again to stay visible here (a little less
+    /// than it lasts), or `None` (the default) when this surface cannot show that
+    /// someone is typing: then [`ChannelAdapter::set_typing`] is never called.
+    fn typing_renewal(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Shows (`active`) or clears that the agent `agent_id` is typing in `channel_id`.
+    /// A surface that shows typing only for its bot shows the bot typing; one whose
+    /// notices cannot be cleared lets them lapse. Typing is ephemeral: one try, no
+    /// retry inside the adapter, and the caller only logs a failure.
+    async fn set_typing(&self, channel_id: &str, agent_id: &str, active: bool) -> Result<(), ChannelSendError> {
+        let _ = (channel_id, agent_id, active);
+        Ok(())
+    }
+
+    /// The agent `agent_id` took up the message `native_id` (a channel-native id) of
+    /// `channel_id`: a surface with read receipts shows that the agent has seen it. The
+    /// default does nothing, so surfaces without receipts never get invented ones. One
+    /// try, like [`ChannelAdapter::set_typing`].
+    async fn mark_read(&self, channel_id: &str, native_id: &str, agent_id: &str) -> Result<(), ChannelSendError> {
+        let _ = (channel_id, native_id, agent_id);
+        Ok(())
+    }
 }

@@ -37,6 +37,9 @@ pub const CHANNEL: &str = "telegram";
 /// Where the webhook router listens when `webhook_url` names no path.
 pub const DEFAULT_WEBHOOK_PATH: &str = "/_mosaic/telegram/webhook";
 
+/// How often the bot's typing is renewed while an agent works.
+const TYPING_RENEWAL: Duration = Duration::from_secs(4);
+
 /// A polling failure that lasts longer than this reads as `Disconnected`.
 const POLL_FAILURE_GRACE: Duration = Duration::from_secs(60);
 
@@ -302,6 +305,20 @@ impl ChannelAdapter for TelegramAdapter {
 
     async fn open_bridge(&self, channel_id: &str) -> Result<String, BridgeError> {
         outbound::open_bridge(&self.inner, channel_id).await
+    }
+
+    /// A chat action lasts about five seconds.
+    fn typing_renewal(&self) -> Option<Duration> {
+        Some(TYPING_RENEWAL)
+    }
+
+    /// Telegram shows the bot typing (people's names are only in the text), and has no
+    /// call that clears it: a stopped notice lapses.
+    async fn set_typing(&self, channel_id: &str, _agent_id: &str, active: bool) -> Result<(), ChannelSendError> {
+        match active {
+            true => outbound::typing(&self.inner, channel_id).await,
+            false => Ok(()),
+        }
     }
 
     async fn may_bridge(&self, channel_id: &str, requester: &[String]) -> BridgeRight {

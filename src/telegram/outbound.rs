@@ -7,7 +7,7 @@ use teloxide::RequestError;
 use teloxide::payloads::{EditMessageTextSetters, SendDocumentSetters, SendMessageSetters, SendPhotoSetters};
 use teloxide::prelude::Requester;
 use teloxide::types::{
-    ChatFullInfo, ChatId, InputFile, Message, MessageId, ParseMode, ReplyParameters, ThreadId, UserId,
+    ChatAction, ChatFullInfo, ChatId, InputFile, Message, MessageId, ParseMode, ReplyParameters, ThreadId, UserId,
 };
 use uuid::Uuid;
 
@@ -122,6 +122,16 @@ async fn target(inner: &Inner, channel_id: &str, msg: &ChannelMessage) -> Result
         reply_to: reply_to.and_then(|n| n.parse().ok()).map(MessageId),
         thread: thread.and_then(|t| t.parse().ok()).map(|t| ThreadId(MessageId(t))),
     })
+}
+
+/// Shows the bot typing in the chat (`sendChatAction`); Telegram keeps it up for about
+/// five seconds, or until the bot's next message there. One try: a late notice is no use.
+pub(super) async fn typing(inner: &Inner, channel_id: &str) -> Result<(), ChannelSendError> {
+    let chat = parse_chat(channel_id)?;
+    match inner.bot.send_chat_action(chat, ChatAction::Typing).await {
+        Ok(_) => Ok(()),
+        Err(error) => Err(send_error(inner.classify(error))),
+    }
 }
 
 fn parse_chat(id: &str) -> Result<ChatId, ChannelSendError> {

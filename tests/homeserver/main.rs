@@ -14,6 +14,7 @@ mod quiet_errors;
 mod room_power;
 mod telegram;
 mod trust;
+mod typing;
 
 use std::time::Duration;
 

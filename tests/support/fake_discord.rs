@@ -135,6 +135,8 @@ struct World {
     guilds: HashMap<u64, Guild>,
     webhooks: Vec<Webhook>,
     sent: Vec<Sent>,
+    /// `POST /channels/{id}/typing` calls: the channel and when.
+    typing: Vec<(u64, Instant)>,
     log: Vec<Logged>,
     /// Failures injected into the next message sends: (status, retry_after seconds).
     failures: Vec<(u16, f64)>,
@@ -185,6 +187,7 @@ impl FakeDiscord {
             guilds: HashMap::new(),
             webhooks: Vec::new(),
             sent: Vec::new(),
+            typing: Vec::new(),
             log: Vec::new(),
             failures: Vec::new(),
             files: HashMap::new(),
@@ -402,6 +405,11 @@ impl FakeDiscord {
     /// `status`; 429 answers carry `retry_after` (seconds).
     pub fn fail_next(&self, n: usize, status: u16, retry_after: f64) {
         self.world().failures.extend(std::iter::repeat_n((status, retry_after), n));
+    }
+
+    /// When the bot triggered typing in `channel` (`POST /channels/{id}/typing`).
+    pub fn typing(&self, channel: u64) -> Vec<Instant> {
+        self.world().typing.iter().filter(|(c, _)| *c == channel).map(|(_, at)| *at).collect()
     }
 
     /// The REST requests so far.
@@ -972,6 +980,15 @@ fn route(fake: &FakeDiscord, method: &Method, uri: &Uri, headers: &HeaderMap, bo
                 Some(m) => ok(m.clone()),
                 None => error(404, 10008, "Unknown Message"),
             }
+        }
+        // Trigger Typing Indicator: no body, 204; the bot shows typing for ~10 s.
+        (Method::POST, ["channels", channel, "typing"]) => {
+            let channel = id(channel);
+            if !world.channels.contains_key(&channel) {
+                return error(404, 10003, "Unknown Channel");
+            }
+            world.typing.push((channel, Instant::now()));
+            StatusCode::NO_CONTENT.into_response()
         }
         (Method::POST, ["channels", channel, "messages"]) => {
             let channel = id(channel);

@@ -146,6 +146,8 @@ struct Store {
     webhook: Option<(String, Option<String>)>,
     calls: HashMap<String, usize>,
     last_params: HashMap<String, Value>,
+    /// `sendChatAction` calls: chat, action, topic and when.
+    chat_actions: Vec<ChatAction>,
 }
 
 struct Shared {
@@ -335,8 +337,9 @@ impl FakeTelegram {
         }
     }
 
-    /// The next `n` requests other than getUpdates/getMe fail with `status` (429 carries
-    /// `retry_after`).
+    /// The next `n` requests other than getUpdates/getMe/sendChatAction fail with
+    /// `status` (429 carries `retry_after`). Chat actions go out whenever an agent works,
+    /// at moments a test does not choose, so they are left alone.
     pub fn fail_next(&self, n: usize, status: u16, retry_after: Option<u32>) {
         let mut store = self.store();
         store.failures.extend(std::iter::repeat_n((status, retry_after), n));
@@ -353,8 +356,8 @@ impl FakeTelegram {
         self.store().failures.clear();
     }
 
-    /// The next `n` requests other than getUpdates/getMe are carried out, but their
-    /// answers break off after the first bytes.
+    /// The next `n` requests other than getUpdates/getMe/sendChatAction are carried out,
+    /// but their answers break off after the first bytes.
     pub fn lose_next_answers(&self, n: usize) {
         self.store().lost_answers += n;
     }
@@ -390,10 +393,25 @@ impl FakeTelegram {
         self.store().last_params.get(&method.to_ascii_lowercase()).cloned()
     }
 
+    /// The chat actions (`sendChatAction`) the bot sent to `chat`, oldest first.
+    pub fn chat_actions(&self, chat: i64) -> Vec<ChatAction> {
+        self.store().chat_actions.iter().filter(|a| a.chat_id == chat).cloned().collect()
+    }
+
     /// The webhook (url, secret token) set by the bot.
     pub fn webhook(&self) -> Option<(String, Option<String>)> {
         self.store().webhook.clone()
     }
+}
+
+/// One `sendChatAction` call.
+#[derive(Debug, Clone)]
+pub struct ChatAction {
+    pub chat_id: i64,
+    /// `typing`, `upload_photo`, …
+    pub action: String,
+    pub thread_id: Option<i64>,
+    pub at: Instant,
 }
 
 /// A message a user writes, built up for [`FakeTelegram::push_message`].
@@ -621,7 +639,7 @@ async fn handle(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap,
         store.last_params.insert(method.clone(), Value::Object(params.clone()));
         let injected = match method.as_str() {
             "getupdates" => store.poll_failures.pop_front(),
-            "getme" => None,
+            "getme" | "sendchataction" => None,
             _ => store.failures.pop_front(),
         };
         if let Some((status, retry_after)) = injected {
@@ -642,6 +660,7 @@ async fn handle(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap,
         "senddocument" => send_file(&shared, &params, &files, SentKind::Document),
         "getfile" => get_file(&shared, &params),
         "getchat" => get_chat(&shared, &params),
+        "sendchataction" => send_chat_action(&shared, &params),
         "getchatmember" => get_chat_member(&shared, &params),
         "setwebhook" => set_webhook(&shared, &params),
         "deletewebhook" => {
@@ -651,7 +670,7 @@ async fn handle(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap,
         _ => Err((404, "Not Found".into(), None)),
     };
     let mut store = shared.store.lock().unwrap();
-    if !matches!(method.as_str(), "getupdates" | "getme") && store.lost_answers > 0 {
+    if !matches!(method.as_str(), "getupdates" | "getme" | "sendchataction") && store.lost_answers > 0 {
         store.lost_answers -= 1;
         // More bytes announced than sent: the client sees the connection close mid-answer.
         let cut = "{\"ok\":true,\"result\":";
@@ -1036,6 +1055,33 @@ fn edit_message_text(shared: &Shared, params: &Map<String, Value>) -> Answer {
     drop(store);
     shared.sent_tick.send_modify(|n| *n += 1);
     Ok(message)
+}
+
+/// The actions `sendChatAction` accepts.
+const CHAT_ACTIONS: [&str; 11] = [
+    "typing",
+    "upload_photo",
+    "record_video",
+    "upload_video",
+    "record_voice",
+    "upload_voice",
+    "upload_document",
+    "choose_sticker",
+    "find_location",
+    "record_video_note",
+    "upload_video_note",
+];
+
+fn send_chat_action(shared: &Shared, params: &Map<String, Value>) -> Answer {
+    let mut store = shared.store.lock().unwrap();
+    let (chat_id, _) = chat_of(&store, params)?;
+    let action = params.get("action").and_then(Value::as_str).unwrap_or("");
+    if !CHAT_ACTIONS.contains(&action) {
+        return Err(bad_request("wrong parameter action in request"));
+    }
+    let thread_id = int(params, "message_thread_id");
+    store.chat_actions.push(ChatAction { chat_id, action: action.into(), thread_id, at: Instant::now() });
+    Ok(json!(true))
 }
 
 fn get_file(shared: &Shared, params: &Map<String, Value>) -> Answer {

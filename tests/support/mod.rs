@@ -54,6 +54,8 @@ pub const SLOTS: &[&str] = &[
     "tokens",
     "names",
     "bounds",
+    "typing",
+    "bridgetyping",
 ];
 
 pub fn repo() -> PathBuf {
@@ -622,6 +624,45 @@ impl Person {
         let filter = enc(&format!(r#"{{"room":{{"timeline":{{"limit":{limit}}}}}}}"#));
         let sync = self.call(reqwest::Method::GET, &format!("/sync?timeout=0&filter={filter}"), None).await;
         sync["rooms"]["invite"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The room's ephemeral events (`m.typing`, `m.receipt`) as this person's client
+    /// sees them now, from a fresh `/sync`.
+    pub async fn ephemeral(&self, room: &str) -> Vec<Value> {
+        // A filter of its own per call, so that Synapse answers afresh (see `invites`).
+        let limit = self.txn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let filter = json!({
+            "presence": {"types": []},
+            "account_data": {"types": []},
+            "room": {
+                "rooms": [room],
+                "timeline": {"limit": limit},
+                "state": {"types": []},
+                "account_data": {"types": []},
+                "ephemeral": {"types": ["m.typing", "m.receipt"]},
+            },
+        });
+        let path = format!("/sync?timeout=0&filter={}", enc(&filter.to_string()));
+        let sync = self.call(reqwest::Method::GET, &path, None).await;
+        sync["rooms"]["join"][room]["ephemeral"]["events"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Who the room shows typing now.
+    pub async fn typing(&self, room: &str) -> Vec<String> {
+        let events = self.ephemeral(room).await;
+        let typing = events.iter().find(|e| e["type"] == "m.typing");
+        let users = typing.and_then(|e| e["content"]["user_ids"].as_array()).cloned().unwrap_or_default();
+        users.iter().filter_map(|u| u.as_str().map(str::to_string)).collect()
+    }
+
+    /// Who the room shows as having read up to `event_id` (public `m.read` receipts).
+    pub async fn read_by(&self, room: &str, event_id: &str) -> Vec<String> {
+        let events = self.ephemeral(room).await;
+        let receipts = events.iter().filter(|e| e["type"] == "m.receipt");
+        receipts
+            .filter_map(|e| e["content"][event_id]["m.read"].as_object())
+            .flat_map(|readers| readers.keys().cloned())
+            .collect()
     }
 
     /// Waits for an invitation to a room named `name`; returns the room and the invite

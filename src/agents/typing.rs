@@ -1,0 +1,185 @@
+//! Signs of life while an agent works on a turn: a typing notice in every chat where it
+//! will answer, renewed before it lapses, until its first words show there or the turn
+//! ends; and a read receipt on the message it took up. Both are ephemeral: they go
+//! straight to the surfaces, never through the outbox, and a failure is only logged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::protocol::ChannelAdapter;
+
+/// Longest wait for one notice: a surface that hangs must not pile up notices.
+const TRY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The typing notices of one turn. Dropping it stops them all: where the surface can
+/// clear a notice (Matrix), it is cleared at once rather than left to lapse.
+pub struct TypingGuard {
+    /// Per chat, the sender whose drop ends that chat's notices.
+    chats: Vec<(String, watch::Sender<()>)>,
+}
+
+impl TypingGuard {
+    /// Starts showing `agent_id` typing in each chat whose surface can show it.
+    pub fn start(agent_id: &str, chats: impl IntoIterator<Item = (Arc<dyn ChannelAdapter>, String)>) -> Self {
+        let mut running = Vec::new();
+        for (adapter, channel_id) in chats {
+            let Some(every) = adapter.typing_renewal() else { continue };
+            let (stop, stopped) = watch::channel(());
+            tokio::spawn(keep_typing(adapter, channel_id.clone(), agent_id.to_string(), every, stopped));
+            running.push((channel_id, stop));
+        }
+        Self { chats: running }
+    }
+
+    /// A guard that shows nothing.
+    pub fn none() -> Self {
+        Self { chats: Vec::new() }
+    }
+
+    /// Stops the notices in `channel_id`: the answer itself shows there now.
+    pub fn stop_in(&mut self, channel_id: &str) {
+        self.chats.retain(|(chat, _)| chat != channel_id);
+    }
+}
+
+async fn keep_typing(
+    adapter: Arc<dyn ChannelAdapter>,
+    channel_id: String,
+    agent_id: String,
+    every: Duration,
+    mut stopped: watch::Receiver<()>,
+) {
+    loop {
+        show(adapter.as_ref(), &channel_id, &agent_id, true).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            // Nothing is ever sent on the channel: this fires when the guard lets go.
+            _ = stopped.changed() => break,
+        }
+    }
+    show(adapter.as_ref(), &channel_id, &agent_id, false).await;
+}
+
+async fn show(adapter: &dyn ChannelAdapter, channel_id: &str, agent_id: &str, active: bool) {
+    let outcome = match tokio::time::timeout(TRY_TIMEOUT, adapter.set_typing(channel_id, agent_id, active)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", TRY_TIMEOUT.as_secs())),
+    };
+    if let Err(error) = outcome {
+        tracing::debug!(channel = adapter.name(), channel_id, agent = agent_id, active, %error, "typing notice not shown");
+    }
+}
+
+/// Where the message a turn takes up shows natively.
+pub struct Seen {
+    pub adapter: Arc<dyn ChannelAdapter>,
+    pub channel_id: String,
+    /// The message's id there.
+    pub native_id: String,
+}
+
+/// Marks the message the agent takes up as read wherever it shows natively. Sent in the
+/// background.
+pub fn mark_read(agent_id: &str, seen: Vec<Seen>) {
+    for Seen { adapter, channel_id, native_id } in seen {
+        let agent_id = agent_id.to_string();
+        tokio::spawn(async move {
+            let outcome =
+                match tokio::time::timeout(TRY_TIMEOUT, adapter.mark_read(&channel_id, &native_id, &agent_id)).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no answer within {} s", TRY_TIMEOUT.as_secs())),
+                };
+            if let Err(error) = outcome {
+                tracing::debug!(
+                    channel = adapter.name(),
+                    channel_id,
+                    native_id,
+                    agent = agent_id,
+                    %error,
+                    "read receipt not sent"
+                );
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::protocol::{AdapterHealth, ChannelConnectError, ChannelMessage, ChannelSendError, InboundHandler};
+
+    /// A surface that records typing notices: `(chat, active)`.
+    #[derive(Default)]
+    struct Recorder {
+        notices: Mutex<Vec<(String, bool)>>,
+    }
+
+    impl Recorder {
+        fn notices(&self, chat: &str) -> Vec<bool> {
+            self.notices.lock().unwrap().iter().filter(|(c, _)| c == chat).map(|(_, a)| *a).collect()
+        }
+    }
+
+    #[async_trait]
+    impl ChannelAdapter for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        async fn connect(&self) -> Result<(), ChannelConnectError> {
+            Ok(())
+        }
+        async fn disconnect(&self) {}
+        async fn health(&self) -> AdapterHealth {
+            AdapterHealth::Connected
+        }
+        fn on_message(&self, _: Arc<dyn InboundHandler>) {}
+        async fn send_message(&self, _: &str, _: &ChannelMessage) -> Result<(), ChannelSendError> {
+            Ok(())
+        }
+        async fn map_identity(&self, _: &str) -> Option<String> {
+            None
+        }
+        fn typing_renewal(&self) -> Option<Duration> {
+            Some(Duration::from_secs(4))
+        }
+        async fn set_typing(&self, channel_id: &str, agent_id: &str, active: bool) -> Result<(), ChannelSendError> {
+            assert_eq!(agent_id, "helper");
+            self.notices.lock().unwrap().push((channel_id.to_string(), active));
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn typing_is_renewed_until_the_guard_is_dropped_then_cleared_once() {
+        let surface = Arc::new(Recorder::default());
+        let adapter: Arc<dyn ChannelAdapter> = surface.clone();
+        let guard = TypingGuard::start("helper", [(adapter.clone(), "a".to_string())]);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(surface.notices("a"), [true, true, true], "shown at 0, 4 and 8 s");
+
+        drop(guard);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(surface.notices("a"), [true, true, true, false], "cleared once, then never renewed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_words_in_one_chat_stop_typing_there_only() {
+        let surface = Arc::new(Recorder::default());
+        let adapter: Arc<dyn ChannelAdapter> = surface.clone();
+        let mut guard = TypingGuard::start("helper", [(adapter.clone(), "a".into()), (adapter.clone(), "b".into())]);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        guard.stop_in("a");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(surface.notices("a"), [true, false]);
+        assert_eq!(surface.notices("b"), [true, true, true], "still renewed at 4 and 8 s");
+        drop(guard);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(surface.notices("b"), [true, true, true, false]);
+    }
+}

@@ -1,0 +1,163 @@
+//! Signs that an agent is at work, as people see them: its ghost typing in the Matrix
+//! room (and the bot typing in bridged Discord and Telegram chats) while it works on an
+//! answer, not after; and its read receipt on the message it took up.
+
+use std::time::{Duration, Instant};
+
+use crate::support::fake_discord::FakeDiscord;
+use crate::support::fake_telegram::FakeTelegram;
+use crate::support::{Person, Service, body, mosaic, slot};
+
+/// An agent that thinks for a while before its answer, which comes all at once.
+fn slow_agent(seconds: u32) -> String {
+    format!(
+        r#"
+[[agent]]
+id = "slow"
+display_name = "Slow"
+runtime = "command"
+command = ["sh", "-c", "cat > /dev/null; sleep {seconds}; echo 'done thinking'"]
+"#
+    )
+}
+
+/// Waits until `check` holds, asking `probe` again and again; fails after `within`.
+async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    within: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> F,
+    check: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let value = probe().await;
+        if check(&value) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what} within {within:?}; last seen: {value:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_types_while_it_works_and_marks_the_message_it_took_up_as_read() {
+    let slot = slot("typing");
+    slot.write_config_with_agents(&slow_agent(8));
+    let _service = Service::start(&slot).await;
+    let alice = Person::new("typing-alice").await;
+    let slow = slot.agent("slow");
+    let room = alice.create_room(&[&slow], true).await;
+    alice.wait_for_member(&room, &slow).await;
+
+    let asked = alice.say(&room, "are you there?").await;
+    // Within a moment the agent's ghost (not the bot) types, while there is no answer yet.
+    let typing = eventually(
+        Duration::from_secs(5),
+        "the agent's ghost is shown typing",
+        || alice.typing(&room),
+        |users| users.contains(&slow),
+    )
+    .await;
+    assert_eq!(typing, std::slice::from_ref(&slow), "only the agent types");
+    assert!(alice.messages(&room).await.iter().all(|e| e["sender"] != slow.as_str()), "no answer yet");
+    // The message it took up shows as read by it.
+    eventually(
+        Duration::from_secs(5),
+        "the question is marked read by the agent's ghost",
+        || alice.read_by(&room, &asked),
+        |readers| readers.contains(&slow),
+    )
+    .await;
+
+    let answer = alice.wait_for_reply(&room, &slow, &asked).await;
+    assert_eq!(body(&answer), "done thinking");
+    // Cleared with the answer, not left to lapse after its 30 s.
+    eventually(
+        Duration::from_secs(5),
+        "typing is cleared after the answer",
+        || alice.typing(&room),
+        |users| !users.contains(&slow),
+    )
+    .await;
+
+    // `!stop` clears it too, long before the agent would have answered.
+    alice.say(&room, "think again").await;
+    eventually(
+        Duration::from_secs(5),
+        "typing again for the next question",
+        || alice.typing(&room),
+        |users| users.contains(&slow),
+    )
+    .await;
+    let stop = alice.say(&room, "!stop").await;
+    alice.wait_for_reply(&room, &slow, &stop).await;
+    eventually(
+        Duration::from_secs(4),
+        "typing is cleared on !stop",
+        || alice.typing(&room),
+        |users| !users.contains(&slow),
+    )
+    .await;
+}
+
+const GUILD: u64 = 710_000_000_000_000_001;
+const GENERAL: u64 = 710_000_000_000_000_002;
+const DAN: u64 = 710_000_000_000_000_100;
+const GROUP: i64 = -1_009_876_543_210;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bridged_discord_and_telegram_chats_see_typing_before_a_slow_answer() {
+    let discord = FakeDiscord::start().await;
+    discord.add_channel(GUILD, GENERAL, "general");
+    discord.add_user(DAN, "dan", Some("Dan"), false);
+    let telegram = FakeTelegram::start().await;
+    telegram.add_supergroup(GROUP, "Team chat", false);
+    let slot = slot("bridgetyping");
+    let alice = Person::new("bt-alice").await;
+    slot.write_config_with(
+        &format!(
+            "[discord]\ntoken = \"{}\"\napi_url = \"{}\"\nbridge_guilds = [{GUILD}]\n\n\
+             [telegram]\ntoken = \"{}\"\napi_url = \"{}\"\npoll_timeout_secs = 1\nbridge_chats = [{GROUP}]\n\n\
+             [permissions]\n\"*\" = \"none\"\n\"localhost\" = \"user\"\n\"{}\" = \"admin\"\n\
+             [permissions.discord]\nunlinked = \"user\"\n[permissions.telegram]\nunlinked = \"user\"\n",
+            discord.token(),
+            discord.api_url(),
+            telegram.token(),
+            telegram.api_url(),
+            alice.user_id
+        ),
+        &slow_agent(10),
+    );
+    mosaic(&slot, &["account", "create", "bt-alice", "--matrix-id", &alice.user_id]).expect_success();
+    let _service = Service::start(&slot).await;
+    let slow = slot.agent("slow");
+    let room = alice.create_room(&[&slow], true).await;
+    alice.wait_for_member(&room, &slow).await;
+    alice.say(&room, &format!("!bridge discord {GENERAL}")).await;
+    alice.wait_for(&room, &slow, |e| body(e).contains("general")).await;
+    alice.say(&room, &format!("!bridge telegram {GROUP}")).await;
+    alice.wait_for(&room, &slow, |e| body(e).contains("Team chat")).await;
+    alice.say(&room, "!unlinked answer").await;
+    alice.wait_for(&room, &slow, |e| body(e).contains("now answer people without")).await;
+    assert!(discord.typing(GENERAL).is_empty() && telegram.chat_actions(GROUP).is_empty(), "no typing before a turn");
+
+    discord.user_says(GENERAL, DAN, "Slow, are you there?").send();
+    let wait = Duration::from_secs(40);
+    let on_discord = discord
+        .wait_for_sent(|s| s.username.as_deref() == Some("Slow") && s.content.contains("done thinking"), wait)
+        .await
+        .expect("the answer reaches Discord");
+    let on_telegram = telegram.wait_for_sent(|s| s.chat_id == GROUP && s.text.contains("done thinking"), wait).await;
+    // Renewals that kept going after the answer would show up by now.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // Discord: typing every ~8 s over a 10 s turn, all of it before the answer.
+    let typed = discord.typing(GENERAL);
+    assert!(typed.len() >= 2, "typing shown and renewed on Discord: {typed:?}");
+    assert!(typed.iter().all(|at| *at < on_discord.at), "typing on Discord after the answer: {typed:?}");
+    // Telegram: the `typing` chat action every ~4 s, all of it before the answer.
+    let actions = telegram.chat_actions(GROUP);
+    assert!(actions.len() >= 2, "typing shown and renewed on Telegram: {actions:?}");
+    assert!(actions.iter().all(|a| a.action == "typing"), "{actions:?}");
+    assert!(actions.iter().all(|a| a.at < on_telegram.at), "typing on Telegram after the answer: {actions:?}");
+}
