@@ -37,6 +37,7 @@
 //! cargo bench --bench capacity
 //! cargo bench --bench capacity -- sqlite reference   # some of sqlite, postgres, reference
 //! MOSAIC_BENCH_CAPACITY_MESSAGES=20000 cargo bench --bench capacity
+//! MOSAIC_BENCH_BINARY=/tmp/mosaic-as-before cargo bench --bench capacity   # another build
 //! ```
 //!
 //! The fake, the service and the benchmark share the machine's cores with whatever else

@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
 use crate::config::DeliveryConfig;
+use crate::store::group_commit::Write;
 use crate::store::{self, AnyConnection, Store, outbox};
 
 /// The queue of sends (and bridge set-up) to one chat of a surface: order matters
@@ -67,6 +68,9 @@ impl Queues {
 #[derive(Debug)]
 pub enum JobOutcome {
     Done,
+    /// Done, and the handler already marked the job done in the transaction that wrote
+    /// its results: nothing is left to record.
+    Recorded,
     /// Will never succeed: set aside as a dead letter at once.
     Failed(String),
     /// May have been carried out, and trying again could do it twice: set aside as a
@@ -307,10 +311,8 @@ pub async fn run_one(store: &Store, queue: &str, handler: &dyn JobHandler, job: 
     let outcome = handler.run(job).await;
     let result = async {
         match &outcome {
-            JobOutcome::Done => {
-                let mut conn = store.conn().await?;
-                outbox::mark_done(&mut conn, job.seq).await
-            }
+            JobOutcome::Done => store.commit_grouped(Write::JobDone { seq: job.seq }).await,
+            JobOutcome::Recorded => Ok(()),
             JobOutcome::Failed(error) => give_up(store, handler, job, DeadReason::Permanent, error).await,
             JobOutcome::Unconfirmed(error) => give_up(store, handler, job, DeadReason::Unconfirmed, error).await,
             JobOutcome::Retry { error, after } => match limits.exhausted(job.attempts, job.failing_since) {

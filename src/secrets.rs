@@ -329,7 +329,7 @@ pub async fn store_secret(store: &Store, keys: &Keyring, name: &str, value: &str
     let sealed_value = keys.seal(value.as_bytes(), name);
     let mut tx = store.begin_write().await?;
     sealed::put(&mut tx, name, &sealed_value).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -377,7 +377,7 @@ pub async fn rotate(store: &Store, keys: &Keyring) -> Result<Rotation, SecretErr
         }
         sealed::put(&mut tx, &row.name, &keys.seal(&plain, &row.name)).await?;
     }
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     Ok(rotation)
 }
 

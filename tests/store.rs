@@ -79,6 +79,7 @@ on_both_backends!(
     identities_link_and_unlink,
     settings_usage_teams_and_retention,
     agent_rooms_belong_to_an_account,
+    grouped_writes_commit_together_and_fail_alone,
 );
 
 async fn a_transaction_is_stored_once_and_survives_reopening(store: Store) {
@@ -95,7 +96,7 @@ async fn a_transaction_is_stored_once_and_survives_reopening(store: Store) {
     let pending = inbox::pending(&mut conn, 10).await.unwrap();
     assert_eq!(pending.len(), 2);
     assert!(pending[0].seq < pending[1].seq && pending[0].event.contains("\"n\":1"));
-    inbox::mark_processed(&mut conn, pending[0].seq).await.unwrap();
+    inbox::mark_processed(&mut conn, &[pending[0].seq]).await.unwrap();
     assert_eq!(inbox::pending_count(&mut conn).await.unwrap(), 1);
     drop(conn);
     assert!(inbox::record_transaction(&store, "txn-2", &[]).await.unwrap(), "an empty transaction is fine");
@@ -247,6 +248,53 @@ async fn outbox_runs_in_order_and_deduplicates(store: Store) {
     let (payload,): (String,) =
         sqlx::query_as("SELECT payload FROM outbox WHERE dedupe_key = 'send:1'").fetch_one(&mut *conn).await.unwrap();
     assert_eq!(payload, "{}", "a finished job keeps no payload");
+}
+
+async fn grouped_writes_commit_together_and_fail_alone(store: Store) {
+    use mosaic_as::store::group_commit::Write;
+    let mut conn = store.conn().await.unwrap();
+    for n in 0..40 {
+        outbox::enqueue(&mut conn, &format!("chat:{n}"), &format!("send:{n}"), "send", "{}").await.unwrap();
+    }
+    let jobs: Vec<i64> = sqlx::query_as::<_, (i64,)>("SELECT seq FROM outbox ORDER BY seq")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(seq,)| seq)
+        .collect();
+    drop(conn);
+    let ids: Vec<uuid::Uuid> = (0..40).map(|_| uuid::Uuid::new_v4()).collect();
+    // A write the database refuses, among others: PostgreSQL keeps no NUL in text.
+    let refused = (store.backend() == mosaic_as::store::Backend::Postgres).then(|| Write::MessageRef {
+        channel: "matrix".into(),
+        chat_id: "!room:x".into(),
+        native_id: "$bad\u{0}id".into(),
+        message_id: uuid::Uuid::new_v4(),
+    });
+    let mut writes: Vec<Write> = jobs.iter().map(|&seq| Write::JobDone { seq }).collect();
+    writes.extend(ids.iter().enumerate().map(|(n, id)| Write::MessageRef {
+        channel: "matrix".into(),
+        chat_id: "!room:x".into(),
+        native_id: format!("$event{n}"),
+        message_id: *id,
+    }));
+    writes.extend(refused.clone());
+    let results = futures::future::join_all(writes.into_iter().map(|write| {
+        let store = store.clone();
+        async move { store.commit_grouped(write).await }
+    }))
+    .await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    assert_eq!(failed, usize::from(refused.is_some()), "only the refused write fails: {results:?}");
+    let mut conn = store.conn().await.unwrap();
+    for n in 0..40 {
+        assert!(outbox::head(&mut conn, &format!("chat:{n}")).await.unwrap().is_none(), "job {n} is done");
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let found = messages::message_for_native(&mut conn, "matrix", "!room:x", &format!("$event{n}")).await.unwrap();
+        assert_eq!(found, Some(*id), "where message {n} landed is recorded");
+    }
 }
 
 async fn identities_link_and_unlink(store: Store) {

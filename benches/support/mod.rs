@@ -175,10 +175,12 @@ impl Drop for Server {
     }
 }
 
-/// The binary under test, with config overrides from our environment removed and
-/// loopback kept off any proxy.
+/// The binary under test (`MOSAIC_BENCH_BINARY`, e.g. an earlier build to compare with,
+/// else this build's), with config overrides from our environment removed and loopback
+/// kept off any proxy.
 fn mosaic_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mosaic-as"));
+    let binary = std::env::var_os("MOSAIC_BENCH_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_mosaic-as").into());
+    let mut command = Command::new(binary);
     for name in CHILD_ENV_OVERRIDES {
         command.env_remove(name);
     }

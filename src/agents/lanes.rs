@@ -22,7 +22,7 @@ impl JobHandler for Agents {
         let started = std::time::Instant::now();
         let outcome = self.run_turn(job).await;
         let result = match &outcome {
-            JobOutcome::Done => "answered",
+            JobOutcome::Done | JobOutcome::Recorded => "answered",
             JobOutcome::Failed(_) | JobOutcome::Unconfirmed(_) => "failed",
             JobOutcome::Retry { .. } => "retry",
         };

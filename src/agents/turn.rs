@@ -90,7 +90,7 @@ impl Agents {
         match self.commit_answer(job, &turn, agent, &streamer, &text, usage).await {
             Ok(()) => {
                 self.wakers.wake_all();
-                JobOutcome::Done
+                JobOutcome::Recorded
             }
             Err(error) => JobOutcome::Retry { error: error.to_string(), after: None },
         }
@@ -368,7 +368,7 @@ impl Agents {
         notice: String,
     ) -> JobOutcome {
         match self.commit_notice(job, turn, to, notice).await {
-            Ok(()) => JobOutcome::Done,
+            Ok(()) => JobOutcome::Recorded,
             Err(error) => JobOutcome::Retry { error: error.to_string(), after: None },
         }
     }

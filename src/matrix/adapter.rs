@@ -37,6 +37,7 @@ use crate::protocol::{
     ContentType, InboundHandler, SenderType, metadata_keys,
 };
 use crate::store::conversations::GhostProfile;
+use crate::store::group_commit::Write;
 use crate::store::{self, Store, accounts, conversations, messages};
 
 pub const CHANNEL: &str = "matrix";
@@ -661,8 +662,13 @@ impl MatrixAdapter {
 
     /// Records where a message landed; from then on it needs no search.
     async fn confirm_sent(&self, room_id: &str, id: Uuid, event_id: &ruma::EventId) -> Result<(), ChannelSendError> {
-        let mut conn = self.store.conn().await.map_err(transient)?;
-        messages::add_ref(&mut conn, CHANNEL, room_id, event_id.as_str(), id).await.map_err(transient)?;
+        let landed = Write::MessageRef {
+            channel: CHANNEL.into(),
+            chat_id: room_id.into(),
+            native_id: event_id.to_string(),
+            message_id: id,
+        };
+        self.store.commit_grouped(landed).await.map_err(transient)?;
         self.unconfirmed.lock().expect("unconfirmed lock").remove(&id);
         Ok(())
     }

@@ -8,10 +8,11 @@
 //! never be handled, or keeps failing past the retry limits, becomes a dead letter
 //! (`mosaic-as jobs`) and its room goes on.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::{Notify, watch};
 
 use super::adapter::{EventError, MatrixAdapter};
@@ -65,49 +66,118 @@ async fn next_retry_in(store: &Store) -> Option<Duration> {
     Some(Duration::from_millis((at - store::now_ms()).clamp(10, IDLE.as_millis() as i64) as u64))
 }
 
-/// Handles up to one batch. Returns how many events were finished (handled or set
-/// aside); an error means the store could not be read or written.
+/// Handles up to one batch, its rooms side by side and each room's events in order.
+/// Returns how many events were finished (handled or set aside); an error means the
+/// store could not be read or written.
 async fn process_batch(store: &Store, adapter: &MatrixAdapter, limits: &RetryLimits) -> store::Result<usize> {
     let pending = {
         let mut conn = store.conn().await?;
         inbox::pending(&mut conn, BATCH).await?
     };
-    // Rooms with an event that failed in this pass: their later events wait for it.
-    let mut waiting: HashSet<String> = HashSet::new();
-    let mut finished = 0;
-    for item in pending {
-        if waiting.contains(&item.room_id) {
-            continue;
-        }
+    let passes: Vec<RoomPass> = futures::stream::iter(by_room(pending))
+        .map(|events| process_room(store, adapter, limits, events))
+        .buffer_unordered(ROOMS_AT_ONCE)
+        .collect()
+        .await;
+    // Every handled event is marked in one statement: a crash before it only hands them
+    // to the hub again, which knows them already.
+    let handled: Vec<&inbox::InboxEvent> = passes.iter().flat_map(|pass| &pass.handled).collect();
+    if !handled.is_empty() {
+        let seqs: Vec<i64> = handled.iter().map(|item| item.seq).collect();
         let mut conn = store.conn().await?;
-        match adapter.process_event(&item.event).await {
-            Ok(()) => inbox::mark_processed(&mut conn, item.seq).await?,
-            Err(EventError::Permanent(error)) => {
-                give_up(&mut conn, &item, DeadReason::Permanent, &error).await?;
-            }
-            Err(EventError::Transient(error)) => match limits.exhausted(item.attempts, item.failing_since) {
-                Some(reason) => give_up(&mut conn, &item, reason, &error).await?,
-                None => {
-                    let delay = limits.delay(item.attempts);
-                    tracing::warn!(seq = item.seq, room_id = item.room_id, %error, retry_in_ms = delay.as_millis() as u64, "event will be retried; its room waits");
-                    inbox::retry_later(&mut conn, item.seq, delay.as_millis() as i64, &error).await?;
-                    waiting.insert(item.room_id.clone());
-                    continue;
-                }
-            },
+        inbox::mark_processed(&mut conn, &seqs).await?;
+        for item in &handled {
+            crate::metrics::event_processed(item.received_at);
         }
-        crate::metrics::event_processed(item.received_at);
-        finished += 1;
+    }
+    let mut finished = handled.len();
+    for pass in passes {
+        finished += pass.set_aside;
+        if let Some(error) = pass.error {
+            return Err(error);
+        }
     }
     Ok(finished)
 }
 
-async fn give_up(
-    conn: &mut store::AnyConnection,
-    item: &inbox::InboxEvent,
-    reason: DeadReason,
-    error: &str,
-) -> store::Result<()> {
+/// Rooms handled at once. Events of one room never run side by side.
+const ROOMS_AT_ONCE: usize = 16;
+
+/// The batch's events grouped by room, each group in arrival order.
+fn by_room(events: Vec<inbox::InboxEvent>) -> Vec<Vec<inbox::InboxEvent>> {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut rooms: Vec<Vec<inbox::InboxEvent>> = Vec::new();
+    for event in events {
+        let slot = *index.entry(event.room_id.clone()).or_insert_with(|| {
+            rooms.push(Vec::new());
+            rooms.len() - 1
+        });
+        rooms[slot].push(event);
+    }
+    rooms
+}
+
+/// What became of one room's events in a batch.
+#[derive(Default)]
+struct RoomPass {
+    /// Handled, to be marked processed.
+    handled: Vec<inbox::InboxEvent>,
+    /// Set aside as dead letters (recorded already).
+    set_aside: usize,
+    /// The store failed; the room's later events wait for the next pass.
+    error: Option<store::StoreError>,
+}
+
+/// Handles one room's events in order until one has to wait for a later try: the room's
+/// later events wait behind it.
+async fn process_room(
+    store: &Store,
+    adapter: &MatrixAdapter,
+    limits: &RetryLimits,
+    events: Vec<inbox::InboxEvent>,
+) -> RoomPass {
+    let mut pass = RoomPass::default();
+    for item in events {
+        // The connection is taken after the event is handled: handling takes its own.
+        let recorded = match adapter.process_event(&item.event).await {
+            Ok(()) => {
+                pass.handled.push(item);
+                continue;
+            }
+            Err(EventError::Permanent(error)) => give_up(store, &item, DeadReason::Permanent, &error).await,
+            Err(EventError::Transient(error)) => match limits.exhausted(item.attempts, item.failing_since) {
+                Some(reason) => give_up(store, &item, reason, &error).await,
+                None => {
+                    let delay = limits.delay(item.attempts);
+                    tracing::warn!(seq = item.seq, room_id = item.room_id, %error, retry_in_ms = delay.as_millis() as u64, "event will be retried; its room waits");
+                    if let Err(error) = retry_later(store, &item, delay, &error).await {
+                        pass.error = Some(error);
+                    }
+                    return pass;
+                }
+            },
+        };
+        match recorded {
+            Ok(()) => {
+                crate::metrics::event_processed(item.received_at);
+                pass.set_aside += 1;
+            }
+            Err(error) => {
+                pass.error = Some(error);
+                return pass;
+            }
+        }
+    }
+    pass
+}
+
+async fn retry_later(store: &Store, item: &inbox::InboxEvent, delay: Duration, error: &str) -> store::Result<()> {
+    let mut conn = store.conn().await?;
+    inbox::retry_later(&mut conn, item.seq, delay.as_millis() as i64, error).await
+}
+
+async fn give_up(store: &Store, item: &inbox::InboxEvent, reason: DeadReason, error: &str) -> store::Result<()> {
     tracing::warn!(txn_id = item.txn_id, seq = item.seq, room_id = item.room_id, reason = reason.as_str(), %error, "event set aside: dead letter");
-    inbox::mark_dead(conn, item.seq, reason.as_str(), error).await
+    let mut conn = store.conn().await?;
+    inbox::mark_dead(&mut conn, item.seq, reason.as_str(), error).await
 }

@@ -177,7 +177,7 @@ impl MatrixAdapter {
                 Some(owner) => conversations::personal_space(&mut tx, &owner).await?,
                 None => None,
             };
-        tx.commit().await.map_err(crate::store::StoreError::from)?;
+        tx.commit().await?;
         if let Some(space) = space {
             self.link_child(&space, room_id.as_str()).await?;
         }
@@ -246,7 +246,7 @@ impl MatrixAdapter {
                 conversations::set_membership(&mut tx, room.as_str(), &self.namespace().bot_user_id(), "join").await?;
                 conversations::conversation_for_room_or_create(&mut tx, room.as_str(), &format!("Agents {a} & {b}"))
                     .await?;
-                tx.commit().await.map_err(store::StoreError::from)?;
+                tx.commit().await?;
                 room
             }
         };

@@ -101,14 +101,21 @@ pub async fn mark_dead(conn: &mut AnyConnection, seq: i64, reason: &str, error: 
     super::dead_letters::set_aside(conn, super::dead_letters::Source::Inbox, seq, reason, error).await
 }
 
-/// Marks an event processed and drops its body: what mattered is in the message log
-/// (with secrets such as link tokens masked), and the raw event may hold them in clear.
-pub async fn mark_processed(conn: &mut AnyConnection, seq: i64) -> Result<()> {
-    sqlx::query("UPDATE inbox_events SET processed_at = $1, event = '' WHERE seq = $2")
-        .bind(now_ms())
-        .bind(seq)
-        .execute(&mut *conn)
-        .await?;
+/// Marks events processed, in one statement per 200, and drops their bodies: what
+/// mattered is in the message log (with secrets such as link tokens masked), and the raw
+/// event may hold them in clear.
+pub async fn mark_processed(conn: &mut AnyConnection, seqs: &[i64]) -> Result<()> {
+    let now = now_ms();
+    for chunk in seqs.chunks(200) {
+        let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql =
+            format!("UPDATE inbox_events SET processed_at = $1, event = '' WHERE seq IN ({})", placeholders.join(", "));
+        let mut update = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        for seq in chunk {
+            update = update.bind(*seq);
+        }
+        update.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

@@ -9,6 +9,7 @@ pub mod agent_rooms;
 pub mod bridges;
 pub mod conversations;
 pub mod dead_letters;
+pub mod group_commit;
 pub mod inbox;
 pub mod messages;
 pub mod outbox;
@@ -17,11 +18,14 @@ pub mod sealed;
 pub mod settings;
 pub mod teams;
 
+use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub use sqlx::AnyConnection;
 
@@ -38,6 +42,9 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A write handed to [`Store::commit_grouped`] did not commit; worth trying again.
+    #[error("grouped write failed: {0}")]
+    Grouped(String),
 }
 
 impl StoreError {
@@ -73,6 +80,44 @@ pub struct Store {
     /// When this process connected (unix ms): work queued before then is left over from
     /// an earlier run.
     opened_at: i64,
+    /// SQLite has one writer at a time. Writers of this process queue here, woken in
+    /// turn, instead of in SQLite's busy handler, which sleeps a millisecond or more
+    /// between tries.
+    write_gate: Arc<Mutex<()>>,
+    /// Started on first use (see [`Store::commit_grouped`]).
+    group_commit: Arc<OnceLock<group_commit::GroupCommit>>,
+}
+
+/// A write transaction ([`Store::begin_write`]): use it as a connection, then commit or
+/// roll back. Dropping it rolls back.
+pub struct WriteTx {
+    tx: Transaction<'static, sqlx::Any>,
+    /// Held until the transaction ends (SQLite only).
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<()> {
+        Ok(self.tx.commit().await?)
+    }
+
+    pub async fn rollback(self) -> Result<()> {
+        Ok(self.tx.rollback().await?)
+    }
+}
+
+impl Deref for WriteTx {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
 }
 
 /// Milliseconds since the unix epoch, the time format of every table.
@@ -96,7 +141,10 @@ impl Store {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
         };
         let options = AnyConnectOptions::from_str(&url)?;
-        let pool_options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        // No ping before each acquire: it is a round trip per query on the hot path, and
+        // a connection that broke meanwhile fails its statement with an I/O error, which
+        // every caller treats as "retry later".
+        let pool_options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10)).test_before_acquire(false);
         let pool = match backend {
             Backend::Sqlite => {
                 pool_options
@@ -115,7 +163,7 @@ impl Store {
             }
             Backend::Postgres => pool_options.max_connections(10).connect_with(options).await?,
         };
-        Ok(Self { pool, backend, opened_at: now_ms() })
+        Ok(Self { pool, backend, opened_at: now_ms(), write_gate: Arc::default(), group_commit: Arc::default() })
     }
 
     /// Connects and brings the schema up to date.
@@ -153,11 +201,20 @@ impl Store {
     /// Starts a transaction that will write. On SQLite it takes the write lock at once
     /// (`BEGIN IMMEDIATE`) so that it waits for other writers instead of failing with
     /// "database is locked" when it upgrades from reading to writing.
-    pub async fn begin_write(&self) -> Result<Transaction<'static, sqlx::Any>> {
+    pub async fn begin_write(&self) -> Result<WriteTx> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => {
+                let turn = self.write_gate.clone().lock_owned().await;
+                WriteTx { tx: self.pool.begin_with("BEGIN IMMEDIATE").await?, _turn: Some(turn) }
+            }
+            Backend::Postgres => WriteTx { tx: self.pool.begin().await?, _turn: None },
         })
+    }
+
+    /// Makes `write` durable together with the writes other tasks hand in meanwhile: one
+    /// transaction, one sync to disk for all. Returns once it is committed.
+    pub async fn commit_grouped(&self, write: group_commit::Write) -> Result<()> {
+        self.group_commit.get_or_init(|| group_commit::GroupCommit::start(self.clone())).write(write).await
     }
 
     /// A cheap round trip, for readiness checks.
