@@ -204,8 +204,13 @@ impl Store {
     pub async fn begin_write(&self) -> Result<WriteTx> {
         Ok(match self.backend {
             Backend::Sqlite => {
+                // The connection first, then the turn: a task queued for its turn holds a
+                // connection, as one waiting in SQLite's lock would, so the writer whose
+                // turn it is never waits for a connection held by those behind it.
+                let conn = self.pool.acquire().await?;
                 let turn = self.write_gate.clone().lock_owned().await;
-                WriteTx { tx: self.pool.begin_with("BEGIN IMMEDIATE").await?, _turn: Some(turn) }
+                let tx = Transaction::begin(conn, Some(sqlx::SqlSafeStr::into_sql_str("BEGIN IMMEDIATE"))).await?;
+                WriteTx { tx, _turn: Some(turn) }
             }
             Backend::Postgres => WriteTx { tx: self.pool.begin().await?, _turn: None },
         })
