@@ -1,6 +1,9 @@
 //! Security properties of the hub that need a store: what people without a linked account
 //! can change, and that link tokens never reach the log in clear.
 
+#[path = "support/columns.rs"]
+mod columns;
+
 use std::sync::Arc;
 
 use mosaic_as::agents::TurnControl;
@@ -312,30 +315,7 @@ async fn issue_token(store: &Store, account: &str) -> String {
 }
 
 async fn columns_holding(store: &Store, needle: &str) -> Vec<String> {
-    let mut conn = store.conn().await.unwrap();
-    let tables: Vec<String> =
-        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'").fetch_all(&mut *conn).await.unwrap();
-    let mut found = Vec::new();
-    for table in tables {
-        let columns: Vec<String> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{table}')")))
-                .fetch_all(&mut *conn)
-                .await
-                .unwrap();
-        for column in columns {
-            let sql =
-                format!("SELECT count(*) FROM \"{table}\" WHERE instr(lower(CAST(\"{column}\" AS TEXT)), $1) > 0");
-            let hits: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .bind(needle.to_string())
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap();
-            if hits > 0 {
-                found.push(format!("{table}.{column}"));
-            }
-        }
-    }
-    found
+    columns::holding(&mut store.conn().await.unwrap(), needle).await
 }
 
 fn said_on(channel: &str, chat: &str, sender: &str, text: &str) -> ChannelMessage {

@@ -2,6 +2,7 @@
 //! slot, mosaic-as processes, and people acting through the client-server API.
 #![allow(dead_code)]
 
+pub mod columns;
 pub mod fake_discord;
 pub mod fake_openai;
 pub mod fake_telegram;
@@ -807,29 +808,8 @@ pub fn file_contains(path: &Path, needle: &str) -> bool {
 /// in any table and any column, read as text.
 pub async fn database_columns_holding(path: &Path, needle: &str) -> Vec<String> {
     use sqlx::Connection;
+    sqlx::any::install_default_drivers();
     let url = format!("sqlite://{}?mode=ro", path.display());
-    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    let tables: Vec<String> =
-        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'").fetch_all(&mut conn).await.unwrap();
-    let mut found = Vec::new();
-    for table in tables {
-        let columns: Vec<String> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{table}')")))
-                .fetch_all(&mut conn)
-                .await
-                .unwrap();
-        for column in columns {
-            let sql =
-                format!("SELECT count(*) FROM \"{table}\" WHERE instr(lower(CAST(\"{column}\" AS TEXT)), $1) > 0");
-            let hits: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .bind(needle.to_lowercase())
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
-            if hits > 0 {
-                found.push(format!("{table}.{column}"));
-            }
-        }
-    }
-    found
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    columns::holding(&mut conn, needle).await
 }
