@@ -12,7 +12,7 @@ use mosaic_as::hub::Hub;
 use mosaic_as::hub::power::{ROOM_POWER, RoomChange};
 use mosaic_as::protocol::{ChannelMessage, ContentType, SenderType};
 use mosaic_as::queue::Wakers;
-use mosaic_as::store::{Store, accounts, bridges, conversations, messages, retention, settings};
+use mosaic_as::store::{Store, accounts, agent_rooms, bridges, conversations, messages, retention, settings};
 
 const CONFIG: &str = r#"
     [homeserver]
@@ -304,6 +304,36 @@ async fn an_agent_with_an_allowed_list_answers_only_those_people() {
     );
     hub.handle_inbound("matrix", with_agent("@alice:example.org", "hello")).await.unwrap();
     assert!(queued_kinds(&store).await.iter().any(|k| k == "agent.turn"), "Alice is answered");
+}
+
+#[tokio::test]
+async fn agents_kept_for_some_people_do_not_work_for_others_in_agent_rooms() {
+    let config = format!(
+        "{CONFIG}\n[[agent]]\nid = \"echo\"\nallowed = [\"@alice:example.org\"]\n\n[[agent]]\nid = \"other\"\nruntime = \"echo\"\n"
+    );
+    let (hub, store, _dir) = hub_with(&config).await;
+    let refusal = "Echo works only for the people the operator allowed (its `allowed` list); not for you.";
+
+    // Bob cannot open a room with an agent kept for Alice.
+    hub.handle_inbound("matrix", said("@bob:example.org", "!pair echo other")).await.unwrap();
+    assert_eq!(notices(&store).await, [refusal]);
+    assert!(!queued_kinds(&store).await.iter().any(|k| k == "matrix.agent_room"), "no room is opened");
+
+    // Nor put it to work in one Alice opened, through either agent.
+    let mut tx = store.begin_write().await.unwrap();
+    let owner = accounts::create_account(&mut tx, "alice", None).await.unwrap();
+    agent_rooms::record(&mut tx, ROOM, &owner.id, "echo", "other").await.unwrap();
+    tx.commit().await.unwrap();
+    for command in ["!ask other hello", "!delegate other a task", "!broadcast echo news", "[HUMAN] stop that"] {
+        hub.handle_inbound("matrix", said("@bob:example.org", command)).await.unwrap();
+        assert_eq!(notices(&store).await.last().map(String::as_str), Some(refusal), "{command}");
+    }
+    let kinds = queued_kinds(&store).await;
+    assert!(!kinds.iter().any(|k| k == "agent.turn"), "no agent works for Bob: {kinds:?}");
+
+    // Alice can.
+    hub.handle_inbound("matrix", said("@alice:example.org", "!ask other hello")).await.unwrap();
+    assert!(queued_kinds(&store).await.iter().any(|k| k == "agent.turn"), "Alice's request is taken up");
 }
 
 async fn issue_token(store: &Store, account: &str) -> String {

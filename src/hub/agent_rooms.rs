@@ -97,6 +97,9 @@ impl Hub {
         if channel != crate::matrix::CHANNEL {
             return Ok("Agent rooms are opened from Matrix.".to_string().into());
         }
+        if let Some(refusal) = self.refusal_for_agents(conn, channel, sender, &[a, b]).await? {
+            return Ok(refusal.into());
+        }
         let Some(owner) = accounts::account_for_identity(conn, channel, sender).await? else {
             return Ok("Agent rooms belong to a Mosaic account: link yours first with `!link <token>`."
                 .to_string()
@@ -125,8 +128,9 @@ impl Hub {
         agent: &str,
         text: &str,
     ) -> store::Result<Answer> {
-        let Some(other) = self.partner(conn, &msg.channel_id, agent).await? else {
-            return Ok(self.not_in_pair(agent));
+        let other = match self.working_partner(conn, msg, agent).await? {
+            Ok(other) => other,
+            Err(refusal) => return Ok(refusal),
         };
         let step = Step::Request { to: other };
         self.queue_turn(conn, conversation_id, agent, msg.id, Some(text.to_string()), Some(step)).await?;
@@ -143,8 +147,9 @@ impl Hub {
         agent: &str,
         task: &str,
     ) -> store::Result<Answer> {
-        let Some(other) = self.partner(conn, &msg.channel_id, agent).await? else {
-            return Ok(self.not_in_pair(agent));
+        let other = match self.working_partner(conn, msg, agent).await? {
+            Ok(other) => other,
+            Err(refusal) => return Ok(refusal),
         };
         let delegation = json!({"task": {"description": task}, "to": other});
         let delegate =
@@ -175,8 +180,8 @@ impl Hub {
         agent: &str,
         text: &str,
     ) -> store::Result<Answer> {
-        if self.partner(conn, &msg.channel_id, agent).await?.is_none() {
-            return Ok(self.not_in_pair(agent));
+        if let Err(refusal) = self.working_partner(conn, msg, agent).await? {
+            return Ok(refusal);
         }
         self.post_agent_message(conn, conversation_id, msg, agent, "broadcast", text, json!({"text": text}), None)
             .await?;
@@ -214,6 +219,24 @@ impl Hub {
                 None
             }
         }))
+    }
+
+    /// The other agent of the room when `agent` is one of its pair and the sender may put
+    /// both to work; else what to tell the sender.
+    async fn working_partner(
+        &self,
+        conn: &mut AnyConnection,
+        msg: &ChannelMessage,
+        agent: &str,
+    ) -> store::Result<Result<String, Answer>> {
+        let Some(other) = self.partner(conn, &msg.channel_id, agent).await? else {
+            return Ok(Err(self.not_in_pair(agent)));
+        };
+        let channel = msg.origin_channel();
+        Ok(match self.refusal_for_agents(conn, channel, &msg.sender_id, &[agent, &other]).await? {
+            Some(refusal) => Err(refusal.into()),
+            None => Ok(other),
+        })
     }
 
     fn not_in_pair(&self, agent: &str) -> Answer {

@@ -212,7 +212,11 @@ impl Hub {
         match (command, pair) {
             (None, _) if routing::is_edit(&msg) => {}
             (None, Some(pair)) if agent_rooms::is_interrupt(&msg.content) => {
-                self.interrupt(&mut tx, &conversation.id, &msg, pair).await?;
+                let agents = [pair.0.as_str(), pair.1.as_str()];
+                match self.refusal_for_agents(&mut tx, channel, &msg.sender_id, &agents).await? {
+                    Some(refusal) => self.reply(&mut tx, channel, &conversation.id, &msg, refusal.into()).await?,
+                    None => self.interrupt(&mut tx, &conversation.id, &msg, pair).await?,
+                }
             }
             (None, Some(_)) => {
                 let hint = "This room belongs to its agents: start them with `!ask <agent> <text>` or `!delegate <agent> <task>`, and begin a message with [HUMAN] to interrupt them.";
@@ -293,6 +297,24 @@ impl Hub {
         Ok(agents.into_iter().partition(|agent| {
             let allowed = self.config.agent(agent).and_then(|a| a.allowed.as_deref());
             allowed.is_none_or(|list| identities.iter().any(|id| crate::permissions::listed(list, id)))
+        }))
+    }
+
+    /// For commands that put agents to work (`!pair`, `!ask`, `!delegate`, `!broadcast`,
+    /// `[HUMAN]`): a refusal naming the first agent whose `allowed` list leaves `sender`
+    /// out, or `None` when every one of them may work for them.
+    pub(crate) async fn refusal_for_agents(
+        &self,
+        conn: &mut AnyConnection,
+        channel: &str,
+        sender: &str,
+        agents: &[&str],
+    ) -> store::Result<Option<String>> {
+        let agents = agents.iter().map(|agent| agent.to_string()).collect();
+        let (_, refused) = self.split_allowed(conn, channel, sender, agents).await?;
+        Ok(refused.first().map(|agent| {
+            let name = self.config.agent(agent).map(|a| a.display_name()).unwrap_or_else(|| agent.clone());
+            format!("{name} works only for the people the operator allowed (its `allowed` list); not for you.")
         }))
     }
 
