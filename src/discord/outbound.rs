@@ -14,6 +14,7 @@ use super::rest::{RestError, codes};
 use super::{CHANNEL, Hook, Inner, RawChannel, Sent, cursor, snowflake};
 use crate::agents::stream::{derived_id, split_parts};
 use crate::protocol::{BridgeError, ChannelMessage, ChannelSendError, ContentType, SenderType, metadata_keys as keys};
+use crate::store::group_commit::Write;
 use crate::store::{StoreError, messages};
 
 /// Discord's limit on a message's content, in characters.
@@ -352,8 +353,13 @@ impl Inner {
     }
 
     async fn record(&self, channel_id: &str, native: &str, id: Uuid, target: &Target) -> Result<(), ChannelSendError> {
-        let mut conn = self.store.conn().await.map_err(store_error)?;
-        messages::add_ref(&mut conn, CHANNEL, channel_id, native, id).await.map_err(store_error)?;
+        let landed = Write::MessageRef {
+            channel: CHANNEL.into(),
+            chat_id: channel_id.into(),
+            native_id: native.into(),
+            message_id: id,
+        };
+        self.store.commit_grouped(landed).await.map_err(store_error)?;
         if let Ok(native) = native.parse::<u64>() {
             let mut caches = self.caches.lock().unwrap();
             if caches.sent.len() >= SENT_MEMORY {
