@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::protocol::ChannelAdapter;
+use crate::protocol::{ChannelAdapter, ChannelSendError};
 
 /// Longest wait for one notice: a surface that hangs must not pile up notices.
 const TRY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,12 +62,16 @@ async fn keep_typing(
     show(adapter.as_ref(), &channel_id, &agent_id, false).await;
 }
 
-async fn show(adapter: &dyn ChannelAdapter, channel_id: &str, agent_id: &str, active: bool) {
-    let outcome = match tokio::time::timeout(TRY_TIMEOUT, adapter.set_typing(channel_id, agent_id, active)).await {
+/// One try of an ephemeral request, bounded by [`TRY_TIMEOUT`].
+async fn try_once(request: impl Future<Output = Result<(), ChannelSendError>>) -> Result<(), String> {
+    match tokio::time::timeout(TRY_TIMEOUT, request).await {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer within {} s", TRY_TIMEOUT.as_secs())),
-    };
-    if let Err(error) = outcome {
+    }
+}
+
+async fn show(adapter: &dyn ChannelAdapter, channel_id: &str, agent_id: &str, active: bool) {
+    if let Err(error) = try_once(adapter.set_typing(channel_id, agent_id, active)).await {
         tracing::debug!(channel = adapter.name(), channel_id, agent = agent_id, active, %error, "typing notice not shown");
     }
 }
@@ -86,12 +90,7 @@ pub fn mark_read(agent_id: &str, seen: Vec<Seen>) {
     for Seen { adapter, channel_id, native_id } in seen {
         let agent_id = agent_id.to_string();
         tokio::spawn(async move {
-            let outcome =
-                match tokio::time::timeout(TRY_TIMEOUT, adapter.mark_read(&channel_id, &native_id, &agent_id)).await {
-                    Ok(result) => result.map_err(|e| e.to_string()),
-                    Err(_) => Err(format!("no answer within {} s", TRY_TIMEOUT.as_secs())),
-                };
-            if let Err(error) = outcome {
+            if let Err(error) = try_once(adapter.mark_read(&channel_id, &native_id, &agent_id)).await {
                 tracing::debug!(
                     channel = adapter.name(),
                     channel_id,

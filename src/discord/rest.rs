@@ -135,14 +135,12 @@ impl Rest {
     {
         let mut attempt = 1;
         loop {
-            self.wait_global().await;
-            let error = match self.once(make()).await {
+            let error = match self.call_once(make()).await {
                 Ok(body) => return Ok(body),
                 Err(error) => error,
             };
             let pause = match &error {
                 RestError::RateLimited { retry_after, global } => {
-                    self.note_limit(*retry_after, *global);
                     tracing::warn!(
                         channel = super::CHANNEL,
                         event = "rate_limited",

@@ -585,8 +585,7 @@ impl MatrixAdapter {
     /// service — the room is searched for the event carrying our message id before
     /// anything is sent again.
     async fn deliver(&self, channel_id: &str, msg: &ChannelMessage, resend: bool) -> Result<(), ChannelSendError> {
-        let room_id = OwnedRoomId::try_from(channel_id)
-            .map_err(|e| ChannelSendError::Terminal(format!("bad room id {channel_id:?}: {e}")))?;
+        let room_id = send_room(channel_id)?;
         if msg.metadata.get(metadata_keys::IS_DELETION).and_then(Value::as_bool).unwrap_or(false) {
             return self.redact_copy(channel_id, msg).await;
         }
@@ -744,6 +743,11 @@ fn room(id: &str) -> Result<OwnedRoomId, EventError> {
     OwnedRoomId::try_from(id).map_err(|e| EventError::Permanent(format!("bad room id {id:?}: {e}")))
 }
 
+/// [`room`] for the outbound side: a chat id that is no room id fails the send for good.
+fn send_room(id: &str) -> Result<OwnedRoomId, ChannelSendError> {
+    OwnedRoomId::try_from(id).map_err(|e| ChannelSendError::Terminal(format!("bad room id {id:?}: {e}")))
+}
+
 /// Whether a message may be a command (commands start with `!` on Matrix): the room's
 /// power is read for those only.
 fn looks_like_command(text: &str) -> bool {
@@ -863,8 +867,7 @@ impl ChannelAdapter for MatrixAdapter {
     /// The agent's ghost types, as people's clients do; clearing it takes the notice
     /// away at once instead of after its timeout.
     async fn set_typing(&self, channel_id: &str, agent_id: &str, active: bool) -> Result<(), ChannelSendError> {
-        let room = OwnedRoomId::try_from(channel_id)
-            .map_err(|e| ChannelSendError::Terminal(format!("bad room id {channel_id:?}: {e}")))?;
+        let room = send_room(channel_id)?;
         let ghost = self.agent_ghost(agent_id)?;
         let state = match active {
             true => Typing::Yes(TypingInfo::new(TYPING_TIMEOUT)),
@@ -878,8 +881,7 @@ impl ChannelAdapter for MatrixAdapter {
     /// A public `m.read` receipt from the agent's ghost: people see the agent has read up
     /// to their message.
     async fn mark_read(&self, channel_id: &str, native_id: &str, agent_id: &str) -> Result<(), ChannelSendError> {
-        let room = OwnedRoomId::try_from(channel_id)
-            .map_err(|e| ChannelSendError::Terminal(format!("bad room id {channel_id:?}: {e}")))?;
+        let room = send_room(channel_id)?;
         let event = OwnedEventId::try_from(native_id)
             .map_err(|e| ChannelSendError::Terminal(format!("bad event id {native_id:?}: {e}")))?;
         let ghost = self.agent_ghost(agent_id)?;
