@@ -164,6 +164,12 @@ config = {
     "serve_server_wellknown": False,
     "url_preview_enabled": False,
     "presence": {"enabled": False},
+    # Encrypted rooms: to-device messages, device lists and one-time key counts pushed
+    # to the appservice (MSC2409, MSC3202); devices come from the registration (MSC4190).
+    "experimental_features": {
+        "msc2409_to_device_messages_enabled": True,
+        "msc3202_transaction_extensions": True,
+    },
     "enable_metrics": False,
     # Rate limits, raised far beyond anything a test does.
     "rc_message": BIG,

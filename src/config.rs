@@ -73,6 +73,8 @@ pub struct Config {
     pub media: MediaConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub e2ee: E2eeConfig,
     /// The Telegram bridge; off without this section (or `MOSAIC_AS_TELEGRAM_TOKEN`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telegram: Option<TelegramConfig>,
@@ -221,6 +223,23 @@ fn default_command_refill_secs() -> u64 {
     60
 }
 
+/// End-to-end encrypted rooms: the bot and each agent get a device of their own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct E2eeConfig {
+    /// Take part in encrypted rooms. Needs a homeserver with MSC4190 devices for
+    /// appservices and to-device events in transactions (see `registration/README.md`);
+    /// where it has none, encrypted rooms stay unread and the log says why.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for E2eeConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
 /// Files carried between surfaces.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -238,6 +257,10 @@ impl Default for MediaConfig {
     fn default() -> Self {
         Self { max_bytes: default_media_max_bytes(), timeout_secs: default_media_timeout_secs() }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_media_max_bytes() -> u64 {

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::client::{HomeserverClient, HsError};
+use super::e2ee::{Crypto, Decrypted};
 use super::format::{self, Placement};
 use super::ghosts::Ghosts;
 use super::names::DisplayNames;
@@ -103,6 +104,8 @@ pub struct MatrixAdapter {
     pub(super) catch_up_cursors: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// Who may use the service: invites and messages from `none` are ignored here.
     permissions: Permissions,
+    /// Devices for encrypted rooms; `None` when turned off.
+    crypto: Option<Arc<Crypto>>,
 }
 
 impl MatrixAdapter {
@@ -111,6 +114,7 @@ impl MatrixAdapter {
         Self {
             ns: Namespace::from_config(&config),
             ghosts: Ghosts::new(client.clone(), store.clone()),
+            crypto: Crypto::new(&config, client.clone()),
             client,
             permissions: Permissions::from_config(&config),
             config,
@@ -134,6 +138,10 @@ impl MatrixAdapter {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn crypto(&self) -> Option<&Arc<Crypto>> {
+        self.crypto.as_ref()
     }
 
     pub fn client(&self) -> &HomeserverClient {
@@ -175,7 +183,47 @@ impl MatrixAdapter {
             "m.room.member" => self.on_member(&event, room_id, sender).await,
             "m.room.message" if !self.ns.is_ours(sender) => self.on_message(&event, room_id, sender).await,
             "m.reaction" if !self.ns.is_ours(sender) => self.on_reaction(&event, room_id, sender).await,
+            "m.room.encrypted" if !self.ns.is_ours(sender) => self.on_encrypted(&event, room_id, sender).await,
+            "m.room.encryption" => {
+                if let (Some(crypto), Ok(room)) = (&self.crypto, room(room_id)) {
+                    crypto.mark_encrypted(&room);
+                }
+                Ok(())
+            }
             _ => Ok(()),
+        }
+    }
+
+    /// An encrypted event is decrypted with the device of one of our users in the room,
+    /// then handled as if it had come in clear. One whose room key has not arrived waits
+    /// (the inbox tries again); one that can never be read is set aside.
+    async fn on_encrypted(&self, event: &Value, room_id: &str, sender: &str) -> Result<(), EventError> {
+        // Nothing is read for people the service ignores.
+        if self.permissions.matrix_level(sender) == Level::None {
+            return Ok(());
+        }
+        let Some(crypto) = &self.crypto else {
+            tracing::info!(room_id, "encrypted event left unread: encryption is turned off");
+            return Ok(());
+        };
+        let room = room(room_id)?;
+        crypto.mark_encrypted(&room);
+        let mut conn = self.store.conn().await?;
+        let members = conversations::present_members(&mut conn, room_id).await?;
+        drop(conn);
+        let readers: Vec<OwnedUserId> = members
+            .iter()
+            .filter(|(member, membership)| membership == "join" && self.ns.is_ours(member))
+            .filter_map(|(member, _)| OwnedUserId::try_from(member.as_str()).ok())
+            .collect();
+        match crypto.decrypt(&room, event, &readers).await {
+            Ok(Decrypted::Event(clear)) => Box::pin(self.process_event(&clear)).await,
+            Ok(Decrypted::KeyMissing) => {
+                Err(EventError::Transient("the message's room key has not arrived yet".into()))
+            }
+            Ok(Decrypted::Undecryptable(reason)) => Err(EventError::Permanent(format!("cannot decrypt: {reason}"))),
+            Err(error) if error.is_transient() => Err(EventError::Transient(error.to_string())),
+            Err(error) => Err(EventError::Permanent(error.to_string())),
         }
     }
 
@@ -212,6 +260,13 @@ impl MatrixAdapter {
             return Ok(());
         }
         let room = room(room_id)?;
+        // The device exists before the join, so that the first message sent to the room
+        // after it is already encrypted for it.
+        if let Some(crypto) = &self.crypto
+            && let Err(error) = crypto.device(&user).await
+        {
+            tracing::warn!(room_id, user_id = target, %error, "no device for encrypted rooms; encrypted messages will stay unread");
+        }
         self.client.call(join_room_by_id::v3::Request::new(room.clone()), Some(&user)).await?;
         tracing::info!(room_id, user_id = target, "joined room on invite");
         self.sync_members(&room, &user).await
@@ -619,13 +674,14 @@ impl MatrixAdapter {
             }
             let step = async {
                 self.ensure_known_user(&speaker).await?;
-                let request = send_message_event::v3::Request::new_raw(
-                    room_id.clone(),
+                self.send_room_event(
+                    &room_id,
+                    &speaker,
                     txn_id.clone(),
                     MessageLikeEventType::RoomMessage,
                     content.clone(),
-                );
-                self.client.call(request, Some(&speaker)).await
+                )
+                .await
             };
             match step.await {
                 Ok(response) => {
@@ -695,7 +751,10 @@ impl MatrixAdapter {
             request.from = from.take();
             request.limit = UInt::from(LOOK_BACK_PAGE);
             request.filter.senders = Some(vec![speaker.to_owned()]);
-            request.filter.types = Some(vec![MessageLikeEventType::RoomMessage.to_string()]);
+            request.filter.types = Some(vec![
+                MessageLikeEventType::RoomMessage.to_string(),
+                MessageLikeEventType::RoomEncrypted.to_string(),
+            ]);
             let page = self.client.call(request, Some(speaker)).await?;
             for raw in &page.chunk {
                 let Ok(event) = serde_json::from_str::<Value>(raw.json().get()) else { continue };
@@ -709,6 +768,55 @@ impl MatrixAdapter {
             }
         }
         Ok(None)
+    }
+
+    /// Sends an event into a room as `sender`, encrypted when the room is. An encrypted
+    /// event keeps its `mosaic.id` beside the ciphertext, where [`Self::find_sent`] looks.
+    pub(super) async fn send_room_event(
+        &self,
+        room: &OwnedRoomId,
+        sender: &UserId,
+        txn_id: OwnedTransactionId,
+        event_type: MessageLikeEventType,
+        content: Raw<AnyMessageLikeEventContent>,
+    ) -> Result<send_message_event::v3::Response, HsError> {
+        let Some(crypto) = self.crypto.as_ref() else {
+            return self.send_clear(room, sender, txn_id, event_type, content).await;
+        };
+        if !crypto.is_encrypted(room, sender).await? {
+            return self.send_clear(room, sender, txn_id, event_type, content).await;
+        }
+        let members = self.room_recipients(room).await?;
+        let encrypted = crypto.encrypt(sender, room, &event_type.to_string(), &content, &members).await?;
+        let mut outer: Value =
+            serde_json::from_str(encrypted.json().get()).map_err(|e| HsError::Protocol(e.to_string()))?;
+        if let Some(id) =
+            serde_json::from_str::<Value>(content.json().get()).ok().and_then(|c| c.get(MESSAGE_ID_KEY).cloned())
+        {
+            outer[MESSAGE_ID_KEY] = id;
+        }
+        let outer = Raw::new(&outer).map_err(|e| HsError::Protocol(e.to_string()))?.cast_unchecked();
+        self.send_clear(room, sender, txn_id, MessageLikeEventType::RoomEncrypted, outer).await
+    }
+
+    async fn send_clear(
+        &self,
+        room: &OwnedRoomId,
+        sender: &UserId,
+        txn_id: OwnedTransactionId,
+        event_type: MessageLikeEventType,
+        content: Raw<AnyMessageLikeEventContent>,
+    ) -> Result<send_message_event::v3::Response, HsError> {
+        let request = send_message_event::v3::Request::new_raw(room.clone(), txn_id, event_type, content);
+        self.client.call(request, Some(sender)).await
+    }
+
+    /// Everyone a room key is shared with: the room's joined and invited members.
+    async fn room_recipients(&self, room: &OwnedRoomId) -> Result<Vec<OwnedUserId>, HsError> {
+        let unavailable = |e: store::StoreError| HsError::Encryption { message: e.to_string(), transient: true };
+        let mut conn = self.store.conn().await.map_err(unavailable)?;
+        let members = conversations::present_members(&mut conn, room.as_str()).await.map_err(unavailable)?;
+        Ok(members.into_iter().filter_map(|(member, _)| OwnedUserId::try_from(member).ok()).collect())
     }
 
     fn note_rate_limit(&self, retry_after: Option<Duration>) {

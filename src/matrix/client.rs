@@ -37,6 +37,10 @@ pub enum HsError {
     Protocol(String),
     #[error("the answer is larger than {max_bytes} bytes")]
     TooLarge { max_bytes: u64 },
+    /// The request could not be encrypted for its room; `transient` when a later try may
+    /// succeed (the homeserver was unreachable while keys were exchanged).
+    #[error("cannot encrypt for the room: {message}")]
+    Encryption { message: String, transient: bool },
 }
 
 /// Bounds for an answer that may be large (a file from the media repository).
@@ -50,6 +54,7 @@ impl HsError {
     /// Network failures, 408, 429 and 5xx may succeed when tried again; other 4xx will not.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Network(_) | Self::RateLimited { .. } | Self::Server { .. })
+            || matches!(self, Self::Encryption { transient: true, .. })
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
@@ -129,6 +134,40 @@ impl HomeserverClient {
         for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
     {
         let identity = as_user.map(AppserviceUserIdentity::new).unwrap_or_default();
+        self.call_with_identity(request, identity, limit).await
+    }
+
+    /// Sends `request` as one of `user`'s devices (the `device_id` assertion of MSC4190):
+    /// what end-to-end encryption asks of the homeserver is done per device.
+    pub async fn call_as_device<R>(
+        &self,
+        request: R,
+        user: &UserId,
+        device: &ruma::DeviceId,
+    ) -> Result<R::IncomingResponse, HsError>
+    where
+        R: OutgoingRequest,
+        R::EndpointError: ToHsError,
+        R::PathBuilder: PathInput,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+    {
+        let mut identity = AppserviceUserIdentity::new(user);
+        identity.device_id = Some(device);
+        self.call_with_identity(request, identity, None).await
+    }
+
+    async fn call_with_identity<R>(
+        &self,
+        request: R,
+        identity: AppserviceUserIdentity<'_>,
+        limit: Option<BodyLimit>,
+    ) -> Result<R::IncomingResponse, HsError>
+    where
+        R: OutgoingRequest,
+        R::EndpointError: ToHsError,
+        R::PathBuilder: PathInput,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+    {
         let http_request = request
             .try_into_http_request_with_identity::<Vec<u8>>(
                 &self.base_url,

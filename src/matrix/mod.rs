@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod catch_up;
 pub mod client;
+pub mod e2ee;
 pub mod format;
 pub mod ghosts;
 pub mod inbox;

@@ -15,6 +15,17 @@ struct Registration<'a> {
     sender_localpart: &'a str,
     rate_limited: bool,
     namespaces: Namespaces,
+    /// Ephemeral events and to-device messages in transactions (MSC2409).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    receive_ephemeral: bool,
+    #[serde(rename = "de.sorunome.msc2409.push_ephemeral", skip_serializing_if = "std::ops::Not::not")]
+    push_ephemeral: bool,
+    /// Device lists and one-time key counts in transactions (MSC3202).
+    #[serde(rename = "org.matrix.msc3202", skip_serializing_if = "std::ops::Not::not")]
+    transaction_extensions: bool,
+    /// Devices created and asserted with the as_token (MSC4190).
+    #[serde(rename = "io.element.msc4190", skip_serializing_if = "std::ops::Not::not")]
+    device_management: bool,
 }
 
 #[derive(Serialize)]
@@ -33,6 +44,7 @@ struct NamespaceEntry {
 /// The registration YAML for `config`.
 pub fn registration_yaml(config: &Config) -> String {
     let namespace = Namespace::from_config(config);
+    let e2ee = config.e2ee.enabled;
     let registration = Registration {
         id: &config.appservice.id,
         url: &config.appservice.url,
@@ -45,6 +57,10 @@ pub fn registration_yaml(config: &Config) -> String {
             aliases: vec![NamespaceEntry { exclusive: true, regex: namespace.alias_regex() }],
             rooms: vec![],
         },
+        receive_ephemeral: e2ee,
+        push_ephemeral: e2ee,
+        transaction_extensions: e2ee,
+        device_management: e2ee,
     };
     serde_yaml::to_string(&registration).expect("registration serialises")
 }
@@ -78,5 +94,11 @@ mod tests {
         assert!(re.is_match("@mosaic-bot:example.org"));
         assert_eq!(yaml["namespaces"]["users"][0]["exclusive"], true);
         assert!(yaml["namespaces"]["aliases"][0]["regex"].as_str().unwrap().starts_with("^#mosaic\\-"));
+        // Encrypted rooms need devices, to-device messages and key counts from the homeserver.
+        for flag in
+            ["receive_ephemeral", "de.sorunome.msc2409.push_ephemeral", "org.matrix.msc3202", "io.element.msc4190"]
+        {
+            assert_eq!(yaml[flag], true, "{flag}");
+        }
     }
 }

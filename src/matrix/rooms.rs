@@ -6,8 +6,8 @@ use ruma::api::client::discovery::get_capabilities;
 use ruma::api::client::membership::{invite_user, join_room_by_id};
 use ruma::api::client::room::{Visibility, create_room};
 use ruma::api::client::state::{get_state_event_for_key, send_state_event};
-use ruma::events::StateEventType;
 use ruma::events::room::message::RoomMessageEventContent;
+use ruma::events::{MessageLikeEventType, StateEventType};
 use ruma::serde::Raw;
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
@@ -499,9 +499,10 @@ impl MatrixAdapter {
         );
         let content = RoomMessageEventContent::notice_markdown(text);
         let txn: ruma::OwnedTransactionId = format!("mosaic-welcome-{}", job.account_id).into();
-        let request = ruma::api::client::message::send_message_event::v3::Request::new(room.clone(), txn, &content)
-            .map_err(|e| EventError::Permanent(e.to_string()))?;
-        self.client().call(request, None).await?;
+        let content = Raw::new(&content).map_err(|e| EventError::Permanent(e.to_string()))?.cast_unchecked();
+        let bot = self.namespace().bot_user_id();
+        let bot = OwnedUserId::try_from(bot.as_str()).map_err(|e| EventError::Permanent(e.to_string()))?;
+        self.send_room_event(&room, &bot, txn, MessageLikeEventType::RoomMessage, content).await?;
         let mut conn = self.store().conn().await?;
         conversations::set_membership(&mut conn, room.as_str(), &self.namespace().bot_user_id(), "join").await?;
         conversations::set_membership(&mut conn, room.as_str(), &job.user_id, "invite").await?;

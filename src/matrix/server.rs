@@ -15,6 +15,7 @@ use serde_json::{Value, json, value::RawValue};
 use tokio::sync::Notify;
 
 use super::adapter::MatrixAdapter;
+use super::e2ee::CryptoInput;
 use super::naming::Namespace;
 use crate::config::Config;
 #[cfg(test)]
@@ -100,6 +101,9 @@ async fn transaction(State(state): State<ServerState>, Path(txn_id): Path<String
             return matrix_error(StatusCode::BAD_REQUEST, "M_BAD_JSON", format!("transaction body: {error}"));
         }
     };
+    if let Err(response) = receive_crypto_input(&state, &txn_id, &bytes).await {
+        return response;
+    }
     let events: Vec<inbox::Pushed> =
         parsed.events.iter().map(|e| inbox::Pushed { room_id: &e.room_id, event: &e.event }).collect();
     match inbox::record_transaction(&state.store, &parsed.inbox_key, &events).await {
@@ -119,6 +123,31 @@ async fn transaction(State(state): State<ServerState>, Path(txn_id): Path<String
             matrix_error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", "storage unavailable, retry later")
         }
     }
+}
+
+/// Hands what the transaction carries for encrypted rooms (to-device messages, key
+/// counts, device lists) to the devices it is for, before its events reach the inbox: a
+/// message's room key arrives with or before the message. Not acknowledged when a crypto
+/// store cannot take it, so that the homeserver sends it again.
+async fn receive_crypto_input(state: &ServerState, txn_id: &str, body: &[u8]) -> Result<(), Response> {
+    let Some(crypto) = state.adapter.crypto() else { return Ok(()) };
+    let input: CryptoInput = match serde_json::from_slice(body) {
+        Ok(input) => input,
+        Err(error) => {
+            // The events may still be good: they are kept, and what encryption needed is
+            // named in the log.
+            tracing::warn!(txn_id, %error, "transaction's encryption fields unreadable; ignored");
+            return Ok(());
+        }
+    };
+    if input.is_empty() {
+        return Ok(());
+    }
+    tracing::debug!(txn_id, ?input, "encryption input");
+    crypto.receive(input).await.map_err(|error| {
+        tracing::error!(txn_id, %error, "cannot take in the transaction's keys and to-device messages");
+        matrix_error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", "crypto store unavailable, retry later")
+    })
 }
 
 /// A pushed transaction body as it goes into the inbox.
@@ -197,7 +226,7 @@ pub fn prepare_for_inbox<'a>(
     namespace: &Namespace,
     key: &str,
 ) -> Option<Cow<'a, str>> {
-    if envelope.kind == "m.room.message" && namespace.is_ours(&envelope.sender) {
+    if matches!(envelope.kind.as_ref(), "m.room.message" | "m.room.encrypted") && namespace.is_ours(&envelope.sender) {
         return None;
     }
     Some(seal_link_tokens(raw, key))

@@ -1,6 +1,8 @@
 //! mosaic-as against a real Synapse: people invite agents, talk, link accounts, and the
 //! service is crashed and fed repeated transactions without losing or doubling a reply.
 
+#![recursion_limit = "256"]
+
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -8,6 +10,7 @@ mod admin;
 mod agents;
 mod bounds;
 mod discord;
+mod encrypted;
 mod listeners;
 mod permissions;
 mod quiet_errors;

@@ -57,6 +57,7 @@ pub const SLOTS: &[&str] = &[
     "bounds",
     "typing",
     "bridgetyping",
+    "encrypted",
 ];
 
 pub fn repo() -> PathBuf {
@@ -564,6 +565,15 @@ impl Person {
             .await
             .unwrap();
         response["content_uri"].as_str().expect("an mxc URI").to_string()
+    }
+
+    /// The room's latest events of every type, oldest first: what the homeserver holds.
+    pub async fn timeline(&self, room: &str) -> Vec<Value> {
+        let page =
+            self.call(reqwest::Method::GET, &format!("/rooms/{}/messages?dir=b&limit=200", enc(room)), None).await;
+        let mut events = page["chunk"].as_array().cloned().unwrap_or_default();
+        events.reverse();
+        events
     }
 
     /// Every message event of the room, oldest first, page by page.

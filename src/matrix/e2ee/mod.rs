@@ -1,0 +1,346 @@
+//! End-to-end encryption: the bot and every agent ghost that enters an encrypted room
+//! gets a device of its own (MSC4190), with an Olm account in a crypto store on disk and a
+//! cross-signing identity that vouches for the device. Keys and to-device messages arrive
+//! in the homeserver's transactions (MSC2409, MSC3202); room events are decrypted before
+//! the hub sees them and encrypted on their way out.
+
+mod intake;
+mod requests;
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use matrix_sdk_crypto::store::CryptoStore;
+use matrix_sdk_crypto::{
+    DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, MegolmError, OlmMachine, TrustRequirement,
+};
+use matrix_sdk_sqlite::SqliteCryptoStore;
+use ruma::api::client::device::update_device;
+use ruma::api::client::state::get_state_event_for_key;
+use ruma::events::room::encrypted::RoomEncryptedEventContent;
+use ruma::events::{AnyMessageLikeEventContent, StateEventType};
+use ruma::serde::Raw;
+use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::Value;
+
+pub use intake::CryptoInput;
+
+use super::client::{HomeserverClient, HsError};
+use crate::config::Config;
+
+/// Why an encryption step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum E2eeError {
+    #[error(transparent)]
+    Homeserver(#[from] HsError),
+    #[error("crypto store: {0}")]
+    Store(String),
+    #[error("encryption: {0}")]
+    Olm(String),
+}
+
+impl E2eeError {
+    /// The homeserver may answer later; the store may be busy. A broken session will not
+    /// mend by trying again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Homeserver(error) => error.is_transient(),
+            Self::Store(_) => true,
+            Self::Olm(_) => false,
+        }
+    }
+}
+
+impl From<E2eeError> for HsError {
+    fn from(error: E2eeError) -> Self {
+        match error {
+            E2eeError::Homeserver(error) => error,
+            other => HsError::Encryption { transient: other.is_transient(), message: other.to_string() },
+        }
+    }
+}
+
+impl From<matrix_sdk_crypto::CryptoStoreError> for E2eeError {
+    fn from(error: matrix_sdk_crypto::CryptoStoreError) -> Self {
+        Self::Store(error.to_string())
+    }
+}
+
+impl From<matrix_sdk_crypto::OlmError> for E2eeError {
+    fn from(error: matrix_sdk_crypto::OlmError) -> Self {
+        Self::Olm(error.to_string())
+    }
+}
+
+/// What came of trying to decrypt a room event.
+pub enum Decrypted {
+    /// The event as if it had been sent in clear: type and content from the ciphertext,
+    /// everything else from the envelope.
+    Event(String),
+    /// None of our devices in the room holds its room key yet: it may still arrive.
+    KeyMissing,
+    /// It cannot be decrypted, now or later.
+    Undecryptable(String),
+}
+
+/// One of our users' devices: its Olm machine and the lock that keeps its key exchanges
+/// (key queries, claims, room key shares) one at a time.
+pub struct Device {
+    machine: OlmMachine,
+    exchange: tokio::sync::Mutex<()>,
+}
+
+pub struct Crypto {
+    client: HomeserverClient,
+    /// One crypto store per user below this folder.
+    dir: PathBuf,
+    /// Opens the crypto stores: derived from the as_token, never written down.
+    store_key: zeroize::Zeroizing<[u8; 32]>,
+    devices: tokio::sync::Mutex<HashMap<OwnedUserId, Arc<Device>>>,
+    /// Rooms known to be encrypted (a room never stops being so) or known not to be.
+    encrypted_rooms: Mutex<HashMap<OwnedRoomId, bool>>,
+}
+
+/// Megolm sessions are shared with every device of the room's members, as Element does;
+/// trust decides what people's clients show, not whether the agent can read.
+const DECRYPTION: DecryptionSettings =
+    DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted };
+
+impl Crypto {
+    /// The service's encryption, or `None` when the config turns it off.
+    pub fn new(config: &Config, client: HomeserverClient) -> Option<Arc<Self>> {
+        if !config.e2ee.enabled {
+            return None;
+        }
+        let dir = config.appservice.data_dir.clone()?.join("crypto");
+        let derived = crate::secrets::derived_token(&config.appservice.as_token, "matrix crypto store");
+        let mut store_key = zeroize::Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(derived.as_bytes(), store_key.as_mut_slice()).expect("an HMAC-SHA256 is 32 bytes");
+        Some(Arc::new(Self {
+            client,
+            dir,
+            store_key,
+            devices: Default::default(),
+            encrypted_rooms: Default::default(),
+        }))
+    }
+
+    /// `user`'s device, created on the homeserver with its keys and cross-signing the
+    /// first time, opened from its store afterwards.
+    pub async fn device(&self, user: &UserId) -> Result<Arc<Device>, E2eeError> {
+        let mut devices = self.devices.lock().await;
+        if let Some(device) = devices.get(user) {
+            return Ok(device.clone());
+        }
+        let device = Arc::new(self.open_device(user).await?);
+        // Keys and cross-signing go up before anyone uses the device; a failure leaves it
+        // out, to be set up again by the next caller.
+        let ready = async {
+            self.exchange_keys(&device).await?;
+            self.ensure_cross_signed(&device).await
+        };
+        match ready.await {
+            Ok(()) => {
+                devices.insert(user.to_owned(), device.clone());
+                Ok(device)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// `user`'s device if it has one already (in memory or on disk): to-device messages
+    /// for users without a device have no one to read them.
+    async fn existing_device(&self, user: &UserId) -> Result<Option<Arc<Device>>, E2eeError> {
+        if let Some(device) = self.devices.lock().await.get(user) {
+            return Ok(Some(device.clone()));
+        }
+        if !self.store_dir(user).exists() {
+            return Ok(None);
+        }
+        self.device(user).await.map(Some)
+    }
+
+    async fn open_device(&self, user: &UserId) -> Result<Device, E2eeError> {
+        let store = SqliteCryptoStore::open_with_key(self.store_dir(user), Some(&self.store_key))
+            .await
+            .map_err(|e| E2eeError::Store(format!("cannot open the crypto store of {user}: {e}")))?;
+        // The device id lives with the account: a restart keeps both.
+        let device_id = match store.load_account().await.map_err(|e| E2eeError::Store(e.to_string()))? {
+            Some(account) => account.device_id().to_owned(),
+            None => new_device_id(),
+        };
+        let mut request = update_device::v3::Request::new(device_id.clone());
+        request.display_name = Some("Mosaic".into());
+        self.client.call(request, Some(user)).await?;
+        let machine = OlmMachine::with_store(user, &device_id, store, None).await?;
+        tracing::info!(user_id = %user, device_id = %device_id, "device ready for encrypted rooms");
+        Ok(Device { machine, exchange: tokio::sync::Mutex::new(()) })
+    }
+
+    fn store_dir(&self, user: &UserId) -> PathBuf {
+        // A digest keeps any user id a valid, fixed-length folder name.
+        self.dir.join(&crate::secrets::hash_token(user.as_str())[..32])
+    }
+
+    /// Creates the user's cross-signing identity once and signs the device with it, so
+    /// that clients which only trust cross-signed devices still talk to it.
+    async fn ensure_cross_signed(&self, device: &Device) -> Result<(), E2eeError> {
+        let machine = &device.machine;
+        if machine.cross_signing_status().await.is_complete() {
+            return Ok(());
+        }
+        let bootstrap = machine.bootstrap_cross_signing(false).await?;
+        if let Some(upload) = bootstrap.upload_keys_req {
+            requests::send(&self.client, machine, upload).await?;
+        }
+        let mut signing_keys = ruma::api::client::keys::upload_signing_keys::v3::Request::new();
+        let keys = bootstrap.upload_signing_keys_req;
+        signing_keys.master_key = keys.master_key.map(|key| key.to_raw());
+        signing_keys.self_signing_key = keys.self_signing_key.map(|key| key.to_raw());
+        signing_keys.user_signing_key = keys.user_signing_key.map(|key| key.to_raw());
+        self.client.call_as_device(signing_keys, machine.user_id(), machine.device_id()).await?;
+        self.client.call_as_device(bootstrap.upload_signatures_req, machine.user_id(), machine.device_id()).await?;
+        tracing::info!(user_id = %machine.user_id(), "cross-signing identity created");
+        Ok(())
+    }
+
+    /// Sends what the device's Olm machine has queued: key uploads, key queries,
+    /// to-device messages.
+    async fn exchange_keys(&self, device: &Device) -> Result<(), E2eeError> {
+        let _one_at_a_time = device.exchange.lock().await;
+        requests::send_queued(&self.client, &device.machine).await
+    }
+
+    /// Takes in what a transaction carried for our devices. Returns once every affected
+    /// crypto store has it: a transaction is acknowledged only after that.
+    pub async fn receive(self: &Arc<Self>, input: CryptoInput) -> Result<(), E2eeError> {
+        let mut input = input;
+        input.settle();
+        let mut users = input.recipients();
+        if !input.device_lists.changed.is_empty() || !input.device_lists.left.is_empty() {
+            // Every device tracks other people's devices: each sees the changes.
+            users.extend(self.devices.lock().await.keys().cloned());
+        }
+        let mut affected = Vec::new();
+        for user in users {
+            let Some(device) = self.existing_device(&user).await? else { continue };
+            let changes = input.for_device(&user, device.machine.device_id());
+            let sync = EncryptionSyncChanges {
+                to_device_events: changes.to_device,
+                changed_devices: &input.device_lists,
+                one_time_keys_counts: &changes.one_time_keys,
+                unused_fallback_keys: changes.fallback_keys.as_deref(),
+                next_batch_token: None,
+            };
+            device.machine.receive_sync_changes(sync, &DECRYPTION).await?;
+            affected.push(device);
+        }
+        // Key uploads and queries the changes call for go out after the answer.
+        let crypto = self.clone();
+        tokio::spawn(async move {
+            for device in affected {
+                if let Err(error) = crypto.exchange_keys(&device).await {
+                    tracing::warn!(user_id = %device.machine.user_id(), %error, "key exchange failed; it is tried again with the next change");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Learns from a pushed `m.room.encryption` that `room` is encrypted.
+    pub fn mark_encrypted(&self, room: &RoomId) {
+        self.encrypted_rooms.lock().expect("rooms lock").insert(room.to_owned(), true);
+    }
+
+    /// Whether `room` is encrypted, asked of the homeserver as `reader` once per room.
+    pub async fn is_encrypted(&self, room: &RoomId, reader: &UserId) -> Result<bool, HsError> {
+        if let Some(known) = self.encrypted_rooms.lock().expect("rooms lock").get(room) {
+            return Ok(*known);
+        }
+        let request =
+            get_state_event_for_key::v3::Request::new(room.to_owned(), StateEventType::RoomEncryption, "".into());
+        let encrypted = match self.client.call(request, Some(reader)).await {
+            Ok(_) => true,
+            Err(error) if error.errcode() == Some("M_NOT_FOUND") => false,
+            Err(error) => return Err(error),
+        };
+        self.encrypted_rooms.lock().expect("rooms lock").entry(room.to_owned()).or_insert(encrypted);
+        Ok(encrypted)
+    }
+
+    /// Decrypts a pushed `m.room.encrypted` event with the first of `readers` (our users
+    /// in the room) whose device holds its room key.
+    pub async fn decrypt(&self, room: &RoomId, event: &Value, readers: &[OwnedUserId]) -> Result<Decrypted, E2eeError> {
+        let raw: Raw<_> = Raw::new(event).map_err(|e| E2eeError::Olm(e.to_string()))?.cast_unchecked();
+        let mut holder = false;
+        for reader in readers {
+            let Some(device) = self.existing_device(reader).await? else { continue };
+            holder = true;
+            match device.machine.decrypt_room_event(&raw, room, &DECRYPTION).await {
+                Ok(decrypted) => return Ok(Decrypted::Event(in_clear(event, decrypted.event.json().get())?)),
+                Err(MegolmError::MissingRoomKey(_)) => {}
+                Err(MegolmError::Store(error)) => return Err(error.into()),
+                Err(error) => return Ok(Decrypted::Undecryptable(error.to_string())),
+            }
+        }
+        if holder {
+            Ok(Decrypted::KeyMissing)
+        } else {
+            // Room keys go to the devices present when a message is sent; ours were not.
+            Ok(Decrypted::Undecryptable("none of our users in the room has a device".into()))
+        }
+    }
+
+    /// Encrypts `content` for `room`'s `members` as `sender`, first sharing the room key
+    /// with every device of theirs that lacks it.
+    pub async fn encrypt(
+        &self,
+        sender: &UserId,
+        room: &RoomId,
+        event_type: &str,
+        content: &Raw<AnyMessageLikeEventContent>,
+        members: &[OwnedUserId],
+    ) -> Result<Raw<RoomEncryptedEventContent>, E2eeError> {
+        let device = self.device(sender).await?;
+        let machine = &device.machine;
+        let _one_at_a_time = device.exchange.lock().await;
+        machine.update_tracked_users(members.iter().map(Deref::deref)).await?;
+        requests::send_queued(&self.client, machine).await?;
+        if let Some((request_id, claim)) = machine.get_missing_sessions(members.iter().map(Deref::deref)).await? {
+            let response = self.client.call_as_device(claim, machine.user_id(), machine.device_id()).await?;
+            machine.mark_request_as_sent(&request_id, &response).await?;
+        }
+        let shares =
+            machine.share_room_key(room, members.iter().map(Deref::deref), EncryptionSettings::default()).await?;
+        for share in shares {
+            requests::send_to_device(&self.client, machine, &share).await?;
+        }
+        let encrypted = machine
+            .encrypt_room_event_raw(room, event_type, content)
+            .await
+            .map_err(|e| E2eeError::Olm(e.to_string()))?;
+        Ok(encrypted.content.cast_unchecked())
+    }
+}
+
+/// A device id of ours: recognisable in people's device lists, unique per new store.
+fn new_device_id() -> OwnedDeviceId {
+    format!("MOSAIC{}", crate::secrets::random_hex(5).to_uppercase()).into()
+}
+
+/// The pushed event with the decrypted type and content in place of the ciphertext. A
+/// relation travels beside the ciphertext (so that servers can aggregate edits) and is
+/// put back into the content.
+fn in_clear(envelope: &Value, decrypted: &str) -> Result<String, E2eeError> {
+    let decrypted: Value = serde_json::from_str(decrypted).map_err(|e| E2eeError::Olm(e.to_string()))?;
+    let mut event = envelope.clone();
+    event["type"] = decrypted["type"].clone();
+    let mut content = decrypted["content"].clone();
+    if let (Some(object), Some(relation)) = (content.as_object_mut(), envelope["content"].get("m.relates_to")) {
+        object.entry("m.relates_to").or_insert_with(|| relation.clone());
+    }
+    event["content"] = content;
+    Ok(event.to_string())
+}
