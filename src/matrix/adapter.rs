@@ -52,6 +52,9 @@ pub const MESSAGE_ID_KEY: &str = "mosaic.id";
 /// before it lapses, so that a slow request does not let it flicker.
 const TYPING_TIMEOUT: Duration = Duration::from_secs(30);
 const TYPING_RENEWAL: Duration = Duration::from_secs(20);
+/// How long an encrypted message waits for its room key before the room is told it could
+/// not be read; the room's later messages wait behind it meanwhile.
+const KEY_WAIT: Duration = Duration::from_secs(60);
 /// How far back the room is searched for an earlier try: pages of the speaker's events.
 const LOOK_BACK_PAGES: usize = 4;
 const LOOK_BACK_PAGE: u32 = 50;
@@ -216,15 +219,43 @@ impl MatrixAdapter {
             .filter(|(member, membership)| membership == "join" && self.ns.is_ours(member))
             .filter_map(|(member, _)| OwnedUserId::try_from(member.as_str()).ok())
             .collect();
-        match crypto.decrypt(&room, event, &readers).await {
-            Ok(Decrypted::Event(clear)) => Box::pin(self.process_event(&clear)).await,
+        let reason = match crypto.decrypt(&room, event, &readers).await {
+            Ok(Decrypted::Event(clear)) => return Box::pin(self.process_event(&clear)).await,
             Ok(Decrypted::KeyMissing) => {
-                Err(EventError::Transient("the message's room key has not arrived yet".into()))
+                let age_ms = store::now_ms() - event["origin_server_ts"].as_i64().unwrap_or_default();
+                if age_ms < KEY_WAIT.as_millis() as i64 {
+                    return Err(EventError::Transient("the message's room key has not arrived yet".into()));
+                }
+                "its room key never arrived".to_string()
             }
-            Ok(Decrypted::Undecryptable(reason)) => Err(EventError::Permanent(format!("cannot decrypt: {reason}"))),
-            Err(error) if error.is_transient() => Err(EventError::Transient(error.to_string())),
-            Err(error) => Err(EventError::Permanent(error.to_string())),
+            Ok(Decrypted::Undecryptable(reason)) => reason,
+            Err(error) if error.is_transient() => return Err(EventError::Transient(error.to_string())),
+            Err(error) => error.to_string(),
+        };
+        self.say_unreadable(&room, event, sender).await?;
+        Err(EventError::Permanent(format!("cannot decrypt: {reason}")))
+    }
+
+    /// Tells the room that a message could not be read, so that its sender can send it
+    /// again: a message is never dropped without a word.
+    async fn say_unreadable(&self, room: &OwnedRoomId, event: &Value, sender: &str) -> Result<(), EventError> {
+        let speaker = self.notice_speaker(room.as_str()).await.map_err(|e| EventError::Transient(e.to_string()))?;
+        let name = self.display_name(sender).await;
+        let text = format!(
+            "I could not read a message from {name}: it was encrypted with a key that never reached me. Please send it again."
+        );
+        let event_id = event["event_id"].as_str().unwrap_or_default();
+        let mut content = serde_json::to_value(RoomMessageEventContent::notice_plain(text))
+            .map_err(|e| EventError::Permanent(e.to_string()))?;
+        if !event_id.is_empty() {
+            content["m.relates_to"] = json!({"m.in_reply_to": {"event_id": event_id}});
         }
+        let content = Raw::new(&content).map_err(|e| EventError::Permanent(e.to_string()))?.cast_unchecked();
+        // One notice per message, however often this is tried.
+        let txn_id: OwnedTransactionId =
+            format!("mosaic-unreadable-{}", &crate::secrets::hash_token(event_id)[..32]).into();
+        self.send_room_event(room, &speaker, txn_id, MessageLikeEventType::RoomMessage, content).await?;
+        Ok(())
     }
 
     async fn on_member(&self, event: &Value, room_id: &str, sender: &str) -> Result<(), EventError> {

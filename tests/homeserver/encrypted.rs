@@ -12,7 +12,7 @@ use matrix_sdk::ruma::{OwnedEventId, OwnedUserId, UserId};
 use matrix_sdk::{Client, RoomMemberships};
 use tokio::sync::mpsc;
 
-use crate::support::{Person, Service, homeserver_url, slot};
+use crate::support::{Person, Service, homeserver_url, push_transaction, slot};
 
 /// A message as the encrypting client shows it: decrypted.
 #[derive(Debug, Clone)]
@@ -143,6 +143,30 @@ async fn an_agent_and_the_bot_answer_in_encrypted_direct_chats_from_cross_signed
         assert!(!event.to_string().contains("behind the curtain"), "in clear on the homeserver: {event}");
     }
     assert!(from_echo.iter().all(|e| e["type"] == "m.room.encrypted"), "{from_echo:?}");
+
+    // A message whose room key never reached the agent (a homeserver can lose one) is
+    // not dropped without a word: the person is asked to send it again.
+    let two_minutes_ago =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 - 120_000;
+    let keyless = serde_json::json!({
+        "type": "m.room.encrypted",
+        "room_id": room.room_id().as_str(),
+        "sender": alice_id(&alice),
+        "event_id": "$keyless-message",
+        "origin_server_ts": two_minutes_ago,
+        "content": {
+            "algorithm": "m.megolm.v1.aes-sha2",
+            "ciphertext": "AwgAEnB0aGUgbWVzc2FnZSBpdHNlbGY",
+            "device_id": "ALICEDEVICE",
+            "sender_key": "x2J1TpHX8sVY3pKYBqBtbqs5OG4fjZv1eCUT9TnmW1w",
+            "session_id": "a-session-nobody-shared"
+        },
+    });
+    assert_eq!(push_transaction(&slot, "keyless-1", serde_json::json!([keyless])).await.status(), 200);
+    let keyless_id = OwnedEventId::try_from("$keyless-message").unwrap();
+    let told = alice.answer_from(&echo, &keyless_id).await;
+    assert_eq!(told.msgtype, "m.notice");
+    assert!(told.body.contains("could not read a message") && told.body.contains("send it again"), "{told:?}");
 
     // The bot: commands work in an encrypted direct chat.
     let room = alice.direct_chat(&bot).await;
