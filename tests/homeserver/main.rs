@@ -11,6 +11,7 @@ mod discord;
 mod listeners;
 mod permissions;
 mod quiet_errors;
+mod reactions;
 mod room_power;
 mod telegram;
 mod trust;
