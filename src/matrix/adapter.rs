@@ -10,7 +10,7 @@ use ruma::api::client::typing::create_typing_event::v3::{Typing, TypingInfo};
 use ruma::api::client::{
     account::whoami, membership::join_room_by_id, membership::joined_members, membership::leave_room,
     message::get_message_events, message::send_message_event, profile::get_profile_field, receipt::create_receipt,
-    redact::redact_event, typing::create_typing_event,
+    redact::redact_event, room::get_room_event, typing::create_typing_event,
 };
 use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent};
 use ruma::events::{AnyMessageLikeEventContent, MessageLikeEventType};
@@ -406,10 +406,14 @@ impl MatrixAdapter {
             return Ok(());
         };
         let mut conn = self.store.conn().await?;
-        let Some(reacted_to) = messages::message_for_native(&mut conn, CHANNEL, room_id, target).await? else {
+        let known = messages::message_for_native(&mut conn, CHANNEL, room_id, target).await?;
+        drop(conn);
+        let Some(reacted_to) = (match known {
+            Some(id) => Some(id),
+            None => self.sent_message_id(room_id, target).await,
+        }) else {
             return Ok(());
         };
-        drop(conn);
         let mut msg = ChannelMessage::reaction(room_id, sender, key, reacted_to, false);
         if let Some(ts) = event["origin_server_ts"].as_i64().and_then(chrono::DateTime::from_timestamp_millis) {
             msg.timestamp = ts;
@@ -422,6 +426,22 @@ impl MatrixAdapter {
         metadata.insert("eventType".into(), json!("m.reaction"));
         metadata.insert("reactionEmoji".into(), json!(key));
         handler.handle(msg).await.map_err(EventError::from)
+    }
+
+    /// The canonical id of an event this service sent, read from the event itself (every
+    /// event we send carries it): a reaction may come before the send recorded where its
+    /// message landed. `None` for other events, or when the event cannot be read.
+    async fn sent_message_id(&self, room_id: &str, event_id: &str) -> Option<Uuid> {
+        let room = OwnedRoomId::try_from(room_id).ok()?;
+        let event = OwnedEventId::try_from(event_id).ok()?;
+        let reader = self.notice_speaker(room_id).await.ok()?;
+        let request = get_room_event::v3::Request::new(room, event);
+        let response = self.client.call(request, Some(&reader)).await.ok()?;
+        let event: Value = serde_json::from_str(response.event.json().get()).ok()?;
+        if !event["sender"].as_str().is_some_and(|sender| self.ns.is_ours(sender)) {
+            return None;
+        }
+        event["content"][MESSAGE_ID_KEY].as_str().and_then(|id| Uuid::parse_str(id).ok())
     }
 
     /// People take a reaction back by redacting it: the redaction of a reaction the hub
