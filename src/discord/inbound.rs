@@ -17,6 +17,10 @@ use crate::store::{bridges, messages};
 
 /// Messages per page of the catch-up (Discord's maximum).
 const PAGE: usize = 100;
+/// How long a reaction to our own message waits for that message's send to record
+/// where it landed: this many looks, this far apart.
+const LANDING_CHECKS: usize = 20;
+const LANDING_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Why a message could not be translated yet; it is tried again.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +113,19 @@ impl Inner {
         removed: bool,
     ) -> Result<Option<ChannelMessage>, Retry> {
         let place = self.place(reaction.channel_id.get()).await?;
-        let Some(target) = self.canonical(place.chat, reaction.message_id.get()).await? else { return Ok(None) };
+        let message = reaction.message_id.get();
+        let mut target = self.canonical(place.chat, message).await?;
+        // Our own copy may be reacted to before its send recorded where it landed: that
+        // takes a moment at most.
+        let ours = reaction.message_author_id.is_some_and(|author| self.is_own_author(author.get()));
+        for _ in 0..LANDING_CHECKS {
+            if target.is_some() || !ours {
+                break;
+            }
+            tokio::time::sleep(LANDING_PAUSE).await;
+            target = self.canonical(place.chat, message).await?;
+        }
+        let Some(target) = target else { return Ok(None) };
         let mut msg = ChannelMessage::reaction(place.chat.to_string(), user.to_string(), key, target, removed);
         // Only an add names the member; a removal takes the name from the reaction it removes.
         if let Some(member) = &reaction.member {
@@ -415,6 +431,12 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Whether a message's author is our bot user or one of our webhooks.
+    fn is_own_author(&self, author: u64) -> bool {
+        self.known_identity().is_some_and(|i| author == i.bot_user)
+            || self.caches.lock().unwrap().own_webhooks.contains(&author)
     }
 
     /// Loop safety: our bot user, our webhooks, and anything our application posted.
