@@ -168,3 +168,38 @@ async fn reactions_of_people_the_service_ignores_are_neither_bridged_nor_kept() 
         assert!(columns.iter().all(|c| c.starts_with("inbox_events.")), "{key} is kept in {columns:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reaction_to_an_agents_answer_reaches_it_at_its_next_turn_without_starting_one() {
+    let slot = slot("agentreact");
+    // An agent that answers with the reactions it was told about (in other words, so that
+    // its own answers do not read as reactions).
+    slot.write_config_with_agents(
+        r#"
+[[agent]]
+id = "listener"
+display_name = "Listener"
+runtime = "command"
+command = ["sh", "-c", "grep -o '[^\"]* reacted [^\"]*' | sed 's/ reacted / gave /' | grep . || echo 'no reactions'"]
+"#,
+    );
+    let _service = Service::start(&slot).await;
+    let alice = Person::new("ar-alice").await;
+    let listener = slot.agent("listener");
+    let room = alice.create_room(&[&listener], true).await;
+    alice.wait_for_member(&room, &listener).await;
+
+    let first = alice.say(&room, "first").await;
+    let answer = alice.wait_for_reply(&room, &listener, &first).await;
+    assert_eq!(body(&answer), "no reactions");
+    let liked = alice.react(&room, answer["event_id"].as_str().unwrap(), "👍").await;
+    let second = alice.say(&room, "second").await;
+    assert_eq!(body(&alice.wait_for_reply(&room, &listener, &second).await), "ar-alice gave 👍");
+    // Taken back, the reaction is no longer in what the agent reads.
+    alice.redact(&room, &liked).await;
+    let third = alice.say(&room, "third").await;
+    assert_eq!(body(&alice.wait_for_reply(&room, &listener, &third).await), "no reactions");
+    // The reaction started no turn of its own.
+    let answers = alice.messages(&room).await.into_iter().filter(|e| e["sender"] == listener.as_str()).count();
+    assert_eq!(answers, 3);
+}

@@ -59,6 +59,7 @@ pub const SLOTS: &[&str] = &[
     "bridgetyping",
     "reactions",
     "strangers",
+    "agentreact",
 ];
 
 pub fn repo() -> PathBuf {
