@@ -45,7 +45,11 @@ async fn reactions_cross_between_matrix_discord_and_telegram_and_are_taken_back(
     telegram.set_member_status(GROUP, "administrator");
     let slot = slot("reactions");
     let alice = Person::new("rx-alice").await;
-    slot.write_config_with_sections(&bridges(&discord, Some(&telegram), &alice.user_id, "relay"));
+    let delivery = "\n[delivery]\nmax_attempts = 2\nmax_backoff_secs = 1\n";
+    slot.write_config_with_sections(&format!(
+        "{}{delivery}",
+        bridges(&discord, Some(&telegram), &alice.user_id, "relay")
+    ));
     mosaic(&slot, &["account", "create", "rx-alice", "--matrix-id", &alice.user_id]).expect_success();
     let _service = Service::start(&slot).await;
     let echo = slot.agent("echo");
@@ -96,8 +100,12 @@ async fn reactions_cross_between_matrix_discord_and_telegram_and_are_taken_back(
         .wait_for_sent(|s| s.chat_id == GROUP && s.text == "Dan (Discord): said on discord", WAIT)
         .await
         .message_id;
+    // Discord asks to slow down: the reaction comes a little later, once.
+    discord.fail_next(1, 429, 0.5);
     let party = alice.react(&room, &dan_copy, "🎉").await;
     discord.wait_for_bot_reactions(GENERAL, from_dan, |r| r == ["🎉"], WAIT).await;
+    let puts = discord.requests().into_iter().filter(|r| r.method == "PUT" && r.path.contains(&from_dan.to_string()));
+    assert_eq!(puts.map(|r| r.status).collect::<Vec<_>>(), [429, 204]);
     telegram.wait_for_bot_reactions(GROUP, dan_on_telegram, |r| r == ["🎉"], WAIT).await;
 
     // Taken back, each goes away where it was shown.
@@ -117,6 +125,20 @@ async fn reactions_cross_between_matrix_discord_and_telegram_and_are_taken_back(
     assert_eq!(alice.reactions(&room, &hello).await, [(dan_ghost.clone(), ":party_parrot:".to_string())]);
     assert!(alice.reactions(&room, &dan_copy).await.is_empty());
     assert_eq!(discord.bot_reactions(GENERAL, on_discord), Vec::<String>::new());
+
+    // A reaction Discord keeps failing is given up like a message: the room is told once,
+    // an admin sees the dead letter, and the other surfaces show it all the same.
+    discord.fail_next(8, 500, 0.0);
+    alice.react(&room, &hello, "👀").await;
+    telegram.wait_for_bot_reactions(GROUP, on_telegram, |r| r == ["👀"], WAIT).await;
+    let notice = alice.wait_for(&room, &echo, |e| body(e).starts_with("Could not deliver")).await;
+    assert_eq!(
+        body(&notice),
+        "Could not deliver rx-alice's reaction to Discord: Discord could not be reached. An admin can retry it with `mosaic-as jobs`."
+    );
+    let listed = mosaic(&slot, &["jobs", "list"]).expect_success();
+    assert!(listed.lines().any(|l| l.contains(&format!("chat:discord:{GENERAL}"))), "{listed}");
+    assert!(discord.bot_reactions(GENERAL, on_discord).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

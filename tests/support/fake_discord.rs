@@ -456,8 +456,8 @@ impl FakeDiscord {
         }
     }
 
-    /// The next `n` message sends (bot messages, webhook executions, edits) fail with
-    /// `status`; 429 answers carry `retry_after` (seconds).
+    /// The next `n` message sends (bot messages, webhook executions, edits, the bot's
+    /// reactions) fail with `status`; 429 answers carry `retry_after` (seconds).
     pub fn fail_next(&self, n: usize, status: u16, retry_after: f64) {
         self.world().failures.extend(std::iter::repeat_n((status, retry_after), n));
     }
@@ -999,6 +999,7 @@ fn route(fake: &FakeDiscord, method: &Method, uri: &Uri, headers: &HeaderMap, bo
             | (&Method::PATCH, ["channels", _, "messages", _])
             | (&Method::POST, ["webhooks", _, _])
             | (&Method::PATCH, ["webhooks", _, _, "messages", _])
+            | (&Method::PUT | &Method::DELETE, ["channels", _, "messages", _, "reactions", _, "@me"])
     );
     if is_send && let Some((status, retry_after)) = world.take_failure() {
         return if status == 429 { rate_limited(retry_after) } else { error(status, 0, "injected failure") };
