@@ -166,7 +166,10 @@ async fn a_group_message_reaches_the_hub_with_sender_and_ids() {
     }
     let params = h.fake.last_params("getUpdates").unwrap();
     assert_eq!(params["timeout"], 2);
-    assert_eq!(params["allowed_updates"], json!(["message", "edited_message", "channel_post", "edited_channel_post"]));
+    assert_eq!(
+        params["allowed_updates"],
+        json!(["message", "edited_message", "channel_post", "edited_channel_post", "message_reaction"])
+    );
 }
 
 #[tokio::test]

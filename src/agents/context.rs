@@ -1,8 +1,10 @@
 //! The context of a turn: the conversation from the store, seen from the agent, limited
 //! to the thread when the room uses threads and trimmed to the agent's budget.
 
+use std::collections::HashSet;
+
 use crate::config::AgentConfig;
-use crate::protocol::{ChannelMessage, SenderType};
+use crate::protocol::{ChannelMessage, SenderType, metadata_keys as keys};
 
 use super::runtime::{ContextMessage, Role, TurnContext};
 
@@ -23,15 +25,29 @@ pub fn build(
         Some(thread) => m.thread_id.as_ref() == Some(thread) || m.channel_message_id() == Some(thread.as_str()),
         None => m.thread_id.is_none(),
     };
+    // Reactions reach the agent as short lines: those to its own messages that still
+    // stand, where the message reacted to is.
+    let own = |m: &ChannelMessage| m.sender_type == SenderType::Agent && m.sender_id == agent.id;
+    let taken_back: HashSet<&str> =
+        history.iter().filter(|m| m.is_reaction_removal()).filter_map(|m| m.meta_str(keys::REMOVES_REACTION)).collect();
+    let reacted_to = |m: &ChannelMessage| m.reply_to_id.and_then(|id| history.iter().find(|t| t.id == id));
+    let shown = |m: &ChannelMessage| match m.is_reaction() {
+        false => in_thread(m),
+        true => {
+            !m.is_reaction_removal()
+                && !taken_back.contains(m.id.to_string().as_str())
+                && reacted_to(m).is_some_and(|target| own(target) && in_thread(target))
+        }
+    };
     // A turn may run late: what people wrote after the message is not its context, but
     // what this agent answered meanwhile is (it comes before this answer).
     let until = history.iter().position(|m| m.id == message.id).unwrap_or(history.len());
     let (earlier, later) = history.split_at(until);
-    let own_later = later.iter().filter(|m| m.sender_type == SenderType::Agent && m.sender_id == agent.id);
+    let own_later = later.iter().filter(|m| own(m));
     let mut messages: Vec<ContextMessage> = earlier
         .iter()
         .chain(own_later)
-        .filter(|m| m.id != message.id && m.sender_type != SenderType::System && in_thread(m))
+        .filter(|m| m.id != message.id && m.sender_type != SenderType::System && shown(m))
         .map(|m| as_context(agent, m))
         .collect();
     messages.push(as_context(agent, message));
@@ -47,6 +63,14 @@ pub fn build(
 
 fn as_context(agent: &AgentConfig, m: &ChannelMessage) -> ContextMessage {
     let own = m.sender_type == SenderType::Agent && m.sender_id == agent.id;
+    if m.is_reaction() {
+        let who = m.meta_str(keys::SENDER_NAME).filter(|n| !n.trim().is_empty()).unwrap_or(&m.sender_id);
+        return ContextMessage {
+            role: Role::User,
+            name: Some(m.sender_id.clone()),
+            content: format!("{who} reacted {}", m.content),
+        };
+    }
     let mut content = m.content.clone();
     for file in &m.attachments {
         content.push_str(&format!("\n[attachment: {} ({})]", file.name, file.mime_type));
@@ -131,6 +155,29 @@ mod tests {
         let ctx = build(&agent(1000), None, "c", &history[1], &history);
         let texts: Vec<&str> = ctx.messages.iter().map(|m| m.content.as_str()).collect();
         assert_eq!(texts, ["first", "answer to first", "this one"]);
+    }
+
+    #[test]
+    fn reactions_to_the_agents_answers_are_short_lines_and_start_nothing() {
+        let question = msg("@a:x", SenderType::User, "how far is the moon?", None);
+        let answer = msg("helper", SenderType::Agent, "384,400 km", None);
+        let other = msg("other", SenderType::Agent, "about a light second", None);
+        let mut liked = ChannelMessage::reaction("!r", "@a:x", "👍", answer.id, false);
+        liked.metadata.insert(keys::SENDER_NAME.into(), "Alice".into());
+        let on_other = ChannelMessage::reaction("!r", "@a:x", "🎉", other.id, false);
+        let mut withdrawn = ChannelMessage::reaction("!r", "@b:x", "👎", answer.id, false);
+        withdrawn.metadata.insert(keys::SENDER_NAME.into(), "Bob".into());
+        let mut removal = ChannelMessage::reaction("!r", "@b:x", "👎", answer.id, true);
+        removal.metadata.insert(keys::REMOVES_REACTION.into(), withdrawn.id.to_string().into());
+        let next = msg("@a:x", SenderType::User, "and the sun?", None);
+        let history = vec![question, answer, other, liked, on_other, withdrawn, removal, next];
+        let ctx = build(&agent(1000), None, "c", &history[7], &history);
+        let texts: Vec<&str> = ctx.messages.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["how far is the moon?", "384,400 km", "about a light second", "Alice reacted 👍", "and the sun?"]
+        );
+        assert_eq!(ctx.messages[3].role, Role::User);
     }
 
     #[test]

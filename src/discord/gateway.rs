@@ -44,6 +44,8 @@ fn intents() -> GatewayIntents {
         | GatewayIntents::GUILD_MESSAGES
         | GatewayIntents::DIRECT_MESSAGES
         | GatewayIntents::MESSAGE_CONTENT
+        | GatewayIntents::GUILD_MESSAGE_REACTIONS
+        | GatewayIntents::DIRECT_MESSAGE_REACTIONS
 }
 
 pub(super) async fn connect(inner: &Arc<Inner>) -> Result<(), ChannelConnectError> {
@@ -133,6 +135,8 @@ impl Handler {
                 | Event::MessageDelete(_)
                 | Event::MessageDeleteBulk(_)
                 | Event::ThreadCreate(_)
+                | Event::ReactionAdd(_)
+                | Event::ReactionRemove(_)
                 | Event::InteractionCreate(_) => Work::Event(Box::new(event.clone())),
                 _ => return !tx.is_closed(),
             };

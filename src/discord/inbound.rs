@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use serenity::all::{Event, Message, MessageType, MessageUpdateEvent, User};
+use serenity::all::{Event, Message, MessageType, MessageUpdateEvent, Reaction, ReactionType, User};
 use serenity::http::{LightMethod, Request, Route};
 use serenity::model::id::ChannelId;
 use uuid::Uuid;
@@ -17,6 +17,10 @@ use crate::store::{bridges, messages};
 
 /// Messages per page of the catch-up (Discord's maximum).
 const PAGE: usize = 100;
+/// How long a reaction to our own message waits for that message's send to record
+/// where it landed: this many looks, this far apart.
+const LANDING_CHECKS: usize = 20;
+const LANDING_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Why a message could not be translated yet; it is tried again.
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +67,76 @@ impl Inner {
                 self.caches.lock().unwrap().channels.insert(e.thread.id.get(), info);
             }
             Event::InteractionCreate(e) => self.on_interaction(e.interaction).await,
+            Event::ReactionAdd(e) => self.on_reaction(e.reaction, false).await,
+            Event::ReactionRemove(e) => self.on_reaction(e.reaction, true).await,
             _ => {}
         }
+    }
+
+    /// A reaction added or taken back (`MESSAGE_REACTION_ADD` / `_REMOVE`) on a message
+    /// the hub knows. Our bot's own reactions (those it shows for people elsewhere) are
+    /// not read back.
+    async fn on_reaction(&self, reaction: Reaction, removed: bool) {
+        let Some(user) = reaction.user_id else { return };
+        if self.known_identity().is_some_and(|i| user.get() == i.bot_user) {
+            return;
+        }
+        let key = match &reaction.emoji {
+            ReactionType::Unicode(emoji) => emoji.clone(),
+            // A custom emoji cannot be shown elsewhere: its name stands for it.
+            ReactionType::Custom { name: Some(name), .. } => format!(":{name}:"),
+            _ => return,
+        };
+        let mut attempt = 0;
+        let msg = loop {
+            match self.translate_reaction(&reaction, user.get(), &key, removed).await {
+                Ok(msg) => break msg,
+                Err(error) => {
+                    attempt += 1;
+                    let message_id = reaction.message_id.get();
+                    tracing::warn!(channel = CHANNEL, event = "inbound_retry", message_id, %error, attempt);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        };
+        if let Some(msg) = msg {
+            self.deliver(msg).await;
+        }
+    }
+
+    /// `None` for a reaction to a message the hub never saw.
+    async fn translate_reaction(
+        &self,
+        reaction: &Reaction,
+        user: u64,
+        key: &str,
+        removed: bool,
+    ) -> Result<Option<ChannelMessage>, Retry> {
+        let place = self.place(reaction.channel_id.get()).await?;
+        let message = reaction.message_id.get();
+        let mut target = self.canonical(place.chat, message).await?;
+        // Our own copy may be reacted to before its send recorded where it landed: that
+        // takes a moment at most.
+        let ours = reaction.message_author_id.is_some_and(|author| self.is_own_author(author.get()));
+        for _ in 0..LANDING_CHECKS {
+            if target.is_some() || !ours {
+                break;
+            }
+            tokio::time::sleep(LANDING_PAUSE).await;
+            target = self.canonical(place.chat, message).await?;
+        }
+        let Some(target) = target else { return Ok(None) };
+        let mut msg = ChannelMessage::reaction(place.chat.to_string(), user.to_string(), key, target, removed);
+        // Only an add names the member; a removal takes the name from the reaction it removes.
+        if let Some(member) = &reaction.member {
+            self.describe_sender(&mut msg, &member.user, member.nick.clone()).await;
+        }
+        if let Some(guild) = reaction.guild_id.map(|g| g.get()).or(place.info.guild) {
+            msg.metadata.insert("guildId".into(), json!(guild.to_string()));
+        }
+        msg.metadata.insert("channelType".into(), json!(place.info.kind));
+        msg.metadata.insert("reactedMessageId".into(), json!(reaction.message_id.to_string()));
+        Ok(Some(msg))
     }
 
     /// A new message (live, or fetched by the catch-up).
@@ -359,6 +431,12 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Whether a message's author is our bot user or one of our webhooks.
+    fn is_own_author(&self, author: u64) -> bool {
+        self.known_identity().is_some_and(|i| author == i.bot_user)
+            || self.caches.lock().unwrap().own_webhooks.contains(&author)
     }
 
     /// Loop safety: our bot user, our webhooks, and anything our application posted.

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::config::DiscordConfig;
 use crate::protocol::{
     AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError,
-    InboundHandler, MediaRepository,
+    InboundHandler, MediaRepository, OutboundReaction,
 };
 use crate::store::{Store, accounts};
 use rest::{Rest, RestError};
@@ -258,6 +258,20 @@ impl ChannelAdapter for DiscordAdapter {
     /// Discord's typing lasts about ten seconds.
     fn typing_renewal(&self) -> Option<std::time::Duration> {
         Some(TYPING_RENEWAL)
+    }
+
+    fn supports_reactions(&self) -> bool {
+        true
+    }
+
+    /// The bot reacts for people elsewhere (webhooks cannot react).
+    async fn send_reaction(
+        &self,
+        channel_id: &str,
+        reaction: &OutboundReaction,
+        _by: &ChannelMessage,
+    ) -> Result<(), ChannelSendError> {
+        self.inner.react(channel_id, reaction).await
     }
 
     /// Discord shows typing for the bot only (webhooks cannot type), and has no call

@@ -5,6 +5,7 @@
 
 use serde::Deserialize;
 use serde_json::{Value, json};
+use serenity::all::ReactionType;
 use serenity::builder::CreateAttachment;
 use serenity::http::{LightMethod, Multipart, MultipartUpload, Request, Route};
 use serenity::model::id::{ChannelId, MessageId, WebhookId};
@@ -13,7 +14,9 @@ use uuid::Uuid;
 use super::rest::{RestError, codes};
 use super::{CHANNEL, Hook, Inner, RawChannel, Sent, cursor, snowflake};
 use crate::agents::stream::{derived_id, split_parts};
-use crate::protocol::{BridgeError, ChannelMessage, ChannelSendError, ContentType, SenderType, metadata_keys as keys};
+use crate::protocol::{
+    BridgeError, ChannelMessage, ChannelSendError, ContentType, OutboundReaction, SenderType, metadata_keys as keys,
+};
 use crate::store::group_commit::Write;
 use crate::store::{StoreError, messages};
 
@@ -99,6 +102,69 @@ impl Inner {
         let channel_id = ChannelId::new(parse_id(channel_id, "channel")?);
         self.rest.call_once(Request::new(Route::ChannelTyping { channel_id }, LightMethod::Post)).await?;
         Ok(())
+    }
+
+    /// Shows or takes back the bot's reaction on a message (`PUT` / `DELETE
+    /// /channels/{id}/messages/{id}/reactions/{emoji}/@me`). The bot reacts once per
+    /// emoji, for everyone elsewhere: a key somebody there still shows stays. Custom
+    /// emoji of other surfaces (`:name:`) and keys Discord does not know as emoji are
+    /// not shown.
+    pub(super) async fn react(&self, channel_id: &str, reaction: &OutboundReaction) -> Result<(), ChannelSendError> {
+        let chat = parse_id(channel_id, "channel")?;
+        let message = parse_id(&reaction.target, "message")?;
+        let key = reaction.key.as_str();
+        if key.len() > 2 && key.starts_with(':') && key.ends_with(':') {
+            return Ok(());
+        }
+        if reaction.removed && reaction.shown.iter().any(|k| k == key) {
+            return Ok(());
+        }
+        let channel = self.message_channel(chat, message).await?;
+        let emoji = ReactionType::Unicode(key.to_string()).as_data();
+        let route = Route::ChannelMessageReactionMe {
+            channel_id: ChannelId::new(channel),
+            message_id: MessageId::new(message),
+            reaction: &emoji,
+        };
+        let method = if reaction.removed { LightMethod::Delete } else { LightMethod::Put };
+        match self.rest.call(|| Request::new(route, method)).await {
+            Ok(_) => {
+                tracing::debug!(
+                    channel = CHANNEL,
+                    event = "reacted",
+                    chat,
+                    message_id = message,
+                    removed = reaction.removed
+                );
+                Ok(())
+            }
+            Err(error) if matches!(error.code(), Some(codes::UNKNOWN_EMOJI | codes::UNKNOWN_MESSAGE)) => {
+                tracing::info!(channel = CHANNEL, event = "reaction_not_shown", chat, message_id = message, %error);
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The channel a message of `chat` is in: `chat` itself, or the thread of a message
+    /// we posted there or a person wrote there.
+    async fn message_channel(&self, chat: u64, message: u64) -> Result<u64, ChannelSendError> {
+        if let Some(thread) = self.caches.lock().unwrap().sent.get(&message).and_then(|s| s.thread) {
+            return Ok(thread);
+        }
+        let mut conn = self.store.conn().await.map_err(store_error)?;
+        let chat_key = chat.to_string();
+        let Some(id) = messages::message_for_native(&mut conn, CHANNEL, &chat_key, &message.to_string())
+            .await
+            .map_err(store_error)?
+        else {
+            return Ok(chat);
+        };
+        let written_here = messages::get(&mut conn, id)
+            .await
+            .map_err(store_error)?
+            .filter(|m| m.origin_channel() == CHANNEL && m.channel_id == chat_key);
+        Ok(written_here.and_then(|m| m.thread_id).and_then(|t| t.parse().ok()).unwrap_or(chat))
     }
 
     /// `resend`: an earlier try may have posted the message already (see

@@ -33,6 +33,8 @@ pub enum RestError {
 /// Discord's JSON error codes the adapter reacts to.
 pub mod codes {
     pub const UNKNOWN_WEBHOOK: i64 = 10015;
+    pub const UNKNOWN_MESSAGE: i64 = 10008;
+    pub const UNKNOWN_EMOJI: i64 = 10014;
 }
 
 impl RestError {

@@ -14,12 +14,12 @@ use serde_json::{Value, json};
 use sqlx::AnyConnection;
 
 use super::commands::Answer;
-use super::{Hub, enqueue_send, routing};
+use super::{Hub, enqueue_send, reactions, routing};
 use crate::config::Config;
 use crate::matrix::naming::Namespace;
 use crate::protocol::{
     AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError,
-    ContentType, InboundHandler, SenderType, metadata_keys,
+    ContentType, InboundHandler, OutboundReaction, SenderType, metadata_keys,
 };
 use crate::queue::{self, DeadReason};
 use crate::store::{self, Store, bridges, conversations, messages, settings};
@@ -192,9 +192,10 @@ pub async fn report_undelivered(
         return Ok(());
     };
     let surface = crate::matrix::adapter::surface_title(&send.channel);
+    let what = if send.message.is_reaction() { "reaction" } else { "message" };
     let whose = match send.message.meta_str(metadata_keys::SENDER_NAME) {
-        Some(name) => format!("{name}'s message"),
-        None => "a message".to_string(),
+        Some(name) => format!("{name}'s {what}"),
+        None => format!("a {what}"),
     };
     let why = match reason {
         DeadReason::Permanent => format!("{surface} refused it"),
@@ -382,14 +383,48 @@ impl SurfaceAdapter {
         Ok(out)
     }
 
+    /// A reaction in this surface's terms: the native id here of the message reacted to,
+    /// the copy a removal takes back, and what people elsewhere still show. `None` when
+    /// there is nothing to show: the surface cannot show reactions, or the message
+    /// reacted to has no copy in this chat.
+    async fn reaction_for(
+        &self,
+        chat: &str,
+        msg: &ChannelMessage,
+        retry: bool,
+    ) -> store::Result<Option<OutboundReaction>> {
+        let surface = self.inner.name();
+        let Some(target) = msg.reply_to_id.filter(|_| self.inner.supports_reactions()) else { return Ok(None) };
+        let mut conn = self.store.conn().await?;
+        let Some(native) = messages::native_for_message(&mut conn, surface, chat, target).await? else {
+            tracing::debug!(channel = surface, chat, reaction = %msg.id, "the message reacted to has no copy here");
+            return Ok(None);
+        };
+        let removed = msg.is_reaction_removal();
+        let copy = match reactions::removed_reaction(msg).filter(|_| removed) {
+            Some(added) => messages::native_for_message(&mut conn, surface, chat, added).await?,
+            None => None,
+        };
+        let shown = reactions::shown_outside(&mut conn, target, surface, chat).await?;
+        Ok(Some(OutboundReaction { target: native, key: msg.content.clone(), removed, copy, shown, retry }))
+    }
+
     async fn send(&self, channel_id: &str, msg: &ChannelMessage, resend: bool) -> Result<(), ChannelSendError> {
-        let out = self.translate(channel_id, msg).await.map_err(|e| ChannelSendError::Transient {
+        let prepare_failed = |e: store::StoreError| ChannelSendError::Transient {
             message: format!("cannot prepare the message: {e}"),
             retry_after: None,
-        })?;
-        let result = match resend {
-            true => self.inner.resend_message(channel_id, &out).await,
-            false => self.inner.send_message(channel_id, &out).await,
+        };
+        let result = if msg.is_reaction() {
+            match self.reaction_for(channel_id, msg, resend).await.map_err(prepare_failed)? {
+                Some(reaction) => self.inner.send_reaction(channel_id, &reaction, msg).await,
+                None => return Ok(()),
+            }
+        } else {
+            let out = self.translate(channel_id, msg).await.map_err(prepare_failed)?;
+            match resend {
+                true => self.inner.resend_message(channel_id, &out).await,
+                false => self.inner.send_message(channel_id, &out).await,
+            }
         };
         let outcome = match &result {
             Ok(()) => "ok",
@@ -485,5 +520,192 @@ impl ChannelAdapter for SurfaceAdapter {
 
     async fn mark_read(&self, channel_id: &str, native_id: &str, agent_id: &str) -> Result<(), ChannelSendError> {
         self.inner.mark_read(channel_id, native_id, agent_id).await
+    }
+
+    fn supports_reactions(&self) -> bool {
+        self.inner.supports_reactions()
+    }
+
+    /// Reactions from the outbox come through [`ChannelAdapter::send_message`], which
+    /// puts them into this surface's terms first; this passes one on as it is.
+    async fn send_reaction(
+        &self,
+        channel_id: &str,
+        reaction: &OutboundReaction,
+        by: &ChannelMessage,
+    ) -> Result<(), ChannelSendError> {
+        self.inner.send_reaction(channel_id, reaction, by).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A surface that records every trait method called on it.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<&'static str>>,
+    }
+
+    impl Recorder {
+        fn note(&self, method: &'static str) {
+            self.calls.lock().unwrap().push(method);
+        }
+    }
+
+    struct Quiet;
+
+    #[async_trait]
+    impl InboundHandler for Quiet {
+        async fn handle(&self, _msg: ChannelMessage) -> Result<(), crate::protocol::HandlerError> {
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl ChannelAdapter for Recorder {
+        fn name(&self) -> &'static str {
+            self.note("name");
+            "discord"
+        }
+        async fn connect(&self) -> Result<(), ChannelConnectError> {
+            self.note("connect");
+            Ok(())
+        }
+        async fn disconnect(&self) {
+            self.note("disconnect");
+        }
+        async fn health(&self) -> AdapterHealth {
+            self.note("health");
+            AdapterHealth::Connected
+        }
+        fn on_message(&self, _handler: Arc<dyn InboundHandler>) {
+            self.note("on_message");
+        }
+        async fn send_message(&self, _channel_id: &str, _msg: &ChannelMessage) -> Result<(), ChannelSendError> {
+            self.note("send_message");
+            Ok(())
+        }
+        async fn resend_message(&self, _channel_id: &str, _msg: &ChannelMessage) -> Result<(), ChannelSendError> {
+            self.note("resend_message");
+            Ok(())
+        }
+        async fn map_identity(&self, _channel_user_id: &str) -> Option<String> {
+            self.note("map_identity");
+            None
+        }
+        async fn open_bridge(&self, _channel_id: &str) -> Result<String, BridgeError> {
+            self.note("open_bridge");
+            Ok(String::new())
+        }
+        async fn may_bridge(&self, _channel_id: &str, _requester: &[String]) -> BridgeRight {
+            self.note("may_bridge");
+            BridgeRight::AllowListed
+        }
+        async fn close_bridge(&self, _channel_id: &str) {
+            self.note("close_bridge");
+        }
+        fn typing_renewal(&self) -> Option<Duration> {
+            self.note("typing_renewal");
+            Some(Duration::from_secs(1))
+        }
+        async fn set_typing(&self, _channel_id: &str, _agent_id: &str, _active: bool) -> Result<(), ChannelSendError> {
+            self.note("set_typing");
+            Ok(())
+        }
+        async fn mark_read(
+            &self,
+            _channel_id: &str,
+            _native_id: &str,
+            _agent_id: &str,
+        ) -> Result<(), ChannelSendError> {
+            self.note("mark_read");
+            Ok(())
+        }
+        fn supports_reactions(&self) -> bool {
+            self.note("supports_reactions");
+            true
+        }
+        async fn send_reaction(
+            &self,
+            _channel_id: &str,
+            _reaction: &OutboundReaction,
+            _by: &ChannelMessage,
+        ) -> Result<(), ChannelSendError> {
+            self.note("send_reaction");
+            Ok(())
+        }
+    }
+
+    /// The methods of the `ChannelAdapter` trait, read from its source: a method added
+    /// there is missing from what the recorder saw until the wrapper forwards it.
+    fn trait_methods() -> Vec<String> {
+        let source = include_str!("../protocol/adapter.rs");
+        let start = source.find("pub trait ChannelAdapter").expect("the trait");
+        let body = &source[start..];
+        let body = &body[..body.find("\n}\n").expect("the trait's end")];
+        body.split("fn ").skip(1).filter_map(|rest| rest.split(['(', '<']).next()).map(str::to_string).collect()
+    }
+
+    #[tokio::test]
+    async fn the_surface_wrapper_forwards_every_adapter_method() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let config = Config::parse(&format!(
+            "[homeserver]\nurl = \"http://127.0.0.1:8008\"\nserver_name = \"example.org\"\n\
+             [appservice]\nurl = \"http://127.0.0.1:29330\"\nas_token = \"{}\"\nhs_token = \"{}\"\n",
+            "a".repeat(20),
+            "b".repeat(20)
+        ))
+        .unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let wrapped = SurfaceAdapter::wrap(recorder.clone(), store.clone(), Arc::new(config));
+
+        // A message of this chat, and a reaction to it from elsewhere.
+        let original = ChannelMessage::new("42", "7", SenderType::User, "hi", ContentType::Text);
+        let reaction = ChannelMessage::reaction("!room:example.org", "@a:example.org", "👍", original.id, false);
+        {
+            let mut conn = store.conn().await.unwrap();
+            messages::add_ref(&mut conn, "discord", "42", "1001", original.id).await.unwrap();
+        }
+        let outbound = OutboundReaction {
+            target: "1001".into(),
+            key: "👍".into(),
+            removed: false,
+            copy: None,
+            shown: Vec::new(),
+            retry: false,
+        };
+
+        assert_eq!(wrapped.name(), "discord");
+        wrapped.connect().await.unwrap();
+        wrapped.disconnect().await;
+        wrapped.health().await;
+        wrapped.on_message(Arc::new(Quiet));
+        wrapped.send_message("42", &original).await.unwrap();
+        wrapped.resend_message("42", &original).await.unwrap();
+        wrapped.map_identity("7").await;
+        wrapped.open_bridge("42").await.unwrap();
+        wrapped.may_bridge("42", &[]).await;
+        wrapped.close_bridge("42").await;
+        assert!(wrapped.typing_renewal().is_some());
+        wrapped.set_typing("42", "echo", true).await.unwrap();
+        wrapped.mark_read("42", "1001", "echo").await.unwrap();
+        assert!(wrapped.supports_reactions());
+        wrapped.send_reaction("42", &outbound, &reaction).await.unwrap();
+
+        let calls = recorder.calls.lock().unwrap().clone();
+        for method in trait_methods() {
+            assert!(calls.contains(&method.as_str()), "SurfaceAdapter does not forward `{method}`: {calls:?}");
+        }
+        // A reaction from the outbox reaches the surface as one, on this chat's copy.
+        recorder.calls.lock().unwrap().clear();
+        wrapped.send_message("42", &reaction).await.unwrap();
+        assert!(recorder.calls.lock().unwrap().contains(&"send_reaction"), "a queued reaction is sent as one");
     }
 }

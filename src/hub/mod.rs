@@ -9,6 +9,7 @@ pub mod commands;
 pub mod lifecycle;
 pub mod limits;
 pub mod power;
+pub mod reactions;
 pub mod retention;
 pub mod routing;
 pub mod teams;
@@ -120,6 +121,13 @@ impl Hub {
             return Ok(());
         }
         let (conversation, chat) = resolve_conversation(&mut tx, channel, &msg).await?;
+        // A reaction is kept and passed on only where it changes what people see: in a
+        // conversation with other surfaces, on a known message, and not twice.
+        if msg.is_reaction() && (chat == Chat::Direct || !reactions::settle(&mut tx, &mut msg).await?) {
+            tracing::debug!(channel, chat_id = msg.channel_id, "reaction that changes nothing ignored");
+            tx.rollback().await?;
+            return Ok(());
+        }
         match chat {
             Chat::Matrix => {}
             Chat::Bridged { .. } => {
@@ -140,7 +148,7 @@ impl Hub {
             }
             return Ok(());
         }
-        let command = if routing::commands_enabled(&msg) && !routing::is_edit(&msg) {
+        let command = if routing::commands_enabled(&msg) && !routing::is_edit(&msg) && !msg.is_reaction() {
             commands::parse(commands::prefix_for(channel), &msg.content)
         } else {
             None
@@ -182,24 +190,25 @@ impl Hub {
                 return Ok(());
             }
         }
-        // What people write is shown on every other surface of the conversation; commands
-        // and their answers stay where they were typed.
-        if command.is_none() && !routing::is_reaction(&msg) {
+        // What people write, and their reactions, are shown on every other surface of the
+        // conversation; commands and their answers stay where they were typed.
+        if command.is_none() {
             bridging::fan_out_except(&mut tx, &conversation.id, &msg, Some((channel, &msg.channel_id))).await?;
         }
-        // An answer to an agent's permission question is not a prompt, and reactions are
-        // only ever such answers. Only the person who started the turn, or an admin,
-        // answers; anyone else's message is an ordinary one.
-        let answered = level >= Level::User && self.control.has_question(&conversation.id) && {
-            let account = accounts::account_for_identity(&mut tx, channel, &msg.sender_id).await?;
-            let who = Responder {
-                channel,
-                sender_id: &msg.sender_id,
-                account_id: account.as_ref().map(|a| a.id.as_str()),
-                admin: self.is_admin(&mut tx, channel, &msg.sender_id).await?,
+        // An answer to an agent's permission question is not a prompt, and a reaction never
+        // is one (an agent reads it with its context at its next turn). Only the person who
+        // started the turn, or an admin, answers; anyone else's message is an ordinary one.
+        let answered =
+            level >= Level::User && !msg.is_reaction_removal() && self.control.has_question(&conversation.id) && {
+                let account = accounts::account_for_identity(&mut tx, channel, &msg.sender_id).await?;
+                let who = Responder {
+                    channel,
+                    sender_id: &msg.sender_id,
+                    account_id: account.as_ref().map(|a| a.id.as_str()),
+                    admin: self.is_admin(&mut tx, channel, &msg.sender_id).await?,
+                };
+                self.control.answer(&conversation.id, &msg.content, msg.reply_to_id, &who).is_some()
             };
-            self.control.answer(&conversation.id, &msg.content, msg.reply_to_id, &who).is_some()
-        };
         if answered || routing::is_reaction(&msg) {
             tx.commit().await?;
             self.wakers.wake_all();

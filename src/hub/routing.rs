@@ -13,8 +13,7 @@ pub const PARTICIPANTS: &str = "mosaic.participants";
 /// Whether chat commands are read in this channel.
 pub const COMMANDS: &str = "mosaic.commands";
 pub use crate::protocol::metadata_keys::IS_EDIT;
-/// The message is a reaction (its content the emoji) to the one named by `replyToId`.
-pub const IS_REACTION: &str = "mosaic.isReaction";
+pub use crate::protocol::metadata_keys::IS_REACTION;
 /// Whether the service's bot is in the channel.
 pub const BOT_PRESENT: &str = "mosaic.botPresent";
 
@@ -52,7 +51,7 @@ fn flag(msg: &ChannelMessage, key: &str) -> bool {
 }
 
 pub fn is_reaction(msg: &ChannelMessage) -> bool {
-    flag(msg, IS_REACTION)
+    msg.is_reaction()
 }
 
 pub fn bot_present(msg: &ChannelMessage) -> bool {

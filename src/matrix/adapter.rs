@@ -10,7 +10,7 @@ use ruma::api::client::typing::create_typing_event::v3::{Typing, TypingInfo};
 use ruma::api::client::{
     account::whoami, membership::join_room_by_id, membership::joined_members, membership::leave_room,
     message::get_message_events, message::send_message_event, profile::get_profile_field, receipt::create_receipt,
-    redact::redact_event, typing::create_typing_event,
+    redact::redact_event, room::get_room_event, typing::create_typing_event,
 };
 use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent};
 use ruma::events::{AnyMessageLikeEventContent, MessageLikeEventType};
@@ -35,7 +35,7 @@ use crate::permissions::{Level, Permissions};
 use crate::protocol::link_token;
 use crate::protocol::{
     AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelConnectError, ChannelMessage, ChannelSendError,
-    ContentType, InboundHandler, SenderType, metadata_keys,
+    ContentType, InboundHandler, OutboundReaction, SenderType, metadata_keys,
 };
 use crate::store::conversations::GhostProfile;
 use crate::store::group_commit::Write;
@@ -186,6 +186,7 @@ impl MatrixAdapter {
             "m.room.member" => self.on_member(&event, room_id, sender).await,
             "m.room.message" if !self.ns.is_ours(sender) => self.on_message(&event, room_id, sender).await,
             "m.reaction" if !self.ns.is_ours(sender) => self.on_reaction(&event, room_id, sender).await,
+            "m.room.redaction" if !self.ns.is_ours(sender) => self.on_redaction(&event, room_id, sender).await,
             "m.room.encrypted" if !self.ns.is_ours(sender) => self.on_encrypted(&event, room_id, sender).await,
             "m.room.encryption" => {
                 if let (Some(crypto), Ok(room)) = (&self.crypto, room(room_id)) {
@@ -491,18 +492,71 @@ impl MatrixAdapter {
             return Ok(());
         };
         let mut conn = self.store.conn().await?;
-        let Some(reacted_to) = messages::message_for_native(&mut conn, CHANNEL, room_id, target).await? else {
+        let known = messages::message_for_native(&mut conn, CHANNEL, room_id, target).await?;
+        drop(conn);
+        let Some(reacted_to) = (match known {
+            Some(id) => Some(id),
+            None => self.sent_message_id(room_id, target).await,
+        }) else {
             return Ok(());
         };
-        drop(conn);
-        let mut msg =
-            ChannelMessage::new(room_id, sender, SenderType::User, key, ContentType::Text).with_reply_to(reacted_to);
+        let mut msg = ChannelMessage::reaction(room_id, sender, key, reacted_to, false);
+        if let Some(ts) = event["origin_server_ts"].as_i64().and_then(chrono::DateTime::from_timestamp_millis) {
+            msg.timestamp = ts;
+        }
+        let name = self.display_name(sender).await;
         let metadata = &mut msg.metadata;
         metadata.insert(metadata_keys::CHANNEL_MESSAGE_ID.into(), event["event_id"].clone());
+        metadata.insert(metadata_keys::SENDER_NAME.into(), json!(name));
         metadata.insert("roomId".into(), json!(room_id));
         metadata.insert("eventType".into(), json!("m.reaction"));
         metadata.insert("reactionEmoji".into(), json!(key));
-        metadata.insert(routing::IS_REACTION.into(), json!(true));
+        handler.handle(msg).await.map_err(EventError::from)
+    }
+
+    /// The canonical id of an event this service sent, read from the event itself (every
+    /// event we send carries it): a reaction may come before the send recorded where its
+    /// message landed. `None` for other events, or when the event cannot be read.
+    async fn sent_message_id(&self, room_id: &str, event_id: &str) -> Option<Uuid> {
+        let room = OwnedRoomId::try_from(room_id).ok()?;
+        let event = OwnedEventId::try_from(event_id).ok()?;
+        let reader = self.notice_speaker(room_id).await.ok()?;
+        let request = get_room_event::v3::Request::new(room, event);
+        let response = self.client.call(request, Some(&reader)).await.ok()?;
+        let event: Value = serde_json::from_str(response.event.json().get()).ok()?;
+        if !event["sender"].as_str().is_some_and(|sender| self.ns.is_ours(sender)) {
+            return None;
+        }
+        event["content"][MESSAGE_ID_KEY].as_str().and_then(|id| Uuid::parse_str(id).ok())
+    }
+
+    /// People take a reaction back by redacting it: the redaction of a reaction the hub
+    /// knows becomes that reaction's removal. Other redactions are not bridged.
+    async fn on_redaction(&self, event: &Value, room_id: &str, sender: &str) -> Result<(), EventError> {
+        if self.permissions.matrix_level(sender) == Level::None {
+            return Ok(());
+        }
+        // Room versions before 11 name the redacted event beside the content, later ones in it.
+        let Some(redacted) = event["content"]["redacts"].as_str().or(event["redacts"].as_str()) else {
+            return Ok(());
+        };
+        let mut conn = self.store.conn().await?;
+        let Some(id) = messages::message_for_native(&mut conn, CHANNEL, room_id, redacted).await? else {
+            return Ok(());
+        };
+        let Some(added) = messages::get(&mut conn, id).await?.filter(|m| m.is_reaction() && !m.is_reaction_removal())
+        else {
+            return Ok(());
+        };
+        drop(conn);
+        let Some(target) = added.reply_to_id else { return Ok(()) };
+        let handler = self.handler()?;
+        let mut msg = ChannelMessage::reaction(room_id, &added.sender_id, &added.content, target, true);
+        let metadata = &mut msg.metadata;
+        metadata.insert(metadata_keys::CHANNEL_MESSAGE_ID.into(), event["event_id"].clone());
+        metadata.insert("roomId".into(), json!(room_id));
+        metadata.insert("eventType".into(), json!("m.room.redaction"));
+        tracing::debug!(room_id, redacted, sender, "reaction taken back");
         handler.handle(msg).await.map_err(EventError::from)
     }
 
@@ -678,13 +732,28 @@ impl MatrixAdapter {
         let speaker = self.speaker(channel_id, msg).await?;
         let content = format::message_content(msg, self.placement(channel_id, msg).await?);
         let content = self.outgoing_content(channel_id, msg, content).await?;
+        self.send_event(&room_id, msg, &speaker, MessageLikeEventType::RoomMessage, content, resend).await
+    }
+
+    /// Sends one event of `event_type` for `msg` as `speaker`, exactly once (see
+    /// [`MatrixAdapter::deliver`]): messages and reactions take this one path.
+    async fn send_event(
+        &self,
+        room_id: &OwnedRoomId,
+        msg: &ChannelMessage,
+        speaker: &UserId,
+        event_type: MessageLikeEventType,
+        content: Raw<AnyMessageLikeEventContent>,
+        resend: bool,
+    ) -> Result<(), ChannelSendError> {
+        let channel_id = room_id.as_str();
         let txn_id: OwnedTransactionId = format!("mosaic-{}", msg.id.simple()).into();
         // An id already here is one whose earlier try in this process never confirmed.
         let mut look_first = !self.unconfirmed.lock().expect("unconfirmed lock").insert(msg.id) || resend;
         let mut last_error = None;
         for attempt in 0..SEND_TRIES {
             if look_first {
-                match self.find_sent(&room_id, &speaker, msg.id).await {
+                match self.find_sent(room_id, speaker, &event_type, msg.id).await {
                     Ok(Some(event_id)) => {
                         tracing::info!(room_id = channel_id, %event_id, message_id = %msg.id, "earlier try had landed; not sent again");
                         return self.confirm_sent(channel_id, msg.id, &event_id).await;
@@ -704,15 +773,8 @@ impl MatrixAdapter {
                 }
             }
             let step = async {
-                self.ensure_known_user(&speaker).await?;
-                self.send_room_event(
-                    &room_id,
-                    &speaker,
-                    txn_id.clone(),
-                    MessageLikeEventType::RoomMessage,
-                    content.clone(),
-                )
-                .await
+                self.ensure_known_user(speaker).await?;
+                self.send_room_event(room_id, speaker, txn_id.clone(), event_type.clone(), content.clone()).await
             };
             match step.await {
                 Ok(response) => {
@@ -730,10 +792,12 @@ impl MatrixAdapter {
                     tokio::time::sleep(crate::queue::backoff(attempt as i64)).await;
                     last_error = Some(error);
                 }
+                // The same reaction by the same user is there already.
+                Err(error) if error.errcode() == Some("M_DUPLICATE_ANNOTATION") => return Ok(()),
                 Err(error) if error.errcode() == Some("M_FORBIDDEN") && attempt == 0 => {
                     // A ghost that was invited but has not joined yet: join, then send.
                     let join =
-                        self.client.call(join_room_by_id::v3::Request::new(room_id.clone()), Some(&speaker)).await;
+                        self.client.call(join_room_by_id::v3::Request::new(room_id.clone()), Some(speaker)).await;
                     if join.is_err() {
                         return Err(ChannelSendError::Terminal(error.to_string()));
                     }
@@ -766,6 +830,7 @@ impl MatrixAdapter {
         &self,
         room_id: &OwnedRoomId,
         speaker: &UserId,
+        event_type: &MessageLikeEventType,
         id: Uuid,
     ) -> Result<Option<OwnedEventId>, HsError> {
         let recorded = match self.store.conn().await {
@@ -782,10 +847,8 @@ impl MatrixAdapter {
             request.from = from.take();
             request.limit = UInt::from(LOOK_BACK_PAGE);
             request.filter.senders = Some(vec![speaker.to_owned()]);
-            request.filter.types = Some(vec![
-                MessageLikeEventType::RoomMessage.to_string(),
-                MessageLikeEventType::RoomEncrypted.to_string(),
-            ]);
+            // In an encrypted room the event went out as `m.room.encrypted`.
+            request.filter.types = Some(vec![event_type.to_string(), MessageLikeEventType::RoomEncrypted.to_string()]);
             let page = self.client.call(request, Some(speaker)).await?;
             for raw in &page.chunk {
                 let Ok(event) = serde_json::from_str::<Value>(raw.json().get()) else { continue };
@@ -1032,6 +1095,38 @@ impl ChannelAdapter for MatrixAdapter {
     async fn map_identity(&self, channel_user_id: &str) -> Option<String> {
         let mut conn = self.store.conn().await.ok()?;
         accounts::account_for_identity(&mut conn, CHANNEL, channel_user_id).await.ok().flatten().map(|a| a.id)
+    }
+
+    fn supports_reactions(&self) -> bool {
+        true
+    }
+
+    /// An `m.reaction` annotation from the reactor's ghost (an agent's from its ghost), sent
+    /// as messages are; taking it back redacts that event as the same ghost.
+    async fn send_reaction(
+        &self,
+        channel_id: &str,
+        reaction: &OutboundReaction,
+        by: &ChannelMessage,
+    ) -> Result<(), ChannelSendError> {
+        let room_id = send_room(channel_id)?;
+        let speaker = self.speaker(channel_id, by).await?;
+        if reaction.removed {
+            let Some(copy) = reaction.copy.as_deref().and_then(|id| OwnedEventId::try_from(id).ok()) else {
+                return Ok(());
+            };
+            let txn_id: OwnedTransactionId = format!("mosaic-{}", by.id.simple()).into();
+            let request = redact_event::v3::Request::new(room_id, copy, txn_id);
+            self.client.call(request, Some(&speaker)).await.map_err(send_error)?;
+            return Ok(());
+        }
+        let content = json!({
+            "m.relates_to": {"rel_type": "m.annotation", "event_id": reaction.target, "key": reaction.key},
+            MESSAGE_ID_KEY: by.id.to_string(),
+        });
+        let raw = serde_json::value::to_raw_value(&content).map_err(|e| ChannelSendError::Terminal(e.to_string()))?;
+        let event_type = MessageLikeEventType::Reaction;
+        self.send_event(&room_id, by, &speaker, event_type, Raw::from_json(raw), reaction.retry).await
     }
 }
 

@@ -104,7 +104,12 @@ impl MatrixAdapter {
             let mut request = get_message_events::v3::Request::new(room_id.clone(), Direction::Backward);
             request.from = from.take();
             request.limit = UInt::from(PAGE);
-            request.filter.types = Some(vec![MessageLikeEventType::RoomMessage.to_string()]);
+            // Reactions and their redactions are missed like messages, and caught up alike.
+            request.filter.types = Some(vec![
+                MessageLikeEventType::RoomMessage.to_string(),
+                MessageLikeEventType::Reaction.to_string(),
+                "m.room.redaction".to_string(),
+            ]);
             let page = self.client().call(request, Some(&reader)).await.map_err(|e| e.to_string())?;
             for raw in &page.chunk {
                 let Ok(mut event) = serde_json::from_str::<Value>(raw.json().get()) else { continue };

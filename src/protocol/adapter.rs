@@ -85,6 +85,30 @@ pub enum BridgeRight {
     Refused(String),
 }
 
+/// A reaction to show in one chat of a surface, in that surface's terms
+/// ([`ChannelAdapter::send_reaction`]). Who reacts is the reaction's message: its sender,
+/// the surface it was made on and the sender's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundReaction {
+    /// The channel-native id of the message reacted to, in this chat.
+    pub target: String,
+    /// The emoji; a custom emoji of another surface travels as its name (`:name:`).
+    pub key: String,
+    /// The reaction is taken back.
+    pub removed: bool,
+    /// For a removal: the channel-native id of this chat's copy of the reaction taken
+    /// back, on surfaces where a reaction is an event of its own (Matrix).
+    pub copy: Option<String>,
+    /// What people elsewhere still show on the message after this change, oldest first
+    /// (their reactions made outside this chat). A surface where only its bot can react
+    /// shows these: it removes a key only when nobody shows it any more, and one that
+    /// allows the bot a single reaction shows the newest it can.
+    pub shown: Vec<String>,
+    /// An earlier try may have landed (the outbox tries again after a failure without an
+    /// answer, or after a restart): a surface that can look before it sends does so.
+    pub retry: bool,
+}
+
 /// Receives every inbound message of an adapter. The adapter awaits each call before it
 /// delivers the next message (back-pressure).
 #[async_trait]
@@ -172,6 +196,26 @@ pub trait ChannelAdapter: Send + Sync {
     /// try, like [`ChannelAdapter::set_typing`].
     async fn mark_read(&self, channel_id: &str, native_id: &str, agent_id: &str) -> Result<(), ChannelSendError> {
         let _ = (channel_id, native_id, agent_id);
+        Ok(())
+    }
+
+    /// Whether this surface can show reactions (`false`, the default: then
+    /// [`ChannelAdapter::send_reaction`] is never called).
+    fn supports_reactions(&self) -> bool {
+        false
+    }
+
+    /// Shows (or takes back) `reaction` in `channel_id`, made by `by`: the reaction as the
+    /// hub logged it, whose id is fixed before the first try. Sent through the outbox
+    /// like messages: transient failures are retried with backoff inside the adapter, and
+    /// a reaction the surface cannot show (an emoji it does not know) is `Ok`, not an error.
+    async fn send_reaction(
+        &self,
+        channel_id: &str,
+        reaction: &OutboundReaction,
+        by: &ChannelMessage,
+    ) -> Result<(), ChannelSendError> {
+        let _ = (channel_id, reaction, by);
         Ok(())
     }
 }

@@ -25,6 +25,14 @@ pub mod metadata_keys {
     /// Inbound: the message edits the one named by `replyToId`; its content is the new
     /// full text.
     pub const IS_EDIT: &str = "mosaic.isEdit";
+    /// The message is a reaction to the one named by `replyToId`; its content is the
+    /// emoji (a custom emoji as its name, `:name:`).
+    pub const IS_REACTION: &str = "mosaic.isReaction";
+    /// With [`IS_REACTION`]: the sender took that reaction back.
+    pub const REACTION_REMOVED: &str = "mosaic.reactionRemoved";
+    /// Set by the hub on a reaction taken back: the canonical id of the reaction it
+    /// takes back.
+    pub const REMOVES_REACTION: &str = "mosaic.removesReaction";
     /// Inbound: the message deletes the one named by `replyToId`.
     pub const IS_DELETION: &str = "mosaic.isDeletion";
     /// Outbound: the canonical id of the message this one edits (stream previews, edits
@@ -198,6 +206,33 @@ impl ChannelMessage {
         for value in self.metadata.values_mut() {
             rewrite_strings(value, &rewrite);
         }
+    }
+
+    /// Whether the message is a reaction ([`metadata_keys::IS_REACTION`]).
+    pub fn is_reaction(&self) -> bool {
+        self.metadata.get(metadata_keys::IS_REACTION).and_then(Value::as_bool).unwrap_or(false)
+    }
+
+    /// Whether the message takes a reaction back ([`metadata_keys::REACTION_REMOVED`]).
+    pub fn is_reaction_removal(&self) -> bool {
+        self.is_reaction()
+            && self.metadata.get(metadata_keys::REACTION_REMOVED).and_then(Value::as_bool).unwrap_or(false)
+    }
+
+    /// A reaction of `sender` with `key` to the message `target`.
+    pub fn reaction(
+        channel_id: impl Into<String>,
+        sender_id: impl Into<String>,
+        key: impl Into<String>,
+        target: Uuid,
+        removed: bool,
+    ) -> Self {
+        let mut msg = Self::new(channel_id, sender_id, SenderType::User, key, ContentType::Text).with_reply_to(target);
+        msg.metadata.insert(metadata_keys::IS_REACTION.into(), Value::Bool(true));
+        if removed {
+            msg.metadata.insert(metadata_keys::REACTION_REMOVED.into(), Value::Bool(true));
+        }
+        msg
     }
 
     /// A string field of `metadata`.

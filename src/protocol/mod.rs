@@ -12,7 +12,7 @@ mod registry;
 
 pub use adapter::{
     AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelSendError, HandlerError,
-    InboundHandler,
+    InboundHandler, OutboundReaction,
 };
 pub use media::{Media, MediaError, MediaRepository, not_bridged_note};
 pub use message::{ChannelAttachment, ChannelMessage, ContentType, SenderType, metadata_keys, rewrite_strings};

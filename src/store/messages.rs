@@ -57,6 +57,22 @@ pub async fn history(conn: &mut AnyConnection, conversation_id: &str, limit: i64
     rows.iter().rev().map(|(body,)| decode(body)).collect()
 }
 
+/// The reactions to `target` (added and taken back), in the order they were made.
+pub async fn reactions_to(conn: &mut AnyConnection, target: Uuid) -> Result<Vec<ChannelMessage>> {
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT body FROM messages WHERE reply_to_id = $1 ORDER BY seq")
+        .bind(target.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut out = Vec::new();
+    for (body,) in rows {
+        let msg = decode(&body)?;
+        if msg.is_reaction() {
+            out.push(msg);
+        }
+    }
+    Ok(out)
+}
+
 pub async fn count_in_conversation(conn: &mut AnyConnection, conversation_id: &str) -> Result<i64> {
     let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages WHERE conversation_id = $1")
         .bind(conversation_id)

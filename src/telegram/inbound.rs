@@ -5,7 +5,9 @@ use serde_json::{Value, json};
 use teloxide::DownloadError;
 use teloxide::net::Download;
 use teloxide::prelude::Requester;
-use teloxide::types::{Chat, ChatKind, FileId, Message, MessageEntity, MessageOrigin, PublicChatKind};
+use teloxide::types::{
+    Chat, ChatKind, FileId, Message, MessageEntity, MessageOrigin, MessageReactionUpdated, PublicChatKind, ReactionType,
+};
 use uuid::Uuid;
 
 use super::polling::InboundError;
@@ -118,6 +120,51 @@ async fn build(
         None => {}
     }
     Ok(msg)
+}
+
+/// A change of a person's reactions on a message (`message_reaction`): one reaction
+/// message per emoji added or taken back. Custom and paid reactions, reactions of
+/// anonymous admins, and reactions to messages the hub never saw are not bridged.
+pub(super) async fn reaction_messages(
+    inner: &Inner,
+    update: &MessageReactionUpdated,
+    update_id: u32,
+) -> Result<Vec<ChannelMessage>, InboundError> {
+    let Some(user) = update.user().filter(|_| update.actor.is_user()) else { return Ok(Vec::new()) };
+    if inner.me().is_some_and(|me| me.id == user.id.0) {
+        return Ok(Vec::new());
+    }
+    let chat_id = update.chat.id.0.to_string();
+    let native_id = update.message_id.0.to_string();
+    let mut conn = inner.store.conn().await.map_err(transient)?;
+    let Some(target) =
+        messages::message_for_native(&mut conn, CHANNEL, &chat_id, &native_id).await.map_err(transient)?
+    else {
+        return Ok(Vec::new());
+    };
+    drop(conn);
+    let emoji = |list: &[ReactionType]| -> Vec<String> { list.iter().filter_map(|r| r.emoji().cloned()).collect() };
+    let (old, new) = (emoji(&update.old_reaction), emoji(&update.new_reaction));
+    let removed = old.iter().filter(|k| !new.contains(k)).map(|k| (k, true));
+    let added = new.iter().filter(|k| !old.contains(k)).map(|k| (k, false));
+    let name = user.full_name();
+    let name = if name.trim().is_empty() { user.username.clone().unwrap_or_else(|| user.id.to_string()) } else { name };
+    Ok(removed
+        .chain(added)
+        .map(|(key, removed)| {
+            let mut msg = ChannelMessage::reaction(&chat_id, user.id.0.to_string(), key, target, removed);
+            msg.timestamp = update.date;
+            let change = if removed { "removed" } else { "added" };
+            let meta = &mut msg.metadata;
+            meta.insert(keys::SENDER_NAME.into(), json!(name));
+            meta.insert("chatType".into(), json!(chat_type(&update.chat)));
+            meta.insert(
+                keys::DEDUPE_KEY.into(),
+                json!(format!("{chat_id}:{native_id}:reaction:{update_id}:{change}:{key}")),
+            );
+            msg
+        })
+        .collect())
 }
 
 /// Sender id, display name, username. Channel posts and anonymous admins speak as a chat.

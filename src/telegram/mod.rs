@@ -28,7 +28,7 @@ use self::errors::{Failure, classify, redact};
 use crate::config::{TelegramConfig, TelegramMode};
 use crate::protocol::{
     AdapterHealth, BridgeError, BridgeRight, CONNECT_TIMEOUT, ChannelAdapter, ChannelConnectError, ChannelMessage,
-    ChannelSendError, InboundHandler, MediaRepository,
+    ChannelSendError, InboundHandler, MediaRepository, OutboundReaction,
 };
 use crate::store::{self, Store, accounts};
 
@@ -43,12 +43,15 @@ const TYPING_RENEWAL: Duration = Duration::from_secs(4);
 /// A polling failure that lasts longer than this reads as `Disconnected`.
 const POLL_FAILURE_GRACE: Duration = Duration::from_secs(60);
 
-/// Updates the bridge asks for; everything else (reactions, joins…) is not bridged.
-const ALLOWED_UPDATES: [AllowedUpdate; 4] = [
+/// Updates the bridge asks for; everything else (joins, polls…) is not bridged. Telegram
+/// sends `message_reaction` only when asked for it, and only to bots that administer
+/// the chat.
+const ALLOWED_UPDATES: [AllowedUpdate; 5] = [
     AllowedUpdate::Message,
     AllowedUpdate::EditedMessage,
     AllowedUpdate::ChannelPost,
     AllowedUpdate::EditedChannelPost,
+    AllowedUpdate::MessageReaction,
 ];
 
 /// Who the bot is, learned from `getMe` on connect.
@@ -296,6 +299,21 @@ impl ChannelAdapter for TelegramAdapter {
 
     async fn send_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
         outbound::send(&self.inner, channel_id, msg).await
+    }
+
+    fn supports_reactions(&self) -> bool {
+        true
+    }
+
+    /// The bot's reaction shows what people elsewhere react with (see
+    /// `outbound::react`).
+    async fn send_reaction(
+        &self,
+        channel_id: &str,
+        reaction: &OutboundReaction,
+        _by: &ChannelMessage,
+    ) -> Result<(), ChannelSendError> {
+        outbound::react(&self.inner, channel_id, reaction).await
     }
 
     async fn map_identity(&self, channel_user_id: &str) -> Option<String> {

@@ -4,10 +4,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use teloxide::RequestError;
-use teloxide::payloads::{EditMessageTextSetters, SendDocumentSetters, SendMessageSetters, SendPhotoSetters};
+use teloxide::payloads::{
+    EditMessageTextSetters, SendDocumentSetters, SendMessageSetters, SendPhotoSetters, SetMessageReactionSetters,
+};
 use teloxide::prelude::Requester;
 use teloxide::types::{
-    ChatAction, ChatFullInfo, ChatId, InputFile, Message, MessageId, ParseMode, ReplyParameters, ThreadId, UserId,
+    ChatAction, ChatFullInfo, ChatId, InputFile, Message, MessageId, ParseMode, ReactionType, ReplyParameters,
+    ThreadId, UserId,
 };
 use uuid::Uuid;
 
@@ -16,7 +19,8 @@ use super::markdown::{self, utf16_len};
 use super::{CHANNEL, Inner, topics};
 use crate::agents::stream::{derived_id, split_parts};
 use crate::protocol::{
-    BridgeError, ChannelAttachment, ChannelMessage, ChannelSendError, ContentType, SenderType, metadata_keys as keys,
+    BridgeError, ChannelAttachment, ChannelMessage, ChannelSendError, ContentType, OutboundReaction, SenderType,
+    metadata_keys as keys,
 };
 use crate::store::messages;
 
@@ -131,6 +135,138 @@ pub(super) async fn typing(inner: &Inner, channel_id: &str) -> Result<(), Channe
     match inner.bot.send_chat_action(chat, ChatAction::Typing).await {
         Ok(_) => Ok(()),
         Err(error) => Err(send_error(inner.classify(error))),
+    }
+}
+
+/// The emoji Telegram lets a bot react with (`ReactionTypeEmoji`).
+const BOT_REACTIONS: &[&str] = &[
+    "👍",
+    "👎",
+    "❤",
+    "🔥",
+    "🥰",
+    "👏",
+    "😁",
+    "🤔",
+    "🤯",
+    "😱",
+    "🤬",
+    "😢",
+    "🎉",
+    "🤩",
+    "🤮",
+    "💩",
+    "🙏",
+    "👌",
+    "🕊",
+    "🤡",
+    "🥱",
+    "🥴",
+    "😍",
+    "🐳",
+    "❤\u{200d}🔥",
+    "🌚",
+    "🌭",
+    "💯",
+    "🤣",
+    "⚡",
+    "🍌",
+    "🏆",
+    "💔",
+    "🤨",
+    "😐",
+    "🍓",
+    "🍾",
+    "💋",
+    "🖕",
+    "😈",
+    "😴",
+    "😭",
+    "🤓",
+    "👻",
+    "👨\u{200d}💻",
+    "👀",
+    "🎃",
+    "🙈",
+    "😇",
+    "😨",
+    "🤝",
+    "✍",
+    "🤗",
+    "🫡",
+    "🎅",
+    "🎄",
+    "☃",
+    "💅",
+    "🤪",
+    "🗿",
+    "🆒",
+    "💘",
+    "🙉",
+    "🦄",
+    "😘",
+    "💊",
+    "🙊",
+    "😎",
+    "👾",
+    "🤷\u{200d}♂",
+    "🤷",
+    "🤷\u{200d}♀",
+    "😡",
+];
+
+/// `key` as a reaction a bot may set on Telegram: the emoji without its presentation
+/// selector and skin tone (❤️ is ❤ there, 👍🏽 is 👍), if Telegram allows it at all.
+pub(super) fn bot_reaction(key: &str) -> Option<String> {
+    let plain: String = key.chars().filter(|c| *c != '\u{fe0f}' && !('\u{1f3fb}'..='\u{1f3ff}').contains(c)).collect();
+    BOT_REACTIONS.contains(&plain.as_str()).then_some(plain)
+}
+
+/// Sets the bot's reaction on a message (`setMessageReaction`) to what people elsewhere
+/// show. A bot has one reaction per message and a fixed set of emoji: it shows the
+/// newest reaction it may set, and none once nobody elsewhere shows one. An emoji outside
+/// that set is not shown on Telegram (the others still are).
+pub(super) async fn react(
+    inner: &Inner,
+    channel_id: &str,
+    reaction: &OutboundReaction,
+) -> Result<(), ChannelSendError> {
+    let chat = parse_chat(channel_id)?;
+    let message = reaction
+        .target
+        .parse::<i32>()
+        .map(MessageId)
+        .map_err(|_| ChannelSendError::Terminal(format!("{:?} is not a Telegram message id", reaction.target)))?;
+    let shown: Vec<ReactionType> = reaction
+        .shown
+        .iter()
+        .rev()
+        .find_map(|key| bot_reaction(key))
+        .map(|emoji| ReactionType::Emoji { emoji })
+        .into_iter()
+        .collect();
+    let request = || inner.bot.set_message_reaction(chat, message).reaction(shown.clone()).into_future();
+    match call(inner, "setMessageReaction", request).await {
+        Ok(_) => {
+            tracing::debug!(
+                channel = CHANNEL,
+                event = "reacted",
+                chat_id = channel_id,
+                message_id = message.0,
+                shown = shown.len()
+            );
+            Ok(())
+        }
+        // The chat allows fewer reactions, or the message is gone: nothing to show.
+        Err(Failure::Terminal(reason))
+            if ["REACTION_INVALID", "REACTION_EMPTY", "message to react not found", "MESSAGE_ID_INVALID"]
+                .iter()
+                .any(|known| reason.contains(known)) =>
+        {
+            tracing::info!(channel = CHANNEL, event = "reaction_not_shown", chat_id = channel_id, message_id = message.0, %reason);
+            Ok(())
+        }
+        Err(failure) => Err(send_error(failure)),
     }
 }
 
@@ -489,6 +625,9 @@ pub(super) async fn open_bridge(inner: &Inner, channel_id: &str) -> Result<Strin
     }
     let mut line =
         format!("Telegram {kind} “{title}” is bridged; messages appear there as the bot with the sender's name.");
+    if info.is_group_chat() && !member.is_privileged() {
+        line.push_str(" Reactions made there reach the other surfaces only while the bot is an administrator of it.");
+    }
     if info.is_group_chat() && !me.reads_all_group_messages && !member.is_privileged() {
         line.push_str(&format!(
             " Privacy mode is on, so the bot only sees commands and replies to it: turn it off in BotFather \
@@ -538,6 +677,16 @@ mod tests {
         let mut notice = message("done.", ContentType::Text);
         notice.sender_type = SenderType::System;
         assert_eq!(texts(&pieces(&notice)), vec![r"done\."]);
+    }
+
+    #[test]
+    fn bots_react_only_with_telegrams_emoji_in_their_plain_form() {
+        assert_eq!(bot_reaction("👍").as_deref(), Some("👍"));
+        assert_eq!(bot_reaction("👍🏽").as_deref(), Some("👍"), "skin tones are dropped");
+        assert_eq!(bot_reaction("❤️").as_deref(), Some("❤"), "the emoji presentation selector is dropped");
+        assert_eq!(bot_reaction("❤️\u{200d}🔥").as_deref(), Some("❤\u{200d}🔥"));
+        assert_eq!(bot_reaction("🦀"), None);
+        assert_eq!(bot_reaction(":party_parrot:"), None);
     }
 
     #[test]

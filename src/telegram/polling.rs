@@ -166,6 +166,14 @@ pub(crate) async fn process_update(inner: &Inner, update: &Update) -> Result<(),
     let (message, edited) = match &update.kind {
         UpdateKind::Message(message) | UpdateKind::ChannelPost(message) => (message, false),
         UpdateKind::EditedMessage(message) | UpdateKind::EditedChannelPost(message) => (message, true),
+        UpdateKind::MessageReaction(reaction) => {
+            let handler = inner.handler().ok_or(InboundError::NoHandler)?;
+            for msg in inbound::reaction_messages(inner, reaction, update.id.0).await? {
+                tracing::debug!(channel = CHANNEL, event = "inbound_reaction", update_id = update.id.0, chat_id = %msg.channel_id);
+                handler.handle(msg).await?;
+            }
+            return Ok(());
+        }
         UpdateKind::Error(value) => {
             // teloxide could not read it; retrying would not help.
             let keys: Vec<&String> = value.as_object().map(|o| o.keys().collect()).unwrap_or_default();

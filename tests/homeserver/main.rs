@@ -14,6 +14,7 @@ mod encrypted;
 mod listeners;
 mod permissions;
 mod quiet_errors;
+mod reactions;
 mod room_power;
 mod telegram;
 mod trust;

@@ -144,6 +144,9 @@ struct World {
     commands: Value,
     interactions: Vec<Interaction>,
     dms: HashMap<u64, u64>,
+    /// Reactions on messages, by (channel, message): the emoji (`name:id` for a custom
+    /// one) and who reacted, in the order they were added.
+    reactions: BTreeMap<(u64, u64), Vec<(String, u64)>>,
     /// Messages created with `enforce_nonce`, by nonce: a repeat gets the same message.
     nonces: HashMap<String, Value>,
     gateway: Gateway,
@@ -194,6 +197,7 @@ impl FakeDiscord {
             commands: json!([]),
             interactions: Vec::new(),
             dms: HashMap::new(),
+            reactions: BTreeMap::new(),
             nonces: HashMap::new(),
             gateway: Gateway {
                 conn: None,
@@ -324,6 +328,57 @@ impl FakeDiscord {
         world.dispatch("MESSAGE_DELETE", event, self.up());
     }
 
+    /// A person reacts to a message of `channel` (a channel or a thread) with `emoji`: a
+    /// Unicode emoji, or `name:id` for a custom one. Dispatched as MESSAGE_REACTION_ADD.
+    pub fn user_reacts(&self, channel: u64, message: u64, user: u64, emoji: &str) {
+        let up = self.up();
+        let mut world = self.world();
+        let list = world.reactions.entry((channel, message)).or_default();
+        if list.iter().any(|(e, u)| e == emoji && *u == user) {
+            return;
+        }
+        list.push((emoji.to_string(), user));
+        let event = world.reaction_event(channel, message, user, emoji, true);
+        world.dispatch("MESSAGE_REACTION_ADD", event, up);
+    }
+
+    /// A person takes their reaction back: MESSAGE_REACTION_REMOVE.
+    pub fn user_unreacts(&self, channel: u64, message: u64, user: u64, emoji: &str) {
+        let up = self.up();
+        let mut world = self.world();
+        if let Some(list) = world.reactions.get_mut(&(channel, message)) {
+            list.retain(|(e, u)| !(e == emoji && *u == user));
+        }
+        let event = world.reaction_event(channel, message, user, emoji, false);
+        world.dispatch("MESSAGE_REACTION_REMOVE", event, up);
+    }
+
+    /// The emoji the bot shows on a message now, in the order it added them.
+    pub fn bot_reactions(&self, channel: u64, message: u64) -> Vec<String> {
+        let world = self.world();
+        let list = world.reactions.get(&(channel, message)).cloned().unwrap_or_default();
+        list.into_iter().filter(|(_, user)| *user == BOT_USER).map(|(emoji, _)| emoji).collect()
+    }
+
+    /// Waits until the bot's reactions on a message satisfy `check`; returns them.
+    pub async fn wait_for_bot_reactions(
+        &self,
+        channel: u64,
+        message: u64,
+        check: impl Fn(&[String]) -> bool,
+        timeout: Duration,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.bot_reactions(channel, message);
+            if check(&now) {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "the bot's reactions on {message} stayed {now:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A person starts a thread from `root` in `channel`; the thread id is the root's id.
     pub fn start_thread(&self, channel: u64, root: u64, name: &str) -> u64 {
         let mut world = self.world();
@@ -401,8 +456,8 @@ impl FakeDiscord {
         }
     }
 
-    /// The next `n` message sends (bot messages, webhook executions, edits) fail with
-    /// `status`; 429 answers carry `retry_after` (seconds).
+    /// The next `n` message sends (bot messages, webhook executions, edits, the bot's
+    /// reactions) fail with `status`; 429 answers carry `retry_after` (seconds).
     pub fn fail_next(&self, n: usize, status: u16, retry_after: f64) {
         self.world().failures.extend(std::iter::repeat_n((status, retry_after), n));
     }
@@ -689,6 +744,36 @@ impl World {
         }
     }
 
+    /// A MESSAGE_REACTION_ADD / _REMOVE payload as the gateway sends it (only an add
+    /// carries the member and the message's author).
+    fn reaction_event(&self, channel: u64, message: u64, user: u64, emoji: &str, add: bool) -> Value {
+        let emoji_json = match emoji.split_once(':') {
+            Some((name, id)) => json!({"id": id, "name": name, "animated": false}),
+            None => json!({"id": null, "name": emoji}),
+        };
+        let mut event = json!({
+            "user_id": user.to_string(), "channel_id": channel.to_string(), "message_id": message.to_string(),
+            "emoji": emoji_json, "burst": false, "type": 0
+        });
+        let guild = self.channels.get(&channel).and_then(|c| c.guild);
+        if let Some(guild) = guild {
+            event["guild_id"] = json!(guild.to_string());
+        }
+        if add {
+            let author =
+                self.channels.get(&channel).and_then(|c| c.history.get(&message)).map(|m| m["author"]["id"].clone());
+            event["message_author_id"] = author.unwrap_or(Value::Null);
+            event["burst_colors"] = json!([]);
+            if guild.is_some() {
+                let user_obj =
+                    self.users.get(&user).cloned().unwrap_or_else(|| user_json(user, "someone", None, None, false));
+                event["member"] = json!({"user": user_obj, "nick": self.nicks.get(&user), "roles": [],
+                    "joined_at": "2024-01-01T00:00:00.000000+00:00", "deaf": false, "mute": false, "flags": 0});
+            }
+        }
+        event
+    }
+
     fn ready_json(&self) -> Value {
         let guilds: HashSet<u64> = self.channels.values().filter_map(|c| c.guild).collect();
         json!({
@@ -914,6 +999,7 @@ fn route(fake: &FakeDiscord, method: &Method, uri: &Uri, headers: &HeaderMap, bo
             | (&Method::PATCH, ["channels", _, "messages", _])
             | (&Method::POST, ["webhooks", _, _])
             | (&Method::PATCH, ["webhooks", _, _, "messages", _])
+            | (&Method::PUT | &Method::DELETE, ["channels", _, "messages", _, "reactions", _, "@me"])
     );
     if is_send && let Some((status, retry_after)) = world.take_failure() {
         return if status == 429 { rate_limited(retry_after) } else { error(status, 0, "injected failure") };
@@ -1083,6 +1169,44 @@ fn route(fake: &FakeDiscord, method: &Method, uri: &Uri, headers: &HeaderMap, bo
             event["newly_created"] = json!(true);
             world.dispatch("THREAD_CREATE", event, up);
             (StatusCode::CREATED, axum::Json(payload)).into_response()
+        }
+        // Create / Delete Own Reaction: the emoji is URL-encoded in the path (`name:id` for
+        // a custom emoji); 204 on success.
+        (
+            method @ (Method::PUT | Method::DELETE),
+            ["channels", channel, "messages", message, "reactions", emoji, "@me"],
+        ) => {
+            let (channel, message) = (id(channel), id(message));
+            let emoji: String = url::form_urlencoded::parse(format!("e={emoji}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            if !world.channels.contains_key(&channel) {
+                return error(404, 10003, "Unknown Channel");
+            }
+            if world.channels.get(&channel).and_then(|c| c.history.get(&message)).is_none() {
+                return error(404, 10008, "Unknown Message");
+            }
+            // Custom emoji of another server, and text that is no emoji, are unknown.
+            if emoji.is_empty() || emoji.contains(':') || emoji.chars().any(|c| c.is_ascii()) {
+                return error(400, 10014, "Unknown Emoji");
+            }
+            let list = world.reactions.entry((channel, message)).or_default();
+            let had = list.iter().any(|(e, u)| *e == emoji && *u == BOT_USER);
+            match method {
+                Method::PUT if !had => {
+                    list.push((emoji.clone(), BOT_USER));
+                    let event = world.reaction_event(channel, message, BOT_USER, &emoji, true);
+                    world.dispatch("MESSAGE_REACTION_ADD", event, up);
+                }
+                Method::DELETE if had => {
+                    list.retain(|(e, u)| !(*e == emoji && *u == BOT_USER));
+                    let event = world.reaction_event(channel, message, BOT_USER, &emoji, false);
+                    world.dispatch("MESSAGE_REACTION_REMOVE", event, up);
+                }
+                _ => {}
+            }
+            StatusCode::NO_CONTENT.into_response()
         }
         (Method::GET, ["channels", channel, "webhooks"]) => {
             let channel = id(channel);

@@ -148,6 +148,10 @@ struct Store {
     last_params: HashMap<String, Value>,
     /// `sendChatAction` calls: chat, action, topic and when.
     chat_actions: Vec<ChatAction>,
+    /// The `allowed_updates` of the last `getUpdates` / `setWebhook` that named them.
+    allowed_updates: Option<Vec<String>>,
+    /// The bot's reactions by (chat, message), as `setMessageReaction` set them.
+    bot_reactions: HashMap<(i64, i64), Vec<String>>,
 }
 
 struct Shared {
@@ -292,6 +296,48 @@ impl FakeTelegram {
         drop(store);
         self.shared.updates_tick.send_modify(|n| *n += 1);
         id
+    }
+
+    /// A person changes their reactions on a message from `old` to `new` (emoji).
+    /// Telegram tells only bots that administer the chat (`message_reaction` update),
+    /// and only when they asked for it in `allowed_updates`.
+    pub fn push_reaction(&self, chat_id: i64, message_id: i64, user: &TgUser, old: &[&str], new: &[&str]) {
+        let mut store = self.store();
+        let admin = matches!(store.member_status.get(&chat_id).map(String::as_str), Some("administrator" | "creator"));
+        if !admin {
+            return;
+        }
+        let chat = store.chats.get(&chat_id).cloned().expect("a known chat");
+        let list = |emoji: &[&str]| -> Value { emoji.iter().map(|e| json!({"type": "emoji", "emoji": e})).collect() };
+        let reaction = json!({"chat": chat, "message_id": message_id, "user": user.json(), "date": unix_now(),
+                              "old_reaction": list(old), "new_reaction": list(new)});
+        push(&mut store, "message_reaction", reaction);
+        drop(store);
+        self.shared.updates_tick.send_modify(|n| *n += 1);
+    }
+
+    /// The bot's reactions on a message now.
+    pub fn bot_reactions(&self, chat_id: i64, message_id: i64) -> Vec<String> {
+        self.store().bot_reactions.get(&(chat_id, message_id)).cloned().unwrap_or_default()
+    }
+
+    /// Waits until the bot's reactions on a message satisfy `check`; returns them.
+    pub async fn wait_for_bot_reactions(
+        &self,
+        chat_id: i64,
+        message_id: i64,
+        check: impl Fn(&[String]) -> bool,
+        timeout: Duration,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.bot_reactions(chat_id, message_id);
+            if check(&now) {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "the bot's reactions on {message_id} stayed {now:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The JSON of a message as Telegram holds it now.
@@ -661,6 +707,7 @@ async fn handle(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap,
         "getfile" => get_file(&shared, &params),
         "getchat" => get_chat(&shared, &params),
         "sendchataction" => send_chat_action(&shared, &params),
+        "setmessagereaction" => set_message_reaction(&shared, &params),
         "getchatmember" => get_chat_member(&shared, &params),
         "setwebhook" => set_webhook(&shared, &params),
         "deletewebhook" => {
@@ -824,6 +871,14 @@ async fn get_updates(shared: &Shared, params: &Map<String, Value>) -> Answer {
                     store.updates.pop_front();
                 }
             }
+            if let Some(allowed) = string_list(params, "allowed_updates") {
+                store.allowed_updates = Some(allowed);
+            }
+            // Reactions come only to bots that asked for them (they are not in the default).
+            let reactions = store.allowed_updates.as_ref().is_some_and(|a| a.iter().any(|u| u == "message_reaction"));
+            if !reactions {
+                store.updates.retain(|u| u.get("message_reaction").is_none());
+            }
             let batch: Vec<Value> = store.updates.iter().take(limit).cloned().collect();
             if !batch.is_empty() {
                 return Ok(Value::Array(batch));
@@ -833,6 +888,15 @@ async fn get_updates(shared: &Shared, params: &Map<String, Value>) -> Answer {
             return Ok(json!([]));
         }
     }
+}
+
+/// A list parameter, sent as JSON (in a string, for query and form parameters).
+fn string_list(params: &Map<String, Value>, key: &str) -> Option<Vec<String>> {
+    let value = match params.get(key)? {
+        Value::String(text) => serde_json::from_str(text).ok()?,
+        value => value.clone(),
+    };
+    Some(value.as_array()?.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
 }
 
 fn int(params: &Map<String, Value>, key: &str) -> Option<i64> {
@@ -1081,6 +1145,114 @@ fn send_chat_action(shared: &Shared, params: &Map<String, Value>) -> Answer {
     }
     let thread_id = int(params, "message_thread_id");
     store.chat_actions.push(ChatAction { chat_id, action: action.into(), thread_id, at: Instant::now() });
+    Ok(json!(true))
+}
+
+/// The emoji a bot may react with (`ReactionTypeEmoji`).
+const REACTION_EMOJI: &[&str] = &[
+    "👍",
+    "👎",
+    "❤",
+    "🔥",
+    "🥰",
+    "👏",
+    "😁",
+    "🤔",
+    "🤯",
+    "😱",
+    "🤬",
+    "😢",
+    "🎉",
+    "🤩",
+    "🤮",
+    "💩",
+    "🙏",
+    "👌",
+    "🕊",
+    "🤡",
+    "🥱",
+    "🥴",
+    "😍",
+    "🐳",
+    "❤\u{200d}🔥",
+    "🌚",
+    "🌭",
+    "💯",
+    "🤣",
+    "⚡",
+    "🍌",
+    "🏆",
+    "💔",
+    "🤨",
+    "😐",
+    "🍓",
+    "🍾",
+    "💋",
+    "🖕",
+    "😈",
+    "😴",
+    "😭",
+    "🤓",
+    "👻",
+    "👨\u{200d}💻",
+    "👀",
+    "🎃",
+    "🙈",
+    "😇",
+    "😨",
+    "🤝",
+    "✍",
+    "🤗",
+    "🫡",
+    "🎅",
+    "🎄",
+    "☃",
+    "💅",
+    "🤪",
+    "🗿",
+    "🆒",
+    "💘",
+    "🙉",
+    "🦄",
+    "😘",
+    "💊",
+    "🙊",
+    "😎",
+    "👾",
+    "🤷\u{200d}♂",
+    "🤷",
+    "🤷\u{200d}♀",
+    "😡",
+];
+
+/// `setMessageReaction`: the bot's reactions on a message become `reaction` (a
+/// non-premium bot may set one; an empty list takes its reaction away).
+fn set_message_reaction(shared: &Shared, params: &Map<String, Value>) -> Answer {
+    let mut store = shared.store.lock().unwrap();
+    let (chat_id, _) = chat_of(&store, params)?;
+    let message_id = int(params, "message_id").ok_or_else(|| bad_request("message_id is empty"))?;
+    if !store.messages.contains_key(&(chat_id, message_id)) {
+        return Err(bad_request("MESSAGE_ID_INVALID"));
+    }
+    let reaction = match params.get("reaction") {
+        Some(Value::String(text)) => {
+            serde_json::from_str(text).map_err(|_| bad_request("can't parse reaction types"))?
+        }
+        Some(value) => value.clone(),
+        None => json!([]),
+    };
+    let list = reaction.as_array().cloned().unwrap_or_default();
+    if list.len() > 1 {
+        return Err(bad_request("REACTIONS_TOO_MANY"));
+    }
+    let mut emoji = Vec::new();
+    for item in list {
+        match (item["type"].as_str(), item["emoji"].as_str()) {
+            (Some("emoji"), Some(e)) if REACTION_EMOJI.contains(&e) => emoji.push(e.to_string()),
+            _ => return Err(bad_request("REACTION_INVALID")),
+        }
+    }
+    store.bot_reactions.insert((chat_id, message_id), emoji);
     Ok(json!(true))
 }
 

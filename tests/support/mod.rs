@@ -57,6 +57,9 @@ pub const SLOTS: &[&str] = &[
     "bounds",
     "typing",
     "bridgetyping",
+    "reactions",
+    "strangers",
+    "agentreact",
     "encrypted",
 ];
 
@@ -506,6 +509,52 @@ impl Person {
         let path = format!("/rooms/{}/send/m.reaction/t{txn}-{}", enc(room), random_hex());
         let content = json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}});
         self.call(reqwest::Method::PUT, &path, Some(content)).await["event_id"].as_str().unwrap().to_string()
+    }
+
+    /// Redacts an event (people take a reaction back this way).
+    pub async fn redact(&self, room: &str, event_id: &str) {
+        let txn = self.txn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = format!("/rooms/{}/redact/{}/t{txn}-{}", enc(room), enc(event_id), random_hex());
+        self.call(reqwest::Method::PUT, &path, Some(json!({}))).await;
+    }
+
+    /// The reactions under an event as clients show them: `(sender, key)` of every
+    /// `m.annotation` that is not redacted, oldest first.
+    pub async fn reactions(&self, room: &str, event_id: &str) -> Vec<(String, String)> {
+        let url = format!(
+            "{}/_matrix/client/v1/rooms/{}/relations/{}/m.annotation?limit=100&dir=f",
+            homeserver_url(),
+            enc(room),
+            enc(event_id)
+        );
+        let page: Value = self.http.get(url).bearer_auth(&self.token).send().await.unwrap().json().await.unwrap();
+        let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
+        chunk
+            .iter()
+            .filter(|e| e["type"] == "m.reaction")
+            .filter_map(|e| {
+                let key = e["content"]["m.relates_to"]["key"].as_str()?;
+                Some((e["sender"].as_str()?.to_string(), key.to_string()))
+            })
+            .collect()
+    }
+
+    /// Waits until the reactions under an event satisfy `check`; returns them.
+    pub async fn wait_for_reactions(
+        &self,
+        room: &str,
+        event_id: &str,
+        check: impl Fn(&[(String, String)]) -> bool,
+    ) -> Vec<(String, String)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.reactions(room, event_id).await;
+            if check(&now) {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "the reactions under {event_id} stayed {now:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     pub async fn say(&self, room: &str, body: &str) -> String {

@@ -1,0 +1,139 @@
+//! Reactions: which stand on a message, and whether a new one changes anything.
+//!
+//! A reaction is logged as a message replying to the message it reacts to (its content
+//! the emoji), and a reaction taken back as another such message marked as a removal.
+//! What stands on a message is read from that log, so a repeated or late delivery of an
+//! add or a removal changes nothing: each person shows a key on a message at most once.
+
+use sqlx::AnyConnection;
+use uuid::Uuid;
+
+use crate::protocol::{ChannelMessage, metadata_keys};
+use crate::store::{self, messages};
+
+/// Whether `a` and `b` are the same person's reaction with the same key (made in the
+/// same chat of the same surface).
+fn same_reaction(a: &ChannelMessage, b: &ChannelMessage) -> bool {
+    a.origin_channel() == b.origin_channel()
+        && a.channel_id == b.channel_id
+        && a.sender_id == b.sender_id
+        && a.content == b.content
+}
+
+/// The reactions standing on `target` now: added and not taken back, oldest first.
+pub async fn standing(conn: &mut AnyConnection, target: Uuid) -> store::Result<Vec<ChannelMessage>> {
+    let mut out: Vec<ChannelMessage> = Vec::new();
+    for reaction in messages::reactions_to(conn, target).await? {
+        if reaction.is_reaction_removal() {
+            out.retain(|r| !same_reaction(r, &reaction));
+        } else if !out.iter().any(|r| same_reaction(r, &reaction)) {
+            out.push(reaction);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks an inbound reaction against what stands: false when it changes nothing (an
+/// add of a reaction that stands already, a removal of one that does not, a reaction to
+/// no known message), so it is neither stored nor passed on. A removal learns which
+/// reaction it takes back, and the sender's name as that reaction had it.
+pub async fn settle(conn: &mut AnyConnection, msg: &mut ChannelMessage) -> store::Result<bool> {
+    let Some(target) = msg.reply_to_id else { return Ok(false) };
+    if msg.content.trim().is_empty() {
+        return Ok(false);
+    }
+    let standing = standing(conn, target).await?;
+    let mine = standing.iter().find(|r| same_reaction(r, msg));
+    match (msg.is_reaction_removal(), mine) {
+        (false, None) => Ok(true),
+        (false, Some(_)) | (true, None) => Ok(false),
+        (true, Some(added)) => {
+            msg.metadata.insert(metadata_keys::REMOVES_REACTION.into(), added.id.to_string().into());
+            for key in [metadata_keys::SENDER_NAME, metadata_keys::SENDER_AVATAR_URL] {
+                if !msg.metadata.contains_key(key)
+                    && let Some(value) = added.metadata.get(key)
+                {
+                    msg.metadata.insert(key.into(), value.clone());
+                }
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// The keys people outside `chat` of `surface` show on `target`, oldest first: what a
+/// surface that reacts only as its bot shows there.
+pub async fn shown_outside(
+    conn: &mut AnyConnection,
+    target: Uuid,
+    surface: &str,
+    chat: &str,
+) -> store::Result<Vec<String>> {
+    Ok(standing(conn, target)
+        .await?
+        .into_iter()
+        .filter(|r| !(r.origin_channel() == surface && r.channel_id == chat))
+        .map(|r| r.content)
+        .collect())
+}
+
+/// The canonical id of the reaction a removal takes back.
+pub fn removed_reaction(msg: &ChannelMessage) -> Option<Uuid> {
+    msg.meta_str(metadata_keys::REMOVES_REACTION).and_then(|id| Uuid::parse_str(id).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ContentType, SenderType};
+    use crate::store::Store;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
+        (dir, store)
+    }
+
+    fn from(surface: &str, chat: &str, sender: &str, key: &str, target: Uuid, removed: bool) -> ChannelMessage {
+        let mut msg = ChannelMessage::reaction(chat, sender, key, target, removed);
+        msg.metadata.insert(metadata_keys::ORIGIN_CHANNEL.into(), surface.into());
+        msg
+    }
+
+    #[tokio::test]
+    async fn a_reaction_stands_once_until_it_is_taken_back() {
+        let (_dir, store) = store().await;
+        let mut conn = store.conn().await.unwrap();
+        let c = crate::store::conversations::create_conversation(&mut conn, "test", None).await.unwrap().id;
+        let c = c.as_str();
+        let target = ChannelMessage::new("!r", "@a:x", SenderType::User, "hi", ContentType::Text);
+        messages::append(&mut conn, c, "matrix", &target).await.unwrap();
+
+        let mut like = from("discord", "42", "7", "👍", target.id, false);
+        like.metadata.insert(metadata_keys::SENDER_NAME.into(), "Dan".into());
+        assert!(settle(&mut conn, &mut like).await.unwrap(), "a new reaction counts");
+        messages::append(&mut conn, c, "discord", &like).await.unwrap();
+        let mut again = from("discord", "42", "7", "👍", target.id, false);
+        assert!(!settle(&mut conn, &mut again).await.unwrap(), "the same reaction again changes nothing");
+        let mut other = from("matrix", "!r", "@b:x", "👍", target.id, false);
+        assert!(settle(&mut conn, &mut other).await.unwrap(), "someone else's counts");
+        messages::append(&mut conn, c, "matrix", &other).await.unwrap();
+
+        assert_eq!(shown_outside(&mut conn, target.id, "discord", "42").await.unwrap(), ["👍"]);
+        assert_eq!(shown_outside(&mut conn, target.id, "telegram", "-1").await.unwrap(), ["👍", "👍"]);
+
+        let mut never = from("discord", "42", "7", "🎉", target.id, true);
+        assert!(!settle(&mut conn, &mut never).await.unwrap(), "taking back what was never there changes nothing");
+        let mut undo = from("discord", "42", "7", "👍", target.id, true);
+        assert!(settle(&mut conn, &mut undo).await.unwrap());
+        assert_eq!(removed_reaction(&undo), Some(like.id), "a removal names the reaction it takes back");
+        assert_eq!(undo.meta_str(metadata_keys::SENDER_NAME), Some("Dan"), "and keeps its sender's name");
+        messages::append(&mut conn, c, "discord", &undo).await.unwrap();
+        let standing: Vec<String> =
+            standing(&mut conn, target.id).await.unwrap().into_iter().map(|r| r.sender_id).collect();
+        assert_eq!(standing, ["@b:x"]);
+        let mut unknown = ChannelMessage::reaction("42", "7", "👍", Uuid::new_v4(), false);
+        unknown.reply_to_id = None;
+        assert!(!settle(&mut conn, &mut unknown).await.unwrap(), "a reaction to no known message");
+    }
+}
