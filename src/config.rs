@@ -232,12 +232,28 @@ pub struct E2eeConfig {
     /// where it has none, encrypted rooms stay unread and the log says why.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// How room keys and other to-device messages reach the devices.
+    #[serde(default)]
+    pub mode: E2eeMode,
 }
 
 impl Default for E2eeConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self { enabled: true, mode: E2eeMode::default() }
     }
+}
+
+/// Where the devices' to-device messages come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum E2eeMode {
+    /// Pushed in the homeserver's transactions (MSC2409, MSC3202); a device fetches them
+    /// with `/sync` only when a message's key is missing.
+    #[default]
+    Transactions,
+    /// Fetched with `/sync` by each device when a message needs a key: for homeservers
+    /// that push none. The registration then does not ask for them.
+    Sync,
 }
 
 /// Files carried between surfaces.

@@ -220,7 +220,17 @@ impl MatrixAdapter {
             .filter(|(member, membership)| membership == "join" && self.ns.is_ours(member))
             .filter_map(|(member, _)| OwnedUserId::try_from(member.as_str()).ok())
             .collect();
-        let reason = match crypto.decrypt(&room, event, &readers).await {
+        let mut decrypted = crypto.decrypt(&room, event, &readers).await;
+        if matches!(decrypted, Ok(Decrypted::KeyMissing)) {
+            // The key may wait at the homeserver without having been pushed: fetch it.
+            for reader in &readers {
+                if let Err(error) = crypto.fetch_to_device(reader).await {
+                    tracing::debug!(room_id, user_id = %reader, %error, "cannot fetch to-device messages");
+                }
+            }
+            decrypted = crypto.decrypt(&room, event, &readers).await;
+        }
+        let reason = match decrypted {
             Ok(Decrypted::Event(clear)) => return Box::pin(self.process_event(&clear)).await,
             Ok(Decrypted::KeyMissing) => {
                 let age_ms = store::now_ms() - event["origin_server_ts"].as_i64().unwrap_or_default();

@@ -45,6 +45,7 @@ struct NamespaceEntry {
 pub fn registration_yaml(config: &Config) -> String {
     let namespace = Namespace::from_config(config);
     let e2ee = config.e2ee.enabled;
+    let pushed = e2ee && config.e2ee.mode == crate::config::E2eeMode::Transactions;
     let registration = Registration {
         id: &config.appservice.id,
         url: &config.appservice.url,
@@ -57,8 +58,8 @@ pub fn registration_yaml(config: &Config) -> String {
             aliases: vec![NamespaceEntry { exclusive: true, regex: namespace.alias_regex() }],
             rooms: vec![],
         },
-        receive_ephemeral: e2ee,
-        push_ephemeral: e2ee,
+        receive_ephemeral: pushed,
+        push_ephemeral: pushed,
         transaction_extensions: e2ee,
         device_management: e2ee,
     };

@@ -143,7 +143,6 @@ async fn receive_crypto_input(state: &ServerState, txn_id: &str, body: &[u8]) ->
     if input.is_empty() {
         return Ok(());
     }
-    tracing::debug!(txn_id, ?input, "encryption input");
     crypto.receive(input).await.map_err(|error| {
         tracing::error!(txn_id, %error, "cannot take in the transaction's keys and to-device messages");
         matrix_error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", "crypto store unavailable, retry later")

@@ -61,7 +61,18 @@ pub const SLOTS: &[&str] = &[
     "strangers",
     "agentreact",
     "encrypted",
+    "encryptedsync",
 ];
+
+/// Config sections a slot's registration depends on, written before the homeserver reads
+/// the registrations.
+fn registration_sections(slot: &str) -> &'static str {
+    match slot {
+        // Keys fetched by the devices with /sync, as for a homeserver that pushes none.
+        "encryptedsync" => "[e2ee]\nmode = \"sync\"\n",
+        _ => "",
+    }
+}
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -154,6 +165,8 @@ impl Slot {
     }
 
     fn write_config_at(&self, homeserver_port: u16, sections: &str, agents: &str) {
+        // What the registration depends on stays whatever else a test adds.
+        let sections = format!("{}{sections}", registration_sections(self.name));
         let text = format!(
             r#"default_agent = "echo"
 [homeserver]

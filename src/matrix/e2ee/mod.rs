@@ -7,7 +7,7 @@
 mod intake;
 mod requests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -18,11 +18,14 @@ use matrix_sdk_crypto::{
 };
 use matrix_sdk_sqlite::SqliteCryptoStore;
 use ruma::api::client::device::update_device;
+use ruma::api::client::filter::FilterDefinition;
 use ruma::api::client::state::get_state_event_for_key;
+use ruma::api::client::sync::sync_events;
 use ruma::events::room::encrypted::RoomEncryptedEventContent;
 use ruma::events::{AnyMessageLikeEventContent, StateEventType};
+use ruma::presence::PresenceState;
 use ruma::serde::Raw;
-use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{OneTimeKeyAlgorithm, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId};
 use serde_json::Value;
 
 pub use intake::CryptoInput;
@@ -101,7 +104,16 @@ pub struct Crypto {
     devices: tokio::sync::Mutex<HashMap<OwnedUserId, Arc<Device>>>,
     /// Rooms known to be encrypted (a room never stops being so) or known not to be.
     encrypted_rooms: Mutex<HashMap<OwnedRoomId, bool>>,
+    /// When each device last fetched its to-device messages itself.
+    last_fetch: Mutex<HashMap<OwnedUserId, std::time::Instant>>,
+    /// The one-time and fallback key counts each device last took in.
+    last_counts: Mutex<HashMap<OwnedUserId, KeyCounts>>,
 }
+
+type KeyCounts = (BTreeMap<OneTimeKeyAlgorithm, UInt>, Option<Vec<OneTimeKeyAlgorithm>>);
+
+/// Shortest time between two `/sync` fetches of one device.
+const FETCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Megolm sessions are shared with every device of the room's members, as Element does;
 /// trust decides what people's clients show, not whether the agent can read.
@@ -124,6 +136,8 @@ impl Crypto {
             store_key,
             devices: Default::default(),
             encrypted_rooms: Default::default(),
+            last_counts: Default::default(),
+            last_fetch: Default::default(),
         }))
     }
 
@@ -223,10 +237,18 @@ impl Crypto {
             // Every device tracks other people's devices: each sees the changes.
             users.extend(self.devices.lock().await.keys().cloned());
         }
+        let lists_changed = !input.device_lists.changed.is_empty() || !input.device_lists.left.is_empty();
         let mut affected = Vec::new();
         for user in users {
             let Some(device) = self.existing_device(&user).await? else { continue };
             let changes = input.for_device(&user, device.machine.device_id());
+            // Homeservers repeat the key counts in every transaction: unchanged counts
+            // alone need no trip to the crypto store.
+            let counts = (changes.one_time_keys.clone(), changes.fallback_keys.clone());
+            let repeated = self.last_counts.lock().expect("counts lock").get(&user) == Some(&counts);
+            if repeated && changes.to_device.is_empty() && !lists_changed {
+                continue;
+            }
             let sync = EncryptionSyncChanges {
                 to_device_events: changes.to_device,
                 changed_devices: &input.device_lists,
@@ -235,6 +257,7 @@ impl Crypto {
                 next_batch_token: None,
             };
             device.machine.receive_sync_changes(sync, &DECRYPTION).await?;
+            self.last_counts.lock().expect("counts lock").insert(user, counts);
             affected.push(device);
         }
         // Key uploads and queries the changes call for go out after the answer.
@@ -247,6 +270,38 @@ impl Crypto {
             }
         });
         Ok(())
+    }
+
+    /// Fetches what is waiting for `user`'s device with `/sync` (to-device messages, key
+    /// counts, device list changes): for homeservers that push none, and for a message
+    /// whose key a homeserver failed to push. Asked at most once per device every few
+    /// seconds, however many messages wait.
+    pub async fn fetch_to_device(&self, user: &UserId) -> Result<(), E2eeError> {
+        let Some(device) = self.existing_device(user).await? else { return Ok(()) };
+        {
+            let mut fetched = self.last_fetch.lock().expect("fetch lock");
+            let now = std::time::Instant::now();
+            if fetched.get(user).is_some_and(|at| now.duration_since(*at) < FETCH_INTERVAL) {
+                return Ok(());
+            }
+            fetched.insert(user.to_owned(), now);
+        }
+        let machine = &device.machine;
+        let mut request = sync_events::v3::Request::new();
+        request.filter = Some(sync_events::v3::Filter::FilterDefinition(FilterDefinition::ignore_all()));
+        request.since = machine.store().next_batch_token().await?;
+        request.timeout = Some(std::time::Duration::ZERO);
+        request.set_presence = PresenceState::Offline;
+        let response = self.client.call_as_device(request, machine.user_id(), machine.device_id()).await?;
+        let sync = EncryptionSyncChanges {
+            to_device_events: response.to_device.events,
+            changed_devices: &response.device_lists,
+            one_time_keys_counts: &response.device_one_time_keys_count,
+            unused_fallback_keys: response.device_unused_fallback_key_types.as_deref(),
+            next_batch_token: Some(response.next_batch),
+        };
+        machine.receive_sync_changes(sync, &DECRYPTION).await?;
+        self.exchange_keys(&device).await
     }
 
     /// Learns from a pushed `m.room.encryption` that `room` is encrypted.
