@@ -112,3 +112,77 @@ impl CryptoInput {
 fn recipient(raw: &RawValue) -> Option<Recipient> {
     serde_json::from_str(raw.get()).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str) -> OwnedUserId {
+        OwnedUserId::try_from(id).unwrap()
+    }
+
+    /// As Synapse pushes it: unstable names, and key counts for every "device" of a user,
+    /// its cross-signing keys included.
+    const SYNAPSE_BODY: &str = r#"{
+        "events": [],
+        "de.sorunome.msc2409.to_device": [
+            {"type": "m.room.encrypted", "sender": "@alice:hs", "content": {"n": 1},
+             "to_user_id": "@agent:hs", "to_device_id": "MOSAICAAA"},
+            {"type": "m.room.encrypted", "sender": "@alice:hs", "content": {"n": 2},
+             "to_user_id": "@agent:hs", "to_device_id": "OTHERDEVICE"},
+            {"type": "m.room_key_request", "sender": "@alice:hs", "content": {"n": 3},
+             "to_user_id": "@agent:hs", "to_device_id": "*"},
+            {"type": "m.room.encrypted", "sender": "@alice:hs", "content": {"n": 4},
+             "to_user_id": "@bot:hs", "to_device_id": "MOSAICBBB"}
+        ],
+        "org.matrix.msc3202.device_lists": {"changed": ["@alice:hs"], "left": []},
+        "org.matrix.msc3202.device_one_time_keys_count": {
+            "@agent:hs": {"MOSAICAAA": {"signed_curve25519": 49}, "crossSigningKeyBase64": {}}
+        },
+        "org.matrix.msc3202.device_one_time_key_counts": {
+            "@agent:hs": {"MOSAICAAA": {"signed_curve25519": 49}}
+        },
+        "org.matrix.msc3202.device_unused_fallback_key_types": {
+            "@agent:hs": {"MOSAICAAA": ["signed_curve25519"], "crossSigningKeyBase64": []}
+        }
+    }"#;
+
+    #[test]
+    fn each_device_gets_only_what_is_addressed_to_it() {
+        let mut input: CryptoInput = serde_json::from_str(SYNAPSE_BODY).unwrap();
+        assert!(!input.is_empty());
+        input.settle();
+        assert_eq!(input.recipients(), [user("@agent:hs"), user("@bot:hs")].into());
+        assert_eq!(input.device_lists.changed, vec![user("@alice:hs")]);
+
+        let agent = input.for_device(&user("@agent:hs"), "MOSAICAAA".into());
+        let numbers: Vec<i64> = agent
+            .to_device
+            .iter()
+            .map(|raw| {
+                serde_json::from_str::<serde_json::Value>(raw.json().get()).unwrap()["content"]["n"].as_i64().unwrap()
+            })
+            .collect();
+        // Its own device's message and the one for all devices, not another device's.
+        assert_eq!(numbers, vec![1, 3]);
+        assert_eq!(agent.one_time_keys.get(&OneTimeKeyAlgorithm::SignedCurve25519), Some(&UInt::from(49u32)));
+        assert_eq!(agent.fallback_keys, Some(vec![OneTimeKeyAlgorithm::SignedCurve25519]));
+
+        let bot = input.for_device(&user("@bot:hs"), "MOSAICBBB".into());
+        assert_eq!(bot.to_device.len(), 1);
+        assert!(bot.one_time_keys.is_empty() && bot.fallback_keys.is_none());
+    }
+
+    #[test]
+    fn stable_names_are_read_too_and_a_plain_transaction_carries_nothing() {
+        let stable = r#"{"events": [], "to_device": [{"type": "m.dummy", "sender": "@a:hs", "content": {},
+            "to_user_id": "@agent:hs", "to_device_id": "D"}], "device_lists": {"changed": [], "left": ["@b:hs"]}}"#;
+        let mut input: CryptoInput = serde_json::from_str(stable).unwrap();
+        input.settle();
+        assert_eq!(input.for_device(&user("@agent:hs"), "D".into()).to_device.len(), 1);
+        assert_eq!(input.device_lists.left, vec![user("@b:hs")]);
+
+        let plain: CryptoInput = serde_json::from_str(r#"{"events": [{"type": "m.room.message"}]}"#).unwrap();
+        assert!(plain.is_empty());
+    }
+}

@@ -399,3 +399,30 @@ fn in_clear(envelope: &Value, decrypted: &str) -> Result<String, E2eeError> {
     event["content"] = content;
     Ok(event.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decrypted_event_keeps_its_envelope_and_gets_its_relation_back() {
+        let envelope = serde_json::json!({
+            "type": "m.room.encrypted",
+            "event_id": "$e",
+            "sender": "@alice:hs",
+            "room_id": "!r:hs",
+            "origin_server_ts": 5,
+            "content": {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "…",
+                        "m.relates_to": {"rel_type": "m.replace", "event_id": "$first"}},
+        });
+        let plaintext = r#"{"type": "m.room.message", "room_id": "!r:hs",
+            "content": {"msgtype": "m.text", "body": "* fixed", "m.new_content": {"msgtype": "m.text", "body": "fixed"}}}"#;
+        let clear: Value = serde_json::from_str(&in_clear(&envelope, plaintext).unwrap()).unwrap();
+        assert_eq!(clear["type"], "m.room.message");
+        assert_eq!(clear["event_id"], "$e");
+        assert_eq!(clear["sender"], "@alice:hs");
+        assert_eq!(clear["content"]["body"], "* fixed");
+        assert_eq!(clear["content"]["m.relates_to"]["event_id"], "$first");
+        assert!(clear["content"].get("ciphertext").is_none());
+    }
+}
