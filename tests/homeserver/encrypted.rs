@@ -113,7 +113,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 async fn an_agent_and_the_bot_answer_in_encrypted_direct_chats_from_cross_signed_devices() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let slot = slot("encrypted");
-    let _service = Service::start(&slot).await;
+    let mut service = Service::start(&slot).await;
     let echo = slot.agent("echo");
     let bot = slot.bot();
     let mut alice = EncryptingClient::new("encrypted-alice").await;
@@ -188,6 +188,28 @@ async fn an_agent_and_the_bot_answer_in_encrypted_direct_chats_from_cross_signed
             .all(|e| e["type"] == "m.room.encrypted"),
         "{stored:?}"
     );
+
+    // A crypto store that can no longer be opened (another as_token, a damaged disk) is
+    // logged, and holds up nothing else: plain rooms are still answered.
+    service.kill();
+    for store in std::fs::read_dir(slot.dir.join("crypto")).unwrap() {
+        for file in std::fs::read_dir(store.unwrap().path()).unwrap() {
+            std::fs::write(file.unwrap().path(), b"not a database").unwrap();
+        }
+    }
+    let _service = Service::start(&slot).await;
+    let plain_room = reader.create_room(&[&echo], true).await;
+    reader.wait_for_member(&plain_room, &echo).await;
+    let asked = reader.say(&plain_room, "still there?").await;
+    assert_eq!(crate::support::body(&reader.wait_for_reply(&plain_room, &echo, &asked).await), "still there?");
+    // The pushes that carry the agent's key counts (its answer comes back in one) go
+    // through too: the next message is answered as well.
+    let next = reader.say(&plain_room, "and now?").await;
+    assert_eq!(crate::support::body(&reader.wait_for_reply(&plain_room, &echo, &next).await), "and now?");
+    let log = slot.log();
+    assert!(log.contains("crypto store unusable"), "the broken store is named in the log");
+    // No push was refused for it (a refused push holds back every later one).
+    assert!(!log.contains("cannot take in the transaction"), "{log}");
 }
 
 fn alice_id(client: &EncryptingClient) -> String {

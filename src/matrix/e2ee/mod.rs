@@ -40,6 +40,10 @@ pub enum E2eeError {
     Homeserver(#[from] HsError),
     #[error("crypto store: {0}")]
     Store(String),
+    /// A crypto store that cannot be opened (another as_token sealed it, or it is damaged):
+    /// trying again will not help.
+    #[error("crypto store unusable: {0}")]
+    Unusable(String),
     #[error("encryption: {0}")]
     Olm(String),
 }
@@ -51,7 +55,7 @@ impl E2eeError {
         match self {
             Self::Homeserver(error) => error.is_transient(),
             Self::Store(_) => true,
-            Self::Olm(_) => false,
+            Self::Olm(_) | Self::Unusable(_) => false,
         }
     }
 }
@@ -179,7 +183,7 @@ impl Crypto {
     async fn open_device(&self, user: &UserId) -> Result<Device, E2eeError> {
         let store = SqliteCryptoStore::open_with_key(self.store_dir(user), Some(&self.store_key))
             .await
-            .map_err(|e| E2eeError::Store(format!("cannot open the crypto store of {user}: {e}")))?;
+            .map_err(|e| E2eeError::Unusable(format!("cannot open the crypto store of {user}: {e}")))?;
         // The device id lives with the account: a restart keeps both.
         let device_id = match store.load_account().await.map_err(|e| E2eeError::Store(e.to_string()))? {
             Some(account) => account.device_id().to_owned(),
@@ -240,25 +244,15 @@ impl Crypto {
         let lists_changed = !input.device_lists.changed.is_empty() || !input.device_lists.left.is_empty();
         let mut affected = Vec::new();
         for user in users {
-            let Some(device) = self.existing_device(&user).await? else { continue };
-            let changes = input.for_device(&user, device.machine.device_id());
-            // Homeservers repeat the key counts in every transaction: unchanged counts
-            // alone need no trip to the crypto store.
-            let counts = (changes.one_time_keys.clone(), changes.fallback_keys.clone());
-            let repeated = self.last_counts.lock().expect("counts lock").get(&user) == Some(&counts);
-            if repeated && changes.to_device.is_empty() && !lists_changed {
-                continue;
+            match self.receive_for(&user, &input, lists_changed).await {
+                Ok(Some(device)) => affected.push(device),
+                Ok(None) => {}
+                // The homeserver sends the transaction again.
+                Err(error) if error.is_transient() => return Err(error),
+                // One broken device must not hold up every transaction: what was for it
+                // is dropped (an agent fetches it again with /sync when it needs a key).
+                Err(error) => tracing::error!(user_id = %user, %error, "to-device messages and key counts dropped"),
             }
-            let sync = EncryptionSyncChanges {
-                to_device_events: changes.to_device,
-                changed_devices: &input.device_lists,
-                one_time_keys_counts: &changes.one_time_keys,
-                unused_fallback_keys: changes.fallback_keys.as_deref(),
-                next_batch_token: None,
-            };
-            device.machine.receive_sync_changes(sync, &DECRYPTION).await?;
-            self.last_counts.lock().expect("counts lock").insert(user, counts);
-            affected.push(device);
         }
         // Key uploads and queries the changes call for go out after the answer.
         let crypto = self.clone();
@@ -270,6 +264,35 @@ impl Crypto {
             }
         });
         Ok(())
+    }
+
+    /// Hands `user`'s device what the transaction holds for it; the device when it took
+    /// something in, `None` when it has no device or nothing changed for it.
+    async fn receive_for(
+        &self,
+        user: &UserId,
+        input: &CryptoInput,
+        lists_changed: bool,
+    ) -> Result<Option<Arc<Device>>, E2eeError> {
+        let Some(device) = self.existing_device(user).await? else { return Ok(None) };
+        let changes = input.for_device(user, device.machine.device_id());
+        // Homeservers repeat the key counts in every transaction: unchanged counts alone
+        // need no trip to the crypto store.
+        let counts = (changes.one_time_keys.clone(), changes.fallback_keys.clone());
+        let repeated = self.last_counts.lock().expect("counts lock").get(user) == Some(&counts);
+        if repeated && changes.to_device.is_empty() && !lists_changed {
+            return Ok(None);
+        }
+        let sync = EncryptionSyncChanges {
+            to_device_events: changes.to_device,
+            changed_devices: &input.device_lists,
+            one_time_keys_counts: &changes.one_time_keys,
+            unused_fallback_keys: changes.fallback_keys.as_deref(),
+            next_batch_token: None,
+        };
+        device.machine.receive_sync_changes(sync, &DECRYPTION).await?;
+        self.last_counts.lock().expect("counts lock").insert(user.to_owned(), counts);
+        Ok(Some(device))
     }
 
     /// Fetches what is waiting for `user`'s device with `/sync` (to-device messages, key
