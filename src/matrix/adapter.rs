@@ -891,6 +891,7 @@ impl MatrixAdapter {
             return self.send_clear(room, sender, txn_id, event_type, content).await;
         }
         let members = self.room_recipients(room).await?;
+        let content = self.with_encrypted_file(content).await?;
         let encrypted = crypto.encrypt(sender, room, &event_type.to_string(), &content, &members).await?;
         let mut outer: Value =
             serde_json::from_str(encrypted.json().get()).map_err(|e| HsError::Protocol(e.to_string()))?;
@@ -901,6 +902,38 @@ impl MatrixAdapter {
         }
         let outer = Raw::new(&outer).map_err(|e| HsError::Protocol(e.to_string()))?.cast_unchecked();
         self.send_clear(room, sender, txn_id, MessageLikeEventType::RoomEncrypted, outer).await
+    }
+
+    /// A file message for an encrypted room: the file is fetched, encrypted and uploaded
+    /// again, and the content points at the ciphertext (`file`) instead of the file in
+    /// clear (`url`). Other contents pass unchanged.
+    async fn with_encrypted_file(
+        &self,
+        content: Raw<AnyMessageLikeEventContent>,
+    ) -> Result<Raw<AnyMessageLikeEventContent>, HsError> {
+        let mut value: Value =
+            serde_json::from_str(content.json().get()).map_err(|e| HsError::Protocol(e.to_string()))?;
+        let Some(url) = value.get("url").and_then(Value::as_str).map(str::to_string) else { return Ok(content) };
+        let unavailable = |error: crate::protocol::MediaError| match error {
+            crate::protocol::MediaError::Unavailable(message) => HsError::Network(message),
+            crate::protocol::MediaError::Rejected(message) => HsError::Protocol(message),
+        };
+        let media = crate::protocol::MediaRepository::download(self, &url).await.map_err(unavailable)?;
+        let (ciphertext, mut file) = super::e2ee::encrypt_file(&media.bytes)?;
+        let name = value["body"].as_str().unwrap_or_default().to_string();
+        let uploaded = crate::protocol::MediaRepository::upload(self, ciphertext, "application/octet-stream", &name)
+            .await
+            .map_err(unavailable)?;
+        file["url"] = json!(uploaded);
+        let object = value.as_object_mut().expect("a content is an object");
+        object.remove("url");
+        object.insert("file".into(), file);
+        // A thumbnail in clear would show what the file holds.
+        if let Some(info) = object.get_mut("info").and_then(Value::as_object_mut) {
+            info.remove("thumbnail_url");
+            info.remove("thumbnail_info");
+        }
+        Raw::new(&value).map(Raw::cast_unchecked).map_err(|e| HsError::Protocol(e.to_string()))
     }
 
     async fn send_clear(

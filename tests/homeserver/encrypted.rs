@@ -12,7 +12,17 @@ use matrix_sdk::ruma::{OwnedEventId, OwnedUserId, UserId};
 use matrix_sdk::{Client, RoomMemberships};
 use tokio::sync::mpsc;
 
-use crate::support::{Person, Service, homeserver_url, push_transaction, slot};
+use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
+use matrix_sdk::ruma::api::client::room::create_room;
+use matrix_sdk::ruma::events::InitialStateEvent;
+use matrix_sdk::ruma::events::room::MediaSource;
+use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
+use matrix_sdk::ruma::events::room::message::MessageType;
+
+use crate::support::fake_telegram::{FakeTelegram, Incoming, TgUser};
+use crate::support::{Person, Service, homeserver_url, mosaic, push_transaction, slot};
+
+const TG_GROUP: i64 = -1_002_424_242_424;
 
 /// A message as the encrypting client shows it: decrypted.
 #[derive(Debug, Clone)]
@@ -21,6 +31,7 @@ struct Seen {
     body: String,
     in_reply_to: Option<OwnedEventId>,
     msgtype: String,
+    content: RoomMessageEventContent,
 }
 
 /// A person on an end-to-end encrypting client, syncing in the background.
@@ -57,6 +68,7 @@ impl EncryptingClient {
                     body: event.content.body().to_string(),
                     in_reply_to,
                     msgtype: event.content.msgtype().to_string(),
+                    content: event.content.clone(),
                 });
             }
         });
@@ -84,8 +96,32 @@ impl EncryptingClient {
         }
     }
 
+    /// Waits until `user` has joined `room`.
+    async fn wait_for_member(&self, room: &Room, user: &str) {
+        let user = UserId::parse(user).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !room.members_no_sync(RoomMemberships::JOIN).await.unwrap().iter().any(|m| m.user_id() == user) {
+            assert!(Instant::now() < deadline, "{user} did not join");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn say(&self, room: &Room, text: &str) -> OwnedEventId {
         room.send(RoomMessageEventContent::text_plain(text)).await.expect("sent").response.event_id
+    }
+
+    /// The next decrypted message from `sender` that `wanted` accepts.
+    async fn message_from(&mut self, sender: &str, wanted: impl Fn(&Seen) -> bool) -> Seen {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let seen = tokio::time::timeout_at(deadline, self.seen.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no such readable message from {sender}"))
+                .expect("client syncing");
+            if seen.sender == sender && wanted(&seen) {
+                return seen;
+            }
+        }
     }
 
     /// The next decrypted message from `sender` that answers `asked`.
@@ -237,4 +273,72 @@ async fn an_agent_fetches_room_keys_itself_where_the_homeserver_pushes_none() {
     assert_eq!(carol.answer_from(&echo, &asked).await.body, "keys come when asked for");
     let again = carol.say(&room, "and the next one too").await;
     assert_eq!(carol.answer_from(&echo, &again).await.body, "and the next one too");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_telegram_group_bridged_into_an_encrypted_room_stays_encrypted_files_included() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let fake = FakeTelegram::start().await;
+    fake.add_supergroup(TG_GROUP, "Team chat", true);
+    let slot = slot("encryptedtg");
+    let mut dora = EncryptingClient::new("encryptedtg-dora").await;
+    let dora_id = alice_id(&dora);
+    slot.write_config_with_sections(&format!(
+        "[telegram]\ntoken = \"{}\"\napi_url = \"{}\"\npoll_timeout_secs = 1\nbridge_chats = [{TG_GROUP}]\n\n\
+         [permissions]\n\"*\" = \"none\"\n\"localhost\" = \"user\"\n\"{dora_id}\" = \"admin\"\n\
+         [permissions.telegram]\nunlinked = \"user\"\n",
+        fake.token(),
+        fake.api_url()
+    ));
+    mosaic(&slot, &["account", "create", "encryptedtg-dora", "--matrix-id", &dora_id]).expect_success();
+    let _service = Service::start(&slot).await;
+    let echo = slot.agent("echo");
+
+    // An encrypted group room with the agent, bridged to a Telegram group.
+    let mut request = create_room::v3::Request::new();
+    request.invite = vec![UserId::parse(&echo).unwrap()];
+    request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
+    request.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults()).to_raw_any(),
+    ];
+    let room = dora.client.create_room(request).await.expect("room created");
+    dora.wait_for_member(&room, &echo).await;
+    dora.say(&room, &format!("!bridge telegram {TG_GROUP}")).await;
+    dora.message_from(&echo, |m| m.body.contains("Team chat")).await;
+
+    // Dora's encrypted words reach Telegram in clear there.
+    dora.say(&room, "from the locked room").await;
+    fake.wait_for_sent(|s| s.chat_id == TG_GROUP && s.text.ends_with("from the locked room"), Duration::from_secs(30))
+        .await;
+
+    // Tom's photo arrives encrypted, from his own ghost's device, and decrypts to its bytes.
+    let tom = TgUser::new(6161, "Tom", None, Some("tom"));
+    let tom_ghost = format!("@mosaic_encryptedtg_telegram_{}:{}", tom.id, crate::support::SERVER_NAME);
+    let photo = b"\x89PNG the photo's own bytes".to_vec();
+    fake.push_message(Incoming::photo(TG_GROUP, &tom, &photo, Some("a photo")));
+    let image = dora.message_from(&tom_ghost, |m| m.msgtype == "m.image").await;
+    assert_eq!(image.body, "a photo");
+    let MessageType::Image(image) = image.content.msgtype else { unreachable!() };
+    assert!(
+        matches!(image.source, MediaSource::Encrypted(_)),
+        "the photo is an encrypted attachment: {:?}",
+        image.source
+    );
+    let request = MediaRequestParameters { source: image.source.clone(), format: MediaFormat::File };
+    let bytes = dora.client.media().get_media_content(&request, false).await.expect("photo downloads and decrypts");
+    assert_eq!(bytes, photo);
+
+    // On the homeserver, Tom's photo is ciphertext, and so is its file.
+    let reader = Person::new("encryptedtg-dora").await;
+    let stored = reader.timeline(room.room_id().as_str()).await;
+    let from_tom: Vec<_> =
+        stored.iter().filter(|e| e["sender"] == tom_ghost.as_str() && e["type"] != "m.room.member").collect();
+    assert!(!from_tom.is_empty() && from_tom.iter().all(|e| e["type"] == "m.room.encrypted"), "{from_tom:?}");
+    let MediaSource::Encrypted(file) = &image.source else { unreachable!() };
+    let mxc = file.url.as_str().trim_start_matches("mxc://");
+    let stored_file = reader.http_get_bytes(&format!("/_matrix/client/v1/media/download/{mxc}")).await;
+    assert!(
+        !stored_file.windows(photo.len()).any(|w| w == photo.as_slice()),
+        "the photo is in clear in the media repository"
+    );
 }

@@ -62,6 +62,7 @@ pub const SLOTS: &[&str] = &[
     "agentreact",
     "encrypted",
     "encryptedsync",
+    "encryptedtg",
 ];
 
 /// Config sections a slot's registration depends on, written before the homeserver reads

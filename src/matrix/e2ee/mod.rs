@@ -403,6 +403,18 @@ impl Crypto {
     }
 }
 
+/// Encrypts a file for an encrypted room: the ciphertext to upload, and the `file` object
+/// (without its `url`) that lets the room's members decrypt it.
+pub fn encrypt_file(plain: &[u8]) -> Result<(Vec<u8>, Value), E2eeError> {
+    use std::io::Read;
+    let mut reader = plain;
+    let mut encryptor = matrix_sdk_crypto::AttachmentEncryptor::new(&mut reader);
+    let mut ciphertext = Vec::with_capacity(plain.len());
+    encryptor.read_to_end(&mut ciphertext).map_err(|e| E2eeError::Olm(format!("cannot encrypt the file: {e}")))?;
+    let info = serde_json::to_value(encryptor.finish()).map_err(|e| E2eeError::Olm(e.to_string()))?;
+    Ok((ciphertext, info))
+}
+
 /// A device id of ours: recognisable in people's device lists, unique per new store.
 fn new_device_id() -> OwnedDeviceId {
     format!("MOSAIC{}", crate::secrets::random_hex(5).to_uppercase()).into()
