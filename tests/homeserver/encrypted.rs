@@ -264,7 +264,7 @@ async fn an_agent_fetches_room_keys_itself_where_the_homeserver_pushes_none() {
         !registration.contains("receive_ephemeral") && registration.contains("io.element.msc4190"),
         "{registration}"
     );
-    let _service = Service::start(&slot).await;
+    let mut service = Service::start(&slot).await;
     let echo = slot.agent("echo");
     let mut carol = EncryptingClient::new("encryptedsync-carol").await;
 
@@ -273,6 +273,30 @@ async fn an_agent_fetches_room_keys_itself_where_the_homeserver_pushes_none() {
     assert_eq!(carol.answer_from(&echo, &asked).await.body, "keys come when asked for");
     let again = carol.say(&room, "and the next one too").await;
     assert_eq!(carol.answer_from(&echo, &again).await.body, "and the next one too");
+
+    // A restart keeps the agent's device: same id, same keys, and it still reads.
+    let before = device_keys(&carol, &echo).await;
+    assert_eq!(before.as_object().map(|devices| devices.len()), Some(1), "{before}");
+    service.kill();
+    let _service = Service::start(&slot).await;
+    let after_restart = carol.say(&room, "after a restart").await;
+    assert_eq!(carol.answer_from(&echo, &after_restart).await.body, "after a restart");
+    assert_eq!(device_keys(&carol, &echo).await, before, "the agent's device and keys did not change");
+}
+
+/// `user`'s devices and their keys as the homeserver gives them to anyone who asks.
+async fn device_keys(asker: &EncryptingClient, user: &str) -> serde_json::Value {
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/keys/query", homeserver_url()))
+        .bearer_auth(asker.client.access_token().unwrap())
+        .json(&serde_json::json!({"device_keys": {user: []}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["device_keys"][user].clone()
 }
 
 #[tokio::test(flavor = "multi_thread")]
