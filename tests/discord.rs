@@ -480,6 +480,7 @@ async fn attachments_are_uploaded_to_discord() {
         mime_type: "application/pdf".into(),
         url: uri,
         size_bytes: Some(7),
+        encrypted_file: None,
     });
     h.send(&msg).await.unwrap();
     let sent = h.fake.sent();

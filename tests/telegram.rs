@@ -458,12 +458,14 @@ async fn files_are_uploaded_as_photos_and_documents() {
         mime_type: "image/png".into(),
         url: png,
         size_bytes: None,
+        encrypted_file: None,
     });
     msg.attachments.push(ChannelAttachment {
         name: "notes.pdf".into(),
         mime_type: "application/pdf".into(),
         url: pdf,
         size_bytes: None,
+        encrypted_file: None,
     });
     h.send(GROUP, &msg).await.unwrap();
     let sent = h.fake.sent();

@@ -292,6 +292,7 @@ impl Inner {
                 mime_type: mime,
                 url,
                 size_bytes: Some(u64::from(file.size)),
+                encrypted_file: None,
             });
         }
         if msg.content.is_empty()

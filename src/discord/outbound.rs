@@ -500,7 +500,7 @@ impl Inner {
     async fn files(&self, msg: &ChannelMessage) -> Result<(Vec<(Vec<u8>, String)>, Vec<String>), ChannelSendError> {
         let (mut files, mut not_fetchable) = (Vec::new(), Vec::new());
         for attachment in &msg.attachments {
-            match self.media.download(&attachment.url).await {
+            match self.media.fetch(attachment).await {
                 Ok(media) => files.push((media.bytes, attachment.name.clone())),
                 Err(crate::protocol::MediaError::Unavailable(e)) => {
                     return Err(ChannelSendError::Transient { message: e, retry_after: None });

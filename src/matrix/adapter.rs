@@ -1045,16 +1045,18 @@ fn attachment(
     source: &ruma::events::room::MediaSource,
     size: Option<ruma::UInt>,
 ) -> Option<ChannelAttachment> {
-    let url = match source {
-        ruma::events::room::MediaSource::Plain(uri) => uri.to_string(),
-        // Encrypted files cannot be passed on without their keys.
-        ruma::events::room::MediaSource::Encrypted(_) => return None,
+    // A file sent into an encrypted room travels with its key, to be decrypted where it
+    // is fetched.
+    let (url, encrypted_file) = match source {
+        ruma::events::room::MediaSource::Plain(uri) => (uri.to_string(), None),
+        ruma::events::room::MediaSource::Encrypted(file) => (file.url.to_string(), serde_json::to_value(file).ok()),
     };
     Some(ChannelAttachment {
         name: name.to_string(),
         mime_type: mime_type.unwrap_or_else(|| "application/octet-stream".into()),
         url,
         size_bytes: size.map(u64::from),
+        encrypted_file,
     })
 }
 

@@ -6,7 +6,7 @@ use ruma::events::room::message::{
     FileMessageEventContent, FormattedBody, ImageMessageEventContent, MessageType, NoticeMessageEventContent, Relation,
     ReplacementMetadata, RoomMessageEventContent, TextMessageEventContent,
 };
-use ruma::events::room::{ImageInfo, message::FileInfo};
+use ruma::events::room::{ImageInfo, MediaSource, message::FileInfo};
 use ruma::html::{HtmlSanitizerMode, RemoveReplyFallback, sanitize_html};
 use ruma::{OwnedEventId, OwnedMxcUri, UInt};
 
@@ -59,14 +59,18 @@ pub fn message_content(msg: &ChannelMessage, placement: Placement) -> RoomMessag
 /// is the body, else the file name.
 fn media_message(msg: &ChannelMessage) -> Option<MessageType> {
     let attachment = msg.attachments.iter().find(|a| a.url.starts_with("mxc://"))?;
-    let url = OwnedMxcUri::from(attachment.url.as_str());
+    let source = match attachment.encrypted_file.clone().and_then(|key| serde_json::from_value(key).ok()) {
+        // Still encrypted where it is stored: it goes on with its key.
+        Some(file) => MediaSource::Encrypted(Box::new(file)),
+        None => MediaSource::Plain(OwnedMxcUri::from(attachment.url.as_str())),
+    };
     let body = if msg.content.trim().is_empty() { attachment.name.clone() } else { msg.content.clone() };
     let size = attachment.size_bytes.and_then(|n| UInt::try_from(n).ok());
     if attachment.mime_type.starts_with("image/") {
         let mut info = ImageInfo::new();
         info.mimetype = Some(attachment.mime_type.clone());
         info.size = size;
-        let mut image = ImageMessageEventContent::plain(body, url);
+        let mut image = ImageMessageEventContent::new(body, source);
         image.info = Some(Box::new(info));
         image.filename = Some(attachment.name.clone());
         Some(MessageType::Image(image))
@@ -74,7 +78,7 @@ fn media_message(msg: &ChannelMessage) -> Option<MessageType> {
         let mut info = FileInfo::new();
         info.mimetype = Some(attachment.mime_type.clone());
         info.size = size;
-        let mut file = FileMessageEventContent::plain(body, url);
+        let mut file = FileMessageEventContent::new(body, source);
         file.info = Some(Box::new(info));
         file.filename = Some(attachment.name.clone());
         Some(MessageType::File(file))

@@ -10,7 +10,8 @@ use super::MatrixAdapter;
 use std::time::Duration;
 
 use super::client::{BodyLimit, HsError};
-use crate::protocol::{Media, MediaError, MediaRepository};
+use crate::protocol::{ChannelAttachment, Media, MediaError, MediaRepository};
+use ruma::events::room::EncryptedFile;
 
 impl From<HsError> for MediaError {
     fn from(error: HsError) -> Self {
@@ -28,6 +29,16 @@ impl MediaRepository for MatrixAdapter {
         let response = self.client().call(request, None).await?;
         tracing::debug!(channel = "matrix", event = "media_uploaded", size, uri = %response.content_uri);
         Ok(response.content_uri.to_string())
+    }
+
+    async fn fetch(&self, attachment: &ChannelAttachment) -> Result<Media, MediaError> {
+        let stored = self.download(&attachment.url).await?;
+        let Some(key) = &attachment.encrypted_file else { return Ok(stored) };
+        let file: EncryptedFile = serde_json::from_value(key.clone())
+            .map_err(|e| MediaError::Rejected(format!("the key of {} is unreadable: {e}", attachment.name)))?;
+        let bytes = super::e2ee::decrypt_file(&stored.bytes, file)
+            .map_err(|e| MediaError::Rejected(format!("{} cannot be decrypted: {e}", attachment.name)))?;
+        Ok(Media { bytes, mime_type: attachment.mime_type.clone() })
     }
 
     async fn download(&self, mxc_uri: &str) -> Result<Media, MediaError> {

@@ -7,6 +7,8 @@
 
 use async_trait::async_trait;
 
+use super::ChannelAttachment;
+
 /// A file's bytes with its type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Media {
@@ -37,4 +39,13 @@ pub trait MediaRepository: Send + Sync {
 
     /// Fetches a file stored by [`MediaRepository::upload`] (or any `mxc://` URI).
     async fn download(&self, mxc_uri: &str) -> Result<Media, MediaError>;
+
+    /// Fetches an attachment's file in clear. A repository that stores encrypted files
+    /// decrypts those that carry their key.
+    async fn fetch(&self, attachment: &ChannelAttachment) -> Result<Media, MediaError> {
+        if attachment.encrypted_file.is_some() {
+            return Err(MediaError::Rejected(format!("{} is encrypted and cannot be read here", attachment.name)));
+        }
+        self.download(&attachment.url).await
+    }
 }

@@ -100,6 +100,11 @@ pub struct ChannelAttachment {
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
+    /// When the file at `url` is stored encrypted (sent into an encrypted Matrix room):
+    /// its key, as Matrix's `EncryptedFile`. It is decrypted where it is fetched
+    /// ([`crate::protocol::MediaRepository::fetch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted_file: Option<serde_json::Value>,
 }
 
 /// The canonical message that flows between surfaces, the hub and the agents.
@@ -322,6 +327,7 @@ mod tests {
             mime_type: "image/png".into(),
             url: "mxc://example.org/abc".into(),
             size_bytes: Some(3),
+            encrypted_file: None,
         });
         let value = serde_json::to_value(&msg).unwrap();
         for key in [

@@ -288,6 +288,7 @@ async fn attach(inner: &Inner, msg: &mut ChannelMessage, file: Incoming) -> Resu
                 mime_type: file.mime_type,
                 url,
                 size_bytes: Some(size).or(file.size),
+                encrypted_file: None,
             });
             Ok(())
         }

@@ -467,7 +467,7 @@ async fn send_file(
     caption: Option<&str>,
     reply: Option<ReplyParameters>,
 ) -> Result<Message, FileSend> {
-    let media = inner.media.download(&attachment.url).await.map_err(|error| match error {
+    let media = inner.media.fetch(attachment).await.map_err(|error| match error {
         crate::protocol::MediaError::Rejected(e) => FileSend::NotFetchable(e),
         crate::protocol::MediaError::Unavailable(e) => FileSend::Failed(transient(format!("media repository: {e}"))),
     })?;

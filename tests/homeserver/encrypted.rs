@@ -19,7 +19,9 @@ use matrix_sdk::ruma::events::room::MediaSource;
 use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
 use matrix_sdk::ruma::events::room::message::MessageType;
 
-use crate::support::fake_telegram::{FakeTelegram, Incoming, TgUser};
+use matrix_sdk::attachment::AttachmentConfig;
+
+use crate::support::fake_telegram::{FakeTelegram, Incoming, SentKind, TgUser};
 use crate::support::{Person, Service, homeserver_url, mosaic, push_transaction, slot};
 
 const TG_GROUP: i64 = -1_002_424_242_424;
@@ -351,6 +353,14 @@ async fn a_telegram_group_bridged_into_an_encrypted_room_stays_encrypted_files_i
     let request = MediaRequestParameters { source: image.source.clone(), format: MediaFormat::File };
     let bytes = dora.client.media().get_media_content(&request, false).await.expect("photo downloads and decrypts");
     assert_eq!(bytes, photo);
+
+    // Dora's encrypted file reaches Telegram decrypted, byte for byte.
+    let document = b"%PDF-1.4 sealed notes".to_vec();
+    room.send_attachment("notes.pdf", &mime::APPLICATION_PDF, document.clone(), AttachmentConfig::new())
+        .await
+        .expect("encrypted file sent");
+    let sent = fake.wait_for_sent(|s| s.kind == SentKind::Document, Duration::from_secs(30)).await;
+    assert_eq!(sent.file.as_ref().map(|(_, bytes)| bytes.clone()), Some(document));
 
     // On the homeserver, Tom's photo is ciphertext, and so is its file.
     let reader = Person::new("encryptedtg-dora").await;

@@ -415,6 +415,17 @@ pub fn encrypt_file(plain: &[u8]) -> Result<(Vec<u8>, Value), E2eeError> {
     Ok((ciphertext, info))
 }
 
+/// Decrypts a file people sent into an encrypted room, checking its hash.
+pub fn decrypt_file(ciphertext: &[u8], file: ruma::events::room::EncryptedFile) -> Result<Vec<u8>, E2eeError> {
+    use std::io::Read;
+    let mut reader = ciphertext;
+    let mut decryptor = matrix_sdk_crypto::AttachmentDecryptor::new(&mut reader, file.into())
+        .map_err(|e| E2eeError::Olm(format!("cannot decrypt the file: {e}")))?;
+    let mut plain = Vec::with_capacity(ciphertext.len());
+    decryptor.read_to_end(&mut plain).map_err(|e| E2eeError::Olm(format!("cannot decrypt the file: {e}")))?;
+    Ok(plain)
+}
+
 /// A device id of ours: recognisable in people's device lists, unique per new store.
 fn new_device_id() -> OwnedDeviceId {
     format!("MOSAIC{}", crate::secrets::random_hex(5).to_uppercase()).into()
