@@ -401,7 +401,8 @@ pub enum JobsAction {
 
 pub async fn jobs(config: &Config, action: JobsAction) -> anyhow::Result<std::process::ExitCode> {
     let store = Store::open(&config.database.url).await.context("cannot open the database")?;
-    let mut conn = store.conn().await?;
+    // One write transaction: a retry or drop is committed before the answer is printed.
+    let mut conn = store.begin_write().await?;
     let missing = |id: &DeadLetterId| anyhow::anyhow!("no dead letter {id}: see `mosaic-as jobs list`");
     match action {
         JobsAction::List => {
@@ -440,7 +441,7 @@ pub async fn jobs(config: &Config, action: JobsAction) -> anyhow::Result<std::pr
             println!("Dropped {id}.");
         }
     }
-    drop(conn);
+    conn.commit().await?;
     store.close().await;
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -321,8 +321,7 @@ pub async fn run_one(store: &Store, queue: &str, handler: &dyn JobHandler, job: 
                     crate::metrics::job_retried(queue);
                     let delay = after.unwrap_or_else(|| limits.delay(job.attempts));
                     tracing::warn!(queue, job = job.dedupe_key, kind = job.kind, %error, retry_in_ms = delay.as_millis() as u64, "job will be retried");
-                    let mut conn = store.conn().await?;
-                    outbox::retry_later(&mut conn, job.seq, delay.as_millis() as i64, error).await
+                    store.write(async |conn| outbox::retry_later(conn, job.seq, delay.as_millis() as i64, error).await).await
                 }
             },
         }

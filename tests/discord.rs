@@ -43,8 +43,9 @@ impl InboundHandler for Hub {
         }
         let plain = msg.metadata.get(discord::IS_EDIT).is_none() && msg.metadata.get(keys::IS_DELETION).is_none();
         if let (true, Some(native)) = (plain, msg.channel_message_id()) {
-            let mut conn = self.store.conn().await.unwrap();
+            let mut conn = self.store.begin_write().await.unwrap();
             messages::add_ref(&mut conn, discord::CHANNEL, &msg.channel_id, native, msg.id).await.unwrap();
+            conn.commit().await.unwrap();
         }
         self.tx.send(msg).unwrap();
         Ok(())
@@ -76,11 +77,12 @@ async fn harness_with(prepare: impl FnOnce(&FakeDiscord)) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&format!("sqlite://{}", dir.path().join("test.db").display())).await.unwrap();
     {
-        let mut conn = store.conn().await.unwrap();
+        let mut conn = store.begin_write().await.unwrap();
         let conversation = conversations::create_conversation(&mut conn, "general", None).await.unwrap();
         bridges::bridge(&mut conn, discord::CHANNEL, &GENERAL.to_string(), &conversation.id, true, "@admin:test")
             .await
             .unwrap();
+        conn.commit().await.unwrap();
     }
     let media = Arc::new(MemoryMedia::default());
     let config = DiscordConfig { token: Some(fake.token()), api_url: fake.api_url(), ..Default::default() };
@@ -554,8 +556,9 @@ async fn a_resend_finds_the_webhook_message_whose_answer_was_lost() {
     let posted = h.fake.sent()[0].id.to_string();
     // The answer was lost (a crash before recording it): the record is gone.
     {
-        let mut conn = h.store.conn().await.unwrap();
+        let mut conn = h.store.begin_write().await.unwrap();
         sqlx::query("DELETE FROM message_refs").execute(&mut *conn).await.unwrap();
+        conn.commit().await.unwrap();
     }
     h.adapter.resend_message(&GENERAL.to_string(), &first).await.unwrap();
     assert_eq!(h.fake.sent().len(), 1, "found in the channel, not posted again: {:?}", h.fake.sent());
@@ -573,8 +576,9 @@ async fn bot_messages_carry_an_enforced_nonce_so_a_repeat_posts_nothing() {
     let msg = from_matrix("by the bot");
     h.send(&msg).await.unwrap();
     {
-        let mut conn = h.store.conn().await.unwrap();
+        let mut conn = h.store.begin_write().await.unwrap();
         sqlx::query("DELETE FROM message_refs").execute(&mut *conn).await.unwrap();
+        conn.commit().await.unwrap();
     }
     h.send(&msg).await.unwrap();
     let sent = h.fake.sent();

@@ -110,7 +110,7 @@ fn a_value_sealed_for_one_name_does_not_open_under_another() {
 }
 
 async fn put_get_list_delete(store: Store) {
-    let mut conn = store.conn().await.unwrap();
+    let mut conn = store.begin_write().await.unwrap();
     assert!(sealed::list(&mut conn).await.unwrap().is_empty());
     sealed::put(&mut conn, "telegram.token", "v1:00000000:AAAA").await.unwrap();
     sealed::put(&mut conn, "discord.token", "v1:00000000:BBBB").await.unwrap();
@@ -124,6 +124,7 @@ async fn put_get_list_delete(store: Store) {
     assert!(sealed::delete(&mut conn, "discord.token").await.unwrap());
     assert!(!sealed::delete(&mut conn, "discord.token").await.unwrap());
     assert!(sealed::get(&mut conn, "discord.token").await.unwrap().is_none());
+    conn.commit().await.unwrap();
 }
 
 async fn rotation_reseals_and_the_old_key_is_no_longer_needed(store: Store) {

@@ -92,13 +92,13 @@ async fn a_transaction_is_stored_once_and_survives_reopening(store: Store) {
         !inbox::record_transaction(&store, "txn-1", &events).await.unwrap(),
         "a repeated txnId is not stored again"
     );
-    let mut conn = store.conn().await.unwrap();
+    let mut conn = store.begin_write().await.unwrap();
     let pending = inbox::pending(&mut conn, 10).await.unwrap();
     assert_eq!(pending.len(), 2);
     assert!(pending[0].seq < pending[1].seq && pending[0].event.contains("\"n\":1"));
     inbox::mark_processed(&mut conn, &[pending[0].seq]).await.unwrap();
     assert_eq!(inbox::pending_count(&mut conn).await.unwrap(), 1);
-    drop(conn);
+    conn.commit().await.unwrap();
     assert!(inbox::record_transaction(&store, "txn-2", &[]).await.unwrap(), "an empty transaction is fine");
 }
 
@@ -110,7 +110,7 @@ async fn a_room_waiting_for_a_retry_holds_back_only_itself(store: Store) {
         inbox::Pushed { room_id: "!fine:x", event: r#"{"n":4}"# },
     ];
     assert!(inbox::record_transaction(&store, "txn-rooms", &events).await.unwrap());
-    let mut conn = store.conn().await.unwrap();
+    let mut conn = store.begin_write().await.unwrap();
     let pending = inbox::pending(&mut conn, 10).await.unwrap();
     assert_eq!(pending.len(), 4);
     inbox::retry_later(&mut conn, pending[0].seq, 60_000, "homeserver down").await.unwrap();
@@ -121,11 +121,12 @@ async fn a_room_waiting_for_a_retry_holds_back_only_itself(store: Store) {
     let now: Vec<String> = inbox::pending(&mut conn, 10).await.unwrap().into_iter().map(|e| e.event).collect();
     assert_eq!(now, [r#"{"n":2}"#, r#"{"n":3}"#, r#"{"n":4}"#], "past a dead letter its room goes on");
     assert_eq!(inbox::pending_count(&mut conn).await.unwrap(), 3);
+    conn.commit().await.unwrap();
 }
 
 async fn dead_letters_are_listed_retried_and_dropped(store: Store) {
     use mosaic_as::store::dead_letters::{self, DeadLetterId};
-    let mut conn = store.conn().await.unwrap();
+    let mut conn = store.begin_write().await.unwrap();
     let queue = "chat:telegram:-100";
     for key in ["send:a", "send:b"] {
         outbox::enqueue(&mut conn, queue, key, "send", r#"{"secret":"payload"}"#).await.unwrap();
@@ -163,6 +164,7 @@ async fn dead_letters_are_listed_retried_and_dropped(store: Store) {
     assert!(!outbox::enqueue(&mut conn, queue, "send:b", "send", "{}").await.unwrap(), "its dedupe key still holds");
     assert!(dead_letters::list(&mut conn).await.unwrap().is_empty());
     assert!(dead_letters::get(&mut conn, "inbox/999".parse().unwrap()).await.unwrap().is_none());
+    conn.commit().await.unwrap();
 }
 
 async fn link_tokens_are_single_use_and_expire(store: Store) {
@@ -171,7 +173,7 @@ async fn link_tokens_are_single_use_and_expire(store: Store) {
     let token = accounts::issue_link_token(&mut tx, &account.id, 900).await.unwrap();
     let expired = accounts::issue_link_token(&mut tx, &account.id, 0).await.unwrap();
     tx.commit().await.unwrap();
-    let mut conn = store.conn().await.unwrap();
+    let mut conn = store.begin_write().await.unwrap();
     let stored: Vec<(String,)> =
         sqlx::query_as("SELECT token_hash FROM link_tokens").fetch_all(&mut *conn).await.unwrap();
     assert!(stored.iter().all(|(hash,)| hash != &token), "tokens are stored hashed");
@@ -193,6 +195,7 @@ async fn link_tokens_are_single_use_and_expire(store: Store) {
     assert_eq!(count, 3);
     assert!(oldest.is_some());
     assert_eq!(accounts::link_failures_since(&mut conn, "matrix:@c:x", 0).await.unwrap().0, 0);
+    conn.commit().await.unwrap();
 }
 
 async fn messages_are_appended_once_per_native_id(store: Store) {
@@ -224,7 +227,7 @@ async fn messages_are_appended_once_per_native_id(store: Store) {
 }
 
 async fn outbox_runs_in_order_and_deduplicates(store: Store) {
-    let mut conn = store.conn().await.unwrap();
+    let mut conn = store.begin_write().await.unwrap();
     assert!(outbox::enqueue(&mut conn, "matrix", "send:1", "send", r#"{"n":1}"#).await.unwrap());
     assert!(outbox::enqueue(&mut conn, "matrix", "send:2", "send", r#"{"n":2}"#).await.unwrap());
     assert!(
@@ -248,11 +251,12 @@ async fn outbox_runs_in_order_and_deduplicates(store: Store) {
     let (payload,): (String,) =
         sqlx::query_as("SELECT payload FROM outbox WHERE dedupe_key = 'send:1'").fetch_one(&mut *conn).await.unwrap();
     assert_eq!(payload, "{}", "a finished job keeps no payload");
+    conn.commit().await.unwrap();
 }
 
 async fn grouped_writes_commit_together_and_fail_alone(store: Store) {
     use mosaic_as::store::group_commit::Write;
-    let mut conn = store.conn().await.unwrap();
+    let mut conn = store.begin_write().await.unwrap();
     for n in 0..40 {
         outbox::enqueue(&mut conn, &format!("chat:{n}"), &format!("send:{n}"), "send", "{}").await.unwrap();
     }
@@ -263,7 +267,7 @@ async fn grouped_writes_commit_together_and_fail_alone(store: Store) {
         .into_iter()
         .map(|(seq,)| seq)
         .collect();
-    drop(conn);
+    conn.commit().await.unwrap();
     let ids: Vec<uuid::Uuid> = (0..40).map(|_| uuid::Uuid::new_v4()).collect();
     // A write the database refuses, among others: PostgreSQL keeps no NUL in text.
     let refused = (store.backend() == mosaic_as::store::Backend::Postgres).then(|| Write::MessageRef {
@@ -298,10 +302,15 @@ async fn grouped_writes_commit_together_and_fail_alone(store: Store) {
 }
 
 async fn identities_link_and_unlink(store: Store) {
-    let mut conn = store.conn().await.unwrap();
+    let mut conn = store.begin_write().await.unwrap();
     let one = accounts::create_account(&mut conn, "one", Some("One")).await.unwrap();
     let two = accounts::create_account(&mut conn, "two", None).await.unwrap();
-    assert!(accounts::create_account(&mut conn, "one", None).await.is_err(), "account names are unique");
+    conn.commit().await.unwrap();
+    // A refused write fails alone (on PostgreSQL it would spoil a transaction around it).
+    let mut refused = store.begin_write().await.unwrap();
+    assert!(accounts::create_account(&mut refused, "one", None).await.is_err(), "account names are unique");
+    refused.rollback().await.unwrap();
+    let mut conn = store.begin_write().await.unwrap();
     accounts::link_identity(&mut conn, "matrix", "@a:x", &one.id).await.unwrap();
     accounts::link_identity(&mut conn, "discord", "1234", &one.id).await.unwrap();
     assert_eq!(accounts::account_for_identity(&mut conn, "matrix", "@a:x").await.unwrap().unwrap().id, one.id);
@@ -311,10 +320,11 @@ async fn identities_link_and_unlink(store: Store) {
     assert!(accounts::unlink_identity(&mut conn, "matrix", "@a:x").await.unwrap());
     assert!(!accounts::unlink_identity(&mut conn, "matrix", "@a:x").await.unwrap());
     assert!(accounts::account_for_identity(&mut conn, "matrix", "@a:x").await.unwrap().is_none());
+    conn.commit().await.unwrap();
 }
 
 async fn settings_usage_teams_and_retention(store: Store) {
-    let mut conn = store.conn().await.unwrap();
+    let mut conn = store.begin_write().await.unwrap();
     let conversation = conversations::conversation_for_room_or_create(&mut conn, "!r:x", "Room").await.unwrap();
     let id = conversation.id.as_str();
 
@@ -366,10 +376,11 @@ async fn settings_usage_teams_and_retention(store: Store) {
     let future = mosaic_as::store::now_ms() + 1000;
     assert_eq!(retention::delete_before(&mut conn, id, future).await.unwrap(), 1);
     assert_eq!(retention::delete_before(&mut conn, id, future).await.unwrap(), 0, "running twice removes nothing more");
+    conn.commit().await.unwrap();
 }
 
 async fn agent_rooms_belong_to_an_account(store: Store) {
-    let mut conn = store.conn().await.unwrap();
+    let mut conn = store.begin_write().await.unwrap();
     agent_rooms::record(&mut conn, "!alice:x", "alice-account", "beta", "alpha").await.unwrap();
     assert_eq!(
         agent_rooms::room_of_pair(&mut conn, "alice-account", "alpha", "beta").await.unwrap().as_deref(),
@@ -392,4 +403,5 @@ async fn agent_rooms_belong_to_an_account(store: Store) {
         agent_rooms::room_of_pair(&mut conn, "alice-account", "alpha", "beta").await.unwrap().as_deref(),
         Some("!alice:x")
     );
+    conn.commit().await.unwrap();
 }

@@ -43,11 +43,12 @@ impl InboundHandler for Inbox {
             self.refuse.fetch_sub(1, Ordering::SeqCst);
             return Err(HandlerError::transient("database is busy"));
         }
-        let mut conn = self.store.conn().await.unwrap();
+        let mut conn = self.store.begin_write().await.unwrap();
         let native = msg.channel_message_id().unwrap().to_string();
         if messages::message_for_native(&mut conn, CHANNEL, &msg.channel_id, &native).await.unwrap().is_none() {
             messages::add_ref(&mut conn, CHANNEL, &msg.channel_id, &native, msg.id).await.unwrap();
         }
+        conn.commit().await.unwrap();
         self.accepted.lock().unwrap().push(msg);
         self.tick.send_modify(|n| *n += 1);
         Ok(())
@@ -221,9 +222,10 @@ async fn photos_and_documents_are_uploaded_to_the_media_repository() {
 
 /// Bridges a Telegram chat into a new conversation.
 async fn bridge(store: &Store, chat: i64) {
-    let mut conn = store.conn().await.unwrap();
+    let mut conn = store.begin_write().await.unwrap();
     let conversation = conversations::create_conversation(&mut conn, "Bridged", None).await.unwrap();
     bridges::bridge(&mut conn, CHANNEL, &chat.to_string(), &conversation.id, true, "@admin:example.org").await.unwrap();
+    conn.commit().await.unwrap();
 }
 
 #[tokio::test]

@@ -59,11 +59,13 @@ async fn act(
 ) -> ApiResult {
     authorize(&state.config, &headers)?;
     let id = id_of(&source, &seq)?;
-    let mut conn = state.store.conn().await?;
-    let found = match action {
-        Action::Retry => dead_letters::retry(&mut conn, id).await?,
-        Action::Drop => dead_letters::drop(&mut conn, id).await?,
-    };
+    let found = state
+        .store
+        .write(async |conn| match action {
+            Action::Retry => dead_letters::retry(conn, id).await,
+            Action::Drop => dead_letters::drop(conn, id).await,
+        })
+        .await?;
     if !found {
         return Err(missing(id));
     }

@@ -473,8 +473,10 @@ async fn set_type_retention(
         return Err(ApiError::not_found(format!("no room type {kind:?}; expected personal, team, agent or system")));
     }
     let days = parse_days(&body)?;
-    let mut conn = state.store.conn().await?;
-    store::retention::set_policy(&mut conn, "*", &kind, days, Reach::AlsoHomeserver).await?;
+    state
+        .store
+        .write(async |conn| store::retention::set_policy(conn, "*", &kind, days, Reach::AlsoHomeserver).await)
+        .await?;
     Ok(axum::Json(json!({ "appliesTo": kind, "days": days })).into_response())
 }
 
@@ -486,10 +488,11 @@ async fn set_conversation_retention(
 ) -> ApiResult {
     authorize(&state.config, &headers)?;
     let days = parse_days(&body)?;
-    let mut conn = state.store.conn().await?;
-    let Some(room) = conversations::room_for_conversation(&mut conn, &id).await? else {
+    let mut tx = state.store.begin_write().await?;
+    let Some(room) = conversations::room_for_conversation(&mut tx, &id).await? else {
         return Err(ApiError::not_found(format!("no conversation {id} with a room")));
     };
-    store::retention::set_policy(&mut conn, &room, "all", days, Reach::AlsoHomeserver).await?;
+    store::retention::set_policy(&mut tx, &room, "all", days, Reach::AlsoHomeserver).await?;
+    tx.commit().await?;
     Ok(axum::Json(json!({ "id": id, "roomId": room, "days": days })).into_response())
 }

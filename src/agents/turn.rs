@@ -257,9 +257,7 @@ impl Agents {
         message: &ChannelMessage,
         streamer: &Streamer,
     ) -> store::Result<()> {
-        let mut conn = self.store.conn().await?;
-        messages::append(&mut conn, conversation_id, "agent", message).await?;
-        drop(conn);
+        self.store.write(async |conn| messages::append(conn, conversation_id, "agent", message).await).await?;
         for target in streamer.targets() {
             if let Err(error) = target.adapter.send_message(&target.channel_id, message).await {
                 return Err(store::StoreError::Corrupt(format!("send failed: {error}")));

@@ -175,12 +175,8 @@ impl Inner {
             }
         }
         if let Some(native) = first {
-            let mut conn = self
-                .store
-                .conn()
-                .await
-                .map_err(|e| ChannelSendError::Transient { message: e.to_string(), retry_after: None })?;
-            messages::add_ref(&mut conn, CHANNEL, channel_id, &native.to_string(), msg.id)
+            self.store
+                .write(async |conn| messages::add_ref(conn, CHANNEL, channel_id, &native.to_string(), msg.id).await)
                 .await
                 .map_err(|e| ChannelSendError::Transient { message: e.to_string(), retry_after: None })?;
         }

@@ -474,7 +474,7 @@ impl Inner {
             let seen = caches.cursors.entry(channel).or_insert(message);
             *seen = (*seen).max(message);
         }
-        let result = async { cursor::advance(&mut *self.store.conn().await?, channel, message).await }.await;
+        let result = self.store.write(async |conn| cursor::advance(conn, channel, message).await).await;
         if let Err(error) = result {
             tracing::warn!(channel = CHANNEL, event = "cursor_failed", %error);
         }

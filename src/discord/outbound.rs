@@ -641,9 +641,8 @@ impl Inner {
     /// A new bridge starts catching up from the channel's newest message, not from its
     /// beginning.
     async fn start_cursor(&self, channel: &RawChannel) -> Result<(), ChannelSendError> {
-        let mut conn = self.store.conn().await.map_err(store_error)?;
         let start = channel.last_message_id.unwrap_or_else(cursor::snowflake_now);
-        cursor::start(&mut conn, channel.id, start).await.map_err(store_error)
+        self.store.write(async |conn| cursor::start(conn, channel.id, start).await).await.map_err(store_error)
     }
 
     /// A private message: the ephemeral answer of a pending `/link`, else a DM.
@@ -669,8 +668,10 @@ impl Inner {
             first.get_or_insert(native);
         }
         if let Some(native) = first {
-            let mut conn = self.store.conn().await.map_err(store_error)?;
-            messages::add_ref(&mut conn, CHANNEL, channel_id, &native, msg.id).await.map_err(store_error)?;
+            let remember = async |conn: &mut crate::store::AnyConnection| {
+                messages::add_ref(conn, CHANNEL, channel_id, &native, msg.id).await
+            };
+            self.store.write(remember).await.map_err(store_error)?;
         }
         tracing::info!(channel = CHANNEL, event = "sent_private", id = %msg.id);
         Ok(())

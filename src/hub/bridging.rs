@@ -669,10 +669,7 @@ mod tests {
         // A message of this chat, and a reaction to it from elsewhere.
         let original = ChannelMessage::new("42", "7", SenderType::User, "hi", ContentType::Text);
         let reaction = ChannelMessage::reaction("!room:example.org", "@a:example.org", "👍", original.id, false);
-        {
-            let mut conn = store.conn().await.unwrap();
-            messages::add_ref(&mut conn, "discord", "42", "1001", original.id).await.unwrap();
-        }
+        store.write(async |conn| messages::add_ref(conn, "discord", "42", "1001", original.id).await).await.unwrap();
         let outbound = OutboundReaction {
             target: "1001".into(),
             key: "👍".into(),

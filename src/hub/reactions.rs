@@ -103,7 +103,7 @@ mod tests {
     #[tokio::test]
     async fn a_reaction_stands_once_until_it_is_taken_back() {
         let (_dir, store) = store().await;
-        let mut conn = store.conn().await.unwrap();
+        let mut conn = store.begin_write().await.unwrap();
         let c = crate::store::conversations::create_conversation(&mut conn, "test", None).await.unwrap().id;
         let c = c.as_str();
         let target = ChannelMessage::new("!r", "@a:x", SenderType::User, "hi", ContentType::Text);

@@ -39,7 +39,7 @@ use crate::protocol::{
 };
 use crate::store::conversations::GhostProfile;
 use crate::store::group_commit::Write;
-use crate::store::{self, Store, accounts, conversations, messages};
+use crate::store::{self, AnyConnection, Store, accounts, conversations, messages};
 
 pub const CHANNEL: &str = "matrix";
 
@@ -275,9 +275,7 @@ impl MatrixAdapter {
         if target.is_empty() || membership.is_empty() {
             return Err(EventError::Permanent("member event without state_key or membership".into()));
         }
-        let mut conn = self.store.conn().await?;
-        conversations::set_membership(&mut conn, room_id, target, membership).await?;
-        drop(conn);
+        self.store.write(async |conn| conversations::set_membership(conn, room_id, target, membership).await).await?;
         // Only a person's own member event names them: an invite or a kick carries
         // whatever name its sender chose.
         if sender == target
@@ -329,11 +327,11 @@ impl MatrixAdapter {
 
     async fn sync_members(&self, room: &OwnedRoomId, as_user: &UserId) -> Result<(), EventError> {
         let members = self.client.call(joined_members::v3::Request::new(room.clone()), Some(as_user)).await?;
-        let mut conn = self.store.conn().await?;
+        let mut tx = self.store.begin_write().await?;
         for member in members.joined.keys() {
-            conversations::set_membership(&mut conn, room.as_str(), member.as_str(), "join").await?;
+            conversations::set_membership(&mut tx, room.as_str(), member.as_str(), "join").await?;
         }
-        Ok(())
+        Ok(tx.commit().await?)
     }
 
     async fn on_message(&self, event: &Value, room_id: &str, sender: &str) -> Result<(), EventError> {
@@ -651,8 +649,10 @@ impl MatrixAdapter {
             let inviter = (!self.ns.is_bot(inviter.as_str())).then_some(inviter.as_ref());
             self.invite_person_as(&room, ghost.as_str(), inviter).await.map_err(|e| transient(e.to_string()))?;
             self.client.call(join_room_by_id::v3::Request::new(room), Some(&ghost)).await.map_err(send_error)?;
-            let mut conn = self.store.conn().await.map_err(transient)?;
-            conversations::set_membership(&mut conn, room_id, ghost.as_str(), "join").await.map_err(transient)?;
+            let join = async |conn: &mut AnyConnection| {
+                conversations::set_membership(conn, room_id, ghost.as_str(), "join").await
+            };
+            self.store.write(join).await.map_err(transient)?;
         }
         Ok(ghost)
     }

@@ -52,9 +52,10 @@ impl Ghosts {
                 let uri = OwnedMxcUri::from(avatar);
                 self.set_field(user_id, ProfileFieldValue::AvatarUrl(uri)).await?;
             }
-            if let Ok(mut conn) = self.store.conn().await
-                && let Err(error) = conversations::record_ghost(&mut conn, user_id.as_str(), wanted).await
-            {
+            let record = async |conn: &mut crate::store::AnyConnection| {
+                conversations::record_ghost(conn, user_id.as_str(), wanted).await
+            };
+            if let Err(error) = self.store.write(record).await {
                 tracing::warn!(user_id = %user_id, %error, "cannot record the registered ghost");
             }
         }

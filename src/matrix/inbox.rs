@@ -84,8 +84,7 @@ async fn process_batch(store: &Store, adapter: &MatrixAdapter, limits: &RetryLim
     let handled: Vec<&inbox::InboxEvent> = passes.iter().flat_map(|pass| &pass.handled).collect();
     if !handled.is_empty() {
         let seqs: Vec<i64> = handled.iter().map(|item| item.seq).collect();
-        let mut conn = store.conn().await?;
-        inbox::mark_processed(&mut conn, &seqs).await?;
+        store.write(async |conn| inbox::mark_processed(conn, &seqs).await).await?;
         for item in &handled {
             crate::metrics::event_processed(item.received_at);
         }
@@ -172,12 +171,10 @@ async fn process_room(
 }
 
 async fn retry_later(store: &Store, item: &inbox::InboxEvent, delay: Duration, error: &str) -> store::Result<()> {
-    let mut conn = store.conn().await?;
-    inbox::retry_later(&mut conn, item.seq, delay.as_millis() as i64, error).await
+    store.write(async |conn| inbox::retry_later(conn, item.seq, delay.as_millis() as i64, error).await).await
 }
 
 async fn give_up(store: &Store, item: &inbox::InboxEvent, reason: DeadReason, error: &str) -> store::Result<()> {
     tracing::warn!(txn_id = item.txn_id, seq = item.seq, room_id = item.room_id, reason = reason.as_str(), %error, "event set aside: dead letter");
-    let mut conn = store.conn().await?;
-    inbox::mark_dead(&mut conn, item.seq, reason.as_str(), error).await
+    store.write(async |conn| inbox::mark_dead(conn, item.seq, reason.as_str(), error).await).await
 }

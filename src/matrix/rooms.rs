@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::adapter::{EventError, MatrixAdapter};
-use crate::store::{self, conversations};
+use crate::store::{self, AnyConnection, conversations};
 
 /// Outbox job: create the room of a conversation and bring its members in.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -201,8 +201,9 @@ impl MatrixAdapter {
         // An agent invited or in the room already is fine: joining settles it.
         self.invite_person(&room, agent.as_str()).await?;
         self.client().call(join_room_by_id::v3::Request::new(room.clone()), Some(&agent)).await?;
-        let mut conn = self.store().conn().await?;
-        conversations::set_membership(&mut conn, room.as_str(), agent.as_str(), "join").await?;
+        self.store()
+            .write(async |conn| conversations::set_membership(conn, room.as_str(), agent.as_str(), "join").await)
+            .await?;
         Ok(())
     }
 
@@ -255,8 +256,10 @@ impl MatrixAdapter {
                 .map_err(|e| EventError::Permanent(e.to_string()))?;
             self.ensure_known_user(&user).await?;
             self.client().call(join_room_by_id::v3::Request::new(room_id.clone()), Some(&user)).await?;
-            let mut conn = self.store().conn().await?;
-            conversations::set_membership(&mut conn, room_id.as_str(), user.as_str(), "join").await?;
+            let join = async |conn: &mut AnyConnection| {
+                conversations::set_membership(conn, room_id.as_str(), user.as_str(), "join").await
+            };
+            self.store().write(join).await?;
         }
         for person in &job.observers {
             self.invite_person(&room_id, person).await?;
@@ -503,9 +506,10 @@ impl MatrixAdapter {
         let bot = self.namespace().bot_user_id();
         let bot = OwnedUserId::try_from(bot.as_str()).map_err(|e| EventError::Permanent(e.to_string()))?;
         self.send_room_event(&room, &bot, txn, MessageLikeEventType::RoomMessage, content).await?;
-        let mut conn = self.store().conn().await?;
-        conversations::set_membership(&mut conn, room.as_str(), &self.namespace().bot_user_id(), "join").await?;
-        conversations::set_membership(&mut conn, room.as_str(), &job.user_id, "invite").await?;
+        let mut tx = self.store().begin_write().await?;
+        conversations::set_membership(&mut tx, room.as_str(), &self.namespace().bot_user_id(), "join").await?;
+        conversations::set_membership(&mut tx, room.as_str(), &job.user_id, "invite").await?;
+        tx.commit().await?;
         Ok(())
     }
 }
@@ -549,8 +553,10 @@ impl MatrixAdapter {
                     agents: Vec::new(),
                 };
                 let space = self.create_with_alias(&create, &shape).await?;
-                let mut conn = self.store().conn().await?;
-                conversations::record_personal_space(&mut conn, &job.account_id, space.as_str()).await?;
+                let record = async |conn: &mut AnyConnection| {
+                    conversations::record_personal_space(conn, &job.account_id, space.as_str()).await
+                };
+                self.store().write(record).await?;
                 space
             }
         };

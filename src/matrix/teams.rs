@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::adapter::{EventError, MatrixAdapter};
 use super::rooms::{CreateRoomJob, HistoryVisibility, RoomShape, StateJob};
-use crate::store::{conversations, teams};
+use crate::store::{AnyConnection, conversations, teams};
 
 /// Outbox job: the team's Space (created once) with `invite` invited.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,8 +89,7 @@ impl MatrixAdapter {
             agents: Vec::new(),
         };
         let space = self.create_with_alias(&create, &shape).await?;
-        let mut conn = self.store().conn().await?;
-        teams::record_space(&mut conn, team_id, space.as_str()).await?;
+        self.store().write(async |conn| teams::record_space(conn, team_id, space.as_str()).await).await?;
         Ok(space)
     }
 
@@ -126,10 +125,7 @@ impl MatrixAdapter {
         }
         self.set_history(&job.room_id, HistoryVisibility::Invited).await?;
         let room = OwnedRoomId::try_from(job.room_id.as_str()).map_err(permanent)?;
-        let invited = {
-            let mut conn = self.store().conn().await?;
-            teams::take_share_invites(&mut conn, &job.room_id).await?
-        };
+        let invited = { self.store().write(async |conn| teams::take_share_invites(conn, &job.room_id).await).await? };
         for person in invited {
             let kick = KickJob {
                 room_id: room.to_string(),
@@ -153,8 +149,10 @@ impl MatrixAdapter {
             }
             tracing::info!(room_id = job.room_id, user_id = job.user_id, %error, "not removed");
         }
-        let mut conn = self.store().conn().await?;
-        conversations::set_membership(&mut conn, &job.room_id, &job.user_id, "leave").await?;
+        let leave = async |conn: &mut AnyConnection| {
+            conversations::set_membership(conn, &job.room_id, &job.user_id, "leave").await
+        };
+        self.store().write(leave).await?;
         Ok(())
     }
 
@@ -182,9 +180,10 @@ impl MatrixAdapter {
         }
         drop(conn);
         self.invite_person(room, person).await?;
-        let mut conn = self.store().conn().await?;
-        teams::record_share_invite(&mut conn, room.as_str(), person, team_id).await?;
-        conversations::set_membership(&mut conn, room.as_str(), person, "invite").await?;
+        let mut tx = self.store().begin_write().await?;
+        teams::record_share_invite(&mut tx, room.as_str(), person, team_id).await?;
+        conversations::set_membership(&mut tx, room.as_str(), person, "invite").await?;
+        tx.commit().await?;
         Ok(())
     }
 

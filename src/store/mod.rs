@@ -17,6 +17,7 @@ pub mod retention;
 pub mod sealed;
 pub mod settings;
 pub mod teams;
+mod writer;
 
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
@@ -24,8 +25,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor, Transaction};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use sqlx::{AnyPool, Connection, Executor, Transaction};
 
 pub use sqlx::AnyConnection;
 
@@ -80,29 +80,35 @@ pub struct Store {
     /// When this process connected (unix ms): work queued before then is left over from
     /// an earlier run.
     opened_at: i64,
-    /// SQLite has one writer at a time. Writers of this process queue here, woken in
-    /// turn, instead of in SQLite's busy handler, which sleeps a millisecond or more
-    /// between tries.
-    write_gate: Arc<Mutex<()>>,
+    /// SQLite's one writer, shared by every write of this process (see [`writer`]).
+    writer: Option<writer::Writer>,
     /// Started on first use (see [`Store::commit_grouped`]).
     group_commit: Arc<OnceLock<group_commit::GroupCommit>>,
 }
 
 /// A write transaction ([`Store::begin_write`]): use it as a connection, then commit or
 /// roll back. Dropping it rolls back.
-pub struct WriteTx {
-    tx: Transaction<'static, sqlx::Any>,
-    /// Held until the transaction ends (SQLite only).
-    _turn: Option<OwnedMutexGuard<()>>,
+pub struct WriteTx(Write);
+
+enum Write {
+    Sqlite(writer::SqliteWrite),
+    Postgres(Transaction<'static, sqlx::Any>),
 }
 
 impl WriteTx {
+    /// Returns once the writes are durable.
     pub async fn commit(self) -> Result<()> {
-        Ok(self.tx.commit().await?)
+        match self.0 {
+            Write::Sqlite(write) => write.commit().await,
+            Write::Postgres(tx) => Ok(tx.commit().await?),
+        }
     }
 
     pub async fn rollback(self) -> Result<()> {
-        Ok(self.tx.rollback().await?)
+        match self.0 {
+            Write::Sqlite(write) => write.rollback().await,
+            Write::Postgres(tx) => Ok(tx.rollback().await?),
+        }
     }
 }
 
@@ -110,15 +116,26 @@ impl Deref for WriteTx {
     type Target = AnyConnection;
 
     fn deref(&self) -> &AnyConnection {
-        &self.tx
+        match &self.0 {
+            Write::Sqlite(write) => write,
+            Write::Postgres(tx) => tx,
+        }
     }
 }
 
 impl DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut AnyConnection {
-        &mut self.tx
+        match &mut self.0 {
+            Write::Sqlite(write) => write,
+            Write::Postgres(tx) => tx,
+        }
     }
 }
+
+/// WAL lets readers run beside the writer; FULL makes every acknowledged transaction
+/// survive a power cut, not only a crash.
+const SQLITE_PRAGMAS: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
 
 /// Milliseconds since the unix epoch, the time format of every table.
 pub fn now_ms() -> i64 {
@@ -145,25 +162,27 @@ impl Store {
         // a connection that broke meanwhile fails its statement with an I/O error, which
         // every caller treats as "retry later".
         let pool_options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10)).test_before_acquire(false);
-        let pool = match backend {
+        let (pool, writer) = match backend {
             Backend::Sqlite => {
-                pool_options
+                let pool = pool_options
                     .max_connections(4)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
-                            // WAL lets readers run beside the writer; FULL makes every
-                            // acknowledged transaction survive a power cut, not only a crash.
-                            conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;")
+                            // The pool only reads: every write goes through the writer.
+                            conn.execute(sqlx::AssertSqlSafe(format!("{SQLITE_PRAGMAS} PRAGMA query_only = ON;")))
                                 .await?;
                             Ok(())
                         })
                     })
-                    .connect_with(options)
-                    .await?
+                    .connect_with(options.clone())
+                    .await?;
+                let mut conn = AnyConnection::connect_with(&options).await?;
+                conn.execute(SQLITE_PRAGMAS).await?;
+                (pool, Some(writer::Writer::new(conn)))
             }
-            Backend::Postgres => pool_options.max_connections(10).connect_with(options).await?,
+            Backend::Postgres => (pool_options.max_connections(10).connect_with(options).await?, None),
         };
-        Ok(Self { pool, backend, opened_at: now_ms(), write_gate: Arc::default(), group_commit: Arc::default() })
+        Ok(Self { pool, backend, opened_at: now_ms(), writer, group_commit: Arc::default() })
     }
 
     /// Connects and brings the schema up to date.
@@ -178,8 +197,10 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator.run(&self.pool).await?;
-        Ok(())
+        match &self.writer {
+            Some(writer) => writer.migrate(migrator).await,
+            None => Ok(migrator.run(&self.pool).await?),
+        }
     }
 
     pub fn opened_at(&self) -> i64 {
@@ -198,22 +219,21 @@ impl Store {
         Ok(self.pool.acquire().await?)
     }
 
-    /// Starts a transaction that will write. On SQLite it takes the write lock at once
-    /// (`BEGIN IMMEDIATE`) so that it waits for other writers instead of failing with
-    /// "database is locked" when it upgrades from reading to writing.
+    /// Starts a transaction that will write. On SQLite, writers take turns on the one
+    /// writer connection, and their commits are grouped (see [`writer`]).
     pub async fn begin_write(&self) -> Result<WriteTx> {
-        Ok(match self.backend {
-            Backend::Sqlite => {
-                // The connection first, then the turn: a task queued for its turn holds a
-                // connection, as one waiting in SQLite's lock would, so the writer whose
-                // turn it is never waits for a connection held by those behind it.
-                let conn = self.pool.acquire().await?;
-                let turn = self.write_gate.clone().lock_owned().await;
-                let tx = Transaction::begin(conn, Some(sqlx::SqlSafeStr::into_sql_str("BEGIN IMMEDIATE"))).await?;
-                WriteTx { tx, _turn: Some(turn) }
-            }
-            Backend::Postgres => WriteTx { tx: self.pool.begin().await?, _turn: None },
-        })
+        Ok(WriteTx(match &self.writer {
+            Some(writer) => Write::Sqlite(writer.begin().await?),
+            None => Write::Postgres(self.pool.begin().await?),
+        }))
+    }
+
+    /// Runs `work` in a write transaction and commits it; an error rolls it back.
+    pub async fn write<T>(&self, work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T>) -> Result<T> {
+        let mut tx = self.begin_write().await?;
+        let value = work(&mut tx).await?;
+        tx.commit().await?;
+        Ok(value)
     }
 
     /// Makes `write` durable together with the writes other tasks hand in meanwhile: one

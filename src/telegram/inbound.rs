@@ -14,7 +14,7 @@ use super::polling::InboundError;
 use super::{CHANNEL, Inner, markdown, topics};
 use crate::error_ref::ErrorRef;
 use crate::protocol::{ChannelAttachment, ChannelMessage, ContentType, MediaError, SenderType, metadata_keys as keys};
-use crate::store::{bridges, messages};
+use crate::store::{AnyConnection, bridges, messages};
 
 pub use crate::protocol::metadata_keys::IS_EDIT;
 
@@ -108,8 +108,11 @@ async fn build(
     if let Some(thread) = &msg.thread_id {
         // The hub may adopt a topic's first bridged message as the thread root under the
         // topic's id, so the topic id itself leads to the topic too.
-        topics::record(&mut conn, &chat_id, &native_id, thread).await.map_err(transient)?;
-        topics::record(&mut conn, &chat_id, thread, thread).await.map_err(transient)?;
+        let record = async |conn: &mut AnyConnection| {
+            topics::record(conn, &chat_id, &native_id, thread).await?;
+            topics::record(conn, &chat_id, thread, thread).await
+        };
+        inner.store.write(record).await.map_err(transient)?;
     }
     // In a chat that is not bridged only commands are read: its files are not fetched.
     let bridged = bridges::get(&mut conn, CHANNEL, &chat_id).await.map_err(transient)?.is_some_and(|b| b.is_bridged());

@@ -91,12 +91,18 @@ async fn native(inner: &Inner, chat_key: &str, id: Uuid) -> Result<Option<String
 
 async fn remember(inner: &Inner, target: &Target, sent: &Message, id: Uuid) -> Result<(), ChannelSendError> {
     let native_id = sent.id.0.to_string();
-    let mut conn = inner.store.conn().await.map_err(transient)?;
-    messages::add_ref(&mut conn, CHANNEL, &target.chat_key, &native_id, id).await.map_err(transient)?;
-    if let Some(thread) = sent.thread_id.filter(|_| sent.is_topic_message).or(target.thread) {
-        topics::record(&mut conn, &target.chat_key, &native_id, &thread.0.0.to_string()).await.map_err(transient)?;
-    }
-    Ok(())
+    let thread = sent.thread_id.filter(|_| sent.is_topic_message).or(target.thread);
+    inner
+        .store
+        .write(async |conn| {
+            messages::add_ref(conn, CHANNEL, &target.chat_key, &native_id, id).await?;
+            if let Some(thread) = thread {
+                topics::record(conn, &target.chat_key, &native_id, &thread.0.0.to_string()).await?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(transient)
 }
 
 /// Resolves the chat (`mosaic.privateTo` wins), the reply and the forum topic.
