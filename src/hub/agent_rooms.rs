@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use sqlx::AnyConnection;
 use uuid::Uuid;
 
-use super::{Hub, TURN_KIND, TurnJob, commands::Answer, enqueue_send};
-use crate::matrix::rooms::{AGENT_ROOM_KIND, AgentRoomJob, agent_room_alias_localpart};
+use super::{Hub, TurnJob, commands::Answer, enqueue_send};
+use crate::matrix::rooms::{AgentRoomJob, agent_room_alias_localpart};
 use crate::protocol::{ChannelMessage, ContentType, SenderType};
 use crate::queue;
 use crate::store::{self, accounts, agent_rooms, messages};
@@ -112,7 +112,7 @@ impl Hub {
             observers: vec![sender.to_string()],
         };
         let key = format!("agent_room:{}:{first}:{second}:{sender}:{}", owner.id, Uuid::new_v4());
-        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, AGENT_ROOM_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, job).await?;
         let localpart = agent_room_alias_localpart(&self.config.bot.alias_prefix, &owner.id, first, second);
         let alias = format!("#{localpart}:{}", self.config.homeserver.server_name);
         Ok(format!("Opening your room {alias} where `{first}` and `{second}` work together; you are invited to watch, and others join when you invite them. Start them with `!ask <agent> <text>` or `!delegate <agent> <task>` there.").into())
@@ -260,7 +260,7 @@ impl Hub {
             prompt,
             step,
         };
-        queue::enqueue(conn, &queue::agent_queue(agent, conversation_id), &key, TURN_KIND, &job).await?;
+        queue::enqueue(conn, &queue::agent_queue(agent, conversation_id), &key, job).await?;
         Ok(())
     }
 

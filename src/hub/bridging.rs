@@ -35,10 +35,13 @@ pub struct OpenBridgeJob {
     pub conversation_id: String,
 }
 
-pub const OPEN_BRIDGE_KIND: &str = "bridge.open";
-
 /// Outbox job: the adapter releases what it prepared for a chat no longer bridged.
-pub const CLOSE_BRIDGE_KIND: &str = "bridge.close";
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloseBridgeJob {
+    pub channel: String,
+    pub channel_id: String,
+    pub conversation_id: String,
+}
 
 /// Every surface chat of a conversation: its Matrix room, then its bridged chats.
 pub async fn surfaces(conn: &mut AnyConnection, conversation_id: &str) -> store::Result<Vec<(String, String)>> {
@@ -276,7 +279,7 @@ impl Hub {
             conversation_id: conversation_id.to_string(),
         };
         let key = format!("bridge.open:{surface}:{chat_id}:{}", msg.id);
-        queue::enqueue(conn, &queue::chat_queue(surface, chat_id), &key, OPEN_BRIDGE_KIND, &job).await?;
+        queue::enqueue(conn, &queue::chat_queue(surface, chat_id), &key, job).await?;
         tracing::info!(channel = surface, chat_id, conversation_id, by = msg.sender_id, "chat bridged");
         Ok(format!("Bridging {surface} chat `{chat_id}` into this conversation…").into())
     }
@@ -297,20 +300,13 @@ impl Hub {
             return Ok("This conversation has no bridged chats.".to_string().into());
         }
         for bridge in &removed {
-            let job = OpenBridgeJob {
+            let job = CloseBridgeJob {
                 channel: bridge.channel.clone(),
                 channel_id: bridge.channel_id.clone(),
                 conversation_id: conversation_id.to_string(),
             };
             let key = format!("bridge.close:{}:{}:{}", bridge.channel, bridge.channel_id, msg.id);
-            queue::enqueue(
-                conn,
-                &queue::chat_queue(&bridge.channel, &bridge.channel_id),
-                &key,
-                CLOSE_BRIDGE_KIND,
-                &job,
-            )
-            .await?;
+            queue::enqueue(conn, &queue::chat_queue(&bridge.channel, &bridge.channel_id), &key, job).await?;
         }
         let list: Vec<String> = removed.iter().map(|b| format!("{} `{}`", b.channel, b.channel_id)).collect();
         tracing::info!(conversation_id, removed = removed.len(), by = msg.sender_id, "chats unbridged");

@@ -27,16 +27,12 @@ pub struct CreateRoomJob {
     pub agents: Vec<String>,
 }
 
-pub const CREATE_ROOM_KIND: &str = "matrix.create_room";
-
 /// Outbox job: the bot invites an agent into a room, and the agent joins.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InviteJob {
     pub room_id: String,
     pub agent: String,
 }
-
-pub const INVITE_KIND: &str = "matrix.invite";
 
 /// Outbox job: an account's room of two agents (ids sorted), with the account's person
 /// invited to watch.
@@ -53,8 +49,6 @@ pub struct AgentRoomJob {
 pub fn agent_room_alias_localpart(alias_prefix: &str, owner_account_id: &str, a: &str, b: &str) -> String {
     format!("{alias_prefix}agents-{a}-{b}-{owner_account_id}")
 }
-
-pub const AGENT_ROOM_KIND: &str = "matrix.agent_room";
 
 /// How a room is created.
 pub struct RoomShape {
@@ -403,15 +397,11 @@ pub struct StateJob {
     pub content: serde_json::Value,
 }
 
-pub const STATE_KIND: &str = "matrix.state";
-
 /// Outbox job: make a room read-only (only the bot may still post).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReadOnlyJob {
     pub room_id: String,
 }
-
-pub const READ_ONLY_KIND: &str = "matrix.read_only";
 
 /// Outbox job: a direct chat from the bot to a newly provisioned person, with a welcome.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -420,8 +410,6 @@ pub struct WelcomeJob {
     pub account_name: String,
     pub user_id: String,
 }
-
-pub const WELCOME_KIND: &str = "matrix.welcome";
 
 /// Power needed to post in an archived room, at least: only the bot has it.
 const ARCHIVED_POWER: i64 = 100;
@@ -518,8 +506,6 @@ pub struct PersonalSpaceJob {
     pub account_name: String,
     pub user_id: String,
 }
-
-pub const PERSONAL_SPACE_KIND: &str = "matrix.personal_space";
 
 impl MatrixAdapter {
     /// Creates the Space once, invites the person, and makes every room the account owns

@@ -18,8 +18,6 @@ pub struct TeamSpaceJob {
     pub invite: Vec<String>,
 }
 
-pub const TEAM_SPACE_KIND: &str = "matrix.team_space";
-
 /// Outbox job: put a conversation room in the team's Space and invite the team.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShareJob {
@@ -30,16 +28,12 @@ pub struct ShareJob {
     pub previous_space: Option<String>,
 }
 
-pub const SHARE_KIND: &str = "matrix.share";
-
 /// Outbox job: take a room out of a team's Space and remove who came through the share.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UnshareJob {
     pub room_id: String,
     pub space_id: Option<String>,
 }
-
-pub const UNSHARE_KIND: &str = "matrix.unshare";
 
 /// Outbox job: a new team member joins the team's Space and shared rooms.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,8 +43,6 @@ pub struct TeamInviteJob {
     pub user_id: String,
 }
 
-pub const TEAM_INVITE_KIND: &str = "matrix.team_invite";
-
 /// Outbox job: remove a person from a room (as the bot).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KickJob {
@@ -58,8 +50,6 @@ pub struct KickJob {
     pub user_id: String,
     pub reason: String,
 }
-
-pub const KICK_KIND: &str = "matrix.kick";
 
 fn permanent(error: impl std::fmt::Display) -> EventError {
     EventError::Permanent(error.to_string())

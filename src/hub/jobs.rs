@@ -1,0 +1,326 @@
+//! The outbox's work, typed. Every job the hub and the agents queue is a [`Job`]; the
+//! outbox stores it as a kind (its `kind` column) and the JSON of the variant's payload
+//! (its `payload` column). Those kind names and payload shapes are the stored format:
+//! rows written by earlier versions decode unchanged, and a row of a kind this version
+//! does not know is an error (its job becomes a dead letter), never a panic.
+
+use serde::de::DeserializeOwned;
+
+use super::bridging::{CloseBridgeJob, OpenBridgeJob};
+use super::{SendJob, TurnJob};
+use crate::matrix::rooms::{
+    AgentRoomJob, CreateRoomJob, InviteJob, PersonalSpaceJob, ReadOnlyJob, StateJob, WelcomeJob,
+};
+use crate::matrix::teams::{KickJob, ShareJob, TeamInviteJob, TeamSpaceJob, UnshareJob};
+
+/// One piece of outgoing work.
+#[derive(Debug, Clone)]
+pub enum Job {
+    /// Deliver a message to one chat of a surface.
+    Send(SendJob),
+    /// One agent answers one message.
+    Turn(TurnJob),
+    /// Prepare a newly bridged chat and tell the conversation's room how it went.
+    OpenBridge(OpenBridgeJob),
+    /// The surface releases what it prepared for a chat that is no longer bridged.
+    CloseBridge(CloseBridgeJob),
+    /// Room and Space work on the homeserver.
+    Room(RoomOp),
+}
+
+/// Room and Space work on the homeserver, run in the `matrix` queue.
+#[derive(Debug, Clone)]
+pub enum RoomOp {
+    /// Create a conversation's room and bring its members in.
+    CreateRoom(CreateRoomJob),
+    /// Invite an agent into a room; the agent joins.
+    Invite(InviteJob),
+    /// An account's room of two agents.
+    AgentRoom(AgentRoomJob),
+    /// One state event sent as the bot.
+    State(StateJob),
+    /// Make a room read-only.
+    ReadOnly(ReadOnlyJob),
+    /// A direct chat from the bot to a newly provisioned person.
+    Welcome(WelcomeJob),
+    /// A person removed from a room.
+    Kick(KickJob),
+    /// A team's Space.
+    TeamSpace(TeamSpaceJob),
+    /// A conversation room shared with a team.
+    Share(ShareJob),
+    /// A conversation room no longer shared.
+    Unshare(UnshareJob),
+    /// A new team member joins the team's Space and shared rooms.
+    TeamInvite(TeamInviteJob),
+    /// An account's personal Space.
+    PersonalSpace(PersonalSpaceJob),
+}
+
+/// Why a stored job cannot be read. Such a job can never run: it is a dead letter.
+#[derive(Debug, thiserror::Error)]
+pub enum JobDecodeError {
+    #[error("unknown job kind {0:?}")]
+    UnknownKind(String),
+    #[error("bad {kind} payload: {source}")]
+    Payload { kind: &'static str, source: serde_json::Error },
+}
+
+// The stored kinds. They name rows in databases: never change one.
+const SEND: &str = "send";
+const TURN: &str = "agent.turn";
+const OPEN_BRIDGE: &str = "bridge.open";
+const CLOSE_BRIDGE: &str = "bridge.close";
+const CREATE_ROOM: &str = "matrix.create_room";
+const INVITE: &str = "matrix.invite";
+const AGENT_ROOM: &str = "matrix.agent_room";
+const STATE: &str = "matrix.state";
+const READ_ONLY: &str = "matrix.read_only";
+const WELCOME: &str = "matrix.welcome";
+const KICK: &str = "matrix.kick";
+const TEAM_SPACE: &str = "matrix.team_space";
+const SHARE: &str = "matrix.share";
+const UNSHARE: &str = "matrix.unshare";
+const TEAM_INVITE: &str = "matrix.team_invite";
+const PERSONAL_SPACE: &str = "matrix.personal_space";
+
+impl Job {
+    /// The stored kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Send(_) => SEND,
+            Self::Turn(_) => TURN,
+            Self::OpenBridge(_) => OPEN_BRIDGE,
+            Self::CloseBridge(_) => CLOSE_BRIDGE,
+            Self::Room(op) => op.kind(),
+        }
+    }
+
+    /// The stored payload: the JSON of the variant's payload.
+    pub fn payload(&self) -> serde_json::Result<String> {
+        match self {
+            Self::Send(job) => serde_json::to_string(job),
+            Self::Turn(job) => serde_json::to_string(job),
+            Self::OpenBridge(job) => serde_json::to_string(job),
+            Self::CloseBridge(job) => serde_json::to_string(job),
+            Self::Room(op) => op.payload(),
+        }
+    }
+
+    /// Reads a stored job back.
+    pub fn decode(kind: &str, payload: &str) -> Result<Self, JobDecodeError> {
+        Ok(match kind {
+            SEND => Self::Send(parse(SEND, payload)?),
+            TURN => Self::Turn(parse(TURN, payload)?),
+            OPEN_BRIDGE => Self::OpenBridge(parse(OPEN_BRIDGE, payload)?),
+            CLOSE_BRIDGE => Self::CloseBridge(parse(CLOSE_BRIDGE, payload)?),
+            other => Self::Room(RoomOp::decode(other, payload)?),
+        })
+    }
+}
+
+impl RoomOp {
+    /// The stored kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::CreateRoom(_) => CREATE_ROOM,
+            Self::Invite(_) => INVITE,
+            Self::AgentRoom(_) => AGENT_ROOM,
+            Self::State(_) => STATE,
+            Self::ReadOnly(_) => READ_ONLY,
+            Self::Welcome(_) => WELCOME,
+            Self::Kick(_) => KICK,
+            Self::TeamSpace(_) => TEAM_SPACE,
+            Self::Share(_) => SHARE,
+            Self::Unshare(_) => UNSHARE,
+            Self::TeamInvite(_) => TEAM_INVITE,
+            Self::PersonalSpace(_) => PERSONAL_SPACE,
+        }
+    }
+
+    fn payload(&self) -> serde_json::Result<String> {
+        match self {
+            Self::CreateRoom(job) => serde_json::to_string(job),
+            Self::Invite(job) => serde_json::to_string(job),
+            Self::AgentRoom(job) => serde_json::to_string(job),
+            Self::State(job) => serde_json::to_string(job),
+            Self::ReadOnly(job) => serde_json::to_string(job),
+            Self::Welcome(job) => serde_json::to_string(job),
+            Self::Kick(job) => serde_json::to_string(job),
+            Self::TeamSpace(job) => serde_json::to_string(job),
+            Self::Share(job) => serde_json::to_string(job),
+            Self::Unshare(job) => serde_json::to_string(job),
+            Self::TeamInvite(job) => serde_json::to_string(job),
+            Self::PersonalSpace(job) => serde_json::to_string(job),
+        }
+    }
+
+    fn decode(kind: &str, payload: &str) -> Result<Self, JobDecodeError> {
+        Ok(match kind {
+            CREATE_ROOM => Self::CreateRoom(parse(CREATE_ROOM, payload)?),
+            INVITE => Self::Invite(parse(INVITE, payload)?),
+            AGENT_ROOM => Self::AgentRoom(parse(AGENT_ROOM, payload)?),
+            STATE => Self::State(parse(STATE, payload)?),
+            READ_ONLY => Self::ReadOnly(parse(READ_ONLY, payload)?),
+            WELCOME => Self::Welcome(parse(WELCOME, payload)?),
+            KICK => Self::Kick(parse(KICK, payload)?),
+            TEAM_SPACE => Self::TeamSpace(parse(TEAM_SPACE, payload)?),
+            SHARE => Self::Share(parse(SHARE, payload)?),
+            UNSHARE => Self::Unshare(parse(UNSHARE, payload)?),
+            TEAM_INVITE => Self::TeamInvite(parse(TEAM_INVITE, payload)?),
+            PERSONAL_SPACE => Self::PersonalSpace(parse(PERSONAL_SPACE, payload)?),
+            other => return Err(JobDecodeError::UnknownKind(other.to_string())),
+        })
+    }
+}
+
+fn parse<T: DeserializeOwned>(kind: &'static str, payload: &str) -> Result<T, JobDecodeError> {
+    serde_json::from_str(payload).map_err(|source| JobDecodeError::Payload { kind, source })
+}
+
+macro_rules! job_from {
+    ($($payload:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$payload> for Job {
+            fn from(job: $payload) -> Self {
+                Self::$variant(job)
+            }
+        })*
+    };
+}
+
+macro_rules! room_op_from {
+    ($($payload:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$payload> for Job {
+            fn from(job: $payload) -> Self {
+                Self::Room(RoomOp::$variant(job))
+            }
+        })*
+    };
+}
+
+job_from! {
+    SendJob => Send,
+    TurnJob => Turn,
+    OpenBridgeJob => OpenBridge,
+    CloseBridgeJob => CloseBridge,
+    RoomOp => Room,
+}
+
+room_op_from! {
+    CreateRoomJob => CreateRoom,
+    InviteJob => Invite,
+    AgentRoomJob => AgentRoom,
+    StateJob => State,
+    ReadOnlyJob => ReadOnly,
+    WelcomeJob => Welcome,
+    KickJob => Kick,
+    TeamSpaceJob => TeamSpace,
+    ShareJob => Share,
+    UnshareJob => Unshare,
+    TeamInviteJob => TeamInvite,
+    PersonalSpaceJob => PersonalSpace,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// One row of every kind, as versions before the typed jobs wrote them.
+    fn stored_rows() -> Vec<(&'static str, Value)> {
+        vec![
+            (
+                "send",
+                json!({"channel": "telegram", "channel_id": "-100", "message": {
+                    "id": "6f1c8f0e-4a52-4a5e-9c1c-0b4c3f2d9a11", "channelId": "-100", "senderId": "mosaic",
+                    "senderType": "system", "content": "Hello", "contentType": "text", "metadata": {},
+                    "timestamp": "2026-12-01T10:00:00Z"}}),
+            ),
+            (
+                "agent.turn",
+                json!({"agent": "echo", "conversation_id": "c1", "message_id": "6f1c8f0e-4a52-4a5e-9c1c-0b4c3f2d9a11",
+                    "prompt": "Ask b", "step": {"kind": "request", "to": "b"}}),
+            ),
+            ("bridge.open", json!({"channel": "discord", "channel_id": "42", "conversation_id": "c1"})),
+            ("bridge.close", json!({"channel": "discord", "channel_id": "42", "conversation_id": "c1"})),
+            (
+                "matrix.create_room",
+                json!({"conversation_id": "c1", "title": "Plans", "invite": ["@alice:x"], "agents": ["echo"]}),
+            ),
+            ("matrix.invite", json!({"room_id": "!r:x", "agent": "echo"})),
+            ("matrix.agent_room", json!({"owner_account_id": "a1", "agents": ["a", "b"], "observers": ["@alice:x"]})),
+            (
+                "matrix.state",
+                json!({"room_id": "!r:x", "event_type": "m.room.name", "state_key": "",
+                    "content": {"name": "Mosaic: Plans"}}),
+            ),
+            ("matrix.read_only", json!({"room_id": "!r:x"})),
+            ("matrix.welcome", json!({"account_id": "a1", "account_name": "alice", "user_id": "@alice:x"})),
+            (
+                "matrix.kick",
+                json!({"room_id": "!r:x", "user_id": "@alice:x", "reason": "Your Mosaic account link was revoked"}),
+            ),
+            ("matrix.team_space", json!({"team_id": "t1", "team_name": "Ops", "invite": ["@alice:x"]})),
+            ("matrix.share", json!({"team_id": "t1", "team_name": "Ops", "room_id": "!r:x", "previous_space": "!s:x"})),
+            ("matrix.unshare", json!({"room_id": "!r:x", "space_id": null})),
+            ("matrix.team_invite", json!({"team_id": "t1", "team_name": "Ops", "user_id": "@alice:x"})),
+            ("matrix.personal_space", json!({"account_id": "a1", "account_name": "alice", "user_id": "@alice:x"})),
+        ]
+    }
+
+    #[test]
+    fn stored_rows_of_every_kind_decode_and_are_written_back_the_same() {
+        let rows = stored_rows();
+        assert_eq!(rows.len(), 16, "one row per kind");
+        for (kind, payload) in rows {
+            let job = Job::decode(kind, &payload.to_string()).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            assert_eq!(job.kind(), kind);
+            let written: Value = serde_json::from_str(&job.payload().unwrap()).unwrap();
+            assert_eq!(written, payload, "{kind}");
+        }
+    }
+
+    #[test]
+    fn stored_rows_decode_to_their_variants() {
+        let decode = |kind: &str| {
+            let (_, payload) = stored_rows().into_iter().find(|(k, _)| *k == kind).unwrap();
+            Job::decode(kind, &payload.to_string()).unwrap()
+        };
+        assert!(matches!(decode("send"), Job::Send(SendJob { channel, .. }) if channel == "telegram"));
+        assert!(matches!(decode("agent.turn"), Job::Turn(TurnJob { step: Some(_), .. })));
+        assert!(matches!(decode("bridge.open"), Job::OpenBridge(_)));
+        assert!(
+            matches!(decode("bridge.close"), Job::CloseBridge(CloseBridgeJob { channel_id, .. }) if channel_id == "42")
+        );
+        assert!(matches!(decode("matrix.create_room"), Job::Room(RoomOp::CreateRoom(_))));
+        assert!(matches!(decode("matrix.invite"), Job::Room(RoomOp::Invite(_))));
+        assert!(matches!(decode("matrix.agent_room"), Job::Room(RoomOp::AgentRoom(_))));
+        assert!(matches!(decode("matrix.state"), Job::Room(RoomOp::State(_))));
+        assert!(matches!(decode("matrix.read_only"), Job::Room(RoomOp::ReadOnly(_))));
+        assert!(matches!(decode("matrix.welcome"), Job::Room(RoomOp::Welcome(_))));
+        assert!(matches!(decode("matrix.kick"), Job::Room(RoomOp::Kick(_))));
+        assert!(matches!(decode("matrix.team_space"), Job::Room(RoomOp::TeamSpace(_))));
+        assert!(matches!(decode("matrix.share"), Job::Room(RoomOp::Share(_))));
+        assert!(matches!(decode("matrix.unshare"), Job::Room(RoomOp::Unshare(_))));
+        assert!(matches!(decode("matrix.team_invite"), Job::Room(RoomOp::TeamInvite(_))));
+        assert!(matches!(decode("matrix.personal_space"), Job::Room(RoomOp::PersonalSpace(_))));
+    }
+
+    #[test]
+    fn turns_stored_before_prompts_and_steps_still_decode() {
+        let payload = r#"{"agent":"echo","conversation_id":"c1","message_id":"6f1c8f0e-4a52-4a5e-9c1c-0b4c3f2d9a11"}"#;
+        let Job::Turn(turn) = Job::decode("agent.turn", payload).unwrap() else { panic!("not a turn") };
+        assert_eq!((turn.prompt, turn.step), (None, None));
+    }
+
+    #[test]
+    fn an_unknown_kind_or_a_bad_payload_is_an_error() {
+        let unknown = Job::decode("matrix.frobnicate", "{}").unwrap_err();
+        assert!(matches!(unknown, JobDecodeError::UnknownKind(_)));
+        assert_eq!(unknown.to_string(), r#"unknown job kind "matrix.frobnicate""#);
+        let bad = Job::decode("matrix.kick", r#"{"room_id":"!r:x"}"#).unwrap_err();
+        assert!(bad.to_string().starts_with("bad matrix.kick payload: missing field"), "{bad}");
+        assert!(Job::decode("send", "not json").is_err());
+    }
+}
