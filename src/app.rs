@@ -14,9 +14,10 @@ use crate::config::{Config, TelegramMode};
 use crate::discord::DiscordAdapter;
 use crate::error_ref::ErrorRef;
 use crate::hub::bridging::{OpenBridgeJob, SurfaceAdapter};
-use crate::hub::jobs::{Job, RoomOp};
+use crate::hub::jobs::Job;
+use crate::hub::room_ops::{HomeRooms, RoomOpError};
 use crate::hub::{Hub, SendJob};
-use crate::matrix::{self, MatrixAdapter, adapter::EventError, server};
+use crate::matrix::{self, MatrixAdapter, server};
 use crate::protocol::{BridgeError, ChannelAdapter, ChannelRegistry, ChannelSendError};
 use crate::queue::{self, DeadReason, JobHandler, JobOutcome, Queues, Wakers};
 use crate::store::{Store, outbox};
@@ -43,7 +44,7 @@ struct Dispatcher {
     /// Key of the tokens derived for outgoing messages (see `hub::reveal_secrets`).
     secret_key: String,
     registry: Arc<ChannelRegistry>,
-    matrix: Arc<MatrixAdapter>,
+    rooms: Arc<dyn HomeRooms>,
     store: Store,
 }
 
@@ -59,7 +60,11 @@ impl JobHandler for Dispatcher {
                 }
                 JobOutcome::Done
             }
-            Job::Room(op) => event_outcome(self.room(op).await),
+            Job::Room(op) => match self.rooms.carry_out(op).await {
+                Ok(()) => JobOutcome::Done,
+                Err(RoomOpError::Transient(error)) => JobOutcome::Retry { error, after: None },
+                Err(RoomOpError::Permanent(error)) => JobOutcome::Failed(error),
+            },
             // Turns run in the agents' lanes.
             Job::Turn(_) => JobOutcome::Failed(format!("an agent turn cannot run in the queue {}", row.queue)),
         }
@@ -97,25 +102,6 @@ impl Dispatcher {
             Err(ChannelSendError::Transient { message, retry_after }) => {
                 JobOutcome::Retry { error: message, after: retry_after }
             }
-        }
-    }
-
-    /// Carries out room and Space work on the homeserver.
-    async fn room(&self, op: &RoomOp) -> Result<(), EventError> {
-        let matrix = &self.matrix;
-        match op {
-            RoomOp::CreateRoom(job) => matrix.create_conversation_room(job).await.map(drop),
-            RoomOp::Invite(job) => matrix.invite_agent(job).await,
-            RoomOp::AgentRoom(job) => matrix.open_agent_room(job).await.map(drop),
-            RoomOp::State(job) => matrix.send_state(job).await,
-            RoomOp::ReadOnly(job) => matrix.make_read_only(job).await,
-            RoomOp::Welcome(job) => matrix.welcome(job).await,
-            RoomOp::Kick(job) => matrix.kick(job).await,
-            RoomOp::TeamSpace(job) => matrix.open_team_space(job).await,
-            RoomOp::Share(job) => matrix.share(job).await,
-            RoomOp::Unshare(job) => matrix.unshare(job).await,
-            RoomOp::TeamInvite(job) => matrix.invite_to_team(job).await,
-            RoomOp::PersonalSpace(job) => matrix.personal_space(job).await,
         }
     }
 }
@@ -156,14 +142,6 @@ impl Dispatcher {
             Ok(()) => JobOutcome::Done,
             Err(error) => JobOutcome::Retry { error: error.to_string(), after: None },
         }
-    }
-}
-
-fn event_outcome(result: Result<(), EventError>) -> JobOutcome {
-    match result {
-        Ok(()) => JobOutcome::Done,
-        Err(EventError::Transient(error)) => JobOutcome::Retry { error, after: None },
-        Err(EventError::Permanent(error)) => JobOutcome::Failed(error),
     }
 }
 
@@ -246,7 +224,7 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
     let dispatcher: Arc<dyn JobHandler> = Arc::new(Dispatcher {
         secret_key: config.appservice.as_token.clone(),
         registry: registry.clone(),
-        matrix: matrix.clone(),
+        rooms: matrix.clone(),
         store: store.clone(),
     });
     let limits = queue::RetryLimits::from(&config.delivery);

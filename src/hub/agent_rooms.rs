@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use sqlx::AnyConnection;
 use uuid::Uuid;
 
+use super::room_ops::{AgentRoomJob, agent_room_alias_localpart};
 use super::{Hub, TurnJob, commands::Answer, enqueue_send};
-use crate::matrix::rooms::{AgentRoomJob, agent_room_alias_localpart};
 use crate::protocol::{ChannelMessage, ContentType, SenderType};
 use crate::queue;
 use crate::store::{self, accounts, agent_rooms, messages};

@@ -4,9 +4,9 @@
 
 use sqlx::AnyConnection;
 
+use super::room_ops::{CreateRoomJob, InviteJob};
 use super::teams::TeamCommand;
 use super::{Hub, bridging, lifecycle, limits, power, routing};
-use crate::matrix::rooms::{CreateRoomJob, InviteJob};
 use crate::protocol::ChannelMessage;
 use crate::protocol::link_token::LinkToken;
 use crate::queue;

@@ -7,11 +7,11 @@
 use serde::de::DeserializeOwned;
 
 use super::bridging::{CloseBridgeJob, OpenBridgeJob};
-use super::{SendJob, TurnJob};
-use crate::matrix::rooms::{
-    AgentRoomJob, CreateRoomJob, InviteJob, PersonalSpaceJob, ReadOnlyJob, StateJob, WelcomeJob,
+use super::room_ops::{
+    AgentRoomJob, CreateRoomJob, InviteJob, KickJob, PersonalSpaceJob, ReadOnlyJob, RoomOp, ShareJob, StateJob,
+    TeamInviteJob, TeamSpaceJob, UnshareJob, WelcomeJob,
 };
-use crate::matrix::teams::{KickJob, ShareJob, TeamInviteJob, TeamSpaceJob, UnshareJob};
+use super::{SendJob, TurnJob};
 
 /// One piece of outgoing work.
 #[derive(Debug, Clone)]
@@ -24,37 +24,8 @@ pub enum Job {
     OpenBridge(OpenBridgeJob),
     /// The surface releases what it prepared for a chat that is no longer bridged.
     CloseBridge(CloseBridgeJob),
-    /// Room and Space work on the homeserver.
+    /// Room and Space work on the homeserver ([`super::room_ops`]).
     Room(RoomOp),
-}
-
-/// Room and Space work on the homeserver, run in the `matrix` queue.
-#[derive(Debug, Clone)]
-pub enum RoomOp {
-    /// Create a conversation's room and bring its members in.
-    CreateRoom(CreateRoomJob),
-    /// Invite an agent into a room; the agent joins.
-    Invite(InviteJob),
-    /// An account's room of two agents.
-    AgentRoom(AgentRoomJob),
-    /// One state event sent as the bot.
-    State(StateJob),
-    /// Make a room read-only.
-    ReadOnly(ReadOnlyJob),
-    /// A direct chat from the bot to a newly provisioned person.
-    Welcome(WelcomeJob),
-    /// A person removed from a room.
-    Kick(KickJob),
-    /// A team's Space.
-    TeamSpace(TeamSpaceJob),
-    /// A conversation room shared with a team.
-    Share(ShareJob),
-    /// A conversation room no longer shared.
-    Unshare(UnshareJob),
-    /// A new team member joins the team's Space and shared rooms.
-    TeamInvite(TeamInviteJob),
-    /// An account's personal Space.
-    PersonalSpace(PersonalSpaceJob),
 }
 
 /// Why a stored job cannot be read. Such a job can never run: it is a dead letter.

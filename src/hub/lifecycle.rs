@@ -5,8 +5,9 @@
 use serde_json::json;
 use sqlx::AnyConnection;
 
-use crate::matrix::rooms::{PersonalSpaceJob, ReadOnlyJob, StateJob, WelcomeJob};
-use crate::matrix::teams::{KickJob, ShareJob, TeamInviteJob, TeamSpaceJob, UnshareJob};
+use super::room_ops::{
+    KickJob, PersonalSpaceJob, ReadOnlyJob, ShareJob, StateJob, TeamInviteJob, TeamSpaceJob, UnshareJob, WelcomeJob,
+};
 use crate::queue;
 use crate::store::{self, accounts, conversations, teams};
 

@@ -12,6 +12,7 @@ pub mod limits;
 pub mod power;
 pub mod reactions;
 pub mod retention;
+pub mod room_ops;
 pub mod routing;
 pub mod teams;
 

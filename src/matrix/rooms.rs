@@ -10,45 +10,14 @@ use ruma::events::room::message::RoomMessageEventContent;
 use ruma::events::{MessageLikeEventType, StateEventType};
 use ruma::serde::Raw;
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, UserId};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::adapter::{EventError, MatrixAdapter};
+use crate::hub::room_ops::{
+    AgentRoomJob, CreateRoomJob, InviteJob, PersonalSpaceJob, ReadOnlyJob, StateJob, WelcomeJob,
+    agent_room_alias_localpart,
+};
 use crate::store::{self, conversations};
-
-/// Outbox job: create the room of a conversation and bring its members in.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CreateRoomJob {
-    pub conversation_id: String,
-    pub title: String,
-    /// People to invite (Matrix user ids).
-    pub invite: Vec<String>,
-    /// Agents that join the room.
-    pub agents: Vec<String>,
-}
-
-/// Outbox job: the bot invites an agent into a room, and the agent joins.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InviteJob {
-    pub room_id: String,
-    pub agent: String,
-}
-
-/// Outbox job: an account's room of two agents (ids sorted), with the account's person
-/// invited to watch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AgentRoomJob {
-    /// The account the room belongs to.
-    pub owner_account_id: String,
-    pub agents: (String, String),
-    /// The owner's Matrix identity that asked for the room.
-    pub observers: Vec<String>,
-}
-
-/// The alias localpart of an account's agent room.
-pub fn agent_room_alias_localpart(alias_prefix: &str, owner_account_id: &str, a: &str, b: &str) -> String {
-    format!("{alias_prefix}agents-{a}-{b}-{owner_account_id}")
-}
 
 /// How a room is created.
 pub struct RoomShape {
@@ -349,68 +318,6 @@ impl MatrixAdapter {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn version_12_rooms_do_not_list_the_creator() {
-        let people = vec!["@alice:x".to_string()];
-        let v12 = power_levels("@mosaic-bot:x", &people, "12");
-        assert!(v12["users"].get("@mosaic-bot:x").is_none());
-        assert_eq!(v12["users"]["@alice:x"], 100, "the person the room is for owns it");
-        let v10 = power_levels("@mosaic-bot:x", &people, "10");
-        assert_eq!(v10["users"]["@mosaic-bot:x"], 100);
-        assert_eq!(v10["users_default"], 0);
-        assert_eq!(v10["events_default"], 0);
-        for action in ["state_default", "invite", "kick", "ban", "redact"] {
-            assert_eq!(v10[action], 50, "{action}");
-        }
-    }
-
-    #[test]
-    fn archived_rooms_are_closed_to_their_owners_where_the_bot_outranks_them() {
-        let bot = "@mosaic-bot:x";
-        // Room version 12: the bot created the room and is above everyone listed.
-        assert_eq!(archived_level(&power_levels(bot, &["@alice:x".into()], "12"), bot), 101);
-        assert_eq!(archived_level(&json!({"users": {"@bob:x": 50}}), bot), 100);
-        assert_eq!(archived_level(&json!({}), bot), 100);
-        // Before: the bot has 100 and cannot require more.
-        assert_eq!(archived_level(&power_levels(bot, &["@alice:x".into()], "10"), bot), 100);
-    }
-
-    #[test]
-    fn knows_which_versions_privilege_creators() {
-        assert!(creator_is_privileged("12"));
-        assert!(creator_is_privileged("org.matrix.hydra.11"));
-        assert!(!creator_is_privileged("11"));
-        assert!(!creator_is_privileged("1"));
-    }
-}
-
-/// Outbox job: a state event sent as the bot (room name, tombstone, …).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StateJob {
-    pub room_id: String,
-    pub event_type: String,
-    pub state_key: String,
-    pub content: serde_json::Value,
-}
-
-/// Outbox job: make a room read-only (only the bot may still post).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReadOnlyJob {
-    pub room_id: String,
-}
-
-/// Outbox job: a direct chat from the bot to a newly provisioned person, with a welcome.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WelcomeJob {
-    pub account_id: String,
-    pub account_name: String,
-    pub user_id: String,
-}
-
 /// Power needed to post in an archived room, at least: only the bot has it.
 const ARCHIVED_POWER: i64 = 100;
 
@@ -498,15 +405,6 @@ impl MatrixAdapter {
     }
 }
 
-/// Outbox job: an account's personal Space, with the person invited and the account's
-/// conversation rooms as children.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PersonalSpaceJob {
-    pub account_id: String,
-    pub account_name: String,
-    pub user_id: String,
-}
-
 impl MatrixAdapter {
     /// Creates the Space once, invites the person, and makes every room the account owns
     /// a child of it.
@@ -591,5 +489,44 @@ impl MatrixAdapter {
             Err(error) if error.errcode() == Some("M_FORBIDDEN") => Ok(()),
             Err(error) => Err(error.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_12_rooms_do_not_list_the_creator() {
+        let people = vec!["@alice:x".to_string()];
+        let v12 = power_levels("@mosaic-bot:x", &people, "12");
+        assert!(v12["users"].get("@mosaic-bot:x").is_none());
+        assert_eq!(v12["users"]["@alice:x"], 100, "the person the room is for owns it");
+        let v10 = power_levels("@mosaic-bot:x", &people, "10");
+        assert_eq!(v10["users"]["@mosaic-bot:x"], 100);
+        assert_eq!(v10["users_default"], 0);
+        assert_eq!(v10["events_default"], 0);
+        for action in ["state_default", "invite", "kick", "ban", "redact"] {
+            assert_eq!(v10[action], 50, "{action}");
+        }
+    }
+
+    #[test]
+    fn archived_rooms_are_closed_to_their_owners_where_the_bot_outranks_them() {
+        let bot = "@mosaic-bot:x";
+        // Room version 12: the bot created the room and is above everyone listed.
+        assert_eq!(archived_level(&power_levels(bot, &["@alice:x".into()], "12"), bot), 101);
+        assert_eq!(archived_level(&json!({"users": {"@bob:x": 50}}), bot), 100);
+        assert_eq!(archived_level(&json!({}), bot), 100);
+        // Before: the bot has 100 and cannot require more.
+        assert_eq!(archived_level(&power_levels(bot, &["@alice:x".into()], "10"), bot), 100);
+    }
+
+    #[test]
+    fn knows_which_versions_privilege_creators() {
+        assert!(creator_is_privileged("12"));
+        assert!(creator_is_privileged("org.matrix.hydra.11"));
+        assert!(!creator_is_privileged("11"));
+        assert!(!creator_is_privileged("1"));
     }
 }

@@ -3,53 +3,12 @@
 
 use ruma::api::client::membership::kick_user;
 use ruma::{OwnedRoomId, OwnedUserId};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::adapter::{EventError, MatrixAdapter};
-use super::rooms::{CreateRoomJob, HistoryVisibility, RoomShape, StateJob};
+use super::rooms::{HistoryVisibility, RoomShape};
+use crate::hub::room_ops::{CreateRoomJob, KickJob, ShareJob, StateJob, TeamInviteJob, TeamSpaceJob, UnshareJob};
 use crate::store::{conversations, teams};
-
-/// Outbox job: the team's Space (created once) with `invite` invited.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TeamSpaceJob {
-    pub team_id: String,
-    pub team_name: String,
-    pub invite: Vec<String>,
-}
-
-/// Outbox job: put a conversation room in the team's Space and invite the team.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShareJob {
-    pub team_id: String,
-    pub team_name: String,
-    pub room_id: String,
-    /// The Space of the team the room was shared with before, to leave.
-    pub previous_space: Option<String>,
-}
-
-/// Outbox job: take a room out of a team's Space and remove who came through the share.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UnshareJob {
-    pub room_id: String,
-    pub space_id: Option<String>,
-}
-
-/// Outbox job: a new team member joins the team's Space and shared rooms.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TeamInviteJob {
-    pub team_id: String,
-    pub team_name: String,
-    pub user_id: String,
-}
-
-/// Outbox job: remove a person from a room (as the bot).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KickJob {
-    pub room_id: String,
-    pub user_id: String,
-    pub reason: String,
-}
 
 fn permanent(error: impl std::fmt::Display) -> EventError {
     EventError::Permanent(error.to_string())
