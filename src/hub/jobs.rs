@@ -5,11 +5,13 @@
 //! does not know is an error (its job becomes a dead letter), never a panic.
 
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use super::bridging::{CloseBridgeJob, OpenBridgeJob};
 use super::room_ops::{
-    AgentRoomJob, CreateRoomJob, InviteJob, KickJob, PersonalSpaceJob, ReadOnlyJob, RoomOp, ShareJob, StateJob,
-    TeamInviteJob, TeamSpaceJob, UnshareJob, WelcomeJob,
+    AgentRoomJob, CreateRoomJob, InviteJob, KickJob, PersonalSpaceJob, ReadOnlyJob, RenameJob, RoomOp, ShareJob,
+    TeamInviteJob, TeamSpaceJob, TombstoneJob, UnshareJob, WelcomeJob,
 };
 use super::{SendJob, TurnJob};
 
@@ -33,8 +35,8 @@ pub enum Job {
 pub enum JobDecodeError {
     #[error("unknown job kind {0:?}")]
     UnknownKind(String),
-    #[error("bad {kind} payload: {source}")]
-    Payload { kind: &'static str, source: serde_json::Error },
+    #[error("bad {kind} payload: {reason}")]
+    Payload { kind: &'static str, reason: String },
 }
 
 // The stored kinds. They name rows in databases: never change one.
@@ -97,7 +99,7 @@ impl RoomOp {
             Self::CreateRoom(_) => CREATE_ROOM,
             Self::Invite(_) => INVITE,
             Self::AgentRoom(_) => AGENT_ROOM,
-            Self::State(_) => STATE,
+            Self::Rename(_) | Self::Tombstone(_) => STATE,
             Self::ReadOnly(_) => READ_ONLY,
             Self::Welcome(_) => WELCOME,
             Self::Kick(_) => KICK,
@@ -114,7 +116,8 @@ impl RoomOp {
             Self::CreateRoom(job) => serde_json::to_string(job),
             Self::Invite(job) => serde_json::to_string(job),
             Self::AgentRoom(job) => serde_json::to_string(job),
-            Self::State(job) => serde_json::to_string(job),
+            Self::Rename(job) => serde_json::to_string(&StoredState::name(job)),
+            Self::Tombstone(job) => serde_json::to_string(&StoredState::tombstone(job)),
             Self::ReadOnly(job) => serde_json::to_string(job),
             Self::Welcome(job) => serde_json::to_string(job),
             Self::Kick(job) => serde_json::to_string(job),
@@ -131,7 +134,7 @@ impl RoomOp {
             CREATE_ROOM => Self::CreateRoom(parse(CREATE_ROOM, payload)?),
             INVITE => Self::Invite(parse(INVITE, payload)?),
             AGENT_ROOM => Self::AgentRoom(parse(AGENT_ROOM, payload)?),
-            STATE => Self::State(parse(STATE, payload)?),
+            STATE => parse::<StoredState>(STATE, payload)?.into_op()?,
             READ_ONLY => Self::ReadOnly(parse(READ_ONLY, payload)?),
             WELCOME => Self::Welcome(parse(WELCOME, payload)?),
             KICK => Self::Kick(parse(KICK, payload)?),
@@ -146,7 +149,62 @@ impl RoomOp {
 }
 
 fn parse<T: DeserializeOwned>(kind: &'static str, payload: &str) -> Result<T, JobDecodeError> {
-    serde_json::from_str(payload).map_err(|source| JobDecodeError::Payload { kind, source })
+    serde_json::from_str(payload).map_err(|error| JobDecodeError::Payload { kind, reason: error.to_string() })
+}
+
+/// How renames and tombstones are stored: as the state event they set (kind
+/// `matrix.state`), which is how versions before [`RoomOp::Rename`] and
+/// [`RoomOp::Tombstone`] queued them. Other state events are not queued.
+#[derive(Serialize, Deserialize)]
+struct StoredState {
+    room_id: String,
+    event_type: String,
+    state_key: String,
+    content: serde_json::Value,
+}
+
+const ROOM_NAME: &str = "m.room.name";
+const ROOM_TOMBSTONE: &str = "m.room.tombstone";
+
+impl StoredState {
+    fn name(job: &RenameJob) -> Self {
+        Self {
+            room_id: job.room_id.clone(),
+            event_type: ROOM_NAME.into(),
+            state_key: String::new(),
+            content: json!({ "name": job.name }),
+        }
+    }
+
+    fn tombstone(job: &TombstoneJob) -> Self {
+        Self {
+            room_id: job.room_id.clone(),
+            event_type: ROOM_TOMBSTONE.into(),
+            state_key: String::new(),
+            content: json!({ "body": job.body, "replacement_room": "" }),
+        }
+    }
+
+    fn into_op(self) -> Result<RoomOp, JobDecodeError> {
+        let text = |field: &str| match self.content.get(field).and_then(serde_json::Value::as_str) {
+            Some(text) => Ok(text.to_string()),
+            None => Err(JobDecodeError::Payload {
+                kind: STATE,
+                reason: format!("{} without a text {field:?}", self.event_type),
+            }),
+        };
+        let op = match self.event_type.as_str() {
+            ROOM_NAME => RoomOp::Rename(RenameJob { name: text("name")?, room_id: self.room_id.clone() }),
+            ROOM_TOMBSTONE => RoomOp::Tombstone(TombstoneJob { body: text("body")?, room_id: self.room_id.clone() }),
+            other => {
+                return Err(JobDecodeError::Payload {
+                    kind: STATE,
+                    reason: format!("no state event {other:?} is queued"),
+                });
+            }
+        };
+        Ok(op)
+    }
 }
 
 macro_rules! job_from {
@@ -181,7 +239,8 @@ room_op_from! {
     CreateRoomJob => CreateRoom,
     InviteJob => Invite,
     AgentRoomJob => AgentRoom,
-    StateJob => State,
+    RenameJob => Rename,
+    TombstoneJob => Tombstone,
     ReadOnlyJob => ReadOnly,
     WelcomeJob => Welcome,
     KickJob => Kick,
@@ -226,6 +285,11 @@ mod tests {
                 json!({"room_id": "!r:x", "event_type": "m.room.name", "state_key": "",
                     "content": {"name": "Mosaic: Plans"}}),
             ),
+            (
+                "matrix.state",
+                json!({"room_id": "!r:x", "event_type": "m.room.tombstone", "state_key": "",
+                    "content": {"body": "This conversation was archived and is read-only.", "replacement_room": ""}}),
+            ),
             ("matrix.read_only", json!({"room_id": "!r:x"})),
             ("matrix.welcome", json!({"account_id": "a1", "account_name": "alice", "user_id": "@alice:x"})),
             (
@@ -243,7 +307,7 @@ mod tests {
     #[test]
     fn stored_rows_of_every_kind_decode_and_are_written_back_the_same() {
         let rows = stored_rows();
-        assert_eq!(rows.len(), 16, "one row per kind");
+        assert_eq!(rows.len(), 17, "one row per kind, two for the state events");
         for (kind, payload) in rows {
             let job = Job::decode(kind, &payload.to_string()).unwrap_or_else(|e| panic!("{kind}: {e}"));
             assert_eq!(job.kind(), kind);
@@ -267,7 +331,9 @@ mod tests {
         assert!(matches!(decode("matrix.create_room"), Job::Room(RoomOp::CreateRoom(_))));
         assert!(matches!(decode("matrix.invite"), Job::Room(RoomOp::Invite(_))));
         assert!(matches!(decode("matrix.agent_room"), Job::Room(RoomOp::AgentRoom(_))));
-        assert!(matches!(decode("matrix.state"), Job::Room(RoomOp::State(_))));
+        assert!(
+            matches!(decode("matrix.state"), Job::Room(RoomOp::Rename(RenameJob { name, .. })) if name == "Mosaic: Plans")
+        );
         assert!(matches!(decode("matrix.read_only"), Job::Room(RoomOp::ReadOnly(_))));
         assert!(matches!(decode("matrix.welcome"), Job::Room(RoomOp::Welcome(_))));
         assert!(matches!(decode("matrix.kick"), Job::Room(RoomOp::Kick(_))));
@@ -276,6 +342,34 @@ mod tests {
         assert!(matches!(decode("matrix.unshare"), Job::Room(RoomOp::Unshare(_))));
         assert!(matches!(decode("matrix.team_invite"), Job::Room(RoomOp::TeamInvite(_))));
         assert!(matches!(decode("matrix.personal_space"), Job::Room(RoomOp::PersonalSpace(_))));
+    }
+
+    #[test]
+    fn renames_and_tombstones_are_stored_as_the_state_events_they_set() {
+        let rename = Job::from(RenameJob { room_id: "!r:x".into(), name: "Mosaic: Plans".into() });
+        let tombstone = Job::from(TombstoneJob { room_id: "!r:x".into(), body: "Archived.".into() });
+        assert_eq!((rename.kind(), tombstone.kind()), ("matrix.state", "matrix.state"));
+        let stored: Value = serde_json::from_str(&tombstone.payload().unwrap()).unwrap();
+        let expected = json!({"room_id": "!r:x", "event_type": "m.room.tombstone", "state_key": "",
+            "content": {"body": "Archived.", "replacement_room": ""}});
+        assert_eq!(stored, expected);
+        let Job::Room(RoomOp::Tombstone(back)) = Job::decode("matrix.state", &stored.to_string()).unwrap() else {
+            panic!("not a tombstone")
+        };
+        assert_eq!(back, TombstoneJob { room_id: "!r:x".into(), body: "Archived.".into() });
+        let Job::Room(RoomOp::Rename(back)) = Job::decode("matrix.state", &rename.payload().unwrap()).unwrap() else {
+            panic!("not a rename")
+        };
+        assert_eq!(back, RenameJob { room_id: "!r:x".into(), name: "Mosaic: Plans".into() });
+    }
+
+    #[test]
+    fn state_events_other_than_names_and_tombstones_are_not_queued() {
+        let topic = r#"{"room_id":"!r:x","event_type":"m.room.topic","state_key":"","content":{"topic":"t"}}"#;
+        let error = Job::decode("matrix.state", topic).unwrap_err();
+        assert_eq!(error.to_string(), r#"bad matrix.state payload: no state event "m.room.topic" is queued"#);
+        let nameless = r#"{"room_id":"!r:x","event_type":"m.room.name","state_key":"","content":{}}"#;
+        assert!(Job::decode("matrix.state", nameless).is_err());
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! account for a Matrix user, renaming and archiving conversations. Each change is
 //! written with the Matrix work it needs, queued in the same transaction.
 
-use serde_json::json;
 use sqlx::AnyConnection;
 
 use super::room_ops::{
-    KickJob, PersonalSpaceJob, ReadOnlyJob, ShareJob, StateJob, TeamInviteJob, TeamSpaceJob, UnshareJob, WelcomeJob,
+    KickJob, PersonalSpaceJob, ReadOnlyJob, RenameJob, ShareJob, TeamInviteJob, TeamSpaceJob, TombstoneJob, UnshareJob,
+    WelcomeJob,
 };
 use crate::queue;
 use crate::store::{self, accounts, conversations, teams};
@@ -65,12 +65,7 @@ pub async fn rename_conversation(conn: &mut AnyConnection, id: &str, title: &str
         return Ok(false);
     }
     if let Some(room_id) = conversations::room_for_conversation(conn, id).await? {
-        let job = StateJob {
-            room_id,
-            event_type: "m.room.name".into(),
-            state_key: String::new(),
-            content: json!({ "name": format!("Mosaic: {title}") }),
-        };
+        let job = RenameJob { room_id, name: format!("Mosaic: {title}") };
         let key = format!("rename:{id}:{}", uuid::Uuid::new_v4());
         queue::enqueue(conn, queue::ROOMS_QUEUE, &key, job).await?;
     }
@@ -86,14 +81,8 @@ pub async fn archive_conversation(conn: &mut AnyConnection, id: &str) -> store::
     if let Some(room_id) = conversations::room_for_conversation(conn, id).await? {
         let read_only = ReadOnlyJob { room_id: room_id.clone() };
         queue::enqueue(conn, queue::ROOMS_QUEUE, &format!("archive:read_only:{id}"), read_only).await?;
-        // Matrix requires a replacement room in a tombstone; an archived conversation
-        // has none, which clients show as a room that ended.
-        let tombstone = StateJob {
-            room_id,
-            event_type: "m.room.tombstone".into(),
-            state_key: String::new(),
-            content: json!({ "body": "This conversation was archived and is read-only.", "replacement_room": "" }),
-        };
+        // The room ends without a successor.
+        let tombstone = TombstoneJob { room_id, body: "This conversation was archived and is read-only.".into() };
         queue::enqueue(conn, queue::ROOMS_QUEUE, &format!("archive:tombstone:{id}"), tombstone).await?;
     }
     Ok(true)

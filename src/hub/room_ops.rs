@@ -20,8 +20,10 @@ pub enum RoomOp {
     Invite(InviteJob),
     /// An account's room of two agents.
     AgentRoom(AgentRoomJob),
-    /// One state event sent as the bot.
-    State(StateJob),
+    /// Give a room a new name.
+    Rename(RenameJob),
+    /// End a room: it has no successor, and clients show it as ended.
+    Tombstone(TombstoneJob),
     /// Make a room read-only.
     ReadOnly(ReadOnlyJob),
     /// A direct chat from the bot to a newly provisioned person.
@@ -91,13 +93,18 @@ pub fn agent_room_alias_localpart(alias_prefix: &str, owner_account_id: &str, a:
     format!("{alias_prefix}agents-{a}-{b}-{owner_account_id}")
 }
 
-/// A state event sent as the bot (room name, tombstone, …).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StateJob {
+/// Give a room a new name (as the bot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenameJob {
     pub room_id: String,
-    pub event_type: String,
-    pub state_key: String,
-    pub content: serde_json::Value,
+    pub name: String,
+}
+
+/// End a room (as the bot), saying why: it has no successor room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TombstoneJob {
+    pub room_id: String,
+    pub body: String,
 }
 
 /// Make a room read-only (only the bot may still post).

@@ -7,14 +7,15 @@ use ruma::api::client::membership::{invite_user, join_room_by_id};
 use ruma::api::client::room::{Visibility, create_room};
 use ruma::api::client::state::{get_state_event_for_key, send_state_event};
 use ruma::events::room::message::RoomMessageEventContent;
-use ruma::events::{MessageLikeEventType, StateEventType};
+use ruma::events::room::name::RoomNameEventContent;
+use ruma::events::{EmptyStateKey, MessageLikeEventType, StateEventType};
 use ruma::serde::Raw;
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, UserId};
 use serde_json::json;
 
 use super::adapter::{EventError, MatrixAdapter};
 use crate::hub::room_ops::{
-    AgentRoomJob, CreateRoomJob, InviteJob, PersonalSpaceJob, ReadOnlyJob, StateJob, WelcomeJob,
+    AgentRoomJob, CreateRoomJob, InviteJob, PersonalSpaceJob, ReadOnlyJob, RenameJob, TombstoneJob, WelcomeJob,
     agent_room_alias_localpart,
 };
 use crate::store::{self, conversations};
@@ -318,6 +319,14 @@ impl MatrixAdapter {
     }
 }
 
+/// A state event sent as the bot, its content as JSON.
+pub struct StateEvent {
+    pub room_id: String,
+    pub event_type: String,
+    pub state_key: String,
+    pub content: serde_json::Value,
+}
+
 /// Power needed to post in an archived room, at least: only the bot has it.
 const ARCHIVED_POWER: i64 = 100;
 
@@ -336,7 +345,7 @@ pub fn archived_level(power_levels: &serde_json::Value, bot: &str) -> i64 {
 }
 
 impl MatrixAdapter {
-    pub async fn send_state(&self, job: &StateJob) -> Result<(), EventError> {
+    pub async fn send_state(&self, job: &StateEvent) -> Result<(), EventError> {
         let room = OwnedRoomId::try_from(job.room_id.as_str()).map_err(|e| EventError::Permanent(e.to_string()))?;
         let raw = serde_json::value::to_raw_value(&job.content).map_err(|e| EventError::Permanent(e.to_string()))?;
         let request = send_state_event::v3::Request::new_raw(
@@ -347,6 +356,29 @@ impl MatrixAdapter {
         );
         self.client().call(request, None).await?;
         Ok(())
+    }
+
+    /// Sets the room's `m.room.name`.
+    pub async fn rename_room(&self, job: &RenameJob) -> Result<(), EventError> {
+        let room = OwnedRoomId::try_from(job.room_id.as_str()).map_err(|e| EventError::Permanent(e.to_string()))?;
+        let content = RoomNameEventContent::new(job.name.clone());
+        let request = send_state_event::v3::Request::new(room, &EmptyStateKey, &content)
+            .map_err(|e| EventError::Permanent(e.to_string()))?;
+        self.client().call(request, None).await?;
+        Ok(())
+    }
+
+    /// Ends the room with an `m.room.tombstone` whose `replacement_room` is empty. Matrix
+    /// requires that field (so ruma's typed content does too), and an empty one says there
+    /// is no successor: clients show the room as ended.
+    pub async fn tombstone(&self, job: &TombstoneJob) -> Result<(), EventError> {
+        let state = StateEvent {
+            room_id: job.room_id.clone(),
+            event_type: "m.room.tombstone".into(),
+            state_key: String::new(),
+            content: json!({ "body": job.body, "replacement_room": "" }),
+        };
+        self.send_state(&state).await
     }
 
     /// Raises the power needed for messages and state above everyone but the bot.
@@ -362,7 +394,7 @@ impl MatrixAdapter {
             content[key] = json!(level);
         }
         content["events"] = json!({});
-        let state = StateJob {
+        let state = StateEvent {
             room_id: job.room_id.clone(),
             event_type: "m.room.power_levels".into(),
             state_key: String::new(),
@@ -454,14 +486,14 @@ impl MatrixAdapter {
         let via = json!({ "via": [self.namespace().server_name] });
         let mut parent_content = via.clone();
         parent_content["canonical"] = json!(true);
-        let parent = StateJob {
+        let parent = StateEvent {
             room_id: room.into(),
             event_type: "m.space.parent".into(),
             state_key: space.into(),
             content: parent_content,
         };
         self.send_state(&parent).await?;
-        let child = StateJob {
+        let child = StateEvent {
             room_id: space.into(),
             event_type: "m.space.child".into(),
             state_key: room.into(),

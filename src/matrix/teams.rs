@@ -6,8 +6,8 @@ use ruma::{OwnedRoomId, OwnedUserId};
 use serde_json::json;
 
 use super::adapter::{EventError, MatrixAdapter};
-use super::rooms::{HistoryVisibility, RoomShape};
-use crate::hub::room_ops::{CreateRoomJob, KickJob, ShareJob, StateJob, TeamInviteJob, TeamSpaceJob, UnshareJob};
+use super::rooms::{HistoryVisibility, RoomShape, StateEvent};
+use crate::hub::room_ops::{CreateRoomJob, KickJob, ShareJob, TeamInviteJob, TeamSpaceJob, UnshareJob};
 use crate::store::{conversations, teams};
 
 fn permanent(error: impl std::fmt::Display) -> EventError {
@@ -139,14 +139,14 @@ impl MatrixAdapter {
 
     /// Removes the Space ↔ room links (an empty content ends a link).
     async fn unlink_child(&self, space: &str, room: &str) -> Result<(), EventError> {
-        let child = StateJob {
+        let child = StateEvent {
             room_id: space.into(),
             event_type: "m.space.child".into(),
             state_key: room.into(),
             content: json!({}),
         };
         self.send_state(&child).await?;
-        let parent = StateJob {
+        let parent = StateEvent {
             room_id: room.into(),
             event_type: "m.space.parent".into(),
             state_key: space.into(),
@@ -156,7 +156,7 @@ impl MatrixAdapter {
     }
 
     async fn set_history(&self, room: &str, history: HistoryVisibility) -> Result<(), EventError> {
-        let state = StateJob {
+        let state = StateEvent {
             room_id: room.into(),
             event_type: "m.room.history_visibility".into(),
             state_key: String::new(),
