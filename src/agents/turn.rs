@@ -448,7 +448,7 @@ async fn asker_of(conn: &mut AnyConnection, message: &ChannelMessage) -> store::
                 current.sender_id.clone()
             } else {
                 let name = current.meta_str(crate::protocol::metadata_keys::SENDER_NAME).unwrap_or(&current.sender_id);
-                format!("{name} ({})", crate::matrix::adapter::surface_title(&channel))
+                format!("{name} ({})", crate::protocol::surface_title(&channel))
             };
             return Ok(Some(Asker { channel, sender_id: current.sender_id, account_id: account, label }));
         }

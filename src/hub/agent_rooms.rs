@@ -14,10 +14,7 @@ use crate::protocol::{ChannelMessage, ContentType, SenderType};
 use crate::queue;
 use crate::store::{self, accounts, agent_rooms, messages};
 
-/// Metadata key holding a message's `mosaic.agent_message` payload. A `reply_to` in its
-/// `payload` is a canonical message id; the Matrix adapter turns it into
-/// `reply_to_event_id`.
-pub const AGENT_MESSAGE: &str = "mosaic.agentMessage";
+pub use crate::protocol::metadata_keys::AGENT_MESSAGE;
 pub const SCHEMA_VERSION: &str = "1.0";
 /// People's messages that start with this interrupt the agents.
 pub const HUMAN_PREFIX: &str = "[HUMAN]";

@@ -170,7 +170,7 @@ async fn report_bridge_in(
 /// Bridging a chat was given up (its surface kept failing): the chat is unbridged again
 /// and the room told, so that `!bridge` does not stay at "Bridging…".
 pub async fn report_bridge_given_up(conn: &mut AnyConnection, open: &OpenBridgeJob) -> store::Result<()> {
-    let surface = crate::matrix::adapter::surface_title(&open.channel);
+    let surface = crate::protocol::surface_title(&open.channel);
     let text = format!(
         "Could not bridge {} chat `{}`: {surface} kept failing. Try `!bridge` again later; an admin can see why with `mosaic-as jobs`.",
         open.channel, open.channel_id
@@ -194,7 +194,7 @@ pub async fn report_undelivered(
     let Some(room) = conversations::room_for_conversation(conn, &bridge.conversation_id).await? else {
         return Ok(());
     };
-    let surface = crate::matrix::adapter::surface_title(&send.channel);
+    let surface = crate::protocol::surface_title(&send.channel);
     let what = if send.message.is_reaction() { "reaction" } else { "message" };
     let whose = match send.message.meta_str(metadata_keys::SENDER_NAME) {
         Some(name) => format!("{name}'s {what}"),
@@ -257,7 +257,7 @@ impl Hub {
             None => {
                 return Ok(format!(
                     "I could not ask {} whether you may bridge that chat; try again later.",
-                    crate::matrix::adapter::surface_title(surface)
+                    crate::protocol::surface_title(surface)
                 )
                 .into());
             }
@@ -329,14 +329,7 @@ impl Hub {
     }
 }
 
-/// How a person is named on the other surfaces: their name where they wrote, and that
-/// surface (`Alice (Matrix)`). Agents and the bot are named without one, so a person
-/// can never appear under their names.
-pub fn person_name(msg: &ChannelMessage) -> String {
-    let name = msg.meta_str(metadata_keys::SENDER_NAME).map(str::trim).filter(|n| !n.is_empty());
-    let surface = crate::matrix::adapter::surface_title(msg.origin_channel());
-    format!("{} ({surface})", name.unwrap_or(&msg.sender_id))
-}
+pub use crate::protocol::person_name;
 
 /// Wraps a surface's adapter so that every message it sends is first put into that
 /// surface's terms: the sender's name and avatar, edits bridged from elsewhere, and
