@@ -13,17 +13,11 @@ use crate::agents::{Agents, TurnControl};
 use crate::config::{Config, TelegramMode};
 use crate::discord::DiscordAdapter;
 use crate::error_ref::ErrorRef;
-use crate::hub::bridging::{CLOSE_BRIDGE_KIND, OPEN_BRIDGE_KIND, OpenBridgeJob, SurfaceAdapter};
-use crate::hub::{Hub, SEND_KIND, SendJob};
-use crate::matrix::rooms::{
-    AGENT_ROOM_KIND, AgentRoomJob, CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob, PERSONAL_SPACE_KIND,
-    PersonalSpaceJob, READ_ONLY_KIND, ReadOnlyJob, STATE_KIND, StateJob, WELCOME_KIND, WelcomeJob,
-};
-use crate::matrix::teams::{
-    KICK_KIND, KickJob, SHARE_KIND, ShareJob, TEAM_INVITE_KIND, TEAM_SPACE_KIND, TeamInviteJob, TeamSpaceJob,
-    UNSHARE_KIND, UnshareJob,
-};
-use crate::matrix::{self, MatrixAdapter, adapter::EventError, server};
+use crate::hub::bridging::{OpenBridgeJob, SurfaceAdapter};
+use crate::hub::jobs::Job;
+use crate::hub::room_ops::{HomeRooms, RoomOpError};
+use crate::hub::{Hub, SendJob};
+use crate::matrix::{self, MatrixAdapter, server};
 use crate::protocol::{BridgeError, ChannelAdapter, ChannelRegistry, ChannelSendError};
 use crate::queue::{self, DeadReason, JobHandler, JobOutcome, Queues, Wakers};
 use crate::store::{Store, outbox};
@@ -45,98 +39,59 @@ pub enum ServeError {
     NonDumpable(std::io::Error),
 }
 
-/// Runs outbox jobs by kind.
+/// Runs the jobs of the surfaces' queues: sends, bridge set-up, room work.
 struct Dispatcher {
     /// Key of the tokens derived for outgoing messages (see `hub::reveal_secrets`).
     secret_key: String,
     registry: Arc<ChannelRegistry>,
-    matrix: Arc<MatrixAdapter>,
+    rooms: Arc<dyn HomeRooms>,
     store: Store,
 }
 
 #[async_trait]
 impl JobHandler for Dispatcher {
-    async fn run(&self, job: &outbox::Job) -> JobOutcome {
-        let matrix = &self.matrix;
-        let payload = job.payload.as_str();
-        match job.kind.as_str() {
-            SEND_KIND => self.send(job).await,
-            OPEN_BRIDGE_KIND => match serde_json::from_str::<OpenBridgeJob>(payload) {
-                Ok(open) => self.open_bridge(&open).await,
-                Err(error) => JobOutcome::Failed(format!("bad bridge payload: {error}")),
-            },
-            CLOSE_BRIDGE_KIND => match serde_json::from_str::<OpenBridgeJob>(payload) {
-                Ok(close) => {
-                    if let Some(adapter) = self.registry.get(&close.channel) {
-                        adapter.close_bridge(&close.channel_id).await;
-                    }
-                    JobOutcome::Done
+    async fn run(&self, row: &outbox::Job, job: &Job) -> JobOutcome {
+        match job {
+            Job::Send(send) => self.send(row, send).await,
+            Job::OpenBridge(open) => self.open_bridge(open).await,
+            Job::CloseBridge(close) => {
+                if let Some(adapter) = self.registry.get(&close.channel) {
+                    adapter.close_bridge(&close.channel_id).await;
                 }
-                Err(error) => JobOutcome::Failed(format!("bad bridge payload: {error}")),
+                JobOutcome::Done
+            }
+            Job::Room(op) => match self.rooms.carry_out(op).await {
+                Ok(()) => JobOutcome::Done,
+                Err(RoomOpError::Transient(error)) => JobOutcome::Retry { error, after: None },
+                Err(RoomOpError::Permanent(error)) => JobOutcome::Failed(error),
             },
-            CREATE_ROOM_KIND => {
-                matrix_job(
-                    payload,
-                    |j: CreateRoomJob| async move { matrix.create_conversation_room(&j).await.map(drop) },
-                )
-                .await
-            }
-            INVITE_KIND => matrix_job(payload, |j: InviteJob| async move { matrix.invite_agent(&j).await }).await,
-            AGENT_ROOM_KIND => {
-                matrix_job(payload, |j: AgentRoomJob| async move { matrix.open_agent_room(&j).await.map(drop) }).await
-            }
-            STATE_KIND => matrix_job(payload, |j: StateJob| async move { matrix.send_state(&j).await }).await,
-            READ_ONLY_KIND => {
-                matrix_job(payload, |j: ReadOnlyJob| async move { matrix.make_read_only(&j).await }).await
-            }
-            WELCOME_KIND => matrix_job(payload, |j: WelcomeJob| async move { matrix.welcome(&j).await }).await,
-            KICK_KIND => matrix_job(payload, |j: KickJob| async move { matrix.kick(&j).await }).await,
-            TEAM_SPACE_KIND => {
-                matrix_job(payload, |j: TeamSpaceJob| async move { matrix.open_team_space(&j).await }).await
-            }
-            SHARE_KIND => matrix_job(payload, |j: ShareJob| async move { matrix.share(&j).await }).await,
-            UNSHARE_KIND => matrix_job(payload, |j: UnshareJob| async move { matrix.unshare(&j).await }).await,
-            TEAM_INVITE_KIND => {
-                matrix_job(payload, |j: TeamInviteJob| async move { matrix.invite_to_team(&j).await }).await
-            }
-            PERSONAL_SPACE_KIND => {
-                matrix_job(payload, |j: PersonalSpaceJob| async move { matrix.personal_space(&j).await }).await
-            }
-            other => JobOutcome::Failed(format!("unknown job kind {other:?}")),
+            // Turns run in the agents' lanes.
+            Job::Turn(_) => JobOutcome::Failed(format!("an agent turn cannot run in the queue {}", row.queue)),
         }
     }
 
     async fn on_dead_letter(
         &self,
         conn: &mut crate::store::AnyConnection,
-        job: &outbox::Job,
+        row: &outbox::Job,
+        job: &Job,
         reason: DeadReason,
     ) -> crate::store::Result<()> {
-        match job.kind.as_str() {
-            SEND_KIND => match serde_json::from_str::<SendJob>(&job.payload) {
-                Ok(send) => crate::hub::bridging::report_undelivered(conn, &send, job.seq, reason).await,
-                Err(_) => Ok(()),
-            },
-            OPEN_BRIDGE_KIND => match serde_json::from_str::<OpenBridgeJob>(&job.payload) {
-                Ok(open) => crate::hub::bridging::report_bridge_given_up(conn, &open).await,
-                Err(_) => Ok(()),
-            },
-            _ => Ok(()),
+        match job {
+            Job::Send(send) => crate::hub::bridging::report_undelivered(conn, send, row.seq, reason).await,
+            Job::OpenBridge(open) => crate::hub::bridging::report_bridge_given_up(conn, open).await,
+            Job::Turn(_) | Job::CloseBridge(_) | Job::Room(_) => Ok(()),
         }
     }
 }
 
 impl Dispatcher {
-    async fn send(&self, job: &outbox::Job) -> JobOutcome {
-        let send: SendJob = match serde_json::from_str(&job.payload) {
-            Ok(send) => send,
-            Err(error) => return JobOutcome::Failed(format!("bad send payload: {error}")),
-        };
+    async fn send(&self, row: &outbox::Job, send: &SendJob) -> JobOutcome {
         let Some(adapter) = self.registry.get(&send.channel) else {
             return JobOutcome::Retry { error: format!("no adapter {:?} registered", send.channel), after: None };
         };
         let message = crate::hub::reveal_secrets(&send.message, &self.secret_key);
-        let sent = match job.may_have_run(self.store.opened_at()) {
+        let sent = match row.may_have_run(self.store.opened_at()) {
             true => adapter.resend_message(&send.channel_id, &message).await,
             false => adapter.send_message(&send.channel_id, &message).await,
         };
@@ -187,27 +142,6 @@ impl Dispatcher {
             Ok(()) => JobOutcome::Done,
             Err(error) => JobOutcome::Retry { error: error.to_string(), after: None },
         }
-    }
-}
-
-/// Runs a Matrix job whose payload parses as `T`.
-async fn matrix_job<T, F, Fut>(payload: &str, run: F) -> JobOutcome
-where
-    T: serde::de::DeserializeOwned,
-    F: FnOnce(T) -> Fut,
-    Fut: std::future::Future<Output = Result<(), EventError>>,
-{
-    match serde_json::from_str::<T>(payload) {
-        Ok(job) => event_outcome(run(job).await),
-        Err(error) => JobOutcome::Failed(format!("bad {} payload: {error}", std::any::type_name::<T>())),
-    }
-}
-
-fn event_outcome(result: Result<(), EventError>) -> JobOutcome {
-    match result {
-        Ok(()) => JobOutcome::Done,
-        Err(EventError::Transient(error)) => JobOutcome::Retry { error, after: None },
-        Err(EventError::Permanent(error)) => JobOutcome::Failed(error),
     }
 }
 
@@ -290,7 +224,7 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
     let dispatcher: Arc<dyn JobHandler> = Arc::new(Dispatcher {
         secret_key: config.appservice.as_token.clone(),
         registry: registry.clone(),
-        matrix: matrix.clone(),
+        rooms: matrix.clone(),
         store: store.clone(),
     });
     let limits = queue::RetryLimits::from(&config.delivery);

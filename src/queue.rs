@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
 use crate::config::DeliveryConfig;
+use crate::hub::jobs::Job;
 use crate::store::group_commit::Write;
 use crate::store::{self, AnyConnection, Store, outbox};
 
@@ -153,19 +154,23 @@ impl RetryLimits {
     }
 }
 
+/// Runs the jobs of some queues. A row that does not decode into a [`Job`] never
+/// reaches a handler: it is a dead letter at once.
 #[async_trait]
 pub trait JobHandler: Send + Sync {
-    async fn run(&self, job: &outbox::Job) -> JobOutcome;
+    /// One try of `job`, read from the outbox row `row`.
+    async fn run(&self, row: &outbox::Job, job: &Job) -> JobOutcome;
 
     /// The job was given up: tell the people concerned, in the same database
     /// transaction that sets it aside. By default nobody is told.
     async fn on_dead_letter(
         &self,
         conn: &mut AnyConnection,
-        job: &outbox::Job,
+        row: &outbox::Job,
+        job: &Job,
         reason: DeadReason,
     ) -> store::Result<()> {
-        let _ = (conn, job, reason);
+        let _ = (conn, row, job, reason);
         Ok(())
     }
 }
@@ -189,16 +194,16 @@ impl Wakers {
     }
 }
 
-/// Enqueues a job with a JSON payload.
-pub async fn enqueue<T: Serialize>(
+/// Enqueues a job, stored as its kind and JSON payload (see [`Job`]).
+pub async fn enqueue(
     conn: &mut store::AnyConnection,
     queue: &str,
     dedupe_key: &str,
-    kind: &str,
-    payload: &T,
+    job: impl Into<Job>,
 ) -> store::Result<bool> {
-    let payload = serde_json::to_string(payload).map_err(|e| store::StoreError::Corrupt(e.to_string()))?;
-    outbox::enqueue(conn, queue, dedupe_key, kind, &payload).await
+    let job = job.into();
+    let payload = job.payload().map_err(|e| store::StoreError::Corrupt(e.to_string()))?;
+    outbox::enqueue(conn, queue, dedupe_key, job.kind(), &payload).await
 }
 
 /// Backoff for the n-th retry: 0.5 s doubling up to 30 s.
@@ -308,15 +313,20 @@ impl Lane {
 
 /// Runs one try of `job` and records what became of it.
 pub async fn run_one(store: &Store, queue: &str, handler: &dyn JobHandler, job: &outbox::Job, limits: &RetryLimits) {
-    let outcome = handler.run(job).await;
+    let decoded = Job::decode(&job.kind, &job.payload);
+    let outcome = match &decoded {
+        Ok(work) => handler.run(job, work).await,
+        Err(error) => JobOutcome::Failed(error.to_string()),
+    };
+    let told = decoded.as_ref().ok().map(|work| (handler, work));
     let result = async {
         match &outcome {
             JobOutcome::Done => store.commit_grouped(Write::JobDone { seq: job.seq }).await,
             JobOutcome::Recorded => Ok(()),
-            JobOutcome::Failed(error) => give_up(store, handler, job, DeadReason::Permanent, error).await,
-            JobOutcome::Unconfirmed(error) => give_up(store, handler, job, DeadReason::Unconfirmed, error).await,
+            JobOutcome::Failed(error) => give_up(store, told, job, DeadReason::Permanent, error).await,
+            JobOutcome::Unconfirmed(error) => give_up(store, told, job, DeadReason::Unconfirmed, error).await,
             JobOutcome::Retry { error, after } => match limits.exhausted(job.attempts, job.failing_since) {
-                Some(reason) => give_up(store, handler, job, reason, error).await,
+                Some(reason) => give_up(store, told, job, reason, error).await,
                 None => {
                     crate::metrics::job_retried(queue);
                     let delay = after.unwrap_or_else(|| limits.delay(job.attempts));
@@ -334,10 +344,11 @@ pub async fn run_one(store: &Store, queue: &str, handler: &dyn JobHandler, job: 
     }
 }
 
-/// Sets `job` aside as a dead letter and lets its handler tell the people concerned.
+/// Sets `job` aside as a dead letter and lets its handler, given the decoded job, tell
+/// the people concerned (a job that does not decode concerns nobody it could name).
 async fn give_up(
     store: &Store,
-    handler: &dyn JobHandler,
+    told: Option<(&dyn JobHandler, &Job)>,
     job: &outbox::Job,
     reason: DeadReason,
     error: &str,
@@ -345,7 +356,9 @@ async fn give_up(
     tracing::error!(queue = job.queue, job = job.dedupe_key, kind = job.kind, reason = reason.as_str(), %error, "job given up: dead letter");
     let mut tx = store.begin_write().await?;
     outbox::mark_dead(&mut tx, job.seq, reason.as_str(), error).await?;
-    handler.on_dead_letter(&mut tx, job, reason).await?;
+    if let Some((handler, work)) = told {
+        handler.on_dead_letter(&mut tx, job, work, reason).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -353,6 +366,62 @@ async fn give_up(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts the jobs it is given.
+    #[derive(Default)]
+    struct Counting {
+        runs: std::sync::atomic::AtomicUsize,
+        told: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl JobHandler for Counting {
+        async fn run(&self, _row: &outbox::Job, _job: &Job) -> JobOutcome {
+            self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            JobOutcome::Done
+        }
+
+        async fn on_dead_letter(
+            &self,
+            _conn: &mut AnyConnection,
+            _row: &outbox::Job,
+            _job: &Job,
+            _reason: DeadReason,
+        ) -> store::Result<()> {
+            self.told.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_of_an_unknown_kind_is_a_dead_letter_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
+        let mut conn = store.conn().await.unwrap();
+        outbox::enqueue(&mut conn, ROOMS_QUEUE, "odd:1", "matrix.frobnicate", "{}").await.unwrap();
+        outbox::enqueue(&mut conn, ROOMS_QUEUE, "odd:2", "matrix.kick", r#"{"room_id":"!r:x"}"#).await.unwrap();
+        let handler = Counting::default();
+        for _ in 0..2 {
+            let row = outbox::head(&mut conn, ROOMS_QUEUE).await.unwrap().expect("a job");
+            run_one(&store, ROOMS_QUEUE, &handler, &row, &RetryLimits::default()).await;
+        }
+        assert!(outbox::head(&mut conn, ROOMS_QUEUE).await.unwrap().is_none(), "both were set aside");
+        assert_eq!(handler.runs.load(std::sync::atomic::Ordering::SeqCst), 0, "neither ran");
+        assert_eq!(handler.told.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let dead = store::dead_letters::list(&mut conn).await.unwrap();
+        let errors: Vec<_> = dead.iter().map(|d| (d.kind.as_str(), d.reason.as_str(), d.error.clone())).collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors.contains(&(
+            "matrix.frobnicate",
+            "permanent",
+            Some(r#"unknown job kind "matrix.frobnicate""#.to_string())
+        )));
+        assert!(
+            errors.iter().any(|(kind, _, error)| *kind == "matrix.kick"
+                && error.as_deref().is_some_and(|e| e.starts_with("bad matrix.kick payload"))),
+            "{errors:?}"
+        );
+    }
 
     #[test]
     fn agent_queues_name_agent_and_conversation() {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::Agents;
+use crate::hub::jobs::Job;
 use crate::queue::{DeadReason, JobHandler, JobOutcome};
 use crate::store::{self, outbox};
 
@@ -13,14 +14,17 @@ use crate::store::{self, outbox};
 /// waits for one of its agent's concurrency slots and its rate limit.
 #[async_trait]
 impl JobHandler for Agents {
-    async fn run(&self, job: &outbox::Job) -> JobOutcome {
+    async fn run(&self, job: &outbox::Job, work: &Job) -> JobOutcome {
+        let Job::Turn(turn) = work else {
+            return JobOutcome::Failed(format!("a {} job cannot run in the agent queue {}", work.kind(), job.queue));
+        };
         let Some(agent) = self.agent_of_queue(&job.queue) else {
             return JobOutcome::Failed(format!("no configured agent for queue {}", job.queue));
         };
         let _slot = agent.slots.clone().acquire_owned().await;
         agent.rate.wait_turn().await;
         let started = std::time::Instant::now();
-        let outcome = self.run_turn(job).await;
+        let outcome = self.run_turn(job, turn).await;
         let result = match &outcome {
             JobOutcome::Done | JobOutcome::Recorded => "answered",
             JobOutcome::Failed(_) | JobOutcome::Unconfirmed(_) => "failed",
@@ -35,12 +39,14 @@ impl JobHandler for Agents {
         &self,
         conn: &mut store::AnyConnection,
         job: &outbox::Job,
+        work: &Job,
         reason: DeadReason,
     ) -> store::Result<()> {
+        let Job::Turn(turn) = work else { return Ok(()) };
         // A turn that failed for good has told the room itself.
         match reason {
             DeadReason::Permanent | DeadReason::Unconfirmed => Ok(()),
-            DeadReason::Attempts | DeadReason::Age => super::turn::report_dead_turn(self, conn, job).await,
+            DeadReason::Attempts | DeadReason::Age => super::turn::report_dead_turn(self, conn, job, turn).await,
         }
     }
 }

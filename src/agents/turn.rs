@@ -14,7 +14,7 @@ use super::typing;
 use super::{Agent, Agents, context};
 use crate::error_ref::ErrorRef;
 use crate::hub::agent_rooms::{self, Step};
-use crate::hub::{TURN_KIND, TurnJob, enqueue_send};
+use crate::hub::{TurnJob, enqueue_send};
 use crate::protocol::{ChannelMessage, ContentType, SenderType};
 use crate::queue;
 use crate::queue::JobOutcome;
@@ -34,15 +34,11 @@ impl Agents {
     /// completion are written in one transaction: a crash before it reruns the turn (with
     /// the same message ids, so previews are not doubled), a crash after it finds the job
     /// done. The answer is never lost nor sent twice.
-    pub async fn run_turn(&self, job: &outbox::Job) -> JobOutcome {
-        let turn: TurnJob = match serde_json::from_str(&job.payload) {
-            Ok(turn) => turn,
-            Err(error) => return JobOutcome::Failed(format!("bad turn payload: {error}")),
-        };
+    pub async fn run_turn(&self, job: &outbox::Job, turn: &TurnJob) -> JobOutcome {
         let Some(agent) = self.agents.get(&turn.agent) else {
             return JobOutcome::Failed(format!("agent {:?} is not configured", turn.agent));
         };
-        let prepared = match self.prepare(agent, &turn).await {
+        let prepared = match self.prepare(agent, turn).await {
             Ok(Some(prepared)) => prepared,
             Ok(None) => return JobOutcome::Failed(format!("message {} not found", turn.message_id)),
             Err(error) => return JobOutcome::Retry { error: error.to_string(), after: None },
@@ -74,7 +70,7 @@ impl Agents {
                     "agent turn failed"
                 );
                 let notice = reference.notice(&format!("{} could not answer", agent.config.display_name()));
-                return self.end_with_notice(job, &turn, &message, notice).await;
+                return self.end_with_notice(job, turn, &message, notice).await;
             }
         };
         let mut text = streamer.text().to_string();
@@ -85,9 +81,9 @@ impl Agents {
             text.push_str(&stream::cut_note(agent.config.max_answer_chars));
         } else if text.trim().is_empty() {
             let notice = format!("{} gave no answer.", agent.config.display_name());
-            return self.end_with_notice(job, &turn, &message, notice).await;
+            return self.end_with_notice(job, turn, &message, notice).await;
         }
-        match self.commit_answer(job, &turn, agent, &streamer, &text, usage).await {
+        match self.commit_answer(job, turn, agent, &streamer, &text, usage).await {
             Ok(()) => {
                 self.wakers.wake_all();
                 JobOutcome::Recorded
@@ -352,7 +348,7 @@ impl Agents {
                 step: Some(Step::Response { request: message.id }),
             };
             let lane = queue::agent_queue(to, &turn.conversation_id);
-            queue::enqueue(conn, &lane, &format!("turn:{to}:{}", message.id), TURN_KIND, &next).await?;
+            queue::enqueue(conn, &lane, &format!("turn:{to}:{}", message.id), next).await?;
         }
         Ok(())
     }
@@ -394,12 +390,12 @@ pub(super) async fn report_dead_turn(
     agents: &Agents,
     conn: &mut AnyConnection,
     job: &outbox::Job,
+    turn: &TurnJob,
 ) -> store::Result<()> {
-    let Ok(turn) = serde_json::from_str::<TurnJob>(&job.payload) else { return Ok(()) };
     let Some(to) = messages::get(conn, turn.message_id).await? else { return Ok(()) };
     let name = agents.agents.get(&turn.agent).map_or(turn.agent.clone(), |agent| agent.config.display_name());
     let text = format!("{name} could not answer: it stayed unavailable. An admin can retry with `mosaic-as jobs`.");
-    post_notice(conn, job, &turn, &to, text).await
+    post_notice(conn, job, turn, &to, text).await
 }
 
 /// Logs a notice answering `to` in place of the turn's answer and sends it everywhere.
@@ -450,7 +446,7 @@ async fn asker_of(conn: &mut AnyConnection, message: &ChannelMessage) -> store::
                 current.sender_id.clone()
             } else {
                 let name = current.meta_str(crate::protocol::metadata_keys::SENDER_NAME).unwrap_or(&current.sender_id);
-                format!("{name} ({})", crate::matrix::adapter::surface_title(&channel))
+                format!("{name} ({})", crate::protocol::surface_title(&channel))
             };
             return Ok(Some(Asker { channel, sender_id: current.sender_id, account_id: account, label }));
         }

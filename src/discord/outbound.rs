@@ -284,7 +284,7 @@ impl Inner {
                 // The log keeps people's names as they wrote them; shown, they carry
                 // their surface as everywhere else.
                 let who = match original.sender_type {
-                    SenderType::User => crate::hub::bridging::person_name(&original),
+                    SenderType::User => crate::protocol::person_name(&original),
                     _ => original.meta_str(keys::SENDER_NAME).unwrap_or("").to_string(),
                 };
                 (original.content, who)

@@ -8,16 +8,13 @@ use serde_json::{Value, json};
 use sqlx::AnyConnection;
 use uuid::Uuid;
 
-use super::{Hub, TURN_KIND, TurnJob, commands::Answer, enqueue_send};
-use crate::matrix::rooms::{AGENT_ROOM_KIND, AgentRoomJob, agent_room_alias_localpart};
+use super::room_ops::{AgentRoomJob, agent_room_alias_localpart};
+use super::{Hub, TurnJob, commands::Answer, enqueue_send};
 use crate::protocol::{ChannelMessage, ContentType, SenderType};
 use crate::queue;
 use crate::store::{self, accounts, agent_rooms, messages};
 
-/// Metadata key holding a message's `mosaic.agent_message` payload. A `reply_to` in its
-/// `payload` is a canonical message id; the Matrix adapter turns it into
-/// `reply_to_event_id`.
-pub const AGENT_MESSAGE: &str = "mosaic.agentMessage";
+pub use crate::protocol::metadata_keys::AGENT_MESSAGE;
 pub const SCHEMA_VERSION: &str = "1.0";
 /// People's messages that start with this interrupt the agents.
 pub const HUMAN_PREFIX: &str = "[HUMAN]";
@@ -112,7 +109,7 @@ impl Hub {
             observers: vec![sender.to_string()],
         };
         let key = format!("agent_room:{}:{first}:{second}:{sender}:{}", owner.id, Uuid::new_v4());
-        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, AGENT_ROOM_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, job).await?;
         let localpart = agent_room_alias_localpart(&self.config.bot.alias_prefix, &owner.id, first, second);
         let alias = format!("#{localpart}:{}", self.config.homeserver.server_name);
         Ok(format!("Opening your room {alias} where `{first}` and `{second}` work together; you are invited to watch, and others join when you invite them. Start them with `!ask <agent> <text>` or `!delegate <agent> <task>` there.").into())
@@ -260,7 +257,7 @@ impl Hub {
             prompt,
             step,
         };
-        queue::enqueue(conn, &queue::agent_queue(agent, conversation_id), &key, TURN_KIND, &job).await?;
+        queue::enqueue(conn, &queue::agent_queue(agent, conversation_id), &key, job).await?;
         Ok(())
     }
 

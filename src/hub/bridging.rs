@@ -35,10 +35,13 @@ pub struct OpenBridgeJob {
     pub conversation_id: String,
 }
 
-pub const OPEN_BRIDGE_KIND: &str = "bridge.open";
-
 /// Outbox job: the adapter releases what it prepared for a chat no longer bridged.
-pub const CLOSE_BRIDGE_KIND: &str = "bridge.close";
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloseBridgeJob {
+    pub channel: String,
+    pub channel_id: String,
+    pub conversation_id: String,
+}
 
 /// Every surface chat of a conversation: its Matrix room, then its bridged chats.
 pub async fn surfaces(conn: &mut AnyConnection, conversation_id: &str) -> store::Result<Vec<(String, String)>> {
@@ -167,7 +170,7 @@ async fn report_bridge_in(
 /// Bridging a chat was given up (its surface kept failing): the chat is unbridged again
 /// and the room told, so that `!bridge` does not stay at "Bridging…".
 pub async fn report_bridge_given_up(conn: &mut AnyConnection, open: &OpenBridgeJob) -> store::Result<()> {
-    let surface = crate::matrix::adapter::surface_title(&open.channel);
+    let surface = crate::protocol::surface_title(&open.channel);
     let text = format!(
         "Could not bridge {} chat `{}`: {surface} kept failing. Try `!bridge` again later; an admin can see why with `mosaic-as jobs`.",
         open.channel, open.channel_id
@@ -191,7 +194,7 @@ pub async fn report_undelivered(
     let Some(room) = conversations::room_for_conversation(conn, &bridge.conversation_id).await? else {
         return Ok(());
     };
-    let surface = crate::matrix::adapter::surface_title(&send.channel);
+    let surface = crate::protocol::surface_title(&send.channel);
     let what = if send.message.is_reaction() { "reaction" } else { "message" };
     let whose = match send.message.meta_str(metadata_keys::SENDER_NAME) {
         Some(name) => format!("{name}'s {what}"),
@@ -254,7 +257,7 @@ impl Hub {
             None => {
                 return Ok(format!(
                     "I could not ask {} whether you may bridge that chat; try again later.",
-                    crate::matrix::adapter::surface_title(surface)
+                    crate::protocol::surface_title(surface)
                 )
                 .into());
             }
@@ -276,7 +279,7 @@ impl Hub {
             conversation_id: conversation_id.to_string(),
         };
         let key = format!("bridge.open:{surface}:{chat_id}:{}", msg.id);
-        queue::enqueue(conn, &queue::chat_queue(surface, chat_id), &key, OPEN_BRIDGE_KIND, &job).await?;
+        queue::enqueue(conn, &queue::chat_queue(surface, chat_id), &key, job).await?;
         tracing::info!(channel = surface, chat_id, conversation_id, by = msg.sender_id, "chat bridged");
         Ok(format!("Bridging {surface} chat `{chat_id}` into this conversation…").into())
     }
@@ -297,20 +300,13 @@ impl Hub {
             return Ok("This conversation has no bridged chats.".to_string().into());
         }
         for bridge in &removed {
-            let job = OpenBridgeJob {
+            let job = CloseBridgeJob {
                 channel: bridge.channel.clone(),
                 channel_id: bridge.channel_id.clone(),
                 conversation_id: conversation_id.to_string(),
             };
             let key = format!("bridge.close:{}:{}:{}", bridge.channel, bridge.channel_id, msg.id);
-            queue::enqueue(
-                conn,
-                &queue::chat_queue(&bridge.channel, &bridge.channel_id),
-                &key,
-                CLOSE_BRIDGE_KIND,
-                &job,
-            )
-            .await?;
+            queue::enqueue(conn, &queue::chat_queue(&bridge.channel, &bridge.channel_id), &key, job).await?;
         }
         let list: Vec<String> = removed.iter().map(|b| format!("{} `{}`", b.channel, b.channel_id)).collect();
         tracing::info!(conversation_id, removed = removed.len(), by = msg.sender_id, "chats unbridged");
@@ -333,14 +329,7 @@ impl Hub {
     }
 }
 
-/// How a person is named on the other surfaces: their name where they wrote, and that
-/// surface (`Alice (Matrix)`). Agents and the bot are named without one, so a person
-/// can never appear under their names.
-pub fn person_name(msg: &ChannelMessage) -> String {
-    let name = msg.meta_str(metadata_keys::SENDER_NAME).map(str::trim).filter(|n| !n.is_empty());
-    let surface = crate::matrix::adapter::surface_title(msg.origin_channel());
-    format!("{} ({surface})", name.unwrap_or(&msg.sender_id))
-}
+pub use crate::protocol::person_name;
 
 /// Wraps a surface's adapter so that every message it sends is first put into that
 /// surface's terms: the sender's name and avatar, edits bridged from elsewhere, and

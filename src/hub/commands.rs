@@ -4,9 +4,9 @@
 
 use sqlx::AnyConnection;
 
+use super::room_ops::{CreateRoomJob, InviteJob};
 use super::teams::TeamCommand;
 use super::{Hub, bridging, lifecycle, limits, power, routing};
-use crate::matrix::rooms::{CREATE_ROOM_KIND, CreateRoomJob, INVITE_KIND, InviteJob};
 use crate::protocol::ChannelMessage;
 use crate::protocol::link_token::LinkToken;
 use crate::queue;
@@ -474,7 +474,7 @@ impl Hub {
             agents: vec![agent.clone()],
         };
         let key = format!("create_room:{}", conversation.id);
-        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, CREATE_ROOM_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, job).await?;
         let agent_name = self.config.agent(&agent).map(|a| a.display_name()).unwrap_or(agent);
         Ok(format!("Creating **Mosaic: {title}** with {agent_name}. Accept the invitation to start."))
     }
@@ -553,7 +553,7 @@ impl Hub {
         }
         let job = InviteJob { room_id: msg.channel_id.clone(), agent: agent.to_string() };
         let key = format!("invite:{}:{agent}:{}", msg.channel_id, msg.id);
-        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, INVITE_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, job).await?;
         Ok(format!("Inviting {} ({ghost}).", config.display_name()))
     }
 

@@ -2,15 +2,11 @@
 //! account for a Matrix user, renaming and archiving conversations. Each change is
 //! written with the Matrix work it needs, queued in the same transaction.
 
-use serde_json::json;
 use sqlx::AnyConnection;
 
-use crate::matrix::rooms::{
-    PERSONAL_SPACE_KIND, PersonalSpaceJob, READ_ONLY_KIND, ReadOnlyJob, STATE_KIND, StateJob, WELCOME_KIND, WelcomeJob,
-};
-use crate::matrix::teams::{
-    KICK_KIND, KickJob, SHARE_KIND, ShareJob, TEAM_INVITE_KIND, TEAM_SPACE_KIND, TeamInviteJob, TeamSpaceJob,
-    UNSHARE_KIND, UnshareJob,
+use super::room_ops::{
+    KickJob, PersonalSpaceJob, ReadOnlyJob, RenameJob, ShareJob, TeamInviteJob, TeamSpaceJob, TombstoneJob, UnshareJob,
+    WelcomeJob,
 };
 use crate::queue;
 use crate::store::{self, accounts, conversations, teams};
@@ -29,7 +25,7 @@ pub async fn provision_account(
         personal_space(conn, &account, user_id).await?;
         let job =
             WelcomeJob { account_id: account.id.clone(), account_name: account.name.clone(), user_id: user_id.into() };
-        queue::enqueue(conn, queue::ROOMS_QUEUE, &format!("welcome:{}", account.id), WELCOME_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &format!("welcome:{}", account.id), job).await?;
     }
     Ok(account)
 }
@@ -45,7 +41,7 @@ pub async fn matrix_identity_linked(
     for team in teams::of_account(conn, &account.id).await? {
         let job = TeamInviteJob { team_id: team.id.clone(), team_name: team.name.clone(), user_id: user_id.into() };
         let key = format!("team_invite:{}:{user_id}:{}", team.id, uuid::Uuid::new_v4());
-        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, TEAM_INVITE_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, job).await?;
     }
     Ok(())
 }
@@ -59,7 +55,7 @@ pub async fn personal_space(conn: &mut AnyConnection, account: &accounts::Accoun
         user_id: user_id.into(),
     };
     let key = format!("space:{}:{user_id}", account.id);
-    queue::enqueue(conn, queue::ROOMS_QUEUE, &key, PERSONAL_SPACE_KIND, &job).await?;
+    queue::enqueue(conn, queue::ROOMS_QUEUE, &key, job).await?;
     Ok(())
 }
 
@@ -69,14 +65,9 @@ pub async fn rename_conversation(conn: &mut AnyConnection, id: &str, title: &str
         return Ok(false);
     }
     if let Some(room_id) = conversations::room_for_conversation(conn, id).await? {
-        let job = StateJob {
-            room_id,
-            event_type: "m.room.name".into(),
-            state_key: String::new(),
-            content: json!({ "name": format!("Mosaic: {title}") }),
-        };
+        let job = RenameJob { room_id, name: format!("Mosaic: {title}") };
         let key = format!("rename:{id}:{}", uuid::Uuid::new_v4());
-        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, STATE_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, job).await?;
     }
     Ok(true)
 }
@@ -89,17 +80,10 @@ pub async fn archive_conversation(conn: &mut AnyConnection, id: &str) -> store::
     }
     if let Some(room_id) = conversations::room_for_conversation(conn, id).await? {
         let read_only = ReadOnlyJob { room_id: room_id.clone() };
-        queue::enqueue(conn, queue::ROOMS_QUEUE, &format!("archive:read_only:{id}"), READ_ONLY_KIND, &read_only)
-            .await?;
-        // Matrix requires a replacement room in a tombstone; an archived conversation
-        // has none, which clients show as a room that ended.
-        let tombstone = StateJob {
-            room_id,
-            event_type: "m.room.tombstone".into(),
-            state_key: String::new(),
-            content: json!({ "body": "This conversation was archived and is read-only.", "replacement_room": "" }),
-        };
-        queue::enqueue(conn, queue::ROOMS_QUEUE, &format!("archive:tombstone:{id}"), STATE_KIND, &tombstone).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &format!("archive:read_only:{id}"), read_only).await?;
+        // The room ends without a successor.
+        let tombstone = TombstoneJob { room_id, body: "This conversation was archived and is read-only.".into() };
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &format!("archive:tombstone:{id}"), tombstone).await?;
     }
     Ok(true)
 }
@@ -117,7 +101,7 @@ pub async fn create_team(
         invite.push(matrix_id.to_string());
     }
     let job = TeamSpaceJob { team_id: team.id.clone(), team_name: team.name.clone(), invite };
-    queue::enqueue(conn, queue::ROOMS_QUEUE, &format!("team_space:{}", team.id), TEAM_SPACE_KIND, &job).await?;
+    queue::enqueue(conn, queue::ROOMS_QUEUE, &format!("team_space:{}", team.id), job).await?;
     Ok(team)
 }
 
@@ -138,7 +122,7 @@ pub async fn add_team_member(
         let job =
             TeamInviteJob { team_id: team.id.clone(), team_name: team.name.clone(), user_id: identity.channel_user_id };
         let key = format!("team_invite:{}:{}:{}", team.id, job.user_id, uuid::Uuid::new_v4());
-        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, TEAM_INVITE_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, job).await?;
     }
     Ok(true)
 }
@@ -168,7 +152,7 @@ pub async fn share_conversation(
     teams::set_share(conn, conversation_id, &team.id).await?;
     let job = ShareJob { team_id: team.id.clone(), team_name: team.name.clone(), room_id, previous_space };
     let key = format!("share:{conversation_id}:{}", uuid::Uuid::new_v4());
-    queue::enqueue(conn, queue::ROOMS_QUEUE, &key, SHARE_KIND, &job).await?;
+    queue::enqueue(conn, queue::ROOMS_QUEUE, &key, job).await?;
     Ok(ShareOutcome::Shared)
 }
 
@@ -182,7 +166,7 @@ pub async fn unshare_conversation(conn: &mut AnyConnection, conversation_id: &st
     if let Some(room_id) = conversations::room_for_conversation(conn, conversation_id).await? {
         let job = UnshareJob { room_id, space_id };
         let key = format!("unshare:{conversation_id}:{}", uuid::Uuid::new_v4());
-        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, UNSHARE_KIND, &job).await?;
+        queue::enqueue(conn, queue::ROOMS_QUEUE, &key, job).await?;
     }
     Ok(Some(teams::by_id(conn, &team_id).await?.map(|t| t.name).unwrap_or_default()))
 }
@@ -207,7 +191,7 @@ pub async fn revoke_identity(
                 reason: "Your Mosaic account link was revoked".into(),
             };
             let key = format!("revoke:{room_id}:{channel_user_id}:{}", uuid::Uuid::new_v4());
-            queue::enqueue(conn, queue::ROOMS_QUEUE, &key, KICK_KIND, &job).await?;
+            queue::enqueue(conn, queue::ROOMS_QUEUE, &key, job).await?;
         }
     }
     Ok(true)

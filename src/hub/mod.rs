@@ -6,11 +6,13 @@
 pub mod agent_rooms;
 pub mod bridging;
 pub mod commands;
+pub mod jobs;
 pub mod lifecycle;
 pub mod limits;
 pub mod power;
 pub mod reactions;
 pub mod retention;
+pub mod room_ops;
 pub mod routing;
 pub mod teams;
 
@@ -33,7 +35,7 @@ use crate::queue::{self, Wakers};
 use crate::secrets;
 use crate::store::{self, Store, accounts, bridges, conversations, messages, settings};
 
-/// Outbox job: deliver `message` to `channel_id` on the surface `channel`.
+/// Outbox job ([`jobs::Job::Send`]): deliver `message` to `channel_id` on the surface `channel`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendJob {
     pub channel: String,
@@ -41,9 +43,7 @@ pub struct SendJob {
     pub message: ChannelMessage,
 }
 
-pub const SEND_KIND: &str = "send";
-
-/// Outbox job: one agent answers one message.
+/// Outbox job ([`jobs::Job::Turn`]): one agent answers one message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TurnJob {
     pub agent: String,
@@ -56,8 +56,6 @@ pub struct TurnJob {
     #[serde(default)]
     pub step: Option<agent_rooms::Step>,
 }
-
-pub const TURN_KIND: &str = "agent.turn";
 
 /// Id used as `senderId` of the service's own notices.
 pub const SYSTEM_SENDER: &str = "mosaic";
@@ -284,7 +282,7 @@ impl Hub {
                 step: None,
             };
             let lane = queue::agent_queue(&agent, conversation_id);
-            queue::enqueue(conn, &lane, &format!("turn:{agent}:{}", msg.id), TURN_KIND, &job).await?;
+            queue::enqueue(conn, &lane, &format!("turn:{agent}:{}", msg.id), job).await?;
             tracing::debug!(agent, message_id = %msg.id, "agent turn queued");
         }
         Ok(())
@@ -594,7 +592,7 @@ pub async fn enqueue_send(
 ) -> store::Result<()> {
     let job = SendJob { channel: channel.to_string(), channel_id: channel_id.to_string(), message: msg.clone() };
     let key = format!("send:{channel}:{channel_id}:{}", msg.id);
-    queue::enqueue(conn, &queue::chat_queue(channel, channel_id), &key, SEND_KIND, &job).await?;
+    queue::enqueue(conn, &queue::chat_queue(channel, channel_id), &key, job).await?;
     Ok(())
 }
 

@@ -9,53 +9,11 @@
 //! without it (another surface, or a room whose power levels could not be read) changes
 //! nothing.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
-
 use super::commands::Command;
-use crate::protocol::ChannelMessage;
 
-/// Metadata key of the [`RoomPower`] an adapter attaches to a message.
-pub const ROOM_POWER: &str = "mosaic.roomPower";
-
-/// A change of the room a command makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RoomChange {
-    /// `!rename`: the room's name.
-    Rename,
-    /// `!archive`: the room becomes read-only and gets a tombstone.
-    Archive,
-    /// `!retention`: how long the room keeps its history.
-    Retention,
-    /// `!share`: the room joins a team's Space, opens its history and invites the team.
-    Share,
-    /// `!unshare`: the room leaves the Space and the people the share brought are removed.
-    Unshare,
-    /// `!agent <id>`: the room's default agent.
-    DefaultAgent,
-    /// `!mention-only`.
-    MentionOnly,
-    /// `!unlinked`: whether agents answer people without a linked account.
-    AnswerUnlinked,
-    /// `!invite <agent>`: an agent is invited into the room.
-    InviteAgent,
-}
+pub use crate::protocol::room_power::{ROOM_POWER, RoomChange, RoomPower};
 
 impl RoomChange {
-    pub const ALL: [RoomChange; 9] = [
-        Self::Rename,
-        Self::Archive,
-        Self::Retention,
-        Self::Share,
-        Self::Unshare,
-        Self::DefaultAgent,
-        Self::MentionOnly,
-        Self::AnswerUnlinked,
-        Self::InviteAgent,
-    ];
-
     /// The change a command makes to its room, if any.
     pub fn of(command: &Command) -> Option<Self> {
         Some(match command {
@@ -88,23 +46,6 @@ impl RoomChange {
     }
 }
 
-/// The sender's power in the room a message came from, and what each change needs there.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoomPower {
-    /// The sender's power level; `None` when it is unlimited (a creator of the room, from
-    /// Matrix room version 12 on).
-    pub sender: Option<i64>,
-    /// The power level each change needs in this room.
-    pub needs: BTreeMap<RoomChange, i64>,
-}
-
-impl RoomPower {
-    /// The power the adapter attached to `msg`, if any.
-    pub fn of_message(msg: &ChannelMessage) -> Option<Self> {
-        serde_json::from_value(msg.metadata.get(ROOM_POWER)?.clone()).ok()
-    }
-}
-
 /// Why the sender may not make `change`, as the one-line notice they get; `None` when
 /// they may. Without a [`RoomPower`] the change is refused: nobody knows the sender's
 /// power.
@@ -127,7 +68,10 @@ pub fn refusal(change: RoomChange, power: Option<&RoomPower>) -> Option<String> 
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::protocol::ChannelMessage;
     use crate::protocol::{ContentType, SenderType};
 
     fn power(sender: Option<i64>, needed: i64) -> RoomPower {

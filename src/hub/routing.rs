@@ -4,27 +4,8 @@
 use crate::protocol::ChannelMessage;
 use crate::store::settings::RoomSettings;
 
-/// Agents present in the channel (array of agent ids).
-pub const AGENTS: &str = "mosaic.agents";
-/// Agents the message addresses (array of agent ids).
-pub const MENTIONS: &str = "mosaic.mentions";
-/// Number of people (not agents, not the bot) in the channel.
-pub const PARTICIPANTS: &str = "mosaic.participants";
-/// Whether chat commands are read in this channel.
-pub const COMMANDS: &str = "mosaic.commands";
-pub use crate::protocol::metadata_keys::IS_EDIT;
-pub use crate::protocol::metadata_keys::IS_REACTION;
-/// Whether the service's bot is in the channel.
-pub const BOT_PRESENT: &str = "mosaic.botPresent";
-
-/// Whether `word` occurs in `haystack` as a whole word.
-pub fn contains_word(haystack: &str, word: &str) -> bool {
-    haystack.match_indices(word).any(|(start, _)| {
-        let before = haystack[..start].chars().next_back();
-        let after = haystack[start + word.len()..].chars().next();
-        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
-    })
-}
+pub use crate::protocol::contains_word;
+pub use crate::protocol::metadata_keys::{AGENTS, BOT_PRESENT, COMMANDS, IS_EDIT, IS_REACTION, MENTIONS, PARTICIPANTS};
 
 fn string_list(msg: &ChannelMessage, key: &str) -> Vec<String> {
     msg.metadata

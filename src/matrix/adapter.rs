@@ -28,11 +28,10 @@ use super::names::DisplayNames;
 use super::naming::Namespace;
 use crate::agents::stream;
 use crate::config::Config;
-use crate::hub::agent_rooms::AGENT_MESSAGE;
-use crate::hub::power::{ROOM_POWER, RoomPower};
-use crate::hub::routing;
 use crate::permissions::{Level, Permissions};
 use crate::protocol::link_token;
+use crate::protocol::metadata_keys::AGENT_MESSAGE;
+use crate::protocol::room_power::{ROOM_POWER, RoomPower};
 use crate::protocol::{
     AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelConnectError, ChannelMessage, ChannelSendError,
     ContentType, InboundHandler, OutboundReaction, SenderType, metadata_keys,
@@ -387,7 +386,7 @@ impl MatrixAdapter {
                 fill_from_content(&mut msg, &new_content);
             }
             msg.reply_to_id = messages::message_for_native(&mut conn, CHANNEL, room_id, original).await?;
-            msg.metadata.insert(routing::IS_EDIT.into(), json!(true));
+            msg.metadata.insert(metadata_keys::IS_EDIT.into(), json!(true));
         } else if let Some(parent) = reply_native {
             msg.reply_to_id = messages::message_for_native(&mut conn, CHANNEL, room_id, parent).await?;
         }
@@ -398,11 +397,11 @@ impl MatrixAdapter {
         metadata.insert("roomId".into(), json!(room_id));
         metadata.insert("eventType".into(), json!("m.room.message"));
         metadata.insert("unsigned".into(), event.get("unsigned").cloned().unwrap_or_else(|| json!({})));
-        metadata.insert(routing::AGENTS.into(), json!(agents));
-        metadata.insert(routing::MENTIONS.into(), json!(mentioned));
-        metadata.insert(routing::PARTICIPANTS.into(), json!(people));
-        metadata.insert(routing::COMMANDS.into(), json!(true));
-        metadata.insert(routing::BOT_PRESENT.into(), json!(bot_joined));
+        metadata.insert(metadata_keys::AGENTS.into(), json!(agents));
+        metadata.insert(metadata_keys::MENTIONS.into(), json!(mentioned));
+        metadata.insert(metadata_keys::PARTICIPANTS.into(), json!(people));
+        metadata.insert(metadata_keys::COMMANDS.into(), json!(true));
+        metadata.insert(metadata_keys::BOT_PRESENT.into(), json!(bot_joined));
         if edit_native.is_none() && looks_like_command(&msg.content) {
             // Read with a member of the room: the bot, else one of its agents.
             let reader = if bot_joined { self.bot() } else { user_id(&self.ns.agent_user_id(&agents[0])) };
@@ -585,7 +584,7 @@ impl MatrixAdapter {
                 explicit.contains(&mxid)
                     || body.contains(&mxid.to_lowercase())
                     || formatted.contains(&mxid.to_lowercase())
-                    || (!name.is_empty() && routing::contains_word(&body, &name))
+                    || (!name.is_empty() && crate::protocol::contains_word(&body, &name))
             })
             .cloned()
             .collect()
@@ -631,7 +630,7 @@ impl MatrixAdapter {
         let ghost = OwnedUserId::try_from(self.ns.remote_user_id(origin, &msg.sender_id))
             .map_err(|e| ChannelSendError::Terminal(format!("no ghost for {origin} user {:?}: {e}", msg.sender_id)))?;
         let profile = GhostProfile {
-            display_name: Some(crate::hub::bridging::person_name(msg)),
+            display_name: Some(crate::protocol::person_name(msg)),
             avatar_url: msg
                 .meta_str(metadata_keys::SENDER_AVATAR_URL)
                 .filter(|u| u.starts_with("mxc://"))
@@ -970,11 +969,7 @@ fn send_error(error: HsError) -> ChannelSendError {
     }
 }
 
-/// How a surface is named to people.
-pub fn surface_title(channel: &str) -> String {
-    let mut chars = channel.chars();
-    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
-}
+pub use crate::protocol::surface_title;
 
 fn transient(error: impl std::fmt::Display) -> ChannelSendError {
     ChannelSendError::Transient { message: error.to_string(), retry_after: None }
@@ -1181,10 +1176,10 @@ mod tests {
 
     #[test]
     fn names_match_as_whole_words() {
-        assert!(routing::contains_word("hey echo, what's up", "echo"));
-        assert!(routing::contains_word("echo", "echo"));
-        assert!(!routing::contains_word("echoes everywhere", "echo"));
-        assert!(!routing::contains_word("anecho", "echo"));
+        assert!(crate::protocol::contains_word("hey echo, what's up", "echo"));
+        assert!(crate::protocol::contains_word("echo", "echo"));
+        assert!(!crate::protocol::contains_word("echoes everywhere", "echo"));
+        assert!(!crate::protocol::contains_word("anecho", "echo"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod client;
 pub mod e2ee;
 pub mod format;
 pub mod ghosts;
+pub mod home_rooms;
 pub mod inbox;
 pub mod media;
 pub mod names;

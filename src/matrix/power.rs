@@ -4,7 +4,7 @@
 //! `additional_creators`, who have unlimited power from room version 12 on).
 //!
 //! Which Matrix state a room change touches is decided here, so that the hub only
-//! compares numbers (see [`crate::hub::power`]).
+//! compares numbers (see [`crate::protocol::room_power`]).
 
 use ruma::api::client::state::get_state_event_for_key::v3 as get_state;
 use ruma::events::StateEventType;
@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::adapter::MatrixAdapter;
 use super::rooms::creator_is_privileged;
-use crate::hub::power::{RoomChange, RoomPower};
+use crate::protocol::room_power::{RoomChange, RoomPower};
 
 /// What a room change does in Matrix terms: the state events it sends and the membership
 /// actions it takes. It needs the highest of their levels.

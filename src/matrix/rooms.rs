@@ -7,54 +7,18 @@ use ruma::api::client::membership::{invite_user, join_room_by_id};
 use ruma::api::client::room::{Visibility, create_room};
 use ruma::api::client::state::{get_state_event_for_key, send_state_event};
 use ruma::events::room::message::RoomMessageEventContent;
-use ruma::events::{MessageLikeEventType, StateEventType};
+use ruma::events::room::name::RoomNameEventContent;
+use ruma::events::{EmptyStateKey, MessageLikeEventType, StateEventType};
 use ruma::serde::Raw;
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, UserId};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::adapter::{EventError, MatrixAdapter};
+use crate::hub::room_ops::{
+    AgentRoomJob, CreateRoomJob, InviteJob, PersonalSpaceJob, ReadOnlyJob, RenameJob, TombstoneJob, WelcomeJob,
+    agent_room_alias_localpart,
+};
 use crate::store::{self, AnyConnection, conversations};
-
-/// Outbox job: create the room of a conversation and bring its members in.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CreateRoomJob {
-    pub conversation_id: String,
-    pub title: String,
-    /// People to invite (Matrix user ids).
-    pub invite: Vec<String>,
-    /// Agents that join the room.
-    pub agents: Vec<String>,
-}
-
-pub const CREATE_ROOM_KIND: &str = "matrix.create_room";
-
-/// Outbox job: the bot invites an agent into a room, and the agent joins.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InviteJob {
-    pub room_id: String,
-    pub agent: String,
-}
-
-pub const INVITE_KIND: &str = "matrix.invite";
-
-/// Outbox job: an account's room of two agents (ids sorted), with the account's person
-/// invited to watch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AgentRoomJob {
-    /// The account the room belongs to.
-    pub owner_account_id: String,
-    pub agents: (String, String),
-    /// The owner's Matrix identity that asked for the room.
-    pub observers: Vec<String>,
-}
-
-/// The alias localpart of an account's agent room.
-pub fn agent_room_alias_localpart(alias_prefix: &str, owner_account_id: &str, a: &str, b: &str) -> String {
-    format!("{alias_prefix}agents-{a}-{b}-{owner_account_id}")
-}
-
-pub const AGENT_ROOM_KIND: &str = "matrix.agent_room";
 
 /// How a room is created.
 pub struct RoomShape {
@@ -358,73 +322,13 @@ impl MatrixAdapter {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn version_12_rooms_do_not_list_the_creator() {
-        let people = vec!["@alice:x".to_string()];
-        let v12 = power_levels("@mosaic-bot:x", &people, "12");
-        assert!(v12["users"].get("@mosaic-bot:x").is_none());
-        assert_eq!(v12["users"]["@alice:x"], 100, "the person the room is for owns it");
-        let v10 = power_levels("@mosaic-bot:x", &people, "10");
-        assert_eq!(v10["users"]["@mosaic-bot:x"], 100);
-        assert_eq!(v10["users_default"], 0);
-        assert_eq!(v10["events_default"], 0);
-        for action in ["state_default", "invite", "kick", "ban", "redact"] {
-            assert_eq!(v10[action], 50, "{action}");
-        }
-    }
-
-    #[test]
-    fn archived_rooms_are_closed_to_their_owners_where_the_bot_outranks_them() {
-        let bot = "@mosaic-bot:x";
-        // Room version 12: the bot created the room and is above everyone listed.
-        assert_eq!(archived_level(&power_levels(bot, &["@alice:x".into()], "12"), bot), 101);
-        assert_eq!(archived_level(&json!({"users": {"@bob:x": 50}}), bot), 100);
-        assert_eq!(archived_level(&json!({}), bot), 100);
-        // Before: the bot has 100 and cannot require more.
-        assert_eq!(archived_level(&power_levels(bot, &["@alice:x".into()], "10"), bot), 100);
-    }
-
-    #[test]
-    fn knows_which_versions_privilege_creators() {
-        assert!(creator_is_privileged("12"));
-        assert!(creator_is_privileged("org.matrix.hydra.11"));
-        assert!(!creator_is_privileged("11"));
-        assert!(!creator_is_privileged("1"));
-    }
-}
-
-/// Outbox job: a state event sent as the bot (room name, tombstone, …).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StateJob {
+/// A state event sent as the bot, its content as JSON.
+pub struct StateEvent {
     pub room_id: String,
     pub event_type: String,
     pub state_key: String,
     pub content: serde_json::Value,
 }
-
-pub const STATE_KIND: &str = "matrix.state";
-
-/// Outbox job: make a room read-only (only the bot may still post).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReadOnlyJob {
-    pub room_id: String,
-}
-
-pub const READ_ONLY_KIND: &str = "matrix.read_only";
-
-/// Outbox job: a direct chat from the bot to a newly provisioned person, with a welcome.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WelcomeJob {
-    pub account_id: String,
-    pub account_name: String,
-    pub user_id: String,
-}
-
-pub const WELCOME_KIND: &str = "matrix.welcome";
 
 /// Power needed to post in an archived room, at least: only the bot has it.
 const ARCHIVED_POWER: i64 = 100;
@@ -444,7 +348,7 @@ pub fn archived_level(power_levels: &serde_json::Value, bot: &str) -> i64 {
 }
 
 impl MatrixAdapter {
-    pub async fn send_state(&self, job: &StateJob) -> Result<(), EventError> {
+    pub async fn send_state(&self, job: &StateEvent) -> Result<(), EventError> {
         let room = OwnedRoomId::try_from(job.room_id.as_str()).map_err(|e| EventError::Permanent(e.to_string()))?;
         let raw = serde_json::value::to_raw_value(&job.content).map_err(|e| EventError::Permanent(e.to_string()))?;
         let request = send_state_event::v3::Request::new_raw(
@@ -455,6 +359,29 @@ impl MatrixAdapter {
         );
         self.client().call(request, None).await?;
         Ok(())
+    }
+
+    /// Sets the room's `m.room.name`.
+    pub async fn rename_room(&self, job: &RenameJob) -> Result<(), EventError> {
+        let room = OwnedRoomId::try_from(job.room_id.as_str()).map_err(|e| EventError::Permanent(e.to_string()))?;
+        let content = RoomNameEventContent::new(job.name.clone());
+        let request = send_state_event::v3::Request::new(room, &EmptyStateKey, &content)
+            .map_err(|e| EventError::Permanent(e.to_string()))?;
+        self.client().call(request, None).await?;
+        Ok(())
+    }
+
+    /// Ends the room with an `m.room.tombstone` whose `replacement_room` is empty. Matrix
+    /// requires that field (so ruma's typed content does too), and an empty one says there
+    /// is no successor: clients show the room as ended.
+    pub async fn tombstone(&self, job: &TombstoneJob) -> Result<(), EventError> {
+        let state = StateEvent {
+            room_id: job.room_id.clone(),
+            event_type: "m.room.tombstone".into(),
+            state_key: String::new(),
+            content: json!({ "body": job.body, "replacement_room": "" }),
+        };
+        self.send_state(&state).await
     }
 
     /// Raises the power needed for messages and state above everyone but the bot.
@@ -470,7 +397,7 @@ impl MatrixAdapter {
             content[key] = json!(level);
         }
         content["events"] = json!({});
-        let state = StateJob {
+        let state = StateEvent {
             room_id: job.room_id.clone(),
             event_type: "m.room.power_levels".into(),
             state_key: String::new(),
@@ -513,17 +440,6 @@ impl MatrixAdapter {
         Ok(())
     }
 }
-
-/// Outbox job: an account's personal Space, with the person invited and the account's
-/// conversation rooms as children.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PersonalSpaceJob {
-    pub account_id: String,
-    pub account_name: String,
-    pub user_id: String,
-}
-
-pub const PERSONAL_SPACE_KIND: &str = "matrix.personal_space";
 
 impl MatrixAdapter {
     /// Creates the Space once, invites the person, and makes every room the account owns
@@ -576,14 +492,14 @@ impl MatrixAdapter {
         let via = json!({ "via": [self.namespace().server_name] });
         let mut parent_content = via.clone();
         parent_content["canonical"] = json!(true);
-        let parent = StateJob {
+        let parent = StateEvent {
             room_id: room.into(),
             event_type: "m.space.parent".into(),
             state_key: space.into(),
             content: parent_content,
         };
         self.send_state(&parent).await?;
-        let child = StateJob {
+        let child = StateEvent {
             room_id: space.into(),
             event_type: "m.space.child".into(),
             state_key: room.into(),
@@ -611,5 +527,44 @@ impl MatrixAdapter {
             Err(error) if error.errcode() == Some("M_FORBIDDEN") => Ok(()),
             Err(error) => Err(error.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_12_rooms_do_not_list_the_creator() {
+        let people = vec!["@alice:x".to_string()];
+        let v12 = power_levels("@mosaic-bot:x", &people, "12");
+        assert!(v12["users"].get("@mosaic-bot:x").is_none());
+        assert_eq!(v12["users"]["@alice:x"], 100, "the person the room is for owns it");
+        let v10 = power_levels("@mosaic-bot:x", &people, "10");
+        assert_eq!(v10["users"]["@mosaic-bot:x"], 100);
+        assert_eq!(v10["users_default"], 0);
+        assert_eq!(v10["events_default"], 0);
+        for action in ["state_default", "invite", "kick", "ban", "redact"] {
+            assert_eq!(v10[action], 50, "{action}");
+        }
+    }
+
+    #[test]
+    fn archived_rooms_are_closed_to_their_owners_where_the_bot_outranks_them() {
+        let bot = "@mosaic-bot:x";
+        // Room version 12: the bot created the room and is above everyone listed.
+        assert_eq!(archived_level(&power_levels(bot, &["@alice:x".into()], "12"), bot), 101);
+        assert_eq!(archived_level(&json!({"users": {"@bob:x": 50}}), bot), 100);
+        assert_eq!(archived_level(&json!({}), bot), 100);
+        // Before: the bot has 100 and cannot require more.
+        assert_eq!(archived_level(&power_levels(bot, &["@alice:x".into()], "10"), bot), 100);
+    }
+
+    #[test]
+    fn knows_which_versions_privilege_creators() {
+        assert!(creator_is_privileged("12"));
+        assert!(creator_is_privileged("org.matrix.hydra.11"));
+        assert!(!creator_is_privileged("11"));
+        assert!(!creator_is_privileged("1"));
     }
 }

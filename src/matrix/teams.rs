@@ -3,63 +3,12 @@
 
 use ruma::api::client::membership::kick_user;
 use ruma::{OwnedRoomId, OwnedUserId};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::adapter::{EventError, MatrixAdapter};
-use super::rooms::{CreateRoomJob, HistoryVisibility, RoomShape, StateJob};
+use super::rooms::{HistoryVisibility, RoomShape, StateEvent};
+use crate::hub::room_ops::{CreateRoomJob, KickJob, ShareJob, TeamInviteJob, TeamSpaceJob, UnshareJob};
 use crate::store::{AnyConnection, conversations, teams};
-
-/// Outbox job: the team's Space (created once) with `invite` invited.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TeamSpaceJob {
-    pub team_id: String,
-    pub team_name: String,
-    pub invite: Vec<String>,
-}
-
-pub const TEAM_SPACE_KIND: &str = "matrix.team_space";
-
-/// Outbox job: put a conversation room in the team's Space and invite the team.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShareJob {
-    pub team_id: String,
-    pub team_name: String,
-    pub room_id: String,
-    /// The Space of the team the room was shared with before, to leave.
-    pub previous_space: Option<String>,
-}
-
-pub const SHARE_KIND: &str = "matrix.share";
-
-/// Outbox job: take a room out of a team's Space and remove who came through the share.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UnshareJob {
-    pub room_id: String,
-    pub space_id: Option<String>,
-}
-
-pub const UNSHARE_KIND: &str = "matrix.unshare";
-
-/// Outbox job: a new team member joins the team's Space and shared rooms.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TeamInviteJob {
-    pub team_id: String,
-    pub team_name: String,
-    pub user_id: String,
-}
-
-pub const TEAM_INVITE_KIND: &str = "matrix.team_invite";
-
-/// Outbox job: remove a person from a room (as the bot).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KickJob {
-    pub room_id: String,
-    pub user_id: String,
-    pub reason: String,
-}
-
-pub const KICK_KIND: &str = "matrix.kick";
 
 fn permanent(error: impl std::fmt::Display) -> EventError {
     EventError::Permanent(error.to_string())
@@ -189,14 +138,14 @@ impl MatrixAdapter {
 
     /// Removes the Space ↔ room links (an empty content ends a link).
     async fn unlink_child(&self, space: &str, room: &str) -> Result<(), EventError> {
-        let child = StateJob {
+        let child = StateEvent {
             room_id: space.into(),
             event_type: "m.space.child".into(),
             state_key: room.into(),
             content: json!({}),
         };
         self.send_state(&child).await?;
-        let parent = StateJob {
+        let parent = StateEvent {
             room_id: room.into(),
             event_type: "m.space.parent".into(),
             state_key: space.into(),
@@ -206,7 +155,7 @@ impl MatrixAdapter {
     }
 
     async fn set_history(&self, room: &str, history: HistoryVisibility) -> Result<(), EventError> {
-        let state = StateJob {
+        let state = StateEvent {
             room_id: room.into(),
             event_type: "m.room.history_visibility".into(),
             state_key: String::new(),

@@ -46,6 +46,21 @@ pub mod metadata_keys {
     pub const PRIVATE_TO: &str = "mosaic.privateTo";
     /// Outbound: the surface the message was first written on (`matrix`, `discord`, …).
     pub const ORIGIN_CHANNEL: &str = "mosaic.originChannel";
+    /// Inbound routing hint: the agents present in the channel (array of agent ids).
+    pub const AGENTS: &str = "mosaic.agents";
+    /// Inbound routing hint: the agents the message addresses (array of agent ids).
+    pub const MENTIONS: &str = "mosaic.mentions";
+    /// Inbound routing hint: the number of people (not agents, not the bot) in the
+    /// channel.
+    pub const PARTICIPANTS: &str = "mosaic.participants";
+    /// Inbound routing hint: whether chat commands are read in this channel.
+    pub const COMMANDS: &str = "mosaic.commands";
+    /// Inbound routing hint: whether the service's bot is in the channel.
+    pub const BOT_PRESENT: &str = "mosaic.botPresent";
+    /// A message's `mosaic.agent_message` payload (agent rooms). A `reply_to` in its
+    /// `payload` is a canonical message id; the Matrix adapter turns it into
+    /// `reply_to_event_id`.
+    pub const AGENT_MESSAGE: &str = "mosaic.agentMessage";
 }
 
 /// Who sent a message.

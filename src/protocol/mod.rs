@@ -9,6 +9,7 @@ pub mod link_token;
 mod media;
 mod message;
 mod registry;
+pub mod room_power;
 
 pub use adapter::{
     AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelSendError, HandlerError,
@@ -20,3 +21,27 @@ pub use registry::{CONNECT_TIMEOUT, ChannelRegistry, DEFAULT_HEALTH_INTERVAL};
 
 /// Semantic version of the `ChannelMessage` wire format.
 pub const PROTOCOL_VERSION: &str = "1.0.0";
+
+/// How a surface is named to people (`discord` → `Discord`).
+pub fn surface_title(channel: &str) -> String {
+    let mut chars = channel.chars();
+    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
+/// How a person is named on the other surfaces: their name where they wrote, and that
+/// surface (`Alice (Matrix)`). Agents and the bot are named without one, so a person
+/// can never appear under their names.
+pub fn person_name(msg: &ChannelMessage) -> String {
+    let name = msg.meta_str(metadata_keys::SENDER_NAME).map(str::trim).filter(|n| !n.is_empty());
+    let surface = surface_title(msg.origin_channel());
+    format!("{} ({surface})", name.unwrap_or(&msg.sender_id))
+}
+
+/// Whether `word` occurs in `haystack` as a whole word.
+pub fn contains_word(haystack: &str, word: &str) -> bool {
+    haystack.match_indices(word).any(|(start, _)| {
+        let before = haystack[..start].chars().next_back();
+        let after = haystack[start + word.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
+}
