@@ -15,6 +15,10 @@ impl AgentRuntime for EchoRuntime {
         let text = if last.trim().is_empty() { "(empty message)" } else { last };
         events.send(AgentEvent::Text(text.to_string())).await.map_err(|_| AgentError::Failed("turn abandoned".into()))
     }
+
+    fn reads_history(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

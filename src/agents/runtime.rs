@@ -102,6 +102,12 @@ pub enum AgentError {
 pub trait AgentRuntime: Send + Sync {
     async fn respond(&self, turn: &TurnContext, events: mpsc::Sender<AgentEvent>) -> Result<(), AgentError>;
 
+    /// Whether the runtime reads the conversation before the message it answers. One
+    /// that reads only the message spares each turn loading the conversation's history.
+    fn reads_history(&self) -> bool {
+        true
+    }
+
     /// Stops the turn running for `session_key` (`!stop`). Runtimes that hold nothing
     /// beyond the `respond` future need not do anything: the future is dropped.
     async fn cancel(&self, _session_key: &str) {}

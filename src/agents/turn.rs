@@ -97,7 +97,10 @@ impl Agents {
         let Some(message) = messages::get(&mut conn, turn.message_id).await? else {
             return Ok(None);
         };
-        let history = messages::history(&mut conn, &turn.conversation_id, context::HISTORY_LIMIT).await?;
+        let history = match agent.runtime.reads_history() {
+            true => messages::history(&mut conn, &turn.conversation_id, context::HISTORY_LIMIT).await?,
+            false => vec![message.clone()],
+        };
         let mut context =
             context::build(&agent.config, agent.persona.clone(), &turn.conversation_id, &message, &history);
         if let (Some(prompt), Some(last)) = (&turn.prompt, context.messages.last_mut()) {

@@ -3,7 +3,8 @@
 //! ends; and a read receipt on the message it took up. Both are ephemeral: they go
 //! straight to the surfaces, never through the outbox, and a failure is only logged.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -12,6 +13,14 @@ use crate::protocol::{ChannelAdapter, ChannelSendError};
 
 /// Longest wait for one notice: a surface that hangs must not pile up notices.
 const TRY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An answer within this time shows no typing at all: a flash of typing before an
+/// instant answer tells nobody anything, and costs two requests.
+const TYPING_GRACE: Duration = Duration::from_millis(500);
+
+/// Read receipts are cumulative: after one is sent in a chat, those that follow within
+/// this time are folded into one for the latest message, sent when it has passed.
+const RECEIPT_WINDOW: Duration = Duration::from_secs(1);
 
 /// The typing notices of one turn. Dropping it stops them all: where the surface can
 /// clear a notice (Matrix), it is cleared at once rather than left to lapse.
@@ -51,6 +60,10 @@ async fn keep_typing(
     every: Duration,
     mut stopped: watch::Receiver<()>,
 ) {
+    tokio::select! {
+        _ = tokio::time::sleep(TYPING_GRACE) => {}
+        _ = stopped.changed() => return,
+    }
     loop {
         show(adapter.as_ref(), &channel_id, &agent_id, true).await;
         tokio::select! {
@@ -85,22 +98,43 @@ pub struct Seen {
 }
 
 /// Marks the message the agent takes up as read wherever it shows natively. Sent in the
-/// background.
+/// background; within [`RECEIPT_WINDOW`] of another receipt in the same chat, only the
+/// latest is sent.
 pub fn mark_read(agent_id: &str, seen: Vec<Seen>) {
     for Seen { adapter, channel_id, native_id } in seen {
-        let agent_id = agent_id.to_string();
+        let key = (adapter.name(), channel_id.clone(), agent_id.to_string());
+        {
+            let mut windows = RECEIPT_WINDOWS.lock().expect("receipt windows");
+            if let Some(latest) = windows.get_mut(&key) {
+                *latest = Some(native_id);
+                continue;
+            }
+            windows.insert(key.clone(), None);
+        }
         tokio::spawn(async move {
-            if let Err(error) = try_once(adapter.mark_read(&channel_id, &native_id, &agent_id)).await {
-                tracing::debug!(
-                    channel = adapter.name(),
-                    channel_id,
-                    native_id,
-                    agent = agent_id,
-                    %error,
-                    "read receipt not sent"
-                );
+            let mut next = Some(native_id);
+            while let Some(native_id) = next {
+                send_receipt(adapter.as_ref(), &channel_id, &native_id, &key.2).await;
+                tokio::time::sleep(RECEIPT_WINDOW).await;
+                let mut windows = RECEIPT_WINDOWS.lock().expect("receipt windows");
+                next = windows.get_mut(&key).and_then(Option::take);
+                if next.is_none() {
+                    windows.remove(&key);
+                }
             }
         });
+    }
+}
+
+/// Per surface, chat and agent whose receipt was sent within [`RECEIPT_WINDOW`]: the
+/// latest message taken up since, if any.
+type ReceiptWindows = HashMap<(&'static str, String, String), Option<String>>;
+
+static RECEIPT_WINDOWS: LazyLock<Mutex<ReceiptWindows>> = LazyLock::new(Mutex::default);
+
+async fn send_receipt(adapter: &dyn ChannelAdapter, channel_id: &str, native_id: &str, agent_id: &str) {
+    if let Err(error) = try_once(adapter.mark_read(channel_id, native_id, agent_id)).await {
+        tracing::debug!(channel = adapter.name(), channel_id, native_id, agent = agent_id, %error, "read receipt not sent");
     }
 }
 
@@ -117,6 +151,8 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         notices: Mutex<Vec<(String, bool)>>,
+        /// Read receipts: `(chat, message)`.
+        receipts: Mutex<Vec<(String, String)>>,
     }
 
     impl Recorder {
@@ -152,6 +188,44 @@ mod tests {
             self.notices.lock().unwrap().push((channel_id.to_string(), active));
             Ok(())
         }
+        async fn mark_read(&self, channel_id: &str, native_id: &str, _: &str) -> Result<(), ChannelSendError> {
+            self.receipts.lock().unwrap().push((channel_id.to_string(), native_id.to_string()));
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_within_the_grace_shows_no_typing() {
+        let surface = Arc::new(Recorder::default());
+        let adapter: Arc<dyn ChannelAdapter> = surface.clone();
+        let guard = TypingGuard::start("helper", [(adapter.clone(), "a".to_string())]);
+        tokio::time::sleep(TYPING_GRACE / 2).await;
+        drop(guard);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(surface.notices("a").is_empty(), "neither shown nor cleared: {:?}", surface.notices("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn receipts_in_quick_succession_fold_into_one_for_the_latest() {
+        let surface = Arc::new(Recorder::default());
+        let adapter: Arc<dyn ChannelAdapter> = surface.clone();
+        let seen =
+            |chat: &str, id: &str| Seen { adapter: adapter.clone(), channel_id: chat.into(), native_id: id.into() };
+        for id in ["$1", "$2", "$3"] {
+            mark_read("helper", vec![seen("folded", id)]);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        mark_read("helper", vec![seen("elsewhere", "$9")]);
+        tokio::time::sleep(RECEIPT_WINDOW * 3).await;
+        // A message taken up long after the last receipt is marked at once.
+        mark_read("helper", vec![seen("folded", "$4")]);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let receipts = |chat: &str| -> Vec<String> {
+            let all = surface.receipts.lock().unwrap();
+            all.iter().filter(|(c, _)| c == chat).map(|(_, id)| id.clone()).collect()
+        };
+        assert_eq!(receipts("folded"), ["$1", "$3", "$4"], "the first at once, the latest after the window, $2 never");
+        assert_eq!(receipts("elsewhere"), ["$9"], "another chat has its own window");
     }
 
     #[tokio::test(start_paused = true)]
@@ -160,7 +234,7 @@ mod tests {
         let adapter: Arc<dyn ChannelAdapter> = surface.clone();
         let guard = TypingGuard::start("helper", [(adapter.clone(), "a".to_string())]);
         tokio::time::sleep(Duration::from_secs(10)).await;
-        assert_eq!(surface.notices("a"), [true, true, true], "shown at 0, 4 and 8 s");
+        assert_eq!(surface.notices("a"), [true, true, true], "shown at 0.5, 4.5 and 8.5 s");
 
         drop(guard);
         tokio::time::sleep(Duration::from_secs(60)).await;
