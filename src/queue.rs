@@ -397,9 +397,11 @@ mod tests {
     async fn a_job_of_an_unknown_kind_is_a_dead_letter_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
+        let mut tx = store.begin_write().await.unwrap();
+        outbox::enqueue(&mut tx, ROOMS_QUEUE, "odd:1", "matrix.frobnicate", "{}").await.unwrap();
+        outbox::enqueue(&mut tx, ROOMS_QUEUE, "odd:2", "matrix.kick", r#"{"room_id":"!r:x"}"#).await.unwrap();
+        tx.commit().await.unwrap();
         let mut conn = store.conn().await.unwrap();
-        outbox::enqueue(&mut conn, ROOMS_QUEUE, "odd:1", "matrix.frobnicate", "{}").await.unwrap();
-        outbox::enqueue(&mut conn, ROOMS_QUEUE, "odd:2", "matrix.kick", r#"{"room_id":"!r:x"}"#).await.unwrap();
         let handler = Counting::default();
         for _ in 0..2 {
             let row = outbox::head(&mut conn, ROOMS_QUEUE).await.unwrap().expect("a job");
