@@ -155,17 +155,10 @@ impl Crypto {
         let device = Arc::new(self.open_device(user).await?);
         // Keys and cross-signing go up before anyone uses the device; a failure leaves it
         // out, to be set up again by the next caller.
-        let ready = async {
-            self.exchange_keys(&device).await?;
-            self.ensure_cross_signed(&device).await
-        };
-        match ready.await {
-            Ok(()) => {
-                devices.insert(user.to_owned(), device.clone());
-                Ok(device)
-            }
-            Err(error) => Err(error),
-        }
+        self.exchange_keys(&device).await?;
+        self.ensure_cross_signed(&device).await?;
+        devices.insert(user.to_owned(), device.clone());
+        Ok(device)
     }
 
     /// `user`'s device if it has one already (in memory or on disk): to-device messages
