@@ -163,6 +163,13 @@ impl MatrixAdapter {
             OwnedUserId::try_from(ns.agent_user_id(&job.agent)).map_err(|e| EventError::Permanent(e.to_string()))?;
         let room = OwnedRoomId::try_from(job.room_id.as_str()).map_err(|e| EventError::Permanent(e.to_string()))?;
         self.ensure_known_user(&agent).await?;
+        // As for an invite from a person: the device exists before the join, so that the
+        // room's next encrypted message is encrypted for it too.
+        if let Some(crypto) = self.crypto()
+            && let Err(error) = crypto.device(&agent).await
+        {
+            tracing::warn!(room_id = job.room_id, user_id = %agent, %error, "no device for encrypted rooms; encrypted messages will stay unread");
+        }
         // An agent invited or in the room already is fine: joining settles it.
         self.invite_person(&room, agent.as_str()).await?;
         self.client().call(join_room_by_id::v3::Request::new(room.clone()), Some(&agent)).await?;
