@@ -337,7 +337,7 @@ impl MatrixAdapter {
 /// it. Any of our users in a room can decrypt for all of them, and an agent fetches a
 /// room key the homeserver failed to push with `/sync`; the bot cannot on Synapse, so
 /// a room where it alone reads (the welcome chat) could stop reading a person's messages.
-pub fn encrypted_at_creation(e2ee: &E2eeConfig, shape: &RoomShape, agents: usize) -> bool {
+fn encrypted_at_creation(e2ee: &E2eeConfig, shape: &RoomShape, agents: usize) -> bool {
     e2ee.enabled && e2ee.new_rooms && !shape.space && agents > 0
 }
 

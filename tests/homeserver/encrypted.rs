@@ -422,4 +422,13 @@ async fn a_conversation_room_the_service_creates_is_encrypted_and_its_agent_answ
         stored.iter().filter(|e| e["sender"] == echo.as_str() && e["type"] != "m.room.member").collect();
     assert!(!from_echo.is_empty() && from_echo.iter().all(|e| e["type"] == "m.room.encrypted"), "{stored:?}");
     assert!(!stored.iter().any(|e| e.to_string().contains("only for us")), "in clear on the homeserver: {stored:?}");
+
+    // The bot reads commands there too, and answers encrypted.
+    let asked = erin.say(&room, "!whoami").await;
+    let answer = erin.answer_from(&bot, &asked).await;
+    assert_eq!(answer.msgtype, "m.notice");
+    let stored = plain.timeline(room_id.as_str()).await;
+    let from_bot: Vec<_> =
+        stored.iter().filter(|e| e["sender"] == bot.as_str() && e["type"] != "m.room.member").collect();
+    assert!(from_bot.iter().all(|e| e["type"] != "m.room.message"), "{from_bot:?}");
 }
