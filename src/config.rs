@@ -235,11 +235,17 @@ pub struct E2eeConfig {
     /// How room keys and other to-device messages reach the devices.
     #[serde(default)]
     pub mode: E2eeMode,
+    /// Create the rooms that have an agent (`!new`, `!pair`) encrypted. Ignored when
+    /// `enabled` is false. Spaces, and rooms where only the bot reads (the welcome chat),
+    /// stay plain: on Synapse the bot cannot fetch a room key the homeserver failed to
+    /// push, and an agent can.
+    #[serde(default = "default_true")]
+    pub new_rooms: bool,
 }
 
 impl Default for E2eeConfig {
     fn default() -> Self {
-        Self { enabled: true, mode: E2eeMode::default() }
+        Self { enabled: true, mode: E2eeMode::default(), new_rooms: true }
     }
 }
 

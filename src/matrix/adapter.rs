@@ -890,29 +890,26 @@ impl MatrixAdapter {
             return self.send_clear(room, sender, txn_id, event_type, content).await;
         }
         let members = self.room_recipients(room).await?;
-        let content = self.with_encrypted_file(content).await?;
+        let mut content: Value =
+            serde_json::from_str(content.json().get()).map_err(|e| HsError::Protocol(e.to_string()))?;
+        self.encrypt_attached_file(&mut content).await?;
+        let message_id = content.get(MESSAGE_ID_KEY).cloned();
+        let content = Raw::new(&content).map_err(|e| HsError::Protocol(e.to_string()))?.cast_unchecked();
         let encrypted = crypto.encrypt(sender, room, &event_type.to_string(), &content, &members).await?;
         let mut outer: Value =
             serde_json::from_str(encrypted.json().get()).map_err(|e| HsError::Protocol(e.to_string()))?;
-        if let Some(id) =
-            serde_json::from_str::<Value>(content.json().get()).ok().and_then(|c| c.get(MESSAGE_ID_KEY).cloned())
-        {
+        if let Some(id) = message_id {
             outer[MESSAGE_ID_KEY] = id;
         }
         let outer = Raw::new(&outer).map_err(|e| HsError::Protocol(e.to_string()))?.cast_unchecked();
         self.send_clear(room, sender, txn_id, MessageLikeEventType::RoomEncrypted, outer).await
     }
 
-    /// A file message for an encrypted room: the file is fetched, encrypted and uploaded
-    /// again, and the content points at the ciphertext (`file`) instead of the file in
-    /// clear (`url`). Other contents pass unchanged.
-    async fn with_encrypted_file(
-        &self,
-        content: Raw<AnyMessageLikeEventContent>,
-    ) -> Result<Raw<AnyMessageLikeEventContent>, HsError> {
-        let mut value: Value =
-            serde_json::from_str(content.json().get()).map_err(|e| HsError::Protocol(e.to_string()))?;
-        let Some(url) = value.get("url").and_then(Value::as_str).map(str::to_string) else { return Ok(content) };
+    /// Makes a file message fit for an encrypted room: the file is fetched, encrypted and
+    /// uploaded again, and the content points at the ciphertext (`file`) instead of the
+    /// file in clear (`url`). Other contents are left as they are.
+    async fn encrypt_attached_file(&self, value: &mut Value) -> Result<(), HsError> {
+        let Some(url) = value.get("url").and_then(Value::as_str).map(str::to_string) else { return Ok(()) };
         let unavailable = |error: crate::protocol::MediaError| match error {
             crate::protocol::MediaError::Unavailable(message) => HsError::Network(message),
             crate::protocol::MediaError::Rejected(message) => HsError::Protocol(message),
@@ -932,7 +929,7 @@ impl MatrixAdapter {
             info.remove("thumbnail_url");
             info.remove("thumbnail_info");
         }
-        Raw::new(&value).map(Raw::cast_unchecked).map_err(|e| HsError::Protocol(e.to_string()))
+        Ok(())
     }
 
     async fn send_clear(

@@ -14,6 +14,7 @@ use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, UserId};
 use serde_json::json;
 
 use super::adapter::{EventError, MatrixAdapter};
+use crate::config::E2eeConfig;
 use crate::hub::room_ops::{
     AgentRoomJob, CreateRoomJob, InviteJob, PersonalSpaceJob, ReadOnlyJob, RenameJob, TombstoneJob, WelcomeJob,
     agent_room_alias_localpart,
@@ -162,6 +163,13 @@ impl MatrixAdapter {
             OwnedUserId::try_from(ns.agent_user_id(&job.agent)).map_err(|e| EventError::Permanent(e.to_string()))?;
         let room = OwnedRoomId::try_from(job.room_id.as_str()).map_err(|e| EventError::Permanent(e.to_string()))?;
         self.ensure_known_user(&agent).await?;
+        // As for an invite from a person: the device exists before the join, so that the
+        // room's next encrypted message is encrypted for it too.
+        if let Some(crypto) = self.crypto()
+            && let Err(error) = crypto.device(&agent).await
+        {
+            tracing::warn!(room_id = job.room_id, user_id = %agent, %error, "no device for encrypted rooms; encrypted messages will stay unread");
+        }
         // An agent invited or in the room already is fine: joining settles it.
         self.invite_person(&room, agent.as_str()).await?;
         self.client().call(join_room_by_id::v3::Request::new(room.clone()), Some(&agent)).await?;
@@ -280,37 +288,16 @@ impl MatrixAdapter {
             self.ensure_known_user(agent).await?;
         }
         let room_version = self.default_room_version().await?;
-        let mut request = create_room::v3::Request::new();
-        request.name = Some(shape.name.clone());
-        request.topic = Some(shape.topic.clone());
-        if shape.space {
-            let creation = json!({ "type": "m.space" });
-            request.creation_content = Some(Raw::from_json(
-                serde_json::value::to_raw_value(&creation).map_err(|e| EventError::Permanent(e.to_string()))?,
-            ));
-        }
-        request.room_alias_name = Some(alias_localpart.to_string());
-        request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
-        request.visibility = Visibility::Private;
-        // People come in once the room's agents are there (the caller invites them after
-        // the joins), so nobody arrives in a room whose agent has not joined yet.
-        let people_now = agents.is_empty().then_some(&job.invite).into_iter().flatten();
-        request.invite =
-            people_now.filter_map(|u| OwnedUserId::try_from(u.as_str()).ok()).chain(agents.iter().cloned()).collect();
-        let overrides = power_levels(&bot, &job.invite, &room_version);
-        let visibility = json!({
-            "type": "m.room.history_visibility",
-            "state_key": "",
-            "content": { "history_visibility": shape.history.as_str() },
-        });
-        request.initial_state = vec![Raw::from_json(
-            serde_json::value::to_raw_value(&visibility).map_err(|e| EventError::Permanent(e.to_string()))?,
-        )];
-        request.power_level_content_override = Some(Raw::from_json(
-            serde_json::value::to_raw_value(&overrides).map_err(|e| EventError::Permanent(e.to_string()))?,
-        ));
+        let encrypted = encrypted_at_creation(&self.config().e2ee, shape, agents.len())
+            && self.devices_for_encrypted_room(&bot, &agents).await?;
+        let request = create_request(job, shape, &bot, &agents, &room_version, encrypted)?;
         match self.client().call(request, None).await {
-            Ok(created) => Ok(created.room_id),
+            Ok(created) => {
+                if let Some(crypto) = self.crypto().filter(|_| encrypted) {
+                    crypto.mark_encrypted(&created.room_id);
+                }
+                Ok(created.room_id)
+            }
             // A retry after a crash: the room exists under the conversation's alias.
             Err(error) if error.errcode() == Some("M_ROOM_IN_USE") => {
                 let alias = OwnedRoomAliasId::try_from(format!("#{alias_localpart}:{}", ns.server_name))
@@ -320,6 +307,80 @@ impl MatrixAdapter {
             Err(error) => Err(error.into()),
         }
     }
+}
+
+impl MatrixAdapter {
+    /// Sets up the devices of the bot and the room's agents before an encrypted room is
+    /// created, so that the first message people send there is encrypted for them too.
+    /// Whether they are ready: without them (no data folder, or a homeserver without
+    /// devices for appservices, such as Conduit 0.10) the room is created plain, since an
+    /// encrypted room none of our users can read would leave its agent mute.
+    async fn devices_for_encrypted_room(&self, bot: &str, agents: &[OwnedUserId]) -> Result<bool, EventError> {
+        let Some(crypto) = self.crypto() else { return Ok(false) };
+        let bot = OwnedUserId::try_from(bot).map_err(|e| EventError::Permanent(e.to_string()))?;
+        for user in std::iter::once(&bot).chain(agents) {
+            match crypto.device(user).await {
+                Ok(_) => {}
+                Err(error) if error.is_transient() => return Err(EventError::Transient(error.to_string())),
+                Err(error) => {
+                    tracing::warn!(user_id = %user, %error, "new room created unencrypted: no device for encrypted rooms");
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Whether a room the service creates starts encrypted: only with encryption on and
+/// asked for new rooms, never a Space (it holds no messages), and only with an agent in
+/// it. Any of our users in a room can decrypt for all of them, and an agent fetches a
+/// room key the homeserver failed to push with `/sync`; the bot cannot on Synapse, so
+/// a room where it alone reads (the welcome chat) could stop reading a person's messages.
+fn encrypted_at_creation(e2ee: &E2eeConfig, shape: &RoomShape, agents: usize) -> bool {
+    e2ee.enabled && e2ee.new_rooms && !shape.space && agents > 0
+}
+
+/// The request that creates the room `shape` describes for `job`, as the bot.
+fn create_request(
+    job: &CreateRoomJob,
+    shape: &RoomShape,
+    bot: &str,
+    agents: &[OwnedUserId],
+    room_version: &str,
+    encrypted: bool,
+) -> Result<create_room::v3::Request, EventError> {
+    fn raw<T>(value: serde_json::Value) -> Result<Raw<T>, EventError> {
+        serde_json::value::to_raw_value(&value).map(Raw::from_json).map_err(|e| EventError::Permanent(e.to_string()))
+    }
+    let mut request = create_room::v3::Request::new();
+    request.name = Some(shape.name.clone());
+    request.topic = Some(shape.topic.clone());
+    if shape.space {
+        request.creation_content = Some(raw(json!({ "type": "m.space" }))?);
+    }
+    request.room_alias_name = Some(shape.alias_localpart.clone());
+    request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
+    request.visibility = Visibility::Private;
+    // People come in once the room's agents are there (the caller invites them after
+    // the joins), so nobody arrives in a room whose agent has not joined yet.
+    let people_now = agents.is_empty().then_some(&job.invite).into_iter().flatten();
+    request.invite =
+        people_now.filter_map(|u| OwnedUserId::try_from(u.as_str()).ok()).chain(agents.iter().cloned()).collect();
+    request.initial_state = vec![raw(json!({
+        "type": "m.room.history_visibility",
+        "state_key": "",
+        "content": { "history_visibility": shape.history.as_str() },
+    }))?];
+    if encrypted {
+        request.initial_state.push(raw(json!({
+            "type": "m.room.encryption",
+            "state_key": "",
+            "content": { "algorithm": "m.megolm.v1.aes-sha2" },
+        }))?);
+    }
+    request.power_level_content_override = Some(raw(power_levels(bot, &job.invite, room_version))?);
+    Ok(request)
 }
 
 /// A state event sent as the bot, its content as JSON.
@@ -533,6 +594,56 @@ impl MatrixAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn initial_state_types(request: &create_room::v3::Request) -> Vec<String> {
+        request
+            .initial_state
+            .iter()
+            .map(|event| serde_json::from_str::<serde_json::Value>(event.json().get()).unwrap()["type"].to_string())
+            .collect()
+    }
+
+    #[test]
+    fn new_rooms_with_an_agent_are_encrypted_only_with_encryption_on() {
+        let job = CreateRoomJob {
+            conversation_id: "c1".into(),
+            title: "Plans".into(),
+            invite: vec!["@alice:x".into()],
+            agents: vec!["echo".into()],
+        };
+        let room = |space| RoomShape {
+            alias_localpart: "mosaic-conversation-c1".into(),
+            name: "Mosaic: Plans".into(),
+            topic: String::new(),
+            history: HistoryVisibility::Invited,
+            space,
+        };
+        let agents = vec![OwnedUserId::try_from("@mosaic_agent_echo:x").unwrap()];
+        let request = |e2ee: &E2eeConfig, shape: &RoomShape, agents: &[OwnedUserId]| {
+            let encrypted = encrypted_at_creation(e2ee, shape, agents.len());
+            initial_state_types(&create_request(&job, shape, "@mosaic-bot:x", agents, "12", encrypted).unwrap())
+        };
+        let on = E2eeConfig::default();
+        assert!(on.new_rooms, "new rooms are encrypted by default");
+        let encryption = "\"m.room.encryption\"".to_string();
+        let created = create_request(&job, &room(false), "@mosaic-bot:x", &agents, "12", true).unwrap();
+        let event = created.initial_state.iter().find(|e| e.json().get().contains("m.room.encryption")).unwrap();
+        let event: serde_json::Value = serde_json::from_str(event.json().get()).unwrap();
+        assert_eq!(event["content"]["algorithm"], "m.megolm.v1.aes-sha2");
+        assert_eq!(event["state_key"], "");
+        assert!(request(&on, &room(false), &agents).contains(&encryption));
+
+        // Turned off, encryption leaves new rooms plain whatever new_rooms says.
+        let off = E2eeConfig { enabled: false, new_rooms: true, ..E2eeConfig::default() };
+        assert!(!request(&off, &room(false), &agents).contains(&encryption));
+        let not_new = E2eeConfig { new_rooms: false, ..E2eeConfig::default() };
+        assert!(!request(&not_new, &room(false), &agents).contains(&encryption));
+        // Spaces hold no messages; a room where only the bot reads (the welcome chat)
+        // could stop reading when Synapse drops a room key the bot cannot fetch.
+        assert!(!request(&on, &room(true), &[]).contains(&encryption));
+        assert!(!request(&on, &room(false), &[]).contains(&encryption));
+        assert!(request(&on, &room(false), &agents).contains(&"\"m.room.history_visibility\"".to_string()));
+    }
 
     #[test]
     fn version_12_rooms_do_not_list_the_creator() {

@@ -246,6 +246,9 @@ async fn an_agent_and_the_bot_answer_in_encrypted_direct_chats_from_cross_signed
     assert_eq!(crate::support::body(&reader.wait_for_reply(&plain_room, &echo, &next).await), "and now?");
     let log = slot.log();
     assert!(log.contains("crypto store unusable"), "the broken store is named in the log");
+    // Once: the pushes that name the agent after it do not open the store again.
+    let failures = log.lines().filter(|l| l.contains("crypto store unusable;") && l.contains(echo.as_str())).count();
+    assert_eq!(failures, 1, "{log}");
     // No push was refused for it (a refused push holds back every later one).
     assert!(!log.contains("cannot take in the transaction"), "{log}");
 }
@@ -375,4 +378,57 @@ async fn a_telegram_group_bridged_into_an_encrypted_room_stays_encrypted_files_i
         !stored_file.windows(photo.len()).any(|w| w == photo.as_slice()),
         "the photo is in clear in the media repository"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conversation_room_the_service_creates_is_encrypted_and_its_agent_answers_there() {
+    // This slot's config leaves `[e2ee] new_rooms` as by default: on.
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let slot = slot("encryptedrooms");
+    let _service = Service::start(&slot).await;
+    let bot = slot.bot();
+    let echo = slot.agent("echo");
+    let mut erin = EncryptingClient::new("encryptedrooms-erin").await;
+
+    // `!new` asked in a plain room (the same person, through a plain client).
+    let plain = Person::new("encryptedrooms-erin").await;
+    let dm = plain.create_room(&[&bot], true).await;
+    plain.wait_for_member(&dm, &bot).await;
+    let asked = plain.say(&dm, "!new Sealed plans").await;
+    let answer = crate::support::body(&plain.wait_for_reply(&dm, &bot, &asked).await).to_string();
+    assert!(answer.contains("Mosaic: Sealed plans"), "{answer}");
+
+    // The new room is created encrypted, with the agent in it before Erin is invited.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let room_id = loop {
+        if let Some(room) = plain.invites().await.into_iter().find(|r| r != &dm) {
+            break room;
+        }
+        assert!(Instant::now() < deadline, "no invitation to the new room");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let room_id = matrix_sdk::ruma::OwnedRoomId::try_from(room_id.as_str()).unwrap();
+    let room = erin.client.join_room_by_id(&room_id).await.expect("joined the new room");
+    erin.wait_for_member(&room, &echo).await;
+    let encryption = plain.state(room_id.as_str(), "m.room.encryption").await;
+    assert_eq!(encryption["algorithm"], "m.megolm.v1.aes-sha2", "{encryption}");
+    assert!(room.latest_encryption_state().await.unwrap().is_encrypted(), "the client sees an encrypted room");
+
+    // The agent answers there, encrypted, and Erin's client reads it.
+    let asked = erin.say(&room, "only for us").await;
+    assert_eq!(erin.answer_from(&echo, &asked).await.body, "only for us");
+    let stored = plain.timeline(room_id.as_str()).await;
+    let from_echo: Vec<_> =
+        stored.iter().filter(|e| e["sender"] == echo.as_str() && e["type"] != "m.room.member").collect();
+    assert!(!from_echo.is_empty() && from_echo.iter().all(|e| e["type"] == "m.room.encrypted"), "{stored:?}");
+    assert!(!stored.iter().any(|e| e.to_string().contains("only for us")), "in clear on the homeserver: {stored:?}");
+
+    // The bot reads commands there too, and answers encrypted.
+    let asked = erin.say(&room, "!whoami").await;
+    let answer = erin.answer_from(&bot, &asked).await;
+    assert_eq!(answer.msgtype, "m.notice");
+    let stored = plain.timeline(room_id.as_str()).await;
+    let from_bot: Vec<_> =
+        stored.iter().filter(|e| e["sender"] == bot.as_str() && e["type"] != "m.room.member").collect();
+    assert!(from_bot.iter().all(|e| e["type"] != "m.room.message"), "{from_bot:?}");
 }

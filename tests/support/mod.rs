@@ -63,16 +63,20 @@ pub const SLOTS: &[&str] = &[
     "encrypted",
     "encryptedsync",
     "encryptedtg",
+    "encryptedrooms",
 ];
 
-/// Config sections a slot's registration depends on, written before the homeserver reads
-/// the registrations.
-fn registration_sections(slot: &str) -> &'static str {
-    match slot {
-        // Keys fetched by the devices with /sync, as for a homeserver that pushes none.
-        "encryptedsync" => "[e2ee]\nmode = \"sync\"\n",
-        _ => "",
-    }
+/// Config sections every config of a slot starts with: what its registration depends on
+/// (written before the homeserver reads the registrations), and whether the rooms the
+/// service creates are encrypted.
+fn registration_sections(slot: &str) -> String {
+    // Keys fetched by the devices with /sync, as for a homeserver that pushes none.
+    let mode = if slot == "encryptedsync" { "mode = \"sync\"\n" } else { "" };
+    // The people of most tests read and write in clear, without a device: the rooms the
+    // service creates for them (`!new`, `!pair`) stay plain, so that they can read the
+    // answers there. The `encryptedrooms` slot has them encrypted, as by default.
+    let new_rooms = slot == "encryptedrooms";
+    format!("[e2ee]\n{mode}new_rooms = {new_rooms}\n")
 }
 
 pub fn repo() -> PathBuf {

@@ -112,6 +112,9 @@ pub struct Crypto {
     last_fetch: Mutex<HashMap<OwnedUserId, std::time::Instant>>,
     /// The one-time and fallback key counts each device last took in.
     last_counts: Mutex<HashMap<OwnedUserId, KeyCounts>>,
+    /// Users whose crypto store could not be opened, and why: it is not tried again
+    /// before a restart (moving the store aside needs one anyway), and logged once.
+    unusable: Mutex<HashMap<OwnedUserId, String>>,
 }
 
 type KeyCounts = (BTreeMap<OneTimeKeyAlgorithm, UInt>, Option<Vec<OneTimeKeyAlgorithm>>);
@@ -142,6 +145,7 @@ impl Crypto {
             encrypted_rooms: Default::default(),
             last_counts: Default::default(),
             last_fetch: Default::default(),
+            unusable: Default::default(),
         }))
     }
 
@@ -152,24 +156,29 @@ impl Crypto {
         if let Some(device) = devices.get(user) {
             return Ok(device.clone());
         }
-        let device = Arc::new(self.open_device(user).await?);
+        if let Some(reason) = self.unusable_reason(user) {
+            return Err(E2eeError::Unusable(reason));
+        }
+        let device = match self.open_device(user).await {
+            Ok(device) => Arc::new(device),
+            Err(E2eeError::Unusable(reason)) => {
+                tracing::error!(user_id = %user, %reason, "crypto store unusable; the user's encrypted rooms stay unread until it is moved aside and mosaic-as restarted");
+                self.unusable.lock().expect("unusable lock").insert(user.to_owned(), reason.clone());
+                return Err(E2eeError::Unusable(reason));
+            }
+            Err(error) => return Err(error),
+        };
         // Keys and cross-signing go up before anyone uses the device; a failure leaves it
         // out, to be set up again by the next caller.
-        let ready = async {
-            self.exchange_keys(&device).await?;
-            self.ensure_cross_signed(&device).await
-        };
-        match ready.await {
-            Ok(()) => {
-                devices.insert(user.to_owned(), device.clone());
-                Ok(device)
-            }
-            Err(error) => Err(error),
-        }
+        self.exchange_keys(&device).await?;
+        self.ensure_cross_signed(&device).await?;
+        devices.insert(user.to_owned(), device.clone());
+        Ok(device)
     }
 
     /// `user`'s device if it has one already (in memory or on disk): to-device messages
-    /// for users without a device have no one to read them.
+    /// for users without a device have no one to read them. A device whose store cannot
+    /// be opened counts as none (its failure is logged once, by [`Self::device`]).
     async fn existing_device(&self, user: &UserId) -> Result<Option<Arc<Device>>, E2eeError> {
         if let Some(device) = self.devices.lock().await.get(user) {
             return Ok(Some(device.clone()));
@@ -177,7 +186,11 @@ impl Crypto {
         if !self.store_dir(user).exists() {
             return Ok(None);
         }
-        self.device(user).await.map(Some)
+        match self.device(user).await {
+            Ok(device) => Ok(Some(device)),
+            Err(E2eeError::Unusable(_)) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     async fn open_device(&self, user: &UserId) -> Result<Device, E2eeError> {
@@ -195,6 +208,11 @@ impl Crypto {
         let machine = OlmMachine::with_store(user, &device_id, store, None).await?;
         tracing::info!(user_id = %user, device_id = %device_id, "device ready for encrypted rooms");
         Ok(Device { machine, exchange: tokio::sync::Mutex::new(()) })
+    }
+
+    /// Why `user`'s crypto store could not be opened, if it could not.
+    fn unusable_reason(&self, user: &UserId) -> Option<String> {
+        self.unusable.lock().expect("unusable lock").get(user).cloned()
     }
 
     fn store_dir(&self, user: &UserId) -> PathBuf {
@@ -365,6 +383,8 @@ impl Crypto {
         }
         if holder {
             Ok(Decrypted::KeyMissing)
+        } else if let Some(reason) = readers.iter().find_map(|reader| self.unusable_reason(reader)) {
+            Ok(Decrypted::Undecryptable(reason))
         } else {
             // Room keys go to the devices present when a message is sent; ours were not.
             Ok(Decrypted::Undecryptable("none of our users in the room has a device".into()))
@@ -449,6 +469,39 @@ fn in_clear(envelope: &Value, decrypted: &str) -> Result<String, E2eeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_crypto_store_that_cannot_be_opened_is_not_tried_again() {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = Config::parse(crate::config::tests::MINIMAL).unwrap();
+        config.appservice.data_dir = Some(data.path().to_owned());
+        // Nobody listens there: a store that opened would fail on the homeserver instead.
+        let client = HomeserverClient::new("http://127.0.0.1:9", &config.appservice.as_token);
+        let crypto = Crypto::new(&config, client).unwrap();
+        let user = ruma::user_id!("@mosaic_agent_echo:example.org");
+        let store = crypto.store_dir(user);
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::write(store.join("matrix-sdk-crypto.sqlite3"), b"not a database").unwrap();
+
+        // Pushed transactions that name the user find no device, rather than an error.
+        assert!(crypto.existing_device(user).await.unwrap().is_none());
+        let reason = crypto.unusable_reason(user).expect("the failure is remembered");
+        assert!(reason.contains("cannot open the crypto store"), "{reason}");
+
+        // Mended on disk, the store is still not opened again before a restart: an open
+        // would reach the homeserver, which is not there.
+        std::fs::remove_file(store.join("matrix-sdk-crypto.sqlite3")).unwrap();
+        assert!(crypto.existing_device(user).await.unwrap().is_none());
+        assert!(matches!(crypto.device(user).await, Err(E2eeError::Unusable(_))));
+
+        // A message for the room says why it cannot be read.
+        let event = serde_json::json!({"type": "m.room.encrypted", "content": {}});
+        let room = ruma::room_id!("!r:example.org");
+        let Decrypted::Undecryptable(why) = crypto.decrypt(room, &event, &[user.to_owned()]).await.unwrap() else {
+            panic!("an unusable store cannot decrypt");
+        };
+        assert!(why.contains("cannot open the crypto store"), "{why}");
+    }
 
     #[test]
     fn a_decrypted_event_keeps_its_envelope_and_gets_its_relation_back() {
