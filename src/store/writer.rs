@@ -20,8 +20,11 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{Result, StoreError};
 
-const SAVEPOINT: &str = "SAVEPOINT write";
-const RELEASE: &str = "RELEASE write";
+// Each statement is a round trip to the connection's thread, so the steps between two
+// writers go in one: the last writer's savepoint is released as the next one begins.
+const BEGIN_FIRST: &str = "BEGIN IMMEDIATE; SAVEPOINT write";
+const BEGIN_NEXT: &str = "SAVEPOINT write";
+const BEGIN_AFTER_RELEASE: &str = "RELEASE write; SAVEPOINT write";
 const UNDO: &str = "ROLLBACK TO write; RELEASE write";
 
 /// Failed groups remembered, so that each of their writers learns of the failure.
@@ -36,8 +39,10 @@ struct State {
     conn: AnyConnection,
     /// Whether the shared transaction is open.
     open: bool,
-    /// Whether a writer released its savepoint into the open transaction.
+    /// Whether a writer committed into the open transaction.
     dirty: bool,
+    /// Whether the last writer's savepoint, committed, is still to be released.
+    unreleased: bool,
     /// The number of the shared transaction being written; all before it have ended.
     group: u64,
     /// Groups whose commit failed, with the error, the latest last.
@@ -46,7 +51,7 @@ struct State {
 
 impl Writer {
     pub fn new(conn: AnyConnection) -> Self {
-        let state = State { conn, open: false, dirty: false, group: 0, failures: VecDeque::new() };
+        let state = State { conn, open: false, dirty: false, unreleased: false, group: 0, failures: VecDeque::new() };
         Self { state: Arc::new(Mutex::new(state)) }
     }
 
@@ -62,14 +67,18 @@ impl Writer {
     /// Starts a write: the savepoint of this writer, in the shared transaction.
     pub async fn begin(&self) -> Result<SqliteWrite> {
         let mut state = self.state.clone().lock_owned().await;
-        if !state.open {
-            state.conn.execute("BEGIN IMMEDIATE").await?;
-            state.open = true;
-        }
-        if let Err(error) = state.conn.execute(SAVEPOINT).await {
-            state.end_if_clean().await;
+        let steps = match (state.open, state.unreleased) {
+            (false, _) => BEGIN_FIRST,
+            (true, false) => BEGIN_NEXT,
+            (true, true) => BEGIN_AFTER_RELEASE,
+        };
+        if let Err(error) = state.conn.execute(steps).await {
+            // Which of the steps failed is unknown: the group is given up as a whole.
+            state.abandon_group(&error).await;
             return Err(error.into());
         }
+        state.open = true;
+        state.unreleased = false;
         Ok(SqliteWrite { writer: self.clone(), state: Some(state) })
     }
 
@@ -98,6 +107,7 @@ impl State {
         }
         self.open = false;
         self.dirty = false;
+        self.unreleased = false;
         let Err(error) = self.conn.execute("COMMIT").await else {
             return Ok(());
         };
@@ -123,16 +133,26 @@ impl State {
     /// Undoes an unfinished savepoint. When that fails, SQLite has already rolled back
     /// the whole shared transaction, and the writers waiting on it must learn so.
     async fn undo(&mut self) {
-        if let Err(error) = self.conn.execute(UNDO).await {
-            tracing::warn!(%error, "cannot undo a write; its whole group is rolled back");
-            let _ = self.conn.execute("ROLLBACK").await;
-            self.failures.push_back((self.group, format!("the group was rolled back: {error}")));
-            self.open = false;
-            self.dirty = false;
-            self.group += 1;
-            return;
+        match self.conn.execute(UNDO).await {
+            Ok(_) => self.end_if_clean().await,
+            Err(error) => self.abandon_group(&error).await,
         }
-        self.end_if_clean().await;
+    }
+
+    /// Rolls back the shared transaction after a failure that leaves its state unknown;
+    /// the writers waiting for it are told to try again.
+    async fn abandon_group(&mut self, error: &sqlx::Error) {
+        tracing::warn!(%error, group = self.group, "the shared write transaction is rolled back");
+        // Also when not marked open: a failed begin may have opened it.
+        let _ = self.conn.execute("ROLLBACK").await;
+        if self.failures.len() == FAILURES_KEPT {
+            self.failures.pop_front();
+        }
+        self.failures.push_back((self.group, format!("the group was rolled back: {error}")));
+        self.open = false;
+        self.dirty = false;
+        self.unreleased = false;
+        self.group += 1;
     }
 }
 
@@ -160,10 +180,8 @@ pub struct SqliteWrite {
 impl SqliteWrite {
     pub async fn commit(mut self) -> Result<()> {
         let mut state = self.state.take().expect("an unfinished write holds its turn");
-        if let Err(error) = state.conn.execute(RELEASE).await {
-            state.undo().await;
-            return Err(error.into());
-        }
+        // Released as the next writer begins, or by the commit of the group.
+        state.unreleased = true;
         state.dirty = true;
         let group = state.group;
         drop(state);
@@ -200,5 +218,67 @@ impl Deref for SqliteWrite {
 impl DerefMut for SqliteWrite {
     fn deref_mut(&mut self) -> &mut AnyConnection {
         &mut self.state.as_mut().expect("an unfinished write holds its turn").conn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{Result, Store};
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
+        exec(&store, "CREATE TABLE kv (k INTEGER PRIMARY KEY)").await.unwrap();
+        (dir, store)
+    }
+
+    /// One statement in a write transaction of its own.
+    async fn exec(store: &Store, sql: &'static str) -> Result<()> {
+        store.write(async |conn| Ok(sqlx::query(sql).execute(conn).await.map(drop)?)).await
+    }
+
+    async fn key_count(store: &Store) -> i64 {
+        let mut conn = store.conn().await.unwrap();
+        sqlx::query_as::<_, (i64,)>("SELECT COUNT(*) FROM kv").fetch_one(&mut *conn).await.unwrap().0
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_share_commits_and_each_sees_only_its_own_fate() {
+        let (_dir, store) = store().await;
+        let writers = (0..60).map(|n: i64| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut tx = store.begin_write().await.unwrap();
+                sqlx::query("INSERT INTO kv (k) VALUES ($1)").bind(n).execute(&mut *tx).await.unwrap();
+                match n % 3 {
+                    0 => tx.commit().await.map(|()| true),
+                    1 => tx.rollback().await.map(|()| false),
+                    // Dropped without a word, as when a task fails half-way.
+                    _ => Ok(false),
+                }
+            })
+        });
+        let outcomes = futures::future::join_all(writers).await;
+        let kept = outcomes.into_iter().filter(|outcome| *outcome.as_ref().unwrap().as_ref().unwrap()).count();
+        assert_eq!(kept, 20);
+        // Once commit returned, the row is committed: a reader on another connection sees it.
+        assert_eq!(key_count(&store).await, 20, "exactly the committed writes are there");
+        let mut tx = store.begin_write().await.unwrap();
+        sqlx::query("INSERT INTO kv (k) VALUES (1000)").execute(&mut *tx).await.unwrap();
+        assert_eq!(key_count(&store).await, 20, "nothing is seen before its commit");
+        tx.commit().await.unwrap();
+        assert_eq!(key_count(&store).await, 21);
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_fails_alone_and_the_pool_cannot_write() {
+        let (_dir, store) = store().await;
+        exec(&store, "INSERT INTO kv (k) VALUES (1)").await.unwrap();
+        assert!(exec(&store, "INSERT INTO kv (k) VALUES (1)").await.is_err(), "the key refuses a second 1");
+        exec(&store, "INSERT INTO kv (k) VALUES (2)").await.unwrap();
+        assert_eq!(key_count(&store).await, 2);
+        let mut conn = store.conn().await.unwrap();
+        let error = sqlx::query("INSERT INTO kv (k) VALUES (3)").execute(&mut *conn).await.unwrap_err();
+        assert!(error.to_string().contains("readonly"), "a write past the writer is refused: {error}");
     }
 }
