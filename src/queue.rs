@@ -189,6 +189,12 @@ impl Wakers {
         }
     }
 
+    /// Wakes the scheduler of `queues` only: each wake-up costs a scheduler a look at
+    /// the outbox, so work that can only have gone to one kind of queue wakes one.
+    pub fn wake(&self, queues: Queues) {
+        self.for_queue(queues.waker()).notify_one();
+    }
+
     pub fn for_queue(&self, queue: &str) -> Arc<Notify> {
         self.queues.lock().expect("wakers lock").entry(queue.to_string()).or_default().clone()
     }

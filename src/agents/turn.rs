@@ -17,7 +17,7 @@ use crate::hub::agent_rooms::{self, Step};
 use crate::hub::{TurnJob, enqueue_send};
 use crate::protocol::{ChannelMessage, ContentType, SenderType};
 use crate::queue;
-use crate::queue::JobOutcome;
+use crate::queue::{JobOutcome, Queues};
 use crate::store::AnyConnection;
 use crate::store::{self, messages, outbox, settings};
 
@@ -85,7 +85,11 @@ impl Agents {
         }
         match self.commit_answer(job, turn, agent, &streamer, &text, usage).await {
             Ok(()) => {
-                self.wakers.wake_all();
+                // Only a step in an agent room queues another turn; an answer queues sends.
+                match turn.step {
+                    Some(_) => self.wakers.wake_all(),
+                    None => self.wakers.wake(Queues::Surfaces),
+                }
                 JobOutcome::Recorded
             }
             Err(error) => JobOutcome::Retry { error: error.to_string(), after: None },
@@ -382,7 +386,7 @@ impl Agents {
         post_notice(&mut tx, job, turn, to, text).await?;
         outbox::mark_done(&mut tx, job.seq).await?;
         tx.commit().await?;
-        self.wakers.wake_all();
+        self.wakers.wake(Queues::Surfaces);
         Ok(())
     }
 }
