@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Person, SERVER_NAME, Slot, body, homeserver_url, slot};
+use support::{Person, SERVER_NAME, Slot, body, homeserver_url, post_json, slot};
 
 /// The admin password every `Person` of the harness has.
 const PASSWORD: &str = "secret-password";
@@ -75,16 +75,10 @@ async fn registers_the_appservice_in_the_admin_room_and_shows_the_answer() {
     // The server bot owns the admin room and has invited the admin, who has not joined.
     let bot = Person::new("conduit").await;
     assert_eq!(bot.user_id, format!("@conduit:{SERVER_NAME}"));
-    let created: Value = reqwest::Client::new()
-        .post(format!("{}/_matrix/client/v3/createRoom", homeserver_url()))
-        .bearer_auth(bot.token())
-        .json(&json!({"room_alias_name": "admins", "name": "Admin Room", "preset": "private_chat", "invite": [admin.user_id]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin_room =
+        json!({"room_alias_name": "admins", "name": "Admin Room", "preset": "private_chat", "invite": [admin.user_id]});
+    let created =
+        post_json(&reqwest::Client::new(), "/_matrix/client/v3/createRoom", Some(bot.token()), &admin_room).await;
     let room = created["room_id"].as_str().expect("the admin room is created").to_string();
 
     // The bot answers the command as Conduit does.

@@ -22,7 +22,7 @@ use matrix_sdk::ruma::events::room::message::MessageType;
 use matrix_sdk::attachment::AttachmentConfig;
 
 use crate::support::fake_telegram::{FakeTelegram, Incoming, SentKind, TgUser};
-use crate::support::{Person, Service, homeserver_url, mosaic, push_transaction, slot};
+use crate::support::{Person, Service, homeserver_url, mosaic, post_json, push_transaction, slot};
 
 const TG_GROUP: i64 = -1_002_424_242_424;
 
@@ -291,16 +291,9 @@ async fn an_agent_fetches_room_keys_itself_where_the_homeserver_pushes_none() {
 
 /// `user`'s devices and their keys as the homeserver gives them to anyone who asks.
 async fn device_keys(asker: &EncryptingClient, user: &str) -> serde_json::Value {
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/_matrix/client/v3/keys/query", homeserver_url()))
-        .bearer_auth(asker.client.access_token().unwrap())
-        .json(&serde_json::json!({"device_keys": {user: []}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let query = serde_json::json!({"device_keys": {user: []}});
+    let token = asker.client.access_token().expect("the asker is logged in");
+    let answer = post_json(&reqwest::Client::new(), "/_matrix/client/v3/keys/query", Some(&token), &query).await;
     answer["device_keys"][user].clone()
 }
 

@@ -95,6 +95,16 @@ pub fn homeserver_url() -> String {
     format!("http://127.0.0.1:{}", homeserver().port)
 }
 
+/// POSTs `body` to the homeserver's client API at `path` (e.g. `/_matrix/client/v3/login`),
+/// as `token` when given, and returns the JSON answer.
+pub async fn post_json(http: &reqwest::Client, path: &str, token: Option<&str>, body: &Value) -> Value {
+    let mut request = http.post(format!("{}{path}", homeserver_url())).json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// A loopback port nobody listens on now. Ports are picked per run so that a homeserver
 /// or service left over from another checkout never answers for this one.
 pub fn free_port() -> u16 {
@@ -457,15 +467,8 @@ impl Person {
         }
         run_script(&args);
         let http = reqwest::Client::new();
-        let login: Value = http
-            .post(format!("{}/_matrix/client/v3/login", homeserver_url()))
-            .json(&json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": "secret-password"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let credentials = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": "secret-password"});
+        let login = post_json(&http, "/_matrix/client/v3/login", None, &credentials).await;
         Person {
             user_id: login["user_id"].as_str().expect("login works").to_string(),
             token: login["access_token"].as_str().unwrap().to_string(),
