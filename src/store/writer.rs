@@ -114,11 +114,16 @@ impl State {
         // Whatever the failure left behind is undone, so the next group starts clean.
         let _ = self.conn.execute("ROLLBACK").await;
         tracing::warn!(%error, group, "group commit failed: its writers are told to try again");
+        self.remember_failure(group, error.to_string());
+        Err(error.into())
+    }
+
+    /// Keeps why `group` failed, for its writers still to ask (the latest few groups).
+    fn remember_failure(&mut self, group: u64, error: String) {
         if self.failures.len() == FAILURES_KEPT {
             self.failures.pop_front();
         }
-        self.failures.push_back((group, error.to_string()));
-        Err(error.into())
+        self.failures.push_back((group, error));
     }
 
     /// Ends the shared transaction when no writer has anything in it, so that the
@@ -145,10 +150,7 @@ impl State {
         tracing::warn!(%error, group = self.group, "the shared write transaction is rolled back");
         // Also when not marked open: a failed begin may have opened it.
         let _ = self.conn.execute("ROLLBACK").await;
-        if self.failures.len() == FAILURES_KEPT {
-            self.failures.pop_front();
-        }
-        self.failures.push_back((self.group, format!("the group was rolled back: {error}")));
+        self.remember_failure(self.group, format!("the group was rolled back: {error}"));
         self.open = false;
         self.dirty = false;
         self.unreleased = false;
