@@ -42,6 +42,32 @@ use crate::store::{self, AnyConnection, Store, accounts, conversations, messages
 
 pub const CHANNEL: &str = "matrix";
 
+/// What an `m.room.member` event changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberChange {
+    room_id: String,
+    user_id: String,
+    membership: String,
+    /// The name the member gave themselves. Only a person's own member event names them:
+    /// an invite or a kick carries whatever name its sender chose.
+    own_name: Option<String>,
+}
+
+impl MemberChange {
+    fn of(event: &Value, room_id: &str, sender: &str) -> Result<Self, EventError> {
+        let target = event["state_key"].as_str().unwrap_or_default();
+        let membership = event["content"]["membership"].as_str().unwrap_or_default();
+        if target.is_empty() || membership.is_empty() {
+            return Err(EventError::Permanent("member event without state_key or membership".into()));
+        }
+        let own_name = match sender == target {
+            true => event["content"]["displayname"].as_str().filter(|n| !n.is_empty()).map(str::to_owned),
+            false => None,
+        };
+        Ok(Self { room_id: room_id.into(), user_id: target.into(), membership: membership.into(), own_name })
+    }
+}
+
 /// Tries of one send inside the adapter before the outbox schedules a later retry.
 const SEND_TRIES: u32 = 4;
 
@@ -269,24 +295,49 @@ impl MatrixAdapter {
     }
 
     async fn on_member(&self, event: &Value, room_id: &str, sender: &str) -> Result<(), EventError> {
-        let target = event["state_key"].as_str().unwrap_or_default();
-        let membership = event["content"]["membership"].as_str().unwrap_or_default();
-        if target.is_empty() || membership.is_empty() {
-            return Err(EventError::Permanent("member event without state_key or membership".into()));
-        }
-        self.store.write(async |conn| conversations::set_membership(conn, room_id, target, membership).await).await?;
-        // Only a person's own member event names them: an invite or a kick carries
-        // whatever name its sender chose.
-        if sender == target
-            && let Some(name) = event["content"]["displayname"].as_str().filter(|n| !n.is_empty())
-        {
-            self.display_names.remember(target, name);
-        }
+        let change = MemberChange::of(event, room_id, sender)?;
+        self.record_memberships(std::slice::from_ref(&change)).await?;
+        let (target, membership) = (change.user_id.as_str(), change.membership.as_str());
         if membership == "invite" && self.ns.is_ours(target) && !self.ns.is_ours(sender) {
             if self.permissions.matrix_level(sender) == Level::None {
                 return self.refuse_invite(room_id, target, sender).await;
             }
             self.accept_invite(room_id, target).await?;
+        }
+        Ok(())
+    }
+
+    /// The pushed event's membership change, when recording it is all there is to do:
+    /// the inbox records runs of these in one write. An invite of one of our users is
+    /// not such a change (it is answered), nor is anything else.
+    pub fn membership_record(&self, raw: &str) -> Option<MemberChange> {
+        let raw = super::server::seal_link_tokens(raw, &self.config.appservice.as_token);
+        let event: Value = serde_json::from_str(&raw).ok()?;
+        let sender = event["sender"].as_str()?;
+        let change = match event["type"].as_str()? {
+            "m.room.member" => {
+                MemberChange::of(&event, event["room_id"].as_str().filter(|r| !r.is_empty())?, sender).ok()?
+            }
+            _ => return None,
+        };
+        let answered = change.membership == "invite" && self.ns.is_ours(&change.user_id) && !self.ns.is_ours(sender);
+        (!answered).then_some(change)
+    }
+
+    /// Records membership changes, in one write, and the names people gave themselves.
+    pub async fn record_memberships(&self, changes: &[MemberChange]) -> Result<(), EventError> {
+        self.store
+            .write(async |conn| {
+                for change in changes {
+                    conversations::set_membership(conn, &change.room_id, &change.user_id, &change.membership).await?;
+                }
+                Ok(())
+            })
+            .await?;
+        for change in changes {
+            if let Some(name) = &change.own_name {
+                self.display_names.remember(&change.user_id, name);
+            }
         }
         Ok(())
     }

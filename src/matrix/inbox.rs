@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::{Notify, watch};
 
-use super::adapter::{EventError, MatrixAdapter};
+use super::adapter::{EventError, MatrixAdapter, MemberChange};
 use crate::queue::{DeadReason, RetryLimits, backoff};
 use crate::store::{self, Store, inbox};
 
@@ -128,7 +128,8 @@ struct RoomPass {
 }
 
 /// Handles one room's events in order until one has to wait for a later try: the room's
-/// later events wait behind it.
+/// later events wait behind it. A run of events that only change memberships (most of
+/// what a busy room pushes) is recorded in one write.
 async fn process_room(
     store: &Store,
     adapter: &MatrixAdapter,
@@ -136,38 +137,92 @@ async fn process_room(
     events: Vec<inbox::InboxEvent>,
 ) -> RoomPass {
     let mut pass = RoomPass::default();
+    let mut run: Vec<(inbox::InboxEvent, MemberChange)> = Vec::new();
     for item in events {
-        // The connection is taken after the event is handled: handling takes its own.
-        let recorded = match adapter.process_event(&item.event).await {
-            Ok(()) => {
-                pass.handled.push(item);
-                continue;
-            }
-            Err(EventError::Permanent(error)) => give_up(store, &item, DeadReason::Permanent, &error).await,
-            Err(EventError::Transient(error)) => match limits.exhausted(item.attempts, item.failing_since) {
-                Some(reason) => give_up(store, &item, reason, &error).await,
-                None => {
-                    let delay = limits.delay(item.attempts);
-                    tracing::warn!(seq = item.seq, room_id = item.room_id, %error, retry_in_ms = delay.as_millis() as u64, "event will be retried; its room waits");
-                    if let Err(error) = retry_later(store, &item, delay, &error).await {
-                        pass.error = Some(error);
-                    }
-                    return pass;
-                }
-            },
-        };
-        match recorded {
-            Ok(()) => {
-                crate::metrics::event_processed(item.received_at);
-                pass.set_aside += 1;
-            }
-            Err(error) => {
-                pass.error = Some(error);
-                return pass;
-            }
+        if let Some(change) = adapter.membership_record(&item.event) {
+            run.push((item, change));
+            continue;
+        }
+        if record_run(store, adapter, limits, std::mem::take(&mut run), &mut pass).await == Flow::Wait
+            || process_one(store, adapter, limits, item, &mut pass).await == Flow::Wait
+        {
+            return pass;
         }
     }
+    record_run(store, adapter, limits, run, &mut pass).await;
     pass
+}
+
+/// Whether a room's next event may be handled, or the room waits for a later pass.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Next,
+    Wait,
+}
+
+/// Records a run of membership changes in one write; if that fails, each event of the
+/// run is handled on its own, so that a bad one fails alone.
+async fn record_run(
+    store: &Store,
+    adapter: &MatrixAdapter,
+    limits: &RetryLimits,
+    run: Vec<(inbox::InboxEvent, MemberChange)>,
+    pass: &mut RoomPass,
+) -> Flow {
+    if run.is_empty() {
+        return Flow::Next;
+    }
+    let changes: Vec<MemberChange> = run.iter().map(|(_, change)| change.clone()).collect();
+    if adapter.record_memberships(&changes).await.is_ok() {
+        pass.handled.extend(run.into_iter().map(|(item, _)| item));
+        return Flow::Next;
+    }
+    for (item, _) in run {
+        if process_one(store, adapter, limits, item, pass).await == Flow::Wait {
+            return Flow::Wait;
+        }
+    }
+    Flow::Next
+}
+
+/// Handles one event, or records why it waits or is set aside.
+async fn process_one(
+    store: &Store,
+    adapter: &MatrixAdapter,
+    limits: &RetryLimits,
+    item: inbox::InboxEvent,
+    pass: &mut RoomPass,
+) -> Flow {
+    // The connection is taken after the event is handled: handling takes its own.
+    let recorded = match adapter.process_event(&item.event).await {
+        Ok(()) => {
+            pass.handled.push(item);
+            return Flow::Next;
+        }
+        Err(EventError::Permanent(error)) => give_up(store, &item, DeadReason::Permanent, &error).await,
+        Err(EventError::Transient(error)) => match limits.exhausted(item.attempts, item.failing_since) {
+            Some(reason) => give_up(store, &item, reason, &error).await,
+            None => {
+                let delay = limits.delay(item.attempts);
+                tracing::warn!(seq = item.seq, room_id = item.room_id, %error, retry_in_ms = delay.as_millis() as u64, "event will be retried; its room waits");
+                if let Err(error) = retry_later(store, &item, delay, &error).await {
+                    pass.error = Some(error);
+                }
+                return Flow::Wait;
+            }
+        },
+    };
+    match recorded {
+        Ok(()) => {
+            crate::metrics::event_processed(item.received_at);
+            pass.set_aside += 1;
+            Flow::Next
+        }
+        Err(error) => {
+            pass.error = Some(error);
+            Flow::Wait
+        }
+    }
 }
 
 async fn retry_later(store: &Store, item: &inbox::InboxEvent, delay: Duration, error: &str) -> store::Result<()> {
