@@ -233,3 +233,62 @@ async fn give_up(store: &Store, item: &inbox::InboxEvent, reason: DeadReason, er
     tracing::warn!(txn_id = item.txn_id, seq = item.seq, room_id = item.room_id, reason = reason.as_str(), %error, "event set aside: dead letter");
     store.write(async |conn| inbox::mark_dead(conn, item.seq, reason.as_str(), error).await).await
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::store::conversations;
+
+    fn joined(room_id: &str, user_id: &str) -> String {
+        json!({
+            "type": "m.room.member", "room_id": room_id, "sender": user_id, "state_key": user_id,
+            "event_id": format!("$join-{user_id}"), "origin_server_ts": 1, "content": {"membership": "join"},
+        })
+        .to_string()
+    }
+
+    async fn members(store: &Store, room_id: &str) -> Vec<String> {
+        let mut conn = store.conn().await.unwrap();
+        conversations::present_members(&mut conn, room_id).await.unwrap().into_iter().map(|(user, _)| user).collect()
+    }
+
+    #[tokio::test]
+    async fn a_refused_membership_holds_back_only_itself_and_what_follows_it_in_its_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
+        // The database refuses one membership, as PostgreSQL refuses text with a NUL byte.
+        store
+            .write(async |conn| {
+                let refuse = "CREATE TRIGGER refuse BEFORE INSERT ON room_members WHEN NEW.user_id = '@bad:x'
+                              BEGIN SELECT RAISE(ABORT, 'refused'); END";
+                Ok(sqlx::query(refuse).execute(conn).await.map(drop)?)
+            })
+            .await
+            .unwrap();
+        let adapter =
+            MatrixAdapter::new(Arc::new(Config::parse(crate::config::tests::MINIMAL).unwrap()), store.clone());
+        let events = [
+            ("!a:x", joined("!a:x", "@a1:x")),
+            ("!b:x", joined("!b:x", "@b1:x")),
+            ("!a:x", joined("!a:x", "@a2:x")),
+            ("!a:x", joined("!a:x", "@bad:x")),
+            ("!b:x", joined("!b:x", "@b2:x")),
+            ("!a:x", joined("!a:x", "@a3:x")),
+        ];
+        let pushed: Vec<inbox::Pushed> =
+            events.iter().map(|(room_id, event)| inbox::Pushed { room_id, event }).collect();
+        assert!(inbox::record_transaction(&store, "txn-1", &pushed).await.unwrap());
+
+        let finished = process_batch(&store, &adapter, &RetryLimits::default()).await.unwrap();
+
+        assert_eq!(finished, 4);
+        assert_eq!(members(&store, "!a:x").await, ["@a1:x", "@a2:x"], "the run before the refused one is kept");
+        assert_eq!(members(&store, "!b:x").await, ["@b1:x", "@b2:x"], "another room goes on");
+        let mut conn = store.conn().await.unwrap();
+        assert_eq!(inbox::pending_count(&mut conn).await.unwrap(), 2, "the refused event and the one after it wait");
+        assert!(inbox::pending(&mut conn, 10).await.unwrap().is_empty(), "their room waits for a later try");
+    }
+}
