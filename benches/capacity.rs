@@ -50,6 +50,8 @@ mod homeserver;
 mod postgres;
 #[path = "support/mod.rs"]
 mod support;
+#[path = "support/traffic.rs"]
+mod traffic;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
@@ -71,6 +73,7 @@ use postgres::FreshDatabase;
 use serde_json::{Value, json};
 use support::{Server, event_id, http_client, millis, now_ms};
 use tokio::sync::Notify;
+use traffic::{Traffic, push_all, reference_events, wait_for_mosaic_inbox, wait_for_reference};
 
 /// Rooms per service, each with one person and the echoer.
 const ROOMS: usize = 16;
@@ -87,6 +90,11 @@ const MEASURE_BUDGET: Duration = Duration::from_secs(300);
 
 const MOSAIC_ECHOER: &str = "mosaic_agent_echo";
 
+/// Traffic that needs no answer, pushed after the echoes: 15,000 events.
+const TRAFFIC: Traffic = Traffic { rooms: 1_000, members_per_room: 10, messages_per_room: 5 };
+/// Longest wait for a service to process the traffic.
+const TRAFFIC_BUDGET: Duration = Duration::from_secs(300);
+
 fn main() -> ExitCode {
     support::run_main("capacity", run())
 }
@@ -97,6 +105,24 @@ struct Figures {
     elapsed: Duration,
     cpu: Duration,
     bench_cpu: Duration,
+    processing: Processing,
+}
+
+/// How a service took the traffic that needs no answer.
+struct Processing {
+    events: usize,
+    elapsed: Duration,
+    cpu: Duration,
+}
+
+impl Processing {
+    fn events_per_s(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn cpu_per_event_us(&self) -> f64 {
+        millis(self.cpu) * 1000.0 / self.events.max(1) as f64
+    }
 }
 
 impl Figures {
@@ -154,6 +180,12 @@ async fn run() -> anyhow::Result<()> {
                 figures.echoes_per_s() / reference.echoes_per_s(),
                 figures.cpu_per_echo_ms() / reference.cpu_per_echo_ms(),
             );
+            println!(
+                "capacity ratio {label} / reference, traffic that needs no answer: events/s x{:.2}, CPU per event \
+                 x{:.2}",
+                figures.processing.events_per_s() / reference.processing.events_per_s(),
+                figures.processing.cpu_per_event_us() / reference.processing.cpu_per_event_us(),
+            );
         }
     }
     Ok(())
@@ -174,7 +206,11 @@ async fn bench_mosaic(mut database: Option<&mut FreshDatabase>, messages: usize)
     let result = async {
         server.wait_until_ok(&http_client()?, "/ready").await?;
         fake.push_to(&server.base_url, &server.hs_token);
-        measure(label, &fake, server.pid(), database.as_deref_mut(), messages).await
+        let mut figures = measure(label, &fake, server.pid(), database.as_deref_mut(), messages).await?;
+        figures.processing = process_traffic(label, &server.base_url, &server.hs_token, server.pid(), Drained::Mosaic)
+            .await
+            .with_context(|| format!("{label}: traffic that needs no answer"))?;
+        anyhow::Ok(figures)
     }
     .await;
     let stopped = server.stop();
@@ -194,7 +230,15 @@ async fn bench_reference(messages: usize) -> anyhow::Result<Figures> {
     let fake = FakeHomeserver::start(&config.bot, &config.bot).await?;
     let mut reference = config.start(&fake.url).await?;
     fake.push_to(&config.base_url, &config.hs_token);
-    let result = measure("reference", &fake, reference.pid(), None, messages).await;
+    let result = async {
+        let mut figures = measure("reference", &fake, reference.pid(), None, messages).await?;
+        figures.processing =
+            process_traffic("reference", &config.base_url, &config.hs_token, reference.pid(), Drained::Reference)
+                .await
+                .context("reference: traffic that needs no answer")?;
+        anyhow::Ok(figures)
+    }
+    .await;
     reference.stop();
     if result.is_err() {
         reference.print_log_tail();
@@ -257,7 +301,8 @@ async fn measure(
     if complete.is_err() {
         println!("({label}: stopped at the {MEASURE_BUDGET:?} time budget with {echoes} of {messages} echoed)");
     }
-    let figures = Figures { echoes, elapsed, cpu, bench_cpu };
+    let processing = Processing { events: 0, elapsed: Duration::ZERO, cpu: Duration::ZERO };
+    let figures = Figures { echoes, elapsed, cpu, bench_cpu, processing };
     println!(
         "capacity {label:<19} {:>8.1} echoes/s  CPU per echo {:>6.3} ms  ({echoes} echoes in {:.2} s, pushed in {} \
          transactions; CPU {:.2} s; the bench with its fake homeserver {:.3} ms per echo{}{}; idle before: \
@@ -281,6 +326,64 @@ async fn measure(
         millis(idle) / IDLE.as_secs_f64(),
     );
     Ok(figures)
+}
+
+/// How to tell that a service has processed everything pushed to it.
+#[derive(Clone, Copy)]
+enum Drained {
+    /// mosaic-as's `/metrics` shows an empty inbox.
+    Mosaic,
+    /// The reference's `/bench/stats` counted every event.
+    Reference,
+}
+
+impl Drained {
+    /// Half the people who join are ghosts of the service's own namespace.
+    fn ghost_prefix(self) -> &'static str {
+        match self {
+            Self::Mosaic => "mosaic_ghost_",
+            Self::Reference => "refecho_ghost_",
+        }
+    }
+}
+
+/// Pushes [`TRAFFIC`] straight to the service, then waits until it has processed all of
+/// it: people joining rooms and talking where no agent listens, which a service must
+/// keep up with without answering.
+async fn process_traffic(
+    label: &str,
+    base_url: &str,
+    hs_token: &str,
+    pid: u32,
+    drained: Drained,
+) -> anyhow::Result<Processing> {
+    let client = http_client()?;
+    let events = TRAFFIC.synthetic_events(SERVER_NAME, drained.ghost_prefix());
+    let before = match drained {
+        Drained::Mosaic => 0,
+        Drained::Reference => reference_events(&client, base_url).await?,
+    };
+    let cpu_before = cpu_time(pid)?;
+    let start = Instant::now();
+    push_all(&client, base_url, hs_token, &events, EVENTS_PER_TXN).await?;
+    let pushed = start.elapsed();
+    match drained {
+        Drained::Mosaic => wait_for_mosaic_inbox(&client, base_url, TRAFFIC_BUDGET).await?,
+        Drained::Reference => wait_for_reference(&client, base_url, before, events.len(), TRAFFIC_BUDGET).await?,
+    }
+    let processing = Processing { events: events.len(), elapsed: start.elapsed(), cpu: cpu_time(pid)? - cpu_before };
+    println!(
+        "capacity processing {label:<19} {:>8.0} events/s  CPU per event {:>6.1} us  ({} events of {} rooms and \
+         {} users that need no answer: pushed in {:.2} s, processed in {:.2} s)",
+        processing.events_per_s(),
+        processing.cpu_per_event_us(),
+        processing.events,
+        TRAFFIC.rooms,
+        TRAFFIC.users(),
+        pushed.as_secs_f64(),
+        processing.elapsed.as_secs_f64(),
+    );
+    Ok(processing)
 }
 
 fn message(room: &str, sender: &str, body: &str) -> Value {

@@ -58,6 +58,8 @@
 mod homeserver;
 #[path = "support/mod.rs"]
 mod support;
+#[path = "support/traffic.rs"]
+mod traffic;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -68,9 +70,10 @@ use homeserver::{
     Arrival, Person, Reference, ReferenceConfig, SERVER_NAME, Synapse, bench_dir, cpu_time, mib, reply_target,
     rss_bytes, wait_for_arrival,
 };
-use serde_json::{Value, json};
-use support::{Server, event_id, free_loopback_addr, http_client, millis, now_ms, percentile};
+use serde_json::Value;
+use support::{Server, free_loopback_addr, http_client, millis, percentile};
 use tokio::sync::mpsc;
+use traffic::{Traffic, push_all, reference_events, wait_for_mosaic_inbox, wait_for_reference};
 
 const WARMUP_ROUNDS: usize = 20;
 const MEASURED_ROUNDS: usize = 200;
@@ -84,9 +87,7 @@ const BURST_PEOPLE: [&str; 4] = ["carol", "dave", "erin", "frank"];
 const BURST_ROUNDS: usize = 2;
 const BURST_TIMEOUT: Duration = Duration::from_secs(300);
 
-const ROOMS: usize = 1_000;
-const MEMBERS_PER_ROOM: usize = 10;
-const MESSAGES_PER_ROOM: usize = 5;
+const TRAFFIC: Traffic = Traffic { rooms: 1_000, members_per_room: 10, messages_per_room: 5 };
 const EVENTS_PER_TXN: usize = 100;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 /// Time left to a process to settle before its memory is read.
@@ -532,29 +533,33 @@ fn print_burst(label: &str, round: usize, burst: &Burst) {
 
 async fn memory(stack: &Stack) -> anyhow::Result<()> {
     println!(
-        "memory: {ROOMS} rooms, {} users joining ({MEMBERS_PER_ROOM} per room), {MESSAGES_PER_ROOM} messages per \
-         room, pushed as appservice transactions of {EVENTS_PER_TXN} events",
-        ROOMS * MEMBERS_PER_ROOM
+        "memory: {} rooms, {} users joining ({} per room), {} messages per room, pushed as appservice transactions \
+         of {EVENTS_PER_TXN} events",
+        TRAFFIC.rooms,
+        TRAFFIC.users(),
+        TRAFFIC.members_per_room,
+        TRAFFIC.messages_per_room,
     );
     let client = http_client()?;
     tokio::time::sleep(SETTLE).await;
     let mosaic_idle = rss_bytes(stack.mosaic.pid())?;
     let reference_idle = rss_bytes(stack.reference.pid())?;
 
-    let events = synthetic_events("mosaic_ghost_");
+    let events = TRAFFIC.synthetic_events(SERVER_NAME, "mosaic_ghost_");
     let total = events.len();
     let pushed = Instant::now();
-    push_all(&client, &stack.mosaic.base_url, &stack.mosaic.hs_token, &events).await?;
+    push_all(&client, &stack.mosaic.base_url, &stack.mosaic.hs_token, &events, EVENTS_PER_TXN).await?;
     let push_time = pushed.elapsed();
-    wait_for_mosaic_inbox(&client, &stack.mosaic.base_url).await?;
+    wait_for_mosaic_inbox(&client, &stack.mosaic.base_url, DRAIN_TIMEOUT).await?;
     let mosaic_time = pushed.elapsed();
 
-    let events = synthetic_events("refecho_ghost_");
-    let pushed = Instant::now();
+    let events = TRAFFIC.synthetic_events(SERVER_NAME, "refecho_ghost_");
     let base_url = &stack.reference_config.base_url;
-    push_all(&client, base_url, &stack.reference_config.hs_token, &events).await?;
+    let before = reference_events(&client, base_url).await?;
+    let pushed = Instant::now();
+    push_all(&client, base_url, &stack.reference_config.hs_token, &events, EVENTS_PER_TXN).await?;
     let reference_push_time = pushed.elapsed();
-    wait_for_reference(&client, base_url, total).await?;
+    wait_for_reference(&client, base_url, before, total, DRAIN_TIMEOUT).await?;
     let reference_time = pushed.elapsed();
 
     tokio::time::sleep(SETTLE).await;
@@ -572,112 +577,14 @@ async fn memory(stack: &Stack) -> anyhow::Result<()> {
             mib(idle),
             mib(after),
             mib(grown),
-            grown as f64 / ROOMS as f64,
-            grown as f64 / (ROOMS * MEMBERS_PER_ROOM) as f64,
+            grown as f64 / TRAFFIC.rooms as f64,
+            grown as f64 / TRAFFIC.users() as f64,
             push.as_secs_f64(),
             done.as_secs_f64(),
         );
     }
     println!("memory   mosaic-as SQLite database on disk: {:.1} MiB", mib(database));
     stack.print_rss("at the end")
-}
-
-/// Per room: its members join (alternately a ghost `@<ghost_prefix>N` of the service's
-/// namespace and a person on a remote server), then some of them talk.
-fn synthetic_events(ghost_prefix: &str) -> Vec<Value> {
-    let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let now = now_ms();
-    let mut events = Vec::with_capacity(ROOMS * (MEMBERS_PER_ROOM + MESSAGES_PER_ROOM));
-    for room in 0..ROOMS {
-        let room_id = format!("!mem{room}-{run}:{SERVER_NAME}");
-        let members: Vec<String> = (0..MEMBERS_PER_ROOM)
-            .map(|m| {
-                let n = room * MEMBERS_PER_ROOM + m;
-                if n.is_multiple_of(2) {
-                    format!("@{ghost_prefix}{n}:{SERVER_NAME}")
-                } else {
-                    format!("@person{n}:remote.example")
-                }
-            })
-            .collect();
-        for (m, member) in members.iter().enumerate() {
-            events.push(json!({
-                "type": "m.room.member",
-                "room_id": room_id,
-                "sender": member,
-                "state_key": member,
-                "event_id": event_id(),
-                "origin_server_ts": now,
-                "content": {"membership": "join", "displayname": format!("Member {m} of room {room}")},
-                "unsigned": {"age": 1},
-            }));
-        }
-        for message in 0..MESSAGES_PER_ROOM {
-            events.push(json!({
-                "type": "m.room.message",
-                "room_id": room_id,
-                "sender": members[(message * 3) % MEMBERS_PER_ROOM],
-                "event_id": event_id(),
-                "origin_server_ts": now,
-                "content": {"msgtype": "m.text", "body": format!("Message {message} in room {room}: see you at ten?")},
-                "unsigned": {"age": 1},
-            }));
-        }
-    }
-    events
-}
-
-/// Pushes `events` in transactions of `EVENTS_PER_TXN`, one at a time, as a homeserver does.
-async fn push_all(client: &reqwest::Client, base_url: &str, hs_token: &str, events: &[Value]) -> anyhow::Result<()> {
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    for (n, chunk) in events.chunks(EVENTS_PER_TXN).enumerate() {
-        let txn_id = format!("bench-memory-{run}-{n}");
-        let response = client
-            .put(format!("{base_url}/_matrix/app/v1/transactions/{txn_id}"))
-            .bearer_auth(hs_token)
-            .json(&json!({ "events": chunk }))
-            .send()
-            .await
-            .with_context(|| format!("transaction {txn_id} to {base_url}"))?;
-        if !response.status().is_success() {
-            bail!("transaction {txn_id} to {base_url} answered {}", response.status());
-        }
-    }
-    Ok(())
-}
-
-/// Waits until `/metrics` shows an empty inbox.
-async fn wait_for_mosaic_inbox(client: &reqwest::Client, base_url: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    loop {
-        let metrics = client.get(format!("{base_url}/metrics")).send().await?.text().await?;
-        let pending: Option<u64> =
-            metrics.lines().find_map(|line| line.strip_prefix("mosaic_inbox_pending ")?.trim().parse().ok());
-        match pending {
-            Some(0) => return Ok(()),
-            Some(_) => {}
-            None => bail!("/metrics has no mosaic_inbox_pending"),
-        }
-        if Instant::now() > deadline {
-            bail!("mosaic-as still had {pending:?} events pending after {DRAIN_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until the reference has handled at least `events` events.
-async fn wait_for_reference(client: &reqwest::Client, base_url: &str, events: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    loop {
-        let stats: Value = client.get(format!("{base_url}/bench/stats")).send().await?.json().await?;
-        if stats["events"].as_u64().unwrap_or(0) >= events as u64 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the reference had handled only {stats} of {events} events after {DRAIN_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Size of mosaic-as's SQLite database with its write-ahead log.
