@@ -504,4 +504,12 @@ async fn on_a_homeserver_without_msc4190_the_agent_logs_its_device_in_and_keeps_
     assert_eq!(device_keys(&fay, &echo).await, before, "the same device, with the same keys");
     let next = fay.say(&room, "and after the sign-out").await;
     assert_eq!(fay.answer_from(&echo, &next).await.body, "and after the sign-out");
+
+    // Fay signs in on a second device: nothing pushes the change of her devices to the
+    // agent, which learns it before answering, and the answer reads there too.
+    let mut fay_phone = EncryptingClient::new("encryptedlogin-fay").await;
+    // Past the shortest time between two fetches of a device (2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let asked = fay.say(&room, "for both of my devices").await;
+    assert_eq!(fay_phone.answer_from(&echo, &asked).await.body, "for both of my devices");
 }

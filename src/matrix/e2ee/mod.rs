@@ -39,7 +39,7 @@ pub use intake::CryptoInput;
 
 use self::access::Access;
 use super::client::{HomeserverClient, HsError, PathInput, ToHsError};
-use crate::config::{Config, E2eeDevices};
+use crate::config::{Config, E2eeDevices, E2eeMode};
 use crate::secrets::{SecretKey, SecretString};
 
 /// Why an encryption step failed.
@@ -137,6 +137,8 @@ pub struct Crypto {
     token_key: SecretKey,
     /// How new devices are created.
     device_route: E2eeDevices,
+    /// Whether the devices fetch their to-device messages themselves.
+    fetches: bool,
     /// Set once the homeserver refused an MSC4190 device (`devices = "auto"`): the next
     /// devices are made by the appservice login without asking again.
     no_msc4190: AtomicBool,
@@ -178,6 +180,7 @@ impl Crypto {
             store_key,
             token_key: access::token_key(&config.appservice.as_token),
             device_route: config.e2ee.devices,
+            fetches: config.e2ee.mode == E2eeMode::Sync,
             no_msc4190: AtomicBool::new(false),
             devices: Default::default(),
             encrypted_rooms: Default::default(),
@@ -610,6 +613,13 @@ impl Crypto {
         content: &Raw<AnyMessageLikeEventContent>,
         members: &[OwnedUserId],
     ) -> Result<Raw<RoomEncryptedEventContent>, E2eeError> {
+        if self.fetches {
+            // Where nothing is pushed, the members' new devices are learnt from /sync: a
+            // person who signed in on a new phone reads the answer there too.
+            if let Err(error) = self.fetch_to_device(sender).await {
+                tracing::debug!(user_id = %sender, %error, "cannot fetch device list changes before encrypting");
+            }
+        }
         let device = self.device(sender).await?;
         let _one_at_a_time = device.exchange.lock().await;
         let machine = device.machine();
