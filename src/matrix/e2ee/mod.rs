@@ -312,7 +312,7 @@ impl Crypto {
             }
         };
         access::write_token(&self.store_dir(user), &self.token_key, user, device_id, &token)
-            .map_err(|e| E2eeError::Store(format!("cannot keep the device token of {user}: {e}")))?;
+            .map_err(|e| E2eeError::Store(format!("cannot keep the device token of {user} ({e}); check that the data folder's crypto/ is writable by mosaic-as")))?;
         Ok(token)
     }
 
