@@ -227,14 +227,17 @@ fn default_command_refill_secs() -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct E2eeConfig {
-    /// Take part in encrypted rooms. Needs a homeserver with MSC4190 devices for
-    /// appservices and to-device events in transactions (see `registration/README.md`);
-    /// where it has none, encrypted rooms stay unread and the log says why.
+    /// Take part in encrypted rooms (see `docs/encryption.md` for what each homeserver
+    /// needs); where a device cannot be set up, encrypted rooms stay unread and the log
+    /// says why.
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// How room keys and other to-device messages reach the devices.
     #[serde(default)]
     pub mode: E2eeMode,
+    /// How the devices of the bot and the agents are created.
+    #[serde(default)]
+    pub devices: E2eeDevices,
     /// Create the rooms that have an agent (`!new`, `!pair`) encrypted. Ignored when
     /// `enabled` is false. Spaces, and rooms where only the bot reads (the welcome chat),
     /// stay plain: on Synapse the bot cannot fetch a room key the homeserver failed to
@@ -245,7 +248,7 @@ pub struct E2eeConfig {
 
 impl Default for E2eeConfig {
     fn default() -> Self {
-        Self { enabled: true, mode: E2eeMode::default(), new_rooms: true }
+        Self { enabled: true, mode: E2eeMode::default(), devices: E2eeDevices::default(), new_rooms: true }
     }
 }
 
@@ -260,6 +263,23 @@ pub enum E2eeMode {
     /// Fetched with `/sync` by each device when a message needs a key: for homeservers
     /// that push none. The registration then does not ask for them.
     Sync,
+}
+
+/// How a device is created, and so how its requests are authenticated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum E2eeDevices {
+    /// MSC4190 where the homeserver accepts it (`PUT /devices/{id}` with the as_token);
+    /// the appservice login where it refuses (Conduit 0.10 answers "Device not found").
+    #[default]
+    Auto,
+    /// MSC4190 only: devices created with `PUT /devices/{id}`, requests made with the
+    /// as_token and the `device_id` assertion.
+    Msc4190,
+    /// The appservice login only (`m.login.application_service`): each device has an
+    /// access token of its own, kept sealed beside its crypto store. The registration
+    /// then leaves out `io.element.msc4190`.
+    Login,
 }
 
 /// Files carried between surfaces.

@@ -156,6 +156,22 @@ impl HomeserverClient {
         self.call_with_identity(request, identity, None).await
     }
 
+    /// Sends `request` with a device's own access token (a device made by the appservice
+    /// login): no as_token, no identity assertion.
+    pub async fn call_with_token<R>(&self, request: R, token: &str) -> Result<R::IncomingResponse, HsError>
+    where
+        R: OutgoingRequest,
+        R::EndpointError: ToHsError,
+        R::PathBuilder: PathInput,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+    {
+        let http_request = request
+            .try_into_http_request::<Vec<u8>>(&self.base_url, SendAccessToken::Always(token), R::PathBuilder::input())
+            .map_err(|e| HsError::Protocol(format!("cannot build request: {e}")))?;
+        let response = self.execute(http_request, None).await?;
+        R::IncomingResponse::try_from_http_response(response).map_err(classify)
+    }
+
     async fn call_with_identity<R>(
         &self,
         request: R,

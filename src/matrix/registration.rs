@@ -61,7 +61,7 @@ pub fn registration_yaml(config: &Config) -> String {
         receive_ephemeral: pushed,
         push_ephemeral: pushed,
         transaction_extensions: e2ee,
-        device_management: e2ee,
+        device_management: e2ee && config.e2ee.devices != crate::config::E2eeDevices::Login,
     };
     serde_yaml::to_string(&registration).expect("registration serialises")
 }
@@ -101,5 +101,14 @@ mod tests {
         {
             assert_eq!(yaml[flag], true, "{flag}");
         }
+    }
+
+    #[test]
+    fn devices_made_by_login_are_not_announced_as_msc4190() {
+        let mut config = Config::parse(crate::config::tests::MINIMAL).unwrap();
+        config.e2ee.devices = crate::config::E2eeDevices::Login;
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&registration_yaml(&config)).unwrap();
+        assert!(yaml.get("io.element.msc4190").is_none(), "{yaml:?}");
+        assert_eq!(yaml["org.matrix.msc3202"], true);
     }
 }

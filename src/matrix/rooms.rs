@@ -312,8 +312,8 @@ impl MatrixAdapter {
 impl MatrixAdapter {
     /// Sets up the devices of the bot and the room's agents before an encrypted room is
     /// created, so that the first message people send there is encrypted for them too.
-    /// Whether they are ready: without them (no data folder, or a homeserver without
-    /// devices for appservices, such as Conduit 0.10) the room is created plain, since an
+    /// Whether they are ready: without them (no data folder, or a homeserver that refuses
+    /// both MSC4190 devices and the appservice login) the room is created plain, since an
     /// encrypted room none of our users can read would leave its agent mute.
     async fn devices_for_encrypted_room(&self, bot: &str, agents: &[OwnedUserId]) -> Result<bool, EventError> {
         let Some(crypto) = self.crypto() else { return Ok(false) };

@@ -108,6 +108,14 @@ impl EncryptingClient {
         }
     }
 
+    /// `user`'s devices as this client knows them: their ids, and whether their owner
+    /// cross-signed them.
+    async fn devices_of(&self, user: &str) -> Vec<(String, bool)> {
+        let user = UserId::parse(user).unwrap();
+        let devices = self.client.encryption().get_user_devices(&user).await.unwrap();
+        devices.devices().map(|d| (d.device_id().to_string(), d.is_cross_signed_by_owner())).collect()
+    }
+
     async fn say(&self, room: &Room, text: &str) -> OwnedEventId {
         room.send(RoomMessageEventContent::text_plain(text)).await.expect("sent").response.event_id
     }
@@ -166,11 +174,9 @@ async fn an_agent_and_the_bot_answer_in_encrypted_direct_chats_from_cross_signed
     assert_eq!(alice.answer_from(&echo, &again).await.body, "and once more");
 
     // The agent's device is vouched for by its owner's cross-signing identity.
-    let echo_id = UserId::parse(&echo).unwrap();
-    let devices = alice.client.encryption().get_user_devices(&echo_id).await.unwrap();
-    let devices: Vec<_> = devices.devices().collect();
+    let devices = alice.devices_of(&echo).await;
     assert_eq!(devices.len(), 1, "the agent has one device");
-    assert!(devices[0].is_cross_signed_by_owner(), "the agent's device is cross-signed by its owner");
+    assert!(devices[0].1, "the agent's device is cross-signed by its owner");
 
     // What the homeserver holds of the conversation is ciphertext only.
     let reader = Person::new("encrypted-alice").await;
@@ -424,4 +430,86 @@ async fn a_conversation_room_the_service_creates_is_encrypted_and_its_agent_answ
     let from_bot: Vec<_> =
         stored.iter().filter(|e| e["sender"] == bot.as_str() && e["type"] != "m.room.member").collect();
     assert!(from_bot.iter().all(|e| e["type"] != "m.room.message"), "{from_bot:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_homeserver_without_msc4190_the_agent_logs_its_device_in_and_keeps_it() {
+    // This slot is what Conduit 0.10 offers: a registration without MSC4190 and without
+    // anything for encryption in transactions. The agent's device comes from the
+    // appservice login, and fetches its room keys with /sync.
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let slot = slot("encryptedlogin");
+    let registration = std::fs::read_to_string(slot.dir.join("registration.yaml")).unwrap();
+    for absent in ["io.element.msc4190", "receive_ephemeral", "msc3202"] {
+        assert!(!registration.contains(absent), "{absent}: {registration}");
+    }
+    let mut service = Service::start(&slot).await;
+    let echo = slot.agent("echo");
+    let mut fay = EncryptingClient::new("encryptedlogin-fay").await;
+
+    let room = fay.direct_chat(&echo).await;
+    let asked = fay.say(&room, "a device by login").await;
+    assert_eq!(fay.answer_from(&echo, &asked).await.body, "a device by login");
+    let devices = fay.devices_of(&echo).await;
+    assert_eq!(devices.len(), 1, "the agent has one device: {devices:?}");
+    assert!(devices[0].1, "the agent's device is cross-signed by its owner");
+
+    // The device's access token is kept beside its crypto store, sealed.
+    let tokens: Vec<_> = std::fs::read_dir(slot.dir.join("crypto"))
+        .unwrap()
+        .map(|store| store.unwrap().path().join("device-token"))
+        .filter(|path| path.exists())
+        .collect();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    let sealed = std::fs::read_to_string(&tokens[0]).unwrap();
+    assert!(sealed.starts_with("v1:") && !sealed.contains("syt_"), "the token is sealed at rest");
+
+    // A restart keeps the device: same id, same keys, and it still reads.
+    let before = device_keys(&fay, &echo).await;
+    assert_eq!(before.as_object().map(|devices| devices.len()), Some(1), "{before}");
+    service.kill();
+    let _service = Service::start(&slot).await;
+    let after_restart = fay.say(&room, "after a restart").await;
+    assert_eq!(fay.answer_from(&echo, &after_restart).await.body, "after a restart");
+    assert_eq!(device_keys(&fay, &echo).await, before, "the agent's device and keys did not change");
+
+    // The device is signed out on the homeserver (an administrator removes it, as a
+    // person ends a session in their client): its token no longer works, and its keys
+    // are gone. The message sent meanwhile went to no device of the agent; reading it
+    // makes the agent log the same device in again and publish the same keys.
+    let device_id = before.as_object().unwrap().keys().next().unwrap().clone();
+    let admin = Person::new_admin("encryptedlogin-admin").await;
+    let removed = reqwest::Client::new()
+        .delete(format!("{}/_synapse/admin/v2/users/{echo}/devices/{device_id}", homeserver_url()))
+        .bearer_auth(admin.token())
+        .send()
+        .await
+        .unwrap();
+    assert!(removed.status().is_success(), "{}", removed.status());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fay.devices_of(&echo).await.is_empty() {
+        assert!(Instant::now() < deadline, "the client still shows the removed device");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fay.say(&room, "sent while the agent had no device").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let devices = fay.devices_of(&echo).await;
+        if devices.iter().any(|(id, signed)| *id == device_id && *signed) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agent's device did not come back: {devices:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(device_keys(&fay, &echo).await, before, "the same device, with the same keys");
+    let next = fay.say(&room, "and after the sign-out").await;
+    assert_eq!(fay.answer_from(&echo, &next).await.body, "and after the sign-out");
+
+    // Fay signs in on a second device: nothing pushes the change of her devices to the
+    // agent, which learns it before answering, and the answer reads there too.
+    let mut fay_phone = EncryptingClient::new("encryptedlogin-fay").await;
+    // Past the shortest time between two fetches of a device (2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let asked = fay.say(&room, "for both of my devices").await;
+    assert_eq!(fay_phone.answer_from(&echo, &asked).await.body, "for both of my devices");
 }

@@ -1,37 +1,46 @@
 //! End-to-end encryption: the bot and every agent ghost that enters an encrypted room
-//! gets a device of its own (MSC4190), with an Olm account in a crypto store on disk and a
-//! cross-signing identity that vouches for the device. Keys and to-device messages arrive
+//! gets a device of its own (MSC4190, or the appservice login where the homeserver has no
+//! MSC4190), with an Olm account in a crypto store on disk and a cross-signing identity
+//! that vouches for the device. Keys and to-device messages arrive
 //! in the homeserver's transactions (MSC2409, MSC3202); room events are decrypted before
 //! the hub sees them and encrypted on their way out.
 
+mod access;
 mod intake;
 mod requests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use matrix_sdk_crypto::store::CryptoStore;
+use matrix_sdk_crypto::store::types::PendingChanges;
 use matrix_sdk_crypto::{
-    DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, MegolmError, OlmMachine, TrustRequirement,
+    Account, DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, MegolmError, OlmMachine, TrustRequirement,
 };
 use matrix_sdk_sqlite::SqliteCryptoStore;
+use ruma::api::OutgoingRequest;
+use ruma::api::auth_scheme::{AuthScheme, SendAccessToken};
 use ruma::api::client::device::update_device;
 use ruma::api::client::filter::FilterDefinition;
+use ruma::api::client::keys::get_keys;
 use ruma::api::client::state::get_state_event_for_key;
 use ruma::api::client::sync::sync_events;
 use ruma::events::room::encrypted::RoomEncryptedEventContent;
 use ruma::events::{AnyMessageLikeEventContent, StateEventType};
 use ruma::presence::PresenceState;
 use ruma::serde::Raw;
-use ruma::{OneTimeKeyAlgorithm, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId};
+use ruma::{DeviceId, OneTimeKeyAlgorithm, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId};
 use serde_json::Value;
 
 pub use intake::CryptoInput;
 
-use super::client::{HomeserverClient, HsError};
-use crate::config::Config;
+use self::access::Access;
+use super::client::{HomeserverClient, HsError, PathInput, ToHsError};
+use crate::config::{Config, E2eeDevices, E2eeMode};
+use crate::secrets::{SecretKey, SecretString};
 
 /// Why an encryption step failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +55,9 @@ pub enum E2eeError {
     Unusable(String),
     #[error("encryption: {0}")]
     Olm(String),
+    /// The homeserver refused to create a device (MSC4190 or the appservice login).
+    #[error("{0}")]
+    NoDevice(String),
 }
 
 impl E2eeError {
@@ -55,7 +67,7 @@ impl E2eeError {
         match self {
             Self::Homeserver(error) => error.is_transient(),
             Self::Store(_) => true,
-            Self::Olm(_) | Self::Unusable(_) => false,
+            Self::Olm(_) | Self::Unusable(_) | Self::NoDevice(_) => false,
         }
     }
 }
@@ -95,8 +107,24 @@ pub enum Decrypted {
 /// One of our users' devices: its Olm machine and the lock that keeps its key exchanges
 /// (key queries, claims, room key shares) one at a time.
 pub struct Device {
-    machine: OlmMachine,
+    /// Replaced only when the device's keys are published again (see [`Crypto::republish`]).
+    machine: RwLock<OlmMachine>,
     exchange: tokio::sync::Mutex<()>,
+    /// How its requests are authenticated.
+    access: Access,
+    /// Keeps logins again one at a time.
+    login: tokio::sync::Mutex<()>,
+    /// Its crypto store, to publish its keys again from.
+    store: SqliteCryptoStore,
+    /// Set when the homeserver had forgotten the device (someone signed it out): its keys
+    /// are published again before it is used next.
+    keys_lost: AtomicBool,
+}
+
+impl Device {
+    fn machine(&self) -> OlmMachine {
+        self.machine.read().expect("machine lock").clone()
+    }
 }
 
 pub struct Crypto {
@@ -105,6 +133,15 @@ pub struct Crypto {
     dir: PathBuf,
     /// Opens the crypto stores: derived from the as_token, never written down.
     store_key: zeroize::Zeroizing<[u8; 32]>,
+    /// Seals the access tokens of devices made by the appservice login.
+    token_key: SecretKey,
+    /// How new devices are created.
+    device_route: E2eeDevices,
+    /// Whether the devices fetch their to-device messages themselves.
+    fetches: bool,
+    /// Set once the homeserver refused an MSC4190 device (`devices = "auto"`): the next
+    /// devices are made by the appservice login without asking again.
+    no_msc4190: AtomicBool,
     devices: tokio::sync::Mutex<HashMap<OwnedUserId, Arc<Device>>>,
     /// Rooms known to be encrypted (a room never stops being so) or known not to be.
     encrypted_rooms: Mutex<HashMap<OwnedRoomId, bool>>,
@@ -141,6 +178,10 @@ impl Crypto {
             client,
             dir,
             store_key,
+            token_key: access::token_key(&config.appservice.as_token),
+            device_route: config.e2ee.devices,
+            fetches: config.e2ee.mode == E2eeMode::Sync,
+            no_msc4190: AtomicBool::new(false),
             devices: Default::default(),
             encrypted_rooms: Default::default(),
             last_counts: Default::default(),
@@ -154,7 +195,9 @@ impl Crypto {
     pub async fn device(&self, user: &UserId) -> Result<Arc<Device>, E2eeError> {
         let mut devices = self.devices.lock().await;
         if let Some(device) = devices.get(user) {
-            return Ok(device.clone());
+            let device = device.clone();
+            drop(devices);
+            return self.ready(device).await;
         }
         if let Some(reason) = self.unusable_reason(user) {
             return Err(E2eeError::Unusable(reason));
@@ -180,8 +223,9 @@ impl Crypto {
     /// for users without a device have no one to read them. A device whose store cannot
     /// be opened counts as none (its failure is logged once, by [`Self::device`]).
     async fn existing_device(&self, user: &UserId) -> Result<Option<Arc<Device>>, E2eeError> {
-        if let Some(device) = self.devices.lock().await.get(user) {
-            return Ok(Some(device.clone()));
+        let cached = self.devices.lock().await.get(user).cloned();
+        if let Some(device) = cached {
+            return self.ready(device).await.map(Some);
         }
         if !self.store_dir(user).exists() {
             return Ok(None);
@@ -202,12 +246,180 @@ impl Crypto {
             Some(account) => account.device_id().to_owned(),
             None => new_device_id(),
         };
-        let mut request = update_device::v3::Request::new(device_id.clone());
-        request.display_name = Some("Mosaic".into());
-        self.client.call(request, Some(user)).await?;
-        let machine = OlmMachine::with_store(user, &device_id, store, None).await?;
-        tracing::info!(user_id = %user, device_id = %device_id, "device ready for encrypted rooms");
-        Ok(Device { machine, exchange: tokio::sync::Mutex::new(()) })
+        let access = self.create_device(user, &device_id).await?;
+        let machine = OlmMachine::with_store(user, &device_id, store.clone(), None).await?;
+        let how = match access {
+            Access::Asserted => "msc4190",
+            Access::Token(_) => "login",
+        };
+        tracing::info!(user_id = %user, device_id = %device_id, created_by = how, "device ready for encrypted rooms");
+        Ok(Device {
+            machine: RwLock::new(machine),
+            exchange: tokio::sync::Mutex::new(()),
+            access,
+            login: tokio::sync::Mutex::new(()),
+            store,
+            keys_lost: AtomicBool::new(false),
+        })
+    }
+
+    /// Makes sure the homeserver has `user`'s device `device_id`, and says how to speak as
+    /// it. A device that has a token from the appservice login stays such a device.
+    async fn create_device(&self, user: &UserId, device_id: &DeviceId) -> Result<Access, E2eeError> {
+        let dir = self.store_dir(user);
+        if let Some(token) = access::read_token(&dir, &self.token_key, user, device_id) {
+            return Ok(Access::Token(Mutex::new(token)));
+        }
+        let by_msc4190 = match self.device_route {
+            E2eeDevices::Msc4190 => true,
+            E2eeDevices::Login => false,
+            E2eeDevices::Auto => !self.no_msc4190.load(Ordering::Relaxed),
+        };
+        if by_msc4190 {
+            let mut request = update_device::v3::Request::new(device_id.to_owned());
+            request.display_name = Some("Mosaic".into());
+            match self.client.call(request, Some(user)).await {
+                Ok(_) => return Ok(Access::Asserted),
+                // Conduit 0.10 looks for an existing device and finds none.
+                Err(error)
+                    if self.device_route == E2eeDevices::Auto
+                        && matches!(error.errcode(), Some("M_NOT_FOUND" | "M_UNRECOGNIZED")) =>
+                {
+                    tracing::info!(%error, "the homeserver creates no devices for appservices (MSC4190); devices are created with the appservice login");
+                    self.no_msc4190.store(true, Ordering::Relaxed);
+                }
+                Err(error) if error.is_transient() => return Err(error.into()),
+                Err(error) => {
+                    return Err(E2eeError::NoDevice(format!(
+                        "the homeserver refused to create a device for {user} with MSC4190 ({error}); set `devices = \"login\"` under [e2ee] if it has no MSC4190"
+                    )));
+                }
+            }
+        }
+        let token = self.log_in(user, device_id).await?;
+        Ok(Access::Token(Mutex::new(token)))
+    }
+
+    /// Logs `user`'s device in with the appservice login and keeps its new token, sealed.
+    async fn log_in(&self, user: &UserId, device_id: &DeviceId) -> Result<SecretString, E2eeError> {
+        let token = match access::log_in(&self.client, user, device_id).await {
+            Ok(token) => token,
+            Err(error) if error.is_transient() => return Err(error.into()),
+            Err(error) => {
+                return Err(E2eeError::NoDevice(format!(
+                    "the homeserver refused the appservice login of {user} ({error}); check that the registration's user namespace covers {user} and that the homeserver offers m.login.application_service"
+                )));
+            }
+        };
+        access::write_token(&self.store_dir(user), &self.token_key, user, device_id, &token)
+            .map_err(|e| E2eeError::Store(format!("cannot keep the device token of {user} ({e}); check that the data folder's crypto/ is writable by mosaic-as")))?;
+        Ok(token)
+    }
+
+    /// Sends `request` as `device`: with its own token (logging in again once if the
+    /// homeserver no longer takes it), or with the as_token and the `device_id` assertion.
+    async fn call<R>(&self, device: &Device, request: R) -> Result<R::IncomingResponse, E2eeError>
+    where
+        R: OutgoingRequest + Clone,
+        R::EndpointError: ToHsError,
+        R::PathBuilder: PathInput,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+    {
+        let machine = device.machine();
+        let (user, device_id) = (machine.user_id(), machine.device_id());
+        let Access::Token(current) = &device.access else {
+            return Ok(self.client.call_as_device(request, user, device_id).await?);
+        };
+        let token = current.lock().expect("token lock").clone();
+        match self.client.call_with_token(request.clone(), token.expose()).await {
+            Err(error) if error.errcode() == Some("M_UNKNOWN_TOKEN") => {
+                let token = self.log_in_again(device, &token).await?;
+                Ok(self.client.call_with_token(request, token.expose()).await?)
+            }
+            answer => Ok(answer?),
+        }
+    }
+
+    /// Replaces the token the homeserver rejected by logging in again as the same device.
+    /// Logging in keeps a device the homeserver still has; one it deleted (signed out in
+    /// a client, removed by an administrator) comes back without keys, and is marked to
+    /// publish its own again.
+    async fn log_in_again(&self, device: &Device, rejected: &SecretString) -> Result<SecretString, E2eeError> {
+        let Access::Token(current) = &device.access else { unreachable!("only login devices have tokens") };
+        let _one_at_a_time = device.login.lock().await;
+        let now = current.lock().expect("token lock").clone();
+        if &now != rejected {
+            // Another request logged in meanwhile.
+            return Ok(now);
+        }
+        let machine = device.machine();
+        let (user, device_id) = (machine.user_id(), machine.device_id());
+        tracing::warn!(user_id = %user, device_id = %device_id, "the homeserver rejected the device's access token; logging in again as the same device");
+        let token = self.log_in(user, device_id).await?;
+        *current.lock().expect("token lock") = token.clone();
+        let mut query = get_keys::v3::Request::new();
+        query.device_keys = [(user.to_owned(), vec![device_id.to_owned()])].into();
+        // Keys published twice do no harm: when the homeserver cannot say, they go up again.
+        let ours = format!("ed25519:{device_id}");
+        let published = match self.client.call_with_token(query, token.expose()).await {
+            Ok(answer) => answer
+                .device_keys
+                .get(user)
+                .and_then(|devices| devices.get(device_id))
+                .and_then(|keys| keys.get_field::<BTreeMap<String, String>>("keys").ok().flatten())
+                .and_then(|keys| keys.get(&ours).cloned()),
+            Err(_) => None,
+        };
+        if published.as_deref() != Some(machine.identity_keys().ed25519.to_base64().as_str()) {
+            tracing::warn!(user_id = %user, device_id = %device_id, "the homeserver lacks the device's keys (it deleted the device, or could not say); they are published again");
+            device.keys_lost.store(true, Ordering::Relaxed);
+        }
+        Ok(token)
+    }
+
+    /// `device`, its keys published again first if the homeserver had lost them.
+    async fn ready(&self, device: Arc<Device>) -> Result<Arc<Device>, E2eeError> {
+        if device.keys_lost.load(Ordering::Relaxed) {
+            self.republish(&device).await?;
+        }
+        Ok(device)
+    }
+
+    /// Publishes the keys of a device the homeserver deleted and gave back empty: its
+    /// identity keys and one-time keys as on its first day (the same keys, so people's
+    /// clients still know it), and its owner's signature on it.
+    async fn republish(&self, device: &Device) -> Result<(), E2eeError> {
+        let _one_at_a_time = device.exchange.lock().await;
+        if !device.keys_lost.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let old = device.machine();
+        let (user, device_id) = (old.user_id().to_owned(), old.device_id().to_owned());
+        let account = device
+            .store
+            .load_account()
+            .await
+            .map_err(|e| E2eeError::Store(e.to_string()))?
+            .ok_or_else(|| E2eeError::Store("the account is gone".into()))?;
+        let mut pickle = account.pickle();
+        pickle.shared = false;
+        pickle.uploaded_signed_key_count = 0;
+        let account = Account::from_pickle(pickle).map_err(|e| E2eeError::Olm(e.to_string()))?;
+        device
+            .store
+            .save_pending_changes(PendingChanges { account: Some(account) })
+            .await
+            .map_err(|e| E2eeError::Store(e.to_string()))?;
+        let machine = OlmMachine::with_store(&user, &device_id, device.store.clone(), None).await?;
+        *device.machine.write().expect("machine lock") = machine.clone();
+        requests::send_queued(self, device).await?;
+        if let Some(own) = machine.get_device(&user, &device_id, None).await? {
+            let signature = own.verify().await.map_err(|e| E2eeError::Olm(e.to_string()))?;
+            self.call(device, signature).await?;
+        }
+        device.keys_lost.store(false, Ordering::Relaxed);
+        tracing::info!(user_id = %user, device_id = %device_id, "device keys published again");
+        Ok(())
     }
 
     /// Why `user`'s crypto store could not be opened, if it could not.
@@ -223,21 +435,21 @@ impl Crypto {
     /// Creates the user's cross-signing identity once and signs the device with it, so
     /// that clients which only trust cross-signed devices still talk to it.
     async fn ensure_cross_signed(&self, device: &Device) -> Result<(), E2eeError> {
-        let machine = &device.machine;
+        let machine = device.machine();
         if machine.cross_signing_status().await.is_complete() {
             return Ok(());
         }
         let bootstrap = machine.bootstrap_cross_signing(false).await?;
         if let Some(upload) = bootstrap.upload_keys_req {
-            requests::send(&self.client, machine, upload).await?;
+            requests::send(self, device, upload).await?;
         }
         let mut signing_keys = ruma::api::client::keys::upload_signing_keys::v3::Request::new();
         let keys = bootstrap.upload_signing_keys_req;
         signing_keys.master_key = keys.master_key.map(|key| key.to_raw());
         signing_keys.self_signing_key = keys.self_signing_key.map(|key| key.to_raw());
         signing_keys.user_signing_key = keys.user_signing_key.map(|key| key.to_raw());
-        self.client.call_as_device(signing_keys, machine.user_id(), machine.device_id()).await?;
-        self.client.call_as_device(bootstrap.upload_signatures_req, machine.user_id(), machine.device_id()).await?;
+        self.call(device, signing_keys).await?;
+        self.call(device, bootstrap.upload_signatures_req).await?;
         tracing::info!(user_id = %machine.user_id(), "cross-signing identity created");
         Ok(())
     }
@@ -246,7 +458,7 @@ impl Crypto {
     /// to-device messages.
     async fn exchange_keys(&self, device: &Device) -> Result<(), E2eeError> {
         let _one_at_a_time = device.exchange.lock().await;
-        requests::send_queued(&self.client, &device.machine).await
+        requests::send_queued(self, device).await
     }
 
     /// Takes in what a transaction carried for our devices. Returns once every affected
@@ -277,7 +489,7 @@ impl Crypto {
         tokio::spawn(async move {
             for device in affected {
                 if let Err(error) = crypto.exchange_keys(&device).await {
-                    tracing::warn!(user_id = %device.machine.user_id(), %error, "key exchange failed; it is tried again with the next change");
+                    tracing::warn!(user_id = %device.machine().user_id(), %error, "key exchange failed; it is tried again with the next change");
                 }
             }
         });
@@ -293,7 +505,7 @@ impl Crypto {
         lists_changed: bool,
     ) -> Result<Option<Arc<Device>>, E2eeError> {
         let Some(device) = self.existing_device(user).await? else { return Ok(None) };
-        let changes = input.for_device(user, device.machine.device_id());
+        let changes = input.for_device(user, device.machine().device_id());
         // Homeservers repeat the key counts in every transaction: unchanged counts alone
         // need no trip to the crypto store.
         let counts = (changes.one_time_keys.clone(), changes.fallback_keys.clone());
@@ -308,7 +520,7 @@ impl Crypto {
             unused_fallback_keys: changes.fallback_keys.as_deref(),
             next_batch_token: None,
         };
-        device.machine.receive_sync_changes(sync, &DECRYPTION).await?;
+        device.machine().receive_sync_changes(sync, &DECRYPTION).await?;
         self.last_counts.lock().expect("counts lock").insert(user.to_owned(), counts);
         Ok(Some(device))
     }
@@ -327,13 +539,13 @@ impl Crypto {
             }
             fetched.insert(user.to_owned(), now);
         }
-        let machine = &device.machine;
+        let machine = device.machine();
         let mut request = sync_events::v3::Request::new();
         request.filter = Some(sync_events::v3::Filter::FilterDefinition(FilterDefinition::ignore_all()));
         request.since = machine.store().next_batch_token().await?;
         request.timeout = Some(std::time::Duration::ZERO);
         request.set_presence = PresenceState::Offline;
-        let response = self.client.call_as_device(request, machine.user_id(), machine.device_id()).await?;
+        let response = self.call(&device, request).await?;
         let sync = EncryptionSyncChanges {
             to_device_events: response.to_device.events,
             changed_devices: &response.device_lists,
@@ -374,7 +586,7 @@ impl Crypto {
         for reader in readers {
             let Some(device) = self.existing_device(reader).await? else { continue };
             holder = true;
-            match device.machine.decrypt_room_event(&raw, room, &DECRYPTION).await {
+            match device.machine().decrypt_room_event(&raw, room, &DECRYPTION).await {
                 Ok(decrypted) => return Ok(Decrypted::Event(in_clear(event, decrypted.event.json().get())?)),
                 Err(MegolmError::MissingRoomKey(_)) => {}
                 Err(MegolmError::Store(error)) => return Err(error.into()),
@@ -401,19 +613,26 @@ impl Crypto {
         content: &Raw<AnyMessageLikeEventContent>,
         members: &[OwnedUserId],
     ) -> Result<Raw<RoomEncryptedEventContent>, E2eeError> {
+        if self.fetches {
+            // Where nothing is pushed, the members' new devices are learnt from /sync: a
+            // person who signed in on a new phone reads the answer there too.
+            if let Err(error) = self.fetch_to_device(sender).await {
+                tracing::debug!(user_id = %sender, %error, "cannot fetch device list changes before encrypting");
+            }
+        }
         let device = self.device(sender).await?;
-        let machine = &device.machine;
         let _one_at_a_time = device.exchange.lock().await;
+        let machine = device.machine();
         machine.update_tracked_users(members.iter().map(Deref::deref)).await?;
-        requests::send_queued(&self.client, machine).await?;
+        requests::send_queued(self, &device).await?;
         if let Some((request_id, claim)) = machine.get_missing_sessions(members.iter().map(Deref::deref)).await? {
-            let response = self.client.call_as_device(claim, machine.user_id(), machine.device_id()).await?;
+            let response = self.call(&device, claim).await?;
             machine.mark_request_as_sent(&request_id, &response).await?;
         }
         let shares =
             machine.share_room_key(room, members.iter().map(Deref::deref), EncryptionSettings::default()).await?;
         for share in shares {
-            requests::send_to_device(&self.client, machine, &share).await?;
+            requests::send_to_device(self, &device, &share).await?;
         }
         let encrypted = machine
             .encrypt_room_event_raw(room, event_type, content)
@@ -501,6 +720,76 @@ mod tests {
             panic!("an unusable store cannot decrypt");
         };
         assert!(why.contains("cannot open the crypto store"), "{why}");
+    }
+
+    /// A homeserver without MSC4190, as Conduit 0.10: `PUT /devices/{id}` finds no device,
+    /// the appservice login creates one. Counts the `PUT`s it was asked.
+    async fn homeserver_without_msc4190() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use axum::routing::{post, put};
+        let puts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = puts.clone();
+        let app = axum::Router::new()
+            .route(
+                "/_matrix/client/v3/devices/{device}",
+                put(move || async move {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    let body = serde_json::json!({"errcode": "M_NOT_FOUND", "error": "Device not found."});
+                    (axum::http::StatusCode::NOT_FOUND, axum::Json(body))
+                }),
+            )
+            .route(
+                "/_matrix/client/v3/login",
+                post(|axum::Json(body): axum::Json<Value>| async move {
+                    axum::Json(serde_json::json!({
+                        "user_id": body["identifier"]["user"],
+                        "device_id": body["device_id"],
+                        "access_token": format!("token-for-{}", body["device_id"].as_str().unwrap()),
+                    }))
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, puts)
+    }
+
+    #[tokio::test]
+    async fn where_the_homeserver_has_no_msc4190_devices_are_made_by_login_and_their_token_kept() {
+        let (url, puts) = homeserver_without_msc4190().await;
+        let data = tempfile::tempdir().unwrap();
+        let mut config = Config::parse(crate::config::tests::MINIMAL).unwrap();
+        config.appservice.data_dir = Some(data.path().to_owned());
+        assert_eq!(config.e2ee.devices, E2eeDevices::Auto, "auto by default");
+        let crypto = Crypto::new(&config, HomeserverClient::new(&url, &config.appservice.as_token)).unwrap();
+        let agent = ruma::user_id!("@mosaic_agent_echo:example.org");
+        let bot = ruma::user_id!("@mosaic-bot:example.org");
+        std::fs::create_dir_all(crypto.store_dir(agent)).unwrap();
+        std::fs::create_dir_all(crypto.store_dir(bot)).unwrap();
+
+        let Access::Token(token) = crypto.create_device(agent, ruma::device_id!("MOSAICAAAA")).await.unwrap() else {
+            panic!("a refused MSC4190 device falls back to the login");
+        };
+        assert_eq!(token.lock().unwrap().expose(), "token-for-MOSAICAAAA");
+        // The next device does not ask for MSC4190 again.
+        assert!(matches!(crypto.create_device(bot, ruma::device_id!("MOSAICBBBB")).await, Ok(Access::Token(_))));
+        assert_eq!(puts.load(Ordering::Relaxed), 1);
+
+        // After a restart the kept token is used: no login, no new device.
+        let again = Crypto::new(&config, HomeserverClient::new("http://127.0.0.1:9", &config.appservice.as_token));
+        let Access::Token(token) = again.unwrap().create_device(agent, ruma::device_id!("MOSAICAAAA")).await.unwrap()
+        else {
+            panic!("a device made by login stays one");
+        };
+        assert_eq!(token.lock().unwrap().expose(), "token-for-MOSAICAAAA");
+
+        // With `devices = "msc4190"` the refusal is an error that says what to change.
+        config.e2ee.devices = E2eeDevices::Msc4190;
+        let strict = Crypto::new(&config, HomeserverClient::new(&url, &config.appservice.as_token)).unwrap();
+        let user = ruma::user_id!("@mosaic_agent_other:example.org");
+        let Err(error) = strict.create_device(user, ruma::device_id!("MOSAICCCCC")).await else {
+            panic!("no fallback with devices = \"msc4190\"");
+        };
+        assert!(error.to_string().contains("devices = \"login\""), "{error}");
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! The requests an Olm machine asks for, sent as its device and answered back to it.
 
-use matrix_sdk_crypto::OlmMachine;
 use matrix_sdk_crypto::types::requests::{AnyOutgoingRequest, OutgoingRequest, ToDeviceRequest};
 use ruma::api::client::keys::get_keys;
 use ruma::api::client::message::send_message_event;
@@ -8,11 +7,11 @@ use ruma::api::client::to_device::send_event_to_device;
 use ruma::events::MessageLikeEventContent;
 use ruma::serde::Raw;
 
-use super::E2eeError;
-use crate::matrix::client::HomeserverClient;
+use super::{Crypto, Device, E2eeError};
 
 /// Sends every request the machine has queued, in order, until none is left.
-pub async fn send_queued(client: &HomeserverClient, machine: &OlmMachine) -> Result<(), E2eeError> {
+pub async fn send_queued(crypto: &Crypto, device: &Device) -> Result<(), E2eeError> {
+    let machine = device.machine();
     // Each answer may queue more (an upload answered with low counts asks for more keys),
     // but never without end: a few rounds settle it.
     for _ in 0..4 {
@@ -21,35 +20,35 @@ pub async fn send_queued(client: &HomeserverClient, machine: &OlmMachine) -> Res
             break;
         }
         for request in queued {
-            send(client, machine, request).await?;
+            send(crypto, device, request).await?;
         }
     }
     Ok(())
 }
 
 /// Sends one request as the machine's device and hands the answer back to it.
-pub async fn send(client: &HomeserverClient, machine: &OlmMachine, request: OutgoingRequest) -> Result<(), E2eeError> {
-    let (user, device) = (machine.user_id(), machine.device_id());
+pub async fn send(crypto: &Crypto, device: &Device, request: OutgoingRequest) -> Result<(), E2eeError> {
+    let machine = device.machine();
     let id = request.request_id();
     match request.request() {
         AnyOutgoingRequest::KeysUpload(upload) => {
-            let response = client.call_as_device(upload.clone(), user, device).await?;
+            let response = crypto.call(device, upload.clone()).await?;
             machine.mark_request_as_sent(id, &response).await?;
         }
         AnyOutgoingRequest::KeysQuery(query) => {
             let mut request = get_keys::v3::Request::new();
             request.device_keys = query.device_keys.clone();
             request.timeout = query.timeout;
-            let response = client.call_as_device(request, user, device).await?;
+            let response = crypto.call(device, request).await?;
             machine.mark_request_as_sent(id, &response).await?;
         }
         AnyOutgoingRequest::KeysClaim(claim) => {
-            let response = client.call_as_device(claim.clone(), user, device).await?;
+            let response = crypto.call(device, claim.clone()).await?;
             machine.mark_request_as_sent(id, &response).await?;
         }
-        AnyOutgoingRequest::ToDeviceRequest(to_device) => send_to_device(client, machine, to_device).await?,
+        AnyOutgoingRequest::ToDeviceRequest(to_device) => send_to_device(crypto, device, to_device).await?,
         AnyOutgoingRequest::SignatureUpload(signatures) => {
-            let response = client.call_as_device(signatures.clone(), user, device).await?;
+            let response = crypto.call(device, signatures.clone()).await?;
             machine.mark_request_as_sent(id, &response).await?;
         }
         AnyOutgoingRequest::RoomMessage(message) => {
@@ -61,7 +60,7 @@ pub async fn send(client: &HomeserverClient, machine: &OlmMachine, request: Outg
                 message.content.event_type(),
                 content,
             );
-            let response = client.call_as_device(request, user, device).await?;
+            let response = crypto.call(device, request).await?;
             machine.mark_request_as_sent(id, &response).await?;
         }
     }
@@ -69,17 +68,13 @@ pub async fn send(client: &HomeserverClient, machine: &OlmMachine, request: Outg
 }
 
 /// Sends a to-device message (a room key share, a key request) and tells the machine.
-pub async fn send_to_device(
-    client: &HomeserverClient,
-    machine: &OlmMachine,
-    to_device: &ToDeviceRequest,
-) -> Result<(), E2eeError> {
+pub async fn send_to_device(crypto: &Crypto, device: &Device, to_device: &ToDeviceRequest) -> Result<(), E2eeError> {
     let request = send_event_to_device::v3::Request::new_raw(
         to_device.event_type.clone(),
         to_device.txn_id.clone(),
         to_device.messages.clone(),
     );
-    let response = client.call_as_device(request, machine.user_id(), machine.device_id()).await?;
-    machine.mark_request_as_sent(&to_device.txn_id, &response).await?;
+    let response = crypto.call(device, request).await?;
+    device.machine().mark_request_as_sent(&to_device.txn_id, &response).await?;
     Ok(())
 }
