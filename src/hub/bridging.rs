@@ -16,10 +16,10 @@ use sqlx::AnyConnection;
 use super::commands::Answer;
 use super::{Hub, enqueue_send, reactions, routing};
 use crate::config::Config;
-use crate::matrix::naming::Namespace;
+use crate::namespace::Namespace;
 use crate::protocol::{
-    AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError,
-    ContentType, InboundHandler, OutboundReaction, SenderType, metadata_keys,
+    self, AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelMessage,
+    ChannelSendError, ContentType, InboundHandler, OutboundReaction, SenderType, metadata_keys,
 };
 use crate::queue::{self, DeadReason};
 use crate::store::{self, Store, bridges, conversations, messages, settings};
@@ -47,7 +47,7 @@ pub struct CloseBridgeJob {
 pub async fn surfaces(conn: &mut AnyConnection, conversation_id: &str) -> store::Result<Vec<(String, String)>> {
     let mut all = Vec::new();
     if let Some(room) = conversations::room_for_conversation(conn, conversation_id).await? {
-        all.push((crate::matrix::CHANNEL.to_string(), room));
+        all.push((protocol::MATRIX.to_string(), room));
     }
     for bridge in bridges::bridged_chats(conn, conversation_id).await? {
         all.push((bridge.channel, bridge.channel_id));
@@ -162,7 +162,7 @@ async fn report_bridge_in(
     if let Some(room) = conversations::room_for_conversation(conn, &open.conversation_id).await? {
         let notice = ChannelMessage::new(&room, super::SYSTEM_SENDER, SenderType::System, text, ContentType::Markdown);
         messages::append(conn, &open.conversation_id, "hub", &notice).await?;
-        enqueue_send(conn, crate::matrix::CHANNEL, &room, &notice).await?;
+        enqueue_send(conn, protocol::MATRIX, &room, &notice).await?;
     }
     Ok(())
 }
@@ -170,7 +170,7 @@ async fn report_bridge_in(
 /// Bridging a chat was given up (its surface kept failing): the chat is unbridged again
 /// and the room told, so that `!bridge` does not stay at "Bridging…".
 pub async fn report_bridge_given_up(conn: &mut AnyConnection, open: &OpenBridgeJob) -> store::Result<()> {
-    let surface = crate::protocol::surface_title(&open.channel);
+    let surface = protocol::surface_title(&open.channel);
     let text = format!(
         "Could not bridge {} chat `{}`: {surface} kept failing. Try `!bridge` again later; an admin can see why with `mosaic-as jobs`.",
         open.channel, open.channel_id
@@ -187,14 +187,14 @@ pub async fn report_undelivered(
     seq: i64,
     reason: DeadReason,
 ) -> store::Result<()> {
-    if send.channel == crate::matrix::CHANNEL {
+    if send.channel == protocol::MATRIX {
         return Ok(());
     }
     let Some(bridge) = bridges::get(conn, &send.channel, &send.channel_id).await? else { return Ok(()) };
     let Some(room) = conversations::room_for_conversation(conn, &bridge.conversation_id).await? else {
         return Ok(());
     };
-    let surface = crate::protocol::surface_title(&send.channel);
+    let surface = protocol::surface_title(&send.channel);
     let what = if send.message.is_reaction() { "reaction" } else { "message" };
     let whose = match send.message.meta_str(metadata_keys::SENDER_NAME) {
         Some(name) => format!("{name}'s {what}"),
@@ -211,7 +211,7 @@ pub async fn report_undelivered(
     let mut notice = ChannelMessage::new(&room, super::SYSTEM_SENDER, SenderType::System, text, ContentType::Text);
     notice.id = crate::agents::stream::derived_id(send.message.id, &format!("undelivered:{seq}"));
     if messages::append(conn, &bridge.conversation_id, "hub", &notice).await? {
-        enqueue_send(conn, crate::matrix::CHANNEL, &room, &notice).await?;
+        enqueue_send(conn, protocol::MATRIX, &room, &notice).await?;
     }
     Ok(())
 }
@@ -257,7 +257,7 @@ impl Hub {
             None => {
                 return Ok(format!(
                     "I could not ask {} whether you may bridge that chat; try again later.",
-                    crate::protocol::surface_title(surface)
+                    protocol::surface_title(surface)
                 )
                 .into());
             }
@@ -319,7 +319,7 @@ impl Hub {
         conn: &mut AnyConnection,
         msg: &ChannelMessage,
     ) -> store::Result<Option<String>> {
-        let allowed = self.is_admin(conn, crate::matrix::CHANNEL, &msg.sender_id).await?;
+        let allowed = self.is_admin(conn, protocol::MATRIX, &msg.sender_id).await?;
         Ok((!allowed).then(|| {
             format!(
                 "Only admins can bridge chats: the operator makes you one with `\"{}\" = \"admin\"` under [permissions] in the config.",
@@ -362,7 +362,7 @@ impl SurfaceAdapter {
             out.thread_id = None;
             let mut conn = self.store.conn().await?;
             if let Some(root) = messages::message_for_native(&mut conn, origin, &msg.channel_id, thread).await? {
-                if target == crate::matrix::CHANNEL {
+                if target == protocol::MATRIX {
                     out.thread_id = messages::native_for_message(&mut conn, target, chat, root).await?;
                 } else {
                     out.metadata.insert(metadata_keys::THREAD_ROOT_ID.into(), json!(root.to_string()));
@@ -430,7 +430,7 @@ impl SurfaceAdapter {
     /// (the Matrix adapter names its ghosts the same way).
     fn stamp_sender(&self, msg: &mut ChannelMessage, target: &str) {
         if msg.sender_type == SenderType::User {
-            if target != crate::matrix::CHANNEL {
+            if target != protocol::MATRIX {
                 let name = person_name(msg);
                 msg.metadata.insert(metadata_keys::SENDER_NAME.into(), json!(name));
             }

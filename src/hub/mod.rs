@@ -25,11 +25,12 @@ use sqlx::AnyConnection;
 use crate::agents::TurnControl;
 use crate::agents::control::Responder;
 use crate::config::Config;
-use crate::matrix::naming::Namespace;
+use crate::namespace::Namespace;
 use crate::permissions::{Level, Permissions};
 use crate::protocol::link_token::{self, LinkToken};
 use crate::protocol::{
-    BridgeRight, ChannelMessage, ChannelRegistry, ContentType, HandlerError, InboundHandler, SenderType, metadata_keys,
+    self, BridgeRight, ChannelMessage, ChannelRegistry, ContentType, HandlerError, InboundHandler, SenderType,
+    metadata_keys,
 };
 use crate::queue::{self, Wakers};
 use crate::secrets;
@@ -213,7 +214,7 @@ impl Hub {
             return Ok(());
         }
         let pair = match channel {
-            crate::matrix::CHANNEL => store::agent_rooms::pair_of_room(&mut tx, &msg.channel_id).await?,
+            protocol::MATRIX => store::agent_rooms::pair_of_room(&mut tx, &msg.channel_id).await?,
             _ => None,
         };
         match (command, pair) {
@@ -229,7 +230,7 @@ impl Hub {
                 let hint = "This room belongs to its agents: start them with `!ask <agent> <text>` or `!delegate <agent> <task>`, and begin a message with [HUMAN] to interrupt them.";
                 self.reply(&mut tx, channel, &conversation.id, &msg, hint.to_string().into()).await?;
             }
-            (Some(Ok(command)), _) if channel != crate::matrix::CHANNEL && !bridging::allowed_on_bridges(&command) => {
+            (Some(Ok(command)), _) if channel != protocol::MATRIX && !bridging::allowed_on_bridges(&command) => {
                 let answer =
                     format!("That command works in the conversation's Matrix room. Here: {}", bridge_commands(channel));
                 self.reply(&mut tx, channel, &conversation.id, &msg, answer.into()).await?;
@@ -414,7 +415,7 @@ impl Hub {
     /// account with none, which only an operator or a linked person can have made, is
     /// `user`), or, not linked, the surface's `unlinked` level.
     pub(crate) async fn level_of(&self, conn: &mut AnyConnection, channel: &str, sender: &str) -> store::Result<Level> {
-        if channel == crate::matrix::CHANNEL {
+        if channel == protocol::MATRIX {
             return Ok(self.permissions.matrix_level(sender));
         }
         Ok(match self.matrix_identities(conn, channel, sender).await? {
@@ -431,7 +432,7 @@ impl Hub {
         channel: &str,
         sender: &str,
     ) -> store::Result<Option<Vec<String>>> {
-        if channel == crate::matrix::CHANNEL {
+        if channel == protocol::MATRIX {
             return Ok(Some(vec![sender.to_string()]));
         }
         let Some(account) = accounts::account_for_identity(conn, channel, sender).await? else {
@@ -439,18 +440,14 @@ impl Hub {
         };
         let identities = accounts::identities_of(conn, &account.id).await?;
         Ok(Some(
-            identities
-                .into_iter()
-                .filter(|i| i.channel_name == crate::matrix::CHANNEL)
-                .map(|i| i.channel_user_id)
-                .collect(),
+            identities.into_iter().filter(|i| i.channel_name == protocol::MATRIX).map(|i| i.channel_user_id).collect(),
         ))
     }
 
     /// For a `!bridge` from an admin: whether the surface lets them bridge that chat,
     /// asked with the requester's linked identities there. `None` for everything else.
     async fn bridge_right(&self, channel: &str, msg: &ChannelMessage) -> store::Result<Option<BridgeRight>> {
-        if channel != crate::matrix::CHANNEL
+        if channel != protocol::MATRIX
             || routing::is_edit(msg)
             || self.permissions.matrix_level(&msg.sender_id) != Level::Admin
         {
@@ -502,7 +499,7 @@ impl Hub {
             accounts::store_link_token(conn, &token, &account_id, self.config.linking.token_ttl_secs).await?;
             reply.metadata.insert(REVEAL_LINK_TOKEN.into(), serde_json::Value::Bool(true));
             // Elsewhere than Matrix a group reads along: the token goes to the person alone.
-            if channel != crate::matrix::CHANNEL && !bridging::is_private_chat(to) {
+            if channel != protocol::MATRIX && !bridging::is_private_chat(to) {
                 reply.metadata.insert(metadata_keys::PRIVATE_TO.into(), to.sender_id.clone().into());
             }
         }
@@ -526,7 +523,7 @@ fn relay_refusal(channel: &str) -> String {
 /// A `link <token>` from someone ignored on another surface is still read: linking is
 /// how they get access, and the token an admin gave them is the proof.
 fn may_link_anyway(channel: &str, msg: &ChannelMessage) -> bool {
-    channel != crate::matrix::CHANNEL
+    channel != protocol::MATRIX
         && matches!(
             commands::parse(commands::prefix_for(channel), &msg.content),
             Some(Ok(commands::Command::Link(Some(_))))
@@ -604,7 +601,7 @@ async fn is_chatter_in_unbridged_chat(
     channel: &str,
     msg: &ChannelMessage,
 ) -> store::Result<bool> {
-    if channel == crate::matrix::CHANNEL || bridging::is_private_chat(msg) {
+    if channel == protocol::MATRIX || bridging::is_private_chat(msg) {
         return Ok(false);
     }
     let command = !routing::is_edit(msg) && commands::parse(commands::prefix_for(channel), &msg.content).is_some();
@@ -623,7 +620,7 @@ async fn resolve_conversation(
     msg: &ChannelMessage,
 ) -> store::Result<(conversations::Conversation, Chat)> {
     let chat_id = msg.channel_id.as_str();
-    if channel == crate::matrix::CHANNEL {
+    if channel == protocol::MATRIX {
         let conversation = conversations::conversation_for_room_or_create(conn, chat_id, "Matrix room").await?;
         return Ok((conversation, Chat::Matrix));
     }
@@ -636,7 +633,7 @@ async fn resolve_conversation(
         };
         return Ok((conversation, chat));
     }
-    let title = format!("{} chat {chat_id}", crate::matrix::adapter::surface_title(channel));
+    let title = format!("{} chat {chat_id}", protocol::surface_title(channel));
     let conversation = conversations::create_conversation(conn, &title, None).await?;
     bridges::record_direct(conn, channel, chat_id, &conversation.id).await?;
     Ok((conversation, Chat::Direct))
@@ -654,5 +651,21 @@ impl InboundHandler for HubInbound {
             true => HandlerError::permanent(e.to_string()),
             false => HandlerError::transient(e.to_string()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The hub speaks to every surface, Matrix included, through `protocol`: a surface
+    /// can change (or another be added) without the hub following it.
+    #[test]
+    fn the_hub_does_not_import_the_matrix_surface() {
+        let needle = ["crate", "::matrix"].concat();
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/hub");
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            let source = std::fs::read_to_string(&path).unwrap();
+            assert!(!source.contains(&needle), "{} imports the Matrix surface", path.display());
+        }
     }
 }

@@ -25,9 +25,9 @@ use super::e2ee::{Crypto, Decrypted};
 use super::format::{self, Placement};
 use super::ghosts::Ghosts;
 use super::names::DisplayNames;
-use super::naming::Namespace;
 use crate::agents::stream;
 use crate::config::Config;
+use crate::namespace::Namespace;
 use crate::permissions::{Level, Permissions};
 use crate::protocol::link_token;
 use crate::protocol::metadata_keys::AGENT_MESSAGE;
@@ -40,7 +40,7 @@ use crate::store::conversations::GhostProfile;
 use crate::store::group_commit::Write;
 use crate::store::{self, AnyConnection, Store, accounts, conversations, messages};
 
-pub const CHANNEL: &str = "matrix";
+pub const CHANNEL: &str = crate::protocol::MATRIX;
 
 /// Tries of one send inside the adapter before the outbox schedules a later retry.
 const SEND_TRIES: u32 = 4;
@@ -965,8 +965,6 @@ fn send_error(error: HsError) -> ChannelSendError {
         ChannelSendError::Terminal(error.to_string())
     }
 }
-
-pub use crate::protocol::surface_title;
 
 fn transient(error: impl std::fmt::Display) -> ChannelSendError {
     ChannelSendError::Transient { message: error.to_string(), retry_after: None }

@@ -269,7 +269,7 @@ impl ChannelMessage {
     /// The surface the message was first written on; messages without the mark are
     /// Matrix's (the first surface, whose ids were never marked).
     pub fn origin_channel(&self) -> &str {
-        self.meta_str(metadata_keys::ORIGIN_CHANNEL).unwrap_or("matrix")
+        self.meta_str(metadata_keys::ORIGIN_CHANNEL).unwrap_or(super::MATRIX)
     }
 
     /// In the same thread as `to`, whose thread id is in the terms of `to`'s surface.

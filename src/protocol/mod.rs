@@ -22,6 +22,11 @@ pub use registry::{CONNECT_TIMEOUT, ChannelRegistry, DEFAULT_HEALTH_INTERVAL};
 /// Semantic version of the `ChannelMessage` wire format.
 pub const PROTOCOL_VERSION: &str = "1.0.0";
 
+/// The name of the home surface: the Matrix homeserver this service is an appservice
+/// of. Conversations live in its rooms, permissions are given to its user ids, and
+/// messages without an origin were written there.
+pub const MATRIX: &str = "matrix";
+
 /// How a surface is named to people (`discord` → `Discord`).
 pub fn surface_title(channel: &str) -> String {
     let mut chars = channel.chars();
