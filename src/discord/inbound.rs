@@ -10,9 +10,11 @@ use uuid::Uuid;
 
 use super::gateway::backoff;
 use super::rest::RestError;
-use super::{CHANNEL, ChannelInfo, IS_EDIT, Inner, cursor};
+use super::{CHANNEL, ChannelInfo, Inner, cursor};
 use crate::error_ref::ErrorRef;
-use crate::protocol::{ChannelAttachment, ChannelMessage, ContentType, MediaError, SenderType, metadata_keys as keys};
+use crate::protocol::{
+    ChannelAttachment, ChannelEvent, ChannelMessage, ContentType, MediaError, SenderType, metadata_keys as keys,
+};
 use crate::store::{bridges, messages};
 
 /// Messages per page of the catch-up (Discord's maximum).
@@ -370,9 +372,8 @@ impl Inner {
         msg.timestamp = timestamp(edited);
         self.describe_sender(&mut msg, author, nick).await;
         self.describe_place(&mut msg, e.id.get(), &place, e.guild_id.map(|g| g.get()));
-        msg.metadata.insert(IS_EDIT.into(), json!(true));
         msg.metadata.insert(keys::DEDUPE_KEY.into(), json!(format!("{}:edit:{edited}", e.id)));
-        msg.reply_to_id = self.canonical(place.chat, e.id.get()).await?;
+        msg.event = ChannelEvent::Edit { target: self.canonical(place.chat, e.id.get()).await? };
         Ok(msg)
     }
 
@@ -401,8 +402,7 @@ impl Inner {
         let sender = messages::get(&mut conn, original).await?.map(|m| m.sender_id).unwrap_or_default();
         let mut msg = ChannelMessage::new(place.chat.to_string(), sender, SenderType::User, "", ContentType::Text);
         msg.thread_id = place.thread.map(|t| t.to_string());
-        msg.reply_to_id = Some(original);
-        msg.metadata.insert(keys::IS_DELETION.into(), json!(true));
+        msg.event = ChannelEvent::Delete { target: original };
         msg.metadata.insert(keys::CHANNEL_MESSAGE_ID.into(), json!(message.to_string()));
         msg.metadata.insert(keys::DEDUPE_KEY.into(), json!(format!("{message}:delete")));
         Ok(Some(msg))

@@ -18,7 +18,7 @@ use super::{Hub, enqueue_send, reactions, routing};
 use crate::config::Config;
 use crate::namespace::Namespace;
 use crate::protocol::{
-    self, AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelMessage,
+    self, AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelEvent, ChannelMessage,
     ChannelSendError, ContentType, InboundHandler, OutboundReaction, SenderType, metadata_keys,
 };
 use crate::queue::{self, DeadReason};
@@ -195,7 +195,10 @@ pub async fn report_undelivered(
         return Ok(());
     };
     let surface = protocol::surface_title(&send.channel);
-    let what = if send.message.is_reaction() { "reaction" } else { "message" };
+    let what = match send.message.event {
+        ChannelEvent::Reaction { .. } => "reaction",
+        ChannelEvent::Message | ChannelEvent::Edit { .. } | ChannelEvent::Delete { .. } => "message",
+    };
     let whose = match send.message.meta_str(metadata_keys::SENDER_NAME) {
         Some(name) => format!("{name}'s {what}"),
         None => format!("a {what}"),
@@ -349,11 +352,12 @@ impl SurfaceAdapter {
         let target = self.inner.name();
         let mut out = msg.clone();
         self.stamp_sender(&mut out, target);
-        if routing::is_edit(msg)
-            && let Some(original) = msg.reply_to_id.filter(|_| !msg.metadata.contains_key(metadata_keys::REPLACES))
+        // Outbound, an edit names the message it replaces by its canonical id, as the
+        // previews of a streamed answer do.
+        if let ChannelEvent::Edit { target: Some(original) } = msg.event
+            && !msg.metadata.contains_key(metadata_keys::REPLACES)
         {
             out.metadata.insert(metadata_keys::REPLACES.into(), json!(original.to_string()));
-            out.reply_to_id = None;
         }
         let origin = msg.origin_channel();
         if let Some(thread) = msg.thread_id.as_deref()
@@ -383,19 +387,22 @@ impl SurfaceAdapter {
         retry: bool,
     ) -> store::Result<Option<OutboundReaction>> {
         let surface = self.inner.name();
-        let Some(target) = msg.reply_to_id.filter(|_| self.inner.supports_reactions()) else { return Ok(None) };
+        let ChannelEvent::Reaction { target, key, removed, .. } = &msg.event else { return Ok(None) };
+        if !self.inner.supports_reactions() {
+            return Ok(None);
+        }
+        let (target, removed) = (*target, *removed);
         let mut conn = self.store.conn().await?;
         let Some(native) = messages::native_for_message(&mut conn, surface, chat, target).await? else {
             tracing::debug!(channel = surface, chat, reaction = %msg.id, "the message reacted to has no copy here");
             return Ok(None);
         };
-        let removed = msg.is_reaction_removal();
-        let copy = match reactions::removed_reaction(msg).filter(|_| removed) {
+        let copy = match reactions::removed_reaction(msg) {
             Some(added) => messages::native_for_message(&mut conn, surface, chat, added).await?,
             None => None,
         };
         let shown = reactions::shown_outside(&mut conn, target, surface, chat).await?;
-        Ok(Some(OutboundReaction { target: native, key: msg.content.clone(), removed, copy, shown, retry }))
+        Ok(Some(OutboundReaction { target: native, key: key.clone(), removed, copy, shown, retry }))
     }
 
     async fn send(&self, channel_id: &str, msg: &ChannelMessage, resend: bool) -> Result<(), ChannelSendError> {
@@ -403,16 +410,19 @@ impl SurfaceAdapter {
             message: format!("cannot prepare the message: {e}"),
             retry_after: None,
         };
-        let result = if msg.is_reaction() {
-            match self.reaction_for(channel_id, msg, resend).await.map_err(prepare_failed)? {
-                Some(reaction) => self.inner.send_reaction(channel_id, &reaction, msg).await,
-                None => return Ok(()),
+        let result = match msg.event {
+            ChannelEvent::Reaction { .. } => {
+                match self.reaction_for(channel_id, msg, resend).await.map_err(prepare_failed)? {
+                    Some(reaction) => self.inner.send_reaction(channel_id, &reaction, msg).await,
+                    None => return Ok(()),
+                }
             }
-        } else {
-            let out = self.translate(channel_id, msg).await.map_err(prepare_failed)?;
-            match resend {
-                true => self.inner.resend_message(channel_id, &out).await,
-                false => self.inner.send_message(channel_id, &out).await,
+            ChannelEvent::Message | ChannelEvent::Edit { .. } | ChannelEvent::Delete { .. } => {
+                let out = self.translate(channel_id, msg).await.map_err(prepare_failed)?;
+                match resend {
+                    true => self.inner.resend_message(channel_id, &out).await,
+                    false => self.inner.send_message(channel_id, &out).await,
+                }
             }
         };
         let outcome = match &result {

@@ -29,8 +29,8 @@ use crate::namespace::Namespace;
 use crate::permissions::{Level, Permissions};
 use crate::protocol::link_token::{self, LinkToken};
 use crate::protocol::{
-    self, BridgeRight, ChannelMessage, ChannelRegistry, ContentType, HandlerError, InboundHandler, SenderType,
-    metadata_keys,
+    self, BridgeRight, ChannelEvent, ChannelMessage, ChannelRegistry, ContentType, HandlerError, InboundHandler,
+    SenderType, metadata_keys,
 };
 use crate::queue::{self, Wakers};
 use crate::secrets;
@@ -122,7 +122,7 @@ impl Hub {
         let (conversation, chat) = resolve_conversation(&mut tx, channel, &msg).await?;
         // A reaction is kept and passed on only where it changes what people see: in a
         // conversation with other surfaces, on a known message, and not twice.
-        if msg.is_reaction() && (chat == Chat::Direct || !reactions::settle(&mut tx, &mut msg).await?) {
+        if is_reaction(&msg) && (chat == Chat::Direct || !reactions::settle(&mut tx, &mut msg).await?) {
             tracing::debug!(channel, chat_id = msg.channel_id, "reaction that changes nothing ignored");
             tx.rollback().await?;
             return Ok(());
@@ -147,7 +147,7 @@ impl Hub {
             }
             return Ok(());
         }
-        let command = if routing::commands_enabled(&msg) && !routing::is_edit(&msg) && !msg.is_reaction() {
+        let command = if routing::commands_enabled(&msg) && may_be_command(&msg) {
             commands::parse(commands::prefix_for(channel), &msg.content)
         } else {
             None
@@ -180,7 +180,7 @@ impl Hub {
         }
         if let Chat::Bridged { mirror_deletions } = chat {
             bridging::adopt_thread_root(&mut tx, channel, &msg).await?;
-            if is_deletion(&msg) {
+            if matches!(msg.event, ChannelEvent::Delete { .. }) {
                 if mirror_deletions {
                     bridging::fan_out_except(&mut tx, &conversation.id, &msg, Some((channel, &msg.channel_id))).await?;
                 }
@@ -198,7 +198,7 @@ impl Hub {
         // is one (an agent reads it with its context at its next turn). Only the person who
         // started the turn, or an admin, answers; anyone else's message is an ordinary one.
         let answered =
-            level >= Level::User && !msg.is_reaction_removal() && self.control.has_question(&conversation.id) && {
+            level >= Level::User && !reactions::is_removal(&msg) && self.control.has_question(&conversation.id) && {
                 let account = accounts::account_for_identity(&mut tx, channel, &msg.sender_id).await?;
                 let who = Responder {
                     channel,
@@ -206,9 +206,10 @@ impl Hub {
                     account_id: account.as_ref().map(|a| a.id.as_str()),
                     admin: self.is_admin(&mut tx, channel, &msg.sender_id).await?,
                 };
-                self.control.answer(&conversation.id, &msg.content, msg.reply_to_id, &who).is_some()
+                let (text, about) = answer_of(&msg);
+                self.control.answer(&conversation.id, text, about, &who).is_some()
             };
-        if answered || routing::is_reaction(&msg) {
+        if answered || is_reaction(&msg) {
             tx.commit().await?;
             self.wakers.wake_all();
             return Ok(());
@@ -218,7 +219,7 @@ impl Hub {
             _ => None,
         };
         match (command, pair) {
-            (None, _) if routing::is_edit(&msg) => {}
+            (None, _) if is_edit(&msg) => {}
             (None, Some(pair)) if agent_rooms::is_interrupt(&msg.content) => {
                 let agents = [pair.0.as_str(), pair.1.as_str()];
                 match self.refusal_for_agents(&mut tx, channel, &msg.sender_id, &agents).await? {
@@ -447,9 +448,7 @@ impl Hub {
     /// For a `!bridge` from an admin: whether the surface lets them bridge that chat,
     /// asked with the requester's linked identities there. `None` for everything else.
     async fn bridge_right(&self, channel: &str, msg: &ChannelMessage) -> store::Result<Option<BridgeRight>> {
-        if channel != protocol::MATRIX
-            || routing::is_edit(msg)
-            || self.permissions.matrix_level(&msg.sender_id) != Level::Admin
+        if channel != protocol::MATRIX || is_edit(msg) || self.permissions.matrix_level(&msg.sender_id) != Level::Admin
         {
             return Ok(None);
         }
@@ -560,8 +559,32 @@ pub async fn fan_out(conn: &mut AnyConnection, conversation_id: &str, msg: &Chan
     bridging::fan_out_except(conn, conversation_id, msg, None).await
 }
 
-fn is_deletion(msg: &ChannelMessage) -> bool {
-    msg.metadata.get(metadata_keys::IS_DELETION).and_then(|v| v.as_bool()).unwrap_or(false)
+fn is_reaction(msg: &ChannelMessage) -> bool {
+    matches!(msg.event, ChannelEvent::Reaction { .. })
+}
+
+fn is_edit(msg: &ChannelMessage) -> bool {
+    matches!(msg.event, ChannelEvent::Edit { .. })
+}
+
+/// Only something written may be a command: an edit, a deletion or a reaction never
+/// runs one (an edit of a command would run it twice).
+fn may_be_command(msg: &ChannelMessage) -> bool {
+    match msg.event {
+        ChannelEvent::Message => true,
+        ChannelEvent::Edit { .. } | ChannelEvent::Delete { .. } | ChannelEvent::Reaction { .. } => false,
+    }
+}
+
+/// What answers an agent's permission question, and which message it is about: a
+/// reaction answers with its key on the question it reacts to.
+fn answer_of(msg: &ChannelMessage) -> (&str, Option<uuid::Uuid>) {
+    match &msg.event {
+        ChannelEvent::Reaction { key, target, .. } => (key, Some(*target)),
+        ChannelEvent::Message | ChannelEvent::Edit { .. } | ChannelEvent::Delete { .. } => {
+            (&msg.content, msg.relates_to())
+        }
+    }
 }
 
 /// The commands that work on a surface other than Matrix.
@@ -604,7 +627,7 @@ async fn is_chatter_in_unbridged_chat(
     if channel == protocol::MATRIX || bridging::is_private_chat(msg) {
         return Ok(false);
     }
-    let command = !routing::is_edit(msg) && commands::parse(commands::prefix_for(channel), &msg.content).is_some();
+    let command = may_be_command(msg) && commands::parse(commands::prefix_for(channel), &msg.content).is_some();
     // A token typed anywhere is burnt, here too.
     if command || link_token::is_attempt(&msg.content) {
         return Ok(false);
