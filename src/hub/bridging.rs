@@ -197,7 +197,10 @@ pub async fn report_undelivered(
     let surface = protocol::surface_title(&send.channel);
     let what = match send.message.event {
         ChannelEvent::Reaction { .. } => "reaction",
-        ChannelEvent::Message | ChannelEvent::Edit { .. } | ChannelEvent::Delete { .. } => "message",
+        ChannelEvent::Message
+        | ChannelEvent::Edit { .. }
+        | ChannelEvent::Delete { .. }
+        | ChannelEvent::ReactionsCleared { .. } => "message",
     };
     let whose = match send.message.meta_str(metadata_keys::SENDER_NAME) {
         Some(name) => format!("{name}'s {what}"),
@@ -411,6 +414,8 @@ impl SurfaceAdapter {
             retry_after: None,
         };
         let result = match msg.event {
+            // The hub turns a clearing into removals before anything is queued.
+            ChannelEvent::ReactionsCleared { .. } => return Ok(()),
             ChannelEvent::Reaction { .. } => {
                 match self.reaction_for(channel_id, msg, resend).await.map_err(prepare_failed)? {
                     Some(reaction) => self.inner.send_reaction(channel_id, &reaction, msg).await,

@@ -105,6 +105,9 @@ impl Hub {
         msg.seal_link_tokens(&self.config.appservice.as_token);
         msg.strip_control_chars();
         msg.metadata.entry(metadata_keys::ORIGIN_CHANNEL).or_insert_with(|| channel.into());
+        if let ChannelEvent::ReactionsCleared { .. } = msg.event {
+            return self.clear_reactions(channel, &msg).await;
+        }
         // Asking another surface takes a while: it happens before the write transaction.
         let bridge_right = self.bridge_right(channel, &msg).await?;
         let mut tx = self.store.begin_write().await?;
@@ -247,6 +250,26 @@ impl Hub {
             // they act on people who are only relayed.
             (None, None) if conversation.archived_at.is_some() || level < Level::User => {}
             (None, None) => self.route_to_agents(&mut tx, channel, &conversation.id, &msg).await?,
+        }
+        tx.commit().await?;
+        self.wakers.wake_all();
+        Ok(())
+    }
+
+    /// Reactions cleared on a message of a bridged chat are taken back elsewhere, each as
+    /// its sender's own removal. Nobody in particular cleared them, so no sender's level
+    /// is asked: each reaction cleared was let in when it was made.
+    async fn clear_reactions(&self, channel: &str, msg: &ChannelMessage) -> store::Result<()> {
+        let mut tx = self.store.begin_write().await?;
+        let Some(bridge) = bridges::get(&mut tx, channel, &msg.channel_id).await?.filter(|b| b.is_bridged()) else {
+            tx.rollback().await?;
+            return Ok(());
+        };
+        for removal in reactions::cleared(&mut tx, msg).await? {
+            if messages::append(&mut tx, &bridge.conversation_id, channel, &removal).await? {
+                let origin = Some((channel, msg.channel_id.as_str()));
+                bridging::fan_out_except(&mut tx, &bridge.conversation_id, &removal, origin).await?;
+            }
         }
         tx.commit().await?;
         self.wakers.wake_all();
@@ -572,7 +595,10 @@ fn is_edit(msg: &ChannelMessage) -> bool {
 fn may_be_command(msg: &ChannelMessage) -> bool {
     match msg.event {
         ChannelEvent::Message => true,
-        ChannelEvent::Edit { .. } | ChannelEvent::Delete { .. } | ChannelEvent::Reaction { .. } => false,
+        ChannelEvent::Edit { .. }
+        | ChannelEvent::Delete { .. }
+        | ChannelEvent::Reaction { .. }
+        | ChannelEvent::ReactionsCleared { .. } => false,
     }
 }
 
@@ -581,9 +607,10 @@ fn may_be_command(msg: &ChannelMessage) -> bool {
 fn answer_of(msg: &ChannelMessage) -> (&str, Option<uuid::Uuid>) {
     match &msg.event {
         ChannelEvent::Reaction { key, target, .. } => (key, Some(*target)),
-        ChannelEvent::Message | ChannelEvent::Edit { .. } | ChannelEvent::Delete { .. } => {
-            (&msg.content, msg.relates_to())
-        }
+        ChannelEvent::Message
+        | ChannelEvent::Edit { .. }
+        | ChannelEvent::Delete { .. }
+        | ChannelEvent::ReactionsCleared { .. } => (&msg.content, msg.relates_to()),
     }
 }
 

@@ -16,7 +16,10 @@ use crate::store::{self, messages};
 fn reaction_of(msg: &ChannelMessage) -> Option<(&str, bool)> {
     match &msg.event {
         ChannelEvent::Reaction { key, removed, .. } => Some((key, *removed)),
-        ChannelEvent::Message | ChannelEvent::Edit { .. } | ChannelEvent::Delete { .. } => None,
+        ChannelEvent::Message
+        | ChannelEvent::Edit { .. }
+        | ChannelEvent::Delete { .. }
+        | ChannelEvent::ReactionsCleared { .. } => None,
     }
 }
 
@@ -99,6 +102,37 @@ pub async fn shown_outside(
         .collect())
 }
 
+/// The removals a [`ChannelEvent::ReactionsCleared`] stands for: one for each reaction
+/// made in its chat that stands on its target (with its key, when it names one), as if
+/// its sender had taken it back. Once they are logged nothing of that chat stands there,
+/// so a repeated clearing finds nothing more to take back.
+pub async fn cleared(conn: &mut AnyConnection, clearing: &ChannelMessage) -> store::Result<Vec<ChannelMessage>> {
+    let ChannelEvent::ReactionsCleared { target, key } = &clearing.event else { return Ok(Vec::new()) };
+    let here =
+        |r: &ChannelMessage| r.origin_channel() == clearing.origin_channel() && r.channel_id == clearing.channel_id;
+    Ok(standing(conn, *target)
+        .await?
+        .into_iter()
+        .filter(|r| here(r) && key.as_deref().is_none_or(|key| key_of(r) == key))
+        .map(|added| removal_of(&added, *target, clearing))
+        .collect())
+}
+
+/// `added` taken back by `clearing`; its id is derived from both, so that each
+/// clearing takes a reaction back once.
+fn removal_of(added: &ChannelMessage, target: Uuid, clearing: &ChannelMessage) -> ChannelMessage {
+    let event = ChannelEvent::Reaction { target, key: key_of(added).into(), removed: true, takes_back: Some(added.id) };
+    let mut removal = ChannelMessage::reaction(&added.channel_id, &added.sender_id, "", target, true).with_event(event);
+    removal.id = Uuid::new_v5(&clearing.id, added.id.as_bytes());
+    removal.timestamp = clearing.timestamp;
+    for key in [metadata_keys::SENDER_NAME, metadata_keys::SENDER_AVATAR_URL, metadata_keys::ORIGIN_CHANNEL] {
+        if let Some(value) = added.metadata.get(key) {
+            removal.metadata.insert(key.into(), value.clone());
+        }
+    }
+    removal
+}
+
 /// The canonical id of the reaction a removal takes back.
 pub fn removed_reaction(msg: &ChannelMessage) -> Option<Uuid> {
     match msg.event {
@@ -159,5 +193,42 @@ mod tests {
         assert_eq!(standing, ["@b:x"]);
         let mut unknown = ChannelMessage::reaction("42", "7", "👍", Uuid::new_v4(), false);
         assert!(!settle(&mut conn, &mut unknown).await.unwrap(), "a reaction to no known message");
+    }
+
+    #[tokio::test]
+    async fn a_clearing_takes_back_what_its_chat_shows_once() {
+        let (_dir, store) = store().await;
+        let mut conn = store.begin_write().await.unwrap();
+        let c = crate::store::conversations::create_conversation(&mut conn, "test", None).await.unwrap().id;
+        let target = ChannelMessage::new("!r", "@a:x", SenderType::User, "hi", ContentType::Text);
+        messages::append(&mut conn, &c, "matrix", &target).await.unwrap();
+        let mut dan = from("discord", "42", "7", "👍", target.id, false);
+        dan.metadata.insert(metadata_keys::SENDER_NAME.into(), "Dan".into());
+        let eve = from("discord", "42", "8", "🎉", target.id, false);
+        let bob = from("matrix", "!r", "@b:x", "👍", target.id, false);
+        for reaction in [&dan, &eve, &bob] {
+            messages::append(&mut conn, &c, reaction.origin_channel(), reaction).await.unwrap();
+        }
+        let clearing = |key: Option<&str>| {
+            let event = ChannelEvent::ReactionsCleared { target: target.id, key: key.map(str::to_string) };
+            let mut msg = ChannelMessage::new("42", "", SenderType::User, "", ContentType::Text).with_event(event);
+            msg.metadata.insert(metadata_keys::ORIGIN_CHANNEL.into(), "discord".into());
+            msg
+        };
+
+        let thumbs = cleared(&mut conn, &clearing(Some("👍"))).await.unwrap();
+        assert_eq!(thumbs.len(), 1, "only that key, only this chat's");
+        assert_eq!(removed_reaction(&thumbs[0]), Some(dan.id));
+        assert_eq!((thumbs[0].sender_id.as_str(), key_of(&thumbs[0])), ("7", "👍"));
+        assert_eq!(thumbs[0].meta_str(metadata_keys::SENDER_NAME), Some("Dan"));
+        messages::append(&mut conn, &c, "discord", &thumbs[0]).await.unwrap();
+
+        let all = cleared(&mut conn, &clearing(None)).await.unwrap();
+        assert_eq!(all.iter().map(removed_reaction).collect::<Vec<_>>(), [Some(eve.id)]);
+        messages::append(&mut conn, &c, "discord", &all[0]).await.unwrap();
+        assert!(cleared(&mut conn, &clearing(None)).await.unwrap().is_empty(), "nothing of that chat stands");
+        let standing: Vec<String> =
+            standing(&mut conn, target.id).await.unwrap().into_iter().map(|r| r.sender_id).collect();
+        assert_eq!(standing, ["@b:x"], "what people elsewhere show stays");
     }
 }

@@ -32,6 +32,14 @@ pub enum ChannelEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         takes_back: Option<Uuid>,
     },
+    /// The reactions people of this chat show on `target` were taken away at once (all
+    /// of them, or those with `key`), by a moderator or by the surface, not by each
+    /// sender: the hub takes back each one that stands. `senderId` names nobody.
+    ReactionsCleared {
+        target: Uuid,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
 }
 
 impl ChannelEvent {
@@ -44,7 +52,9 @@ impl ChannelEvent {
         match self {
             Self::Message => None,
             Self::Edit { target } => *target,
-            Self::Delete { target } | Self::Reaction { target, .. } => Some(*target),
+            Self::Delete { target } | Self::Reaction { target, .. } | Self::ReactionsCleared { target, .. } => {
+                Some(*target)
+            }
         }
     }
 }
