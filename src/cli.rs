@@ -10,8 +10,8 @@ use ruma::api::client::appservice::request_ping;
 
 use crate::config::Config;
 use crate::matrix::client::HomeserverClient;
-use crate::matrix::naming::Namespace;
 use crate::matrix::registration::registration_yaml;
+use crate::namespace::Namespace;
 use crate::secrets;
 use crate::store::dead_letters::{self, DeadLetterId};
 use crate::store::{Store, accounts};

@@ -17,6 +17,7 @@ pub mod error_ref;
 pub mod hub;
 pub mod matrix;
 pub mod metrics;
+pub mod namespace;
 pub mod permissions;
 pub mod protocol;
 pub mod queue;

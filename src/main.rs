@@ -6,8 +6,8 @@ use clap::{Parser, Subcommand};
 
 use mosaic_as::cli::{self, AccountAction, InitOptions};
 use mosaic_as::config::{self, Config};
-use mosaic_as::matrix::naming::Namespace;
 use mosaic_as::matrix::registration::registration_yaml;
+use mosaic_as::namespace::Namespace;
 use mosaic_as::store::Store;
 
 /// A Matrix application service that puts AI agents into Matrix rooms, with

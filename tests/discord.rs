@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use mosaic_as::config::DiscordConfig;
 use mosaic_as::discord::{self, DiscordAdapter};
 use mosaic_as::protocol::{
-    AdapterHealth, BridgeError, ChannelAdapter, ChannelAttachment, ChannelMessage, ChannelSendError, ContentType,
-    HandlerError, InboundHandler, MediaRepository, SenderType, metadata_keys as keys,
+    AdapterHealth, BridgeError, ChannelAdapter, ChannelAttachment, ChannelEvent, ChannelMessage, ChannelSendError,
+    ContentType, HandlerError, InboundHandler, MediaRepository, SenderType, metadata_keys as keys,
 };
 use mosaic_as::store::{Store, bridges, conversations, messages};
 use serde_json::json;
@@ -41,7 +41,7 @@ impl InboundHandler for Hub {
             self.refuse_first.fetch_sub(1, Ordering::SeqCst);
             return Err(HandlerError::transient("database busy"));
         }
-        let plain = msg.metadata.get(discord::IS_EDIT).is_none() && msg.metadata.get(keys::IS_DELETION).is_none();
+        let plain = msg.event == ChannelEvent::Message;
         if let (true, Some(native)) = (plain, msg.channel_message_id()) {
             let mut conn = self.store.begin_write().await.unwrap();
             messages::add_ref(&mut conn, discord::CHANNEL, &msg.channel_id, native, msg.id).await.unwrap();
@@ -194,15 +194,13 @@ async fn replies_threads_edits_and_deletions_map_to_the_hub() {
 
     h.fake.user_edits(GENERAL, root_native, "root (edited)");
     let edit = h.next().await;
-    assert_eq!(edit.metadata[discord::IS_EDIT], json!(true));
-    assert_eq!(edit.reply_to_id, Some(root.id));
+    assert_eq!(edit.event, ChannelEvent::Edit { target: Some(root.id) });
     assert_eq!(edit.content, "root (edited)");
     assert!(edit.meta_str(keys::DEDUPE_KEY).unwrap().starts_with(&format!("{root_native}:edit:")));
 
     h.fake.user_deletes(GENERAL, root_native);
     let deletion = h.next().await;
-    assert_eq!(deletion.metadata[keys::IS_DELETION], json!(true));
-    assert_eq!(deletion.reply_to_id, Some(root.id));
+    assert_eq!(deletion.event, ChannelEvent::Delete { target: root.id });
     assert_eq!(deletion.content, "");
     assert_eq!(deletion.meta_str(keys::DEDUPE_KEY), Some(format!("{root_native}:delete").as_str()));
 }

@@ -10,7 +10,7 @@ use mosaic_as::agents::TurnControl;
 use mosaic_as::config::Config;
 use mosaic_as::hub::Hub;
 use mosaic_as::hub::power::{ROOM_POWER, RoomChange};
-use mosaic_as::protocol::{ChannelMessage, ContentType, SenderType};
+use mosaic_as::protocol::{ChannelEvent, ChannelMessage, ContentType, SenderType};
 use mosaic_as::queue::Wakers;
 use mosaic_as::store::{Store, accounts, agent_rooms, bridges, conversations, messages, retention, settings};
 
@@ -373,8 +373,7 @@ async fn a_link_token_typed_anywhere_is_burnt_at_once_and_kept_nowhere() {
         let token = issue_token(&store, &format!("matrix-{i}")).await;
         let mut msg = said(mallory, &form.replace('T', &token).replace("edit", &format!("!link {token}")));
         if *form == "edit" {
-            msg.metadata.insert("mosaic.isEdit".into(), true.into());
-            msg.reply_to_id = Some(original.id);
+            msg.event = ChannelEvent::Edit { target: Some(original.id) };
         }
         attempts.push(("matrix", msg));
         tokens.push(token);

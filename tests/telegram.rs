@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use mosaic_as::config::{TelegramConfig, TelegramMode};
 use mosaic_as::protocol::{
-    AdapterHealth, BridgeError, ChannelAdapter, ChannelAttachment, ChannelMessage, ChannelSendError, ContentType,
-    HandlerError, InboundHandler, MediaRepository, SenderType, metadata_keys as keys,
+    AdapterHealth, BridgeError, ChannelAdapter, ChannelAttachment, ChannelEvent, ChannelMessage, ChannelSendError,
+    ContentType, HandlerError, InboundHandler, MediaRepository, SenderType, metadata_keys as keys,
 };
 use mosaic_as::store::{Store, bridges, conversations, messages};
 use mosaic_as::telegram::{CHANNEL, TelegramAdapter};
@@ -236,8 +236,7 @@ async fn an_edit_names_the_original() {
     h.fake.push_edit(GROUP, id, "the plan");
     let edit = h.inbox.wait_for(2).await.remove(1);
     assert_eq!(edit.content, "the plan");
-    assert_eq!(edit.metadata["mosaic.isEdit"], json!(true));
-    assert_eq!(edit.reply_to_id, Some(original.id));
+    assert_eq!(edit.event, ChannelEvent::Edit { target: Some(original.id) });
     assert_ne!(edit.id, original.id);
     let key = edit.meta_str(keys::DEDUPE_KEY).unwrap();
     assert!(key.starts_with(&format!("{GROUP}:{id}:edit:")), "{key}");

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mosaic_as::matrix::naming::Namespace;
+use mosaic_as::namespace::Namespace;
 use mosaic_as::matrix::server::parse_transaction;
 use mosaic_as::protocol::link_token;
 use serde_json::{Value, json};

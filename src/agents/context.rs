@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use crate::config::AgentConfig;
-use crate::protocol::{ChannelMessage, SenderType, metadata_keys as keys};
+use crate::protocol::{ChannelEvent, ChannelMessage, SenderType, metadata_keys as keys};
 
 use super::runtime::{ContextMessage, Role, TurnContext};
 
@@ -28,15 +28,21 @@ pub fn build(
     // Reactions reach the agent as short lines: those to its own messages that still
     // stand, where the message reacted to is.
     let own = |m: &ChannelMessage| m.sender_type == SenderType::Agent && m.sender_id == agent.id;
-    let taken_back: HashSet<&str> =
-        history.iter().filter(|m| m.is_reaction_removal()).filter_map(|m| m.meta_str(keys::REMOVES_REACTION)).collect();
-    let reacted_to = |m: &ChannelMessage| m.reply_to_id.and_then(|id| history.iter().find(|t| t.id == id));
-    let shown = |m: &ChannelMessage| match m.is_reaction() {
-        false => in_thread(m),
-        true => {
-            !m.is_reaction_removal()
-                && !taken_back.contains(m.id.to_string().as_str())
-                && reacted_to(m).is_some_and(|target| own(target) && in_thread(target))
+    let taken_back: HashSet<uuid::Uuid> = history
+        .iter()
+        .filter_map(|m| match m.event {
+            ChannelEvent::Reaction { removed: true, takes_back, .. } => takes_back,
+            _ => None,
+        })
+        .collect();
+    let message_of = |id: uuid::Uuid| history.iter().find(|t| t.id == id);
+    let shown = |m: &ChannelMessage| match m.event {
+        ChannelEvent::Message | ChannelEvent::Edit { .. } | ChannelEvent::Delete { .. } => in_thread(m),
+        ChannelEvent::ReactionsCleared { .. } => false,
+        ChannelEvent::Reaction { target, removed, .. } => {
+            !removed
+                && !taken_back.contains(&m.id)
+                && message_of(target).is_some_and(|target| own(target) && in_thread(target))
         }
     };
     // A turn may run late: what people wrote after the message is not its context, but
@@ -63,12 +69,12 @@ pub fn build(
 
 fn as_context(agent: &AgentConfig, m: &ChannelMessage) -> ContextMessage {
     let own = m.sender_type == SenderType::Agent && m.sender_id == agent.id;
-    if m.is_reaction() {
+    if let ChannelEvent::Reaction { key, .. } = &m.event {
         let who = m.meta_str(keys::SENDER_NAME).filter(|n| !n.trim().is_empty()).unwrap_or(&m.sender_id);
         return ContextMessage {
             role: Role::User,
             name: Some(m.sender_id.clone()),
-            content: format!("{who} reacted {}", m.content),
+            content: format!("{who} reacted {key}"),
         };
     }
     let mut content = m.content.clone();
@@ -167,8 +173,13 @@ mod tests {
         let on_other = ChannelMessage::reaction("!r", "@a:x", "🎉", other.id, false);
         let mut withdrawn = ChannelMessage::reaction("!r", "@b:x", "👎", answer.id, false);
         withdrawn.metadata.insert(keys::SENDER_NAME.into(), "Bob".into());
-        let mut removal = ChannelMessage::reaction("!r", "@b:x", "👎", answer.id, true);
-        removal.metadata.insert(keys::REMOVES_REACTION.into(), withdrawn.id.to_string().into());
+        let removal =
+            ChannelMessage::reaction("!r", "@b:x", "👎", answer.id, true).with_event(ChannelEvent::Reaction {
+                target: answer.id,
+                key: "👎".into(),
+                removed: true,
+                takes_back: Some(withdrawn.id),
+            });
         let next = msg("@a:x", SenderType::User, "and the sun?", None);
         let history = vec![question, answer, other, liked, on_other, withdrawn, removal, next];
         let ctx = build(&agent(1000), None, "c", &history[7], &history);

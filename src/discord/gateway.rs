@@ -137,6 +137,8 @@ impl Handler {
                 | Event::ThreadCreate(_)
                 | Event::ReactionAdd(_)
                 | Event::ReactionRemove(_)
+                | Event::ReactionRemoveAll(_)
+                | Event::ReactionRemoveEmoji(_)
                 | Event::InteractionCreate(_) => Work::Event(Box::new(event.clone())),
                 _ => return !tx.is_closed(),
             };

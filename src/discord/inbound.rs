@@ -10,9 +10,11 @@ use uuid::Uuid;
 
 use super::gateway::backoff;
 use super::rest::RestError;
-use super::{CHANNEL, ChannelInfo, IS_EDIT, Inner, cursor};
+use super::{CHANNEL, ChannelInfo, Inner, cursor};
 use crate::error_ref::ErrorRef;
-use crate::protocol::{ChannelAttachment, ChannelMessage, ContentType, MediaError, SenderType, metadata_keys as keys};
+use crate::protocol::{
+    ChannelAttachment, ChannelEvent, ChannelMessage, ContentType, MediaError, SenderType, metadata_keys as keys,
+};
 use crate::store::{bridges, messages};
 
 /// Messages per page of the catch-up (Discord's maximum).
@@ -69,6 +71,16 @@ impl Inner {
             Event::InteractionCreate(e) => self.on_interaction(e.interaction).await,
             Event::ReactionAdd(e) => self.on_reaction(e.reaction, false).await,
             Event::ReactionRemove(e) => self.on_reaction(e.reaction, true).await,
+            Event::ReactionRemoveAll(e) => {
+                self.on_reactions_cleared(e.channel_id.get(), e.message_id.get(), None).await
+            }
+            // serenity 0.12.5 reads this event only with `burst` and `type`, which
+            // Discord's documentation does not list for it; without them it never comes.
+            Event::ReactionRemoveEmoji(e) => {
+                if let Some(key) = reaction_key(&e.reaction.emoji) {
+                    self.on_reactions_cleared(e.reaction.channel_id.get(), e.reaction.message_id.get(), Some(key)).await
+                }
+            }
             _ => {}
         }
     }
@@ -81,12 +93,7 @@ impl Inner {
         if self.known_identity().is_some_and(|i| user.get() == i.bot_user) {
             return;
         }
-        let key = match &reaction.emoji {
-            ReactionType::Unicode(emoji) => emoji.clone(),
-            // A custom emoji cannot be shown elsewhere: its name stands for it.
-            ReactionType::Custom { name: Some(name), .. } => format!(":{name}:"),
-            _ => return,
-        };
+        let Some(key) = reaction_key(&reaction.emoji) else { return };
         let mut attempt = 0;
         let msg = loop {
             match self.translate_reaction(&reaction, user.get(), &key, removed).await {
@@ -102,6 +109,41 @@ impl Inner {
         if let Some(msg) = msg {
             self.deliver(msg).await;
         }
+    }
+
+    /// Reactions taken off a message at once, not by their senders
+    /// (`MESSAGE_REACTION_REMOVE_ALL`, or `_REMOVE_EMOJI` with the `key` taken off).
+    async fn on_reactions_cleared(&self, channel: u64, message: u64, key: Option<String>) {
+        let mut attempt = 0;
+        let msg = loop {
+            match self.translate_clearing(channel, message, key.clone()).await {
+                Ok(msg) => break msg,
+                Err(error) => {
+                    attempt += 1;
+                    tracing::warn!(channel = CHANNEL, event = "inbound_retry", message_id = message, %error, attempt);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        };
+        if let Some(msg) = msg {
+            self.deliver(msg).await;
+        }
+    }
+
+    /// `None` for a message the hub never saw.
+    async fn translate_clearing(
+        &self,
+        channel: u64,
+        message: u64,
+        key: Option<String>,
+    ) -> Result<Option<ChannelMessage>, Retry> {
+        let place = self.place(channel).await?;
+        let Some(target) = self.canonical(place.chat, message).await? else { return Ok(None) };
+        let event = ChannelEvent::ReactionsCleared { target, key };
+        let mut msg =
+            ChannelMessage::new(place.chat.to_string(), "", SenderType::User, "", ContentType::Text).with_event(event);
+        msg.metadata.insert("channelType".into(), json!(place.info.kind));
+        Ok(Some(msg))
     }
 
     /// `None` for a reaction to a message the hub never saw.
@@ -370,9 +412,8 @@ impl Inner {
         msg.timestamp = timestamp(edited);
         self.describe_sender(&mut msg, author, nick).await;
         self.describe_place(&mut msg, e.id.get(), &place, e.guild_id.map(|g| g.get()));
-        msg.metadata.insert(IS_EDIT.into(), json!(true));
         msg.metadata.insert(keys::DEDUPE_KEY.into(), json!(format!("{}:edit:{edited}", e.id)));
-        msg.reply_to_id = self.canonical(place.chat, e.id.get()).await?;
+        msg.event = ChannelEvent::Edit { target: self.canonical(place.chat, e.id.get()).await? };
         Ok(msg)
     }
 
@@ -401,8 +442,7 @@ impl Inner {
         let sender = messages::get(&mut conn, original).await?.map(|m| m.sender_id).unwrap_or_default();
         let mut msg = ChannelMessage::new(place.chat.to_string(), sender, SenderType::User, "", ContentType::Text);
         msg.thread_id = place.thread.map(|t| t.to_string());
-        msg.reply_to_id = Some(original);
-        msg.metadata.insert(keys::IS_DELETION.into(), json!(true));
+        msg.event = ChannelEvent::Delete { target: original };
         msg.metadata.insert(keys::CHANNEL_MESSAGE_ID.into(), json!(message.to_string()));
         msg.metadata.insert(keys::DEDUPE_KEY.into(), json!(format!("{message}:delete")));
         Ok(Some(msg))
@@ -541,4 +581,14 @@ fn name_sender(msg: &mut ChannelMessage, user: &User, nick: Option<String>) {
 
 fn timestamp(rfc3339: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(rfc3339).map(|t| t.with_timezone(&Utc)).unwrap_or_else(|_| Utc::now())
+}
+
+/// The key a reaction travels with: the emoji, or a custom emoji's name (`:name:`),
+/// which stands for it where it cannot be shown.
+fn reaction_key(emoji: &ReactionType) -> Option<String> {
+    match emoji {
+        ReactionType::Unicode(emoji) => Some(emoji.clone()),
+        ReactionType::Custom { name: Some(name), .. } => Some(format!(":{name}:")),
+        _ => None,
+    }
 }

@@ -35,7 +35,6 @@ pub const CHANNEL: &str = "discord";
 /// How often the bot's typing is renewed while an agent works.
 const TYPING_RENEWAL: std::time::Duration = std::time::Duration::from_secs(8);
 
-pub use crate::protocol::metadata_keys::IS_EDIT;
 /// Inbound metadata of a `/link` command: the interaction it came from, so that the
 /// answer can be an ephemeral interaction response (outbound, copied back by the hub or
 /// matched by `replyToId` / `mosaic.privateTo`).

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::room_ops::{AgentRoomJob, agent_room_alias_localpart};
 use super::{Hub, TurnJob, commands::Answer, enqueue_send};
-use crate::protocol::{ChannelMessage, ContentType, SenderType};
+use crate::protocol::{self, ChannelMessage, ContentType, SenderType};
 use crate::queue;
 use crate::store::{self, accounts, agent_rooms, messages};
 
@@ -91,7 +91,7 @@ impl Hub {
         if a == b {
             return Ok("An agent room needs two different agents.".to_string().into());
         }
-        if channel != crate::matrix::CHANNEL {
+        if channel != protocol::MATRIX {
             return Ok("Agent rooms are opened from Matrix.".to_string().into());
         }
         if let Some(refusal) = self.refusal_for_agents(conn, channel, sender, &[a, b]).await? {
@@ -285,7 +285,7 @@ impl Hub {
         .with_reply_to(reply_to.unwrap_or(context.id));
         message.metadata.insert(AGENT_MESSAGE.into(), agent_message(agent, conversation_id, message_type, payload));
         messages::append(conn, conversation_id, "agent", &message).await?;
-        enqueue_send(conn, crate::matrix::CHANNEL, &context.channel_id, &message).await?;
+        enqueue_send(conn, protocol::MATRIX, &context.channel_id, &message).await?;
         Ok(message.id)
     }
 }

@@ -16,10 +16,10 @@ use sqlx::AnyConnection;
 use super::commands::Answer;
 use super::{Hub, enqueue_send, reactions, routing};
 use crate::config::Config;
-use crate::matrix::naming::Namespace;
+use crate::namespace::Namespace;
 use crate::protocol::{
-    AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError,
-    ContentType, InboundHandler, OutboundReaction, SenderType, metadata_keys,
+    self, AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelEvent, ChannelMessage,
+    ChannelSendError, ContentType, InboundHandler, OutboundReaction, SenderType, metadata_keys,
 };
 use crate::queue::{self, DeadReason};
 use crate::store::{self, Store, bridges, conversations, messages, settings};
@@ -47,7 +47,7 @@ pub struct CloseBridgeJob {
 pub async fn surfaces(conn: &mut AnyConnection, conversation_id: &str) -> store::Result<Vec<(String, String)>> {
     let mut all = Vec::new();
     if let Some(room) = conversations::room_for_conversation(conn, conversation_id).await? {
-        all.push((crate::matrix::CHANNEL.to_string(), room));
+        all.push((protocol::MATRIX.to_string(), room));
     }
     for bridge in bridges::bridged_chats(conn, conversation_id).await? {
         all.push((bridge.channel, bridge.channel_id));
@@ -162,7 +162,7 @@ async fn report_bridge_in(
     if let Some(room) = conversations::room_for_conversation(conn, &open.conversation_id).await? {
         let notice = ChannelMessage::new(&room, super::SYSTEM_SENDER, SenderType::System, text, ContentType::Markdown);
         messages::append(conn, &open.conversation_id, "hub", &notice).await?;
-        enqueue_send(conn, crate::matrix::CHANNEL, &room, &notice).await?;
+        enqueue_send(conn, protocol::MATRIX, &room, &notice).await?;
     }
     Ok(())
 }
@@ -170,7 +170,7 @@ async fn report_bridge_in(
 /// Bridging a chat was given up (its surface kept failing): the chat is unbridged again
 /// and the room told, so that `!bridge` does not stay at "Bridging…".
 pub async fn report_bridge_given_up(conn: &mut AnyConnection, open: &OpenBridgeJob) -> store::Result<()> {
-    let surface = crate::protocol::surface_title(&open.channel);
+    let surface = protocol::surface_title(&open.channel);
     let text = format!(
         "Could not bridge {} chat `{}`: {surface} kept failing. Try `!bridge` again later; an admin can see why with `mosaic-as jobs`.",
         open.channel, open.channel_id
@@ -187,15 +187,21 @@ pub async fn report_undelivered(
     seq: i64,
     reason: DeadReason,
 ) -> store::Result<()> {
-    if send.channel == crate::matrix::CHANNEL {
+    if send.channel == protocol::MATRIX {
         return Ok(());
     }
     let Some(bridge) = bridges::get(conn, &send.channel, &send.channel_id).await? else { return Ok(()) };
     let Some(room) = conversations::room_for_conversation(conn, &bridge.conversation_id).await? else {
         return Ok(());
     };
-    let surface = crate::protocol::surface_title(&send.channel);
-    let what = if send.message.is_reaction() { "reaction" } else { "message" };
+    let surface = protocol::surface_title(&send.channel);
+    let what = match send.message.event {
+        ChannelEvent::Reaction { .. } => "reaction",
+        ChannelEvent::Message
+        | ChannelEvent::Edit { .. }
+        | ChannelEvent::Delete { .. }
+        | ChannelEvent::ReactionsCleared { .. } => "message",
+    };
     let whose = match send.message.meta_str(metadata_keys::SENDER_NAME) {
         Some(name) => format!("{name}'s {what}"),
         None => format!("a {what}"),
@@ -211,7 +217,7 @@ pub async fn report_undelivered(
     let mut notice = ChannelMessage::new(&room, super::SYSTEM_SENDER, SenderType::System, text, ContentType::Text);
     notice.id = crate::agents::stream::derived_id(send.message.id, &format!("undelivered:{seq}"));
     if messages::append(conn, &bridge.conversation_id, "hub", &notice).await? {
-        enqueue_send(conn, crate::matrix::CHANNEL, &room, &notice).await?;
+        enqueue_send(conn, protocol::MATRIX, &room, &notice).await?;
     }
     Ok(())
 }
@@ -257,7 +263,7 @@ impl Hub {
             None => {
                 return Ok(format!(
                     "I could not ask {} whether you may bridge that chat; try again later.",
-                    crate::protocol::surface_title(surface)
+                    protocol::surface_title(surface)
                 )
                 .into());
             }
@@ -319,7 +325,7 @@ impl Hub {
         conn: &mut AnyConnection,
         msg: &ChannelMessage,
     ) -> store::Result<Option<String>> {
-        let allowed = self.is_admin(conn, crate::matrix::CHANNEL, &msg.sender_id).await?;
+        let allowed = self.is_admin(conn, protocol::MATRIX, &msg.sender_id).await?;
         Ok((!allowed).then(|| {
             format!(
                 "Only admins can bridge chats: the operator makes you one with `\"{}\" = \"admin\"` under [permissions] in the config.",
@@ -349,11 +355,12 @@ impl SurfaceAdapter {
         let target = self.inner.name();
         let mut out = msg.clone();
         self.stamp_sender(&mut out, target);
-        if routing::is_edit(msg)
-            && let Some(original) = msg.reply_to_id.filter(|_| !msg.metadata.contains_key(metadata_keys::REPLACES))
+        // Outbound, an edit names the message it replaces by its canonical id, as the
+        // previews of a streamed answer do.
+        if let ChannelEvent::Edit { target: Some(original) } = msg.event
+            && !msg.metadata.contains_key(metadata_keys::REPLACES)
         {
             out.metadata.insert(metadata_keys::REPLACES.into(), json!(original.to_string()));
-            out.reply_to_id = None;
         }
         let origin = msg.origin_channel();
         if let Some(thread) = msg.thread_id.as_deref()
@@ -362,7 +369,7 @@ impl SurfaceAdapter {
             out.thread_id = None;
             let mut conn = self.store.conn().await?;
             if let Some(root) = messages::message_for_native(&mut conn, origin, &msg.channel_id, thread).await? {
-                if target == crate::matrix::CHANNEL {
+                if target == protocol::MATRIX {
                     out.thread_id = messages::native_for_message(&mut conn, target, chat, root).await?;
                 } else {
                     out.metadata.insert(metadata_keys::THREAD_ROOT_ID.into(), json!(root.to_string()));
@@ -383,19 +390,22 @@ impl SurfaceAdapter {
         retry: bool,
     ) -> store::Result<Option<OutboundReaction>> {
         let surface = self.inner.name();
-        let Some(target) = msg.reply_to_id.filter(|_| self.inner.supports_reactions()) else { return Ok(None) };
+        let ChannelEvent::Reaction { target, key, removed, .. } = &msg.event else { return Ok(None) };
+        if !self.inner.supports_reactions() {
+            return Ok(None);
+        }
+        let (target, removed) = (*target, *removed);
         let mut conn = self.store.conn().await?;
         let Some(native) = messages::native_for_message(&mut conn, surface, chat, target).await? else {
             tracing::debug!(channel = surface, chat, reaction = %msg.id, "the message reacted to has no copy here");
             return Ok(None);
         };
-        let removed = msg.is_reaction_removal();
-        let copy = match reactions::removed_reaction(msg).filter(|_| removed) {
+        let copy = match reactions::removed_reaction(msg) {
             Some(added) => messages::native_for_message(&mut conn, surface, chat, added).await?,
             None => None,
         };
         let shown = reactions::shown_outside(&mut conn, target, surface, chat).await?;
-        Ok(Some(OutboundReaction { target: native, key: msg.content.clone(), removed, copy, shown, retry }))
+        Ok(Some(OutboundReaction { target: native, key: key.clone(), removed, copy, shown, retry }))
     }
 
     async fn send(&self, channel_id: &str, msg: &ChannelMessage, resend: bool) -> Result<(), ChannelSendError> {
@@ -403,16 +413,21 @@ impl SurfaceAdapter {
             message: format!("cannot prepare the message: {e}"),
             retry_after: None,
         };
-        let result = if msg.is_reaction() {
-            match self.reaction_for(channel_id, msg, resend).await.map_err(prepare_failed)? {
-                Some(reaction) => self.inner.send_reaction(channel_id, &reaction, msg).await,
-                None => return Ok(()),
+        let result = match msg.event {
+            // The hub turns a clearing into removals before anything is queued.
+            ChannelEvent::ReactionsCleared { .. } => return Ok(()),
+            ChannelEvent::Reaction { .. } => {
+                match self.reaction_for(channel_id, msg, resend).await.map_err(prepare_failed)? {
+                    Some(reaction) => self.inner.send_reaction(channel_id, &reaction, msg).await,
+                    None => return Ok(()),
+                }
             }
-        } else {
-            let out = self.translate(channel_id, msg).await.map_err(prepare_failed)?;
-            match resend {
-                true => self.inner.resend_message(channel_id, &out).await,
-                false => self.inner.send_message(channel_id, &out).await,
+            ChannelEvent::Message | ChannelEvent::Edit { .. } | ChannelEvent::Delete { .. } => {
+                let out = self.translate(channel_id, msg).await.map_err(prepare_failed)?;
+                match resend {
+                    true => self.inner.resend_message(channel_id, &out).await,
+                    false => self.inner.send_message(channel_id, &out).await,
+                }
             }
         };
         let outcome = match &result {
@@ -430,7 +445,7 @@ impl SurfaceAdapter {
     /// (the Matrix adapter names its ghosts the same way).
     fn stamp_sender(&self, msg: &mut ChannelMessage, target: &str) {
         if msg.sender_type == SenderType::User {
-            if target != crate::matrix::CHANNEL {
+            if target != protocol::MATRIX {
                 let name = person_name(msg);
                 msg.metadata.insert(metadata_keys::SENDER_NAME.into(), json!(name));
             }

@@ -7,8 +7,8 @@ use sqlx::AnyConnection;
 use super::room_ops::{CreateRoomJob, InviteJob};
 use super::teams::TeamCommand;
 use super::{Hub, bridging, lifecycle, limits, power, routing};
-use crate::protocol::ChannelMessage;
 use crate::protocol::link_token::LinkToken;
+use crate::protocol::{self, ChannelMessage};
 use crate::queue;
 use crate::store::{self, accounts, conversations, settings};
 
@@ -371,7 +371,7 @@ impl Hub {
         match accounts::redeem_link_token(conn, &token_hash, &used_by).await? {
             Ok(account) => {
                 accounts::link_identity(conn, channel, sender, &account.id).await?;
-                if channel == crate::matrix::CHANNEL {
+                if channel == protocol::MATRIX {
                     lifecycle::matrix_identity_linked(conn, &account, sender).await?;
                 }
                 tracing::info!(channel, sender, account = account.name, "identity linked");
@@ -407,7 +407,7 @@ impl Hub {
             .into());
         };
         // On other surfaces the answer goes to the person privately (see `Hub::reply`).
-        if channel == crate::matrix::CHANNEL && routing::participants(msg) > 1 {
+        if channel == protocol::MATRIX && routing::participants(msg) > 1 {
             return Ok(format!("Link tokens are secret: send `{p}link` in a direct chat with me.").into());
         }
         let minutes = self.config.linking.token_ttl_secs.div_ceil(60);
@@ -459,7 +459,7 @@ impl Hub {
         sender: &str,
         title: Option<String>,
     ) -> store::Result<String> {
-        if channel != crate::matrix::CHANNEL {
+        if channel != protocol::MATRIX {
             return Ok("New conversation rooms are created from Matrix: send `!new` to the Mosaic bot there.".into());
         }
         let title = title.unwrap_or_else(|| "New conversation".into());
@@ -544,7 +544,7 @@ impl Hub {
         let Some(config) = self.config.agent(agent) else {
             return Ok(format!("There is no agent `{agent}`. Send `!agents` for the list."));
         };
-        if channel != crate::matrix::CHANNEL {
+        if channel != protocol::MATRIX {
             return Ok("Agents are invited from Matrix rooms.".into());
         }
         let ghost = self.namespace.agent_user_id(agent);

@@ -8,6 +8,7 @@ use super::room_ops::{
     KickJob, PersonalSpaceJob, ReadOnlyJob, RenameJob, ShareJob, TeamInviteJob, TeamSpaceJob, TombstoneJob, UnshareJob,
     WelcomeJob,
 };
+use crate::protocol;
 use crate::queue;
 use crate::store::{self, accounts, conversations, teams};
 
@@ -21,7 +22,7 @@ pub async fn provision_account(
 ) -> store::Result<accounts::Account> {
     let account = accounts::create_account(conn, name, display_name).await?;
     if let Some(user_id) = matrix_id {
-        accounts::link_identity(conn, crate::matrix::CHANNEL, user_id, &account.id).await?;
+        accounts::link_identity(conn, protocol::MATRIX, user_id, &account.id).await?;
         personal_space(conn, &account, user_id).await?;
         let job =
             WelcomeJob { account_id: account.id.clone(), account_name: account.name.clone(), user_id: user_id.into() };
@@ -116,7 +117,7 @@ pub async fn add_team_member(
         return Ok(false);
     }
     for identity in accounts::identities_of(conn, &account.id).await? {
-        if identity.channel_name != crate::matrix::CHANNEL {
+        if identity.channel_name != protocol::MATRIX {
             continue;
         }
         let job =
@@ -183,7 +184,7 @@ pub async fn revoke_identity(
     if !accounts::unlink_identity(conn, channel, channel_user_id).await? {
         return Ok(false);
     }
-    if kick && channel == crate::matrix::CHANNEL {
+    if kick && channel == protocol::MATRIX {
         for room_id in conversations::rooms_of_member(conn, channel_user_id).await? {
             let job = KickJob {
                 room_id: room_id.clone(),

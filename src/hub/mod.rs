@@ -25,11 +25,12 @@ use sqlx::AnyConnection;
 use crate::agents::TurnControl;
 use crate::agents::control::Responder;
 use crate::config::Config;
-use crate::matrix::naming::Namespace;
+use crate::namespace::Namespace;
 use crate::permissions::{Level, Permissions};
 use crate::protocol::link_token::{self, LinkToken};
 use crate::protocol::{
-    BridgeRight, ChannelMessage, ChannelRegistry, ContentType, HandlerError, InboundHandler, SenderType, metadata_keys,
+    self, BridgeRight, ChannelEvent, ChannelMessage, ChannelRegistry, ContentType, HandlerError, InboundHandler,
+    SenderType, metadata_keys,
 };
 use crate::queue::{self, Wakers};
 use crate::secrets;
@@ -104,6 +105,9 @@ impl Hub {
         msg.seal_link_tokens(&self.config.appservice.as_token);
         msg.strip_control_chars();
         msg.metadata.entry(metadata_keys::ORIGIN_CHANNEL).or_insert_with(|| channel.into());
+        if let ChannelEvent::ReactionsCleared { .. } = msg.event {
+            return self.clear_reactions(channel, &msg).await;
+        }
         // Asking another surface takes a while: it happens before the write transaction.
         let bridge_right = self.bridge_right(channel, &msg).await?;
         let mut tx = self.store.begin_write().await?;
@@ -121,7 +125,7 @@ impl Hub {
         let (conversation, chat) = resolve_conversation(&mut tx, channel, &msg).await?;
         // A reaction is kept and passed on only where it changes what people see: in a
         // conversation with other surfaces, on a known message, and not twice.
-        if msg.is_reaction() && (chat == Chat::Direct || !reactions::settle(&mut tx, &mut msg).await?) {
+        if is_reaction(&msg) && (chat == Chat::Direct || !reactions::settle(&mut tx, &mut msg).await?) {
             tracing::debug!(channel, chat_id = msg.channel_id, "reaction that changes nothing ignored");
             tx.rollback().await?;
             return Ok(());
@@ -146,7 +150,7 @@ impl Hub {
             }
             return Ok(());
         }
-        let command = if routing::commands_enabled(&msg) && !routing::is_edit(&msg) && !msg.is_reaction() {
+        let command = if routing::commands_enabled(&msg) && may_be_command(&msg) {
             commands::parse(commands::prefix_for(channel), &msg.content)
         } else {
             None
@@ -179,7 +183,7 @@ impl Hub {
         }
         if let Chat::Bridged { mirror_deletions } = chat {
             bridging::adopt_thread_root(&mut tx, channel, &msg).await?;
-            if is_deletion(&msg) {
+            if matches!(msg.event, ChannelEvent::Delete { .. }) {
                 if mirror_deletions {
                     bridging::fan_out_except(&mut tx, &conversation.id, &msg, Some((channel, &msg.channel_id))).await?;
                 }
@@ -197,7 +201,7 @@ impl Hub {
         // is one (an agent reads it with its context at its next turn). Only the person who
         // started the turn, or an admin, answers; anyone else's message is an ordinary one.
         let answered =
-            level >= Level::User && !msg.is_reaction_removal() && self.control.has_question(&conversation.id) && {
+            level >= Level::User && !reactions::is_removal(&msg) && self.control.has_question(&conversation.id) && {
                 let account = accounts::account_for_identity(&mut tx, channel, &msg.sender_id).await?;
                 let who = Responder {
                     channel,
@@ -205,19 +209,20 @@ impl Hub {
                     account_id: account.as_ref().map(|a| a.id.as_str()),
                     admin: self.is_admin(&mut tx, channel, &msg.sender_id).await?,
                 };
-                self.control.answer(&conversation.id, &msg.content, msg.reply_to_id, &who).is_some()
+                let (text, about) = answer_of(&msg);
+                self.control.answer(&conversation.id, text, about, &who).is_some()
             };
-        if answered || routing::is_reaction(&msg) {
+        if answered || is_reaction(&msg) {
             tx.commit().await?;
             self.wakers.wake_all();
             return Ok(());
         }
         let pair = match channel {
-            crate::matrix::CHANNEL => store::agent_rooms::pair_of_room(&mut tx, &msg.channel_id).await?,
+            protocol::MATRIX => store::agent_rooms::pair_of_room(&mut tx, &msg.channel_id).await?,
             _ => None,
         };
         match (command, pair) {
-            (None, _) if routing::is_edit(&msg) => {}
+            (None, _) if is_edit(&msg) => {}
             (None, Some(pair)) if agent_rooms::is_interrupt(&msg.content) => {
                 let agents = [pair.0.as_str(), pair.1.as_str()];
                 match self.refusal_for_agents(&mut tx, channel, &msg.sender_id, &agents).await? {
@@ -229,7 +234,7 @@ impl Hub {
                 let hint = "This room belongs to its agents: start them with `!ask <agent> <text>` or `!delegate <agent> <task>`, and begin a message with [HUMAN] to interrupt them.";
                 self.reply(&mut tx, channel, &conversation.id, &msg, hint.to_string().into()).await?;
             }
-            (Some(Ok(command)), _) if channel != crate::matrix::CHANNEL && !bridging::allowed_on_bridges(&command) => {
+            (Some(Ok(command)), _) if channel != protocol::MATRIX && !bridging::allowed_on_bridges(&command) => {
                 let answer =
                     format!("That command works in the conversation's Matrix room. Here: {}", bridge_commands(channel));
                 self.reply(&mut tx, channel, &conversation.id, &msg, answer.into()).await?;
@@ -245,6 +250,26 @@ impl Hub {
             // they act on people who are only relayed.
             (None, None) if conversation.archived_at.is_some() || level < Level::User => {}
             (None, None) => self.route_to_agents(&mut tx, channel, &conversation.id, &msg).await?,
+        }
+        tx.commit().await?;
+        self.wakers.wake_all();
+        Ok(())
+    }
+
+    /// Reactions cleared on a message of a bridged chat are taken back elsewhere, each as
+    /// its sender's own removal. Nobody in particular cleared them, so no sender's level
+    /// is asked: each reaction cleared was let in when it was made.
+    async fn clear_reactions(&self, channel: &str, msg: &ChannelMessage) -> store::Result<()> {
+        let mut tx = self.store.begin_write().await?;
+        let Some(bridge) = bridges::get(&mut tx, channel, &msg.channel_id).await?.filter(|b| b.is_bridged()) else {
+            tx.rollback().await?;
+            return Ok(());
+        };
+        for removal in reactions::cleared(&mut tx, msg).await? {
+            if messages::append(&mut tx, &bridge.conversation_id, channel, &removal).await? {
+                let origin = Some((channel, msg.channel_id.as_str()));
+                bridging::fan_out_except(&mut tx, &bridge.conversation_id, &removal, origin).await?;
+            }
         }
         tx.commit().await?;
         self.wakers.wake_all();
@@ -414,7 +439,7 @@ impl Hub {
     /// account with none, which only an operator or a linked person can have made, is
     /// `user`), or, not linked, the surface's `unlinked` level.
     pub(crate) async fn level_of(&self, conn: &mut AnyConnection, channel: &str, sender: &str) -> store::Result<Level> {
-        if channel == crate::matrix::CHANNEL {
+        if channel == protocol::MATRIX {
             return Ok(self.permissions.matrix_level(sender));
         }
         Ok(match self.matrix_identities(conn, channel, sender).await? {
@@ -431,7 +456,7 @@ impl Hub {
         channel: &str,
         sender: &str,
     ) -> store::Result<Option<Vec<String>>> {
-        if channel == crate::matrix::CHANNEL {
+        if channel == protocol::MATRIX {
             return Ok(Some(vec![sender.to_string()]));
         }
         let Some(account) = accounts::account_for_identity(conn, channel, sender).await? else {
@@ -439,20 +464,14 @@ impl Hub {
         };
         let identities = accounts::identities_of(conn, &account.id).await?;
         Ok(Some(
-            identities
-                .into_iter()
-                .filter(|i| i.channel_name == crate::matrix::CHANNEL)
-                .map(|i| i.channel_user_id)
-                .collect(),
+            identities.into_iter().filter(|i| i.channel_name == protocol::MATRIX).map(|i| i.channel_user_id).collect(),
         ))
     }
 
     /// For a `!bridge` from an admin: whether the surface lets them bridge that chat,
     /// asked with the requester's linked identities there. `None` for everything else.
     async fn bridge_right(&self, channel: &str, msg: &ChannelMessage) -> store::Result<Option<BridgeRight>> {
-        if channel != crate::matrix::CHANNEL
-            || routing::is_edit(msg)
-            || self.permissions.matrix_level(&msg.sender_id) != Level::Admin
+        if channel != protocol::MATRIX || is_edit(msg) || self.permissions.matrix_level(&msg.sender_id) != Level::Admin
         {
             return Ok(None);
         }
@@ -502,7 +521,7 @@ impl Hub {
             accounts::store_link_token(conn, &token, &account_id, self.config.linking.token_ttl_secs).await?;
             reply.metadata.insert(REVEAL_LINK_TOKEN.into(), serde_json::Value::Bool(true));
             // Elsewhere than Matrix a group reads along: the token goes to the person alone.
-            if channel != crate::matrix::CHANNEL && !bridging::is_private_chat(to) {
+            if channel != protocol::MATRIX && !bridging::is_private_chat(to) {
                 reply.metadata.insert(metadata_keys::PRIVATE_TO.into(), to.sender_id.clone().into());
             }
         }
@@ -526,7 +545,7 @@ fn relay_refusal(channel: &str) -> String {
 /// A `link <token>` from someone ignored on another surface is still read: linking is
 /// how they get access, and the token an admin gave them is the proof.
 fn may_link_anyway(channel: &str, msg: &ChannelMessage) -> bool {
-    channel != crate::matrix::CHANNEL
+    channel != protocol::MATRIX
         && matches!(
             commands::parse(commands::prefix_for(channel), &msg.content),
             Some(Ok(commands::Command::Link(Some(_))))
@@ -563,8 +582,36 @@ pub async fn fan_out(conn: &mut AnyConnection, conversation_id: &str, msg: &Chan
     bridging::fan_out_except(conn, conversation_id, msg, None).await
 }
 
-fn is_deletion(msg: &ChannelMessage) -> bool {
-    msg.metadata.get(metadata_keys::IS_DELETION).and_then(|v| v.as_bool()).unwrap_or(false)
+fn is_reaction(msg: &ChannelMessage) -> bool {
+    matches!(msg.event, ChannelEvent::Reaction { .. })
+}
+
+fn is_edit(msg: &ChannelMessage) -> bool {
+    matches!(msg.event, ChannelEvent::Edit { .. })
+}
+
+/// Only something written may be a command: an edit, a deletion or a reaction never
+/// runs one (an edit of a command would run it twice).
+fn may_be_command(msg: &ChannelMessage) -> bool {
+    match msg.event {
+        ChannelEvent::Message => true,
+        ChannelEvent::Edit { .. }
+        | ChannelEvent::Delete { .. }
+        | ChannelEvent::Reaction { .. }
+        | ChannelEvent::ReactionsCleared { .. } => false,
+    }
+}
+
+/// What answers an agent's permission question, and which message it is about: a
+/// reaction answers with its key on the question it reacts to.
+fn answer_of(msg: &ChannelMessage) -> (&str, Option<uuid::Uuid>) {
+    match &msg.event {
+        ChannelEvent::Reaction { key, target, .. } => (key, Some(*target)),
+        ChannelEvent::Message
+        | ChannelEvent::Edit { .. }
+        | ChannelEvent::Delete { .. }
+        | ChannelEvent::ReactionsCleared { .. } => (&msg.content, msg.relates_to()),
+    }
 }
 
 /// The commands that work on a surface other than Matrix.
@@ -604,10 +651,10 @@ async fn is_chatter_in_unbridged_chat(
     channel: &str,
     msg: &ChannelMessage,
 ) -> store::Result<bool> {
-    if channel == crate::matrix::CHANNEL || bridging::is_private_chat(msg) {
+    if channel == protocol::MATRIX || bridging::is_private_chat(msg) {
         return Ok(false);
     }
-    let command = !routing::is_edit(msg) && commands::parse(commands::prefix_for(channel), &msg.content).is_some();
+    let command = may_be_command(msg) && commands::parse(commands::prefix_for(channel), &msg.content).is_some();
     // A token typed anywhere is burnt, here too.
     if command || link_token::is_attempt(&msg.content) {
         return Ok(false);
@@ -623,7 +670,7 @@ async fn resolve_conversation(
     msg: &ChannelMessage,
 ) -> store::Result<(conversations::Conversation, Chat)> {
     let chat_id = msg.channel_id.as_str();
-    if channel == crate::matrix::CHANNEL {
+    if channel == protocol::MATRIX {
         let conversation = conversations::conversation_for_room_or_create(conn, chat_id, "Matrix room").await?;
         return Ok((conversation, Chat::Matrix));
     }
@@ -636,7 +683,7 @@ async fn resolve_conversation(
         };
         return Ok((conversation, chat));
     }
-    let title = format!("{} chat {chat_id}", crate::matrix::adapter::surface_title(channel));
+    let title = format!("{} chat {chat_id}", protocol::surface_title(channel));
     let conversation = conversations::create_conversation(conn, &title, None).await?;
     bridges::record_direct(conn, channel, chat_id, &conversation.id).await?;
     Ok((conversation, Chat::Direct))
@@ -654,5 +701,21 @@ impl InboundHandler for HubInbound {
             true => HandlerError::permanent(e.to_string()),
             false => HandlerError::transient(e.to_string()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The hub speaks to every surface, Matrix included, through `protocol`: a surface
+    /// can change (or another be added) without the hub following it.
+    #[test]
+    fn the_hub_does_not_import_the_matrix_surface() {
+        let needle = ["crate", "::matrix"].concat();
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/hub");
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            let source = std::fs::read_to_string(&path).unwrap();
+            assert!(!source.contains(&needle), "{} imports the Matrix surface", path.display());
+        }
     }
 }

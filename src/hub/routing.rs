@@ -5,7 +5,7 @@ use crate::protocol::ChannelMessage;
 use crate::store::settings::RoomSettings;
 
 pub use crate::protocol::contains_word;
-pub use crate::protocol::metadata_keys::{AGENTS, BOT_PRESENT, COMMANDS, IS_EDIT, IS_REACTION, MENTIONS, PARTICIPANTS};
+pub use crate::protocol::metadata_keys::{AGENTS, BOT_PRESENT, COMMANDS, MENTIONS, PARTICIPANTS};
 
 fn string_list(msg: &ChannelMessage, key: &str) -> Vec<String> {
     msg.metadata
@@ -23,16 +23,8 @@ pub fn participants(msg: &ChannelMessage) -> u64 {
     msg.metadata.get(PARTICIPANTS).and_then(|v| v.as_u64()).unwrap_or(u64::MAX)
 }
 
-pub fn is_edit(msg: &ChannelMessage) -> bool {
-    msg.metadata.get(IS_EDIT).and_then(|v| v.as_bool()).unwrap_or(false)
-}
-
 fn flag(msg: &ChannelMessage, key: &str) -> bool {
     msg.metadata.get(key).and_then(|v| v.as_bool()).unwrap_or(false)
-}
-
-pub fn is_reaction(msg: &ChannelMessage) -> bool {
-    msg.is_reaction()
 }
 
 pub fn bot_present(msg: &ChannelMessage) -> bool {

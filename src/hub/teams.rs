@@ -6,6 +6,7 @@ use sqlx::AnyConnection;
 use super::Hub;
 use super::commands::Answer;
 use super::lifecycle::{self, ShareOutcome};
+use crate::protocol;
 use crate::store::{self, accounts, teams};
 
 /// What `!team …` asks for.
@@ -54,7 +55,7 @@ impl Hub {
     /// A member names an account by name or by a linked Matrix id.
     async fn find_account(&self, conn: &mut AnyConnection, member: &str) -> store::Result<Option<accounts::Account>> {
         if member.starts_with('@') {
-            accounts::account_for_identity(conn, crate::matrix::CHANNEL, member).await
+            accounts::account_for_identity(conn, protocol::MATRIX, member).await
         } else {
             accounts::account_by_name(conn, member).await
         }

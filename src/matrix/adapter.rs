@@ -25,22 +25,22 @@ use super::e2ee::{Crypto, Decrypted};
 use super::format::{self, Placement};
 use super::ghosts::Ghosts;
 use super::names::DisplayNames;
-use super::naming::Namespace;
 use crate::agents::stream;
 use crate::config::Config;
+use crate::namespace::Namespace;
 use crate::permissions::{Level, Permissions};
 use crate::protocol::link_token;
 use crate::protocol::metadata_keys::AGENT_MESSAGE;
 use crate::protocol::room_power::{ROOM_POWER, RoomPower};
 use crate::protocol::{
-    AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelConnectError, ChannelMessage, ChannelSendError,
-    ContentType, InboundHandler, OutboundReaction, SenderType, metadata_keys,
+    AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelConnectError, ChannelEvent, ChannelMessage,
+    ChannelSendError, ContentType, InboundHandler, OutboundReaction, SenderType, metadata_keys,
 };
 use crate::store::conversations::GhostProfile;
 use crate::store::group_commit::Write;
 use crate::store::{self, AnyConnection, Store, accounts, conversations, messages};
 
-pub const CHANNEL: &str = "matrix";
+pub const CHANNEL: &str = crate::protocol::MATRIX;
 
 /// What an `m.room.member` event changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,8 +436,8 @@ impl MatrixAdapter {
                 let new_content = RoomMessageEventContent::new(replacement.new_content.msgtype.clone());
                 fill_from_content(&mut msg, &new_content);
             }
-            msg.reply_to_id = messages::message_for_native(&mut conn, CHANNEL, room_id, original).await?;
-            msg.metadata.insert(metadata_keys::IS_EDIT.into(), json!(true));
+            let target = messages::message_for_native(&mut conn, CHANNEL, room_id, original).await?;
+            msg.event = ChannelEvent::Edit { target };
         } else if let Some(parent) = reply_native {
             msg.reply_to_id = messages::message_for_native(&mut conn, CHANNEL, room_id, parent).await?;
         }
@@ -538,8 +538,8 @@ impl MatrixAdapter {
             .ok_or_else(|| EventError::Transient("no inbound handler installed yet".into()))
     }
 
-    /// A reaction becomes a message whose content is the emoji, replying to the message
-    /// reacted to (people answer an agent's permission question this way).
+    /// A reaction becomes a message whose event is that reaction to the message reacted
+    /// to (people answer an agent's permission question this way).
     async fn on_reaction(&self, event: &Value, room_id: &str, sender: &str) -> Result<(), EventError> {
         if self.permissions.matrix_level(sender) == Level::None {
             return Ok(());
@@ -602,14 +602,11 @@ impl MatrixAdapter {
         let Some(id) = messages::message_for_native(&mut conn, CHANNEL, room_id, redacted).await? else {
             return Ok(());
         };
-        let Some(added) = messages::get(&mut conn, id).await?.filter(|m| m.is_reaction() && !m.is_reaction_removal())
-        else {
-            return Ok(());
-        };
+        let Some(added) = messages::get(&mut conn, id).await? else { return Ok(()) };
         drop(conn);
-        let Some(target) = added.reply_to_id else { return Ok(()) };
+        let ChannelEvent::Reaction { target, key, removed: false, .. } = &added.event else { return Ok(()) };
         let handler = self.handler()?;
-        let mut msg = ChannelMessage::reaction(room_id, &added.sender_id, &added.content, target, true);
+        let mut msg = ChannelMessage::reaction(room_id, &added.sender_id, key, *target, true);
         let metadata = &mut msg.metadata;
         metadata.insert(metadata_keys::CHANNEL_MESSAGE_ID.into(), event["event_id"].clone());
         metadata.insert("roomId".into(), json!(room_id));
@@ -708,8 +705,7 @@ impl MatrixAdapter {
     }
 
     /// Redacts this room's copy of a message deleted on another surface.
-    async fn redact_copy(&self, room_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
-        let Some(target) = msg.reply_to_id else { return Ok(()) };
+    async fn redact_copy(&self, room_id: &str, msg: &ChannelMessage, target: Uuid) -> Result<(), ChannelSendError> {
         let native = {
             let mut conn = self.store.conn().await.map_err(transient)?;
             messages::native_for_message(&mut conn, CHANNEL, room_id, target).await.map_err(transient)?
@@ -786,8 +782,8 @@ impl MatrixAdapter {
     /// anything is sent again.
     async fn deliver(&self, channel_id: &str, msg: &ChannelMessage, resend: bool) -> Result<(), ChannelSendError> {
         let room_id = send_room(channel_id)?;
-        if msg.metadata.get(metadata_keys::IS_DELETION).and_then(Value::as_bool).unwrap_or(false) {
-            return self.redact_copy(channel_id, msg).await;
+        if let ChannelEvent::Delete { target } = msg.event {
+            return self.redact_copy(channel_id, msg, target).await;
         }
         let speaker = self.speaker(channel_id, msg).await?;
         let content = format::message_content(msg, self.placement(channel_id, msg).await?);
@@ -1016,8 +1012,6 @@ fn send_error(error: HsError) -> ChannelSendError {
         ChannelSendError::Terminal(error.to_string())
     }
 }
-
-pub use crate::protocol::surface_title;
 
 fn transient(error: impl std::fmt::Display) -> ChannelSendError {
     ChannelSendError::Transient { message: error.to_string(), retry_after: None }

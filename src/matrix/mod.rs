@@ -11,7 +11,6 @@ pub mod home_rooms;
 pub mod inbox;
 pub mod media;
 pub mod names;
-pub mod naming;
 pub mod power;
 pub mod registration;
 pub mod rooms;

@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 
-use super::naming::Namespace;
 use crate::config::Config;
+use crate::namespace::Namespace;
 
 #[derive(Serialize)]
 struct Registration<'a> {

@@ -16,10 +16,10 @@ use tokio::sync::Notify;
 
 use super::adapter::MatrixAdapter;
 use super::e2ee::CryptoInput;
-use super::naming::Namespace;
 use crate::config::Config;
 #[cfg(test)]
 use crate::hub::commands;
+use crate::namespace::Namespace;
 use crate::protocol::link_token;
 use crate::protocol::{ChannelRegistry, rewrite_strings};
 use crate::secrets;

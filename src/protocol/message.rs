@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::ChannelEvent;
+
 /// Well-known keys of [`ChannelMessage::metadata`].
 pub mod metadata_keys {
     /// The channel-native id of the message (Matrix event id, Discord snowflake, …).
@@ -22,19 +24,6 @@ pub mod metadata_keys {
     /// does not (Telegram ids are per chat; an edit reuses the id). Stored as the
     /// message's native key, so a redelivery is recognised.
     pub const DEDUPE_KEY: &str = "mosaic.dedupeKey";
-    /// Inbound: the message edits the one named by `replyToId`; its content is the new
-    /// full text.
-    pub const IS_EDIT: &str = "mosaic.isEdit";
-    /// The message is a reaction to the one named by `replyToId`; its content is the
-    /// emoji (a custom emoji as its name, `:name:`).
-    pub const IS_REACTION: &str = "mosaic.isReaction";
-    /// With [`IS_REACTION`]: the sender took that reaction back.
-    pub const REACTION_REMOVED: &str = "mosaic.reactionRemoved";
-    /// Set by the hub on a reaction taken back: the canonical id of the reaction it
-    /// takes back.
-    pub const REMOVES_REACTION: &str = "mosaic.removesReaction";
-    /// Inbound: the message deletes the one named by `replyToId`.
-    pub const IS_DELETION: &str = "mosaic.isDeletion";
     /// Outbound: the canonical id of the message this one edits (stream previews, edits
     /// bridged from another surface). The adapter edits its own copy of that message.
     pub const REPLACES: &str = "mosaic.replaces";
@@ -124,7 +113,7 @@ pub struct ChannelAttachment {
 
 /// The canonical message that flows between surfaces, the hub and the agents.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", from = "WireMessage")]
 pub struct ChannelMessage {
     /// Canonical id (UUID v4), assigned when the message enters the system.
     pub id: Uuid,
@@ -135,17 +124,113 @@ pub struct ChannelMessage {
     pub sender_type: SenderType,
     pub content: String,
     pub content_type: ContentType,
+    /// What the message is; left out of the JSON for a plain message (as in 1.0.0).
+    #[serde(skip_serializing_if = "ChannelEvent::is_message")]
+    pub event: ChannelEvent,
     /// Channel-specific fields; channel-native ids live under `channelMessageId`.
-    #[serde(default)]
     pub metadata: Map<String, Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub thread_id: Option<String>,
     /// Canonical id of the message this one answers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reply_to_id: Option<Uuid>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<ChannelAttachment>,
     pub timestamp: DateTime<Utc>,
+}
+
+/// A [`ChannelMessage`] as read, in the form of any version: 1.1.0 says what a message
+/// is in `event`; 1.0.0 said it with metadata flags, lifted into `event` on the way in
+/// ([`legacy::lift`]), so the stored rows and queued jobs of 1.0.0 read as before.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireMessage {
+    id: Uuid,
+    channel_id: String,
+    sender_id: String,
+    sender_type: SenderType,
+    content: String,
+    content_type: ContentType,
+    #[serde(default)]
+    event: Option<ChannelEvent>,
+    #[serde(default)]
+    metadata: Map<String, Value>,
+    #[serde(default)]
+    thread_id: Option<String>,
+    #[serde(default)]
+    reply_to_id: Option<Uuid>,
+    #[serde(default)]
+    attachments: Vec<ChannelAttachment>,
+    timestamp: DateTime<Utc>,
+}
+
+impl From<WireMessage> for ChannelMessage {
+    fn from(wire: WireMessage) -> Self {
+        let mut msg = Self {
+            id: wire.id,
+            channel_id: wire.channel_id,
+            sender_id: wire.sender_id,
+            sender_type: wire.sender_type,
+            content: wire.content,
+            content_type: wire.content_type,
+            event: ChannelEvent::Message,
+            metadata: wire.metadata,
+            thread_id: wire.thread_id,
+            reply_to_id: wire.reply_to_id,
+            attachments: wire.attachments,
+            timestamp: wire.timestamp,
+        };
+        msg.event = match wire.event {
+            Some(event) => event,
+            None => legacy::lift(&mut msg),
+        };
+        msg
+    }
+}
+
+/// How protocol 1.0.0 said what a message is: flags in `metadata`, with the message
+/// changed in `replyToId` and a reaction's key in `content`.
+mod legacy {
+    use std::mem;
+
+    use serde_json::Value;
+    use uuid::Uuid;
+
+    use super::{ChannelEvent, ChannelMessage};
+
+    const IS_EDIT: &str = "mosaic.isEdit";
+    const IS_DELETION: &str = "mosaic.isDeletion";
+    const IS_REACTION: &str = "mosaic.isReaction";
+    const REACTION_REMOVED: &str = "mosaic.reactionRemoved";
+    const REMOVES_REACTION: &str = "mosaic.removesReaction";
+
+    /// Takes the 1.0.0 flags out of `msg` and returns what they said it is, moving the
+    /// target out of `replyToId` and a reaction's key out of `content`. 1.0.0 wrote a
+    /// deletion or a reaction only for a message it knew; one without a target is read
+    /// as a plain message.
+    pub(super) fn lift(msg: &mut ChannelMessage) -> ChannelEvent {
+        let mut flag = |key: &str| msg.metadata.remove(key).and_then(|v| v.as_bool()).unwrap_or(false);
+        let (edit, deletion, reaction, removed) =
+            (flag(IS_EDIT), flag(IS_DELETION), flag(IS_REACTION), flag(REACTION_REMOVED));
+        let takes_back = msg.metadata.remove(REMOVES_REACTION);
+        let takes_back = takes_back.as_ref().and_then(Value::as_str).and_then(|id| Uuid::parse_str(id).ok());
+        match (msg.reply_to_id, reaction, deletion, edit) {
+            (Some(target), true, _, _) => {
+                msg.reply_to_id = None;
+                let key = mem::take(&mut msg.content);
+                ChannelEvent::Reaction { target, key, removed, takes_back: takes_back.filter(|_| removed) }
+            }
+            (Some(target), false, true, _) => {
+                msg.reply_to_id = None;
+                ChannelEvent::Delete { target }
+            }
+            (target, false, false, true) => {
+                msg.reply_to_id = None;
+                ChannelEvent::Edit { target }
+            }
+            _ => ChannelEvent::Message,
+        }
+    }
 }
 
 impl ChannelMessage {
@@ -164,6 +249,7 @@ impl ChannelMessage {
             sender_type,
             content: content.into(),
             content_type,
+            event: ChannelEvent::Message,
             metadata: Map::new(),
             thread_id: None,
             reply_to_id: None,
@@ -228,18 +314,7 @@ impl ChannelMessage {
         }
     }
 
-    /// Whether the message is a reaction ([`metadata_keys::IS_REACTION`]).
-    pub fn is_reaction(&self) -> bool {
-        self.metadata.get(metadata_keys::IS_REACTION).and_then(Value::as_bool).unwrap_or(false)
-    }
-
-    /// Whether the message takes a reaction back ([`metadata_keys::REACTION_REMOVED`]).
-    pub fn is_reaction_removal(&self) -> bool {
-        self.is_reaction()
-            && self.metadata.get(metadata_keys::REACTION_REMOVED).and_then(Value::as_bool).unwrap_or(false)
-    }
-
-    /// A reaction of `sender` with `key` to the message `target`.
+    /// A reaction of `sender` with `key` to the message `target`, or its removal.
     pub fn reaction(
         channel_id: impl Into<String>,
         sender_id: impl Into<String>,
@@ -247,12 +322,19 @@ impl ChannelMessage {
         target: Uuid,
         removed: bool,
     ) -> Self {
-        let mut msg = Self::new(channel_id, sender_id, SenderType::User, key, ContentType::Text).with_reply_to(target);
-        msg.metadata.insert(metadata_keys::IS_REACTION.into(), Value::Bool(true));
-        if removed {
-            msg.metadata.insert(metadata_keys::REACTION_REMOVED.into(), Value::Bool(true));
-        }
-        msg
+        let event = ChannelEvent::Reaction { target, key: key.into(), removed, takes_back: None };
+        Self::new(channel_id, sender_id, SenderType::User, "", ContentType::Text).with_event(event)
+    }
+
+    pub fn with_event(mut self, event: ChannelEvent) -> Self {
+        self.event = event;
+        self
+    }
+
+    /// The message this one is about: the one it changes (edits, deletes, reacts to),
+    /// else the one it answers.
+    pub fn relates_to(&self) -> Option<Uuid> {
+        self.event.target().or(self.reply_to_id)
     }
 
     /// A string field of `metadata`.
@@ -269,7 +351,7 @@ impl ChannelMessage {
     /// The surface the message was first written on; messages without the mark are
     /// Matrix's (the first surface, whose ids were never marked).
     pub fn origin_channel(&self) -> &str {
-        self.meta_str(metadata_keys::ORIGIN_CHANNEL).unwrap_or("matrix")
+        self.meta_str(metadata_keys::ORIGIN_CHANNEL).unwrap_or(super::MATRIX)
     }
 
     /// In the same thread as `to`, whose thread id is in the terms of `to`'s surface.
@@ -385,6 +467,75 @@ mod tests {
         assert_eq!(msg.sender_type, SenderType::Agent);
         assert_eq!(msg.content_type, ContentType::Image);
         assert!(msg.attachments.is_empty() && msg.reply_to_id.is_none());
+    }
+
+    /// A message as protocol 1.0.0 wrote it (and as the store and the outbox keep it):
+    /// what it is in metadata flags.
+    fn v1_0_0(content: &str, flags: Value) -> Value {
+        json!({
+            "id": "1b4e28ba-2fa1-41d2-883f-0016d3cca427",
+            "channelId": "!room:example.org",
+            "senderId": "@alice:example.org",
+            "senderType": "user",
+            "content": content,
+            "contentType": "text",
+            "metadata": flags,
+            "replyToId": "6f2a7c1e-8a1f-4c0e-9d43-0b7e3d525b90",
+            "timestamp": "2026-03-22T10:00:00.000Z"
+        })
+    }
+
+    #[test]
+    fn messages_of_protocol_1_0_0_read_as_what_their_flags_said() {
+        let target = Uuid::parse_str("6f2a7c1e-8a1f-4c0e-9d43-0b7e3d525b90").unwrap();
+        let taken_back = "0b7e3d52-8a1f-4c0e-9d43-6f2a7c1e5b90";
+        let read =
+            |content: &str, flags: Value| -> ChannelMessage { serde_json::from_value(v1_0_0(content, flags)).unwrap() };
+
+        let plain = read("hello", json!({"channelMessageId": "$e"}));
+        assert_eq!(plain.event, ChannelEvent::Message);
+        assert_eq!((plain.reply_to_id, plain.content.as_str()), (Some(target), "hello"));
+
+        let edit = read("hello again", json!({"channelMessageId": "$e", "mosaic.isEdit": true}));
+        assert_eq!(edit.event, ChannelEvent::Edit { target: Some(target) });
+        assert_eq!((edit.reply_to_id, edit.content.as_str()), (None, "hello again"));
+
+        let deletion = read("", json!({"mosaic.isDeletion": true}));
+        assert_eq!(deletion.event, ChannelEvent::Delete { target });
+
+        let reaction = read("👍", json!({"mosaic.isReaction": true}));
+        let added = ChannelEvent::Reaction { target, key: "👍".into(), removed: false, takes_back: None };
+        assert_eq!(reaction.event, added);
+        assert_eq!((reaction.reply_to_id, reaction.content.as_str()), (None, ""));
+
+        let removal = read(
+            "👍",
+            json!({"mosaic.isReaction": true, "mosaic.reactionRemoved": true, "mosaic.removesReaction": taken_back}),
+        );
+        let removed = ChannelEvent::Reaction {
+            target,
+            key: "👍".into(),
+            removed: true,
+            takes_back: Some(Uuid::parse_str(taken_back).unwrap()),
+        };
+        assert_eq!(removal.event, removed);
+
+        for msg in [plain, edit, deletion, reaction, removal] {
+            assert!(!msg.metadata.keys().any(|k| k.starts_with("mosaic.is") || k.contains("eaction")), "{msg:?}");
+            let again: ChannelMessage = serde_json::from_value(serde_json::to_value(&msg).unwrap()).unwrap();
+            assert_eq!(again, msg, "what 1.1.0 writes reads back the same");
+        }
+    }
+
+    #[test]
+    fn a_plain_message_is_written_as_in_1_0_0_and_the_others_name_their_event() {
+        let plain = ChannelMessage::new("c", "u", SenderType::User, "hi", ContentType::Text);
+        assert!(serde_json::to_value(&plain).unwrap().get("event").is_none());
+        let reaction = ChannelMessage::reaction("c", "u", "🎉", Uuid::nil(), true);
+        let value = serde_json::to_value(&reaction).unwrap();
+        assert_eq!(value["event"], json!({"type": "reaction", "target": Uuid::nil(), "key": "🎉", "removed": true}));
+        let edit = plain.clone().with_event(ChannelEvent::Edit { target: None });
+        assert_eq!(serde_json::to_value(&edit).unwrap()["event"], json!({"type": "edit"}));
     }
 
     #[test]

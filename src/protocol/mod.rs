@@ -5,6 +5,7 @@
 //! version [`PROTOCOL_VERSION`].
 
 mod adapter;
+mod event;
 pub mod link_token;
 mod media;
 mod message;
@@ -15,12 +16,18 @@ pub use adapter::{
     AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelSendError, HandlerError,
     InboundHandler, OutboundReaction,
 };
+pub use event::ChannelEvent;
 pub use media::{Media, MediaError, MediaRepository, not_bridged_note};
 pub use message::{ChannelAttachment, ChannelMessage, ContentType, SenderType, metadata_keys, rewrite_strings};
 pub use registry::{CONNECT_TIMEOUT, ChannelRegistry, DEFAULT_HEALTH_INTERVAL};
 
 /// Semantic version of the `ChannelMessage` wire format.
-pub const PROTOCOL_VERSION: &str = "1.0.0";
+pub const PROTOCOL_VERSION: &str = "1.1.0";
+
+/// The name of the home surface: the Matrix homeserver this service is an appservice
+/// of. Conversations live in its rooms, permissions are given to its user ids, and
+/// messages without an origin were written there.
+pub const MATRIX: &str = "matrix";
 
 /// How a surface is named to people (`discord` → `Discord`).
 pub fn surface_title(channel: &str) -> String {

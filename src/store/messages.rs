@@ -4,7 +4,7 @@ use sqlx::AnyConnection;
 use uuid::Uuid;
 
 use super::{Result, StoreError, now_ms};
-use crate::protocol::ChannelMessage;
+use crate::protocol::{ChannelEvent, ChannelMessage};
 
 /// Appends a message of `conversation_id` that entered through `channel`. Returns false
 /// (and writes nothing) when the same message — same canonical id, or the same native id
@@ -30,7 +30,8 @@ pub async fn append(
     .bind(msg.sender_type.as_str())
     .bind(msg.content_type.as_str())
     .bind(&msg.thread_id)
-    .bind(msg.reply_to_id.map(|id| id.to_string()))
+    // The column keeps what the message is about: what it answers, or what it changes.
+    .bind(msg.relates_to().map(|id| id.to_string()))
     .bind(body)
     .bind(now_ms())
     .execute(&mut *conn)
@@ -66,7 +67,7 @@ pub async fn reactions_to(conn: &mut AnyConnection, target: Uuid) -> Result<Vec<
     let mut out = Vec::new();
     for (body,) in rows {
         let msg = decode(&body)?;
-        if msg.is_reaction() {
+        if matches!(msg.event, ChannelEvent::Reaction { .. }) {
             out.push(msg);
         }
     }

@@ -1,7 +1,7 @@
 //! A Telegram message → the canonical [`ChannelMessage`] (the seed's Telegram table and
 //! the bridge contract).
 
-use serde_json::{Value, json};
+use serde_json::json;
 use teloxide::DownloadError;
 use teloxide::net::Download;
 use teloxide::prelude::Requester;
@@ -13,10 +13,10 @@ use uuid::Uuid;
 use super::polling::InboundError;
 use super::{CHANNEL, Inner, markdown, topics};
 use crate::error_ref::ErrorRef;
-use crate::protocol::{ChannelAttachment, ChannelMessage, ContentType, MediaError, SenderType, metadata_keys as keys};
+use crate::protocol::{
+    ChannelAttachment, ChannelEvent, ChannelMessage, ContentType, MediaError, SenderType, metadata_keys as keys,
+};
 use crate::store::{AnyConnection, bridges, messages};
-
-pub use crate::protocol::metadata_keys::IS_EDIT;
 
 /// A file of the message, before it is fetched.
 struct Incoming {
@@ -94,9 +94,8 @@ async fn build(
     }
     let mut conn = inner.store.conn().await.map_err(transient)?;
     if edited {
-        msg.metadata.insert(IS_EDIT.into(), Value::Bool(true));
-        msg.reply_to_id =
-            messages::message_for_native(&mut conn, CHANNEL, &chat_id, &native_id).await.map_err(transient)?;
+        let target = messages::message_for_native(&mut conn, CHANNEL, &chat_id, &native_id).await.map_err(transient)?;
+        msg.event = ChannelEvent::Edit { target };
     } else if let Some(reply) = message.reply_to_message()
         // In a topic every message "replies" to the topic's first message; that is not a reply.
         && message.thread_id.is_none_or(|t| t.0 != reply.id)

@@ -142,6 +142,40 @@ async fn reactions_cross_between_matrix_discord_and_telegram_and_are_taken_back(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn reactions_a_discord_moderator_clears_are_taken_back_in_matrix() {
+    let discord = FakeDiscord::start().await;
+    discord.add_channel(GUILD, GENERAL, "general");
+    discord.add_user(DAN, "dan", Some("Dan"), false);
+    let slot = slot("cleared");
+    let alice = Person::new("cl-alice").await;
+    slot.write_config_with_sections(&bridges(&discord, None, &alice.user_id, "relay"));
+    mosaic(&slot, &["account", "create", "cl-alice", "--matrix-id", &alice.user_id]).expect_success();
+    let _service = Service::start(&slot).await;
+    let echo = slot.agent("echo");
+    let room = alice.create_room(&[&echo], true).await;
+    alice.wait_for_member(&room, &echo).await;
+    alice.say(&room, &format!("!bridge discord {GENERAL}")).await;
+    alice.wait_for(&room, &echo, |e| body(e).contains("general")).await;
+    let dan_ghost = format!("@mosaic_cleared_discord_{DAN}:{}", crate::support::SERVER_NAME);
+    let hello = alice.say(&room, "hello dan").await;
+    let on_discord =
+        discord.wait_for_sent(|s| s.content == "hello dan", WAIT).await.expect("Alice's message reaches Discord").id;
+    discord.user_reacts(GENERAL, on_discord, DAN, "👍");
+    discord.user_reacts(GENERAL, on_discord, DAN, "🎉");
+    alice.react(&room, &hello, "👀").await;
+    let dans = |key: &str| (dan_ghost.clone(), key.to_string());
+    alice.wait_for_reactions(&room, &hello, |r| r.contains(&dans("👍")) && r.contains(&dans("🎉"))).await;
+    discord.wait_for_bot_reactions(GENERAL, on_discord, |r| r == ["👀"], WAIT).await;
+
+    // A moderator clears the message's reactions on Discord: Dan's go away in Matrix;
+    // Alice's own stays there.
+    discord.reactions_cleared(GENERAL, on_discord);
+    alice.wait_for_reactions(&room, &hello, |r| !r.contains(&dans("👍")) && !r.contains(&dans("🎉"))).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(alice.reactions(&room, &hello).await, [(alice.user_id.clone(), "👀".to_string())]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn reactions_of_people_the_service_ignores_are_neither_bridged_nor_kept() {
     let discord = FakeDiscord::start().await;
     discord.add_channel(GUILD, GENERAL, "general");

@@ -353,6 +353,19 @@ impl FakeDiscord {
         world.dispatch("MESSAGE_REACTION_REMOVE", event, up);
     }
 
+    /// A moderator takes every reaction off a message, the bot's too:
+    /// MESSAGE_REACTION_REMOVE_ALL.
+    pub fn reactions_cleared(&self, channel: u64, message: u64) {
+        let up = self.up();
+        let mut world = self.world();
+        world.reactions.remove(&(channel, message));
+        let mut event = json!({"channel_id": channel.to_string(), "message_id": message.to_string()});
+        if let Some(guild) = world.channels.get(&channel).and_then(|c| c.guild) {
+            event["guild_id"] = json!(guild.to_string());
+        }
+        world.dispatch("MESSAGE_REACTION_REMOVE_ALL", event, up);
+    }
+
     /// The emoji the bot shows on a message now, in the order it added them.
     pub fn bot_reactions(&self, channel: u64, message: u64) -> Vec<String> {
         let world = self.world();

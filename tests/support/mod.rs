@@ -60,6 +60,7 @@ pub const SLOTS: &[&str] = &[
     "reactions",
     "strangers",
     "agentreact",
+    "cleared",
     "encrypted",
     "encryptedsync",
     "encryptedtg",

@@ -1,5 +1,9 @@
 //! Who is who in this service's Matrix namespace: the bot, agent ghosts, and the
 //! regular expressions of the registration.
+//!
+//! It lives beside the Matrix adapter rather than in it because the hub needs it too:
+//! the members of a conversation's room are Matrix users, and the hub tells its agents
+//! and people apart by these names (see `crate::permissions` for the same reason).
 
 use crate::config::Config;
 
