@@ -80,6 +80,7 @@ on_both_backends!(
     settings_usage_teams_and_retention,
     agent_rooms_belong_to_an_account,
     grouped_writes_commit_together_and_fail_alone,
+    memberships_are_recorded_together_the_last_change_winning,
 );
 
 async fn a_transaction_is_stored_once_and_survives_reopening(store: Store) {
@@ -299,6 +300,25 @@ async fn grouped_writes_commit_together_and_fail_alone(store: Store) {
         let found = messages::message_for_native(&mut conn, "matrix", "!room:x", &format!("$event{n}")).await.unwrap();
         assert_eq!(found, Some(*id), "where message {n} landed is recorded");
     }
+}
+
+async fn memberships_are_recorded_together_the_last_change_winning(store: Store) {
+    use mosaic_as::store::conversations::Membership;
+    let names: Vec<String> = (0..250).map(|n| format!("@person{n}:x")).collect();
+    let mut changes: Vec<Membership> =
+        names.iter().map(|user_id| Membership { room_id: "!big:x", user_id, membership: "join" }).collect();
+    // Some leave again, and one joins another room, in the same run.
+    changes.extend(names[..3].iter().map(|user_id| Membership { room_id: "!big:x", user_id, membership: "leave" }));
+    changes.push(Membership { room_id: "!small:x", user_id: &names[0], membership: "invite" });
+    store.write(async |conn| conversations::set_memberships(conn, &changes).await).await.unwrap();
+    store.write(async |conn| conversations::set_membership(conn, "!big:x", &names[1], "join").await).await.unwrap();
+
+    let mut conn = store.conn().await.unwrap();
+    let big = conversations::present_members(&mut conn, "!big:x").await.unwrap();
+    assert_eq!(big.len(), 248, "250 joined, 3 left, 1 came back");
+    assert!(!big.iter().any(|(user, _)| user == &names[0] || user == &names[2]), "the last change wins");
+    let small = conversations::present_members(&mut conn, "!small:x").await.unwrap();
+    assert_eq!(small, [(names[0].clone(), "invite".to_string())]);
 }
 
 async fn identities_link_and_unlink(store: Store) {

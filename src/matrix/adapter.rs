@@ -54,6 +54,10 @@ pub struct MemberChange {
 }
 
 impl MemberChange {
+    fn membership(&self) -> conversations::Membership<'_> {
+        conversations::Membership { room_id: &self.room_id, user_id: &self.user_id, membership: &self.membership }
+    }
+
     fn of(event: &Value, room_id: &str, sender: &str) -> Result<Self, EventError> {
         let target = event["state_key"].as_str().unwrap_or_default();
         let membership = event["content"]["membership"].as_str().unwrap_or_default();
@@ -328,10 +332,8 @@ impl MatrixAdapter {
     pub async fn record_memberships(&self, changes: &[MemberChange]) -> Result<(), EventError> {
         self.store
             .write(async |conn| {
-                for change in changes {
-                    conversations::set_membership(conn, &change.room_id, &change.user_id, &change.membership).await?;
-                }
-                Ok(())
+                let changes: Vec<conversations::Membership> = changes.iter().map(MemberChange::membership).collect();
+                conversations::set_memberships(conn, &changes).await
             })
             .await?;
         for change in changes {

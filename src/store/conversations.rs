@@ -99,16 +99,41 @@ pub async fn conversation_for_room_or_create(
 }
 
 pub async fn set_membership(conn: &mut AnyConnection, room_id: &str, user_id: &str, membership: &str) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO room_members (room_id, user_id, membership, updated_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, updated_at = excluded.updated_at",
-    )
-    .bind(room_id)
-    .bind(user_id)
-    .bind(membership)
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?;
+    set_memberships(conn, &[Membership { room_id, user_id, membership }]).await
+}
+
+/// One member's membership of a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Membership<'a> {
+    pub room_id: &'a str,
+    pub user_id: &'a str,
+    pub membership: &'a str,
+}
+
+/// Records memberships in order, the later of two for one member winning, in one
+/// statement per 200.
+pub async fn set_memberships(conn: &mut AnyConnection, changes: &[Membership<'_>]) -> Result<()> {
+    // One statement may not change a row twice on PostgreSQL: only each member's last
+    // change goes in.
+    let mut seen = std::collections::HashSet::with_capacity(changes.len());
+    let last: Vec<Membership> =
+        changes.iter().rev().filter(|change| seen.insert((change.room_id, change.user_id))).copied().collect();
+    let now = now_ms();
+    for chunk in last.chunks(200) {
+        // Numbered by hand: sqlx's Any driver writes `?`, which PostgreSQL does not take.
+        let rows: Vec<String> =
+            (0..chunk.len()).map(|i| format!("(${}, ${}, ${}, $1)", 3 * i + 2, 3 * i + 3, 3 * i + 4)).collect();
+        let sql = format!(
+            "INSERT INTO room_members (room_id, user_id, membership, updated_at) VALUES {}
+             ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, updated_at = excluded.updated_at",
+            rows.join(", ")
+        );
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        for change in chunk {
+            insert = insert.bind(change.room_id).bind(change.user_id).bind(change.membership);
+        }
+        insert.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
