@@ -1,6 +1,6 @@
 //! Deletions mirrored across a bridge: a message deleted on Discord is taken away from
-//! Matrix and Telegram, and nothing is posted in its place; a surface without a copy of
-//! it is left alone.
+//! Matrix, Telegram and another Discord channel, and nothing is posted in its place; a
+//! surface without a copy of it is left alone.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use crate::support::{Person, Service, body, slot};
 
 const GUILD: u64 = 730_000_000_000_000_001;
 const GENERAL: u64 = 730_000_000_000_000_002;
+const RANDOM: u64 = 730_000_000_000_000_003;
 const DAN: u64 = 730_000_000_000_000_100;
 const GROUP: i64 = -1_007_300_000_001;
 const WAIT: Duration = Duration::from_secs(30);
@@ -43,9 +44,10 @@ async fn wait_redacted(person: &Person, room: &str, copy: &Value) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_message_deleted_on_discord_disappears_from_matrix_and_telegram_and_nothing_is_posted() {
+async fn a_message_deleted_on_discord_disappears_from_every_other_surface_and_nothing_is_posted() {
     let discord = FakeDiscord::start().await;
     discord.add_channel(GUILD, GENERAL, "general");
+    discord.add_channel(GUILD, RANDOM, "random");
     discord.add_user(DAN, "dan", Some("Dan"), false);
     let telegram = FakeTelegram::start().await;
     telegram.add_supergroup(GROUP, "Team chat", false);
@@ -58,6 +60,8 @@ async fn a_message_deleted_on_discord_disappears_from_matrix_and_telegram_and_no
     alice.wait_for_member(&room, &echo).await;
     alice.say(&room, &format!("!bridge discord {GENERAL}")).await;
     alice.wait_for(&room, &echo, |e| body(e).contains("general")).await;
+    alice.say(&room, &format!("!bridge discord {RANDOM}")).await;
+    alice.wait_for(&room, &echo, |e| body(e).contains("random")).await;
     let dan = format!("@mosaic_deletions_discord_{DAN}:{}", crate::support::SERVER_NAME);
 
     // Said before Telegram was bridged: Telegram has no copy of it.
@@ -72,6 +76,10 @@ async fn a_message_deleted_on_discord_disappears_from_matrix_and_telegram_and_no
         .wait_for_sent(|s| s.chat_id == GROUP && s.text == "Dan (Discord): wrong chat, sorry", WAIT)
         .await
         .message_id;
+    let in_random = discord
+        .wait_for_sent(|s| s.channel_id == RANDOM && s.content == "wrong chat, sorry", WAIT)
+        .await
+        .expect("Dan's message reaches #random");
     let deleted_at = std::time::Instant::now();
 
     // The one without a Telegram copy goes from Matrix only.
@@ -86,6 +94,11 @@ async fn a_message_deleted_on_discord_disappears_from_matrix_and_telegram_and_no
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(telegram.message(GROUP, on_telegram).is_none());
+    let deadline = Instant::now() + WAIT;
+    while !discord.sent().iter().any(|s| s.id == in_random.id && s.deleted) {
+        assert!(Instant::now() < deadline, "the copy in #random was not deleted: {:#?}", discord.sent());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Nothing stands in for them anywhere, and nothing else was taken away.
     tokio::time::sleep(Duration::from_secs(2)).await;
