@@ -108,7 +108,11 @@ async fn a_message_deleted_on_discord_disappears_from_every_other_surface_and_no
     assert!(!telegram.sent().iter().any(|s| s.text.contains('…')));
     let posted: Vec<_> = discord.sent().into_iter().filter(|s| s.at >= deleted_at).collect();
     assert!(posted.is_empty(), "posted on Discord for a deletion: {posted:#?}");
-    let dans: Vec<_> =
-        alice.messages(&room).await.into_iter().filter(|e| e["sender"] == dan.as_str() && body(e) != "").collect();
+    let dans: Vec<_> = alice
+        .messages(&room)
+        .await
+        .into_iter()
+        .filter(|e| e["sender"] == dan.as_str() && !body(e).is_empty())
+        .collect();
     assert!(dans.is_empty(), "Dan's messages left in Matrix: {dans:#?}");
 }
