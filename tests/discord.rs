@@ -602,3 +602,64 @@ async fn the_bot_types_in_a_channel_and_invents_no_read_receipts() {
     let unknown = h.adapter.set_typing("1100000000000000999", "echo", true).await;
     assert!(matches!(unknown, Err(ChannelSendError::Terminal(_))), "{unknown:?}");
 }
+
+/// A deletion from elsewhere as the hub hands it to the adapter: no text, only the target.
+fn deletion_of(target: &ChannelMessage) -> ChannelMessage {
+    let mut msg = ChannelMessage::new("-100", &target.sender_id, SenderType::User, "", ContentType::Text)
+        .with_event(ChannelEvent::Delete { target: target.id });
+    msg.metadata.insert(keys::SENDER_NAME.into(), json!("Carol"));
+    msg.metadata.insert(keys::ORIGIN_CHANNEL.into(), json!("telegram"));
+    msg
+}
+
+#[tokio::test]
+async fn a_deletion_deletes_the_webhook_copy_and_posts_nothing() {
+    let mut h = harness().await;
+    let short = from_matrix("oops, wrong chat");
+    let long = from_matrix(&format!("{}\n\n{}", "a".repeat(1500), "b".repeat(1500)));
+    h.send(&short).await.unwrap();
+    h.send(&long).await.unwrap();
+    assert_eq!(h.fake.sent().len(), 3);
+
+    h.send(&deletion_of(&short)).await.unwrap();
+    h.send(&deletion_of(&long)).await.unwrap();
+    let sent = h.fake.sent();
+    assert_eq!(sent.len(), 3, "nothing posted for a deletion: {sent:?}");
+    assert!(sent.iter().all(|s| s.deleted), "every part deleted: {sent:?}");
+    let through_webhook = |r: &support::fake_discord::Logged| r.method == "DELETE" && r.path.contains("/webhooks/");
+    assert_eq!(h.fake.requests().iter().filter(|r| through_webhook(r)).count(), 3);
+    // The same deletion again: the copy is gone already, which is no error.
+    h.send(&deletion_of(&short)).await.unwrap();
+    assert_eq!(h.fake.sent().len(), 3);
+    // Discord announces the deletions; they are ours, not news for the hub.
+    h.quiet(Duration::from_millis(700)).await;
+}
+
+#[tokio::test]
+async fn a_deletion_deletes_the_bots_own_copy() {
+    let mut h = harness_with(|fake| fake.deny_webhooks(GENERAL)).await;
+    let msg = from_matrix("posted as the bot");
+    h.send(&msg).await.unwrap();
+    h.send(&deletion_of(&msg)).await.unwrap();
+    let sent = h.fake.sent();
+    let [copy] = sent.as_slice() else { panic!("one message: {sent:?}") };
+    assert!(copy.by_bot && copy.deleted, "{copy:?}");
+    h.quiet(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn a_deletion_without_a_copy_posts_nothing() {
+    let mut h = harness().await;
+    // Never sent here.
+    h.send(&deletion_of(&from_matrix("only on Telegram"))).await.unwrap();
+    // Taken away by a moderator already.
+    let msg = from_matrix("soon gone");
+    h.send(&msg).await.unwrap();
+    let copy = h.fake.sent()[0].id;
+    h.fake.user_deletes(GENERAL, copy);
+    let _moderator = h.next().await;
+    h.send(&deletion_of(&msg)).await.unwrap();
+    assert_eq!(h.fake.sent().len(), 1, "{:?}", h.fake.sent());
+    assert!(!h.fake.requests().iter().any(|r| r.method == "POST" && r.path.contains("/messages")));
+    h.quiet(Duration::from_millis(300)).await;
+}

@@ -420,6 +420,58 @@ async fn edits_change_the_telegram_message() {
     assert_eq!(sent.kind, SentKind::Text);
 }
 
+/// A deletion from elsewhere as the hub hands it to the adapter: no text, only the target.
+fn deletion_of(target: &ChannelMessage) -> ChannelMessage {
+    let mut msg = ChannelMessage::new("123", &target.sender_id, SenderType::User, "", ContentType::Text)
+        .with_event(ChannelEvent::Delete { target: target.id });
+    msg.metadata.insert(keys::SENDER_NAME.into(), json!("Alice"));
+    msg.metadata.insert(keys::ORIGIN_CHANNEL.into(), json!("discord"));
+    msg
+}
+
+#[tokio::test]
+async fn a_deletion_deletes_the_copy_and_posts_nothing() {
+    let h = harness().await;
+    let paragraph = format!("{}\n\n", vec!["Lorem ipsum dolor sit amet."; 20].join(" "));
+    let long = from_matrix(&paragraph.repeat(20), ContentType::Text);
+    let short = from_matrix("oops, wrong chat", ContentType::Text);
+    h.send(GROUP, &long).await.unwrap();
+    h.send(GROUP, &short).await.unwrap();
+    let sent = h.fake.sent();
+    assert!(sent.len() >= 3, "{} parts", sent.len());
+    let short_copy = sent.last().unwrap().message_id;
+
+    h.send(GROUP, &deletion_of(&short)).await.unwrap();
+    assert_eq!(h.fake.deleted(), vec![(GROUP, short_copy)]);
+    assert!(h.fake.message(GROUP, short_copy).is_none());
+    // Every part of a long message goes.
+    h.send(GROUP, &deletion_of(&long)).await.unwrap();
+    let parts: Vec<(i64, i64)> = sent[..sent.len() - 1].iter().map(|s| (GROUP, s.message_id)).collect();
+    assert_eq!(h.fake.deleted()[1..], parts[..]);
+    // Nothing was posted for the deletions, and the same deletion again is no error.
+    h.send(GROUP, &deletion_of(&short)).await.unwrap();
+    assert_eq!(h.fake.sent().len(), sent.len(), "{:#?}", &h.fake.sent()[sent.len()..]);
+    assert_eq!(h.fake.deleted().len(), parts.len() + 1);
+}
+
+#[tokio::test]
+async fn a_deletion_without_a_deletable_copy_posts_nothing() {
+    let h = harness().await;
+    // Never sent here: nothing to delete, nothing to post.
+    let elsewhere = from_matrix("only on Discord", ContentType::Text);
+    h.send(GROUP, &deletion_of(&elsewhere)).await.unwrap();
+    // Too old for the bot to delete: the copy stays, and the deletion is done.
+    let old = from_matrix("from last week", ContentType::Text);
+    h.send(GROUP, &old).await.unwrap();
+    let copy = h.fake.wait_for_sent(|_| true, WAIT).await.message_id;
+    h.fake.age_message(GROUP, copy);
+    h.send(GROUP, &deletion_of(&old)).await.unwrap();
+    assert!(h.fake.message(GROUP, copy).is_some());
+    assert!(h.fake.deleted().is_empty());
+    assert_eq!(h.fake.sent().len(), 1, "{:#?}", h.fake.sent());
+    assert_eq!(h.fake.calls("deleteMessage"), 1);
+}
+
 #[tokio::test]
 async fn long_text_is_split_and_edits_grow_into_new_parts() {
     let h = harness().await;

@@ -418,6 +418,9 @@ impl Inner {
     }
 
     async fn on_delete(&self, channel: u64, message: u64) {
+        if self.caches.lock().unwrap().own_deletions.remove(&message) {
+            return;
+        }
         let mut attempt = 0;
         let msg = loop {
             match self.translate_delete(channel, message).await {

@@ -114,6 +114,9 @@ struct Caches {
     avatars: HashMap<String, String>,
     /// Messages we sent, by native id (bounded; edits after a restart probe instead).
     sent: HashMap<u64, Sent>,
+    /// Messages we deleted (copies of messages deleted elsewhere), whose MESSAGE_DELETE
+    /// is no news (bounded like `sent`).
+    own_deletions: HashSet<u64>,
     /// Thread started from a root message, by root message id.
     thread_of_root: HashMap<u64, u64>,
     /// Newest message id handed to the hub per channel (mirror of `discord_cursors`).

@@ -15,7 +15,8 @@ use super::rest::{RestError, codes};
 use super::{CHANNEL, Hook, Inner, RawChannel, Sent, cursor, snowflake};
 use crate::agents::stream::{derived_id, split_parts};
 use crate::protocol::{
-    BridgeError, ChannelMessage, ChannelSendError, ContentType, OutboundReaction, SenderType, metadata_keys as keys,
+    BridgeError, ChannelEvent, ChannelMessage, ChannelSendError, ContentType, OutboundReaction, SenderType,
+    metadata_keys as keys,
 };
 use crate::store::group_commit::Write;
 use crate::store::{StoreError, messages};
@@ -176,6 +177,9 @@ impl Inner {
         resend: bool,
     ) -> Result<(), ChannelSendError> {
         let chat = parse_id(channel_id, "channel")?;
+        if let ChannelEvent::Delete { target } = msg.event {
+            return self.delete_copy(chat, channel_id, msg, target).await;
+        }
         if let Some(user) = msg.meta_str(keys::PRIVATE_TO) {
             return self.send_private(channel_id, user, msg).await;
         }
@@ -469,6 +473,92 @@ impl Inner {
         }
         tracing::debug!(channel = CHANNEL, event = "edited", id = %original, chat = target.chat);
         Ok(true)
+    }
+
+    /// Deletes our copy of `original` (every part of it). A deletion never posts
+    /// anything: without a copy here there is nothing to do, and a copy already gone is
+    /// done with.
+    async fn delete_copy(
+        &self,
+        chat: u64,
+        channel_id: &str,
+        msg: &ChannelMessage,
+        original: Uuid,
+    ) -> Result<(), ChannelSendError> {
+        let mut deleted = 0;
+        for index in 0.. {
+            let Some(native) = self.native_of(channel_id, part_id(original, index)).await? else { break };
+            let Ok(message) = native.parse::<u64>() else { continue };
+            let sent = self.caches.lock().unwrap().sent.get(&message).copied();
+            let thread = match sent {
+                Some(sent) => sent.thread,
+                None => self.known_thread(chat, msg).await?,
+            };
+            // As an edit does: through the webhook unless the bot posted it itself.
+            let hook = match sent {
+                Some(Sent { webhook: None, .. }) => None,
+                _ => self.webhook(chat).await?,
+            };
+            if self.delete_one(chat, thread, hook.as_ref(), message).await? {
+                deleted += 1;
+            }
+        }
+        tracing::debug!(channel = CHANNEL, event = "deleted", id = %original, chat, deleted);
+        Ok(())
+    }
+
+    /// The thread a copy of `msg`'s target is in, as far as it is known without asking
+    /// Discord: the thread named, or the one started from its thread root.
+    async fn known_thread(&self, chat: u64, msg: &ChannelMessage) -> Result<Option<u64>, ChannelSendError> {
+        if let Some(thread) = msg.thread_id.as_deref().filter(|t| !t.is_empty()) {
+            return Ok(Some(parse_id(thread, "thread")?));
+        }
+        let Some(root) = msg.meta_str(keys::THREAD_ROOT_ID).and_then(|r| Uuid::parse_str(r).ok()) else {
+            return Ok(None);
+        };
+        let Some(native_root) = self.native_of(&chat.to_string(), root).await? else { return Ok(None) };
+        let root = parse_id(&native_root, "message")?;
+        Ok(self.caches.lock().unwrap().thread_of_root.get(&root).copied())
+    }
+
+    fn note_own_deletion(&self, message: u64) {
+        let mut caches = self.caches.lock().unwrap();
+        if caches.own_deletions.len() >= SENT_MEMORY {
+            caches.own_deletions.clear();
+        }
+        caches.own_deletions.insert(message);
+    }
+
+    /// DELETEs one message: as the webhook's message, else (not the webhook's, or no
+    /// webhook) as the bot's. False when Discord no longer has it.
+    async fn delete_one(
+        &self,
+        chat: u64,
+        thread: Option<u64>,
+        hook: Option<&Hook>,
+        message: u64,
+    ) -> Result<bool, ChannelSendError> {
+        let message_id = MessageId::new(message);
+        // Discord tells the gateway about the deletion too: that one is ours, not news.
+        self.note_own_deletion(message);
+        if let Some(hook) = hook {
+            let route = Route::WebhookMessage { webhook_id: WebhookId::new(hook.id), token: &hook.token, message_id };
+            let params = thread.map(|t| vec![("thread_id", t.to_string())]);
+            match self.rest.call(|| Request::new(route, LightMethod::Delete).params(params.clone())).await {
+                Ok(_) => return Ok(true),
+                Err(error) if error.is_not_found() => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let route = Route::ChannelMessage { channel_id: ChannelId::new(thread.unwrap_or(chat)), message_id };
+        match self.rest.call(|| Request::new(route, LightMethod::Delete)).await {
+            Ok(_) => Ok(true),
+            Err(error) if error.code() == Some(codes::UNKNOWN_MESSAGE) => {
+                tracing::info!(channel = CHANNEL, event = "copy_already_gone", chat, message_id = message, %error);
+                Ok(false)
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// PATCHes one message: as the webhook's message, else (not ours through the webhook,

@@ -19,8 +19,8 @@ use super::markdown::{self, utf16_len};
 use super::{CHANNEL, Inner, topics};
 use crate::agents::stream::{derived_id, split_parts};
 use crate::protocol::{
-    BridgeError, ChannelAttachment, ChannelMessage, ChannelSendError, ContentType, OutboundReaction, SenderType,
-    metadata_keys as keys,
+    BridgeError, ChannelAttachment, ChannelEvent, ChannelMessage, ChannelSendError, ContentType, OutboundReaction,
+    SenderType, metadata_keys as keys,
 };
 use crate::store::messages;
 
@@ -50,6 +50,9 @@ enum Piece<'a> {
 }
 
 pub(super) async fn send(inner: &Inner, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
+    if let ChannelEvent::Delete { target } = msg.event {
+        return delete(inner, channel_id, target).await;
+    }
     let target = target(inner, channel_id, msg).await?;
     let pieces = pieces(msg);
     if let Some(original) = msg.meta_str(keys::REPLACES).and_then(|id| Uuid::parse_str(id).ok())
@@ -384,6 +387,33 @@ fn close_fences(parts: Vec<String>) -> Vec<String> {
         out.push(part);
     }
     out
+}
+
+/// Deletes the chat's copy of `original` (every part of it) with `deleteMessage`. A
+/// deletion never posts anything: without a copy here there is nothing to do, and a copy
+/// Telegram no longer lets the bot delete (too old, already gone) stays as it is.
+async fn delete(inner: &Inner, channel_id: &str, original: Uuid) -> Result<(), ChannelSendError> {
+    let chat = parse_chat(channel_id)?;
+    let chat_key = chat.0.to_string();
+    let mut deleted = 0;
+    for index in 0.. {
+        let Some(native) = native(inner, &chat_key, part_id(original, index)).await? else { break };
+        let Ok(message) = native.parse::<i32>().map(MessageId) else { continue };
+        let request = || inner.bot.delete_message(chat, message).into_future();
+        match call(inner, "deleteMessage", request).await {
+            Ok(_) => deleted += 1,
+            Err(Failure::Terminal(reason))
+                if ["message can't be deleted", "message to delete not found"]
+                    .iter()
+                    .any(|known| reason.contains(known)) =>
+            {
+                tracing::info!(channel = CHANNEL, event = "copy_not_deleted", chat_id = %chat_key, message_id = message.0, %reason);
+            }
+            Err(failure) => return Err(send_error(failure)),
+        }
+    }
+    tracing::debug!(channel = CHANNEL, event = "deleted", chat_id = %chat_key, original = %original, deleted);
+    Ok(())
 }
 
 /// Edits the Telegram copies of `original` to the new text; parts the longer text needs

@@ -9,6 +9,7 @@ mod support;
 mod admin;
 mod agents;
 mod bounds;
+mod deletions;
 mod discord;
 mod encrypted;
 mod listeners;

@@ -735,6 +735,17 @@ impl World {
         self.dispatch("MESSAGE_CREATE", event, up);
     }
 
+    /// Marks a message taken away through REST and dispatches MESSAGE_DELETE, as Discord
+    /// does for every deletion.
+    fn deleted(&mut self, channel: u64, message: u64, up: bool) {
+        if let Some(s) = self.sent.iter_mut().find(|s| s.id == message) {
+            s.deleted = true;
+        }
+        let guild = self.channels.get(&channel).and_then(|c| c.guild);
+        let event = json!({"id": message.to_string(), "channel_id": channel.to_string(), "guild_id": guild.map(|g| g.to_string())});
+        self.dispatch("MESSAGE_DELETE", event, up);
+    }
+
     /// Sends a dispatch on the open connection and keeps it for RESUME replays. While the
     /// gateway is down (`up` false) nothing is dispatched at all.
     fn dispatch(&mut self, name: &str, data: Value, up: bool) {
@@ -1162,9 +1173,7 @@ fn route(fake: &FakeDiscord, method: &Method, uri: &Uri, headers: &HeaderMap, bo
             if world.channels.get_mut(&channel).and_then(|c| c.history.remove(&message)).is_none() {
                 return error(404, 10008, "Unknown Message");
             }
-            if let Some(s) = world.sent.iter_mut().find(|s| s.id == message) {
-                s.deleted = true;
-            }
+            world.deleted(channel, message, up);
             StatusCode::NO_CONTENT.into_response()
         }
         (Method::POST, ["channels", channel, "messages", message, "threads"]) => {
@@ -1309,6 +1318,24 @@ fn route(fake: &FakeDiscord, method: &Method, uri: &Uri, headers: &HeaderMap, bo
             } else {
                 StatusCode::NO_CONTENT.into_response()
             }
+        }
+        // Delete Webhook Message: only the webhook's own messages, in its channel or (with
+        // `thread_id`) a thread of it.
+        (Method::DELETE, ["webhooks", hook, token, "messages", message]) => {
+            let (hook, token, message) = (id(hook), token.to_string(), id(message));
+            let Some(webhook) = world.webhooks.iter().find(|w| w.id == hook && w.token == token).cloned() else {
+                return error(404, 10015, "Unknown Webhook");
+            };
+            let target = q.get("thread_id").map(|t| id(t)).unwrap_or(webhook.channel);
+            let Some(msg) = world.channels.get(&target).and_then(|c| c.history.get(&message)) else {
+                return error(404, 10008, "Unknown Message");
+            };
+            if msg["webhook_id"].as_str() != Some(&hook.to_string()) {
+                return error(404, 10008, "Unknown Message");
+            }
+            world.channels.get_mut(&target).unwrap().history.remove(&message);
+            world.deleted(target, message, up);
+            StatusCode::NO_CONTENT.into_response()
         }
         (Method::PATCH, ["webhooks", hook, token, "messages", message]) => {
             let (hook, token, message) = (id(hook), token.to_string(), *message);

@@ -152,6 +152,10 @@ struct Store {
     allowed_updates: Option<Vec<String>>,
     /// The bot's reactions by (chat, message), as `setMessageReaction` set them.
     bot_reactions: HashMap<(i64, i64), Vec<String>>,
+    /// Messages `deleteMessage` took away, as (chat, message), in order.
+    deleted: Vec<(i64, i64)>,
+    /// Messages the bot may no longer delete (older than 48 hours).
+    too_old: HashSet<(i64, i64)>,
 }
 
 struct Shared {
@@ -343,6 +347,16 @@ impl FakeTelegram {
     /// The JSON of a message as Telegram holds it now.
     pub fn message(&self, chat_id: i64, message_id: i64) -> Option<Value> {
         self.store().messages.get(&(chat_id, message_id)).cloned()
+    }
+
+    /// The messages `deleteMessage` took away, as (chat, message), in order.
+    pub fn deleted(&self) -> Vec<(i64, i64)> {
+        self.store().deleted.clone()
+    }
+
+    /// From now on the bot may no longer delete this message, as after 48 hours.
+    pub fn age_message(&self, chat_id: i64, message_id: i64) {
+        self.store().too_old.insert((chat_id, message_id));
     }
 
     /// Every message the bot sent or edited, in order.
@@ -708,6 +722,7 @@ async fn handle(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap,
         "getchat" => get_chat(&shared, &params),
         "sendchataction" => send_chat_action(&shared, &params),
         "setmessagereaction" => set_message_reaction(&shared, &params),
+        "deletemessage" => delete_message(&shared, &params),
         "getchatmember" => get_chat_member(&shared, &params),
         "setwebhook" => set_webhook(&shared, &params),
         "deletewebhook" => {
@@ -1253,6 +1268,25 @@ fn set_message_reaction(shared: &Shared, params: &Map<String, Value>) -> Answer 
         }
     }
     store.bot_reactions.insert((chat_id, message_id), emoji);
+    Ok(json!(true))
+}
+
+/// `deleteMessage`: a bot deletes its own messages, and others' where it is an
+/// administrator, for 48 hours.
+fn delete_message(shared: &Shared, params: &Map<String, Value>) -> Answer {
+    let mut store = shared.store.lock().unwrap();
+    let (chat_id, _) = chat_of(&store, params)?;
+    let message_id = int(params, "message_id").ok_or_else(|| bad_request("message identifier is not specified"))?;
+    let Some(message) = store.messages.get(&(chat_id, message_id)) else {
+        return Err(bad_request("message to delete not found"));
+    };
+    let own = message["from"]["id"].as_i64() == Some(shared.bot.id);
+    let admin = matches!(store.member_status.get(&chat_id).map(String::as_str), Some("administrator" | "creator"));
+    if store.too_old.contains(&(chat_id, message_id)) || !(own || admin) {
+        return Err(bad_request("message can't be deleted"));
+    }
+    store.messages.remove(&(chat_id, message_id));
+    store.deleted.push((chat_id, message_id));
     Ok(json!(true))
 }
 

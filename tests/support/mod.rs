@@ -61,6 +61,7 @@ pub const SLOTS: &[&str] = &[
     "strangers",
     "agentreact",
     "cleared",
+    "deletions",
     "encrypted",
     "encryptedsync",
     "encryptedtg",
