@@ -94,18 +94,10 @@ impl Inner {
             return;
         }
         let Some(key) = reaction_key(&reaction.emoji) else { return };
-        let mut attempt = 0;
-        let msg = loop {
-            match self.translate_reaction(&reaction, user.get(), &key, removed).await {
-                Ok(msg) => break msg,
-                Err(error) => {
-                    attempt += 1;
-                    let message_id = reaction.message_id.get();
-                    tracing::warn!(channel = CHANNEL, event = "inbound_retry", message_id, %error, attempt);
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-            }
-        };
+        let msg = until_translated(reaction.message_id.get(), || {
+            self.translate_reaction(&reaction, user.get(), &key, removed)
+        })
+        .await;
         if let Some(msg) = msg {
             self.deliver(msg).await;
         }
@@ -114,17 +106,7 @@ impl Inner {
     /// Reactions taken off a message at once, not by their senders
     /// (`MESSAGE_REACTION_REMOVE_ALL`, or `_REMOVE_EMOJI` with the `key` taken off).
     async fn on_reactions_cleared(&self, channel: u64, message: u64, key: Option<String>) {
-        let mut attempt = 0;
-        let msg = loop {
-            match self.translate_clearing(channel, message, key.clone()).await {
-                Ok(msg) => break msg,
-                Err(error) => {
-                    attempt += 1;
-                    tracing::warn!(channel = CHANNEL, event = "inbound_retry", message_id = message, %error, attempt);
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-            }
-        };
+        let msg = until_translated(message, || self.translate_clearing(channel, message, key.clone())).await;
         if let Some(msg) = msg {
             self.deliver(msg).await;
         }
@@ -192,17 +174,7 @@ impl Inner {
         if self.cursor_of(m.channel_id.get()).await.is_some_and(|seen| m.id.get() <= seen) {
             return;
         }
-        let mut attempt = 0;
-        let msg = loop {
-            match self.translate(&m).await {
-                Ok(msg) => break msg,
-                Err(error) => {
-                    attempt += 1;
-                    tracing::warn!(channel = CHANNEL, event = "inbound_retry", message_id = m.id.get(), %error, attempt);
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-            }
-        };
+        let msg = until_translated(m.id.get(), || self.translate(&m)).await;
         self.deliver(msg).await;
         self.advance_cursor(m.channel_id.get(), m.id.get()).await;
     }
@@ -375,17 +347,9 @@ impl Inner {
             return;
         }
         let nick = e.member.clone().flatten().and_then(|member| member.nick);
-        let mut attempt = 0;
-        let msg = loop {
-            match self.translate_edit(&e, &content, &edited.to_string(), &author, nick.clone()).await {
-                Ok(msg) => break msg,
-                Err(error) => {
-                    attempt += 1;
-                    tracing::warn!(channel = CHANNEL, event = "inbound_retry", message_id = e.id.get(), %error, attempt);
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-            }
-        };
+        let edited = edited.to_string();
+        let msg =
+            until_translated(e.id.get(), || self.translate_edit(&e, &content, &edited, &author, nick.clone())).await;
         self.deliver(msg).await;
     }
 
@@ -421,17 +385,7 @@ impl Inner {
         if self.caches.lock().unwrap().own_deletions.remove(&message) {
             return;
         }
-        let mut attempt = 0;
-        let msg = loop {
-            match self.translate_delete(channel, message).await {
-                Ok(msg) => break msg,
-                Err(error) => {
-                    attempt += 1;
-                    tracing::warn!(channel = CHANNEL, event = "inbound_retry", message_id = message, %error, attempt);
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-            }
-        };
+        let msg = until_translated(message, || self.translate_delete(channel, message)).await;
         if let Some(msg) = msg {
             self.deliver(msg).await;
         }
@@ -593,5 +547,25 @@ fn reaction_key(emoji: &ReactionType) -> Option<String> {
         ReactionType::Unicode(emoji) => Some(emoji.clone()),
         ReactionType::Custom { name: Some(name), .. } => Some(format!(":{name}:")),
         _ => None,
+    }
+}
+
+/// Runs `translate` until it succeeds. What fails it is the store or the homeserver
+/// being unavailable for a while, and a gateway event is delivered only once: it is
+/// tried again with backoff rather than dropped.
+async fn until_translated<T, F>(message_id: u64, mut translate: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Result<T, Retry>>,
+{
+    let mut attempt = 0;
+    loop {
+        match translate().await {
+            Ok(translated) => return translated,
+            Err(error) => {
+                attempt += 1;
+                tracing::warn!(channel = CHANNEL, event = "inbound_retry", message_id, %error, attempt);
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+        }
     }
 }
