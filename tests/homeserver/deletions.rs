@@ -58,17 +58,14 @@ async fn a_message_deleted_on_discord_disappears_from_every_other_surface_and_no
     let echo = slot.agent("echo");
     let room = alice.create_room(&[&echo], true).await;
     alice.wait_for_member(&room, &echo).await;
-    alice.say(&room, &format!("!bridge discord {GENERAL}")).await;
-    alice.wait_for(&room, &echo, |e| body(e).contains("general")).await;
-    alice.say(&room, &format!("!bridge discord {RANDOM}")).await;
-    alice.wait_for(&room, &echo, |e| body(e).contains("random")).await;
+    alice.bridge(&room, &echo, "discord", GENERAL, "general").await;
+    alice.bridge(&room, &echo, "discord", RANDOM, "random").await;
     let dan = format!("@mosaic_deletions_discord_{DAN}:{}", crate::support::SERVER_NAME);
 
     // Said before Telegram was bridged: Telegram has no copy of it.
     let early = discord.user_says(GENERAL, DAN, "before telegram").send();
     let early_copy = alice.wait_for(&room, &dan, |e| body(e) == "before telegram").await;
-    alice.say(&room, &format!("!bridge telegram {GROUP}")).await;
-    alice.wait_for(&room, &echo, |e| body(e).contains("Team chat")).await;
+    alice.bridge(&room, &echo, "telegram", GROUP, "Team chat").await;
 
     let typo = discord.user_says(GENERAL, DAN, "wrong chat, sorry").send();
     let typo_copy = alice.wait_for(&room, &dan, |e| body(e) == "wrong chat, sorry").await;

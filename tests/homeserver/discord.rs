@@ -38,8 +38,7 @@ async fn a_discord_channel_and_a_matrix_room_share_one_conversation() {
     let echo = slot.agent("echo");
     let room = alice.create_room(&[&echo], true).await;
     alice.wait_for_member(&room, &echo).await;
-    alice.say(&room, &format!("!bridge discord {GENERAL}")).await;
-    alice.wait_for(&room, &echo, |e| body(e).contains("general")).await;
+    alice.bridge(&room, &echo, "discord", GENERAL, "general").await;
     alice.say(&room, "!unlinked answer").await;
     alice.wait_for(&room, &echo, |e| body(e).contains("now answer people without")).await;
 

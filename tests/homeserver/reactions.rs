@@ -55,10 +55,8 @@ async fn reactions_cross_between_matrix_discord_and_telegram_and_are_taken_back(
     let echo = slot.agent("echo");
     let room = alice.create_room(&[&echo], true).await;
     alice.wait_for_member(&room, &echo).await;
-    alice.say(&room, &format!("!bridge discord {GENERAL}")).await;
-    alice.wait_for(&room, &echo, |e| body(e).contains("general")).await;
-    alice.say(&room, &format!("!bridge telegram {GROUP}")).await;
-    alice.wait_for(&room, &echo, |e| body(e).contains("Team chat")).await;
+    alice.bridge(&room, &echo, "discord", GENERAL, "general").await;
+    alice.bridge(&room, &echo, "telegram", GROUP, "Team chat").await;
     let dan_ghost = format!("@mosaic_reactions_discord_{DAN}:{}", crate::support::SERVER_NAME);
     let tom = TgUser::new(5151, "Tom", None, Some("tom"));
     let tom_ghost = format!("@mosaic_reactions_telegram_{}:{}", tom.id, crate::support::SERVER_NAME);
@@ -154,8 +152,7 @@ async fn reactions_a_discord_moderator_clears_are_taken_back_in_matrix() {
     let echo = slot.agent("echo");
     let room = alice.create_room(&[&echo], true).await;
     alice.wait_for_member(&room, &echo).await;
-    alice.say(&room, &format!("!bridge discord {GENERAL}")).await;
-    alice.wait_for(&room, &echo, |e| body(e).contains("general")).await;
+    alice.bridge(&room, &echo, "discord", GENERAL, "general").await;
     let dan_ghost = format!("@mosaic_cleared_discord_{DAN}:{}", crate::support::SERVER_NAME);
     let hello = alice.say(&room, "hello dan").await;
     let on_discord =
@@ -195,8 +192,7 @@ async fn reactions_of_people_the_service_ignores_are_neither_bridged_nor_kept() 
     let room = alice.create_room(&[&echo, &troll.user_id], false).await;
     troll.join(&room).await;
     alice.wait_for_member(&room, &echo).await;
-    alice.say(&room, &format!("!bridge discord {GENERAL}")).await;
-    alice.wait_for(&room, &echo, |e| body(e).contains("general")).await;
+    alice.bridge(&room, &echo, "discord", GENERAL, "general").await;
     let hello = alice.say(&room, "hello strangers").await;
     let on_discord = discord
         .wait_for_sent(|s| s.content == "hello strangers", WAIT)

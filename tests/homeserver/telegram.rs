@@ -45,8 +45,7 @@ async fn a_telegram_group_and_a_matrix_room_share_one_conversation() {
     alice.wait_for_member(&room, &echo).await;
 
     // An admin bridges the group; the room hears how it went.
-    alice.say(&room, &format!("!bridge telegram {GROUP}")).await;
-    alice.wait_for(&room, &echo, |e| body(e).contains("Team chat")).await;
+    alice.bridge(&room, &echo, "telegram", GROUP, "Team chat").await;
     // People on Telegram have no Mosaic account yet: let the agent answer them anyway.
     alice.say(&room, "!unlinked answer").await;
     alice.wait_for(&room, &echo, |e| body(e).contains("now answer people without")).await;
@@ -206,8 +205,7 @@ async fn a_bridge_whose_surface_keeps_failing_is_given_up_with_a_notice() {
     assert!(fake.sent().iter().all(|s| !s.text.contains("only for matrix")), "{:?}", fake.sent());
 
     fake.heal();
-    alice.say(&room, &format!("!bridge telegram {GROUP}")).await;
-    alice.wait_for(&room, &echo, |e| body(e).contains("Team chat")).await;
+    alice.bridge(&room, &echo, "telegram", GROUP, "Team chat").await;
     alice.say(&room, "now for both").await;
     fake.wait_for_sent(|s| s.chat_id == GROUP && s.text.ends_with("now for both"), WAIT).await;
 }

@@ -777,6 +777,13 @@ impl Person {
     }
 
     /// Waits until a message from `sender` satisfies `check`; returns it.
+    /// Says `!bridge <surface> <chat>` in `room` and waits until `speaker` confirms it,
+    /// naming the chat as `shown`.
+    pub async fn bridge(&self, room: &str, speaker: &str, surface: &str, chat: impl std::fmt::Display, shown: &str) {
+        self.say(room, &format!("!bridge {surface} {chat}")).await;
+        self.wait_for(room, speaker, |e| body(e).contains(shown)).await;
+    }
+
     pub async fn wait_for(&self, room: &str, sender: &str, check: impl Fn(&Value) -> bool) -> Value {
         self.wait_for_within(room, sender, Duration::from_secs(30), check).await
     }
