@@ -92,6 +92,17 @@ fn store_error(error: StoreError) -> ChannelSendError {
     ChannelSendError::Transient { message: error.to_string(), retry_after: None }
 }
 
+/// Where a message goes among a channel's threads.
+enum ThreadPlace {
+    /// In the channel itself.
+    Channel,
+    Thread(u64),
+    /// In the thread of the message `root`, which has none yet.
+    Unstarted {
+        root: u64,
+    },
+}
+
 fn parse_id(text: &str, what: &str) -> Result<u64, ChannelSendError> {
     text.parse().map_err(|_| ChannelSendError::Terminal(format!("{what} {text:?} is not a Discord id")))
 }
@@ -510,15 +521,27 @@ impl Inner {
     /// The thread a copy of `msg`'s target is in, as far as it is known without asking
     /// Discord: the thread named, or the one started from its thread root.
     async fn known_thread(&self, chat: u64, msg: &ChannelMessage) -> Result<Option<u64>, ChannelSendError> {
+        Ok(match self.thread_place(chat, msg).await? {
+            ThreadPlace::Thread(thread) => Some(thread),
+            ThreadPlace::Channel | ThreadPlace::Unstarted { .. } => None,
+        })
+    }
+
+    /// Where `msg` goes among this channel's threads, as far as it is known without asking
+    /// Discord: `threadId` as given, or the thread of `mosaic.threadRootId`'s message here.
+    async fn thread_place(&self, chat: u64, msg: &ChannelMessage) -> Result<ThreadPlace, ChannelSendError> {
         if let Some(thread) = msg.thread_id.as_deref().filter(|t| !t.is_empty()) {
-            return Ok(Some(parse_id(thread, "thread")?));
+            return Ok(ThreadPlace::Thread(parse_id(thread, "thread")?));
         }
         let Some(root) = msg.meta_str(keys::THREAD_ROOT_ID).and_then(|r| Uuid::parse_str(r).ok()) else {
-            return Ok(None);
+            return Ok(ThreadPlace::Channel);
         };
-        let Some(native_root) = self.native_of(&chat.to_string(), root).await? else { return Ok(None) };
+        let Some(native_root) = self.native_of(&chat.to_string(), root).await? else { return Ok(ThreadPlace::Channel) };
         let root = parse_id(&native_root, "message")?;
-        Ok(self.caches.lock().unwrap().thread_of_root.get(&root).copied())
+        Ok(match self.caches.lock().unwrap().thread_of_root.get(&root) {
+            Some(thread) => ThreadPlace::Thread(*thread),
+            None => ThreadPlace::Unstarted { root },
+        })
     }
 
     fn note_own_deletion(&self, message: u64) {
@@ -604,23 +627,18 @@ impl Inner {
         Ok((files, not_fetchable))
     }
 
-    /// The thread to post in: `threadId` as given, or the thread of `mosaic.threadRootId`'s
-    /// message here (started from it when there is none yet).
+    /// The thread to post in: the one [`Self::thread_place`] knows, or one started from
+    /// the thread root's message here when there is none yet.
     async fn thread_for(&self, chat: u64, msg: &ChannelMessage) -> Result<Option<u64>, ChannelSendError> {
-        if let Some(thread) = msg.thread_id.as_deref().filter(|t| !t.is_empty()) {
-            return Ok(Some(parse_id(thread, "thread")?));
+        match self.thread_place(chat, msg).await? {
+            ThreadPlace::Channel => Ok(None),
+            ThreadPlace::Thread(thread) => Ok(Some(thread)),
+            ThreadPlace::Unstarted { root } => {
+                let thread = self.start_thread(chat, root, msg).await?;
+                self.caches.lock().unwrap().thread_of_root.insert(root, thread);
+                Ok(Some(thread))
+            }
         }
-        let Some(root) = msg.meta_str(keys::THREAD_ROOT_ID).and_then(|r| Uuid::parse_str(r).ok()) else {
-            return Ok(None);
-        };
-        let Some(native_root) = self.native_of(&chat.to_string(), root).await? else { return Ok(None) };
-        let root_id = parse_id(&native_root, "message")?;
-        if let Some(thread) = self.caches.lock().unwrap().thread_of_root.get(&root_id) {
-            return Ok(Some(*thread));
-        }
-        let thread = self.start_thread(chat, root_id, msg).await?;
-        self.caches.lock().unwrap().thread_of_root.insert(root_id, thread);
-        Ok(Some(thread))
     }
 
     async fn start_thread(&self, chat: u64, root: u64, msg: &ChannelMessage) -> Result<u64, ChannelSendError> {
