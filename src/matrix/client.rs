@@ -165,11 +165,12 @@ impl HomeserverClient {
         R::PathBuilder: PathInput,
         for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
     {
-        let http_request = request
-            .try_into_http_request::<Vec<u8>>(&self.base_url, SendAccessToken::Always(token), R::PathBuilder::input())
-            .map_err(|e| HsError::Protocol(format!("cannot build request: {e}")))?;
-        let response = self.execute(http_request, None).await?;
-        R::IncomingResponse::try_from_http_response(response).map_err(classify)
+        let built = request.try_into_http_request::<Vec<u8>>(
+            &self.base_url,
+            SendAccessToken::Always(token),
+            R::PathBuilder::input(),
+        );
+        self.send_built::<R>(built, None).await
     }
 
     async fn call_with_identity<R>(
@@ -184,14 +185,26 @@ impl HomeserverClient {
         R::PathBuilder: PathInput,
         for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
     {
-        let http_request = request
-            .try_into_http_request_with_identity::<Vec<u8>>(
-                &self.base_url,
-                SendAccessToken::Appservice(&self.as_token),
-                identity,
-                R::PathBuilder::input(),
-            )
-            .map_err(|e| HsError::Protocol(format!("cannot build request: {e}")))?;
+        let built = request.try_into_http_request_with_identity::<Vec<u8>>(
+            &self.base_url,
+            SendAccessToken::Appservice(&self.as_token),
+            identity,
+            R::PathBuilder::input(),
+        );
+        self.send_built::<R>(built, limit).await
+    }
+
+    /// Sends a request built from `R` and reads its answer as `R`'s response.
+    async fn send_built<R>(
+        &self,
+        built: Result<http::Request<Vec<u8>>, ruma::api::error::IntoHttpError>,
+        limit: Option<BodyLimit>,
+    ) -> Result<R::IncomingResponse, HsError>
+    where
+        R: OutgoingRequest,
+        R::EndpointError: ToHsError,
+    {
+        let http_request = built.map_err(|e| HsError::Protocol(format!("cannot build request: {e}")))?;
         let response = self.execute(http_request, limit).await?;
         R::IncomingResponse::try_from_http_response(response).map_err(classify)
     }
