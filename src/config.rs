@@ -162,6 +162,10 @@ pub struct RetentionConfig {
     /// next pass).
     #[serde(default = "default_min_days")]
     pub min_days: i64,
+    /// Days the inbox and the outbox keep work that finished (processed events, done
+    /// jobs, dropped dead letters) before the retention job removes it.
+    #[serde(default = "default_finished_work_days")]
+    pub finished_work_days: i64,
 }
 
 impl Default for RetentionConfig {
@@ -174,6 +178,7 @@ impl Default for RetentionConfig {
             interval_secs: default_retention_interval(),
             homeserver_admin_token: None,
             min_days: default_min_days(),
+            finished_work_days: default_finished_work_days(),
         }
     }
 }
@@ -195,6 +200,9 @@ fn default_retention_interval() -> u64 {
 }
 fn default_min_days() -> i64 {
     1
+}
+fn default_finished_work_days() -> i64 {
+    7
 }
 
 /// Per-person limits on the commands that make the service do costly work.
@@ -896,6 +904,9 @@ impl Config {
         if self.retention.min_days < 0 {
             return Err(("retention.min_days", "expected a number of days, 0 or more".into()));
         }
+        if self.retention.finished_work_days < 1 {
+            return Err(("retention.finished_work_days", "expected at least 1 day".into()));
+        }
         for localpart in [&self.bot.localpart, &self.bot.ghost_prefix] {
             if !is_localpart(localpart) {
                 return Err((
@@ -1137,5 +1148,13 @@ pub(crate) mod tests {
         let text = format!("default_agent = \"nobody\"\n{MINIMAL}");
         let (key, _) = Config::parse(&text).unwrap().validate().unwrap_err();
         assert_eq!(key, "default_agent");
+    }
+
+    #[test]
+    fn finished_work_is_kept_at_least_a_day() {
+        assert_eq!(Config::parse(MINIMAL).unwrap().retention.finished_work_days, 7);
+        let text = format!("{MINIMAL}\n[retention]\nfinished_work_days = 0\n");
+        let (key, message) = Config::parse(&text).unwrap().validate().unwrap_err();
+        assert_eq!((key, message.as_str()), ("retention.finished_work_days", "expected at least 1 day"));
     }
 }

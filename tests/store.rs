@@ -5,7 +5,7 @@ use std::process::Command;
 use mosaic_as::protocol::{ChannelMessage, ContentType, SenderType};
 use mosaic_as::secrets;
 use mosaic_as::store::{
-    Store, accounts, agent_rooms, conversations, inbox, messages, outbox, retention, settings, teams,
+    Store, accounts, agent_rooms, conversations, finished_work, inbox, messages, outbox, retention, settings, teams,
 };
 use serde_json::json;
 use sqlx::Connection;
@@ -81,6 +81,7 @@ on_both_backends!(
     agent_rooms_belong_to_an_account,
     grouped_writes_commit_together_and_fail_alone,
     memberships_are_recorded_together_the_last_change_winning,
+    finished_work_is_removed_when_old_and_nothing_else,
 );
 
 async fn a_transaction_is_stored_once_and_survives_reopening(store: Store) {
@@ -424,4 +425,94 @@ async fn agent_rooms_belong_to_an_account(store: Store) {
         Some("!alice:x")
     );
     conn.commit().await.unwrap();
+}
+
+async fn finished_work_is_removed_when_old_and_nothing_else(store: Store) {
+    use mosaic_as::store::{dead_letters, now_ms};
+    const DAY: i64 = 86_400_000;
+    let old = now_ms() - 10 * DAY;
+    let count = |sql: &'static str| {
+        let store = store.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&mut *store.conn().await.unwrap()).await.unwrap();
+            n
+        }
+    };
+    // An old transaction of more events than one batch removes, all processed long ago;
+    // an old one with an event still waiting; a recent one, processed today.
+    let many: Vec<String> = (0..2 * finished_work::BATCH + 7).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
+    let pushed: Vec<inbox::Pushed> = many.iter().map(|e| inbox::Pushed { room_id: "!old:x", event: e }).collect();
+    assert!(inbox::record_transaction(&store, "txn-old", &pushed).await.unwrap());
+    let waiting = [inbox::Pushed { room_id: "!stuck:x", event: r#"{"stuck":1}"# }];
+    assert!(inbox::record_transaction(&store, "txn-old-waiting", &waiting).await.unwrap());
+    let dead = [inbox::Pushed { room_id: "!dead:x", event: r#"{"dead":1}"# }];
+    assert!(inbox::record_transaction(&store, "txn-old-dead", &dead).await.unwrap());
+    let mut tx = store.begin_write().await.unwrap();
+    let pending = inbox::pending(&mut tx, 3 * finished_work::BATCH).await.unwrap();
+    let (finished, left): (Vec<_>, Vec<_>) = pending.iter().partition(|e| e.room_id == "!old:x");
+    let seqs: Vec<i64> = finished.iter().map(|e| e.seq).collect();
+    inbox::mark_processed(&mut tx, &seqs).await.unwrap();
+    let dead_seq = left.iter().find(|e| e.room_id == "!dead:x").unwrap().seq;
+    inbox::mark_dead(&mut tx, dead_seq, "permanent", "refused").await.unwrap();
+    // Jobs: one done long ago, one dropped dead letter long ago, one dead letter still
+    // waiting for an operator, one waiting to run, one done today.
+    for key in ["done-old", "dropped-old", "dead", "waiting", "done-today"] {
+        outbox::enqueue(&mut tx, "chat:matrix:!r", key, "send", "{}").await.unwrap();
+    }
+    let job = |key: &'static str| format!("SELECT seq FROM outbox WHERE dedupe_key = '{key}'");
+    let seq_of = async |tx: &mut sqlx::AnyConnection, key| -> i64 {
+        sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(job(key))).fetch_one(&mut *tx).await.unwrap().0
+    };
+    let (done_old, dropped_old) = (seq_of(&mut tx, "done-old").await, seq_of(&mut tx, "dropped-old").await);
+    let (dead_job, done_today) = (seq_of(&mut tx, "dead").await, seq_of(&mut tx, "done-today").await);
+    outbox::mark_done(&mut tx, done_old).await.unwrap();
+    outbox::mark_dead(&mut tx, dropped_old, "attempts", "500").await.unwrap();
+    let id = dead_letters::DeadLetterId { source: dead_letters::Source::Outbox, seq: dropped_old };
+    assert!(dead_letters::drop(&mut tx, id).await.unwrap());
+    outbox::mark_dead(&mut tx, dead_job, "attempts", "500").await.unwrap();
+    outbox::mark_done(&mut tx, done_today).await.unwrap();
+    // Backdate everything except what finished today.
+    sqlx::query("UPDATE txn_inbox SET received_at = $1").bind(old).execute(&mut *tx).await.unwrap();
+    sqlx::query("UPDATE inbox_events SET processed_at = $1 WHERE processed_at IS NOT NULL")
+        .bind(old)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE inbox_events SET failed_at = $1 WHERE failed_at IS NOT NULL")
+        .bind(old)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE outbox SET done_at = $1, failed_at = $1 WHERE dedupe_key IN ('done-old', 'dropped-old', 'dead')",
+    )
+    .bind(old)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE outbox SET done_at = NULL WHERE dedupe_key = 'dead'").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let pruned = finished_work::prune(&store, now_ms() - DAY).await.unwrap();
+    assert_eq!(
+        pruned,
+        finished_work::Pruned { inbox_events: 2 * finished_work::BATCH as u64 + 7, transactions: 1, jobs: 2 }
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM inbox_events").await, 2, "the waiting event and the dead letter stay");
+    let kept: (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM txn_inbox WHERE txn_id IN ('txn-old-waiting', 'txn-old-dead')")
+            .fetch_one(&mut *store.conn().await.unwrap())
+            .await
+            .unwrap();
+    assert_eq!(kept.0, 2, "a transaction stays while one of its events does");
+    let mut conn = store.conn().await.unwrap();
+    assert_eq!(inbox::pending_count(&mut conn).await.unwrap(), 1);
+    assert_eq!(dead_letters::list(&mut conn).await.unwrap().len(), 2, "dead letters wait for an operator");
+    let jobs: Vec<(String,)> =
+        sqlx::query_as("SELECT dedupe_key FROM outbox ORDER BY seq").fetch_all(&mut *conn).await.unwrap();
+    let jobs: Vec<&str> = jobs.iter().map(|(k,)| k.as_str()).collect();
+    assert_eq!(jobs, ["dead", "waiting", "done-today"]);
+    drop(conn);
+    assert_eq!(finished_work::prune(&store, now_ms() - DAY).await.unwrap(), finished_work::Pruned::default());
+    assert_eq!(count("SELECT COUNT(*) FROM outbox").await, 3, "a second pass removes nothing more");
 }

@@ -14,7 +14,7 @@ use sqlx::AnyConnection;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::store::{self, Store, agent_rooms, conversations, retention, teams};
+use crate::store::{self, Store, agent_rooms, conversations, finished_work, retention, teams};
 
 /// Room types of the seed's retention table.
 pub const TYPES: [&str; 4] = ["personal", "team", "agent", "system"];
@@ -94,6 +94,22 @@ async fn purge_homeserver(http: &reqwest::Client, config: &Config, room_id: &str
     }
 }
 
+/// Removes the inbox's and the outbox's rows of work that finished more than
+/// `retention.finished_work_days` ago.
+pub async fn prune_finished_work(store: &Store, config: &Config) -> store::Result<finished_work::Pruned> {
+    let cutoff = store::now_ms() - config.retention.finished_work_days * 86_400_000;
+    let pruned = finished_work::prune(store, cutoff).await?;
+    if pruned.total() > 0 {
+        tracing::info!(
+            inbox_events = pruned.inbox_events,
+            transactions = pruned.transactions,
+            jobs = pruned.jobs,
+            "finished work removed"
+        );
+    }
+    Ok(pruned)
+}
+
 /// Runs the job every `retention.interval_secs` until shutdown.
 pub async fn run(store: Store, config: Arc<Config>, mut shutdown: watch::Receiver<bool>) {
     let http = reqwest::Client::new();
@@ -101,6 +117,9 @@ pub async fn run(store: Store, config: Arc<Config>, mut shutdown: watch::Receive
     loop {
         if let Err(error) = run_once(&store, &config, &http).await {
             tracing::warn!(%error, "retention pass failed; trying again next time");
+        }
+        if let Err(error) = prune_finished_work(&store, &config).await {
+            tracing::warn!(%error, "removing finished work failed; trying again next time");
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

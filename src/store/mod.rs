@@ -9,6 +9,7 @@ pub mod agent_rooms;
 pub mod bridges;
 pub mod conversations;
 pub mod dead_letters;
+pub mod finished_work;
 pub mod group_commit;
 pub mod inbox;
 pub mod messages;
