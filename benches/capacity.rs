@@ -25,6 +25,13 @@
 //!   CPU per echo does not include);
 //! - the ratios of mosaic-as (SQLite, and PostgreSQL when there is one) to the reference.
 //!
+//! Then a paced phase: `PACED_MESSAGES` messages pushed at `PACED_RATE` per second, one per
+//! transaction, as a homeserver pushes a conversation at a steady rate. It prints the
+//! latency from the start of the push to the fake's receipt of the echo, p50 and p99:
+//! the time spent inside the service plus two loopback requests. Last, the traffic that
+//! needs no answer (below), and the service's resident memory (`VmRSS`) idle after the
+//! warm-up and after that traffic has brought it `TRAFFIC`'s rooms and users.
+//!
 //! mosaic-as runs its real `serve` binary with a config from `init` (the `echo` agent, a
 //! SQLite database in a temporary directory; PostgreSQL from `MOSAIC_BENCH_POSTGRES_URL`
 //! or `scripts/postgres.sh ensure`, a fresh database dropped afterwards). The reference
@@ -68,10 +75,10 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::serve::ListenerExt;
-use homeserver::{ReferenceConfig, SERVER_NAME, bench_dir, cpu_time};
+use homeserver::{ReferenceConfig, SERVER_NAME, bench_dir, cpu_time, rss_bytes};
 use postgres::FreshDatabase;
 use serde_json::{Value, json};
-use support::{Server, event_id, http_client, millis, now_ms};
+use support::{Server, event_id, http_client, millis, now_ms, percentile};
 use tokio::sync::Notify;
 use traffic::{Traffic, push_all, reference_events, wait_for_mosaic_inbox, wait_for_reference};
 
@@ -95,6 +102,11 @@ const TRAFFIC: Traffic = Traffic { rooms: 1_000, members_per_room: 10, messages_
 /// Longest wait for a service to process the traffic.
 const TRAFFIC_BUDGET: Duration = Duration::from_secs(300);
 
+/// Messages per second of the paced phase.
+const PACED_RATE: u32 = 200;
+/// Messages of the paced phase.
+const PACED_MESSAGES: usize = 2_000;
+
 fn main() -> ExitCode {
     support::run_main("capacity", run())
 }
@@ -106,6 +118,22 @@ struct Figures {
     cpu: Duration,
     bench_cpu: Duration,
     processing: Processing,
+    paced: Paced,
+    memory: Memory,
+}
+
+/// Latency of echoes at a steady rate.
+#[derive(Default)]
+struct Paced {
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Resident memory in bytes.
+#[derive(Default)]
+struct Memory {
+    idle: u64,
+    after_traffic: u64,
 }
 
 /// How a service took the traffic that needs no answer.
@@ -186,6 +214,14 @@ async fn run() -> anyhow::Result<()> {
                 figures.processing.events_per_s() / reference.processing.events_per_s(),
                 figures.processing.cpu_per_event_us() / reference.processing.cpu_per_event_us(),
             );
+            println!(
+                "capacity ratio {label} / reference, at {PACED_RATE} echoes/s: latency p50 x{:.2}, p99 x{:.2}; memory \
+                 idle x{:.2}, after the traffic x{:.2}",
+                millis(figures.paced.p50) / millis(reference.paced.p50),
+                millis(figures.paced.p99) / millis(reference.paced.p99),
+                figures.memory.idle as f64 / reference.memory.idle as f64,
+                figures.memory.after_traffic as f64 / reference.memory.after_traffic as f64,
+            );
         }
     }
     Ok(())
@@ -207,9 +243,11 @@ async fn bench_mosaic(mut database: Option<&mut FreshDatabase>, messages: usize)
         server.wait_until_ok(&http_client()?, "/ready").await?;
         fake.push_to(&server.base_url, &server.hs_token);
         let mut figures = measure(label, &fake, server.pid(), database.as_deref_mut(), messages).await?;
+        figures.paced = measure_paced(label, &fake).await?;
         figures.processing = process_traffic(label, &server.base_url, &server.hs_token, server.pid(), Drained::Mosaic)
             .await
             .with_context(|| format!("{label}: traffic that needs no answer"))?;
+        figures.memory.after_traffic = report_memory(label, server.pid(), figures.memory.idle)?;
         anyhow::Ok(figures)
     }
     .await;
@@ -232,10 +270,12 @@ async fn bench_reference(messages: usize) -> anyhow::Result<Figures> {
     fake.push_to(&config.base_url, &config.hs_token);
     let result = async {
         let mut figures = measure("reference", &fake, reference.pid(), None, messages).await?;
+        figures.paced = measure_paced("reference", &fake).await?;
         figures.processing =
             process_traffic("reference", &config.base_url, &config.hs_token, reference.pid(), Drained::Reference)
                 .await
                 .context("reference: traffic that needs no answer")?;
+        figures.memory.after_traffic = report_memory("reference", reference.pid(), figures.memory.idle)?;
         anyhow::Ok(figures)
     }
     .await;
@@ -273,6 +313,7 @@ async fn measure(
     let idle_before = cpu_time(pid)?;
     tokio::time::sleep(IDLE).await;
     let idle = cpu_time(pid)?.saturating_sub(idle_before);
+    let idle_memory = rss_bytes(pid)?;
 
     let batch: Vec<Value> = (0..messages)
         .map(|n| {
@@ -302,7 +343,8 @@ async fn measure(
         println!("({label}: stopped at the {MEASURE_BUDGET:?} time budget with {echoes} of {messages} echoed)");
     }
     let processing = Processing { events: 0, elapsed: Duration::ZERO, cpu: Duration::ZERO };
-    let figures = Figures { echoes, elapsed, cpu, bench_cpu, processing };
+    let memory = Memory { idle: idle_memory, after_traffic: 0 };
+    let figures = Figures { echoes, elapsed, cpu, bench_cpu, processing, paced: Paced::default(), memory };
     println!(
         "capacity {label:<19} {:>8.1} echoes/s  CPU per echo {:>6.3} ms  ({echoes} echoes in {:.2} s, pushed in {} \
          transactions; CPU {:.2} s; the bench with its fake homeserver {:.3} ms per echo{}{}; idle before: \
@@ -326,6 +368,47 @@ async fn measure(
         millis(idle) / IDLE.as_secs_f64(),
     );
     Ok(figures)
+}
+
+/// Pushes [`PACED_MESSAGES`] messages at [`PACED_RATE`] per second over the rooms, one
+/// per transaction, and prints the latency of their echoes.
+async fn measure_paced(label: &str, fake: &FakeHomeserver) -> anyhow::Result<Paced> {
+    let rooms = fake.rooms_with_person();
+    anyhow::ensure!(!rooms.is_empty(), "{label}: no rooms to pace messages in");
+    fake.shared.rooms.lock().expect("rooms").latencies.clear();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / PACED_RATE);
+    for n in 0..PACED_MESSAGES {
+        ticks.tick().await;
+        let (room, person) = &rooms[n % rooms.len()];
+        fake.push_messages(vec![message(room, person, &format!("paced {n}: still there?"))]);
+    }
+    fake.wait_for_echoes(SETUP_TIMEOUT).await.with_context(|| format!("{label}: paced echoes"))?;
+    let mut latencies = std::mem::take(&mut fake.shared.rooms.lock().expect("rooms").latencies);
+    latencies.sort();
+    let paced = Paced { p50: percentile(&latencies, 50.0), p99: percentile(&latencies, 99.0) };
+    println!(
+        "capacity paced {label:<23} p50 {:>6.2} ms  p99 {:>6.2} ms  ({} echoes at {PACED_RATE}/s, from the push of \
+         each message to the fake's receipt of its echo)",
+        millis(paced.p50),
+        millis(paced.p99),
+        latencies.len(),
+    );
+    Ok(paced)
+}
+
+/// Prints the service's resident memory idle and now, and returns it now.
+fn report_memory(label: &str, pid: u32, idle: u64) -> anyhow::Result<u64> {
+    let now = rss_bytes(pid)?;
+    let mb = |bytes: u64| bytes as f64 / 1_048_576.0;
+    println!(
+        "capacity memory {label:<22} idle {:>6.1} MB  after the traffic {:>6.1} MB  (resident; the traffic brought \
+         {} rooms and {} users)",
+        mb(idle),
+        mb(now),
+        TRAFFIC.rooms,
+        TRAFFIC.users(),
+    );
+    Ok(now)
 }
 
 /// How to tell that a service has processed everything pushed to it.
@@ -442,6 +525,10 @@ struct Rooms {
     awaited: HashSet<String>,
     /// Messages echoed, to notice an echo sent twice.
     echoed: HashSet<String>,
+    /// When the push of each awaited message started.
+    pushed_at: HashMap<String, Instant>,
+    /// From push to echo, for each message echoed since they were last taken.
+    latencies: Vec<Duration>,
     joins: usize,
     doubles: usize,
     transactions: usize,
@@ -597,6 +684,15 @@ impl FakeHomeserver {
         }
     }
 
+    /// Each room that has a person in it, with that person.
+    fn rooms_with_person(&self) -> Vec<(String, String)> {
+        let rooms = self.shared.rooms.lock().expect("rooms");
+        let mut all: Vec<(String, String)> =
+            rooms.members.iter().filter_map(|(room, people)| Some((room.clone(), people.first()?.clone()))).collect();
+        all.sort();
+        all
+    }
+
     fn counts(&self) -> Counts {
         let rooms = self.shared.rooms.lock().expect("rooms");
         Counts { awaited: rooms.awaited.len(), doubles: rooms.doubles, transactions: rooms.transactions }
@@ -625,7 +721,14 @@ async fn push_loop(shared: Arc<Shared>) {
         let events: Vec<Value> = {
             let mut rooms = shared.rooms.lock().expect("rooms");
             let take = rooms.queue.len().min(EVENTS_PER_TXN);
-            rooms.queue.drain(..take).collect()
+            let events: Vec<Value> = rooms.queue.drain(..take).collect();
+            let now = Instant::now();
+            for event in &events {
+                if let Some(id) = event["event_id"].as_str().filter(|id| rooms.awaited.contains(*id)) {
+                    rooms.pushed_at.entry(id.to_string()).or_insert(now);
+                }
+            }
+            events
         };
         if events.is_empty() {
             queued.await;
@@ -801,6 +904,9 @@ async fn hs_send(
         let mut rooms = shared.rooms.lock().expect("rooms");
         if rooms.awaited.remove(target) {
             rooms.echoed.insert(target.to_string());
+            if let Some(pushed) = rooms.pushed_at.remove(target) {
+                rooms.latencies.push(pushed.elapsed());
+            }
             if rooms.awaited.is_empty() {
                 shared.progress.notify_waiters();
             }

@@ -57,7 +57,7 @@ echo "load after: $(uptime)" | tee -a "$RESULTS"
 
 echo
 echo "== Summary (every figure line, all runs; full output in $RESULTS)"
-grep -E '^== |^load |p50|events/s|echoes/s|replies/s|per echo|^memory |resident memory' "$RESULTS" || true
+grep -E '^== |^load |p50|events/s|echoes/s|replies/s|per echo|^memory |^capacity memory|resident memory' "$RESULTS" || true
 echo
 echo "== Ratios of mosaic-as to the mautrix-python reference (all runs)"
 grep -E 'ratio|vs one-way floor' "$RESULTS" || true

@@ -240,7 +240,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// Nearest-rank percentile of sorted samples.
-// The capacity bench reports rates, not latencies.
+// Not every bench that includes this module reports latencies.
 #[allow(dead_code)]
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
