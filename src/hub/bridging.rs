@@ -234,8 +234,9 @@ impl Hub {
         if let Some(refusal) = self.refuse_unless_admin(conn, msg).await? {
             return Ok(refusal.into());
         }
-        // A surface of this build is set up when its adapter was registered at start.
-        let configured = self.surfaces.as_ref().is_some_and(|registry| registry.get(surface).is_some());
+        // A surface of this build is set up when its adapter was registered at start. A
+        // hub given no surfaces at all cannot ask one, and says that instead (below).
+        let configured = self.surfaces.as_ref().is_none_or(|registry| registry.get(surface).is_some());
         if !configured {
             let var = format!("MOSAIC_AS_{}_TOKEN", surface.to_uppercase());
             return Ok(format!(
