@@ -263,6 +263,9 @@ mod tests {
         assert_eq!(p.unlinked_level("discord"), Level::User);
         assert_eq!(p.unlinked_level("telegram"), Level::None);
         assert_eq!(p.unlinked_level("slack"), Level::Relay, "a surface without a section is relayed");
+        let typo = Config::parse(&format!("{BASE}\n[permissions.dicsord]\nunlinked = \"user\"\n"));
+        let typo = typo.unwrap().validate().unwrap_err();
+        assert!(typo.1.contains("[permissions.dicsord] names no surface (discord, telegram)"), "{typo:?}");
         assert_eq!(p.matrix_level("@a:example.org"), Level::None, "surface sections are no levels");
         let bad = Config::parse(&format!("{BASE}\n[permissions.telegram]\nunlinked = \"root\"\n")).unwrap_err();
         assert!(bad.1.contains("root"), "{bad:?}");
