@@ -106,6 +106,12 @@ pub enum ChatKind {
     Private,
 }
 
+impl ChatKind {
+    pub fn is_group(&self) -> bool {
+        *self == Self::Group
+    }
+}
+
 /// A file or image carried by a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -4,8 +4,6 @@
 //! The model is mautrix bridgev2's optional capability interfaces: a surface declares
 //! what it can show, and the hub never sends it what it cannot (a reaction, a deletion).
 
-use super::ChatKind;
-
 /// The description a surface gives of itself ([`super::ChannelAdapter::surface`]).
 /// Built with `const fn`s, so each surface's folder holds it as a constant
 /// (`discord::SURFACE`) that the list of surfaces (`crate::surfaces`) names.
@@ -89,12 +87,6 @@ impl Surfaces {
     /// The surfaces whose chats can be bridged.
     pub fn bridgeable(&self) -> impl Iterator<Item = &SurfaceInfo> {
         self.0.iter().filter(|surface| surface.bridgeable)
-    }
-}
-
-impl ChatKind {
-    pub fn is_group(&self) -> bool {
-        *self == Self::Group
     }
 }
 
