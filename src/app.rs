@@ -10,8 +10,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::agents::{Agents, TurnControl};
-use crate::config::{Config, TelegramMode};
-use crate::discord::DiscordAdapter;
+use crate::config::Config;
 use crate::error_ref::ErrorRef;
 use crate::hub::bridging::{OpenBridgeJob, SurfaceAdapter};
 use crate::hub::jobs::Job;
@@ -21,7 +20,6 @@ use crate::matrix::{self, MatrixAdapter, server};
 use crate::protocol::{BridgeError, ChannelAdapter, ChannelRegistry, ChannelSendError};
 use crate::queue::{self, DeadReason, JobHandler, JobOutcome, Queues, Wakers};
 use crate::store::{Store, outbox};
-use crate::telegram::TelegramAdapter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -85,6 +83,17 @@ impl JobHandler for Dispatcher {
     }
 }
 
+/// The handler of the surfaces' queues: sends to the surfaces of `registry`, bridge
+/// set-up, and room work carried out by `rooms`.
+pub fn surface_dispatcher(
+    config: &Config,
+    registry: Arc<ChannelRegistry>,
+    rooms: Arc<dyn HomeRooms>,
+    store: Store,
+) -> Arc<dyn JobHandler> {
+    Arc::new(Dispatcher { secret_key: config.appservice.as_token.clone(), registry, rooms, store })
+}
+
 impl Dispatcher {
     async fn send(&self, row: &outbox::Job, send: &SendJob) -> JobOutcome {
         let Some(adapter) = self.registry.get(&send.channel) else {
@@ -145,8 +154,9 @@ impl Dispatcher {
     }
 }
 
-/// The bridges the config asks for: their adapters (files they receive go to the
-/// homeserver's media repository) and the routes they serve (Telegram's webhook).
+/// The surfaces of this build the config sets up ([`crate::surfaces::BUILT_IN`]):
+/// their adapters (files they receive go to the homeserver's media repository) and the
+/// routes they serve (Telegram's webhook).
 fn bridge_adapters(
     config: &Config,
     store: &Store,
@@ -155,20 +165,29 @@ fn bridge_adapters(
     let media: Arc<dyn crate::protocol::MediaRepository> = matrix.clone();
     let mut adapters: Vec<Arc<dyn ChannelAdapter>> = Vec::new();
     let mut routes = axum::Router::new();
-    if let Some(telegram) = &config.telegram {
-        let adapter = TelegramAdapter::new(telegram, store.clone(), media.clone())
-            .map_err(|e| ServeError::Bridge(format!("telegram: {e}")))?;
-        if telegram.mode == TelegramMode::Webhook {
-            routes = routes.merge(adapter.webhook_router());
+    for surface in &crate::surfaces::BUILT_IN {
+        let Some(start) = surface.start else { continue };
+        let started =
+            start(config, store, &media).map_err(|e| ServeError::Bridge(format!("{}: {e}", surface.info.name)))?;
+        if let Some(started) = started {
+            routes = started.routes.into_iter().fold(routes, axum::Router::merge);
+            adapters.push(started.adapter);
         }
-        adapters.push(Arc::new(adapter));
-    }
-    if let Some(discord) = &config.discord {
-        let adapter = DiscordAdapter::new(discord, store.clone(), media.clone())
-            .map_err(|e| ServeError::Bridge(format!("discord: {e}")))?;
-        adapters.push(Arc::new(adapter));
     }
     Ok((adapters, routes))
+}
+
+/// Makes `adapter` a surface of the running service: what it receives goes to the hub,
+/// and what the hub sends it is first put into its terms ([`SurfaceAdapter`]).
+pub fn register_surface(
+    registry: &ChannelRegistry,
+    hub: &Arc<Hub>,
+    adapter: Arc<dyn ChannelAdapter>,
+    store: &Store,
+    config: &Arc<Config>,
+) {
+    adapter.on_message(hub.handler_for(adapter.name()));
+    registry.register(SurfaceAdapter::wrap(adapter, store.clone(), config.clone()));
 }
 
 /// Runs the service until Ctrl-C or SIGTERM.
@@ -214,19 +233,13 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
     let (bridges, bridge_routes) = bridge_adapters(&config, &store, &matrix)?;
     surfaces.extend(bridges);
     for adapter in surfaces {
-        adapter.on_message(hub.handler_for(adapter.name()));
-        registry.register(SurfaceAdapter::wrap(adapter, store.clone(), config.clone()));
+        register_surface(&registry, &hub, adapter, &store, &config);
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let inbox_wake = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
-    let dispatcher: Arc<dyn JobHandler> = Arc::new(Dispatcher {
-        secret_key: config.appservice.as_token.clone(),
-        registry: registry.clone(),
-        rooms: matrix.clone(),
-        store: store.clone(),
-    });
+    let dispatcher = surface_dispatcher(&config, registry.clone(), matrix.clone(), store.clone());
     let limits = queue::RetryLimits::from(&config.delivery);
     for (queues, handler) in [(Queues::Surfaces, dispatcher), (Queues::Agents, agents as Arc<dyn JobHandler>)] {
         tasks.spawn(queue::run_scheduler(store.clone(), queues, handler, limits, wakers.clone(), shutdown_rx.clone()));

@@ -28,10 +28,6 @@ const ENV_OVERRIDES: &[(&str, &str, Setter)] = &[
     ("MOSAIC_AS_HOMESERVER_ADMIN_TOKEN", "retention.homeserver_admin_token", |c, v| {
         c.retention.homeserver_admin_token = Some(v)
     }),
-    ("MOSAIC_AS_TELEGRAM_TOKEN", "telegram.token", |c, v| {
-        c.telegram.get_or_insert_with(Default::default).token = Some(v)
-    }),
-    ("MOSAIC_AS_DISCORD_TOKEN", "discord.token", |c, v| c.discord.get_or_insert_with(Default::default).token = Some(v)),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -764,7 +760,9 @@ impl Config {
     }
 
     pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
-        for (name, _key, set) in ENV_OVERRIDES {
+        // The surfaces' bot tokens (`MOSAIC_AS_DISCORD_TOKEN`) are overridden the same way.
+        let tokens = crate::surfaces::tokens().map(|token| (token.env, token.set));
+        for (name, set) in ENV_OVERRIDES.iter().map(|(name, _key, set)| (*name, *set)).chain(tokens) {
             if let Some(value) = lookup(name).filter(|v| !v.is_empty()) {
                 set(self, value);
             }
@@ -933,6 +931,13 @@ impl Config {
                 "permissions",
                 format!("{key:?} is not \"*\", a server name like example.org or a user id like @alice:example.org"),
             ));
+        }
+        let surfaces = crate::surfaces::built_in();
+        if let Some(section) = &self.permissions
+            && let Some(key) = section.surfaces.keys().find(|key| !surfaces.bridgeable().any(|s| s.name == *key))
+        {
+            let names: Vec<&str> = surfaces.bridgeable().map(|s| s.name).collect();
+            return Err(("permissions", format!("[permissions.{key}] names no surface ({})", names.join(", "))));
         }
         for agent in &self.agents {
             if let Some(entry) = agent.allowed.iter().flatten().find(|entry| !is_permission_key(entry)) {

@@ -23,4 +23,5 @@ pub mod protocol;
 pub mod queue;
 pub mod secrets;
 pub mod store;
+pub mod surfaces;
 pub mod telegram;

@@ -16,8 +16,16 @@ pub struct Namespace {
     pub alias_prefix: String,
 }
 
-/// Ghost kinds; each is `<ghost_prefix><kind>_<id>`.
-pub const GHOST_KINDS: [&str; 3] = ["agent", "discord", "telegram"];
+/// The ghosts of agents are `<ghost_prefix>agent_<id>`; those of people of a surface
+/// that can be bridged, `<ghost_prefix><surface>_<id>`.
+pub const AGENT_GHOST_KIND: &str = "agent";
+
+/// Every ghost kind: agents, and the people of each surface of this build that can be
+/// bridged (the registration covers them whether or not the config sets them up).
+pub fn ghost_kinds() -> Vec<&'static str> {
+    let surfaces = crate::surfaces::built_in();
+    std::iter::once(AGENT_GHOST_KIND).chain(surfaces.bridgeable().map(|surface| surface.name)).collect()
+}
 
 impl Namespace {
     pub fn from_config(config: &Config) -> Self {
@@ -78,7 +86,7 @@ impl Namespace {
     pub fn user_regex(&self) -> String {
         let server = escape(&self.server_name);
         let ghosts: Vec<String> =
-            GHOST_KINDS.iter().map(|kind| format!("{}{}_.+", escape(&self.ghost_prefix), kind)).collect();
+            ghost_kinds().iter().map(|kind| format!("{}{}_.+", escape(&self.ghost_prefix), kind)).collect();
         format!("^@({}|{}):{}$", escape(&self.bot_localpart), ghosts.join("|"), server)
     }
 

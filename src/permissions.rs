@@ -2,8 +2,9 @@
 //! mautrix bridges know. Keys are `"*"`, a server name or a full Matrix user id; the most
 //! specific key that matches a person gives their [`Level`].
 //!
-//! People on Discord and Telegram take the level of their linked account's Matrix
-//! identity; people who have not linked one get the surface's `unlinked` level.
+//! People on other surfaces (Discord, Telegram) take the level of their linked account's
+//! Matrix identity; people who have not linked one get the surface's `unlinked` level
+//! (`[permissions.<surface>]`, relayed by default).
 
 use std::collections::BTreeMap;
 
@@ -37,7 +38,7 @@ impl Level {
     }
 }
 
-/// `[permissions.discord]`, `[permissions.telegram]`.
+/// `[permissions.<surface>]`: `[permissions.discord]`, `[permissions.telegram]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SurfacePermissions {
@@ -59,14 +60,77 @@ fn default_unlinked() -> Level {
 
 /// The `[permissions]` section as written.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "BTreeMap<String, PermissionEntry>", into = "BTreeMap<String, PermissionEntry>")]
 pub struct PermissionsConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub discord: Option<SurfacePermissions>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub telegram: Option<SurfacePermissions>,
     /// `"*"`, a server name or a user id → level.
-    #[serde(flatten)]
     pub levels: BTreeMap<String, Level>,
+    /// A surface's name → its section (`[permissions.discord]`).
+    pub surfaces: BTreeMap<String, SurfacePermissions>,
+}
+
+/// One key of `[permissions]`: a level, or a surface's own section. Keys of both kinds
+/// share the table, so that the section reads as operators of mautrix bridges know it.
+#[derive(Debug, Clone)]
+pub enum PermissionEntry {
+    Level(Level),
+    Surface(SurfacePermissions),
+}
+
+impl From<BTreeMap<String, PermissionEntry>> for PermissionsConfig {
+    fn from(entries: BTreeMap<String, PermissionEntry>) -> Self {
+        let mut section = Self::default();
+        for (key, entry) in entries {
+            match entry {
+                PermissionEntry::Level(level) => {
+                    section.levels.insert(key, level);
+                }
+                PermissionEntry::Surface(surface) => {
+                    section.surfaces.insert(key, surface);
+                }
+            }
+        }
+        section
+    }
+}
+
+impl From<PermissionsConfig> for BTreeMap<String, PermissionEntry> {
+    fn from(section: PermissionsConfig) -> Self {
+        let levels = section.levels.into_iter().map(|(key, level)| (key, PermissionEntry::Level(level)));
+        let surfaces = section.surfaces.into_iter().map(|(key, surface)| (key, PermissionEntry::Surface(surface)));
+        levels.chain(surfaces).collect()
+    }
+}
+
+impl Serialize for PermissionEntry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Level(level) => level.serialize(serializer),
+            Self::Surface(surface) => surface.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PermissionEntry {
+    /// A string is a level, a table a surface's section; each read by its own type, so
+    /// that a mistake is named as precisely as before (`unknown variant "root"`).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = PermissionEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a level (\"none\", \"relay\", \"user\", \"admin\") or a surface's section")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                let level = Level::deserialize(serde::de::value::StrDeserializer::<E>::new(value))?;
+                Ok(PermissionEntry::Level(level))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let surface = SurfacePermissions::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(PermissionEntry::Surface(surface))
+            }
+        }
+        deserializer.deserialize_any(Entry)
+    }
 }
 
 /// Whether `key` (`"*"`, a server name or a user id) names `user_id`, and how
@@ -97,8 +161,9 @@ pub fn listed(entries: &[String], user_id: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Permissions {
     levels: BTreeMap<String, Level>,
-    discord_unlinked: Level,
-    telegram_unlinked: Level,
+    /// A surface's name → the level of its people without a linked account, where the
+    /// section says one.
+    unlinked: BTreeMap<String, Level>,
 }
 
 impl Permissions {
@@ -111,13 +176,9 @@ impl Permissions {
         for admin in &config.admin.matrix_users {
             levels.entry(admin.clone()).or_insert(Level::Admin);
         }
-        let unlinked = |surface: Option<&SurfacePermissions>| surface.map_or_else(default_unlinked, |s| s.unlinked);
-        let section = config.permissions.as_ref();
-        Self {
-            levels,
-            discord_unlinked: unlinked(section.and_then(|s| s.discord.as_ref())),
-            telegram_unlinked: unlinked(section.and_then(|s| s.telegram.as_ref())),
-        }
+        let surfaces = config.permissions.iter().flat_map(|section| &section.surfaces);
+        let unlinked = surfaces.map(|(surface, section)| (surface.clone(), section.unlinked)).collect();
+        Self { levels, unlinked }
     }
 
     /// The level of a Matrix user: the most specific matching key; nobody matched is
@@ -130,12 +191,12 @@ impl Permissions {
             .map_or(Level::None, |(_, level)| level)
     }
 
-    /// The level of people on `channel` (`discord`, `telegram`) without a linked account.
+    /// The level of people on `channel` (`discord`, `telegram`, any surface but Matrix)
+    /// without a linked account.
     pub fn unlinked_level(&self, channel: &str) -> Level {
         match channel {
-            crate::discord::CHANNEL => self.discord_unlinked,
-            crate::telegram::CHANNEL => self.telegram_unlinked,
-            _ => Level::None,
+            crate::protocol::MATRIX => Level::None,
+            _ => self.unlinked.get(channel).copied().unwrap_or_else(default_unlinked),
         }
     }
 }
@@ -201,6 +262,13 @@ mod tests {
         );
         assert_eq!(p.unlinked_level("discord"), Level::User);
         assert_eq!(p.unlinked_level("telegram"), Level::None);
+        assert_eq!(p.unlinked_level("slack"), Level::Relay, "a surface without a section is relayed");
+        let typo = Config::parse(&format!("{BASE}\n[permissions.dicsord]\nunlinked = \"user\"\n"));
+        let typo = typo.unwrap().validate().unwrap_err();
+        assert!(typo.1.contains("[permissions.dicsord] names no surface (discord, telegram)"), "{typo:?}");
+        assert_eq!(p.matrix_level("@a:example.org"), Level::None, "surface sections are no levels");
+        let bad = Config::parse(&format!("{BASE}\n[permissions.telegram]\nunlinked = \"root\"\n")).unwrap_err();
+        assert!(bad.1.contains("root"), "{bad:?}");
         let bad = Config::parse(&format!("{BASE}\n[permissions]\n\"*\" = \"root\"\n")).unwrap_err();
         assert!(bad.1.contains("none") || bad.1.contains("variant"), "{bad:?}");
     }

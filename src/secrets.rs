@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::config::{Config, DiscordConfig, TelegramConfig};
+use crate::config::Config;
 use crate::store::{Store, StoreError, sealed};
 
 pub mod command;
@@ -107,7 +107,7 @@ pub enum SecretError {
     WrongKey { name: String, sealed_with: String, available: String },
     #[error("sealed value {name:?} failed authentication: it was altered, or it was sealed for another name")]
     Tampered { name: String },
-    #[error("{0:?} is not a secret name mosaic-as uses: expected telegram.token, discord.token or agent.<id>.api_key")]
+    #[error("{0:?} is not a secret name mosaic-as uses: expected {tokens} or agent.<id>.api_key", tokens = crate::surfaces::token_names())]
     UnknownName(String),
     #[error("sealed value {name:?} is not UTF-8 text")]
     NotText { name: String },
@@ -276,14 +276,11 @@ pub fn open(
         .map_err(|_| SecretError::Tampered { name: name() })
 }
 
-/// The names of the secrets mosaic-as reads from the database.
-pub const TELEGRAM_TOKEN: &str = "telegram.token";
-pub const DISCORD_TOKEN: &str = "discord.token";
-
-/// Checks a secret name: `telegram.token`, `discord.token` or `agent.<id>.api_key` with an
-/// agent id (lowercase a-z, 0-9, `._=-/`).
+/// Checks a secret name: a surface's bot token (`telegram.token`, `discord.token`, see
+/// [`crate::surfaces::BotToken`]) or `agent.<id>.api_key` with an agent id (lowercase
+/// a-z, 0-9, `._=-/`).
 pub fn check_secret_name(name: &str) -> Result<(), SecretError> {
-    if name == TELEGRAM_TOKEN || name == DISCORD_TOKEN || agent_of_key_name(name).is_some() {
+    if crate::surfaces::token_named(name).is_some() || agent_of_key_name(name).is_some() {
         Ok(())
     } else {
         Err(SecretError::UnknownName(name.chars().take(80).collect()))
@@ -391,9 +388,9 @@ pub struct SealedSecrets {
     pub agent_keys: BTreeMap<String, SecretString>,
 }
 
-/// Fills `telegram.token` and `discord.token` from sealed secrets where neither the config
-/// file nor the environment gave one (creating the `[telegram]` / `[discord]` section with
-/// its defaults when only the sealed token exists), and opens the API keys of configured
+/// Fills the surfaces' bot tokens (`telegram.token`, `discord.token`) from sealed secrets
+/// where neither the config file nor the environment gave one (creating the surface's
+/// section with its defaults when only the sealed token exists), and opens the API keys of configured
 /// agents. The key comes from `MOSAIC_AS_SECRET_KEY` (and `…_OLD`); it is needed only when
 /// a sealed secret is actually used.
 pub async fn load_sealed_into_config(store: &Store, config: &mut Config) -> Result<SealedSecrets, SecretError> {
@@ -410,11 +407,9 @@ pub async fn load_sealed_into_config_with(
         let mut conn = store.conn().await?;
         sealed::list(&mut conn).await?
     };
-    let has_token = |token: Option<&String>| token.is_some_and(|t| !t.is_empty());
-    let wanted = |name: &str| match name {
-        TELEGRAM_TOKEN => !has_token(config.telegram.as_ref().and_then(|t| t.token.as_ref())),
-        DISCORD_TOKEN => !has_token(config.discord.as_ref().and_then(|d| d.token.as_ref())),
-        other => agent_of_key_name(other).is_some_and(|id| config.agent(id).is_some()),
+    let wanted = |name: &str| match crate::surfaces::token_named(name) {
+        Some(token) => (token.get)(config).is_none_or(str::is_empty),
+        None => agent_of_key_name(name).is_some_and(|id| config.agent(id).is_some()),
     };
     let used: Vec<_> = rows.into_iter().filter(|row| wanted(&row.name)).collect();
     let mut loaded = SealedSecrets::default();
@@ -424,20 +419,11 @@ pub async fn load_sealed_into_config_with(
     let keys = Keyring::from_lookup(lookup)?;
     for row in used {
         let value = open_text(&keys, &row.sealed, &row.name)?;
-        match row.name.as_str() {
-            TELEGRAM_TOKEN => {
-                config.telegram.get_or_insert_with(TelegramConfig::default).token = Some(value.expose().to_string());
-                loaded.filled.push(TELEGRAM_TOKEN);
-            }
-            DISCORD_TOKEN => {
-                config.discord.get_or_insert_with(DiscordConfig::default).token = Some(value.expose().to_string());
-                loaded.filled.push(DISCORD_TOKEN);
-            }
-            name => {
-                if let Some(id) = agent_of_key_name(name) {
-                    loaded.agent_keys.insert(id.to_string(), value);
-                }
-            }
+        if let Some(token) = crate::surfaces::token_named(&row.name) {
+            (token.set)(config, value.expose().to_string());
+            loaded.filled.push(token.key);
+        } else if let Some(id) = agent_of_key_name(&row.name) {
+            loaded.agent_keys.insert(id.to_string(), value);
         }
     }
     Ok(loaded)

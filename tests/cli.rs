@@ -81,8 +81,8 @@ fn init_writes_who_may_use_the_service() {
     assert_eq!(level("*"), Some("none"), "{text}");
     assert_eq!(level("example.org"), Some("user"), "{text}");
     assert_eq!(level("@you:example.org"), Some("admin"), "{text}");
-    assert_eq!(section.discord.map(|d| d.unlinked.as_str()), Some("relay"));
-    assert_eq!(section.telegram.map(|t| t.unlinked.as_str()), Some("relay"));
+    assert_eq!(section.surfaces.get("discord").map(|d| d.unlinked.as_str()), Some("relay"));
+    assert_eq!(section.surfaces.get("telegram").map(|t| t.unlinked.as_str()), Some("relay"));
     let (ok, _, _) = mosaic(&["--config", path.to_str().unwrap(), "registration"]);
     assert!(ok, "the written config loads");
 

@@ -13,7 +13,7 @@ use mosaic_as::config::DiscordConfig;
 use mosaic_as::discord::{self, DiscordAdapter};
 use mosaic_as::protocol::{
     AdapterHealth, BridgeError, ChannelAdapter, ChannelAttachment, ChannelEvent, ChannelMessage, ChannelSendError,
-    ContentType, HandlerError, InboundHandler, MediaRepository, SenderType, metadata_keys as keys,
+    ChatKind, ContentType, HandlerError, InboundHandler, MediaRepository, SenderType, metadata_keys as keys,
 };
 use mosaic_as::store::{Store, bridges, conversations, messages};
 use serde_json::json;
@@ -159,6 +159,7 @@ async fn a_message_reaches_the_hub_with_sender_and_metadata() {
     assert_eq!(msg.meta_str(keys::SENDER_NAME), Some("Ally"), "the server nickname wins");
     assert_eq!(msg.meta_str("guildId"), Some(GUILD.to_string().as_str()));
     assert_eq!(msg.metadata["channelType"], json!(0));
+    assert_eq!(msg.chat, ChatKind::Group);
     assert_eq!(msg.metadata["mentions"], json!([BOB.to_string()]));
     let avatar = msg.meta_str(keys::SENDER_AVATAR_URL).expect("avatar uploaded").to_string();
     assert!(avatar.starts_with("mxc://"));

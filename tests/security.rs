@@ -10,7 +10,7 @@ use mosaic_as::agents::TurnControl;
 use mosaic_as::config::Config;
 use mosaic_as::hub::Hub;
 use mosaic_as::hub::power::{ROOM_POWER, RoomChange};
-use mosaic_as::protocol::{ChannelEvent, ChannelMessage, ContentType, SenderType};
+use mosaic_as::protocol::{ChannelEvent, ChannelMessage, ChatKind, ContentType, SenderType};
 use mosaic_as::queue::Wakers;
 use mosaic_as::store::{Store, accounts, agent_rooms, bridges, conversations, messages, retention, settings};
 
@@ -440,6 +440,10 @@ async fn chats_that_are_not_bridged_are_read_for_commands_only() {
     let in_chat = |chat: &str, chat_type: &str, text: &str| {
         let mut msg = ChannelMessage::new(chat, "4242", SenderType::User, text, ContentType::Text);
         msg.metadata.insert("chatType".into(), chat_type.into());
+        // The surface says which chats are private; the hub reads only that.
+        if chat_type == "private" {
+            msg.chat = ChatKind::Private;
+        }
         msg
     };
     // A group the bot was added to but nobody bridged: its talk is none of our business.

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use mosaic_as::config::{TelegramConfig, TelegramMode};
 use mosaic_as::protocol::{
     AdapterHealth, BridgeError, ChannelAdapter, ChannelAttachment, ChannelEvent, ChannelMessage, ChannelSendError,
-    ContentType, HandlerError, InboundHandler, MediaRepository, SenderType, metadata_keys as keys,
+    ChatKind, ContentType, HandlerError, InboundHandler, MediaRepository, SenderType, metadata_keys as keys,
 };
 use mosaic_as::store::{Store, bridges, conversations, messages};
 use mosaic_as::telegram::{CHANNEL, TelegramAdapter};
@@ -158,6 +158,7 @@ async fn a_group_message_reaches_the_hub_with_sender_and_ids() {
     assert_eq!(msg.meta_str(keys::SENDER_NAME), Some("Ada Lovelace"));
     assert_eq!(msg.meta_str("fromUsername"), Some("ada"));
     assert_eq!(msg.meta_str("chatType"), Some("group"));
+    assert_eq!(msg.chat, ChatKind::Group);
     assert_eq!(msg.channel_message_id(), Some(id.to_string().as_str()));
     assert_eq!(msg.meta_str(keys::DEDUPE_KEY), Some(format!("{GROUP}:{id}").as_str()));
     assert!(msg.thread_id.is_none() && msg.reply_to_id.is_none() && msg.attachments.is_empty());
@@ -612,7 +613,7 @@ async fn refusals_are_terminal_and_name_no_token() {
 async fn private_answers_go_to_the_user() {
     let h = harness().await;
     h.fake.push_message(Incoming::text(1001, &ada(), "/link"));
-    h.inbox.wait_for(1).await;
+    assert_eq!(h.inbox.wait_for(1).await[0].chat, ChatKind::Private, "the hub is told the chat is private");
     let mut token =
         ChannelMessage::new(GROUP.to_string(), "mosaic", SenderType::System, "Your token: ab-12.", ContentType::Text);
     token.metadata.insert(keys::PRIVATE_TO.into(), json!("1001"));

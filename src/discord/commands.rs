@@ -105,6 +105,7 @@ impl Inner {
             msg.metadata.insert("guildId".into(), json!(guild.to_string()));
         }
         msg.metadata.insert("channelType".into(), json!(place.info.kind));
+        msg.chat = place.info.chat_kind();
         msg.metadata.insert(keys::DEDUPE_KEY.into(), json!(format!("interaction:{}", command.id)));
         msg.metadata.insert(INTERACTION_ID.into(), json!(command.id.to_string()));
         msg.metadata.insert(INTERACTION_TOKEN.into(), json!(command.token));

@@ -125,6 +125,7 @@ impl Inner {
         let mut msg =
             ChannelMessage::new(place.chat.to_string(), "", SenderType::User, "", ContentType::Text).with_event(event);
         msg.metadata.insert("channelType".into(), json!(place.info.kind));
+        msg.chat = place.info.chat_kind();
         Ok(Some(msg))
     }
 
@@ -159,6 +160,7 @@ impl Inner {
             msg.metadata.insert("guildId".into(), json!(guild.to_string()));
         }
         msg.metadata.insert("channelType".into(), json!(place.info.kind));
+        msg.chat = place.info.chat_kind();
         msg.metadata.insert("reactedMessageId".into(), json!(reaction.message_id.to_string()));
         Ok(Some(msg))
     }
@@ -241,6 +243,7 @@ impl Inner {
             msg.metadata.insert("guildId".into(), json!(guild.to_string()));
         }
         msg.metadata.insert("channelType".into(), json!(place.info.kind));
+        msg.chat = place.info.chat_kind();
     }
 
     /// The avatar on Discord's CDN, uploaded to the media repository once per avatar.

@@ -25,12 +25,35 @@ use uuid::Uuid;
 use crate::config::DiscordConfig;
 use crate::protocol::{
     AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelMessage, ChannelSendError,
-    InboundHandler, MediaRepository, OutboundReaction,
+    InboundHandler, MediaRepository, OutboundReaction, SurfaceInfo,
 };
 use crate::store::{Store, accounts};
 use rest::{Rest, RestError};
 
 pub const CHANNEL: &str = "discord";
+
+/// Starts Discord from its `[discord]` section ([`crate::surfaces::Start`]).
+pub fn start(
+    config: &crate::config::Config,
+    store: &Store,
+    media: &Arc<dyn MediaRepository>,
+) -> Result<Option<crate::surfaces::Started>, String> {
+    let Some(section) = &config.discord else { return Ok(None) };
+    let adapter = DiscordAdapter::new(section, store.clone(), media.clone()).map_err(|e| e.to_string())?;
+    Ok(Some(crate::surfaces::Started { adapter: Arc::new(adapter), routes: None }))
+}
+
+/// The bot token of the Discord application: `[discord] token`.
+pub const TOKEN: crate::surfaces::BotToken = crate::surfaces::BotToken {
+    key: "discord.token",
+    env: "MOSAIC_AS_DISCORD_TOKEN",
+    get: |config| config.discord.as_ref()?.token.as_deref(),
+    set: |config, token| config.discord.get_or_insert_with(Default::default).token = Some(token),
+};
+
+/// What Discord is to the hub: channels can be bridged, and bridged messages can be
+/// reacted to and deleted.
+pub const SURFACE: SurfaceInfo = SurfaceInfo::new(CHANNEL).bridgeable("channel").with_reactions().with_deletions();
 
 /// How often the bot's typing is renewed while an agent works.
 const TYPING_RENEWAL: std::time::Duration = std::time::Duration::from_secs(8);
@@ -84,6 +107,14 @@ struct ChannelInfo {
 impl ChannelInfo {
     fn is_thread(&self) -> bool {
         matches!(self.kind, 10..=12)
+    }
+
+    /// A DM (channel type 1) is a person's one-to-one chat with the bot.
+    fn chat_kind(&self) -> crate::protocol::ChatKind {
+        match self.kind {
+            1 => crate::protocol::ChatKind::Private,
+            _ => crate::protocol::ChatKind::Group,
+        }
     }
 }
 
@@ -201,6 +232,10 @@ impl ChannelAdapter for DiscordAdapter {
         CHANNEL
     }
 
+    fn surface(&self) -> SurfaceInfo {
+        SURFACE
+    }
+
     async fn connect(&self) -> Result<(), ChannelConnectError> {
         gateway::connect(&self.inner).await
     }
@@ -260,10 +295,6 @@ impl ChannelAdapter for DiscordAdapter {
     /// Discord's typing lasts about ten seconds.
     fn typing_renewal(&self) -> Option<std::time::Duration> {
         Some(TYPING_RENEWAL)
-    }
-
-    fn supports_reactions(&self) -> bool {
-        true
     }
 
     /// The bot reacts for people elsewhere (webhooks cannot react).

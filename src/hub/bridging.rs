@@ -1,5 +1,6 @@
-//! Bridged chats: a conversation has one Matrix room plus any number of Discord channels
-//! and Telegram chats, and what is written on one surface is posted to all the others.
+//! Bridged chats: a conversation has one Matrix room plus any number of chats of the
+//! surfaces that can be bridged (Discord channels, Telegram chats), and what is written
+//! on one surface is posted to all the others.
 //!
 //! Inbound, a bridged message is routed to agents like a Matrix one (the hub works out
 //! which agents are present and addressed from the conversation's room). Outbound, every
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::AnyConnection;
 
 use super::commands::Answer;
@@ -23,9 +24,6 @@ use crate::protocol::{
 };
 use crate::queue::{self, DeadReason};
 use crate::store::{self, Store, bridges, conversations, messages, settings};
-
-/// The surfaces that can be bridged with `!bridge`.
-pub const BRIDGEABLE: [&str; 2] = ["discord", "telegram"];
 
 /// Outbox job: prepare a newly bridged chat and tell the room how it went.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,15 +66,6 @@ pub async fn fan_out_except(
         }
     }
     Ok(())
-}
-
-/// Whether a chat of another surface is a one-to-one chat with the bot.
-pub fn is_private_chat(msg: &ChannelMessage) -> bool {
-    let chat_type = msg.metadata.get("chatType").and_then(Value::as_str);
-    let channel_type = msg.metadata.get("channelType");
-    chat_type == Some("private")
-        || channel_type.and_then(Value::as_u64) == Some(1)
-        || channel_type.and_then(Value::as_str).is_some_and(|t| t == "1" || t.eq_ignore_ascii_case("private"))
 }
 
 /// Commands that work in a chat of another surface; the rest belong to the Matrix room.
@@ -245,11 +234,9 @@ impl Hub {
         if let Some(refusal) = self.refuse_unless_admin(conn, msg).await? {
             return Ok(refusal.into());
         }
-        let configured = match surface {
-            "discord" => self.config.discord.is_some(),
-            "telegram" => self.config.telegram.is_some(),
-            _ => false,
-        };
+        // A surface of this build is set up when its adapter was registered at start. A
+        // hub given no surfaces at all cannot ask one, and says that instead (below).
+        let configured = self.surfaces.as_ref().is_none_or(|registry| registry.get(surface).is_some());
         if !configured {
             let var = format!("MOSAIC_AS_{}_TOKEN", surface.to_uppercase());
             return Ok(format!(
@@ -422,6 +409,8 @@ impl SurfaceAdapter {
                     None => return Ok(()),
                 }
             }
+            // A surface that cannot take back what it showed is not asked to.
+            ChannelEvent::Delete { .. } if !self.inner.surface().deletions => return Ok(()),
             ChannelEvent::Message | ChannelEvent::Edit { .. } | ChannelEvent::Delete { .. } => {
                 let out = self.translate(channel_id, msg).await.map_err(prepare_failed)?;
                 match resend {
@@ -524,6 +513,10 @@ impl ChannelAdapter for SurfaceAdapter {
 
     async fn mark_read(&self, channel_id: &str, native_id: &str, agent_id: &str) -> Result<(), ChannelSendError> {
         self.inner.mark_read(channel_id, native_id, agent_id).await
+    }
+
+    fn surface(&self) -> protocol::SurfaceInfo {
+        self.inner.surface()
     }
 
     fn supports_reactions(&self) -> bool {
@@ -630,6 +623,10 @@ mod tests {
             self.note("mark_read");
             Ok(())
         }
+        fn surface(&self) -> protocol::SurfaceInfo {
+            self.note("surface");
+            protocol::SurfaceInfo::new("discord").with_reactions().with_deletions()
+        }
         fn supports_reactions(&self) -> bool {
             self.note("supports_reactions");
             true
@@ -698,6 +695,7 @@ mod tests {
         wrapped.set_typing("42", "echo", true).await.unwrap();
         wrapped.mark_read("42", "1001", "echo").await.unwrap();
         assert!(wrapped.supports_reactions());
+        assert_eq!(wrapped.surface().name, "discord");
         wrapped.send_reaction("42", &outbound, &reaction).await.unwrap();
 
         let calls = recorder.calls.lock().unwrap().clone();

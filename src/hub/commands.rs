@@ -8,7 +8,7 @@ use super::room_ops::{CreateRoomJob, InviteJob};
 use super::teams::TeamCommand;
 use super::{Hub, bridging, lifecycle, limits, power, routing};
 use crate::protocol::link_token::LinkToken;
-use crate::protocol::{self, ChannelMessage};
+use crate::protocol::{self, ChannelMessage, Surfaces};
 use crate::queue;
 use crate::store::{self, accounts, conversations, settings};
 
@@ -57,13 +57,44 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Usage(pub String);
 
-/// The prefix commands start with on a surface: `/` on Telegram, `!` elsewhere.
-pub fn prefix_for(channel: &str) -> char {
-    if channel == "telegram" { '/' } else { '!' }
+/// How commands are written on one surface: its prefix, and the surfaces there are
+/// (`!bridge <surface>` names one that can be bridged).
+#[derive(Debug, Clone, Copy)]
+pub struct Syntax<'a> {
+    pub prefix: char,
+    pub surfaces: &'a Surfaces,
+}
+
+impl<'a> Syntax<'a> {
+    /// Commands as written on `channel`.
+    pub fn on(surfaces: &'a Surfaces, channel: &str) -> Self {
+        Self { prefix: surfaces.command_prefix(channel), surfaces }
+    }
+
+    /// `Usage: `!bridge discord <channel id>` or `!bridge telegram <chat id>` …`.
+    pub fn bridge_usage(&self) -> String {
+        let p = self.prefix;
+        let forms: Vec<String> =
+            self.surfaces.bridgeable().map(|s| format!("`{p}bridge {} <{} id>`", s.name, s.chat_noun)).collect();
+        if forms.is_empty() {
+            return "No surface is set up for bridging in this build.".to_string();
+        }
+        format!("Usage: {} (add `--keep-deleted` to keep messages deleted there); ids are numbers", forms.join(" or "))
+    }
+
+    /// `discord|telegram`.
+    fn bridgeable_names(&self) -> String {
+        self.surfaces.bridgeable().map(|s| s.name).collect::<Vec<_>>().join("|")
+    }
+
+    fn is_bridgeable(&self, name: &str) -> bool {
+        self.surfaces.get(name).is_some_and(|s| s.bridgeable)
+    }
 }
 
 /// Parses `text` as a command; `None` when it is not one.
-pub fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
+pub fn parse(syntax: Syntax<'_>, text: &str) -> Option<Result<Command, Usage>> {
+    let prefix = syntax.prefix;
     let line = text.trim().strip_prefix(prefix)?;
     let mut words = line.split_whitespace();
     let name = words.next()?.to_lowercase();
@@ -115,7 +146,7 @@ pub fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
         ("share", _) => Err(Usage(format!("Usage: `{p}share <team>` shares this conversation with a team"))),
         ("unshare", []) => Ok(Command::Unshare),
         ("bridge", [surface, chat_id, rest @ ..])
-            if bridging::BRIDGEABLE.contains(surface)
+            if syntax.is_bridgeable(surface)
                 && valid_chat_id(chat_id)
                 && rest.iter().all(|o| *o == "--keep-deleted") =>
         {
@@ -126,16 +157,13 @@ pub fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
                 right: None,
             })
         }
-        ("bridge", _) => Err(Usage(format!(
-            "Usage: `{p}bridge discord <channel id>` or `{p}bridge telegram <chat id>` (add `--keep-deleted` to keep messages deleted there); ids are numbers"
-        ))),
+        ("bridge", _) => Err(Usage(syntax.bridge_usage())),
         ("unbridge", []) => Ok(Command::Unbridge(None)),
-        ("unbridge", [surface]) if bridging::BRIDGEABLE.contains(surface) => {
-            Ok(Command::Unbridge(Some((*surface).to_string())))
-        }
-        ("unbridge", _) => {
-            Err(Usage(format!("Usage: `{p}unbridge` (every bridged chat) or `{p}unbridge discord|telegram`")))
-        }
+        ("unbridge", [surface]) if syntax.is_bridgeable(surface) => Ok(Command::Unbridge(Some((*surface).to_string()))),
+        ("unbridge", _) => Err(Usage(format!(
+            "Usage: `{p}unbridge` (every bridged chat) or `{p}unbridge {}`",
+            syntax.bridgeable_names()
+        ))),
         ("pair", [a, b]) => Ok(Command::Pair((*a).to_string(), (*b).to_string())),
         ("pair", _) => {
             Err(Usage(format!("Usage: `{p}pair <agent> <agent>` opens a room where two agents work together")))
@@ -160,18 +188,28 @@ pub fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
     })
 }
 
-/// Discord snowflakes and Telegram chat ids (negative for groups) are integers.
+/// Chat ids are integers on the surfaces there are (Discord snowflakes, Telegram chat
+/// ids, negative for groups).
 fn valid_chat_id(id: &str) -> bool {
     let digits = id.strip_prefix('-').unwrap_or(id);
     !digits.is_empty() && digits.len() <= 20 && digits.chars().all(|c| c.is_ascii_digit())
 }
 
-pub fn help_text(p: char) -> String {
+pub fn help_text(syntax: Syntax<'_>) -> String {
+    let p = syntax.prefix;
+    let others: Vec<String> = syntax.surfaces.bridgeable().map(|s| s.title()).collect();
+    let (others, bridgeable) = (others.join(", "), syntax.bridgeable_names());
+    let chats: Vec<String> = syntax.surfaces.bridgeable().map(|s| format!("{} {}", s.title(), s.chat_noun)).collect();
+    let chats = match chats.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
     format!(
         "**Mosaic commands**\n\
          - `{p}help` — this list\n\
          - `{p}link <token>` — link this account to your Mosaic account with a token from your admin\n\
-         - `{p}link` — get a token to link another channel (Discord, Telegram) to the same account\n\
+         - `{p}link` — get a token to link another channel ({others}) to the same account\n\
          - `{p}unlink` — remove the link of this account\n\
          - `{p}whoami` — show which Mosaic account you are linked to\n\
          - `{p}agents` — list the agents you can talk to\n\
@@ -187,7 +225,7 @@ pub fn help_text(p: char) -> String {
          - `{p}team create <name>`, `{p}team add <team> <@user|account>`, `{p}team remove <team> <@user|account>`, `{p}team list` — teams\n\
          - `{p}share <team>` / `{p}unshare` — share this conversation with a team, or stop\n\
          - `{p}retention <days>|off` — how long this room keeps its messages\n\
-         - `{p}bridge discord|telegram <id>` / `{p}unbridge` — bridge a Discord channel or Telegram chat into this room (admins, with proof that they administer that chat)\n\
+         - `{p}bridge {bridgeable} <id>` / `{p}unbridge` — bridge a {chats} into this room (admins, with proof that they administer that chat)\n\
          - `{p}pair <agent> <agent>` — open your room where two agents work together (needs a linked account)\n\
          - in such a room: `{p}ask <agent> <text>`, `{p}delegate <agent> <task>`, `{p}broadcast <agent> <text>`; begin a message with [HUMAN] to interrupt"
     )
@@ -255,7 +293,9 @@ impl Hub {
         msg: &ChannelMessage,
         command: Command,
     ) -> store::Result<Answer> {
-        let p = prefix_for(channel);
+        let surfaces = self.surfaces();
+        let syntax = Syntax::on(&surfaces, channel);
+        let p = syntax.prefix;
         let sender = msg.sender_id.as_str();
         if let Some(change) = power::RoomChange::of(&command)
             && !self.is_admin(conn, channel, sender).await?
@@ -271,7 +311,7 @@ impl Hub {
             return Ok(format!("You sent `{p}{name}` too often: try again in {}.", limits::wait_text(wait)).into());
         }
         Ok(match command {
-            Command::Help => help_text(p).into(),
+            Command::Help => help_text(syntax).into(),
             Command::Link(Some(token)) => self.link(conn, channel, sender, &LinkToken::typed(&token)).await?.into(),
             Command::Link(None) => self.issue_token(conn, channel, msg).await?,
             Command::Unlink => match accounts::unlink_identity(conn, channel, sender).await? {
@@ -365,7 +405,7 @@ impl Hub {
             return Ok(format!(
                 "{sender} is already linked to account **{}**, so this link token did nothing; it can no longer be used. Send `{}unlink` first to link it elsewhere, with a new token.",
                 account.name,
-                prefix_for(channel)
+                self.surfaces().command_prefix(channel)
             ));
         }
         match accounts::redeem_link_token(conn, &token_hash, &used_by).await? {
@@ -399,7 +439,8 @@ impl Hub {
         channel: &str,
         msg: &ChannelMessage,
     ) -> store::Result<Answer> {
-        let p = prefix_for(channel);
+        let surfaces = self.surfaces();
+        let p = surfaces.command_prefix(channel);
         let Some(account) = accounts::account_for_identity(conn, channel, &msg.sender_id).await? else {
             return Ok(format!(
                 "Usage: `{p}link <token>` — ask your admin for a token (`mosaic-as link-token <account>`)."
@@ -411,9 +452,15 @@ impl Hub {
             return Ok(format!("Link tokens are secret: send `{p}link` in a direct chat with me.").into());
         }
         let minutes = self.config.linking.token_ttl_secs.div_ceil(60);
+        // Surfaces whose commands start otherwise are named with their own form.
+        let elsewhere: String = surfaces
+            .bridgeable()
+            .filter(|s| s.command_prefix != '!')
+            .map(|s| format!("\n\n(on {}: `{}link {LINK_TOKEN_PLACEHOLDER}`)", s.title(), s.command_prefix))
+            .collect();
         Ok(Answer {
             text: format!(
-                "Link token for account **{}** (valid {minutes} min, single use). In the other channel, send:\n\n`!link {LINK_TOKEN_PLACEHOLDER}`\n\n(on Telegram: `/link {LINK_TOKEN_PLACEHOLDER}`)",
+                "Link token for account **{}** (valid {minutes} min, single use). In the other channel, send:\n\n`!link {LINK_TOKEN_PLACEHOLDER}`{elsewhere}",
                 account.name
             ),
             link_token_for: Some(account.id),
@@ -424,7 +471,7 @@ impl Hub {
         let Some(account) = accounts::account_for_identity(conn, channel, sender).await? else {
             return Ok(format!(
                 "You are {sender}, not linked to a Mosaic account. Send `{}link <token>` with a token from your admin.",
-                prefix_for(channel)
+                self.surfaces().command_prefix(channel)
             ));
         };
         let identities = accounts::identities_of(conn, &account.id).await?;
@@ -577,6 +624,10 @@ impl Hub {
 mod tests {
     use super::*;
 
+    fn parse(prefix: char, text: &str) -> Option<Result<Command, Usage>> {
+        super::parse(Syntax { prefix, surfaces: &crate::surfaces::built_in() }, text)
+    }
+
     #[test]
     fn parses_the_commands_and_their_arguments() {
         assert_eq!(parse('!', "!help"), Some(Ok(Command::Help)));
@@ -621,11 +672,22 @@ mod tests {
         assert!(text.contains("Unknown command `!frobnicate`") && text.contains("!help"));
         let Some(Err(Usage(text))) = parse('!', "!whoami now") else { panic!() };
         assert!(text.contains("takes no arguments"));
+        let Some(Err(Usage(text))) = parse('!', "!bridge slack 42") else { panic!() };
+        assert_eq!(
+            text,
+            "Usage: `!bridge discord <channel id>` or `!bridge telegram <chat id>` (add `--keep-deleted` to keep messages deleted there); ids are numbers"
+        );
+        let Some(Err(Usage(text))) = parse('/', "/unbridge matrix") else { panic!() };
+        assert!(text.ends_with("`/unbridge discord|telegram`"), "{text}");
     }
 
     #[test]
     fn help_lists_every_command() {
-        let help = help_text('!');
+        let surfaces = crate::surfaces::built_in();
+        let help = help_text(Syntax { prefix: '!', surfaces: &surfaces });
+        assert!(
+            help.contains("`!bridge discord|telegram <id>`") && help.contains("a Discord channel or Telegram chat")
+        );
         for command in ["!help", "!link <token>", "!unlink", "!whoami", "!agents", "!new"] {
             assert!(help.contains(command), "{command}");
         }

@@ -30,7 +30,7 @@ use crate::permissions::{Level, Permissions};
 use crate::protocol::link_token::{self, LinkToken};
 use crate::protocol::{
     self, BridgeRight, ChannelEvent, ChannelMessage, ChannelRegistry, ContentType, HandlerError, InboundHandler,
-    SenderType, metadata_keys,
+    SenderType, Surfaces, metadata_keys,
 };
 use crate::queue::{self, Wakers};
 use crate::secrets;
@@ -88,10 +88,26 @@ impl Hub {
         }
     }
 
-    /// The hub asks these surfaces whether the chats admins bridge may be bridged.
+    /// The hub asks these surfaces whether the chats admins bridge may be bridged, and
+    /// knows them besides those of this build (a surface registered only here, too).
     pub fn with_surfaces(mut self, surfaces: Arc<ChannelRegistry>) -> Self {
         self.surfaces = Some(surfaces);
         self
+    }
+
+    /// What chat commands start with on `channel`.
+    fn prefix(&self, channel: &str) -> char {
+        self.surfaces().command_prefix(channel)
+    }
+
+    /// Every surface the hub knows: those of this build, and those registered, as their
+    /// adapters describe themselves.
+    pub fn surfaces(&self) -> Surfaces {
+        let mut all = crate::surfaces::built_in();
+        for adapter in self.surfaces.iter().flat_map(|registry| registry.list()) {
+            all.add(adapter.surface());
+        }
+        all
     }
 
     /// The inbound handler for one adapter.
@@ -110,14 +126,16 @@ impl Hub {
         }
         // Asking another surface takes a while: it happens before the write transaction.
         let bridge_right = self.bridge_right(channel, &msg).await?;
+        let surfaces = self.surfaces();
+        let syntax = commands::Syntax::on(&surfaces, channel);
         let mut tx = self.store.begin_write().await?;
         let level = self.level_of(&mut tx, channel, &msg.sender_id).await?;
-        if level == Level::None && !may_link_anyway(channel, &msg) {
+        if level == Level::None && !may_link_anyway(syntax, channel, &msg) {
             tracing::debug!(channel, sender = msg.sender_id, "message from a sender without access ignored");
             tx.rollback().await?;
             return Ok(());
         }
-        if is_chatter_in_unbridged_chat(&mut tx, channel, &msg).await? {
+        if is_chatter_in_unbridged_chat(&mut tx, syntax, channel, &msg).await? {
             tracing::debug!(channel, chat_id = msg.channel_id, "message in a chat that is not bridged ignored");
             tx.rollback().await?;
             return Ok(());
@@ -137,7 +155,7 @@ impl Hub {
             }
             Chat::Direct => {
                 msg.metadata.insert(routing::COMMANDS.into(), true.into());
-                let people = if bridging::is_private_chat(&msg) { 1 } else { 2 };
+                let people = if msg.is_private_chat() { 1 } else { 2 };
                 msg.metadata.insert(routing::PARTICIPANTS.into(), people.into());
             }
         }
@@ -151,7 +169,7 @@ impl Hub {
             return Ok(());
         }
         let command = if routing::commands_enabled(&msg) && may_be_command(&msg) {
-            commands::parse(commands::prefix_for(channel), &msg.content)
+            commands::parse(syntax, &msg.content)
         } else {
             None
         };
@@ -171,7 +189,7 @@ impl Hub {
         }
         let command = match command {
             Some(Ok(command)) if level < Level::User && !relay_may_run(&command) => {
-                Some(Err(commands::Usage(relay_refusal(channel))))
+                Some(Err(commands::Usage(relay_refusal(syntax.prefix))))
             }
             command => command.map(|c| c.map(|c| with_bridge_right(c, bridge_right))),
         };
@@ -235,8 +253,10 @@ impl Hub {
                 self.reply(&mut tx, channel, &conversation.id, &msg, hint.to_string().into()).await?;
             }
             (Some(Ok(command)), _) if channel != protocol::MATRIX && !bridging::allowed_on_bridges(&command) => {
-                let answer =
-                    format!("That command works in the conversation's Matrix room. Here: {}", bridge_commands(channel));
+                let answer = format!(
+                    "That command works in the conversation's Matrix room. Here: {}",
+                    bridge_commands(self.prefix(channel))
+                );
                 self.reply(&mut tx, channel, &conversation.id, &msg, answer.into()).await?;
             }
             (Some(Ok(command)), _) => {
@@ -288,7 +308,7 @@ impl Hub {
         let agents = routing::agents_to_answer(msg, &room, linked);
         if routing::agents_present(msg).is_empty() && routing::participants(msg) <= 1 && routing::commands_enabled(msg)
         {
-            let p = commands::prefix_for(channel);
+            let p = self.prefix(channel);
             let hint = format!(
                 "I answer commands: send `{p}help` for the list, or `{p}new` to start a conversation with an agent."
             );
@@ -417,11 +437,11 @@ impl Hub {
             Some(Ok(command)) if bridging::allowed_on_bridges(&command) => {
                 self.execute(conn, channel, conversation_id, msg, command).await?
             }
-            Some(Ok(_)) => format!("This chat is not bridged. Here: {}", bridge_commands(channel)).into(),
+            Some(Ok(_)) => format!("This chat is not bridged. Here: {}", bridge_commands(self.prefix(channel))).into(),
             Some(Err(commands::Usage(usage))) => usage.into(),
-            None if bridging::is_private_chat(msg) => format!(
+            None if msg.is_private_chat() => format!(
                 "This chat is not bridged to a conversation, so no agent reads it. An admin bridges a chat with `!bridge {channel} <chat id>` in a Matrix room. Here: {}",
-                bridge_commands(channel)
+                bridge_commands(self.prefix(channel))
             )
             .into(),
             None => return Ok(()),
@@ -475,8 +495,9 @@ impl Hub {
         {
             return Ok(None);
         }
+        let surfaces = self.surfaces();
         let Some(Ok(commands::Command::Bridge { surface, chat_id, .. })) =
-            commands::parse(commands::prefix_for(channel), &msg.content)
+            commands::parse(commands::Syntax::on(&surfaces, channel), &msg.content)
         else {
             return Ok(None);
         };
@@ -521,7 +542,7 @@ impl Hub {
             accounts::store_link_token(conn, &token, &account_id, self.config.linking.token_ttl_secs).await?;
             reply.metadata.insert(REVEAL_LINK_TOKEN.into(), serde_json::Value::Bool(true));
             // Elsewhere than Matrix a group reads along: the token goes to the person alone.
-            if channel != protocol::MATRIX && !bridging::is_private_chat(to) {
+            if channel != protocol::MATRIX && !to.is_private_chat() {
                 reply.metadata.insert(metadata_keys::PRIVATE_TO.into(), to.sender_id.clone().into());
             }
         }
@@ -535,8 +556,7 @@ fn relay_may_run(command: &commands::Command) -> bool {
     matches!(command, commands::Command::Help | commands::Command::Link(_))
 }
 
-fn relay_refusal(channel: &str) -> String {
-    let p = commands::prefix_for(channel);
+fn relay_refusal(p: char) -> String {
     format!(
         "Only people with access to this service can use that command: link a Mosaic account with `{p}link <token>` (ask an admin for a token)."
     )
@@ -544,12 +564,9 @@ fn relay_refusal(channel: &str) -> String {
 
 /// A `link <token>` from someone ignored on another surface is still read: linking is
 /// how they get access, and the token an admin gave them is the proof.
-fn may_link_anyway(channel: &str, msg: &ChannelMessage) -> bool {
+fn may_link_anyway(syntax: commands::Syntax<'_>, channel: &str, msg: &ChannelMessage) -> bool {
     channel != protocol::MATRIX
-        && matches!(
-            commands::parse(commands::prefix_for(channel), &msg.content),
-            Some(Ok(commands::Command::Link(Some(_))))
-        )
+        && matches!(commands::parse(syntax, &msg.content), Some(Ok(commands::Command::Link(Some(_)))))
 }
 
 /// Hands the surface's answer on to the `!bridge` command it was asked for.
@@ -615,8 +632,7 @@ fn answer_of(msg: &ChannelMessage) -> (&str, Option<uuid::Uuid>) {
 }
 
 /// The commands that work on a surface other than Matrix.
-fn bridge_commands(channel: &str) -> String {
-    let p = commands::prefix_for(channel);
+fn bridge_commands(p: char) -> String {
     format!("`{p}link <token>`, `{p}link`, `{p}unlink`, `{p}whoami`, `{p}agents`, `{p}stop`, `{p}help`.")
 }
 
@@ -648,13 +664,14 @@ pub async fn enqueue_send(
 /// stored nor answered.
 async fn is_chatter_in_unbridged_chat(
     conn: &mut AnyConnection,
+    syntax: commands::Syntax<'_>,
     channel: &str,
     msg: &ChannelMessage,
 ) -> store::Result<bool> {
-    if channel == protocol::MATRIX || bridging::is_private_chat(msg) {
+    if channel == protocol::MATRIX || msg.is_private_chat() {
         return Ok(false);
     }
-    let command = may_be_command(msg) && commands::parse(commands::prefix_for(channel), &msg.content).is_some();
+    let command = may_be_command(msg) && commands::parse(syntax, &msg.content).is_some();
     // A token typed anywhere is burnt, here too.
     if command || link_token::is_attempt(&msg.content) {
         return Ok(false);
@@ -716,6 +733,27 @@ mod tests {
             let path = entry.unwrap().path();
             let source = std::fs::read_to_string(&path).unwrap();
             assert!(!source.contains(&needle), "{} imports the Matrix surface", path.display());
+        }
+    }
+
+    /// Adding a surface touches its folder and `src/surfaces.rs` only: outside its tests,
+    /// the code that serves every surface names none of those that can be bridged.
+    #[test]
+    fn the_code_common_to_every_surface_names_none() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files: Vec<_> = std::fs::read_dir(root.join("hub")).unwrap().map(|e| e.unwrap().path()).collect();
+        files.extend(
+            ["namespace.rs", "permissions.rs", "protocol/adapter.rs", "protocol/surface.rs"].map(|f| root.join(f)),
+        );
+        for surface in crate::surfaces::built_in().bridgeable() {
+            let needles = [format!("\"{}\"", surface.name), format!("crate::{}", surface.name)];
+            for path in &files {
+                let source = std::fs::read_to_string(path).unwrap();
+                let code = source.split("#[cfg(test)]").next().unwrap();
+                for needle in &needles {
+                    assert!(!code.contains(needle.as_str()), "{} names {needle}", path.display());
+                }
+            }
         }
     }
 }

@@ -34,13 +34,17 @@ use crate::protocol::metadata_keys::AGENT_MESSAGE;
 use crate::protocol::room_power::{ROOM_POWER, RoomPower};
 use crate::protocol::{
     AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelConnectError, ChannelEvent, ChannelMessage,
-    ChannelSendError, ContentType, InboundHandler, OutboundReaction, SenderType, metadata_keys,
+    ChannelSendError, ContentType, InboundHandler, OutboundReaction, SenderType, SurfaceInfo, metadata_keys,
 };
 use crate::store::conversations::GhostProfile;
 use crate::store::group_commit::Write;
 use crate::store::{self, AnyConnection, Store, accounts, conversations, messages};
 
 pub const CHANNEL: &str = crate::protocol::MATRIX;
+
+/// What the home surface is to the hub: its rooms hold the conversations (they are not
+/// bridged into one), and it shows reactions and redactions.
+pub const SURFACE: SurfaceInfo = SurfaceInfo::new(CHANNEL).with_reactions().with_deletions();
 
 /// What an `m.room.member` event changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1105,6 +1109,10 @@ impl ChannelAdapter for MatrixAdapter {
         CHANNEL
     }
 
+    fn surface(&self) -> SurfaceInfo {
+        SURFACE
+    }
+
     /// Registers the bot and checks the `as_token` with `whoami`.
     async fn connect(&self) -> Result<(), ChannelConnectError> {
         let error = |message: String| ChannelConnectError { channel: CHANNEL.into(), message };
@@ -1179,10 +1187,6 @@ impl ChannelAdapter for MatrixAdapter {
     async fn map_identity(&self, channel_user_id: &str) -> Option<String> {
         let mut conn = self.store.conn().await.ok()?;
         accounts::account_for_identity(&mut conn, CHANNEL, channel_user_id).await.ok().flatten().map(|a| a.id)
-    }
-
-    fn supports_reactions(&self) -> bool {
-        true
     }
 
     /// An `m.reaction` annotation from the reactor's ghost (an agent's from its ghost), sent

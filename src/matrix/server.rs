@@ -350,7 +350,11 @@ mod tests {
         let stored = seal_link_tokens(&event.to_string(), "key").into_owned();
         assert!(!stored.contains(&token));
         let body = serde_json::from_str::<Value>(&stored).unwrap()["content"]["body"].as_str().unwrap().to_string();
-        let Some(Ok(commands::Command::Link(Some(given)))) = commands::parse('!', &body) else { panic!("{body}") };
+        let Some(Ok(commands::Command::Link(Some(given)))) =
+            commands::parse(commands::Syntax { prefix: '!', surfaces: &crate::surfaces::built_in() }, &body)
+        else {
+            panic!("{body}")
+        };
         assert_eq!(secrets::token_lookup_hash("key", &given), secrets::hash_token(&token));
     }
 
@@ -377,7 +381,11 @@ mod tests {
             let event = json!({"type": "m.room.message", "content": {"body": format!("!link {token}")}});
             let stored = seal_link_tokens(&event.to_string(), "key").into_owned();
             let body = serde_json::from_str::<Value>(&stored).unwrap()["content"]["body"].as_str().unwrap().to_string();
-            let Some(Ok(commands::Command::Link(Some(given)))) = commands::parse('!', &body) else { panic!("{body}") };
+            let Some(Ok(commands::Command::Link(Some(given)))) =
+                commands::parse(commands::Syntax { prefix: '!', surfaces: &crate::surfaces::built_in() }, &body)
+            else {
+                panic!("{body}")
+            };
             assert_eq!(secrets::token_lookup_hash("key", &given), secrets::hash_token(token), "{body}");
         }
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use super::ChannelMessage;
+use super::{ChannelMessage, SurfaceInfo};
 
 /// Connection state reported by [`ChannelAdapter::health`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -123,6 +123,14 @@ pub trait ChannelAdapter: Send + Sync {
     /// Stable lowercase name, e.g. `matrix`; the namespace for identities and logs.
     fn name(&self) -> &'static str;
 
+    /// What this surface is and can show: its command prefix, whether its chats can be
+    /// bridged, its capabilities. The hub reads surfaces only through this. The
+    /// default describes a surface named [`ChannelAdapter::name`] that shows messages
+    /// only; a surface returns its own constant (named by `name`, too).
+    fn surface(&self) -> SurfaceInfo {
+        SurfaceInfo::new(self.name())
+    }
+
     /// Establishes the connection; idempotent; fails with [`ChannelConnectError`] when
     /// the backend cannot be reached within 10 s.
     async fn connect(&self) -> Result<(), ChannelConnectError>;
@@ -199,10 +207,10 @@ pub trait ChannelAdapter: Send + Sync {
         Ok(())
     }
 
-    /// Whether this surface can show reactions (`false`, the default: then
-    /// [`ChannelAdapter::send_reaction`] is never called).
+    /// Whether this surface can show reactions, as [`SurfaceInfo::reactions`] says
+    /// (when not, [`ChannelAdapter::send_reaction`] is never called).
     fn supports_reactions(&self) -> bool {
-        false
+        self.surface().reactions
     }
 
     /// Shows (or takes back) `reaction` in `channel_id`, made by `by`: the reaction as the

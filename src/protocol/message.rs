@@ -94,6 +94,24 @@ impl ContentType {
     }
 }
 
+/// Who reads the chat a message was written in, as its surface tells (a typed field,
+/// so the hub never reads a surface's own words for it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatKind {
+    /// A room, channel or group: others read along.
+    #[default]
+    Group,
+    /// A one-to-one chat of a person with the bot.
+    Private,
+}
+
+impl ChatKind {
+    pub fn is_group(&self) -> bool {
+        *self == Self::Group
+    }
+}
+
 /// A file or image carried by a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -127,6 +145,9 @@ pub struct ChannelMessage {
     /// What the message is; left out of the JSON for a plain message (as in 1.0.0).
     #[serde(skip_serializing_if = "ChannelEvent::is_message")]
     pub event: ChannelEvent,
+    /// The kind of chat it was written in; left out of the JSON for a group (1.2.0).
+    #[serde(skip_serializing_if = "ChatKind::is_group")]
+    pub chat: ChatKind,
     /// Channel-specific fields; channel-native ids live under `channelMessageId`.
     pub metadata: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,6 +175,8 @@ struct WireMessage {
     #[serde(default)]
     event: Option<ChannelEvent>,
     #[serde(default)]
+    chat: Option<ChatKind>,
+    #[serde(default)]
     metadata: Map<String, Value>,
     #[serde(default)]
     thread_id: Option<String>,
@@ -174,6 +197,7 @@ impl From<WireMessage> for ChannelMessage {
             content: wire.content,
             content_type: wire.content_type,
             event: ChannelEvent::Message,
+            chat: ChatKind::Group,
             metadata: wire.metadata,
             thread_id: wire.thread_id,
             reply_to_id: wire.reply_to_id,
@@ -184,6 +208,7 @@ impl From<WireMessage> for ChannelMessage {
             Some(event) => event,
             None => legacy::lift(&mut msg),
         };
+        msg.chat = wire.chat.unwrap_or_else(|| legacy::chat_kind(&msg));
         msg
     }
 }
@@ -196,13 +221,28 @@ mod legacy {
     use serde_json::Value;
     use uuid::Uuid;
 
-    use super::{ChannelEvent, ChannelMessage};
+    use super::{ChannelEvent, ChannelMessage, ChatKind};
 
     const IS_EDIT: &str = "mosaic.isEdit";
     const IS_DELETION: &str = "mosaic.isDeletion";
     const IS_REACTION: &str = "mosaic.isReaction";
     const REACTION_REMOVED: &str = "mosaic.reactionRemoved";
     const REMOVES_REACTION: &str = "mosaic.removesReaction";
+    /// Before 1.2.0 the hub told a private chat by its surface's own metadata:
+    /// Telegram's `chatType`, Discord's `channelType` (1 is a DM).
+    const TELEGRAM_CHAT_TYPE: &str = "chatType";
+    const DISCORD_CHANNEL_TYPE: &str = "channelType";
+
+    /// The kind of chat a message of 1.0.0 or 1.1.0 was written in, read from the
+    /// surface metadata stored with it (which stays, as the surface's own extras).
+    pub(super) fn chat_kind(msg: &ChannelMessage) -> ChatKind {
+        let chat_type = msg.metadata.get(TELEGRAM_CHAT_TYPE).and_then(Value::as_str);
+        let channel_type = msg.metadata.get(DISCORD_CHANNEL_TYPE);
+        let private = chat_type == Some("private")
+            || channel_type.and_then(Value::as_u64) == Some(1)
+            || channel_type.and_then(Value::as_str).is_some_and(|t| t == "1" || t.eq_ignore_ascii_case("private"));
+        if private { ChatKind::Private } else { ChatKind::Group }
+    }
 
     /// Takes the 1.0.0 flags out of `msg` and returns what they said it is, moving the
     /// target out of `replyToId` and a reaction's key out of `content`. 1.0.0 wrote a
@@ -250,6 +290,7 @@ impl ChannelMessage {
             content: content.into(),
             content_type,
             event: ChannelEvent::Message,
+            chat: ChatKind::Group,
             metadata: Map::new(),
             thread_id: None,
             reply_to_id: None,
@@ -361,6 +402,11 @@ impl ChannelMessage {
             self.metadata.insert(metadata_keys::ORIGIN_CHANNEL.into(), origin.clone());
         }
         self
+    }
+
+    /// Written in a one-to-one chat with the bot.
+    pub fn is_private_chat(&self) -> bool {
+        self.chat == ChatKind::Private
     }
 
     pub fn with_thread(mut self, thread_id: Option<String>) -> Self {
@@ -536,6 +582,33 @@ mod tests {
         assert_eq!(value["event"], json!({"type": "reaction", "target": Uuid::nil(), "key": "🎉", "removed": true}));
         let edit = plain.clone().with_event(ChannelEvent::Edit { target: None });
         assert_eq!(serde_json::to_value(&edit).unwrap()["event"], json!({"type": "edit"}));
+    }
+
+    #[test]
+    fn the_kind_of_chat_is_a_field_and_old_messages_read_it_from_their_surface_metadata() {
+        let read = |metadata: Value| -> ChannelMessage {
+            let mut wire = v1_0_0("hi", metadata);
+            wire.as_object_mut().unwrap().remove("replyToId");
+            serde_json::from_value(wire).unwrap()
+        };
+        assert_eq!(read(json!({"chatType": "private"})).chat, ChatKind::Private);
+        assert_eq!(read(json!({"chatType": "supergroup"})).chat, ChatKind::Group);
+        assert_eq!(read(json!({"channelType": 1})).chat, ChatKind::Private);
+        assert_eq!(read(json!({"channelType": "private"})).chat, ChatKind::Private);
+        assert_eq!(read(json!({"channelType": 0})).chat, ChatKind::Group);
+        assert_eq!(read(json!({})).chat, ChatKind::Group);
+
+        let mut private = ChannelMessage::new("c", "u", SenderType::User, "hi", ContentType::Text);
+        assert!(serde_json::to_value(&private).unwrap().get("chat").is_none(), "a group is written as before");
+        private.chat = ChatKind::Private;
+        let value = serde_json::to_value(&private).unwrap();
+        assert_eq!(value["chat"], "private");
+        assert_eq!(serde_json::from_value::<ChannelMessage>(value).unwrap(), private);
+        // The field wins over metadata a surface keeps for itself.
+        let mut value = serde_json::to_value(&private).unwrap();
+        value["chat"] = json!("group");
+        value["metadata"]["chatType"] = json!("private");
+        assert_eq!(serde_json::from_value::<ChannelMessage>(value).unwrap().chat, ChatKind::Group);
     }
 
     #[test]

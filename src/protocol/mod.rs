@@ -11,6 +11,7 @@ mod media;
 mod message;
 mod registry;
 pub mod room_power;
+mod surface;
 
 pub use adapter::{
     AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelSendError, HandlerError,
@@ -18,11 +19,14 @@ pub use adapter::{
 };
 pub use event::ChannelEvent;
 pub use media::{Media, MediaError, MediaRepository, not_bridged_note};
-pub use message::{ChannelAttachment, ChannelMessage, ContentType, SenderType, metadata_keys, rewrite_strings};
+pub use message::{
+    ChannelAttachment, ChannelMessage, ChatKind, ContentType, SenderType, metadata_keys, rewrite_strings,
+};
 pub use registry::{CONNECT_TIMEOUT, ChannelRegistry, DEFAULT_HEALTH_INTERVAL};
+pub use surface::{SurfaceInfo, Surfaces};
 
 /// Semantic version of the `ChannelMessage` wire format.
-pub const PROTOCOL_VERSION: &str = "1.1.0";
+pub const PROTOCOL_VERSION: &str = "1.2.0";
 
 /// The name of the home surface: the Matrix homeserver this service is an appservice
 /// of. Conversations live in its rooms, permissions are given to its user ids, and

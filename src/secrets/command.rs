@@ -152,17 +152,12 @@ fn read_value(stdin: &mut dyn Read, terminal: bool) -> anyhow::Result<SecretStri
 
 /// Why a stored value would not be used: the config file or the environment sets it.
 fn shadowed_by_config(config: &Config, name: &str) -> Option<String> {
-    let set = |token: Option<&String>| token.is_some_and(|t| !t.is_empty());
-    match name {
-        super::TELEGRAM_TOKEN if set(config.telegram.as_ref().and_then(|t| t.token.as_ref())) => {
-            Some("the config file or MOSAIC_AS_TELEGRAM_TOKEN sets telegram.token".into())
-        }
-        super::DISCORD_TOKEN if set(config.discord.as_ref().and_then(|d| d.token.as_ref())) => {
-            Some("the config file or MOSAIC_AS_DISCORD_TOKEN sets discord.token".into())
-        }
-        _ => super::agent_of_key_name(name).and_then(|id| match config.agent(id) {
-            None => Some(format!("no [[agent]] with id {id:?} is in the config, so the key is not used yet")),
-            Some(_) => None,
-        }),
+    if let Some(token) = crate::surfaces::token_named(name) {
+        let set = (token.get)(config).is_some_and(|t| !t.is_empty());
+        return set.then(|| format!("the config file or {} sets {}", token.env, token.key));
     }
+    super::agent_of_key_name(name).and_then(|id| match config.agent(id) {
+        None => Some(format!("no [[agent]] with id {id:?} is in the config, so the key is not used yet")),
+        Some(_) => None,
+    })
 }

@@ -14,7 +14,7 @@ use super::polling::InboundError;
 use super::{CHANNEL, Inner, markdown, topics};
 use crate::error_ref::ErrorRef;
 use crate::protocol::{
-    ChannelAttachment, ChannelEvent, ChannelMessage, ContentType, MediaError, SenderType, metadata_keys as keys,
+    self, ChannelAttachment, ChannelEvent, ChannelMessage, ContentType, MediaError, SenderType, metadata_keys as keys,
 };
 use crate::store::{AnyConnection, bridges, messages};
 
@@ -71,6 +71,7 @@ async fn build(
     msg.id = Uuid::new_v4();
     msg.timestamp = if edited { message.edit_date().copied().unwrap_or(message.date) } else { message.date };
     let native_id = message.id.0.to_string();
+    msg.chat = chat_kind(&message.chat);
     let meta = &mut msg.metadata;
     meta.insert(keys::CHANNEL_MESSAGE_ID.into(), json!(native_id));
     meta.insert("chatType".into(), json!(chat_type(&message.chat)));
@@ -156,6 +157,7 @@ pub(super) async fn reaction_messages(
         .map(|(key, removed)| {
             let mut msg = ChannelMessage::reaction(&chat_id, user.id.0.to_string(), key, target, removed);
             msg.timestamp = update.date;
+            msg.chat = chat_kind(&update.chat);
             let change = if removed { "removed" } else { "added" };
             let meta = &mut msg.metadata;
             meta.insert(keys::SENDER_NAME.into(), json!(name));
@@ -192,6 +194,14 @@ fn chat_type(chat: &Chat) -> &'static str {
             PublicChatKind::Supergroup(_) => "supergroup",
             PublicChatKind::Channel(_) => "channel",
         },
+    }
+}
+
+/// A private chat is a person's one-to-one chat with the bot.
+fn chat_kind(chat: &Chat) -> protocol::ChatKind {
+    match chat.kind {
+        ChatKind::Private(_) => protocol::ChatKind::Private,
+        ChatKind::Public(_) => protocol::ChatKind::Group,
     }
 }
 

@@ -28,11 +28,37 @@ use self::errors::{Failure, classify, redact};
 use crate::config::{TelegramConfig, TelegramMode};
 use crate::protocol::{
     AdapterHealth, BridgeError, BridgeRight, CONNECT_TIMEOUT, ChannelAdapter, ChannelConnectError, ChannelMessage,
-    ChannelSendError, InboundHandler, MediaRepository, OutboundReaction,
+    ChannelSendError, InboundHandler, MediaRepository, OutboundReaction, SurfaceInfo,
 };
 use crate::store::{self, Store, accounts};
 
 pub const CHANNEL: &str = "telegram";
+
+/// Starts Telegram from its `[telegram]` section, with the webhook route in webhook mode
+/// ([`crate::surfaces::Start`]).
+pub fn start(
+    config: &crate::config::Config,
+    store: &Store,
+    media: &Arc<dyn MediaRepository>,
+) -> Result<Option<crate::surfaces::Started>, String> {
+    let Some(section) = &config.telegram else { return Ok(None) };
+    let adapter = TelegramAdapter::new(section, store.clone(), media.clone()).map_err(|e| e.to_string())?;
+    let routes = (section.mode == TelegramMode::Webhook).then(|| adapter.webhook_router());
+    Ok(Some(crate::surfaces::Started { adapter: Arc::new(adapter), routes }))
+}
+
+/// The bot token from BotFather: `[telegram] token`.
+pub const TOKEN: crate::surfaces::BotToken = crate::surfaces::BotToken {
+    key: "telegram.token",
+    env: "MOSAIC_AS_TELEGRAM_TOKEN",
+    get: |config| config.telegram.as_ref()?.token.as_deref(),
+    set: |config, token| config.telegram.get_or_insert_with(Default::default).token = Some(token),
+};
+
+/// What Telegram is to the hub: bots take `/` commands there (the client offers them),
+/// chats can be bridged, and messages can be reacted to and deleted.
+pub const SURFACE: SurfaceInfo =
+    SurfaceInfo::new(CHANNEL).command_prefix('/').bridgeable("chat").with_reactions().with_deletions();
 
 /// Where the webhook router listens when `webhook_url` names no path.
 pub const DEFAULT_WEBHOOK_PATH: &str = "/_mosaic/telegram/webhook";
@@ -255,6 +281,10 @@ impl ChannelAdapter for TelegramAdapter {
         CHANNEL
     }
 
+    fn surface(&self) -> SurfaceInfo {
+        SURFACE
+    }
+
     /// `getMe`, then starts long polling (or registers the webhook). Idempotent.
     async fn connect(&self) -> Result<(), ChannelConnectError> {
         let error = |message: String| ChannelConnectError { channel: CHANNEL.into(), message };
@@ -299,10 +329,6 @@ impl ChannelAdapter for TelegramAdapter {
 
     async fn send_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
         outbound::send(&self.inner, channel_id, msg).await
-    }
-
-    fn supports_reactions(&self) -> bool {
-        true
     }
 
     /// The bot's reaction shows what people elsewhere react with (see
