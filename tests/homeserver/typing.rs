@@ -1,7 +1,7 @@
 //! Signs that an agent is at work, as people see them: its ghost typing in the Matrix
 //! room (and the bot typing in bridged Discord and Telegram chats) while it works on an
-//! answer, not after; and its read receipt on the message it took up. People typing on
-//! one surface show on the others.
+//! answer, not after; its read receipt on the message it took up; and a coding agent's
+//! progress line while it runs tools. People typing on one surface show on the others.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use crate::support::fake_discord::FakeDiscord;
 use crate::support::fake_telegram::FakeTelegram;
 use serde_json::Value;
 
-use crate::support::{Person, Service, Slot, body, mosaic, slot};
+use crate::support::{Person, Service, Slot, body, mosaic, reply_target, slot};
 
 /// An agent that thinks for a while before its answer, which comes all at once.
 fn slow_agent(seconds: u32) -> String {
@@ -235,4 +235,51 @@ async fn people_typing_on_one_surface_show_typing_on_the_others_without_echo() {
     assert!(alice.typing(&room).await.contains(&dan), "still typing 12 s after his first start");
     eventually(Duration::from_secs(10), "Dan's typing lapses", || alice.typing(&room), |t| !t.contains(&dan)).await;
     assert_eq!(discord.typing(GENERAL).len(), typed, "the ghost's typing echoed back to Discord");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coding_agent_shows_what_it_runs_in_one_line_replaced_by_its_answer() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake_acp_agent.py");
+    let slot = slot("progress");
+    slot.write_config_with_agents(&format!(
+        "[[agent]]\nid = \"coder\"\ndisplay_name = \"Coder\"\nruntime = \"acp\"\ncommand = [\"python3\", \"{script}\"]\n"
+    ));
+    let _service = Service::start(&slot).await;
+    let alice = Person::new("progress-alice").await;
+    let coder = slot.agent("coder");
+    let room = alice.create_room(&[&coder], true).await;
+    alice.wait_for_member(&room, &coder).await;
+
+    // The agent runs the tests (3 s), then reads a file (2 s), before its first words.
+    let asked = alice.say(&room, "busy: run the tests").await;
+    let line = alice.wait_for_reply(&room, &coder, &asked).await;
+    assert_eq!(body(&line), "🔧 Run `cargo test`…", "the first thing shown is what it runs");
+    let line_id = line["event_id"].as_str().unwrap().to_string();
+    let edits_of_line = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["content"]["m.relates_to"]["rel_type"] == "m.replace")
+            .filter(|e| e["content"]["m.relates_to"]["event_id"] == line_id.as_str())
+            .map(|e| e["content"]["m.new_content"]["body"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let final_text = "You said: busy: run the tests\nall tests passed";
+    let edits = eventually(
+        Duration::from_secs(30),
+        "the line is replaced by the answer",
+        || async { edits_of_line(&alice.messages(&room).await) },
+        |edits| edits.last().is_some_and(|last| last == final_text),
+    )
+    .await;
+    assert!(edits.iter().any(|e| e == "🔧 Read Cargo.toml…"), "edited in place as the next tool runs: {edits:?}");
+    assert!(edits.len() <= 8, "throttled, not one edit per update: {edits:?}");
+    // One message for it all: no line per tool, no second answer.
+    let from_coder: Vec<Value> = alice
+        .messages(&room)
+        .await
+        .into_iter()
+        .filter(|e| e["sender"] == coder.as_str() && e["content"]["m.relates_to"]["rel_type"] != "m.replace")
+        .filter(|e| reply_target(e) == Some(asked.as_str()))
+        .collect();
+    assert_eq!(from_coder.len(), 1, "{from_coder:?}");
 }

@@ -58,6 +58,7 @@ pub const SLOTS: &[&str] = &[
     "typing",
     "bridgetyping",
     "peopletyping",
+    "progress",
     "reactions",
     "strangers",
     "agentreact",
