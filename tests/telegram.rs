@@ -714,6 +714,11 @@ async fn the_bot_types_in_a_chat_and_invents_no_read_receipts() {
     h.adapter.mark_read(&group, "1", "echo").await.unwrap();
     assert_eq!(h.fake.chat_actions(GROUP).len(), 1, "Telegram cannot clear a chat action");
     assert!(h.fake.sent().is_empty(), "a read receipt posts nothing: {:?}", h.fake.sent());
+    // Someone else typing there right after is served by the same notice.
+    h.adapter.set_typing(&group, "other", true).await.unwrap();
+    assert_eq!(h.fake.chat_actions(GROUP).len(), 1, "one notice per chat serves everybody typing there");
+    // Half a renewal later, a notice is sent again (and fails where the bot is gone).
+    tokio::time::sleep(h.adapter.typing_renewal().unwrap() / 2).await;
     h.fake.set_member_status(GROUP, "kicked");
     let gone = h.adapter.set_typing(&group, "echo", true).await;
     assert!(matches!(gone, Err(ChannelSendError::Terminal(_))), "{gone:?}");

@@ -38,7 +38,7 @@ pub fn build(
     let message_of = |id: uuid::Uuid| history.iter().find(|t| t.id == id);
     let shown = |m: &ChannelMessage| match m.event {
         ChannelEvent::Message | ChannelEvent::Edit { .. } | ChannelEvent::Delete { .. } => in_thread(m),
-        ChannelEvent::ReactionsCleared { .. } => false,
+        ChannelEvent::ReactionsCleared { .. } | ChannelEvent::Typing { .. } => false,
         ChannelEvent::Reaction { target, removed, .. } => {
             !removed
                 && !taken_back.contains(&m.id)

@@ -2,6 +2,10 @@
 //! text arrives as edits, at most one per second and at most `max_edits` in all. The
 //! previews are sent straight to the surfaces; the final text goes through the durable
 //! outbox (see `Agents::commit_reply`), so it always arrives, exactly once.
+//!
+//! While a coding agent runs tools and writes nothing, the same message shows one line
+//! saying what it runs (its tool call's title), edited in place with the same throttle
+//! and replaced by its next words: one message, never a line per tool.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,6 +68,38 @@ pub struct Streamer {
     chars: usize,
     /// The agent's typing notices, stopped in each chat as the first words show there.
     typing: TypingGuard,
+    /// The tool call the agent runs since its last words, shown under them.
+    progress: Option<Progress>,
+}
+
+/// A tool call as the progress line shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Progress {
+    title: String,
+    running: bool,
+}
+
+/// Longest tool title shown, in characters: a title may be a whole command line.
+const MAX_TITLE_CHARS: usize = 120;
+
+impl Progress {
+    fn new(title: &str, status: &str) -> Self {
+        let one_line = title.split_whitespace().collect::<Vec<_>>().join(" ");
+        let title = match one_line.char_indices().nth(MAX_TITLE_CHARS) {
+            Some((cut, _)) => format!("{}…", &one_line[..cut]),
+            None => one_line,
+        };
+        // ACP's statuses: `pending` and `in_progress` run; `completed` and `failed` ended.
+        Self { title, running: !matches!(status, "completed" | "failed") }
+    }
+
+    /// `🔧 Run cargo test…` while it runs; without the dots once it ended.
+    fn line(&self) -> String {
+        match self.running {
+            true => format!("🔧 {}…", self.title),
+            false => format!("🔧 {}", self.title),
+        }
+    }
 }
 
 /// Whether the answer still has room after a piece of text.
@@ -92,7 +128,41 @@ impl Streamer {
             max_chars: usize::MAX,
             chars: 0,
             typing: TypingGuard::none(),
+            progress: None,
         }
+    }
+
+    /// A tool call of the agent started or changed state: the answer shows a line saying
+    /// so under its text, until more text comes. Not where the answer is not streamed.
+    pub fn tool_call(&mut self, title: &str, status: &str) {
+        if self.previews && !title.trim().is_empty() {
+            self.progress = Some(Progress::new(title, status));
+        }
+    }
+
+    /// What the previews show now: the text so far, and under it the progress line.
+    fn display(&self) -> String {
+        match &self.progress {
+            Some(progress) => self.under_text(progress),
+            None => preview(&self.text),
+        }
+    }
+
+    /// The text so far with `progress`'s line under it.
+    fn under_text(&self, progress: &Progress) -> String {
+        match preview(&self.text).trim_end() {
+            "" => progress.line(),
+            text => format!("{text}\n\n{}", progress.line()),
+        }
+    }
+
+    /// For a turn that ends without an answer while the previews show a progress line:
+    /// the edit that leaves the line there as a record of what ran (without its dots),
+    /// under the text so far, rather than a tool that seems to run for ever.
+    pub fn settled_progress(&self) -> Option<ChannelMessage> {
+        let progress = self.progress.as_ref().filter(|_| !self.previewed.is_empty())?;
+        let text = self.under_text(&Progress { running: false, ..progress.clone() });
+        Some(edit_of(&self.with_text(&text), &text, "final"))
     }
 
     /// Shows the agent `agent_id` typing in the targets until its words show there or
@@ -138,12 +208,20 @@ impl Streamer {
         };
         self.text.push_str(fits);
         self.chars += count;
+        // Its words are back: the line about its tools goes.
+        if !fits.is_empty() {
+            self.progress = None;
+        }
         if fits.len() < piece.len() || self.chars >= self.max_chars { Room::Full } else { Room::Left }
     }
 
     /// When the next preview is due, if there is new text to show.
     pub fn next_due(&self) -> Option<Instant> {
-        if !self.previews || self.text.trim().is_empty() || preview(&self.text) == self.shown {
+        if !self.previews {
+            return None;
+        }
+        let display = self.display();
+        if display.trim().is_empty() || display == self.shown {
             return None;
         }
         match self.last_sent {
@@ -158,7 +236,7 @@ impl Streamer {
         if self.next_due().is_none_or(|due| due > Instant::now()) {
             return;
         }
-        let shown = preview(&self.text);
+        let shown = self.display();
         self.last_sent = Some(Instant::now());
         if !self.previewed.is_empty() {
             self.edits += 1;
@@ -319,6 +397,41 @@ mod tests {
             Streamer::new(answer_message(Uuid::new_v4(), &to, "echo"), Vec::new(), 3, false, true).with_max_chars(5);
         assert_eq!(exact.push("12345"), Room::Full, "a full answer ends the turn");
         assert_eq!(exact.text(), "12345");
+    }
+
+    #[test]
+    fn a_tool_call_shows_one_line_under_the_text_until_more_text_comes() {
+        let to = ChannelMessage::new("!r", "@a:x", SenderType::User, "q", ContentType::Text);
+        let mut streamer = Streamer::new(answer_message(Uuid::new_v4(), &to, "coder"), Vec::new(), 20, false, true);
+        streamer.tool_call("Run `cargo test`", "pending");
+        assert_eq!(streamer.display(), "🔧 Run `cargo test`…");
+        assert!(streamer.next_due().unwrap() <= Instant::now(), "before any words, the line shows at once");
+        streamer.tool_call("Run `cargo test`", "completed");
+        assert_eq!(streamer.display(), "🔧 Run `cargo test`", "ended: no dots");
+        streamer.push("Tests pass.");
+        assert_eq!(streamer.display(), "Tests pass.", "its words replace the line");
+        streamer.tool_call("Read\n   Cargo.toml", "in_progress");
+        assert_eq!(streamer.display(), "Tests pass.\n\n🔧 Read Cargo.toml…", "one line, under the words");
+        streamer.tool_call(&"x".repeat(500), "in_progress");
+        assert_eq!(streamer.display().chars().count(), "Tests pass.\n\n🔧 ".chars().count() + MAX_TITLE_CHARS + 2);
+
+        let mut whole = Streamer::new(answer_message(Uuid::new_v4(), &to, "coder"), Vec::new(), 20, false, false);
+        whole.tool_call("Run `cargo test`", "pending");
+        assert!(whole.next_due().is_none(), "an answer sent whole shows no line");
+    }
+
+    #[test]
+    fn a_line_left_when_the_turn_ends_without_words_is_settled() {
+        let to = ChannelMessage::new("!r", "@a:x", SenderType::User, "q", ContentType::Text);
+        let mut streamer = Streamer::new(answer_message(Uuid::new_v4(), &to, "coder"), Vec::new(), 20, false, true);
+        streamer.tool_call("Run `cargo test`", "in_progress");
+        assert!(streamer.settled_progress().is_none(), "nothing shown, nothing to settle");
+        streamer.previewed.push("!r".into());
+        let settled = streamer.settled_progress().unwrap();
+        assert_eq!(settled.content, "🔧 Run `cargo test`");
+        assert_eq!(settled.meta_str(REPLACES), Some(streamer.reply.id.to_string().as_str()));
+        streamer.push("Partly done.");
+        assert!(streamer.settled_progress().is_none(), "its words replaced the line");
     }
 
     #[test]

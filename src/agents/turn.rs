@@ -70,7 +70,7 @@ impl Agents {
                     "agent turn failed"
                 );
                 let notice = reference.notice(&format!("{} could not answer", agent.config.display_name()));
-                return self.end_with_notice(job, turn, &message, notice).await;
+                return self.end_with_notice(job, turn, &message, notice, &streamer).await;
             }
         };
         let mut text = streamer.text().to_string();
@@ -81,7 +81,7 @@ impl Agents {
             text.push_str(&stream::cut_note(agent.config.max_answer_chars));
         } else if text.trim().is_empty() {
             let notice = format!("{} gave no answer.", agent.config.display_name());
-            return self.end_with_notice(job, turn, &message, notice).await;
+            return self.end_with_notice(job, turn, &message, notice, &streamer).await;
         }
         match self.commit_answer(job, turn, agent, &streamer, &text, usage).await {
             Ok(()) => {
@@ -210,6 +210,8 @@ impl Agents {
             AgentEvent::Permission(request) => self.ask_permission(agent, context, asker, streamer, request).await,
             AgentEvent::ToolCall { title, status } => {
                 tracing::debug!(agent = agent.config.id, tool = title, status, "tool call");
+                streamer.tool_call(&title, &status);
+                streamer.flush().await;
             }
             AgentEvent::Plan(steps) => tracing::debug!(agent = agent.config.id, steps = steps.len(), "plan"),
         }
@@ -367,22 +369,30 @@ impl Agents {
         turn: &TurnJob,
         to: &ChannelMessage,
         notice: String,
+        streamer: &Streamer,
     ) -> JobOutcome {
-        match self.commit_notice(job, turn, to, notice).await {
+        match self.commit_notice(job, turn, to, notice, streamer).await {
             Ok(()) => JobOutcome::Recorded,
             Err(error) => JobOutcome::Retry { error: error.to_string(), after: None },
         }
     }
 
-    /// Tells the room that a turn failed, instead of staying silent.
+    /// Tells the room that a turn failed, instead of staying silent. A progress line the
+    /// previews show is settled first, so that no tool seems to run on.
     async fn commit_notice(
         &self,
         job: &outbox::Job,
         turn: &TurnJob,
         to: &ChannelMessage,
         text: String,
+        streamer: &Streamer,
     ) -> store::Result<()> {
         let mut tx = self.store.begin_write().await?;
+        if let Some(settled) = streamer.settled_progress() {
+            for target in streamer.targets().iter().filter(|t| streamer.previewed.contains(&t.channel_id)) {
+                enqueue_send(&mut tx, target.adapter.name(), &target.channel_id, &settled).await?;
+            }
+        }
         post_notice(&mut tx, job, turn, to, text).await?;
         outbox::mark_done(&mut tx, job.seq).await?;
         tx.commit().await?;

@@ -2,14 +2,18 @@
 //! will answer, renewed before it lapses, until its first words show there or the turn
 //! ends; and a read receipt on the message it took up. Both are ephemeral: they go
 //! straight to the surfaces, never through the outbox, and a failure is only logged.
+//!
+//! People typing on one surface are shown on the others with the same notices
+//! ([`Typist::Person`], started by the hub).
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-use crate::protocol::{ChannelAdapter, ChannelSendError};
+use crate::protocol::{ChannelAdapter, ChannelMessage, ChannelSendError};
 
 /// Longest wait for one notice: a surface that hangs must not pile up notices.
 const TRY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,8 +26,29 @@ const TYPING_GRACE: Duration = Duration::from_millis(500);
 /// this time are folded into one for the latest message, sent when it has passed.
 const RECEIPT_WINDOW: Duration = Duration::from_secs(1);
 
-/// The typing notices of one turn. Dropping it stops them all: where the surface can
-/// clear a notice (Matrix), it is cleared at once rather than left to lapse.
+/// Who is shown typing.
+#[derive(Debug, Clone)]
+pub enum Typist {
+    /// An agent, by its id.
+    Agent(String),
+    /// A person of another surface, by their typing event (see
+    /// [`ChannelAdapter::set_person_typing`]).
+    Person(Arc<ChannelMessage>),
+}
+
+impl Typist {
+    /// For the log: the agent's id, or the person's surface and id there.
+    fn describe(&self) -> String {
+        match self {
+            Self::Agent(id) => id.clone(),
+            Self::Person(by) => format!("{}:{}", by.origin_channel(), by.sender_id),
+        }
+    }
+}
+
+/// The typing notices of one turn (or of one person). Dropping it stops them all: where
+/// the surface can clear a notice (Matrix), it is cleared at once rather than left to
+/// lapse.
 pub struct TypingGuard {
     /// Per chat, the sender whose drop ends that chat's notices.
     chats: Vec<(String, watch::Sender<()>)>,
@@ -32,11 +57,16 @@ pub struct TypingGuard {
 impl TypingGuard {
     /// Starts showing `agent_id` typing in each chat whose surface can show it.
     pub fn start(agent_id: &str, chats: impl IntoIterator<Item = (Arc<dyn ChannelAdapter>, String)>) -> Self {
+        Self::start_for(Typist::Agent(agent_id.to_string()), chats)
+    }
+
+    /// Starts showing `typist` typing in each chat whose surface can show it.
+    pub fn start_for(typist: Typist, chats: impl IntoIterator<Item = (Arc<dyn ChannelAdapter>, String)>) -> Self {
         let mut running = Vec::new();
         for (adapter, channel_id) in chats {
             let Some(every) = adapter.typing_renewal() else { continue };
             let (stop, stopped) = watch::channel(());
-            tokio::spawn(keep_typing(adapter, channel_id.clone(), agent_id.to_string(), every, stopped));
+            tokio::spawn(keep_typing(adapter, channel_id.clone(), typist.clone(), every, stopped));
             running.push((channel_id, stop));
         }
         Self { chats: running }
@@ -56,7 +86,7 @@ impl TypingGuard {
 async fn keep_typing(
     adapter: Arc<dyn ChannelAdapter>,
     channel_id: String,
-    agent_id: String,
+    typist: Typist,
     every: Duration,
     mut stopped: watch::Receiver<()>,
 ) {
@@ -65,14 +95,14 @@ async fn keep_typing(
         _ = stopped.changed() => return,
     }
     loop {
-        show(adapter.as_ref(), &channel_id, &agent_id, true).await;
+        show(adapter.as_ref(), &channel_id, &typist, true).await;
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             // Nothing is ever sent on the channel: this fires when the guard lets go.
             _ = stopped.changed() => break,
         }
     }
-    show(adapter.as_ref(), &channel_id, &agent_id, false).await;
+    show(adapter.as_ref(), &channel_id, &typist, false).await;
 }
 
 /// One try of an ephemeral request, bounded by [`TRY_TIMEOUT`].
@@ -83,9 +113,43 @@ async fn try_once(request: impl Future<Output = Result<(), ChannelSendError>>) -
     }
 }
 
-async fn show(adapter: &dyn ChannelAdapter, channel_id: &str, agent_id: &str, active: bool) {
-    if let Err(error) = try_once(adapter.set_typing(channel_id, agent_id, active)).await {
-        tracing::debug!(channel = adapter.name(), channel_id, agent = agent_id, active, %error, "typing notice not shown");
+async fn show(adapter: &dyn ChannelAdapter, channel_id: &str, typist: &Typist, active: bool) {
+    let result = match typist {
+        Typist::Agent(agent_id) => try_once(adapter.set_typing(channel_id, agent_id, active)).await,
+        Typist::Person(by) => try_once(adapter.set_person_typing(channel_id, by, active)).await,
+    };
+    if let Err(error) = result {
+        let typist = typist.describe();
+        tracing::debug!(channel = adapter.name(), channel_id, typist, active, %error, "typing notice not shown");
+    }
+}
+
+/// For surfaces that show only their bot typing: one notice per chat serves everybody
+/// typing there (agents and people), so a notice within `window` of the last one sent
+/// to the same chat is left out rather than sent again.
+pub struct ChatThrottle {
+    window: Duration,
+    /// Per chat, when its last notice was sent.
+    sent: Mutex<HashMap<String, Instant>>,
+}
+
+impl ChatThrottle {
+    pub fn new(window: Duration) -> Self {
+        Self { window, sent: Mutex::default() }
+    }
+
+    /// Whether a notice for `chat` should go out now; if so, it counts as sent.
+    pub fn due(&self, chat: &str) -> bool {
+        let now = Instant::now();
+        let mut sent = self.sent.lock().expect("typing throttle");
+        if sent.get(chat).is_some_and(|last| now.duration_since(*last) < self.window) {
+            return false;
+        }
+        // Chats nobody typed in lately are forgotten, so the map stays as small as the
+        // set of chats with typing going on.
+        sent.retain(|_, last| now.duration_since(*last) < self.window);
+        sent.insert(chat.to_string(), now);
+        true
     }
 }
 
@@ -139,7 +203,7 @@ async fn send_receipt(adapter: &dyn ChannelAdapter, channel_id: &str, native_id:
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Mutex;
 
     use async_trait::async_trait;
@@ -147,10 +211,12 @@ mod tests {
     use super::*;
     use crate::protocol::{AdapterHealth, ChannelConnectError, ChannelMessage, ChannelSendError, InboundHandler};
 
-    /// A surface that records typing notices: `(chat, active)`.
+    /// A surface that records typing notices: `(chat, active)`; renewed every 4 s.
     #[derive(Default)]
-    struct Recorder {
+    pub(crate) struct Recorder {
         notices: Mutex<Vec<(String, bool)>>,
+        /// People's typing notices: `(sender, active)`.
+        pub(crate) people: Mutex<Vec<(String, bool)>>,
         /// Read receipts: `(chat, message)`.
         receipts: Mutex<Vec<(String, String)>>,
     }
@@ -186,6 +252,10 @@ mod tests {
         async fn set_typing(&self, channel_id: &str, agent_id: &str, active: bool) -> Result<(), ChannelSendError> {
             assert_eq!(agent_id, "helper");
             self.notices.lock().unwrap().push((channel_id.to_string(), active));
+            Ok(())
+        }
+        async fn set_person_typing(&self, _: &str, by: &ChannelMessage, active: bool) -> Result<(), ChannelSendError> {
+            self.people.lock().unwrap().push((by.sender_id.clone(), active));
             Ok(())
         }
         async fn mark_read(&self, channel_id: &str, native_id: &str, _: &str) -> Result<(), ChannelSendError> {
@@ -226,6 +296,17 @@ mod tests {
         };
         assert_eq!(receipts("folded"), ["$1", "$3", "$4"], "the first at once, the latest after the window, $2 never");
         assert_eq!(receipts("elsewhere"), ["$9"], "another chat has its own window");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_notice_per_chat_serves_everybody_typing_there() {
+        let throttle = ChatThrottle::new(Duration::from_secs(4));
+        assert!(throttle.due("a"), "the first notice goes out");
+        assert!(!throttle.due("a"), "a second typist right after it does not send another");
+        assert!(throttle.due("b"), "another chat has its own");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(throttle.due("a"), "once the window has passed");
+        assert_eq!(throttle.sent.lock().unwrap().len(), 1, "chats quiet for a window are forgotten");
     }
 
     #[tokio::test(start_paused = true)]

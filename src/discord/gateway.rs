@@ -46,6 +46,8 @@ fn intents() -> GatewayIntents {
         | GatewayIntents::MESSAGE_CONTENT
         | GatewayIntents::GUILD_MESSAGE_REACTIONS
         | GatewayIntents::DIRECT_MESSAGE_REACTIONS
+        | GatewayIntents::GUILD_MESSAGE_TYPING
+        | GatewayIntents::DIRECT_MESSAGE_TYPING
 }
 
 pub(super) async fn connect(inner: &Arc<Inner>) -> Result<(), ChannelConnectError> {
@@ -139,6 +141,9 @@ impl Handler {
                 | Event::ReactionRemove(_)
                 | Event::ReactionRemoveAll(_)
                 | Event::ReactionRemoveEmoji(_)
+                // Typing in order too: a start handled after the message it preceded
+                // would show the person typing after their words.
+                | Event::TypingStart(_)
                 | Event::InteractionCreate(_) => Work::Event(Box::new(event.clone())),
                 _ => return !tx.is_closed(),
             };

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use serenity::all::{Event, Message, MessageType, MessageUpdateEvent, Reaction, ReactionType, User};
+use serenity::all::{Event, Message, MessageType, MessageUpdateEvent, Reaction, ReactionType, TypingStartEvent, User};
 use serenity::http::{LightMethod, Request, Route};
 use serenity::model::id::ChannelId;
 use uuid::Uuid;
@@ -69,6 +69,7 @@ impl Inner {
                 self.caches.lock().unwrap().channels.insert(e.thread.id.get(), info);
             }
             Event::InteractionCreate(e) => self.on_interaction(e.interaction).await,
+            Event::TypingStart(e) => self.on_typing(e).await,
             Event::ReactionAdd(e) => self.on_reaction(e.reaction, false).await,
             Event::ReactionRemove(e) => self.on_reaction(e.reaction, true).await,
             Event::ReactionRemoveAll(e) => {
@@ -100,6 +101,33 @@ impl Inner {
         .await;
         if let Some(msg) = msg {
             self.deliver(msg).await;
+        }
+    }
+
+    /// Someone started typing (`TYPING_START`): handed to the hub once, never retried, as
+    /// typing is ephemeral. The bot's own typing (shown for others) is not read back.
+    async fn on_typing(&self, e: TypingStartEvent) {
+        if self.known_identity().is_some_and(|i| e.user_id.get() == i.bot_user) {
+            return;
+        }
+        let place = match self.place(e.channel_id.get()).await {
+            Ok(place) => place,
+            Err(error) => {
+                tracing::debug!(channel = CHANNEL, chat = e.channel_id.get(), %error, "typing not passed on");
+                return;
+            }
+        };
+        let lasts_ms = u64::try_from(super::TYPING_LASTS.as_millis()).ok();
+        let typing = ChannelEvent::Typing { active: true, lasts_ms };
+        let mut msg =
+            ChannelMessage::new(place.chat.to_string(), e.user_id.to_string(), SenderType::User, "", ContentType::Text)
+                .with_event(typing);
+        if let Some(member) = &e.member {
+            name_sender(&mut msg, &member.user, member.nick.clone());
+        }
+        let Some(handler) = self.handler.borrow().clone() else { return };
+        if let Err(error) = handler.handle(msg).await {
+            tracing::debug!(channel = CHANNEL, chat = place.chat, %error, "typing not passed on");
         }
     }
 

@@ -58,6 +58,10 @@ pub const SURFACE: SurfaceInfo = SurfaceInfo::new(CHANNEL).bridgeable("channel")
 /// How often the bot's typing is renewed while an agent works.
 const TYPING_RENEWAL: std::time::Duration = std::time::Duration::from_secs(8);
 
+/// How long Discord shows someone typing after a `TYPING_START` (it says no more when
+/// they stop; their client starts again while they go on).
+const TYPING_LASTS: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Inbound metadata of a `/link` command: the interaction it came from, so that the
 /// answer can be an ephemeral interaction response (outbound, copied back by the hub or
 /// matched by `replyToId` / `mosaic.privateTo`).
@@ -197,6 +201,8 @@ struct Inner {
     gateway: tokio::sync::Mutex<Option<gateway::Running>>,
     /// Servers whose channels admins may bridge without proof (`[discord] bridge_guilds`).
     bridge_guilds: Vec<u64>,
+    /// The bot types for every agent and person elsewhere at once: one notice per chat.
+    typing: crate::agents::typing::ChatThrottle,
 }
 
 impl DiscordAdapter {
@@ -214,6 +220,7 @@ impl DiscordAdapter {
             identity: RwLock::new(None),
             caches: Mutex::new(Caches::default()),
             gateway: tokio::sync::Mutex::new(None),
+            typing: crate::agents::typing::ChatThrottle::new(TYPING_RENEWAL / 2),
             bridge_guilds: config.bridge_guilds.clone(),
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -310,10 +317,17 @@ impl ChannelAdapter for DiscordAdapter {
     /// Discord shows typing for the bot only (webhooks cannot type), and has no call
     /// that clears it: a stopped notice lapses.
     async fn set_typing(&self, channel_id: &str, _agent_id: &str, active: bool) -> Result<(), ChannelSendError> {
-        match active {
-            true => self.inner.typing(channel_id).await,
-            false => Ok(()),
-        }
+        self.inner.typing(channel_id, active).await
+    }
+
+    /// People elsewhere type as the bot, like agents.
+    async fn set_person_typing(
+        &self,
+        channel_id: &str,
+        _by: &ChannelMessage,
+        active: bool,
+    ) -> Result<(), ChannelSendError> {
+        self.inner.typing(channel_id, active).await
     }
 }
 

@@ -108,9 +108,13 @@ fn parse_id(text: &str, what: &str) -> Result<u64, ChannelSendError> {
 }
 
 impl Inner {
-    /// Shows the bot typing in the channel (`POST /channels/{id}/typing`); Discord keeps
-    /// it up for about ten seconds, or until the bot posts there.
-    pub(super) async fn typing(&self, channel_id: &str) -> Result<(), ChannelSendError> {
+    /// Shows the bot typing in the channel (`POST /channels/{id}/typing`), unless it was
+    /// just shown there for someone else; Discord keeps it up for about ten seconds, or
+    /// until the bot posts there. A stop does nothing: Discord cannot clear typing.
+    pub(super) async fn typing(&self, channel_id: &str, active: bool) -> Result<(), ChannelSendError> {
+        if !active || !self.typing.due(channel_id) {
+            return Ok(());
+        }
         let channel_id = ChannelId::new(parse_id(channel_id, "channel")?);
         self.rest.call_once(Request::new(Route::ChannelTyping { channel_id }, LightMethod::Post)).await?;
         Ok(())

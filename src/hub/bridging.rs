@@ -189,7 +189,8 @@ pub async fn report_undelivered(
         ChannelEvent::Message
         | ChannelEvent::Edit { .. }
         | ChannelEvent::Delete { .. }
-        | ChannelEvent::ReactionsCleared { .. } => "message",
+        | ChannelEvent::ReactionsCleared { .. }
+        | ChannelEvent::Typing { .. } => "message",
     };
     let whose = match send.message.meta_str(metadata_keys::SENDER_NAME) {
         Some(name) => format!("{name}'s {what}"),
@@ -401,8 +402,9 @@ impl SurfaceAdapter {
             retry_after: None,
         };
         let result = match msg.event {
-            // The hub turns a clearing into removals before anything is queued.
-            ChannelEvent::ReactionsCleared { .. } => return Ok(()),
+            // The hub turns a clearing into removals before anything is queued, and shows
+            // typing without the outbox.
+            ChannelEvent::ReactionsCleared { .. } | ChannelEvent::Typing { .. } => return Ok(()),
             ChannelEvent::Reaction { .. } => {
                 match self.reaction_for(channel_id, msg, resend).await.map_err(prepare_failed)? {
                     Some(reaction) => self.inner.send_reaction(channel_id, &reaction, msg).await,
@@ -511,6 +513,15 @@ impl ChannelAdapter for SurfaceAdapter {
         self.inner.set_typing(channel_id, agent_id, active).await
     }
 
+    async fn set_person_typing(
+        &self,
+        channel_id: &str,
+        by: &ChannelMessage,
+        active: bool,
+    ) -> Result<(), ChannelSendError> {
+        self.inner.set_person_typing(channel_id, by, active).await
+    }
+
     async fn mark_read(&self, channel_id: &str, native_id: &str, agent_id: &str) -> Result<(), ChannelSendError> {
         self.inner.mark_read(channel_id, native_id, agent_id).await
     }
@@ -614,6 +625,10 @@ mod tests {
             self.note("set_typing");
             Ok(())
         }
+        async fn set_person_typing(&self, _: &str, _: &ChannelMessage, _: bool) -> Result<(), ChannelSendError> {
+            self.note("set_person_typing");
+            Ok(())
+        }
         async fn mark_read(
             &self,
             _channel_id: &str,
@@ -693,6 +708,7 @@ mod tests {
         wrapped.close_bridge("42").await;
         assert!(wrapped.typing_renewal().is_some());
         wrapped.set_typing("42", "echo", true).await.unwrap();
+        wrapped.set_person_typing("42", &original, true).await.unwrap();
         wrapped.mark_read("42", "1001", "echo").await.unwrap();
         assert!(wrapped.supports_reactions());
         assert_eq!(wrapped.surface().name, "discord");

@@ -15,6 +15,7 @@ pub mod retention;
 pub mod room_ops;
 pub mod routing;
 pub mod teams;
+pub mod typing;
 
 use std::sync::Arc;
 
@@ -72,6 +73,8 @@ pub struct Hub {
     surfaces: Option<Arc<ChannelRegistry>>,
     /// Per-person brakes on costly commands.
     limiter: limits::CommandLimiter,
+    /// People shown typing on the surfaces they are not typing on.
+    typing: typing::PeopleTyping,
 }
 
 impl Hub {
@@ -85,6 +88,7 @@ impl Hub {
             wakers,
             control,
             surfaces: None,
+            typing: typing::PeopleTyping::default(),
         }
     }
 
@@ -121,8 +125,14 @@ impl Hub {
         msg.seal_link_tokens(&self.config.appservice.as_token);
         msg.strip_control_chars();
         msg.metadata.entry(metadata_keys::ORIGIN_CHANNEL).or_insert_with(|| channel.into());
-        if let ChannelEvent::ReactionsCleared { .. } = msg.event {
-            return self.clear_reactions(channel, &msg).await;
+        match msg.event {
+            ChannelEvent::ReactionsCleared { .. } => return self.clear_reactions(channel, &msg).await,
+            ChannelEvent::Typing { active, lasts_ms } => {
+                return self.relay_typing(channel, msg, active, lasts_ms).await;
+            }
+            // Their words are here: they no longer show typing elsewhere.
+            ChannelEvent::Message => self.typing.stop(&typing::Key::of(channel, &msg)),
+            _ => {}
         }
         // Asking another surface takes a while: it happens before the write transaction.
         let bridge_right = self.bridge_right(channel, &msg).await?;
@@ -293,6 +303,53 @@ impl Hub {
         }
         tx.commit().await?;
         self.wakers.wake_all();
+        Ok(())
+    }
+
+    /// Shows a person typing on the conversation's other surfaces, or stops it. Only the
+    /// first start looks up where: repeated starts just keep the notices going. Nothing
+    /// is written; people without access, chats that are not bridged and archived
+    /// conversations show nothing.
+    async fn relay_typing(
+        &self,
+        channel: &str,
+        msg: ChannelMessage,
+        active: bool,
+        lasts_ms: Option<u64>,
+    ) -> store::Result<()> {
+        let key = typing::Key::of(channel, &msg);
+        if !active {
+            self.typing.stop(&key);
+            return Ok(());
+        }
+        let lasts = lasts_ms.map_or(typing::LONGEST, std::time::Duration::from_millis).min(typing::LONGEST);
+        if self.typing.renew(&key, lasts) {
+            return Ok(());
+        }
+        let Some(surfaces) = &self.surfaces else { return Ok(()) };
+        let mut conn = self.store.conn().await?;
+        if self.level_of(&mut conn, channel, &msg.sender_id).await? == Level::None {
+            return Ok(());
+        }
+        let conversation = match channel {
+            protocol::MATRIX => conversations::conversation_for_room(&mut conn, &msg.channel_id).await?,
+            _ => match bridges::get(&mut conn, channel, &msg.channel_id).await?.filter(|b| b.is_bridged()) {
+                Some(bridge) => conversations::conversation(&mut conn, &bridge.conversation_id).await?,
+                None => None,
+            },
+        };
+        let Some(conversation) = conversation.filter(|c| c.archived_at.is_none()) else { return Ok(()) };
+        let mut chats = Vec::new();
+        for (surface, chat) in bridging::surfaces(&mut conn, &conversation.id).await? {
+            if (surface.as_str(), chat.as_str()) == (channel, msg.channel_id.as_str()) {
+                continue;
+            }
+            if let Some(adapter) = surfaces.get(&surface) {
+                chats.push((adapter, chat));
+            }
+        }
+        tracing::debug!(channel, chat_id = msg.channel_id, chats = chats.len(), "person typing shown elsewhere");
+        self.typing.start(key, msg, chats, lasts);
         Ok(())
     }
 
@@ -615,7 +672,8 @@ fn may_be_command(msg: &ChannelMessage) -> bool {
         ChannelEvent::Edit { .. }
         | ChannelEvent::Delete { .. }
         | ChannelEvent::Reaction { .. }
-        | ChannelEvent::ReactionsCleared { .. } => false,
+        | ChannelEvent::ReactionsCleared { .. }
+        | ChannelEvent::Typing { .. } => false,
     }
 }
 
@@ -627,7 +685,8 @@ fn answer_of(msg: &ChannelMessage) -> (&str, Option<uuid::Uuid>) {
         ChannelEvent::Message
         | ChannelEvent::Edit { .. }
         | ChannelEvent::Delete { .. }
-        | ChannelEvent::ReactionsCleared { .. } => (&msg.content, msg.relates_to()),
+        | ChannelEvent::ReactionsCleared { .. }
+        | ChannelEvent::Typing { .. } => (&msg.content, msg.relates_to()),
     }
 }
 

@@ -19,7 +19,8 @@ fn reaction_of(msg: &ChannelMessage) -> Option<(&str, bool)> {
         ChannelEvent::Message
         | ChannelEvent::Edit { .. }
         | ChannelEvent::Delete { .. }
-        | ChannelEvent::ReactionsCleared { .. } => None,
+        | ChannelEvent::ReactionsCleared { .. }
+        | ChannelEvent::Typing { .. } => None,
     }
 }
 

@@ -83,7 +83,7 @@ const SEND_TRIES: u32 = 4;
 pub const MESSAGE_ID_KEY: &str = "mosaic.id";
 /// How long a typing notice lasts on the homeserver, and how often it is renewed: well
 /// before it lapses, so that a slow request does not let it flicker.
-const TYPING_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const TYPING_TIMEOUT: Duration = Duration::from_secs(30);
 const TYPING_RENEWAL: Duration = Duration::from_secs(20);
 /// How long an encrypted message waits for its room key before the room is told it could
 /// not be read; the room's later messages wait behind it meanwhile.
@@ -142,6 +142,8 @@ pub struct MatrixAdapter {
     permissions: Permissions,
     /// Devices for encrypted rooms; `None` when turned off.
     crypto: Option<Arc<Crypto>>,
+    /// Who was seen typing in which room (see [`super::typing`]).
+    pub(super) typing_rooms: super::typing::TypingRooms,
 }
 
 impl MatrixAdapter {
@@ -161,6 +163,7 @@ impl MatrixAdapter {
             display_names: Default::default(),
             unconfirmed: Default::default(),
             catch_up_cursors: Default::default(),
+            typing_rooms: Default::default(),
         }
     }
 
@@ -536,7 +539,7 @@ impl MatrixAdapter {
     }
 
     /// The installed inbound handler; events wait in the inbox until there is one.
-    fn handler(&self) -> Result<Arc<dyn InboundHandler>, EventError> {
+    pub(super) fn handler(&self) -> Result<Arc<dyn InboundHandler>, EventError> {
         self.handler
             .read()
             .expect("handler lock")
@@ -1011,7 +1014,7 @@ impl MatrixAdapter {
     }
 }
 
-fn send_error(error: HsError) -> ChannelSendError {
+pub(super) fn send_error(error: HsError) -> ChannelSendError {
     if error.is_transient() {
         ChannelSendError::Transient { retry_after: error.retry_after(), message: error.to_string() }
     } else {
@@ -1019,7 +1022,7 @@ fn send_error(error: HsError) -> ChannelSendError {
     }
 }
 
-fn transient(error: impl std::fmt::Display) -> ChannelSendError {
+pub(super) fn transient(error: impl std::fmt::Display) -> ChannelSendError {
     ChannelSendError::Transient { message: error.to_string(), retry_after: None }
 }
 
@@ -1032,7 +1035,7 @@ fn room(id: &str) -> Result<OwnedRoomId, EventError> {
 }
 
 /// [`room`] for the outbound side: a chat id that is no room id fails the send for good.
-fn send_room(id: &str) -> Result<OwnedRoomId, ChannelSendError> {
+pub(super) fn send_room(id: &str) -> Result<OwnedRoomId, ChannelSendError> {
     OwnedRoomId::try_from(id).map_err(|e| ChannelSendError::Terminal(format!("bad room id {id:?}: {e}")))
 }
 
@@ -1170,6 +1173,15 @@ impl ChannelAdapter for MatrixAdapter {
         let request = create_typing_event::v3::Request::new(ghost.clone(), room, state);
         self.client.call(request, Some(&ghost)).await.map_err(send_error)?;
         Ok(())
+    }
+
+    async fn set_person_typing(
+        &self,
+        channel_id: &str,
+        by: &ChannelMessage,
+        active: bool,
+    ) -> Result<(), ChannelSendError> {
+        self.show_person_typing(channel_id, by, active).await
     }
 
     /// A public `m.read` receipt from the agent's ghost: people see the agent has read up

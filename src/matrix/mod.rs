@@ -16,5 +16,6 @@ pub mod registration;
 pub mod rooms;
 pub mod server;
 pub mod teams;
+pub mod typing;
 
 pub use adapter::{CHANNEL, MatrixAdapter};

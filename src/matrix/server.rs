@@ -112,6 +112,10 @@ async fn transaction(State(state): State<ServerState>, Path(txn_id): Path<String
                 crate::metrics::transaction_received(parsed.events.len());
                 tracing::debug!(txn_id, events = events.len(), "transaction stored");
                 state.inbox_wake.notify_one();
+                // Typing is not kept: it is passed on now, beside the answer, and a
+                // repeated transaction's typing is old news.
+                let (adapter, body) = (state.adapter.clone(), bytes.clone());
+                tokio::spawn(async move { adapter.on_ephemeral(&body).await });
             } else {
                 tracing::info!(txn_id, "repeated transaction acknowledged again");
             }

@@ -198,6 +198,21 @@ pub trait ChannelAdapter: Send + Sync {
         Ok(())
     }
 
+    /// Shows (`active`) or clears that a person of another surface is typing in
+    /// `channel_id`: `by` is their typing event (its sender, the surface it came from and
+    /// the sender's name). Same contract as [`ChannelAdapter::set_typing`], and called
+    /// only where [`ChannelAdapter::typing_renewal`] is `Some`. The default shows
+    /// nothing.
+    async fn set_person_typing(
+        &self,
+        channel_id: &str,
+        by: &ChannelMessage,
+        active: bool,
+    ) -> Result<(), ChannelSendError> {
+        let _ = (channel_id, by, active);
+        Ok(())
+    }
+
     /// The agent `agent_id` took up the message `native_id` (a channel-native id) of
     /// `channel_id`: a surface with read receipts shows that the agent has seen it. The
     /// default does nothing, so surfaces without receipts never get invented ones. One

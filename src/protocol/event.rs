@@ -40,6 +40,15 @@ pub enum ChannelEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
     },
+    /// The sender started (`active`) or stopped typing in the chat. Ephemeral: the hub
+    /// shows it on the conversation's other surfaces at once and never logs it. A start
+    /// lasts `lastsMs` unless it is renewed, on surfaces that never say when typing
+    /// stopped (Discord); without it, until a stop comes.
+    Typing {
+        active: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lasts_ms: Option<u64>,
+    },
 }
 
 impl ChannelEvent {
@@ -50,7 +59,7 @@ impl ChannelEvent {
     /// The message this event changes, when it changes one.
     pub fn target(&self) -> Option<Uuid> {
         match self {
-            Self::Message => None,
+            Self::Message | Self::Typing { .. } => None,
             Self::Edit { target } => *target,
             Self::Delete { target } | Self::Reaction { target, .. } | Self::ReactionsCleared { target, .. } => {
                 Some(*target)

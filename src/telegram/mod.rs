@@ -150,6 +150,8 @@ pub(crate) struct Inner {
     health: HealthState,
     running: tokio::sync::Mutex<Option<Running>>,
     webhook_secret: String,
+    /// The bot types for every agent and person elsewhere at once: one notice per chat.
+    typing: crate::agents::typing::ChatThrottle,
 }
 
 impl Inner {
@@ -206,6 +208,7 @@ impl TelegramAdapter {
                 health: HealthState::default(),
                 running: tokio::sync::Mutex::new(None),
                 webhook_secret,
+                typing: crate::agents::typing::ChatThrottle::new(TYPING_RENEWAL / 2),
             }),
         })
     }
@@ -359,10 +362,18 @@ impl ChannelAdapter for TelegramAdapter {
     /// Telegram shows the bot typing (people's names are only in the text), and has no
     /// call that clears it: a stopped notice lapses.
     async fn set_typing(&self, channel_id: &str, _agent_id: &str, active: bool) -> Result<(), ChannelSendError> {
-        match active {
-            true => outbound::typing(&self.inner, channel_id).await,
-            false => Ok(()),
-        }
+        outbound::typing(&self.inner, channel_id, active).await
+    }
+
+    /// People elsewhere type as the bot, like agents. (Telegram tells bots nothing of
+    /// people typing there: that way round nothing is shown.)
+    async fn set_person_typing(
+        &self,
+        channel_id: &str,
+        _by: &ChannelMessage,
+        active: bool,
+    ) -> Result<(), ChannelSendError> {
+        outbound::typing(&self.inner, channel_id, active).await
     }
 
     async fn may_bridge(&self, channel_id: &str, requester: &[String]) -> BridgeRight {

@@ -137,9 +137,13 @@ async fn target(inner: &Inner, channel_id: &str, msg: &ChannelMessage) -> Result
     })
 }
 
-/// Shows the bot typing in the chat (`sendChatAction`); Telegram keeps it up for about
-/// five seconds, or until the bot's next message there. One try: a late notice is no use.
-pub(super) async fn typing(inner: &Inner, channel_id: &str) -> Result<(), ChannelSendError> {
+/// Shows the bot typing in the chat (`sendChatAction`), unless it was just shown there
+/// for someone else; Telegram keeps it up for about five seconds, or until the bot's next
+/// message there. One try: a late notice is no use. A stop does nothing: it lapses.
+pub(super) async fn typing(inner: &Inner, channel_id: &str, active: bool) -> Result<(), ChannelSendError> {
+    if !active || !inner.typing.due(channel_id) {
+        return Ok(());
+    }
     let chat = parse_chat(channel_id)?;
     match inner.bot.send_chat_action(chat, ChatAction::Typing).await {
         Ok(_) => Ok(()),

@@ -124,6 +124,8 @@ struct Gateway {
     buffer: Vec<(u64, Value)>,
     identifies: u32,
     resumes: u32,
+    /// The gateway intents of the last IDENTIFY: events outside them are not sent.
+    intents: u64,
 }
 
 struct World {
@@ -206,6 +208,7 @@ impl FakeDiscord {
                 buffer: Vec::new(),
                 identifies: 0,
                 resumes: 0,
+                intents: 0,
             },
             api_url: api_url.clone(),
             gateway_url,
@@ -303,6 +306,13 @@ impl FakeDiscord {
     /// A person posts in `channel` (a channel or a thread); `.send()` posts it.
     pub fn user_says(&self, channel: u64, user: u64, text: &str) -> Say<'_> {
         Say { fake: self, channel, user, text: text.into(), reply_to: None, files: Vec::new(), mentions: Vec::new() }
+    }
+
+    /// A person types in `channel`: TYPING_START, as their client sends it every few
+    /// seconds while they type.
+    pub fn user_types(&self, channel: u64, user: u64) {
+        let up = self.up();
+        self.world().typing_start(channel, user, up);
     }
 
     /// A person edits their message.
@@ -608,6 +618,7 @@ impl FakeDiscord {
                     return false;
                 }
                 world.gateway.identifies += 1;
+                world.gateway.intents = payload["d"]["intents"].as_u64().unwrap_or(0);
                 world.gateway.session_id = format!("session{}", world.gateway.identifies);
                 world.gateway.seq = 0;
                 world.gateway.buffer.clear();
@@ -733,6 +744,26 @@ impl World {
         let mut event = msg;
         self.with_guild_fields(&mut event, channel);
         self.dispatch("MESSAGE_CREATE", event, up);
+    }
+
+    /// Dispatches TYPING_START for `user` in `channel`, to a client that asked for typing
+    /// with its intents (GUILD_MESSAGE_TYPING in a server, DIRECT_MESSAGE_TYPING in a DM).
+    fn typing_start(&mut self, channel: u64, user: u64, up: bool) {
+        const GUILD_MESSAGE_TYPING: u64 = 1 << 11;
+        const DIRECT_MESSAGE_TYPING: u64 = 1 << 14;
+        let guild = self.channels.get(&channel).and_then(|c| c.guild);
+        let intent = if guild.is_some() { GUILD_MESSAGE_TYPING } else { DIRECT_MESSAGE_TYPING };
+        if self.gateway.intents & intent == 0 {
+            return;
+        }
+        let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let mut event = json!({"channel_id": channel.to_string(), "user_id": user.to_string(), "timestamp": timestamp});
+        if let Some(guild) = guild {
+            event["guild_id"] = json!(guild.to_string());
+            event["member"] = json!({"user": self.users.get(&user), "nick": self.nicks.get(&user), "roles": [],
+                "joined_at": "2024-01-01T00:00:00.000000+00:00", "deaf": false, "mute": false, "flags": 0});
+        }
+        self.dispatch("TYPING_START", event, up);
     }
 
     /// Marks a message taken away through REST and dispatches MESSAGE_DELETE, as Discord
@@ -1098,6 +1129,8 @@ fn route(fake: &FakeDiscord, method: &Method, uri: &Uri, headers: &HeaderMap, bo
                 return error(404, 10003, "Unknown Channel");
             }
             world.typing.push((channel, Instant::now()));
+            // Discord tells every client, the bot's own included, that the bot types.
+            world.typing_start(channel, BOT_USER, up);
             StatusCode::NO_CONTENT.into_response()
         }
         (Method::POST, ["channels", channel, "messages"]) => {

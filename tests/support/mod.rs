@@ -57,6 +57,8 @@ pub const SLOTS: &[&str] = &[
     "bounds",
     "typing",
     "bridgetyping",
+    "peopletyping",
+    "progress",
     "reactions",
     "strangers",
     "agentreact",
@@ -737,6 +739,16 @@ impl Person {
         let path = format!("/sync?timeout=0&filter={}", enc(&filter.to_string()));
         let sync = self.call(reqwest::Method::GET, &path, None).await;
         sync["rooms"]["join"][room]["ephemeral"]["events"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Types in the room (`true`, for 30 s unless stopped) or stops, as clients do.
+    pub async fn set_typing(&self, room: &str, typing: bool) {
+        let path = format!("/rooms/{}/typing/{}", enc(room), enc(&self.user_id));
+        let body = match typing {
+            true => json!({"typing": true, "timeout": 30_000}),
+            false => json!({"typing": false}),
+        };
+        self.call(reqwest::Method::PUT, &path, Some(body)).await;
     }
 
     /// Who the room shows typing now.
