@@ -32,9 +32,11 @@ impl Pruned {
 /// Removes the work that finished before `cutoff_ms`, `BATCH` rows per write, until none
 /// is left.
 pub async fn prune(store: &Store, cutoff_ms: i64) -> Result<Pruned> {
-    let mut pruned = Pruned::default();
-    pruned.inbox_events = drain(store, cutoff_ms, Table::InboxEvents).await?;
-    pruned.jobs = drain(store, cutoff_ms, Table::Outbox).await?;
+    let mut pruned = Pruned {
+        inbox_events: drain(store, cutoff_ms, Table::InboxEvents).await?,
+        transactions: 0,
+        jobs: drain(store, cutoff_ms, Table::Outbox).await?,
+    };
     loop {
         let removed = store.write(async |conn| prune_transactions(conn, cutoff_ms).await).await?;
         pruned.transactions += removed;
