@@ -30,18 +30,30 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut failures = 0i64;
+    // When the next event that waits for a later try is due: asked of the store at start
+    // and when it comes due, and otherwise learnt from the passes that defer events, so
+    // that an idle inbox is not asked again after every pass.
+    let mut retry_at = next_retry_at(&store).await;
     loop {
         if *shutdown.borrow() {
             return;
         }
         let wait = match process_batch(&store, &adapter, &limits).await {
-            Ok(0) => {
-                failures = 0;
-                next_retry_in(&store).await.unwrap_or(IDLE)
-            }
-            Ok(_) => {
+            // More may wait behind a full batch; the rooms it held back are left out of
+            // the next read, so the next batch gets further.
+            Ok(pass) if pass.read == BATCH as usize => {
                 failures = 0;
                 continue;
+            }
+            Ok(pass) => {
+                failures = 0;
+                retry_at = earliest(retry_at, pass.retry_at);
+                if retry_at.is_some_and(|at| at <= store::now_ms()) {
+                    retry_at = next_retry_at(&store).await;
+                }
+                // Events pushed meanwhile have woken this loop already (`wake` keeps one
+                // wake-up while the loop is busy), so nothing else is waited for.
+                retry_at.map_or(IDLE, until)
             }
             Err(error) => {
                 // The store itself is unavailable: nothing can be recorded.
@@ -59,21 +71,42 @@ pub async fn run(
     }
 }
 
-/// How long until an event waiting for a later try is due, if one waits.
-async fn next_retry_in(store: &Store) -> Option<Duration> {
+/// When the next event waiting for a later try is due (unix ms), if one waits; none
+/// when the store cannot tell now (the loop looks again within [`IDLE`]).
+async fn next_retry_at(store: &Store) -> Option<i64> {
     let mut conn = store.conn().await.ok()?;
-    let at = inbox::next_retry_at(&mut conn).await.ok()??;
-    Some(Duration::from_millis((at - store::now_ms()).clamp(10, IDLE.as_millis() as i64) as u64))
+    inbox::next_retry_at(&mut conn).await.ok()?
 }
 
-/// Handles up to one batch, its rooms side by side and each room's events in order.
-/// Returns how many events were finished (handled or set aside); an error means the
-/// store could not be read or written.
-async fn process_batch(store: &Store, adapter: &MatrixAdapter, limits: &RetryLimits) -> store::Result<usize> {
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The wait until `at` (unix ms), at least 10 ms and at most [`IDLE`].
+fn until(at: i64) -> Duration {
+    Duration::from_millis((at - store::now_ms()).clamp(10, IDLE.as_millis() as i64) as u64)
+}
+
+/// What one pass over the inbox did.
+#[derive(Debug, Default)]
+struct Pass {
+    /// Events read.
+    read: usize,
+    /// When the earliest event this pass deferred is due (unix ms).
+    retry_at: Option<i64>,
+}
+
+/// Handles up to one batch, its rooms side by side and each room's events in order. An
+/// error means the store could not be read or written.
+async fn process_batch(store: &Store, adapter: &MatrixAdapter, limits: &RetryLimits) -> store::Result<Pass> {
     let pending = {
         let mut conn = store.conn().await?;
         inbox::pending(&mut conn, BATCH).await?
     };
+    let read = pending.len();
     let passes: Vec<RoomPass> = futures::stream::iter(by_room(pending))
         .map(|events| process_room(store, adapter, limits, events))
         .buffer_unordered(ROOMS_AT_ONCE)
@@ -89,14 +122,14 @@ async fn process_batch(store: &Store, adapter: &MatrixAdapter, limits: &RetryLim
             crate::metrics::event_processed(item.received_at);
         }
     }
-    let mut finished = handled.len();
+    let mut batch = Pass { read, retry_at: None };
     for pass in passes {
-        finished += pass.set_aside;
+        batch.retry_at = earliest(batch.retry_at, pass.retry_at);
         if let Some(error) = pass.error {
             return Err(error);
         }
     }
-    Ok(finished)
+    Ok(batch)
 }
 
 /// Rooms handled at once. Events of one room never run side by side.
@@ -121,8 +154,8 @@ fn by_room(events: Vec<inbox::InboxEvent>) -> Vec<Vec<inbox::InboxEvent>> {
 struct RoomPass {
     /// Handled, to be marked processed.
     handled: Vec<inbox::InboxEvent>,
-    /// Set aside as dead letters (recorded already).
-    set_aside: usize,
+    /// When the event that holds the room back is due again (unix ms).
+    retry_at: Option<i64>,
     /// The store failed; the room's later events wait for the next pass.
     error: Option<store::StoreError>,
 }
@@ -205,8 +238,9 @@ async fn process_one(
             None => {
                 let delay = limits.delay(item.attempts);
                 tracing::warn!(seq = item.seq, room_id = item.room_id, %error, retry_in_ms = delay.as_millis() as u64, "event will be retried; its room waits");
-                if let Err(error) = retry_later(store, &item, delay, &error).await {
-                    pass.error = Some(error);
+                match retry_later(store, &item, delay, &error).await {
+                    Ok(()) => pass.retry_at = Some(store::now_ms() + delay.as_millis() as i64),
+                    Err(error) => pass.error = Some(error),
                 }
                 return Flow::Wait;
             }
@@ -215,7 +249,6 @@ async fn process_one(
     match recorded {
         Ok(()) => {
             crate::metrics::event_processed(item.received_at);
-            pass.set_aside += 1;
             Flow::Next
         }
         Err(error) => {
@@ -282,9 +315,10 @@ mod tests {
             events.iter().map(|(room_id, event)| inbox::Pushed { room_id, event }).collect();
         assert!(inbox::record_transaction(&store, "txn-1", &pushed).await.unwrap());
 
-        let finished = process_batch(&store, &adapter, &RetryLimits::default()).await.unwrap();
+        let pass = process_batch(&store, &adapter, &RetryLimits::default()).await.unwrap();
 
-        assert_eq!(finished, 4);
+        assert_eq!(pass.read, 6);
+        assert!(pass.retry_at.is_some(), "the loop learns when the refused event is due again");
         assert_eq!(members(&store, "!a:x").await, ["@a1:x", "@a2:x"], "the run before the refused one is kept");
         assert_eq!(members(&store, "!b:x").await, ["@b1:x", "@b2:x"], "another room goes on");
         let mut conn = store.conn().await.unwrap();
