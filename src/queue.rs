@@ -8,7 +8,7 @@
 //! is retried with backoff and jitter up to [`RetryLimits`], then set aside as a dead
 //! letter (`mosaic-as jobs`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -179,7 +179,7 @@ pub trait JobHandler: Send + Sync {
 /// until it next waits.
 #[derive(Default)]
 pub struct Wakers {
-    queues: Mutex<std::collections::HashMap<String, Arc<Notify>>>,
+    queues: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 impl Wakers {
@@ -234,7 +234,7 @@ pub async fn run_scheduler(
     wakers: Arc<Wakers>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let active: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let lanes: Lanes = Arc::default();
     let wake = wakers.for_queue(queues.waker());
     loop {
         if *shutdown.borrow() {
@@ -243,16 +243,16 @@ pub async fn run_scheduler(
         match pending(&store, queues).await {
             Ok(names) => {
                 for queue in names {
-                    if active.lock().expect("lanes lock").insert(queue.clone()) {
-                        let lane = Lane {
-                            store: store.clone(),
-                            queue,
-                            handler: handler.clone(),
-                            limits,
-                            active: active.clone(),
-                        };
-                        tokio::spawn(lane.run(shutdown.clone()));
+                    let mut running = lanes.lock().expect("lanes lock");
+                    if let Some(look_again) = running.get_mut(&queue) {
+                        // Its lane may have looked before this work was committed.
+                        *look_again = true;
+                        continue;
                     }
+                    running.insert(queue.clone(), false);
+                    let lane =
+                        Lane { store: store.clone(), queue, handler: handler.clone(), limits, lanes: lanes.clone() };
+                    tokio::spawn(lane.run(shutdown.clone()));
                 }
             }
             Err(error) => tracing::error!(?queues, %error, "cannot read the outbox"),
@@ -264,6 +264,10 @@ pub async fn run_scheduler(
         }
     }
 }
+
+/// The queues with a running lane, each with whether the scheduler has seen work in it
+/// since its lane last looked.
+type Lanes = Arc<Mutex<HashMap<String, bool>>>;
 
 async fn pending(store: &Store, queues: Queues) -> store::Result<Vec<String>> {
     let mut conn = store.conn().await?;
@@ -277,7 +281,7 @@ struct Lane {
     queue: String,
     handler: Arc<dyn JobHandler>,
     limits: RetryLimits,
-    active: Arc<Mutex<HashSet<String>>>,
+    lanes: Lanes,
 }
 
 impl Lane {
@@ -294,13 +298,15 @@ impl Lane {
                     run_one(&self.store, &self.queue, self.handler.as_ref(), &job, &self.limits).await;
                 }
                 Ok(None) => {
-                    // Leave, then look once more: work enqueued in between would
-                    // otherwise wait for the scheduler's next poll.
-                    self.active.lock().expect("lanes lock").remove(&self.queue);
-                    match self.next().await {
-                        Ok(Some(_)) if self.active.lock().expect("lanes lock").insert(self.queue.clone()) => continue,
-                        _ => return,
+                    // Work committed after the look above was seen by the scheduler,
+                    // which either finds this lane still here and asks it to look again,
+                    // or finds it gone and starts another.
+                    let mut running = self.lanes.lock().expect("lanes lock");
+                    if running.get(&self.queue) == Some(&true) {
+                        continue;
                     }
+                    running.remove(&self.queue);
+                    return;
                 }
                 Err(error) => {
                     tracing::error!(queue = self.queue, %error, "cannot read the queue");
@@ -308,10 +314,14 @@ impl Lane {
                 }
             }
         }
-        self.active.lock().expect("lanes lock").remove(&self.queue);
+        self.lanes.lock().expect("lanes lock").remove(&self.queue);
     }
 
+    /// The queue's head job; what the scheduler saw before this look is seen by it.
     async fn next(&self) -> store::Result<Option<outbox::Job>> {
+        if let Some(look_again) = self.lanes.lock().expect("lanes lock").get_mut(&self.queue) {
+            *look_again = false;
+        }
         let mut conn = self.store.conn().await?;
         outbox::head(&mut conn, &self.queue).await
     }
