@@ -84,11 +84,13 @@ impl Agents {
             return self.end_with_notice(job, turn, &message, notice, &streamer).await;
         }
         match self.commit_answer(job, turn, agent, &streamer, &text, usage).await {
-            Ok(()) => {
-                // Only a step in an agent room queues another turn; an answer queues sends.
+            Ok(sends) => {
+                // Only a step in an agent room queues another turn; an answer may queue
+                // sends (none when the streamed message already shows it all).
                 match turn.step {
                     Some(_) => self.wakers.wake_all(),
-                    None => self.wakers.wake(Queues::Surfaces),
+                    None if sends > 0 => self.wakers.wake(Queues::Surfaces),
+                    None => {}
                 }
                 JobOutcome::Recorded
             }
@@ -271,6 +273,8 @@ impl Agents {
         Ok(())
     }
 
+    /// Writes the answer and its usage, queues its sends and marks the turn done, in one
+    /// transaction. Returns how many sends were queued.
     async fn commit_answer(
         &self,
         job: &outbox::Job,
@@ -279,8 +283,9 @@ impl Agents {
         streamer: &Streamer,
         text: &str,
         usage: TokenUsage,
-    ) -> store::Result<()> {
+    ) -> store::Result<usize> {
         let parts = split_parts(text, stream::MAX_PART_CHARS);
+        let mut sends = 0;
         let mut tx = self.store.begin_write().await?;
         for (index, part) in parts.iter().enumerate() {
             let mut message = streamer.reply.clone();
@@ -300,6 +305,7 @@ impl Agents {
                     false => message.clone(),
                 };
                 enqueue_send(&mut tx, target.adapter.name(), &target.channel_id, &outgoing).await?;
+                sends += 1;
             }
         }
         crate::metrics::agent_tokens(&turn.agent, usage.input_tokens, usage.output_tokens);
@@ -322,7 +328,7 @@ impl Agents {
             parts = parts.len(),
             "agent answered"
         );
-        Ok(())
+        Ok(sends)
     }
 
     /// Makes the answer in an agent room a structured message and queues what follows: a
