@@ -18,7 +18,7 @@ use crate::hub::room_ops::{HomeRooms, RoomOpError};
 use crate::hub::{Hub, SendJob};
 use crate::matrix::{self, MatrixAdapter, server};
 use crate::protocol::{BridgeError, ChannelAdapter, ChannelRegistry, ChannelSendError};
-use crate::queue::{self, DeadReason, JobHandler, JobOutcome, Queues, Wakers};
+use crate::queue::{self, DeadReason, JobHandler, JobOutcome, Wakers};
 use crate::store::{Store, outbox};
 
 #[derive(Debug, thiserror::Error)]
@@ -241,9 +241,8 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
     let mut tasks = JoinSet::new();
     let dispatcher = surface_dispatcher(&config, registry.clone(), matrix.clone(), store.clone());
     let limits = queue::RetryLimits::from(&config.delivery);
-    for (queues, handler) in [(Queues::Surfaces, dispatcher), (Queues::Agents, agents as Arc<dyn JobHandler>)] {
-        tasks.spawn(queue::run_scheduler(store.clone(), queues, handler, limits, wakers.clone(), shutdown_rx.clone()));
-    }
+    let handlers = queue::Handlers { agents: Some(agents as Arc<dyn JobHandler>), surfaces: Some(dispatcher) };
+    tasks.spawn(queue::run_scheduler(store.clone(), handlers, limits, wakers.clone(), shutdown_rx.clone()));
     tasks.spawn(crate::hub::retention::run(store.clone(), config.clone(), shutdown_rx.clone()));
     tasks.spawn(matrix::catch_up::run(matrix.clone(), shutdown_rx.clone()));
     tasks.spawn(matrix::inbox::run(store.clone(), matrix.clone(), limits, inbox_wake.clone(), shutdown_rx.clone()));

@@ -46,7 +46,7 @@ pub fn parse_agent_queue(queue: &str) -> Option<(&str, &str)> {
     queue.strip_prefix(AGENT_QUEUE_PREFIX)?.split_once(':')
 }
 
-/// Which queues a scheduler runs.
+/// The two kinds of queue, each run by its own [`JobHandler`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queues {
     /// Agent turns (`agent:…`).
@@ -56,11 +56,27 @@ pub enum Queues {
 }
 
 impl Queues {
-    /// Wake-up name of the scheduler.
-    fn waker(self) -> &'static str {
-        match self {
-            Self::Agents => "scheduler:agents",
-            Self::Surfaces => "scheduler:surfaces",
+    /// The kind of the queue named `queue`.
+    pub fn of(queue: &str) -> Self {
+        match queue.starts_with(AGENT_QUEUE_PREFIX) {
+            true => Self::Agents,
+            false => Self::Surfaces,
+        }
+    }
+}
+
+/// The handler of each kind of queue. A kind without one is not run by this process.
+#[derive(Clone, Default)]
+pub struct Handlers {
+    pub agents: Option<Arc<dyn JobHandler>>,
+    pub surfaces: Option<Arc<dyn JobHandler>>,
+}
+
+impl Handlers {
+    fn of(&self, queue: &str) -> Option<&Arc<dyn JobHandler>> {
+        match Queues::of(queue) {
+            Queues::Agents => self.agents.as_ref(),
+            Queues::Surfaces => self.surfaces.as_ref(),
         }
     }
 }
@@ -175,28 +191,16 @@ pub trait JobHandler: Send + Sync {
     }
 }
 
-/// Wakes schedulers when work is enqueued; a wake-up sent while one is busy is kept
-/// until it next waits.
+/// Wakes the scheduler when work is enqueued; a wake-up sent while it is busy is kept
+/// until it next waits. Each wake-up costs it one look at the outbox.
 #[derive(Default)]
 pub struct Wakers {
-    queues: Mutex<HashMap<String, Arc<Notify>>>,
+    scheduler: Notify,
 }
 
 impl Wakers {
-    pub fn wake_all(&self) {
-        for notify in self.queues.lock().expect("wakers lock").values() {
-            notify.notify_one();
-        }
-    }
-
-    /// Wakes the scheduler of `queues` only: each wake-up costs a scheduler a look at
-    /// the outbox, so work that can only have gone to one kind of queue wakes one.
-    pub fn wake(&self, queues: Queues) {
-        self.for_queue(queues.waker()).notify_one();
-    }
-
-    pub fn for_queue(&self, queue: &str) -> Arc<Notify> {
-        self.queues.lock().expect("wakers lock").entry(queue.to_string()).or_default().clone()
+    pub fn wake(&self) {
+        self.scheduler.notify_one();
     }
 }
 
@@ -225,24 +229,24 @@ fn backoff_capped(attempt: i64, cap: Duration) -> Duration {
 /// How often a scheduler looks for work it was not woken for.
 const POLL: Duration = Duration::from_secs(1);
 
-/// Starts a lane for every queue of `queues` with work, until `shutdown`.
+/// Starts a lane for every queue with work that one of `handlers` runs, until
+/// `shutdown`. One scheduler serves both kinds of queue, so a wake-up costs one look.
 pub async fn run_scheduler(
     store: Store,
-    queues: Queues,
-    handler: Arc<dyn JobHandler>,
+    handlers: Handlers,
     limits: RetryLimits,
     wakers: Arc<Wakers>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let lanes: Lanes = Arc::default();
-    let wake = wakers.for_queue(queues.waker());
     loop {
         if *shutdown.borrow() {
             return;
         }
-        match pending(&store, queues).await {
+        match pending(&store).await {
             Ok(names) => {
                 for queue in names {
+                    let Some(handler) = handlers.of(&queue) else { continue };
                     let mut running = lanes.lock().expect("lanes lock");
                     if let Some(look_again) = running.get_mut(&queue) {
                         // Its lane may have looked before this work was committed.
@@ -255,10 +259,10 @@ pub async fn run_scheduler(
                     tokio::spawn(lane.run(shutdown.clone()));
                 }
             }
-            Err(error) => tracing::error!(?queues, %error, "cannot read the outbox"),
+            Err(error) => tracing::error!(%error, "cannot read the outbox"),
         }
         tokio::select! {
-            _ = wake.notified() => {}
+            _ = wakers.scheduler.notified() => {}
             _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.changed() => {}
         }
@@ -269,10 +273,9 @@ pub async fn run_scheduler(
 /// since its lane last looked.
 type Lanes = Arc<Mutex<HashMap<String, bool>>>;
 
-async fn pending(store: &Store, queues: Queues) -> store::Result<Vec<String>> {
+async fn pending(store: &Store) -> store::Result<Vec<String>> {
     let mut conn = store.conn().await?;
-    let agents = outbox::pending_queues(&mut conn).await?.into_iter();
-    Ok(agents.filter(|queue| queue.starts_with(AGENT_QUEUE_PREFIX) == (queues == Queues::Agents)).collect())
+    outbox::pending_queues(&mut conn).await
 }
 
 /// Runs one queue's jobs in order until it is empty.

@@ -19,7 +19,7 @@ use mosaic_as::protocol::{
     AdapterHealth, ChannelAdapter, ChannelConnectError, ChannelEvent, ChannelMessage, ChannelRegistry,
     ChannelSendError, ChatKind, ContentType, InboundHandler, SenderType, metadata_keys,
 };
-use mosaic_as::queue::{self, Queues, RetryLimits, Wakers};
+use mosaic_as::queue::{self, RetryLimits, Wakers};
 use mosaic_as::store::Store;
 use postbox::{Postbox, wait};
 use tokio::sync::watch;
@@ -113,7 +113,8 @@ async fn service() -> Service {
     let dispatcher = app::surface_dispatcher(&config, registry, Arc::new(NoRoomWork), store.clone());
     let (stop, stopped) = watch::channel(false);
     let limits = RetryLimits::default();
-    tokio::spawn(queue::run_scheduler(store, Queues::Surfaces, dispatcher, limits, wakers, stopped));
+    let handlers = queue::Handlers { agents: None, surfaces: Some(dispatcher) };
+    tokio::spawn(queue::run_scheduler(store, handlers, limits, wakers, stopped));
     Service { hub, room, postbox, _stop: stop, _dir: dir }
 }
 

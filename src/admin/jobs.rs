@@ -71,7 +71,7 @@ async fn act(
     }
     Ok(match action {
         Action::Retry => {
-            state.wakers.wake_all();
+            state.wakers.wake();
             axum::Json(json!({ "id": id.to_string(), "status": "queued" })).into_response()
         }
         Action::Drop => StatusCode::NO_CONTENT.into_response(),

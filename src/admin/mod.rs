@@ -171,7 +171,7 @@ async fn create_account(State(state): State<AdminState>, headers: HeaderMap, bod
         lifecycle::provision_account(&mut tx, &new.name, new.display_name.as_deref(), new.matrix_id.as_deref()).await?;
     let body = account_json(&mut tx, &account).await?;
     tx.commit().await?;
-    state.wakers.wake_all();
+    state.wakers.wake();
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
@@ -228,7 +228,7 @@ async fn revoke_identity(
         return Err(ApiError::not_found(format!("{channel} identity {channel_user_id} is not linked")));
     }
     tx.commit().await?;
-    state.wakers.wake_all();
+    state.wakers.wake();
     tracing::info!(channel, channel_user_id, kick, "identity revoked");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -271,7 +271,7 @@ async fn rename_conversation(
         return Err(ApiError::not_found(format!("no conversation {id}")));
     }
     tx.commit().await?;
-    state.wakers.wake_all();
+    state.wakers.wake();
     Ok(axum::Json(json!({ "id": id, "title": rename.title.trim() })).into_response())
 }
 
@@ -287,7 +287,7 @@ async fn archive_conversation(
     }
     let archived = lifecycle::archive_conversation(&mut tx, &id).await?;
     tx.commit().await?;
-    state.wakers.wake_all();
+    state.wakers.wake();
     Ok(axum::Json(json!({ "id": id, "archived": true, "alreadyArchived": !archived })).into_response())
 }
 
@@ -309,7 +309,7 @@ async fn create_team(State(state): State<AdminState>, headers: HeaderMap, body: 
     }
     let team = lifecycle::create_team(&mut tx, &new.name, None).await?;
     tx.commit().await?;
-    state.wakers.wake_all();
+    state.wakers.wake();
     Ok((StatusCode::CREATED, axum::Json(json!({ "id": team.id, "name": team.name, "members": [] }))).into_response())
 }
 
@@ -358,7 +358,7 @@ async fn add_team_member(
     let (team, account) = team_and_account(&mut tx, &name, &member.account).await?;
     let added = lifecycle::add_team_member(&mut tx, &team, &account).await?;
     tx.commit().await?;
-    state.wakers.wake_all();
+    state.wakers.wake();
     let status = if added { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(json!({ "team": team.name, "account": account.name }))).into_response())
 }
@@ -401,7 +401,7 @@ async fn share_conversation(
     }
     let outcome = lifecycle::share_conversation(&mut tx, &id, &team).await?;
     tx.commit().await?;
-    state.wakers.wake_all();
+    state.wakers.wake();
     match outcome {
         lifecycle::ShareOutcome::NoRoom => {
             Err(ApiError::new(StatusCode::CONFLICT, "no_room", "the conversation has no room yet"))
@@ -424,7 +424,7 @@ async fn unshare_conversation(
         return Err(ApiError::not_found(format!("conversation {id} is not shared")));
     };
     tx.commit().await?;
-    state.wakers.wake_all();
+    state.wakers.wake();
     Ok(axum::Json(json!({ "id": id, "unsharedFrom": team })).into_response())
 }
 

@@ -10,7 +10,7 @@ use crate::hub::jobs::Job;
 use crate::queue::{DeadReason, JobHandler, JobOutcome};
 use crate::store::{self, outbox};
 
-/// Turns run in the outbox's lanes (`queue::run_scheduler` with `Queues::Agents`); each
+/// Turns run in the outbox's lanes (`queue::run_scheduler`, as the handler of `Queues::Agents`); each
 /// waits for one of its agent's concurrency slots and its rate limit.
 #[async_trait]
 impl JobHandler for Agents {

@@ -17,7 +17,7 @@ use crate::hub::agent_rooms::{self, Step};
 use crate::hub::{TurnJob, enqueue_send};
 use crate::protocol::{ChannelMessage, ContentType, SenderType};
 use crate::queue;
-use crate::queue::{JobOutcome, Queues};
+use crate::queue::JobOutcome;
 use crate::store::AnyConnection;
 use crate::store::{self, messages, outbox, settings};
 
@@ -85,12 +85,10 @@ impl Agents {
         }
         match self.commit_answer(job, turn, agent, &streamer, &text, usage).await {
             Ok(sends) => {
-                // Only a step in an agent room queues another turn; an answer may queue
-                // sends (none when the streamed message already shows it all).
-                match turn.step {
-                    Some(_) => self.wakers.wake_all(),
-                    None if sends > 0 => self.wakers.wake(Queues::Surfaces),
-                    None => {}
+                // A step in an agent room queues another turn; an answer may queue sends
+                // (none when the streamed message already shows it all).
+                if turn.step.is_some() || sends > 0 {
+                    self.wakers.wake();
                 }
                 JobOutcome::Recorded
             }
@@ -402,7 +400,7 @@ impl Agents {
         post_notice(&mut tx, job, turn, to, text).await?;
         outbox::mark_done(&mut tx, job.seq).await?;
         tx.commit().await?;
-        self.wakers.wake(Queues::Surfaces);
+        self.wakers.wake();
         Ok(())
     }
 }

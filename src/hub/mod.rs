@@ -172,7 +172,7 @@ impl Hub {
         if let Some(token) = link_token::find(&msg.content) {
             if self.link_attempt(&mut tx, channel, &conversation.id, &msg, &token).await? {
                 tx.commit().await?;
-                self.wakers.wake_all();
+                self.wakers.wake();
             } else {
                 tx.rollback().await?;
             }
@@ -206,7 +206,7 @@ impl Hub {
         if chat == Chat::Direct {
             self.answer_direct_chat(&mut tx, channel, &conversation.id, &msg, command).await?;
             tx.commit().await?;
-            self.wakers.wake_all();
+            self.wakers.wake();
             return Ok(());
         }
         if let Chat::Bridged { mirror_deletions } = chat {
@@ -216,7 +216,7 @@ impl Hub {
                     bridging::fan_out_except(&mut tx, &conversation.id, &msg, Some((channel, &msg.channel_id))).await?;
                 }
                 tx.commit().await?;
-                self.wakers.wake_all();
+                self.wakers.wake();
                 return Ok(());
             }
         }
@@ -242,7 +242,7 @@ impl Hub {
             };
         if answered || is_reaction(&msg) {
             tx.commit().await?;
-            self.wakers.wake_all();
+            self.wakers.wake();
             return Ok(());
         }
         let pair = match channel {
@@ -282,7 +282,7 @@ impl Hub {
             (None, None) => self.route_to_agents(&mut tx, channel, &conversation.id, &msg).await?,
         }
         tx.commit().await?;
-        self.wakers.wake_all();
+        self.wakers.wake();
         Ok(())
     }
 
@@ -302,7 +302,7 @@ impl Hub {
             }
         }
         tx.commit().await?;
-        self.wakers.wake_all();
+        self.wakers.wake();
         Ok(())
     }
 
