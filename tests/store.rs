@@ -5,7 +5,8 @@ use std::process::Command;
 use mosaic_as::protocol::{ChannelMessage, ContentType, SenderType};
 use mosaic_as::secrets;
 use mosaic_as::store::{
-    Store, accounts, agent_rooms, conversations, finished_work, inbox, messages, outbox, retention, settings, teams,
+    Store, accounts, agent_rooms, bridges, conversations, finished_work, inbox, messages, outbox, retention, settings,
+    teams,
 };
 use serde_json::json;
 use sqlx::Connection;
@@ -82,7 +83,34 @@ on_both_backends!(
     grouped_writes_commit_together_and_fail_alone,
     memberships_are_recorded_together_the_last_change_winning,
     finished_work_is_removed_when_old_and_nothing_else,
+    a_conversation_shows_in_its_room_and_its_bridged_chats,
 );
+
+async fn a_conversation_shows_in_its_room_and_its_bridged_chats(store: Store) {
+    let mut tx = store.begin_write().await.unwrap();
+    let conversation = conversations::create_conversation(&mut tx, "Shown", None).await.unwrap();
+    let other = conversations::create_conversation(&mut tx, "Other", None).await.unwrap();
+    let chats = |list: &[(&str, &str)]| list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+    assert!(bridges::chats_of_conversation(&mut tx, &conversation.id, "matrix").await.unwrap().is_empty());
+
+    bridges::bridge(&mut tx, "telegram", "-100", &conversation.id, false, "@a:x").await.unwrap();
+    bridges::bridge(&mut tx, "discord", "42", &conversation.id, true, "@a:x").await.unwrap();
+    bridges::bridge(&mut tx, "discord", "7", &other.id, false, "@a:x").await.unwrap();
+    assert_eq!(
+        bridges::chats_of_conversation(&mut tx, &conversation.id, "matrix").await.unwrap(),
+        chats(&[("discord", "42"), ("telegram", "-100")]),
+        "a conversation without a room yet shows in its bridged chats"
+    );
+
+    conversations::set_conversation_room(&mut tx, &conversation.id, "!room:x").await.unwrap();
+    bridges::record_direct(&mut tx, "telegram", "555", &conversation.id).await.unwrap();
+    assert_eq!(
+        bridges::chats_of_conversation(&mut tx, &conversation.id, "matrix").await.unwrap(),
+        chats(&[("matrix", "!room:x"), ("discord", "42"), ("telegram", "-100")]),
+        "the room first, then the bridged chats; a direct chat is not bridged"
+    );
+    tx.commit().await.unwrap();
+}
 
 async fn a_transaction_is_stored_once_and_survives_reopening(store: Store) {
     let events = [

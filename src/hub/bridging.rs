@@ -43,14 +43,7 @@ pub struct CloseBridgeJob {
 
 /// Every surface chat of a conversation: its Matrix room, then its bridged chats.
 pub async fn surfaces(conn: &mut AnyConnection, conversation_id: &str) -> store::Result<Vec<(String, String)>> {
-    let mut all = Vec::new();
-    if let Some(room) = conversations::room_for_conversation(conn, conversation_id).await? {
-        all.push((protocol::MATRIX.to_string(), room));
-    }
-    for bridge in bridges::bridged_chats(conn, conversation_id).await? {
-        all.push((bridge.channel, bridge.channel_id));
-    }
-    Ok(all)
+    bridges::chats_of_conversation(conn, conversation_id, protocol::MATRIX).await
 }
 
 /// Enqueues `msg` for every surface of the conversation except the chat it came from.

@@ -112,6 +112,28 @@ pub async fn bridged_chats(conn: &mut AnyConnection, conversation_id: &str) -> R
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(conversation_id).bind(KIND_BRIDGE).fetch_all(&mut *conn).await?)
 }
 
+/// Where a conversation shows, in one read: its Matrix room first, named `matrix` as a
+/// surface, then its bridged chats, each as (surface, chat id).
+pub async fn chats_of_conversation(
+    conn: &mut AnyConnection,
+    conversation_id: &str,
+    matrix: &str,
+) -> Result<Vec<(String, String)>> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT CAST($2 AS TEXT) AS channel, room_id AS channel_id, CAST(0 AS BIGINT) AS place
+         FROM conversation_matrix_rooms WHERE conversation_id = $1
+         UNION ALL
+         SELECT channel, channel_id, CAST(1 AS BIGINT) AS place FROM bridges WHERE conversation_id = $1 AND kind = $3
+         ORDER BY place, channel, channel_id",
+    )
+    .bind(conversation_id)
+    .bind(matrix)
+    .bind(KIND_BRIDGE)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|(channel, chat, _)| (channel, chat)).collect())
+}
+
 /// Every bridged chat id of one surface (an adapter catching up after a reconnect).
 pub async fn channels_of(conn: &mut AnyConnection, channel: &str) -> Result<Vec<String>> {
     let rows: Vec<(String,)> =
