@@ -243,9 +243,10 @@ pub async fn run_scheduler(
         if *shutdown.borrow() {
             return;
         }
-        match pending(&store).await {
-            Ok(names) => {
-                for queue in names {
+        match heads(&store).await {
+            Ok(heads) => {
+                for head in heads {
+                    let queue = head.queue.clone();
                     let Some(handler) = handlers.of(&queue) else { continue };
                     let mut running = lanes.lock().expect("lanes lock");
                     if let Some(look_again) = running.get_mut(&queue) {
@@ -256,7 +257,7 @@ pub async fn run_scheduler(
                     running.insert(queue.clone(), false);
                     let lane =
                         Lane { store: store.clone(), queue, handler: handler.clone(), limits, lanes: lanes.clone() };
-                    tokio::spawn(lane.run(shutdown.clone()));
+                    tokio::spawn(lane.run(Some(head), shutdown.clone()));
                 }
             }
             Err(error) => tracing::error!(%error, "cannot read the outbox"),
@@ -273,9 +274,10 @@ pub async fn run_scheduler(
 /// since its lane last looked.
 type Lanes = Arc<Mutex<HashMap<String, bool>>>;
 
-async fn pending(store: &Store) -> store::Result<Vec<String>> {
+/// The head job of every queue with work: a lane starts with its head in hand.
+async fn heads(store: &Store) -> store::Result<Vec<outbox::Job>> {
     let mut conn = store.conn().await?;
-    outbox::pending_queues(&mut conn).await
+    outbox::heads(&mut conn).await
 }
 
 /// Runs one queue's jobs in order until it is empty.
@@ -288,9 +290,14 @@ struct Lane {
 }
 
 impl Lane {
-    async fn run(self, shutdown: watch::Receiver<bool>) {
+    /// Runs `first`, the head the scheduler read, then the queue's next jobs.
+    async fn run(self, mut first: Option<outbox::Job>, shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
-            match self.next().await {
+            let next = match first.take() {
+                Some(head) => Ok(Some(head)),
+                None => self.next().await,
+            };
+            match next {
                 Ok(Some(job)) => {
                     let delay = job.not_before - store::now_ms();
                     if delay > 0 {

@@ -102,15 +102,16 @@ pub async fn depth_by_queue(conn: &mut AnyConnection) -> Result<Vec<(String, i64
     .await?)
 }
 
-/// Queues that have unfinished jobs.
-pub async fn pending_queues(conn: &mut AnyConnection) -> Result<Vec<String>> {
-    let rows: Vec<(String,)> = sqlx::query_as(PENDING_QUEUES).fetch_all(&mut *conn).await?;
-    Ok(rows.into_iter().map(|(queue,)| queue).collect())
+/// The head job of every queue that has unfinished jobs.
+pub async fn heads(conn: &mut AnyConnection) -> Result<Vec<Job>> {
+    Ok(sqlx::query_as(HEADS).fetch_all(&mut *conn).await?)
 }
 
-/// Asked by the schedulers at every wake-up: it must stay cheap however many finished
+/// Asked by the scheduler at every wake-up: it must stay cheap however many finished
 /// jobs are kept.
-const PENDING_QUEUES: &str = "SELECT DISTINCT queue FROM outbox WHERE done_at IS NULL AND failed_at IS NULL";
+const HEADS: &str = "SELECT seq, queue, dedupe_key, kind, payload, attempts, not_before, created_at, failing_since
+    FROM outbox WHERE seq IN (SELECT MIN(seq) FROM outbox WHERE done_at IS NULL AND failed_at IS NULL GROUP BY queue)
+    ORDER BY seq";
 
 #[cfg(test)]
 mod tests {
@@ -132,7 +133,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
         let mut conn = store.conn().await.unwrap();
-        for sql in [PENDING_QUEUES, HEAD] {
+        for sql in [HEADS, HEAD] {
             let plan = plan(&mut conn, sql).await;
             // Finished jobs stay for days (retention); an index that holds them would be
             // walked at every wake-up.
