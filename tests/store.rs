@@ -421,8 +421,16 @@ async fn settings_usage_teams_and_retention(store: Store) {
     assert_eq!(retention::policy(&mut conn, "*", "team").await.unwrap(), None);
     let msg = ChannelMessage::new("!r:x", "@o:x", SenderType::User, "old", ContentType::Text);
     messages::append(&mut conn, id, "matrix", &msg).await.unwrap();
+    // A reply to it waits in the outbox: the message stays until the reply is sent.
+    let mut reply = ChannelMessage::new("!r:x", "@bot:x", SenderType::System, "answer", ContentType::Text);
+    reply.reply_to_id = Some(msg.id);
+    let payload = serde_json::to_string(&reply).unwrap();
+    outbox::enqueue(&mut conn, "chat:matrix:!r:x", "reply:1", "send", &payload).await.unwrap();
+    let job = outbox::head(&mut conn, "chat:matrix:!r:x").await.unwrap().expect("the reply's job");
     assert_eq!(retention::delete_before(&mut conn, id, 0).await.unwrap(), 0, "nothing is older than the epoch");
     let future = mosaic_as::store::now_ms() + 1000;
+    assert_eq!(retention::delete_before(&mut conn, id, future).await.unwrap(), 0, "a queued reply still names it");
+    outbox::mark_done(&mut conn, job.seq).await.unwrap();
     assert_eq!(retention::delete_before(&mut conn, id, future).await.unwrap(), 1);
     assert_eq!(retention::delete_before(&mut conn, id, future).await.unwrap(), 0, "running twice removes nothing more");
     conn.commit().await.unwrap();

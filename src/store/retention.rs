@@ -79,19 +79,22 @@ pub async fn policies(conn: &mut AnyConnection) -> Result<Vec<Policy>> {
     .await?)
 }
 
-/// Deletes a conversation's messages created before `cutoff_ms`; returns how many.
+/// Deletes a conversation's messages created before `cutoff_ms`; returns how many. A
+/// message that unfinished work still names (a reply to it, an edit of it, its own send
+/// or turn waiting in the outbox) stays until that work is done: removing it first would
+/// send the reply without its reference, or lose the turn's prompt.
 pub async fn delete_before(conn: &mut AnyConnection, conversation_id: &str, cutoff_ms: i64) -> Result<u64> {
-    sqlx::query(
-        "DELETE FROM message_refs WHERE message_id IN (SELECT id FROM messages WHERE conversation_id = $1 AND created_at < $2)",
-    )
-    .bind(conversation_id)
-    .bind(cutoff_ms)
-    .execute(&mut *conn)
-    .await?;
-    let done = sqlx::query("DELETE FROM messages WHERE conversation_id = $1 AND created_at < $2")
-        .bind(conversation_id)
-        .bind(cutoff_ms)
-        .execute(&mut *conn)
-        .await?;
+    let refs = format!("DELETE FROM message_refs WHERE message_id IN ({EXPIRED})");
+    sqlx::query(sqlx::AssertSqlSafe(refs)).bind(conversation_id).bind(cutoff_ms).execute(&mut *conn).await?;
+    let messages = format!("DELETE FROM messages WHERE id IN ({EXPIRED})");
+    let done =
+        sqlx::query(sqlx::AssertSqlSafe(messages)).bind(conversation_id).bind(cutoff_ms).execute(&mut *conn).await?;
     Ok(done.rows_affected())
 }
+
+/// The ids of a conversation's messages past the cutoff that no unfinished outbox job
+/// names. Message ids are UUIDs, so finding one in a job's payload cannot be a mistake;
+/// only unfinished jobs are read (a partial index), and a done job's payload is emptied.
+const EXPIRED: &str = "SELECT m.id FROM messages m WHERE m.conversation_id = $1 AND m.created_at < $2
+    AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.done_at IS NULL AND o.failed_at IS NULL
+                    AND o.payload LIKE '%' || m.id || '%')";
