@@ -243,21 +243,26 @@ pub async fn run_scheduler(
         if *shutdown.borrow() {
             return;
         }
+        let exits_before = lanes.lock().expect("lanes lock").exits;
         match heads(&store).await {
             Ok(heads) => {
                 for head in heads {
                     let queue = head.queue.clone();
                     let Some(handler) = handlers.of(&queue) else { continue };
                     let mut running = lanes.lock().expect("lanes lock");
-                    if let Some(look_again) = running.get_mut(&queue) {
+                    if let Some(look_again) = running.queues.get_mut(&queue) {
                         // Its lane may have looked before this work was committed.
                         *look_again = true;
                         continue;
                     }
-                    running.insert(queue.clone(), false);
+                    running.queues.insert(queue.clone(), false);
+                    // A head read while a lane of its queue was still running may have
+                    // been run and finished since: the new lane would run it again. Only
+                    // when no lane left during the read is the head known to be waiting.
+                    let first = (running.exits == exits_before).then_some(head);
                     let lane =
                         Lane { store: store.clone(), queue, handler: handler.clone(), limits, lanes: lanes.clone() };
-                    tokio::spawn(lane.run(Some(head), shutdown.clone()));
+                    tokio::spawn(lane.run(first, shutdown.clone()));
                 }
             }
             Err(error) => tracing::error!(%error, "cannot read the outbox"),
@@ -270,9 +275,23 @@ pub async fn run_scheduler(
     }
 }
 
-/// The queues with a running lane, each with whether the scheduler has seen work in it
-/// since its lane last looked.
-type Lanes = Arc<Mutex<HashMap<String, bool>>>;
+type Lanes = Arc<Mutex<Running>>;
+
+#[derive(Default)]
+struct Running {
+    /// The queues with a running lane, each with whether the scheduler has seen work in
+    /// it since its lane last looked.
+    queues: HashMap<String, bool>,
+    /// How many lanes have left so far.
+    exits: u64,
+}
+
+impl Running {
+    fn leave(&mut self, queue: &str) {
+        self.queues.remove(queue);
+        self.exits += 1;
+    }
+}
 
 /// The head job of every queue with work: a lane starts with its head in hand.
 async fn heads(store: &Store) -> store::Result<Vec<outbox::Job>> {
@@ -312,10 +331,10 @@ impl Lane {
                     // which either finds this lane still here and asks it to look again,
                     // or finds it gone and starts another.
                     let mut running = self.lanes.lock().expect("lanes lock");
-                    if running.get(&self.queue) == Some(&true) {
+                    if running.queues.get(&self.queue) == Some(&true) {
                         continue;
                     }
-                    running.remove(&self.queue);
+                    running.leave(&self.queue);
                     return;
                 }
                 Err(error) => {
@@ -324,12 +343,12 @@ impl Lane {
                 }
             }
         }
-        self.lanes.lock().expect("lanes lock").remove(&self.queue);
+        self.lanes.lock().expect("lanes lock").leave(&self.queue);
     }
 
     /// The queue's head job; what the scheduler saw before this look is seen by it.
     async fn next(&self) -> store::Result<Option<outbox::Job>> {
-        if let Some(look_again) = self.lanes.lock().expect("lanes lock").get_mut(&self.queue) {
+        if let Some(look_again) = self.lanes.lock().expect("lanes lock").queues.get_mut(&self.queue) {
             *look_again = false;
         }
         let mut conn = self.store.conn().await?;
