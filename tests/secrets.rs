@@ -58,7 +58,7 @@ async fn postgres() -> TestStore {
     let mut bytes = [0u8; 6];
     getrandom::fill(&mut bytes).unwrap();
     let name = format!("mosaic_store_{}", hex::encode(bytes));
-    sqlx::any::install_default_drivers();
+    mosaic_as::store::install_drivers();
     let mut admin = sqlx::AnyConnection::connect(&base).await.unwrap_or_else(|e| panic!("PostgreSQL at {base}: {e}"));
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
     let (prefix, _) = base.rsplit_once('/').unwrap();

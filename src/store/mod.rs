@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod retention;
 pub mod sealed;
 pub mod settings;
+mod sqlite_driver;
 pub mod teams;
 mod writer;
 
@@ -55,7 +56,10 @@ impl StoreError {
     pub fn is_permanent(&self) -> bool {
         match self {
             Self::Database(sqlx::Error::Database(error)) => {
-                let sqlstate_class = error.code().and_then(|code| code.get(..2).map(str::to_string));
+                // A SQLSTATE has five characters; SQLite's codes are numbers, whose first
+                // digits say nothing of the kind.
+                let sqlstate_class =
+                    error.code().filter(|code| code.len() == 5).and_then(|code| code.get(..2).map(str::to_string));
                 // Unique, foreign-key, not-null and check violations on either backend.
                 !matches!(error.kind(), sqlx::error::ErrorKind::Other)
                     || matches!(sqlstate_class.as_deref(), Some("22" | "23"))
@@ -134,9 +138,22 @@ impl DerefMut for WriteTx {
 }
 
 /// WAL lets readers run beside the writer; FULL makes every acknowledged transaction
-/// survive a power cut, not only a crash.
-const SQLITE_PRAGMAS: &str =
-    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+/// survive a power cut, not only a crash. SQLite's temporary files (statement journals of
+/// the writer's savepoints, sorts) stay in memory: on disk each was a file created and
+/// deleted again for a few pages.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+     PRAGMA busy_timeout = 10000; PRAGMA temp_store = MEMORY;";
+
+/// Installs the drivers behind [`AnyConnection`]: the store's own for SQLite (see
+/// [`sqlite_driver`]), sqlx's for PostgreSQL. Anything that connects through sqlx's Any
+/// layer in this process calls this first.
+pub fn install_drivers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        sqlx::any::install_drivers(&[sqlite_driver::DRIVER, sqlx::postgres::any::DRIVER])
+            .expect("nothing installs sqlx's Any drivers but the store");
+    });
+}
 
 /// Milliseconds since the unix epoch, the time format of every table.
 pub fn now_ms() -> i64 {
@@ -146,7 +163,7 @@ pub fn now_ms() -> i64 {
 impl Store {
     /// Connects (creating a SQLite file if needed) without running migrations.
     pub async fn connect(url: &str) -> Result<Self> {
-        sqlx::any::install_default_drivers();
+        install_drivers();
         let (backend, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
             let mut url = format!("sqlite:{rest}");
             if !url.contains("mode=") {
@@ -179,7 +196,8 @@ impl Store {
                     .await?;
                 let mut conn = AnyConnection::connect_with(&options).await?;
                 conn.execute(SQLITE_PRAGMAS).await?;
-                (pool, Some(writer::Writer::new(conn)))
+                let migrations = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?;
+                (pool, Some(writer::Writer::new(conn, migrations)))
             }
             Backend::Postgres => (pool_options.max_connections(10).connect_with(options).await?, None),
         };

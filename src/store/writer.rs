@@ -15,7 +15,8 @@ use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use sqlx::{AnyConnection, Executor};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{AnyConnection, Connection, Executor};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{Result, StoreError};
@@ -37,6 +38,8 @@ pub struct Writer {
 
 struct State {
     conn: AnyConnection,
+    /// Where sqlx's own SQLite driver, which runs the migrations, finds the database.
+    migrations: SqliteConnectOptions,
     /// Whether the shared transaction is open.
     open: bool,
     /// Whether a writer committed into the open transaction.
@@ -50,17 +53,27 @@ struct State {
 }
 
 impl Writer {
-    pub fn new(conn: AnyConnection) -> Self {
-        let state = State { conn, open: false, dirty: false, unreleased: false, group: 0, failures: VecDeque::new() };
+    pub fn new(conn: AnyConnection, migrations: SqliteConnectOptions) -> Self {
+        let state = State {
+            conn,
+            migrations,
+            open: false,
+            dirty: false,
+            unreleased: false,
+            group: 0,
+            failures: VecDeque::new(),
+        };
         Self { state: Arc::new(Mutex::new(state)) }
     }
 
     /// Brings the schema up to date, outside any shared transaction: whatever was
-    /// written and not yet committed is committed first.
+    /// written and not yet committed is committed first, and nobody writes meanwhile.
     pub async fn migrate(&self, migrator: &sqlx::migrate::Migrator) -> Result<()> {
         let mut state = self.state.lock().await;
         state.commit_group().await?;
-        migrator.run(&mut state.conn).await?;
+        let mut conn = SqliteConnection::connect_with(&state.migrations).await?;
+        migrator.run(&mut conn).await?;
+        conn.close().await?;
         Ok(())
     }
 

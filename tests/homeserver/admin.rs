@@ -346,7 +346,7 @@ async fn expired_messages_leave_the_store_and_the_homeserver() {
 /// How many stored messages contain `text`; `None` while the database cannot be read.
 async fn stored_count(database: &std::path::Path, text: &str) -> Option<i64> {
     let url = format!("sqlite://{}?mode=ro", database.display());
-    sqlx::any::install_default_drivers();
+    mosaic_as::store::install_drivers();
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.ok()?;
     let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages WHERE body LIKE $1")
         .bind(format!("%{text}%"))

@@ -16,7 +16,7 @@ async fn command(person: &Person, room: &str, bot: &str, text: &str) -> String {
 /// One row of the slot's database, read while the service runs.
 async fn query(slot: &Slot, sql: &str, room: &str) -> Option<(Option<i64>,)> {
     let url = format!("sqlite://{}?mode=ro", slot.database_path().display());
-    sqlx::any::install_default_drivers();
+    mosaic_as::store::install_drivers();
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.unwrap();
     sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string())).bind(room.to_string()).fetch_optional(&mut conn).await.unwrap()
 }

@@ -867,7 +867,7 @@ pub async fn fresh_postgres_database(prefix: &str) -> String {
     let base = std::env::var("MOSAIC_TEST_POSTGRES_URL")
         .expect("MOSAIC_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh, which starts PostgreSQL");
     let name = format!("{prefix}_{}", &random_hex()[..12]);
-    sqlx::any::install_default_drivers();
+    mosaic_as::store::install_drivers();
     let mut admin = sqlx::AnyConnection::connect(&base).await.unwrap_or_else(|e| panic!("PostgreSQL at {base}: {e}"));
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
     let (server, _) = base.rsplit_once('/').unwrap();
@@ -918,7 +918,7 @@ pub fn file_contains(path: &Path, needle: &str) -> bool {
 /// in any table and any column, read as text.
 pub async fn database_columns_holding(path: &Path, needle: &str) -> Vec<String> {
     use sqlx::Connection;
-    sqlx::any::install_default_drivers();
+    mosaic_as::store::install_drivers();
     let url = format!("sqlite://{}?mode=ro", path.display());
     let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
     columns::holding(&mut conn, needle).await
