@@ -10,7 +10,7 @@ pub mod memory_media;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -112,10 +112,37 @@ pub async fn post_json(http: &reqwest::Client, path: &str, token: Option<&str>, 
     request.send().await.unwrap().json().await.unwrap()
 }
 
-/// A loopback port nobody listens on now. Ports are picked per run so that a homeserver
+/// A loopback port nobody listens on now, for a homeserver or service started on it later
+/// (and started again on it after a stop). Ports are picked per run so that a homeserver
 /// or service left over from another checkout never answers for this one.
+///
+/// The port lies below the kernel's range of ephemeral ports: a port from that range, free
+/// when picked, can be given to any outgoing connection before the service binds it (a
+/// service once failed to start with "address already in use" that way). Each port is
+/// handed out once per process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let first_ephemeral = ephemeral_ports_start().max(2048);
+    let lowest = first_ephemeral.saturating_sub(16_000).max(1024);
+    let mut given = GIVEN.lock().unwrap();
+    for _ in 0..10_000 {
+        let mut bytes = [0u8; 2];
+        getrandom::fill(&mut bytes).unwrap();
+        let port = lowest + u16::from_le_bytes(bytes) % (first_ephemeral - lowest);
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port between {lowest} and {first_ephemeral}");
+}
+
+/// The first port the kernel hands to outgoing connections and to binds of port 0.
+fn ephemeral_ports_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// One appservice registration and the config that goes with it.
