@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use mosaic_as::protocol::{ChannelMessage, ContentType, SenderType};
+use mosaic_as::protocol::{ChannelMessage, ContentType, Landing, SenderType};
 use mosaic_as::secrets;
 use mosaic_as::store::{
     Store, accounts, agent_rooms, bridges, conversations, finished_work, inbox, messages, outbox, retention, settings,
@@ -300,18 +300,22 @@ async fn grouped_writes_commit_together_and_fail_alone(store: Store) {
     conn.commit().await.unwrap();
     let ids: Vec<uuid::Uuid> = (0..40).map(|_| uuid::Uuid::new_v4()).collect();
     // A write the database refuses, among others: PostgreSQL keeps no NUL in text.
-    let refused = (store.backend() == mosaic_as::store::Backend::Postgres).then(|| Write::MessageRef {
-        channel: "matrix".into(),
-        chat_id: "!room:x".into(),
-        native_id: "$bad\u{0}id".into(),
-        message_id: uuid::Uuid::new_v4(),
+    let refused = (store.backend() == mosaic_as::store::Backend::Postgres).then(|| {
+        Write::Landed(Landing {
+            channel: "matrix".into(),
+            chat_id: "!room:x".into(),
+            native_id: "$bad\u{0}id".into(),
+            message_id: uuid::Uuid::new_v4(),
+        })
     });
     let mut writes: Vec<Write> = jobs.iter().map(|&seq| Write::JobDone { seq }).collect();
-    writes.extend(ids.iter().enumerate().map(|(n, id)| Write::MessageRef {
-        channel: "matrix".into(),
-        chat_id: "!room:x".into(),
-        native_id: format!("$event{n}"),
-        message_id: *id,
+    writes.extend(ids.iter().enumerate().map(|(n, id)| {
+        Write::Landed(Landing {
+            channel: "matrix".into(),
+            chat_id: "!room:x".into(),
+            native_id: format!("$event{n}"),
+            message_id: *id,
+        })
     }));
     writes.extend(refused.clone());
     let results = futures::future::join_all(writes.into_iter().map(|write| {

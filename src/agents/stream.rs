@@ -14,7 +14,11 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::typing::TypingGuard;
-use crate::protocol::{ChannelAdapter, ChannelMessage, ContentType, SenderType};
+use crate::protocol::{
+    ChannelAdapter, ChannelMessage, ContentType, Landing, LandingRecord, SenderType, send_recording,
+};
+use crate::store::Store;
+use crate::store::group_commit::Write;
 
 /// Metadata key of an edit: the canonical id of the message it replaces.
 pub use crate::protocol::metadata_keys::REPLACES;
@@ -70,6 +74,11 @@ pub struct Streamer {
     typing: TypingGuard,
     /// The tool call the agent runs since its last words, shown under them.
     progress: Option<Progress>,
+    /// Where the turn records where its previews landed, with its answer; without one,
+    /// each surface records that on its own as it sends.
+    store: Option<Store>,
+    /// Previews sent whose landing is not recorded yet.
+    landings: Vec<Landing>,
 }
 
 /// A tool call as the progress line shows it.
@@ -129,6 +138,43 @@ impl Streamer {
             chars: 0,
             typing: TypingGuard::none(),
             progress: None,
+            store: None,
+            landings: Vec::new(),
+        }
+    }
+
+    /// Leaves recording where previews landed to the turn, which writes it with its
+    /// answer (see [`Streamer::landings`]): an answer shown at once costs one durable
+    /// write instead of two. An edit first records what it edits, since the surface
+    /// looks the original up in the store.
+    pub fn recording_landings_in(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Where previews landed, not recorded yet: the turn records them with its answer.
+    pub fn landings(&self) -> &[Landing] {
+        &self.landings
+    }
+
+    fn landing_record(&self) -> LandingRecord {
+        match self.store {
+            Some(_) => LandingRecord::ByCaller,
+            None => LandingRecord::ByAdapter,
+        }
+    }
+
+    /// Records the landings not recorded yet, each durably. When that fails they stay,
+    /// for the turn's own write; a surface that cannot find an original in the store
+    /// sends an edit as a message of its own, and a rerun looks for a preview it sent.
+    pub async fn record_landings(&mut self) {
+        let Some(store) = &self.store else { return };
+        while let Some(landing) = self.landings.first() {
+            if let Err(error) = store.commit_grouped(Write::Landed(landing.clone())).await {
+                tracing::warn!(%error, message_id = %landing.message_id, "cannot record where a preview landed");
+                return;
+            }
+            self.landings.remove(0);
         }
     }
 
@@ -239,18 +285,23 @@ impl Streamer {
         let shown = self.display();
         self.last_sent = Some(Instant::now());
         if !self.previewed.is_empty() {
+            self.record_landings().await;
             self.edits += 1;
             let edit = edit_of(&self.with_text(&shown), &shown, &format!("edit-{}", self.edits));
             for target in self.targets.iter().filter(|t| self.previewed.contains(&t.channel_id)) {
-                if let Err(error) = send_preview(target, &edit, self.rerun).await {
-                    tracing::debug!(channel = target.adapter.name(), %error, "streaming edit not delivered");
+                match send_preview(target, &edit, self.rerun, self.landing_record()).await {
+                    Ok(landed) => self.landings.extend(landed),
+                    Err(error) => {
+                        tracing::debug!(channel = target.adapter.name(), %error, "streaming edit not delivered")
+                    }
                 }
             }
         } else {
             let first = self.with_text(&shown);
             for target in self.targets.iter().filter(|t| t.previews) {
-                match send_preview(target, &first, self.rerun).await {
-                    Ok(()) => {
+                match send_preview(target, &first, self.rerun, self.landing_record()).await {
+                    Ok(landed) => {
+                        self.landings.extend(landed);
                         self.typing.stop_in(&target.channel_id);
                         self.previewed.push(target.channel_id.clone());
                     }
@@ -275,13 +326,13 @@ impl Streamer {
 const PREVIEW_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `rerun`: an earlier run of the turn may have sent this message already.
-async fn send_preview(target: &Target, message: &ChannelMessage, rerun: bool) -> Result<(), String> {
-    let send = async {
-        match rerun {
-            true => target.adapter.resend_message(&target.channel_id, message).await,
-            false => target.adapter.send_message(&target.channel_id, message).await,
-        }
-    };
+async fn send_preview(
+    target: &Target,
+    message: &ChannelMessage,
+    rerun: bool,
+    record: LandingRecord,
+) -> Result<Option<Landing>, String> {
+    let send = send_recording(target.adapter.as_ref(), &target.channel_id, message, rerun, record);
     match tokio::time::timeout(PREVIEW_TIMEOUT, send).await {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer within {} s", PREVIEW_TIMEOUT.as_secs())),
@@ -439,5 +490,101 @@ mod tests {
         assert_eq!(cut_note(64_000), "\n\n*(… answer cut at 64,000 characters)*");
         assert_eq!(cut_note(1_234_567), "\n\n*(… answer cut at 1,234,567 characters)*");
         assert_eq!(cut_note(999), "\n\n*(… answer cut at 999 characters)*");
+    }
+}
+
+#[cfg(test)]
+mod landing_tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::protocol::{AdapterHealth, ChannelConnectError, ChannelSendError, InboundHandler};
+    use crate::store::messages;
+
+    /// A surface that hands landings back, and that, like Matrix, finds the original of
+    /// an edit in the store.
+    struct Surface {
+        store: Store,
+        /// For each edit sent: whether its original was found in the store.
+        edits_found_original: Mutex<Vec<bool>>,
+    }
+
+    #[async_trait]
+    impl ChannelAdapter for Surface {
+        fn name(&self) -> &'static str {
+            "surface"
+        }
+        async fn connect(&self) -> Result<(), ChannelConnectError> {
+            Ok(())
+        }
+        async fn disconnect(&self) {}
+        async fn health(&self) -> AdapterHealth {
+            AdapterHealth::Connected
+        }
+        fn on_message(&self, _: Arc<dyn InboundHandler>) {}
+        async fn send_message(&self, _: &str, _: &ChannelMessage) -> Result<(), ChannelSendError> {
+            panic!("a turn that records landings leaves them to the turn")
+        }
+        async fn send_leaving_landing(
+            &self,
+            chat: &str,
+            msg: &ChannelMessage,
+            _resend: bool,
+        ) -> Result<Option<Landing>, ChannelSendError> {
+            if let Some(original) = msg.metadata.get(REPLACES).and_then(|v| v.as_str()) {
+                let mut conn = self.store.conn().await.unwrap();
+                let original = Uuid::parse_str(original).unwrap();
+                let found = messages::native_for_message(&mut conn, "surface", chat, original).await.unwrap();
+                self.edits_found_original.lock().unwrap().push(found.is_some());
+            }
+            Ok(Some(Landing {
+                channel: "surface".into(),
+                chat_id: chat.into(),
+                native_id: format!("native-{}", msg.id),
+                message_id: msg.id,
+            }))
+        }
+        async fn map_identity(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    async fn recorded(store: &Store, id: Uuid) -> Option<String> {
+        let mut conn = store.conn().await.unwrap();
+        messages::native_for_message(&mut conn, "surface", "!r", id).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_preview_is_recorded_with_the_turn_or_before_its_first_edit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
+        let surface = Arc::new(Surface { store: store.clone(), edits_found_original: Mutex::default() });
+        let target = Target { adapter: surface.clone(), channel_id: "!r".into(), previews: true };
+        let to = ChannelMessage::new("!r", "@a:x", SenderType::User, "q", ContentType::Text);
+        let reply = answer_message(Uuid::new_v4(), &to, "writer");
+        let mut streamer =
+            Streamer::new(reply.clone(), vec![target], 5, false, true).recording_landings_in(store.clone());
+
+        streamer.push("hello");
+        streamer.flush().await;
+        assert_eq!(streamer.previewed, ["!r"]);
+        let first: Vec<Uuid> = streamer.landings().iter().map(|l| l.message_id).collect();
+        assert_eq!(first, [reply.id], "the first preview's landing waits for the turn's write");
+        assert_eq!(recorded(&store, reply.id).await, None);
+
+        streamer.push(" world");
+        streamer.last_sent = Some(Instant::now() - EDIT_INTERVAL);
+        streamer.flush().await;
+        assert_eq!(*surface.edits_found_original.lock().unwrap(), [true], "the edit's original was recorded first");
+        assert_eq!(recorded(&store, reply.id).await, Some(format!("native-{}", reply.id)));
+        let edit = derived_id(reply.id, "edit-1");
+        let pending: Vec<Uuid> = streamer.landings().iter().map(|l| l.message_id).collect();
+        assert_eq!(pending, [edit], "only the edit's landing is left for the turn");
+
+        streamer.record_landings().await;
+        assert!(streamer.landings().is_empty());
+        assert_eq!(recorded(&store, edit).await, Some(format!("native-{edit}")), "a turn that fails keeps them too");
     }
 }

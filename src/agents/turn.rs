@@ -51,13 +51,17 @@ impl Agents {
         let rerun = job.may_have_run(self.store.opened_at());
         let mut streamer = Streamer::new(reply, targets, agent.config.max_edits, rerun, previews)
             .with_max_chars(agent.config.max_answer_chars)
-            .with_typing(&turn.agent);
+            .with_typing(&turn.agent)
+            .recording_landings_in(self.store.clone());
         let mut usage = TokenUsage::default();
         let streamed = self.stream_answer(agent, &context, asker.as_ref(), &mut streamer, &mut usage).await;
         streamer.stop_typing();
         let ending = match streamed {
             Ok(ending) => ending,
-            Err(AgentError::Unavailable(error)) => return JobOutcome::Retry { error, after: None },
+            Err(AgentError::Unavailable(error)) => {
+                streamer.record_landings().await;
+                return JobOutcome::Retry { error, after: None };
+            }
             Err(AgentError::Failed(error)) => {
                 // The error may quote the program's stderr or the provider's answer: the
                 // room gets a reference, the log the error.
@@ -70,7 +74,7 @@ impl Agents {
                     "agent turn failed"
                 );
                 let notice = reference.notice(&format!("{} could not answer", agent.config.display_name()));
-                return self.end_with_notice(job, turn, &message, notice, &streamer).await;
+                return self.end_with_notice(job, turn, &message, notice, &mut streamer).await;
             }
         };
         let mut text = streamer.text().to_string();
@@ -81,7 +85,7 @@ impl Agents {
             text.push_str(&stream::cut_note(agent.config.max_answer_chars));
         } else if text.trim().is_empty() {
             let notice = format!("{} gave no answer.", agent.config.display_name());
-            return self.end_with_notice(job, turn, &message, notice, &streamer).await;
+            return self.end_with_notice(job, turn, &message, notice, &mut streamer).await;
         }
         match self.commit_answer(job, turn, agent, &streamer, &text, usage).await {
             Ok(sends) => {
@@ -92,7 +96,10 @@ impl Agents {
                 }
                 JobOutcome::Recorded
             }
-            Err(error) => JobOutcome::Retry { error: error.to_string(), after: None },
+            Err(error) => {
+                streamer.record_landings().await;
+                JobOutcome::Retry { error: error.to_string(), after: None }
+            }
         }
     }
 
@@ -271,8 +278,8 @@ impl Agents {
         Ok(())
     }
 
-    /// Writes the answer and its usage, queues its sends and marks the turn done, in one
-    /// transaction. Returns how many sends were queued.
+    /// Writes the answer and its usage, where its previews landed, queues its sends and
+    /// marks the turn done, in one transaction. Returns how many sends were queued.
     async fn commit_answer(
         &self,
         job: &outbox::Job,
@@ -318,6 +325,7 @@ impl Agents {
             )
             .await?;
         }
+        record_landings(&mut tx, streamer).await?;
         outbox::mark_done(&mut tx, job.seq).await?;
         tx.commit().await?;
         tracing::info!(
@@ -373,11 +381,14 @@ impl Agents {
         turn: &TurnJob,
         to: &ChannelMessage,
         notice: String,
-        streamer: &Streamer,
+        streamer: &mut Streamer,
     ) -> JobOutcome {
         match self.commit_notice(job, turn, to, notice, streamer).await {
             Ok(()) => JobOutcome::Recorded,
-            Err(error) => JobOutcome::Retry { error: error.to_string(), after: None },
+            Err(error) => {
+                streamer.record_landings().await;
+                JobOutcome::Retry { error: error.to_string(), after: None }
+            }
         }
     }
 
@@ -398,6 +409,7 @@ impl Agents {
             }
         }
         post_notice(&mut tx, job, turn, to, text).await?;
+        record_landings(&mut tx, streamer).await?;
         outbox::mark_done(&mut tx, job.seq).await?;
         tx.commit().await?;
         self.wakers.wake();
@@ -434,6 +446,14 @@ async fn post_notice(
     notice.id = derived_id(to.id, &format!("{}:failed", job.dedupe_key));
     if messages::append(conn, &turn.conversation_id, "hub", &notice).await? {
         crate::hub::fan_out(conn, &turn.conversation_id, &notice).await?;
+    }
+    Ok(())
+}
+
+/// Where the turn's previews landed, written with the turn's end.
+async fn record_landings(conn: &mut AnyConnection, streamer: &Streamer) -> store::Result<()> {
+    for landing in streamer.landings() {
+        messages::record_landing(conn, landing).await?;
     }
     Ok(())
 }

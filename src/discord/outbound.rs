@@ -15,7 +15,7 @@ use super::rest::{RestError, codes};
 use super::{CHANNEL, Hook, Inner, RawChannel, Sent, cursor, snowflake};
 use crate::agents::stream::{derived_id, split_parts};
 use crate::protocol::{
-    BridgeError, ChannelEvent, ChannelMessage, ChannelSendError, ContentType, OutboundReaction, SenderType,
+    BridgeError, ChannelEvent, ChannelMessage, ChannelSendError, ContentType, Landing, OutboundReaction, SenderType,
     metadata_keys as keys,
 };
 use crate::store::group_commit::Write;
@@ -438,12 +438,12 @@ impl Inner {
     }
 
     async fn record(&self, channel_id: &str, native: &str, id: Uuid, target: &Target) -> Result<(), ChannelSendError> {
-        let landed = Write::MessageRef {
+        let landed = Write::Landed(Landing {
             channel: CHANNEL.into(),
             chat_id: channel_id.into(),
             native_id: native.into(),
             message_id: id,
-        };
+        });
         self.store.commit_grouped(landed).await.map_err(store_error)?;
         if let Ok(native) = native.parse::<u64>() {
             let mut caches = self.caches.lock().unwrap();

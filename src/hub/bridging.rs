@@ -20,7 +20,8 @@ use crate::config::Config;
 use crate::namespace::Namespace;
 use crate::protocol::{
     self, AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelEvent, ChannelMessage,
-    ChannelSendError, ContentType, InboundHandler, OutboundReaction, SenderType, metadata_keys,
+    ChannelSendError, ContentType, InboundHandler, Landing, LandingRecord, OutboundReaction, SenderType, metadata_keys,
+    send_recording,
 };
 use crate::queue::{self, DeadReason};
 use crate::store::{self, Store, bridges, conversations, messages, settings};
@@ -389,7 +390,14 @@ impl SurfaceAdapter {
         Ok(Some(OutboundReaction { target: native, key: key.clone(), removed, copy, shown, retry }))
     }
 
-    async fn send(&self, channel_id: &str, msg: &ChannelMessage, resend: bool) -> Result<(), ChannelSendError> {
+    /// Returns where the message landed when `record` leaves that to the caller.
+    async fn send(
+        &self,
+        channel_id: &str,
+        msg: &ChannelMessage,
+        resend: bool,
+        record: LandingRecord,
+    ) -> Result<Option<Landing>, ChannelSendError> {
         let prepare_failed = |e: store::StoreError| ChannelSendError::Transient {
             message: format!("cannot prepare the message: {e}"),
             retry_after: None,
@@ -397,25 +405,22 @@ impl SurfaceAdapter {
         let result = match msg.event {
             // The hub turns a clearing into removals before anything is queued, and shows
             // typing without the outbox.
-            ChannelEvent::ReactionsCleared { .. } | ChannelEvent::Typing { .. } => return Ok(()),
+            ChannelEvent::ReactionsCleared { .. } | ChannelEvent::Typing { .. } => return Ok(None),
             ChannelEvent::Reaction { .. } => {
                 match self.reaction_for(channel_id, msg, resend).await.map_err(prepare_failed)? {
-                    Some(reaction) => self.inner.send_reaction(channel_id, &reaction, msg).await,
-                    None => return Ok(()),
+                    Some(reaction) => self.inner.send_reaction(channel_id, &reaction, msg).await.map(|()| None),
+                    None => return Ok(None),
                 }
             }
             // A surface that cannot take back what it showed is not asked to.
-            ChannelEvent::Delete { .. } if !self.inner.surface().deletions => return Ok(()),
+            ChannelEvent::Delete { .. } if !self.inner.surface().deletions => return Ok(None),
             ChannelEvent::Message | ChannelEvent::Edit { .. } | ChannelEvent::Delete { .. } => {
                 let out = self.translate(channel_id, msg).await.map_err(prepare_failed)?;
-                match resend {
-                    true => self.inner.resend_message(channel_id, &out).await,
-                    false => self.inner.send_message(channel_id, &out).await,
-                }
+                send_recording(self.inner.as_ref(), channel_id, &out, resend, record).await
             }
         };
         let outcome = match &result {
-            Ok(()) => "ok",
+            Ok(_) => "ok",
             Err(ChannelSendError::Terminal(_)) => "terminal",
             Err(ChannelSendError::Transient { .. }) => "transient",
             Err(ChannelSendError::Unconfirmed(_)) => "unconfirmed",
@@ -475,11 +480,20 @@ impl ChannelAdapter for SurfaceAdapter {
     }
 
     async fn send_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
-        self.send(channel_id, msg, false).await
+        self.send(channel_id, msg, false, LandingRecord::ByAdapter).await.map(drop)
     }
 
     async fn resend_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
-        self.send(channel_id, msg, true).await
+        self.send(channel_id, msg, true, LandingRecord::ByAdapter).await.map(drop)
+    }
+
+    async fn send_leaving_landing(
+        &self,
+        channel_id: &str,
+        msg: &ChannelMessage,
+        resend: bool,
+    ) -> Result<Option<Landing>, ChannelSendError> {
+        self.send(channel_id, msg, resend, LandingRecord::ByCaller).await
     }
 
     async fn map_identity(&self, channel_user_id: &str) -> Option<String> {
@@ -595,6 +609,16 @@ mod tests {
             self.note("resend_message");
             Ok(())
         }
+        async fn send_leaving_landing(
+            &self,
+            channel_id: &str,
+            msg: &ChannelMessage,
+            _resend: bool,
+        ) -> Result<Option<Landing>, ChannelSendError> {
+            self.note("send_leaving_landing");
+            let native_id = format!("landed-{}", msg.id);
+            Ok(Some(Landing { channel: "discord".into(), chat_id: channel_id.into(), native_id, message_id: msg.id }))
+        }
         async fn map_identity(&self, _channel_user_id: &str) -> Option<String> {
             self.note("map_identity");
             None
@@ -695,6 +719,8 @@ mod tests {
         wrapped.on_message(Arc::new(Quiet));
         wrapped.send_message("42", &original).await.unwrap();
         wrapped.resend_message("42", &original).await.unwrap();
+        let landed = wrapped.send_leaving_landing("42", &original, false).await.unwrap();
+        assert_eq!(landed.map(|l| l.native_id), Some(format!("landed-{}", original.id)), "the landing comes back");
         wrapped.map_identity("7").await;
         wrapped.open_bridge("42").await.unwrap();
         wrapped.may_bridge("42", &[]).await;

@@ -34,7 +34,7 @@ use crate::protocol::metadata_keys::AGENT_MESSAGE;
 use crate::protocol::room_power::{ROOM_POWER, RoomPower};
 use crate::protocol::{
     AdapterHealth, ChannelAdapter, ChannelAttachment, ChannelConnectError, ChannelEvent, ChannelMessage,
-    ChannelSendError, ContentType, InboundHandler, OutboundReaction, SenderType, SurfaceInfo, metadata_keys,
+    ChannelSendError, ContentType, InboundHandler, Landing, OutboundReaction, SenderType, SurfaceInfo, metadata_keys,
 };
 use crate::store::conversations::GhostProfile;
 use crate::store::group_commit::Write;
@@ -789,10 +789,16 @@ impl MatrixAdapter {
     /// learning its event id — a network error, a 5xx, a try cut short, a restart of this
     /// service — the room is searched for the event carrying our message id before
     /// anything is sent again.
-    async fn deliver(&self, channel_id: &str, msg: &ChannelMessage, resend: bool) -> Result<(), ChannelSendError> {
+    /// Returns where the message landed, still to be recorded (none for a deletion).
+    async fn deliver(
+        &self,
+        channel_id: &str,
+        msg: &ChannelMessage,
+        resend: bool,
+    ) -> Result<Option<Landing>, ChannelSendError> {
         let room_id = send_room(channel_id)?;
         if let ChannelEvent::Delete { target } = msg.event {
-            return self.redact_copy(channel_id, msg, target).await;
+            return self.redact_copy(channel_id, msg, target).await.map(|()| None);
         }
         let speaker = self.speaker(channel_id, msg).await?;
         let content = format::message_content(msg, self.placement(channel_id, msg).await?);
@@ -801,7 +807,9 @@ impl MatrixAdapter {
     }
 
     /// Sends one event of `event_type` for `msg` as `speaker`, exactly once (see
-    /// [`MatrixAdapter::deliver`]): messages and reactions take this one path.
+    /// [`MatrixAdapter::deliver`]): messages and reactions take this one path. Returns
+    /// where it landed, still to be recorded; none when the homeserver had it already as
+    /// a duplicate annotation.
     async fn send_event(
         &self,
         room_id: &OwnedRoomId,
@@ -810,7 +818,7 @@ impl MatrixAdapter {
         event_type: MessageLikeEventType,
         content: Raw<AnyMessageLikeEventContent>,
         resend: bool,
-    ) -> Result<(), ChannelSendError> {
+    ) -> Result<Option<Landing>, ChannelSendError> {
         let channel_id = room_id.as_str();
         let txn_id: OwnedTransactionId = format!("mosaic-{}", msg.id.simple()).into();
         // An id already here is one whose earlier try in this process never confirmed.
@@ -821,7 +829,7 @@ impl MatrixAdapter {
                 match self.find_sent(room_id, speaker, &event_type, msg.id).await {
                     Ok(Some(event_id)) => {
                         tracing::info!(room_id = channel_id, %event_id, message_id = %msg.id, "earlier try had landed; not sent again");
-                        return self.confirm_sent(channel_id, msg.id, &event_id).await;
+                        return Ok(Some(landing(channel_id, msg.id, &event_id)));
                     }
                     Ok(None) => look_first = false,
                     Err(error) if error.is_transient() => {
@@ -844,7 +852,7 @@ impl MatrixAdapter {
             match step.await {
                 Ok(response) => {
                     tracing::debug!(room_id = channel_id, event_id = %response.event_id, txn_id = %txn_id, "sent");
-                    return self.confirm_sent(channel_id, msg.id, &response.event_id).await;
+                    return Ok(Some(landing(channel_id, msg.id, &response.event_id)));
                 }
                 Err(HsError::RateLimited { retry_after }) => {
                     self.note_rate_limit(retry_after);
@@ -858,7 +866,7 @@ impl MatrixAdapter {
                     last_error = Some(error);
                 }
                 // The same reaction by the same user is there already.
-                Err(error) if error.errcode() == Some("M_DUPLICATE_ANNOTATION") => return Ok(()),
+                Err(error) if error.errcode() == Some("M_DUPLICATE_ANNOTATION") => return Ok(None),
                 Err(error) if error.errcode() == Some("M_FORBIDDEN") && attempt == 0 => {
                     // A ghost that was invited but has not joined yet: join, then send.
                     let join =
@@ -876,16 +884,21 @@ impl MatrixAdapter {
     }
 
     /// Records where a message landed; from then on it needs no search.
-    async fn confirm_sent(&self, room_id: &str, id: Uuid, event_id: &ruma::EventId) -> Result<(), ChannelSendError> {
-        let landed = Write::MessageRef {
-            channel: CHANNEL.into(),
-            chat_id: room_id.into(),
-            native_id: event_id.to_string(),
-            message_id: id,
-        };
-        self.store.commit_grouped(landed).await.map_err(transient)?;
+    async fn confirm_sent(&self, landed: Option<Landing>) -> Result<(), ChannelSendError> {
+        let Some(landing) = landed else { return Ok(()) };
+        let id = landing.message_id;
+        self.store.commit_grouped(Write::Landed(landing)).await.map_err(transient)?;
         self.unconfirmed.lock().expect("unconfirmed lock").remove(&id);
         Ok(())
+    }
+
+    /// Hands where a message landed to a caller that records it: from here on, a search
+    /// for it is the caller's to ask for (with a resend) if its record never commits.
+    fn hand_over(&self, landed: Option<Landing>) -> Option<Landing> {
+        if let Some(landing) = &landed {
+            self.unconfirmed.lock().expect("unconfirmed lock").remove(&landing.message_id);
+        }
+        landed
     }
 
     /// The event `speaker` sent for message `id` in the room, if any: recorded already,
@@ -1150,11 +1163,23 @@ impl ChannelAdapter for MatrixAdapter {
     /// message's canonical id, fixed before the first try, so a retry the homeserver still
     /// remembers is dropped there; see [`MatrixAdapter::deliver`] for one it forgot.
     async fn send_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
-        self.deliver(channel_id, msg, false).await
+        let landed = self.deliver(channel_id, msg, false).await?;
+        self.confirm_sent(landed).await
     }
 
     async fn resend_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
-        self.deliver(channel_id, msg, true).await
+        let landed = self.deliver(channel_id, msg, true).await?;
+        self.confirm_sent(landed).await
+    }
+
+    async fn send_leaving_landing(
+        &self,
+        channel_id: &str,
+        msg: &ChannelMessage,
+        resend: bool,
+    ) -> Result<Option<Landing>, ChannelSendError> {
+        let landed = self.deliver(channel_id, msg, resend).await?;
+        Ok(self.hand_over(landed))
     }
 
     fn typing_renewal(&self) -> Option<Duration> {
@@ -1226,8 +1251,14 @@ impl ChannelAdapter for MatrixAdapter {
         });
         let raw = serde_json::value::to_raw_value(&content).map_err(|e| ChannelSendError::Terminal(e.to_string()))?;
         let event_type = MessageLikeEventType::Reaction;
-        self.send_event(&room_id, by, &speaker, event_type, Raw::from_json(raw), reaction.retry).await
+        let landed = self.send_event(&room_id, by, &speaker, event_type, Raw::from_json(raw), reaction.retry).await?;
+        self.confirm_sent(landed).await
     }
+}
+
+/// Where `message_id` landed in a room: the event the homeserver gave it.
+fn landing(room_id: &str, message_id: Uuid, event_id: &ruma::EventId) -> Landing {
+    Landing { channel: CHANNEL.into(), chat_id: room_id.into(), native_id: event_id.to_string(), message_id }
 }
 
 #[cfg(test)]

@@ -6,6 +6,41 @@ use serde::Serialize;
 
 use super::{ChannelMessage, SurfaceInfo};
 
+/// Where a sent message landed: its id on the surface, in the chat it was sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Landing {
+    pub channel: String,
+    pub chat_id: String,
+    pub native_id: String,
+    /// The canonical id of the message sent.
+    pub message_id: uuid::Uuid,
+}
+
+/// Who records where a sent message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LandingRecord {
+    /// The adapter, durably, before its send returns.
+    ByAdapter,
+    /// The caller, in a transaction of its own (see [`ChannelAdapter::send_leaving_landing`]).
+    ByCaller,
+}
+
+/// Sends `msg` (again, after an unknown outcome, when `resend`), the landing recorded as
+/// `record` says. Returns the landing still to be recorded, if the caller is to.
+pub async fn send_recording<A: ChannelAdapter + ?Sized>(
+    adapter: &A,
+    channel_id: &str,
+    msg: &ChannelMessage,
+    resend: bool,
+    record: LandingRecord,
+) -> Result<Option<Landing>, ChannelSendError> {
+    match (record, resend) {
+        (LandingRecord::ByCaller, _) => adapter.send_leaving_landing(channel_id, msg, resend).await,
+        (LandingRecord::ByAdapter, true) => adapter.resend_message(channel_id, msg).await.map(|()| None),
+        (LandingRecord::ByAdapter, false) => adapter.send_message(channel_id, msg).await.map(|()| None),
+    }
+}
+
 /// Connection state reported by [`ChannelAdapter::health`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -154,6 +189,25 @@ pub trait ChannelAdapter: Send + Sync {
     /// The default sends again, for surfaces whose sends are idempotent by themselves.
     async fn resend_message(&self, channel_id: &str, msg: &ChannelMessage) -> Result<(), ChannelSendError> {
         self.send_message(channel_id, msg).await
+    }
+
+    /// Sends `msg` as [`ChannelAdapter::send_message`] does (or as
+    /// [`ChannelAdapter::resend_message`] when `resend`), but hands back where it landed
+    /// instead of recording it: the caller records the landing in a transaction of its
+    /// own, which saves a durable write when it writes one anyway. An adapter that
+    /// records its landings itself returns `None`, as the default does; an adapter that
+    /// wraps another passes this on.
+    async fn send_leaving_landing(
+        &self,
+        channel_id: &str,
+        msg: &ChannelMessage,
+        resend: bool,
+    ) -> Result<Option<Landing>, ChannelSendError> {
+        match resend {
+            true => self.resend_message(channel_id, msg).await?,
+            false => self.send_message(channel_id, msg).await?,
+        }
+        Ok(None)
     }
 
     /// The account id linked to a channel-native user id, or `None` for anonymous senders.

@@ -15,7 +15,7 @@ mod surface;
 
 pub use adapter::{
     AdapterHealth, BridgeError, BridgeRight, ChannelAdapter, ChannelConnectError, ChannelSendError, HandlerError,
-    InboundHandler, OutboundReaction,
+    InboundHandler, Landing, LandingRecord, OutboundReaction, send_recording,
 };
 pub use event::ChannelEvent;
 pub use media::{Media, MediaError, MediaRepository, not_bridged_note};

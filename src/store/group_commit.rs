@@ -3,7 +3,8 @@
 //! commit of its own, but they share one transaction and one sync to disk.
 
 use tokio::sync::{mpsc, oneshot};
-use uuid::Uuid;
+
+use crate::protocol::Landing;
 
 use super::{AnyConnection, Result, Store, StoreError, messages, outbox};
 
@@ -15,17 +16,15 @@ const MAX_GROUP: usize = 256;
 pub enum Write {
     /// An outbox job is done (see [`outbox::mark_done`]).
     JobDone { seq: i64 },
-    /// A message landed on a surface as `native_id` (see [`messages::add_ref`]).
-    MessageRef { channel: String, chat_id: String, native_id: String, message_id: Uuid },
+    /// A message landed on a surface (see [`messages::record_landing`]).
+    Landed(Landing),
 }
 
 impl Write {
     async fn apply(&self, conn: &mut AnyConnection) -> Result<()> {
         match self {
             Self::JobDone { seq } => outbox::mark_done(conn, *seq).await,
-            Self::MessageRef { channel, chat_id, native_id, message_id } => {
-                messages::add_ref(conn, channel, chat_id, native_id, *message_id).await
-            }
+            Self::Landed(landing) => messages::record_landing(conn, landing).await,
         }
     }
 }

@@ -4,7 +4,7 @@ use sqlx::AnyConnection;
 use uuid::Uuid;
 
 use super::{Result, StoreError, now_ms};
-use crate::protocol::{ChannelEvent, ChannelMessage};
+use crate::protocol::{ChannelEvent, ChannelMessage, Landing};
 
 /// Appends a message of `conversation_id` that entered through `channel`. Returns false
 /// (and writes nothing) when the same message — same canonical id, or the same native id
@@ -104,6 +104,11 @@ pub async fn add_ref(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Remembers where a sent message landed (idempotent).
+pub async fn record_landing(conn: &mut AnyConnection, landing: &Landing) -> Result<()> {
+    add_ref(conn, &landing.channel, &landing.chat_id, &landing.native_id, landing.message_id).await
 }
 
 /// The canonical id of a native message.

@@ -95,6 +95,36 @@ async fn a_streamed_answer_is_one_message_with_few_edits_ending_in_the_full_text
     assert!(body(&report).contains("`writer`: 1 turn(s), 11 input + 24 output tokens"), "{}", body(&report));
 }
 
+/// With one edit allowed, the answer shows its first words and then, once complete, its
+/// final text as an edit of them, sent through the outbox after the turn is recorded: the
+/// service must know by then where the first words landed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_allowed_one_edit_ends_as_an_edit_of_its_first_words() {
+    let pieces: Vec<String> = (0..4).map(|i| format!("quick{i} ")).collect();
+    let full = pieces.concat();
+    let fake = FakeOpenAi::start(Script { pieces, delay: Duration::from_millis(50), fail_first: 0 }).await;
+    let slot = slot("quick");
+    slot.write_config_with_agents(&openai_agent("writer", &fake.base_url, 1));
+    let _service = Service::start(&slot).await;
+    let alice = Person::new("quick-alice").await;
+    let writer = slot.agent("writer");
+    let room = room_with_agent(&alice, &writer).await;
+
+    let asked = alice.say(&room, "be quick").await;
+    let first = alice.wait_for_reply(&room, &writer, &asked).await;
+    assert_eq!(body(&first), "quick0 ", "the first words show at once");
+    let first_id = first["event_id"].as_str().unwrap().to_string();
+    alice
+        .wait_for(&room, &writer, |e| {
+            edit_target(e) == Some(&first_id) && e["content"]["m.new_content"]["body"] == full.as_str()
+        })
+        .await;
+    let events = alice.messages(&room).await;
+    let answers: Vec<&str> =
+        events.iter().filter(|e| e["sender"] == writer.as_str() && edit_target(e).is_none()).map(body).collect();
+    assert_eq!(answers, ["quick0 "], "one answer message, its final text an edit of it");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn messages_for_a_model_that_is_down_are_answered_in_order_when_it_is_back() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -32,6 +32,7 @@ pub const SLOTS: &[&str] = &[
     "rooms",
     "doctor",
     "stream",
+    "quick",
     "acp",
     "queue",
     "stop",
