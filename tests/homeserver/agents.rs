@@ -45,30 +45,49 @@ async fn room_with_agent(person: &Person, agent: &str) -> String {
     room
 }
 
+/// A `writer` agent on a fake model, allowed `max_edits`, in a room with a new person.
+struct WriterRoom {
+    _service: Service,
+    person: Person,
+    writer: String,
+    room: String,
+}
+
+async fn writer_room(slot_name: &str, person: &str, fake: &FakeOpenAi, max_edits: u32) -> WriterRoom {
+    let slot = slot(slot_name);
+    slot.write_config_with_agents(&openai_agent("writer", &fake.base_url, max_edits));
+    let service = Service::start(&slot).await;
+    let person = Person::new(person).await;
+    let writer = slot.agent("writer");
+    let room = room_with_agent(&person, &writer).await;
+    WriterRoom { _service: service, person, writer, room }
+}
+
+impl WriterRoom {
+    /// Waits until the answer `first` shows `text` by an edit of it.
+    async fn wait_for_edit_to(&self, first: &Value, text: &str) {
+        let first_id = first["event_id"].as_str().unwrap();
+        let edited = |e: &Value| edit_target(e) == Some(first_id) && e["content"]["m.new_content"]["body"] == text;
+        self.person.wait_for(&self.room, &self.writer, edited).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_streamed_answer_is_one_message_with_few_edits_ending_in_the_full_text() {
     let pieces: Vec<String> = (0..24).map(|i| format!("word{i} ")).collect();
     let full = pieces.concat();
     let fake = FakeOpenAi::start(Script { pieces, delay: Duration::from_millis(120), fail_first: 0 }).await;
-    let slot = slot("stream");
-    slot.write_config_with_agents(&openai_agent("writer", &fake.base_url, 4));
-    let _service = Service::start(&slot).await;
-    let alice = Person::new("stream-alice").await;
-    let writer = slot.agent("writer");
-    let room = room_with_agent(&alice, &writer).await;
+    let setup = writer_room("stream", "stream-alice", &fake, 4).await;
+    let WriterRoom { person: alice, writer, room, .. } = &setup;
 
-    let asked = alice.say(&room, "write something").await;
-    let first = alice.wait_for_reply(&room, &writer, &asked).await;
+    let asked = alice.say(room, "write something").await;
+    let first = alice.wait_for_reply(room, writer, &asked).await;
     assert_ne!(body(&first), full, "the first text is shown before the model finished");
     assert!(full.starts_with(body(&first)), "{}", body(&first));
     let first_id = first["event_id"].as_str().unwrap().to_string();
-    alice
-        .wait_for(&room, &writer, |e| {
-            edit_target(e) == Some(&first_id) && e["content"]["m.new_content"]["body"] == full.as_str()
-        })
-        .await;
+    setup.wait_for_edit_to(&first, &full).await;
 
-    let events = alice.messages(&room).await;
+    let events = alice.messages(room).await;
     let edits = events.iter().filter(|e| edit_target(e) == Some(&first_id)).count();
     assert!((1..=4).contains(&edits), "{edits} edits; at most 4 are allowed");
     assert_eq!(shown_text(&events, &first), full);
@@ -90,8 +109,8 @@ async fn a_streamed_answer_is_one_message_with_few_edits_ending_in_the_full_text
     assert_eq!(profile["displayname"], "Writer");
     assert_eq!(profile["avatar_url"], "mxc://localhost/writer-avatar");
 
-    let usage = alice.say(&room, "!usage").await;
-    let report = alice.wait_for_reply(&room, &writer, &usage).await;
+    let usage = alice.say(room, "!usage").await;
+    let report = alice.wait_for_reply(room, writer, &usage).await;
     assert!(body(&report).contains("`writer`: 1 turn(s), 11 input + 24 output tokens"), "{}", body(&report));
 }
 
@@ -103,23 +122,14 @@ async fn an_answer_allowed_one_edit_ends_as_an_edit_of_its_first_words() {
     let pieces: Vec<String> = (0..4).map(|i| format!("quick{i} ")).collect();
     let full = pieces.concat();
     let fake = FakeOpenAi::start(Script { pieces, delay: Duration::from_millis(50), fail_first: 0 }).await;
-    let slot = slot("quick");
-    slot.write_config_with_agents(&openai_agent("writer", &fake.base_url, 1));
-    let _service = Service::start(&slot).await;
-    let alice = Person::new("quick-alice").await;
-    let writer = slot.agent("writer");
-    let room = room_with_agent(&alice, &writer).await;
+    let setup = writer_room("quick", "quick-alice", &fake, 1).await;
+    let WriterRoom { person: alice, writer, room, .. } = &setup;
 
-    let asked = alice.say(&room, "be quick").await;
-    let first = alice.wait_for_reply(&room, &writer, &asked).await;
+    let asked = alice.say(room, "be quick").await;
+    let first = alice.wait_for_reply(room, writer, &asked).await;
     assert_eq!(body(&first), "quick0 ", "the first words show at once");
-    let first_id = first["event_id"].as_str().unwrap().to_string();
-    alice
-        .wait_for(&room, &writer, |e| {
-            edit_target(e) == Some(&first_id) && e["content"]["m.new_content"]["body"] == full.as_str()
-        })
-        .await;
-    let events = alice.messages(&room).await;
+    setup.wait_for_edit_to(&first, &full).await;
+    let events = alice.messages(room).await;
     let answers: Vec<&str> =
         events.iter().filter(|e| e["sender"] == writer.as_str() && edit_target(e).is_none()).map(body).collect();
     assert_eq!(answers, ["quick0 "], "one answer message, its final text an edit of it");
