@@ -25,6 +25,9 @@ pub use crate::protocol::metadata_keys::REPLACES;
 /// Longest message part; longer answers are split at a clean boundary.
 pub const MAX_PART_CHARS: usize = 16_000;
 const EDIT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a preview's landing waits for the turn's write before it is recorded on its
+/// own: meanwhile a reply to the preview cannot be told from a message of its own.
+const LANDING_GRACE: Duration = Duration::from_secs(1);
 
 /// A derived id: the same turn always gets the same ids, so a rerun after a crash sends
 /// with the same transaction ids and the homeserver drops the repeats.
@@ -78,7 +81,24 @@ pub struct Streamer {
     /// each surface records that on its own as it sends.
     store: Option<Store>,
     /// Previews sent whose landing is not recorded yet.
+    pending: PendingLandings,
+}
+
+/// Where previews landed, not recorded yet, and when they are to be recorded on their
+/// own (see [`LANDING_GRACE`]).
+#[derive(Default)]
+struct PendingLandings {
     landings: Vec<Landing>,
+    due: Option<Instant>,
+}
+
+impl PendingLandings {
+    fn keep(&mut self, landed: Option<Landing>) {
+        if landed.is_some() && self.due.is_none() {
+            self.due = Some(Instant::now() + LANDING_GRACE);
+        }
+        self.landings.extend(landed);
+    }
 }
 
 /// A tool call as the progress line shows it.
@@ -139,13 +159,14 @@ impl Streamer {
             typing: TypingGuard::none(),
             progress: None,
             store: None,
-            landings: Vec::new(),
+            pending: PendingLandings::default(),
         }
     }
 
     /// Leaves recording where previews landed to the turn, which writes it with its
-    /// answer (see [`Streamer::landings`]): an answer shown at once costs one durable
-    /// write instead of two. An edit first records what it edits, since the surface
+    /// answer (see [`Streamer::landings`]): an answer that ends soon after its first
+    /// words costs one durable write instead of two. A longer turn records them after
+    /// [`LANDING_GRACE`], and an edit first records what it edits, since the surface
     /// looks the original up in the store.
     pub fn recording_landings_in(mut self, store: Store) -> Self {
         self.store = Some(store);
@@ -154,7 +175,7 @@ impl Streamer {
 
     /// Where previews landed, not recorded yet: the turn records them with its answer.
     pub fn landings(&self) -> &[Landing] {
-        &self.landings
+        &self.pending.landings
     }
 
     fn landing_record(&self) -> LandingRecord {
@@ -165,17 +186,21 @@ impl Streamer {
     }
 
     /// Records the landings not recorded yet, each durably. When that fails they stay,
-    /// for the turn's own write; a surface that cannot find an original in the store
-    /// sends an edit as a message of its own, and a rerun looks for a preview it sent.
+    /// for the turn's own write or the next try; a surface that cannot find an original
+    /// in the store sends an edit as a message of its own, and a rerun looks for a
+    /// preview it sent.
     pub async fn record_landings(&mut self) {
         let Some(store) = &self.store else { return };
-        while let Some(landing) = self.landings.first() {
+        let pending = &mut self.pending;
+        while let Some(landing) = pending.landings.first() {
             if let Err(error) = store.commit_grouped(Write::Landed(landing.clone())).await {
                 tracing::warn!(%error, message_id = %landing.message_id, "cannot record where a preview landed");
+                pending.due = Some(Instant::now() + LANDING_GRACE);
                 return;
             }
-            self.landings.remove(0);
+            pending.landings.remove(0);
         }
+        pending.due = None;
     }
 
     /// A tool call of the agent started or changed state: the answer shows a line saying
@@ -261,8 +286,17 @@ impl Streamer {
         if fits.len() < piece.len() || self.chars >= self.max_chars { Room::Full } else { Room::Left }
     }
 
-    /// When the next preview is due, if there is new text to show.
+    /// When [`Streamer::flush`] has something to do next: a preview of new text, or
+    /// landings to record.
     pub fn next_due(&self) -> Option<Instant> {
+        match (self.preview_due(), self.pending.due) {
+            (Some(preview), Some(landings)) => Some(preview.min(landings)),
+            (preview, landings) => preview.or(landings),
+        }
+    }
+
+    /// When the next preview is due, if there is new text to show.
+    fn preview_due(&self) -> Option<Instant> {
         if !self.previews {
             return None;
         }
@@ -277,9 +311,13 @@ impl Streamer {
         }
     }
 
-    /// Sends the first message or an edit, if one is due now.
+    /// Records landings that waited long enough, and sends the first message or an
+    /// edit, if one is due now.
     pub async fn flush(&mut self) {
-        if self.next_due().is_none_or(|due| due > Instant::now()) {
+        if self.pending.due.is_some_and(|due| due <= Instant::now()) {
+            self.record_landings().await;
+        }
+        if self.preview_due().is_none_or(|due| due > Instant::now()) {
             return;
         }
         let shown = self.display();
@@ -290,7 +328,7 @@ impl Streamer {
             let edit = edit_of(&self.with_text(&shown), &shown, &format!("edit-{}", self.edits));
             for target in self.targets.iter().filter(|t| self.previewed.contains(&t.channel_id)) {
                 match send_preview(target, &edit, self.rerun, self.landing_record()).await {
-                    Ok(landed) => self.landings.extend(landed),
+                    Ok(landed) => self.pending.keep(landed),
                     Err(error) => {
                         tracing::debug!(channel = target.adapter.name(), %error, "streaming edit not delivered")
                     }
@@ -301,7 +339,7 @@ impl Streamer {
             for target in self.targets.iter().filter(|t| t.previews) {
                 match send_preview(target, &first, self.rerun, self.landing_record()).await {
                     Ok(landed) => {
-                        self.landings.extend(landed);
+                        self.pending.keep(landed);
                         self.typing.stop_in(&target.channel_id);
                         self.previewed.push(target.channel_id.clone());
                     }
@@ -576,6 +614,7 @@ mod landing_tests {
 
         streamer.push(" world");
         streamer.last_sent = Some(Instant::now() - EDIT_INTERVAL);
+        streamer.pending.due = Some(Instant::now() + LANDING_GRACE);
         streamer.flush().await;
         assert_eq!(*surface.edits_found_original.lock().unwrap(), [true], "the edit's original was recorded first");
         assert_eq!(recorded(&store, reply.id).await, Some(format!("native-{}", reply.id)));
@@ -586,5 +625,33 @@ mod landing_tests {
         streamer.record_landings().await;
         assert!(streamer.landings().is_empty());
         assert_eq!(recorded(&store, edit).await, Some(format!("native-{edit}")), "a turn that fails keeps them too");
+        assert_eq!(streamer.next_due(), None, "nothing left to do");
+    }
+
+    #[tokio::test]
+    async fn a_preview_of_a_turn_that_runs_on_is_recorded_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
+        let surface = Arc::new(Surface { store: store.clone(), edits_found_original: Mutex::default() });
+        let target = Target { adapter: surface.clone(), channel_id: "!r".into(), previews: true };
+        let to = ChannelMessage::new("!r", "@a:x", SenderType::User, "q", ContentType::Text);
+        let reply = answer_message(Uuid::new_v4(), &to, "writer");
+        // One edit in all, kept for the final text: no preview edit will record it.
+        let mut streamer =
+            Streamer::new(reply.clone(), vec![target], 1, false, true).recording_landings_in(store.clone());
+        streamer.push("hello");
+        streamer.flush().await;
+        streamer.push(" and more, while the agent works on");
+        let due = streamer.next_due().expect("the landing is due");
+        assert!(due > Instant::now() && due <= Instant::now() + LANDING_GRACE, "due after the grace");
+        streamer.flush().await;
+        assert_eq!(recorded(&store, reply.id).await, None, "not before the grace");
+
+        streamer.pending.due = Some(Instant::now());
+        streamer.flush().await;
+        assert_eq!(recorded(&store, reply.id).await, Some(format!("native-{}", reply.id)));
+        assert!(streamer.landings().is_empty());
+        assert_eq!(streamer.next_due(), None, "no edit, nothing more to record");
+        assert!(surface.edits_found_original.lock().unwrap().is_empty(), "no edit was sent");
     }
 }
