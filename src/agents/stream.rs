@@ -589,6 +589,27 @@ mod landing_tests {
         }
     }
 
+    /// A turn's streamer that records landings, with one target on [`Surface`].
+    struct Turn {
+        _dir: tempfile::TempDir,
+        store: Store,
+        surface: Arc<Surface>,
+        reply: ChannelMessage,
+        streamer: Streamer,
+    }
+
+    async fn turn(max_edits: u32) -> Turn {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
+        let surface = Arc::new(Surface { store: store.clone(), edits_found_original: Mutex::default() });
+        let target = Target { adapter: surface.clone(), channel_id: "!r".into(), previews: true };
+        let to = ChannelMessage::new("!r", "@a:x", SenderType::User, "q", ContentType::Text);
+        let reply = answer_message(Uuid::new_v4(), &to, "writer");
+        let streamer =
+            Streamer::new(reply.clone(), vec![target], max_edits, false, true).recording_landings_in(store.clone());
+        Turn { _dir: dir, store, surface, reply, streamer }
+    }
+
     async fn recorded(store: &Store, id: Uuid) -> Option<String> {
         let mut conn = store.conn().await.unwrap();
         messages::native_for_message(&mut conn, "surface", "!r", id).await.unwrap()
@@ -596,14 +617,7 @@ mod landing_tests {
 
     #[tokio::test]
     async fn a_preview_is_recorded_with_the_turn_or_before_its_first_edit() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
-        let surface = Arc::new(Surface { store: store.clone(), edits_found_original: Mutex::default() });
-        let target = Target { adapter: surface.clone(), channel_id: "!r".into(), previews: true };
-        let to = ChannelMessage::new("!r", "@a:x", SenderType::User, "q", ContentType::Text);
-        let reply = answer_message(Uuid::new_v4(), &to, "writer");
-        let mut streamer =
-            Streamer::new(reply.clone(), vec![target], 5, false, true).recording_landings_in(store.clone());
+        let Turn { _dir, store, surface, reply, mut streamer } = turn(5).await;
 
         streamer.push("hello");
         streamer.flush().await;
@@ -630,15 +644,8 @@ mod landing_tests {
 
     #[tokio::test]
     async fn a_preview_of_a_turn_that_runs_on_is_recorded_after_the_grace() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
-        let surface = Arc::new(Surface { store: store.clone(), edits_found_original: Mutex::default() });
-        let target = Target { adapter: surface.clone(), channel_id: "!r".into(), previews: true };
-        let to = ChannelMessage::new("!r", "@a:x", SenderType::User, "q", ContentType::Text);
-        let reply = answer_message(Uuid::new_v4(), &to, "writer");
         // One edit in all, kept for the final text: no preview edit will record it.
-        let mut streamer =
-            Streamer::new(reply.clone(), vec![target], 1, false, true).recording_landings_in(store.clone());
+        let Turn { _dir, store, surface, reply, mut streamer } = turn(1).await;
         streamer.push("hello");
         streamer.flush().await;
         streamer.push(" and more, while the agent works on");
