@@ -17,8 +17,7 @@ use super::typing::TypingGuard;
 use crate::protocol::{
     ChannelAdapter, ChannelMessage, ContentType, Landing, LandingRecord, SenderType, send_recording,
 };
-use crate::store::Store;
-use crate::store::group_commit::Write;
+use crate::store::{Store, messages};
 
 /// Metadata key of an edit: the canonical id of the message it replaces.
 pub use crate::protocol::metadata_keys::REPLACES;
@@ -185,22 +184,24 @@ impl Streamer {
         }
     }
 
-    /// Records the landings not recorded yet, each durably. When that fails they stay,
-    /// for the turn's own write or the next try; a surface that cannot find an original
-    /// in the store sends an edit as a message of its own, and a rerun looks for a
-    /// preview it sent.
+    /// Records the landings not recorded yet, in one durable write. When that fails they
+    /// stay, for the turn's own write or the next try; a surface that cannot find an
+    /// original in the store sends an edit as a message of its own, and a rerun looks for
+    /// a preview it sent.
     pub async fn record_landings(&mut self) {
         let Some(store) = &self.store else { return };
         let pending = &mut self.pending;
-        while let Some(landing) = pending.landings.first() {
-            if let Err(error) = store.commit_grouped(Write::Landed(landing.clone())).await {
-                tracing::warn!(%error, message_id = %landing.message_id, "cannot record where a preview landed");
-                pending.due = Some(Instant::now() + LANDING_GRACE);
-                return;
-            }
-            pending.landings.remove(0);
+        if pending.landings.is_empty() {
+            return;
         }
-        pending.due = None;
+        let landings = &pending.landings;
+        match store.write(async |conn| messages::record_landings(conn, landings).await).await {
+            Ok(()) => *pending = PendingLandings::default(),
+            Err(error) => {
+                tracing::warn!(%error, landings = landings.len(), "cannot record where previews landed");
+                pending.due = Some(Instant::now() + LANDING_GRACE);
+            }
+        }
     }
 
     /// A tool call of the agent started or changed state: the answer shows a line saying

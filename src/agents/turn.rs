@@ -325,7 +325,7 @@ impl Agents {
             )
             .await?;
         }
-        record_landings(&mut tx, streamer).await?;
+        messages::record_landings(&mut tx, streamer.landings()).await?;
         outbox::mark_done(&mut tx, job.seq).await?;
         tx.commit().await?;
         tracing::info!(
@@ -409,7 +409,7 @@ impl Agents {
             }
         }
         post_notice(&mut tx, job, turn, to, text).await?;
-        record_landings(&mut tx, streamer).await?;
+        messages::record_landings(&mut tx, streamer.landings()).await?;
         outbox::mark_done(&mut tx, job.seq).await?;
         tx.commit().await?;
         self.wakers.wake();
@@ -446,14 +446,6 @@ async fn post_notice(
     notice.id = derived_id(to.id, &format!("{}:failed", job.dedupe_key));
     if messages::append(conn, &turn.conversation_id, "hub", &notice).await? {
         crate::hub::fan_out(conn, &turn.conversation_id, &notice).await?;
-    }
-    Ok(())
-}
-
-/// Where the turn's previews landed, written with the turn's end.
-async fn record_landings(conn: &mut AnyConnection, streamer: &Streamer) -> store::Result<()> {
-    for landing in streamer.landings() {
-        messages::record_landing(conn, landing).await?;
     }
     Ok(())
 }

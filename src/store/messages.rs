@@ -111,6 +111,14 @@ pub async fn record_landing(conn: &mut AnyConnection, landing: &Landing) -> Resu
     add_ref(conn, &landing.channel, &landing.chat_id, &landing.native_id, landing.message_id).await
 }
 
+/// Remembers where each of several sent messages landed (idempotent).
+pub async fn record_landings(conn: &mut AnyConnection, landings: &[Landing]) -> Result<()> {
+    for landing in landings {
+        record_landing(conn, landing).await?;
+    }
+    Ok(())
+}
+
 /// The canonical id of a native message.
 pub async fn message_for_native(
     conn: &mut AnyConnection,
