@@ -7,6 +7,11 @@
 //! waits with backoff and holds back only the later events of its room; one that can
 //! never be handled, or keeps failing past the retry limits, becomes a dead letter
 //! (`mosaic-as jobs`) and its room goes on.
+//!
+//! Marking events handled is a deferred write (see [`Store::write_deferred`]): it reaches
+//! the disk with the next commit of the service, usually the turn that answers the event
+//! or the next push, instead of a sync of its own. The next pass waits for it first, so
+//! that it does not read the events again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +22,7 @@ use tokio::sync::{Notify, watch};
 
 use super::adapter::{EventError, MatrixAdapter, MemberChange};
 use crate::queue::{DeadReason, RetryLimits, backoff};
-use crate::store::{self, Store, inbox};
+use crate::store::{self, Deferred, Store, inbox};
 
 const BATCH: i64 = 100;
 const IDLE: Duration = Duration::from_secs(5);
@@ -34,19 +39,24 @@ pub async fn run(
     // and when it comes due, and otherwise learnt from the passes that defer events, so
     // that an idle inbox is not asked again after every pass.
     let mut retry_at = next_retry_at(&store).await;
+    let mut marks = Deferred::default();
     loop {
         if *shutdown.borrow() {
+            // Marks lost here would only have their events handled again at the next start.
+            let _ = marks.durable().await;
             return;
         }
-        let wait = match process_batch(&store, &adapter, &limits).await {
+        let wait = match process_batch(&store, &adapter, &limits, std::mem::take(&mut marks)).await {
             // More may wait behind a full batch; the rooms it held back are left out of
             // the next read, so the next batch gets further.
             Ok(pass) if pass.read == BATCH as usize => {
                 failures = 0;
+                marks = pass.marks;
                 continue;
             }
             Ok(pass) => {
                 failures = 0;
+                marks = pass.marks;
                 retry_at = earliest(retry_at, pass.retry_at);
                 if retry_at.is_some_and(|at| at <= store::now_ms()) {
                     retry_at = next_retry_at(&store).await;
@@ -97,11 +107,20 @@ struct Pass {
     read: usize,
     /// When the earliest event this pass deferred is due (unix ms).
     retry_at: Option<i64>,
+    /// The handled events marked so, durable with the service's next commit.
+    marks: Deferred,
 }
 
-/// Handles up to one batch, its rooms side by side and each room's events in order. An
-/// error means the store could not be read or written.
-async fn process_batch(store: &Store, adapter: &MatrixAdapter, limits: &RetryLimits) -> store::Result<Pass> {
+/// Handles up to one batch, its rooms side by side and each room's events in order,
+/// once the marks of the pass before are durable and so seen by the read. An error means
+/// the store could not be read or written.
+async fn process_batch(
+    store: &Store,
+    adapter: &MatrixAdapter,
+    limits: &RetryLimits,
+    marks_before: Deferred,
+) -> store::Result<Pass> {
+    marks_before.durable().await?;
     let pending = {
         let mut conn = store.conn().await?;
         inbox::pending(&mut conn, BATCH).await?
@@ -112,17 +131,18 @@ async fn process_batch(store: &Store, adapter: &MatrixAdapter, limits: &RetryLim
         .buffer_unordered(ROOMS_AT_ONCE)
         .collect()
         .await;
-    // Every handled event is marked in one statement: a crash before it only hands them
-    // to the hub again, which knows them already.
+    // Every handled event is marked in one statement: a crash before it is durable only
+    // hands them to the hub again, which knows them already.
     let handled: Vec<&inbox::InboxEvent> = passes.iter().flat_map(|pass| &pass.handled).collect();
+    let mut marks = Deferred::default();
     if !handled.is_empty() {
         let seqs: Vec<i64> = handled.iter().map(|item| item.seq).collect();
-        store.write(async |conn| inbox::mark_processed(conn, &seqs).await).await?;
+        ((), marks) = store.write_deferred(async |conn| inbox::mark_processed(conn, &seqs).await).await?;
         for item in &handled {
             crate::metrics::event_processed(item.received_at);
         }
     }
-    let mut batch = Pass { read, retry_at: None };
+    let mut batch = Pass { read, retry_at: None, marks };
     for pass in passes {
         batch.retry_at = earliest(batch.retry_at, pass.retry_at);
         if let Some(error) = pass.error {
@@ -288,10 +308,32 @@ mod tests {
         conversations::present_members(&mut conn, room_id).await.unwrap().into_iter().map(|(user, _)| user).collect()
     }
 
+    async fn open_store(dir: &tempfile::TempDir) -> (Store, MatrixAdapter) {
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
+        let adapter =
+            MatrixAdapter::new(Arc::new(Config::parse(crate::config::tests::MINIMAL).unwrap()), store.clone());
+        (store, adapter)
+    }
+
+    #[tokio::test]
+    async fn a_pass_does_not_read_again_what_the_pass_before_handled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, adapter) = open_store(&dir).await;
+        let (first, second) = (joined("!a:x", "@a1:x"), joined("!b:x", "@b1:x"));
+        let pushed =
+            [inbox::Pushed { room_id: "!a:x", event: &first }, inbox::Pushed { room_id: "!b:x", event: &second }];
+        assert!(inbox::record_transaction(&store, "txn-1", &pushed).await.unwrap());
+
+        let pass = process_batch(&store, &adapter, &RetryLimits::default(), Deferred::default()).await.unwrap();
+        assert_eq!(pass.read, 2);
+        let next = process_batch(&store, &adapter, &RetryLimits::default(), pass.marks).await.unwrap();
+        assert_eq!(next.read, 0, "the handled events are marked before the next pass reads");
+    }
+
     #[tokio::test]
     async fn a_refused_membership_holds_back_only_itself_and_what_follows_it_in_its_room() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
+        let (store, adapter) = open_store(&dir).await;
         // The database refuses one membership, as PostgreSQL refuses text with a NUL byte.
         store
             .write(async |conn| {
@@ -301,8 +343,6 @@ mod tests {
             })
             .await
             .unwrap();
-        let adapter =
-            MatrixAdapter::new(Arc::new(Config::parse(crate::config::tests::MINIMAL).unwrap()), store.clone());
         let events = [
             ("!a:x", joined("!a:x", "@a1:x")),
             ("!b:x", joined("!b:x", "@b1:x")),
@@ -315,7 +355,8 @@ mod tests {
             events.iter().map(|(room_id, event)| inbox::Pushed { room_id, event }).collect();
         assert!(inbox::record_transaction(&store, "txn-1", &pushed).await.unwrap());
 
-        let pass = process_batch(&store, &adapter, &RetryLimits::default()).await.unwrap();
+        let pass = process_batch(&store, &adapter, &RetryLimits::default(), Deferred::default()).await.unwrap();
+        pass.marks.durable().await.unwrap();
 
         assert_eq!(pass.read, 6);
         assert!(pass.retry_at.is_some(), "the loop learns when the refused event is due again");

@@ -203,11 +203,7 @@ pub trait ChannelAdapter: Send + Sync {
         msg: &ChannelMessage,
         resend: bool,
     ) -> Result<Option<Landing>, ChannelSendError> {
-        match resend {
-            true => self.resend_message(channel_id, msg).await?,
-            false => self.send_message(channel_id, msg).await?,
-        }
-        Ok(None)
+        send_recording(self, channel_id, msg, resend, LandingRecord::ByAdapter).await
     }
 
     /// The account id linked to a channel-native user id, or `None` for anonymous senders.

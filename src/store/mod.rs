@@ -109,6 +109,27 @@ impl WriteTx {
         }
     }
 
+    /// Commits without waiting for the sync to disk (see [`Store::write_deferred`]).
+    pub async fn commit_deferred(self) -> Result<Deferred> {
+        match self.0 {
+            Write::Sqlite(write) => {
+                let (writer, group) = write.commit_later();
+                let bound = writer.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(DEFERRED_SYNC).await;
+                    // A failure is logged by the writer; the deferred write is then lost,
+                    // which its kind allows.
+                    let _ = bound.durable(group).await;
+                });
+                Ok(Deferred(Some((writer, group))))
+            }
+            Write::Postgres(tx) => {
+                tx.commit().await?;
+                Ok(Deferred(None))
+            }
+        }
+    }
+
     pub async fn rollback(self) -> Result<()> {
         match self.0 {
             Write::Sqlite(write) => write.rollback().await,
@@ -134,6 +155,33 @@ impl DerefMut for WriteTx {
             Write::Sqlite(write) => write,
             Write::Postgres(tx) => tx,
         }
+    }
+}
+
+/// How long a deferred write waits at most for another writer's commit to carry it to
+/// disk before it commits on its own: longer than the homeserver round trip that usually
+/// comes between a handled event and the turn's commit that answers it, short enough
+/// that another process waiting for SQLite's write lock hardly notices.
+const DEFERRED_SYNC: Duration = Duration::from_millis(50);
+
+/// A write committed without waiting for its sync to disk ([`Store::write_deferred`]).
+#[must_use = "a deferred write is seen by other connections only once it is durable"]
+#[derive(Default)]
+pub struct Deferred(Option<(writer::Writer, u64)>);
+
+impl Deferred {
+    /// Returns once the write is durable, committing it now if no other writer has.
+    pub async fn durable(self) -> Result<()> {
+        match self.0 {
+            Some((writer, group)) => writer.durable(group).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Deferred").field(&self.0.as_ref().map(|(_, group)| group)).finish()
     }
 }
 
@@ -253,6 +301,23 @@ impl Store {
         let value = work(&mut tx).await?;
         tx.commit().await?;
         Ok(value)
+    }
+
+    /// Runs `work` in a write transaction for a record whose loss in a crash is harmless,
+    /// because the work it records is done again (the inbox marking events handled, whose
+    /// handling the hub recognises). On SQLite it returns without waiting for the sync to
+    /// disk, which the next writer's commit does for it, or it commits alone within
+    /// [`DEFERRED_SYNC`]: one sync fewer for each such write on a busy service. Other
+    /// connections see it once it is durable; [`Deferred::durable`] waits for that.
+    /// PostgreSQL commits it at once.
+    pub async fn write_deferred<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T>,
+    ) -> Result<(T, Deferred)> {
+        let mut tx = self.begin_write().await?;
+        let value = work(&mut tx).await?;
+        let deferred = tx.commit_deferred().await?;
+        Ok((value, deferred))
     }
 
     /// Makes `write` durable together with the writes other tasks hand in meanwhile: one

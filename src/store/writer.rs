@@ -96,7 +96,7 @@ impl Writer {
     }
 
     /// Returns once `group` has been committed (committing it if nobody has yet).
-    async fn durable(&self, group: u64) -> Result<()> {
+    pub async fn durable(&self, group: u64) -> Result<()> {
         let mut state = self.state.lock().await;
         if state.group == group {
             // Everyone who wrote in this group while this writer waited for its turn is
@@ -193,14 +193,20 @@ pub struct SqliteWrite {
 }
 
 impl SqliteWrite {
-    pub async fn commit(mut self) -> Result<()> {
+    pub async fn commit(self) -> Result<()> {
+        let (writer, group) = self.commit_later();
+        writer.durable(group).await
+    }
+
+    /// Ends the write and lets the next writer in without waiting for the sync to disk:
+    /// the write is durable once its group is (see [`Writer::durable`]), which the next
+    /// writer's commit makes it. Until then other connections do not see it.
+    pub fn commit_later(mut self) -> (Writer, u64) {
         let mut state = self.state.take().expect("an unfinished write holds its turn");
         // Released as the next writer begins, or by the commit of the group.
         state.unreleased = true;
         state.dirty = true;
-        let group = state.group;
-        drop(state);
-        self.writer.durable(group).await
+        (self.writer.clone(), state.group)
     }
 
     pub async fn rollback(mut self) -> Result<()> {
@@ -283,6 +289,32 @@ mod tests {
         assert_eq!(key_count(&store).await, 20, "nothing is seen before its commit");
         tx.commit().await.unwrap();
         assert_eq!(key_count(&store).await, 21);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deferred_write_is_carried_by_the_next_commit_or_commits_alone() {
+        let (_dir, store) = store().await;
+        let insert = |k: i64| {
+            async move |conn: &mut crate::store::AnyConnection| {
+                Ok(sqlx::query("INSERT INTO kv (k) VALUES ($1)").bind(k).execute(conn).await.map(drop)?)
+            }
+        };
+        let ((), carried) = store.write_deferred(insert(1)).await.unwrap();
+        assert_eq!(key_count(&store).await, 0, "a deferred write is not seen before it is durable");
+        store.write(insert(2)).await.unwrap();
+        assert_eq!(key_count(&store).await, 2, "the next writer's commit carries it");
+        carried.durable().await.unwrap();
+
+        let ((), asked) = store.write_deferred(insert(3)).await.unwrap();
+        asked.durable().await.unwrap();
+        assert_eq!(key_count(&store).await, 3, "asked for, it is committed at once");
+
+        let ((), _alone) = store.write_deferred(insert(4)).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while key_count(&store).await < 4 {
+            assert!(std::time::Instant::now() < deadline, "a deferred write left alone is never committed");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]
