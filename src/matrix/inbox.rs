@@ -47,16 +47,14 @@ pub async fn run(
             return;
         }
         let wait = match process_batch(&store, &adapter, &limits, std::mem::take(&mut marks)).await {
-            // More may wait behind a full batch; the rooms it held back are left out of
-            // the next read, so the next batch gets further.
-            Ok(pass) if pass.read == BATCH as usize => {
-                failures = 0;
-                marks = pass.marks;
-                continue;
-            }
             Ok(pass) => {
                 failures = 0;
                 marks = pass.marks;
+                // More may wait behind a full batch; the rooms it held back are left out
+                // of the next read, so the next batch gets further.
+                if pass.read == BATCH as usize {
+                    continue;
+                }
                 retry_at = earliest(retry_at, pass.retry_at);
                 if retry_at.is_some_and(|at| at <= store::now_ms()) {
                     retry_at = next_retry_at(&store).await;
@@ -101,7 +99,7 @@ fn until(at: i64) -> Duration {
 }
 
 /// What one pass over the inbox did.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Pass {
     /// Events read.
     read: usize,

@@ -114,12 +114,12 @@ impl WriteTx {
         match self.0 {
             Write::Sqlite(write) => {
                 let (writer, group) = write.commit_later();
-                let bound = writer.clone();
+                let bound = Deferred(Some((writer.clone(), group)));
                 tokio::spawn(async move {
                     tokio::time::sleep(DEFERRED_SYNC).await;
                     // A failure is logged by the writer; the deferred write is then lost,
                     // which its kind allows.
-                    let _ = bound.durable(group).await;
+                    let _ = bound.durable().await;
                 });
                 Ok(Deferred(Some((writer, group))))
             }
@@ -176,12 +176,6 @@ impl Deferred {
             Some((writer, group)) => writer.durable(group).await,
             None => Ok(()),
         }
-    }
-}
-
-impl std::fmt::Debug for Deferred {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Deferred").field(&self.0.as_ref().map(|(_, group)| group)).finish()
     }
 }
 
