@@ -21,12 +21,12 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{Result, StoreError};
 
-// Each statement is a round trip to the connection's thread, so the steps between two
-// writers go in one: the last writer's savepoint is released as the next one begins.
-const BEGIN_FIRST: &str = "BEGIN IMMEDIATE; SAVEPOINT write";
-const BEGIN_NEXT: &str = "SAVEPOINT write";
-const BEGIN_AFTER_RELEASE: &str = "RELEASE write; SAVEPOINT write";
-const UNDO: &str = "ROLLBACK TO write; RELEASE write";
+// The steps between two writers, one statement each, so that each is prepared once: the
+// last writer's savepoint is released as the next one begins.
+const BEGIN_FIRST: &[&str] = &["BEGIN IMMEDIATE", "SAVEPOINT write"];
+const BEGIN_NEXT: &[&str] = &["SAVEPOINT write"];
+const BEGIN_AFTER_RELEASE: &[&str] = &["RELEASE write", "SAVEPOINT write"];
+const UNDO: &[&str] = &["ROLLBACK TO write", "RELEASE write"];
 
 /// Failed groups remembered, so that each of their writers learns of the failure.
 const FAILURES_KEPT: usize = 64;
@@ -85,7 +85,7 @@ impl Writer {
             (true, false) => BEGIN_NEXT,
             (true, true) => BEGIN_AFTER_RELEASE,
         };
-        if let Err(error) = state.conn.execute(steps).await {
+        if let Err(error) = state.run_steps(steps).await {
             // Which of the steps failed is unknown: the group is given up as a whole.
             state.abandon_group(&error).await;
             return Err(error.into());
@@ -139,6 +139,13 @@ impl State {
         self.failures.push_back((group, error));
     }
 
+    async fn run_steps(&mut self, steps: &[&'static str]) -> std::result::Result<(), sqlx::Error> {
+        for step in steps {
+            self.conn.execute(*step).await?;
+        }
+        Ok(())
+    }
+
     /// Ends the shared transaction when no writer has anything in it, so that the
     /// database's write lock is not held for nothing.
     async fn end_if_clean(&mut self) {
@@ -151,7 +158,7 @@ impl State {
     /// Undoes an unfinished savepoint. When that fails, SQLite has already rolled back
     /// the whole shared transaction, and the writers waiting on it must learn so.
     async fn undo(&mut self) {
-        match self.conn.execute(UNDO).await {
+        match self.run_steps(UNDO).await {
             Ok(_) => self.end_if_clean().await,
             Err(error) => self.abandon_group(&error).await,
         }

@@ -27,6 +27,13 @@ impl SqliteError {
     }
 }
 
+/// Whether `error` is SQLite's "database is locked": another connection holds the lock
+/// the statement needs.
+pub fn is_busy(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(error) = error else { return false };
+    error.try_downcast_ref::<SqliteError>().is_some_and(|error| error.code & 0xff == ffi::SQLITE_BUSY)
+}
+
 impl DatabaseError for SqliteError {
     fn message(&self) -> &str {
         &self.message

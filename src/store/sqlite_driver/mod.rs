@@ -22,6 +22,7 @@ mod run;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -102,6 +103,12 @@ impl SqliteConnection {
         if !may_wait(sql.as_str()) {
             return self.run_here(sql.as_str(), arguments, limit);
         }
+        if arguments.is_none()
+            && takes_write_lock(sql.as_str())
+            && let Some(begun) = self.begin_here_if_free(sql.as_str(), limit)
+        {
+            return begun;
+        }
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || run::run(&lock(&db), sql.as_str(), arguments, limit)).await.map_err(
             |error| {
@@ -109,6 +116,28 @@ impl SqliteConnection {
                 sqlx::Error::WorkerCrashed
             },
         )?
+    }
+
+    /// Begins a write transaction here when SQLite's write lock is free, as it is unless
+    /// another process (an operator command) writes: only then is a blocking thread worth
+    /// its hand-off. `None` when the lock is taken; the caller then waits for it there.
+    fn begin_here_if_free(&self, sql: &str, limit: Option<usize>) -> Option<Result<Vec<run::Answer>, sqlx::Error>> {
+        let db = lock(&self.db);
+        let waits = match db.pragma_query_value(None, "busy_timeout", |row| row.get::<_, u64>(0)) {
+            Ok(waits) => Duration::from_millis(waits),
+            Err(error) => return Some(Err(SqliteError::wrap(error))),
+        };
+        if let Err(error) = db.busy_timeout(Duration::ZERO) {
+            return Some(Err(SqliteError::wrap(error)));
+        }
+        let begun = run::run(&db, sql, None, limit);
+        if let Err(error) = db.busy_timeout(waits) {
+            return Some(Err(SqliteError::wrap(error)));
+        }
+        match begun {
+            Err(error) if error::is_busy(&error) => None,
+            begun => Some(begun),
+        }
     }
 
     fn run_here(
@@ -130,15 +159,18 @@ fn lock(db: &Mutex<rusqlite::Connection>) -> std::sync::MutexGuard<'_, rusqlite:
 /// start of a write transaction waits for SQLite's lock while another process (an operator
 /// command) holds it. Other statements take microseconds from the page cache.
 fn may_wait(sql: &str) -> bool {
-    let statement = sql.trim_start();
-    let first_words = |words: &[&str]| {
-        let mut found = statement.split_whitespace().map(|word| word.trim_end_matches(';'));
-        words.iter().all(|word| found.next().is_some_and(|found| found.eq_ignore_ascii_case(word)))
-    };
-    first_words(&["COMMIT"])
-        || first_words(&["END"])
-        || first_words(&["BEGIN", "IMMEDIATE"])
-        || first_words(&["BEGIN", "EXCLUSIVE"])
+    starts_with(sql, &["COMMIT"]) || starts_with(sql, &["END"]) || takes_write_lock(sql)
+}
+
+/// Whether `sql` starts a write transaction.
+fn takes_write_lock(sql: &str) -> bool {
+    starts_with(sql, &["BEGIN", "IMMEDIATE"]) || starts_with(sql, &["BEGIN", "EXCLUSIVE"])
+}
+
+/// Whether the first words of `sql` are `words`, in any case.
+fn starts_with(sql: &str, words: &[&str]) -> bool {
+    let mut found = sql.split_whitespace().map(|word| word.trim_end_matches(';'));
+    words.iter().all(|word| found.next().is_some_and(|found| found.eq_ignore_ascii_case(word)))
 }
 
 impl Connection for SqliteConnection {
@@ -643,6 +675,40 @@ mod tests {
         again.commit().await.unwrap();
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t").fetch_one(&mut conn).await.unwrap();
         assert_eq!(count, 2);
+    }
+
+    async fn busy_timeout(conn: &mut AnyConnection) -> i64 {
+        sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(&mut *conn).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_lock_held_by_another_process_is_waited_for_and_a_free_one_taken_at_once() {
+        let (dir, mut conn) = connect().await;
+        sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000").execute(&mut conn).await.unwrap();
+        sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await.unwrap();
+        sqlx::query("INSERT INTO t (name) VALUES ('free')").execute(&mut conn).await.unwrap();
+        sqlx::raw_sql("COMMIT").execute(&mut conn).await.unwrap();
+        assert_eq!(busy_timeout(&mut conn).await, 5000, "taking a free lock keeps the busy timeout");
+
+        // Another process's writer holds the lock for a while.
+        let other = rusqlite::Connection::open(dir.path().join("driver.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE; INSERT INTO t (name) VALUES ('other')").unwrap();
+        let (held, release) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            held.send(()).unwrap();
+            other.execute_batch("COMMIT").unwrap();
+        });
+        let asked = std::time::Instant::now();
+        sqlx::raw_sql("BEGIN IMMEDIATE; INSERT INTO t (name) VALUES ('after')").execute(&mut conn).await.unwrap();
+        assert!(release.try_recv().is_ok(), "the lock was taken only once the other process let it go");
+        assert!(asked.elapsed() >= std::time::Duration::from_millis(300));
+        sqlx::raw_sql("COMMIT").execute(&mut conn).await.unwrap();
+        holder.join().unwrap();
+        assert_eq!(busy_timeout(&mut conn).await, 5000, "waiting for a held lock keeps the busy timeout");
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM t ORDER BY id").fetch_all(&mut conn).await.unwrap();
+        assert_eq!(names, ["free", "other", "after"]);
     }
 
     #[test]
