@@ -14,6 +14,7 @@ pub mod group_commit;
 pub mod inbox;
 pub mod messages;
 pub mod outbox;
+mod readers;
 pub mod retention;
 pub mod sealed;
 pub mod settings;
@@ -27,7 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Connection, Executor, Transaction};
+use sqlx::{Connection, Executor, Transaction};
 
 pub use sqlx::AnyConnection;
 
@@ -80,7 +81,7 @@ pub enum Backend {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
+    readers: readers::Readers,
     backend: Backend,
     /// When this process connected (unix ms): work queued before then is left over from
     /// an earlier run.
@@ -186,6 +187,10 @@ impl Deferred {
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
      PRAGMA busy_timeout = 10000; PRAGMA temp_store = MEMORY;";
 
+/// SQLite's read connections (see [`readers`]): reads take microseconds, so a few serve
+/// many tasks.
+const SQLITE_READERS: usize = 4;
+
 /// Installs the drivers behind [`AnyConnection`]: the store's own for SQLite (see
 /// [`sqlite_driver`]), sqlx's for PostgreSQL. Anything that connects through sqlx's Any
 /// layer in this process calls this first.
@@ -222,10 +227,10 @@ impl Store {
         // a connection that broke meanwhile fails its statement with an I/O error, which
         // every caller treats as "retry later".
         let pool_options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10)).test_before_acquire(false);
-        let (pool, writer) = match backend {
+        let (readers, writer) = match backend {
             Backend::Sqlite => {
                 let pool = pool_options
-                    .max_connections(4)
+                    .max_connections(SQLITE_READERS as u32)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             // The pool only reads: every write goes through the writer.
@@ -239,11 +244,14 @@ impl Store {
                 let mut conn = AnyConnection::connect_with(&options).await?;
                 conn.execute(SQLITE_PRAGMAS).await?;
                 let migrations = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?;
-                (pool, Some(writer::Writer::new(conn, migrations)))
+                let readers = readers::Readers::warmest_first(pool, SQLITE_READERS);
+                (readers, Some(writer::Writer::new(conn, migrations)))
             }
-            Backend::Postgres => (pool_options.max_connections(10).connect_with(options).await?, None),
+            Backend::Postgres => {
+                (readers::Readers::pooled(pool_options.max_connections(10).connect_with(options).await?), None)
+            }
         };
-        Ok(Self { pool, backend, opened_at: now_ms(), writer, group_commit: Arc::default() })
+        Ok(Self { readers, backend, opened_at: now_ms(), writer, group_commit: Arc::default() })
     }
 
     /// Connects and brings the schema up to date.
@@ -260,7 +268,7 @@ impl Store {
         };
         match &self.writer {
             Some(writer) => writer.migrate(migrator).await,
-            None => Ok(migrator.run(&self.pool).await?),
+            None => Ok(migrator.run(self.readers.pool()).await?),
         }
     }
 
@@ -272,12 +280,9 @@ impl Store {
         self.backend
     }
 
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
-    }
-
-    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
-        Ok(self.pool.acquire().await?)
+    /// A connection for reading (on SQLite it cannot write: see [`writer`]).
+    pub async fn conn(&self) -> Result<readers::ReadConnection> {
+        self.readers.get().await
     }
 
     /// Starts a transaction that will write. On SQLite, writers take turns on the one
@@ -285,7 +290,7 @@ impl Store {
     pub async fn begin_write(&self) -> Result<WriteTx> {
         Ok(WriteTx(match &self.writer {
             Some(writer) => Write::Sqlite(writer.begin().await?),
-            None => Write::Postgres(self.pool.begin().await?),
+            None => Write::Postgres(self.readers.pool().begin().await?),
         }))
     }
 
@@ -322,11 +327,11 @@ impl Store {
 
     /// A cheap round trip, for readiness checks.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&mut *self.conn().await?).await?;
         Ok(())
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.readers.close().await;
     }
 }
