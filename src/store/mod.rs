@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod agent_rooms;
 pub mod bridges;
+mod checkpoints;
 pub mod conversations;
 pub mod dead_letters;
 pub mod finished_work;
@@ -243,9 +244,16 @@ impl Store {
                     .await?;
                 let mut conn = AnyConnection::connect_with(&options).await?;
                 conn.execute(SQLITE_PRAGMAS).await?;
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "PRAGMA wal_autocheckpoint = {}",
+                    checkpoints::WRITER_BACKSTOP_PAGES
+                )))
+                .await?;
+                let commits = Arc::new(checkpoints::Commits::default());
+                checkpoints::start(options.clone(), SQLITE_PRAGMAS, commits.clone());
                 let migrations = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?;
                 let readers = readers::Readers::warmest_first(pool, SQLITE_READERS);
-                (readers, Some(writer::Writer::new(conn, migrations)))
+                (readers, Some(writer::Writer::new(conn, migrations, commits)))
             }
             Backend::Postgres => {
                 (readers::Readers::pooled(pool_options.max_connections(10).connect_with(options).await?), None)

@@ -19,6 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{AnyConnection, Connection, Executor};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use super::checkpoints::Commits;
 use super::{Result, StoreError};
 
 // The steps between two writers, one statement each, so that each is prepared once: the
@@ -50,10 +51,12 @@ struct State {
     group: u64,
     /// Groups whose commit failed, with the error, the latest last.
     failures: VecDeque<(u64, String)>,
+    /// Counted for the checkpoints, which follow the commits (see [`super::checkpoints`]).
+    commits: Arc<Commits>,
 }
 
 impl Writer {
-    pub fn new(conn: AnyConnection, migrations: SqliteConnectOptions) -> Self {
+    pub fn new(conn: AnyConnection, migrations: SqliteConnectOptions, commits: Arc<Commits>) -> Self {
         let state = State {
             conn,
             migrations,
@@ -62,6 +65,7 @@ impl Writer {
             unreleased: false,
             group: 0,
             failures: VecDeque::new(),
+            commits,
         };
         Self { state: Arc::new(Mutex::new(state)) }
     }
@@ -122,6 +126,7 @@ impl State {
         self.dirty = false;
         self.unreleased = false;
         let Err(error) = self.conn.execute("COMMIT").await else {
+            self.commits.committed();
             return Ok(());
         };
         // Whatever the failure left behind is undone, so the next group starts clean.

@@ -155,11 +155,14 @@ fn lock(db: &Mutex<rusqlite::Connection>) -> std::sync::MutexGuard<'_, rusqlite:
     db.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Whether `sql` may wait: a commit syncs the disk (and may checkpoint the WAL), and the
-/// start of a write transaction waits for SQLite's lock while another process (an operator
-/// command) holds it. Other statements take microseconds from the page cache.
+/// Whether `sql` may wait: a commit or a checkpoint syncs the disk, and the start of a
+/// write transaction waits for SQLite's lock while another process (an operator command)
+/// holds it. Other statements take microseconds from the page cache.
 fn may_wait(sql: &str) -> bool {
-    starts_with(sql, &["COMMIT"]) || starts_with(sql, &["END"]) || takes_write_lock(sql)
+    starts_with(sql, &["COMMIT"])
+        || starts_with(sql, &["END"])
+        || starts_with(sql, &["PRAGMA", "wal_checkpoint(PASSIVE)"])
+        || takes_write_lock(sql)
 }
 
 /// Whether `sql` starts a write transaction.
@@ -713,7 +716,14 @@ mod tests {
 
     #[test]
     fn commits_and_write_locks_wait_on_a_blocking_thread_and_nothing_else_does() {
-        for waits in ["COMMIT", " commit; ", "END", "BEGIN IMMEDIATE; SAVEPOINT write", "begin exclusive"] {
+        for waits in [
+            "COMMIT",
+            " commit; ",
+            "END",
+            "BEGIN IMMEDIATE; SAVEPOINT write",
+            "begin exclusive",
+            "PRAGMA wal_checkpoint(PASSIVE)",
+        ] {
             assert!(super::may_wait(waits), "{waits}");
         }
         for quick in ["RELEASE write", "BEGIN", "SAVEPOINT write", "INSERT INTO commit_log VALUES (1)", "COMMITTED"] {
