@@ -149,9 +149,7 @@ mod tests {
     use crate::store::Store;
 
     async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
-        (dir, store)
+        Store::open_temporary().await
     }
 
     fn from(surface: &str, chat: &str, sender: &str, key: &str, target: Uuid, removed: bool) -> ChannelMessage {

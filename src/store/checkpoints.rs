@@ -88,9 +88,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn committed_pages_reach_the_database_file_without_the_writer_checkpointing() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, store) = Store::open_temporary().await;
         let file = dir.path().join("store.db");
-        let store = Store::open(&format!("sqlite://{}", file.display())).await.unwrap();
         store
             .write(async |conn| Ok(sqlx::raw_sql("CREATE TABLE blobs (data BLOB)").execute(conn).await.map(drop)?))
             .await

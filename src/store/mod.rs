@@ -93,6 +93,16 @@ pub struct Store {
     group_commit: Arc<OnceLock<group_commit::GroupCommit>>,
 }
 
+#[cfg(test)]
+impl Store {
+    /// A store in a new SQLite file (`store.db`), removed with the directory returned.
+    pub async fn open_temporary() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
+        (dir, store)
+    }
+}
+
 /// A write transaction ([`Store::begin_write`]): use it as a connection, then commit or
 /// roll back. Dropping it rolls back.
 pub struct WriteTx(Write);

@@ -130,9 +130,7 @@ mod tests {
     use crate::store::{AnyConnection, Store};
 
     async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
-        (dir, store)
+        Store::open_temporary().await
     }
 
     /// A setting of the connection itself, to tell connections apart.

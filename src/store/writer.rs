@@ -259,8 +259,7 @@ mod tests {
     use crate::store::{Result, Store};
 
     async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).await.unwrap();
+        let (dir, store) = Store::open_temporary().await;
         exec(&store, "CREATE TABLE kv (k INTEGER PRIMARY KEY)").await.unwrap();
         (dir, store)
     }
