@@ -159,10 +159,14 @@ fn lock(db: &Mutex<rusqlite::Connection>) -> std::sync::MutexGuard<'_, rusqlite:
 /// write transaction waits for SQLite's lock while another process (an operator command)
 /// holds it. Other statements take microseconds from the page cache.
 fn may_wait(sql: &str) -> bool {
-    starts_with(sql, &["COMMIT"])
-        || starts_with(sql, &["END"])
-        || starts_with(sql, &["PRAGMA", "wal_checkpoint(PASSIVE)"])
-        || takes_write_lock(sql)
+    starts_with(sql, &["COMMIT"]) || starts_with(sql, &["END"]) || is_checkpoint(sql) || takes_write_lock(sql)
+}
+
+/// Whether `sql` checkpoints the WAL, in any of SQLite's modes.
+fn is_checkpoint(sql: &str) -> bool {
+    let mut words = sql.split_whitespace();
+    words.next().is_some_and(|word| word.eq_ignore_ascii_case("PRAGMA"))
+        && words.next().is_some_and(|word| word.to_ascii_lowercase().starts_with("wal_checkpoint"))
 }
 
 /// Whether `sql` starts a write transaction.
@@ -723,10 +727,18 @@ mod tests {
             "BEGIN IMMEDIATE; SAVEPOINT write",
             "begin exclusive",
             "PRAGMA wal_checkpoint(PASSIVE)",
+            "pragma wal_checkpoint(TRUNCATE)",
         ] {
             assert!(super::may_wait(waits), "{waits}");
         }
-        for quick in ["RELEASE write", "BEGIN", "SAVEPOINT write", "INSERT INTO commit_log VALUES (1)", "COMMITTED"] {
+        for quick in [
+            "RELEASE write",
+            "BEGIN",
+            "SAVEPOINT write",
+            "INSERT INTO commit_log VALUES (1)",
+            "COMMITTED",
+            "PRAGMA wal_autocheckpoint = 10000",
+        ] {
             assert!(!super::may_wait(quick), "{quick}");
         }
     }
