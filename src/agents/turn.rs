@@ -43,7 +43,7 @@ impl Agents {
             Ok(None) => return JobOutcome::Failed(format!("message {} not found", turn.message_id)),
             Err(error) => return JobOutcome::Retry { error: error.to_string(), after: None },
         };
-        let Prepared { message, context, targets, asker, seen } = prepared;
+        let Prepared { message, context, targets, seen } = prepared;
         typing::mark_read(&turn.agent, seen);
         let reply = answer_message(derived_id(turn.message_id, &job.dedupe_key), &message, &turn.agent);
         // Structured agent-room messages go out whole, not as previews and edits.
@@ -54,7 +54,8 @@ impl Agents {
             .with_typing(&turn.agent)
             .recording_landings_in(self.store.clone());
         let mut usage = TokenUsage::default();
-        let streamed = self.stream_answer(agent, &context, asker.as_ref(), &mut streamer, &mut usage).await;
+        let asker = AskerOf { store: &self.store, message: &message };
+        let streamed = self.stream_answer(agent, &context, &asker, &mut streamer, &mut usage).await;
         streamer.stop_typing();
         let ending = match streamed {
             Ok(ending) => ending,
@@ -122,15 +123,19 @@ impl Agents {
         for (channel, chat) in crate::hub::bridging::surfaces(&mut conn, &turn.conversation_id).await? {
             let Some(adapter) = self.registry.get(&channel) else { continue };
             let origin = message.origin_channel() == channel && message.channel_id == chat;
-            let native = messages::native_for_message(&mut conn, &channel, &chat, message.id).await?;
+            // Where it was written, the message carries its own native id (the hub recorded
+            // that one); elsewhere only the record of where it was relayed knows.
+            let native = match message.channel_message_id() {
+                Some(native) if origin => Some(native.to_string()),
+                _ => messages::native_for_message(&mut conn, &channel, &chat, message.id).await?,
+            };
             let previews = origin || native.is_some();
             if let Some(native) = native {
                 seen.push(typing::Seen { adapter: adapter.clone(), channel_id: chat.clone(), native_id: native });
             }
             targets.push(Target { adapter, channel_id: chat, previews });
         }
-        let asker = asker_of(&mut conn, &message).await?;
-        Ok(Some(Prepared { message, context, targets, asker, seen }))
+        Ok(Some(Prepared { message, context, targets, seen }))
     }
 
     /// Runs the runtime, showing its text as it comes, until it finishes or is stopped.
@@ -138,7 +143,7 @@ impl Agents {
         &self,
         agent: &Agent,
         context: &TurnContext,
-        asker: Option<&Asker>,
+        asker: &AskerOf<'_>,
         streamer: &mut Streamer,
         usage: &mut TokenUsage,
     ) -> Result<Ending, AgentError> {
@@ -199,7 +204,7 @@ impl Agents {
         &self,
         agent: &Agent,
         context: &TurnContext,
-        asker: Option<&Asker>,
+        asker: &AskerOf<'_>,
         streamer: &mut Streamer,
         usage: &mut TokenUsage,
         event: AgentEvent,
@@ -231,13 +236,21 @@ impl Agents {
         &self,
         agent: &Agent,
         context: &TurnContext,
-        asker: Option<&Asker>,
+        asker: &AskerOf<'_>,
         streamer: &Streamer,
         request: PermissionRequest,
     ) {
         let PermissionRequest { title, options, answer } = request;
+        let asker = match asker.find().await {
+            Ok(asker) => asker,
+            Err(error) => {
+                tracing::warn!(agent = agent.config.id, %error, "cannot tell who started the turn; refusing");
+                let _ = answer.send(None);
+                return;
+            }
+        };
         let timeout = agent.config.permission_timeout_secs;
-        let text = question_text(&agent.config.display_name(), &title, &options, timeout, asker);
+        let text = question_text(&agent.config.display_name(), &title, &options, timeout, asker.as_ref());
         let mut question = streamer.reply.clone();
         question.id = Uuid::new_v4();
         question.content = text;
@@ -247,7 +260,7 @@ impl Agents {
             return;
         }
         let (forward, answered) = oneshot::channel();
-        self.control.ask(&context.conversation_id, question.id, options, asker.cloned(), forward);
+        self.control.ask(&context.conversation_id, question.id, options, asker, forward);
         let control = self.control.clone();
         let conversation_id = context.conversation_id.clone();
         tokio::spawn(async move {
@@ -456,10 +469,23 @@ struct Prepared {
     message: ChannelMessage,
     context: TurnContext,
     targets: Vec<Target>,
-    /// The person who started the turn.
-    asker: Option<Asker>,
     /// Where the message shows natively, to be marked read there.
     seen: Vec<typing::Seen>,
+}
+
+/// The person who started the turn, looked up only when the agent asks them something:
+/// most turns ask nothing.
+struct AskerOf<'a> {
+    store: &'a store::Store,
+    /// The message the turn answers.
+    message: &'a ChannelMessage,
+}
+
+impl AskerOf<'_> {
+    async fn find(&self) -> store::Result<Option<Asker>> {
+        let mut conn = self.store.conn().await?;
+        asker_of(&mut conn, self.message).await
+    }
 }
 
 /// How far back a turn is followed to the person who started it (in agent rooms, an

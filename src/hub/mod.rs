@@ -361,7 +361,10 @@ impl Hub {
         msg: &ChannelMessage,
     ) -> store::Result<()> {
         let room = settings::get(conn, conversation_id).await?;
-        let linked = accounts::account_for_identity(conn, channel, &msg.sender_id).await?.is_some();
+        // Whether the sender has an account matters only where the room refuses people
+        // without one: elsewhere it is not asked.
+        let linked =
+            room.answer_unlinked || accounts::account_for_identity(conn, channel, &msg.sender_id).await?.is_some();
         let agents = routing::agents_to_answer(msg, &room, linked);
         if routing::agents_present(msg).is_empty() && routing::participants(msg) <= 1 && routing::commands_enabled(msg)
         {
