@@ -84,7 +84,34 @@ on_both_backends!(
     memberships_are_recorded_together_the_last_change_winning,
     finished_work_is_removed_when_old_and_nothing_else,
     a_conversation_shows_in_its_room_and_its_bridged_chats,
+    a_deferred_write_is_seen_once_durable_and_changes_nothing_after_it,
 );
+
+/// A write whose loss in a crash is harmless (the inbox's marks) skips the wait for its
+/// sync; once durable, everyone sees it, and the writes after it wait for theirs again.
+async fn a_deferred_write_is_seen_once_durable_and_changes_nothing_after_it(store: Store) {
+    let ((), deferred) = store
+        .write_deferred(async |conn| {
+            outbox::enqueue(conn, "matrix", "send:deferred", "send", "{}").await?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    deferred.durable().await.unwrap();
+    let head = outbox::head(&mut store.conn().await.unwrap(), "matrix").await.unwrap();
+    assert_eq!(head.map(|job| job.dedupe_key).as_deref(), Some("send:deferred"));
+
+    if store.backend() == mosaic_as::store::Backend::Postgres {
+        // Every connection of the pool (ten) at once: one of them is the deferred write's.
+        let mut writes = Vec::new();
+        for _ in 0..10 {
+            let mut tx = store.begin_write().await.unwrap();
+            let (setting,): (String,) = sqlx::query_as("SHOW synchronous_commit").fetch_one(&mut *tx).await.unwrap();
+            assert_eq!(setting, "on", "the writes after it wait for their flush to disk again");
+            writes.push(tx);
+        }
+    }
+}
 
 async fn a_conversation_shows_in_its_room_and_its_bridged_chats(store: Store) {
     let mut tx = store.begin_write().await.unwrap();

@@ -135,7 +135,10 @@ impl WriteTx {
                 });
                 Ok(Deferred(Some((writer, group))))
             }
-            Write::Postgres(tx) => {
+            Write::Postgres(mut tx) => {
+                // PostgreSQL shows the write to everyone at once and flushes it within
+                // its WAL writer's delay: only a crash of the database server can lose it.
+                tx.execute("SET LOCAL synchronous_commit = off").await?;
                 tx.commit().await?;
                 Ok(Deferred(None))
             }
@@ -326,7 +329,8 @@ impl Store {
     /// disk, which the next writer's commit does for it, or it commits alone within
     /// [`DEFERRED_SYNC`]: one sync fewer for each such write on a busy service. Other
     /// connections see it once it is durable; [`Deferred::durable`] waits for that.
-    /// PostgreSQL commits it at once.
+    /// PostgreSQL commits it at once without waiting for its flush to disk
+    /// (`synchronous_commit = off` for that transaction).
     pub async fn write_deferred<T>(
         &self,
         work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T>,
