@@ -30,8 +30,20 @@ const LANDING_GRACE: Duration = Duration::from_secs(1);
 
 /// A derived id: the same turn always gets the same ids, so a rerun after a crash sends
 /// with the same transaction ids and the homeserver drops the repeats.
+///
+/// The id of a time-ordered message (see [`ChannelMessage::new`]) keeps its time, so an
+/// answer sorts beside the message it answers in the store's indexes. Older ids derive
+/// as they always did: a turn queued before and rerun after an upgrade finds what it sent.
 pub fn derived_id(base: Uuid, label: &str) -> Uuid {
-    Uuid::new_v5(&base, label.as_bytes())
+    let hashed = Uuid::new_v5(&base, label.as_bytes());
+    match base.get_version() {
+        Some(uuid::Version::SortRand | uuid::Version::Custom) => {
+            let mut bytes = *hashed.as_bytes();
+            bytes[..6].copy_from_slice(&base.as_bytes()[..6]);
+            Uuid::new_v8(bytes)
+        }
+        _ => hashed,
+    }
 }
 
 /// An edit of `original` carrying `text`.
@@ -452,9 +464,30 @@ mod tests {
 
     #[test]
     fn ids_are_stable_per_turn() {
-        let base = Uuid::new_v4();
-        assert_eq!(derived_id(base, "edit-1"), derived_id(base, "edit-1"));
-        assert_ne!(derived_id(base, "edit-1"), derived_id(base, "edit-2"));
+        for base in [Uuid::now_v7(), Uuid::new_v4()] {
+            assert_eq!(derived_id(base, "edit-1"), derived_id(base, "edit-1"));
+            assert_ne!(derived_id(base, "edit-1"), derived_id(base, "edit-2"));
+        }
+    }
+
+    #[test]
+    fn a_derived_id_sorts_beside_its_time_ordered_base_and_an_older_one_derives_as_before() {
+        let earlier = ChannelMessage::new("!r", "@a:x", SenderType::User, "hi", ContentType::Text).id;
+        std::thread::sleep(Duration::from_millis(2));
+        let base = ChannelMessage::new("!r", "@a:x", SenderType::User, "hi", ContentType::Text).id;
+        std::thread::sleep(Duration::from_millis(2));
+        let later = ChannelMessage::new("!r", "@a:x", SenderType::User, "hi", ContentType::Text).id;
+        // The store keeps ids as text: their text sorts as they do.
+        assert!(earlier.to_string() < base.to_string() && base.to_string() < later.to_string());
+        for label in ["turn:echo:1", "edit-1", "part-2"] {
+            let derived = derived_id(base, label);
+            assert!(earlier.to_string() < derived.to_string() && derived.to_string() < later.to_string(), "{label}");
+            assert_ne!(derived, base);
+            let twice = derived_id(derived, "edit-1");
+            assert!(earlier.to_string() < twice.to_string() && twice.to_string() < later.to_string(), "{label}");
+        }
+        let older = Uuid::new_v4();
+        assert_eq!(derived_id(older, "edit-1"), Uuid::new_v5(&older, b"edit-1"));
     }
 
     #[test]

@@ -283,7 +283,9 @@ impl ChannelMessage {
         content_type: ContentType,
     ) -> Self {
         Self {
-            id: Uuid::new_v4(),
+            // Time-ordered: the store's indexes on message ids then grow at their end, a
+            // few pages touched per commit, instead of one page at random per message.
+            id: Uuid::now_v7(),
             channel_id: channel_id.into(),
             sender_id: sender_id.into(),
             sender_type,

@@ -8,7 +8,6 @@ use teloxide::prelude::Requester;
 use teloxide::types::{
     Chat, ChatKind, FileId, Message, MessageEntity, MessageOrigin, MessageReactionUpdated, PublicChatKind, ReactionType,
 };
-use uuid::Uuid;
 
 use super::polling::InboundError;
 use super::{CHANNEL, Inner, markdown, topics};
@@ -68,7 +67,6 @@ async fn build(
     // whose names are reserved.
     let sender_type = SenderType::User;
     let mut msg = ChannelMessage::new(&chat_id, sender_id, sender_type, content, content_type);
-    msg.id = Uuid::new_v4();
     msg.timestamp = if edited { message.edit_date().copied().unwrap_or(message.date) } else { message.date };
     let native_id = message.id.0.to_string();
     msg.chat = chat_kind(&message.chat);
