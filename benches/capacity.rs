@@ -75,7 +75,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::serve::ListenerExt;
-use homeserver::{ReferenceConfig, SERVER_NAME, bench_dir, cpu_time, rss_bytes};
+use homeserver::{ReferenceConfig, SERVER_NAME, bench_dir, cpu_time, own_rss_bytes, rss_bytes};
 use postgres::FreshDatabase;
 use serde_json::{Value, json};
 use support::{Server, event_id, http_client, millis, now_ms, percentile};
@@ -134,6 +134,8 @@ struct Paced {
 struct Memory {
     idle: u64,
     after_traffic: u64,
+    /// The part of `idle` that is the service's own, not mapped from files.
+    idle_own: u64,
 }
 
 /// How a service took the traffic that needs no answer.
@@ -247,7 +249,7 @@ async fn bench_mosaic(mut database: Option<&mut FreshDatabase>, messages: usize)
         figures.processing = process_traffic(label, &server.base_url, &server.hs_token, server.pid(), Drained::Mosaic)
             .await
             .with_context(|| format!("{label}: traffic that needs no answer"))?;
-        figures.memory.after_traffic = report_memory(label, server.pid(), figures.memory.idle)?;
+        figures.memory.after_traffic = report_memory(label, server.pid(), &figures.memory)?;
         anyhow::Ok(figures)
     }
     .await;
@@ -275,7 +277,7 @@ async fn bench_reference(messages: usize) -> anyhow::Result<Figures> {
             process_traffic("reference", &config.base_url, &config.hs_token, reference.pid(), Drained::Reference)
                 .await
                 .context("reference: traffic that needs no answer")?;
-        figures.memory.after_traffic = report_memory("reference", reference.pid(), figures.memory.idle)?;
+        figures.memory.after_traffic = report_memory("reference", reference.pid(), &figures.memory)?;
         anyhow::Ok(figures)
     }
     .await;
@@ -314,6 +316,7 @@ async fn measure(
     tokio::time::sleep(IDLE).await;
     let idle = cpu_time(pid)?.saturating_sub(idle_before);
     let idle_memory = rss_bytes(pid)?;
+    let idle_own_memory = own_rss_bytes(pid)?;
 
     let batch: Vec<Value> = (0..messages)
         .map(|n| {
@@ -343,7 +346,7 @@ async fn measure(
         println!("({label}: stopped at the {MEASURE_BUDGET:?} time budget with {echoes} of {messages} echoed)");
     }
     let processing = Processing { events: 0, elapsed: Duration::ZERO, cpu: Duration::ZERO };
-    let memory = Memory { idle: idle_memory, after_traffic: 0 };
+    let memory = Memory { idle: idle_memory, after_traffic: 0, idle_own: idle_own_memory };
     let figures = Figures { echoes, elapsed, cpu, bench_cpu, processing, paced: Paced::default(), memory };
     println!(
         "capacity {label:<19} {:>8.1} echoes/s  CPU per echo {:>6.3} ms  ({echoes} echoes in {:.2} s, pushed in {} \
@@ -396,15 +399,20 @@ async fn measure_paced(label: &str, fake: &FakeHomeserver) -> anyhow::Result<Pac
     Ok(paced)
 }
 
-/// Prints the service's resident memory idle and now, and returns it now.
-fn report_memory(label: &str, pid: u32, idle: u64) -> anyhow::Result<u64> {
+/// Prints the service's resident memory idle and now, and returns it now. Beside each
+/// is the part that is the service's own: the rest is pages of files it maps, its code
+/// above all.
+fn report_memory(label: &str, pid: u32, idle: &Memory) -> anyhow::Result<u64> {
     let now = rss_bytes(pid)?;
+    let own = own_rss_bytes(pid)?;
     let mb = |bytes: u64| bytes as f64 / 1_048_576.0;
     println!(
-        "capacity memory {label:<22} idle {:>6.1} MB  after the traffic {:>6.1} MB  (resident; the traffic brought \
-         {} rooms and {} users)",
-        mb(idle),
+        "capacity memory {label:<22} idle {:>6.1} MB  after the traffic {:>6.1} MB  (resident; its own, not mapped \
+         from files: {:.1} and {:.1} MB; the traffic brought {} rooms and {} users)",
+        mb(idle.idle),
         mb(now),
+        mb(idle.idle_own),
+        mb(own),
         TRAFFIC.rooms,
         TRAFFIC.users(),
     );

@@ -67,8 +67,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use homeserver::{
-    Arrival, Person, Reference, ReferenceConfig, SERVER_NAME, Synapse, bench_dir, cpu_time, mib, reply_target,
-    rss_bytes, wait_for_arrival,
+    Arrival, Person, Reference, ReferenceConfig, SERVER_NAME, Synapse, bench_dir, cpu_time, mib, own_rss_bytes,
+    reply_target, rss_bytes, wait_for_arrival,
 };
 use serde_json::Value;
 use support::{Server, free_loopback_addr, http_client, millis, percentile};
@@ -565,17 +565,20 @@ async fn memory(stack: &Stack) -> anyhow::Result<()> {
     tokio::time::sleep(SETTLE).await;
     let mosaic_after = rss_bytes(stack.mosaic.pid())?;
     let reference_after = rss_bytes(stack.reference.pid())?;
+    let mosaic_own = own_rss_bytes(stack.mosaic.pid())?;
+    let reference_own = own_rss_bytes(stack.reference.pid())?;
     let database = database_bytes(&stack.mosaic_dir);
-    for (label, idle, after, push, done) in [
-        ("mosaic-as", mosaic_idle, mosaic_after, push_time, mosaic_time),
-        ("reference", reference_idle, reference_after, reference_push_time, reference_time),
+    for (label, idle, after, own, push, done) in [
+        ("mosaic-as", mosaic_idle, mosaic_after, mosaic_own, push_time, mosaic_time),
+        ("reference", reference_idle, reference_after, reference_own, reference_push_time, reference_time),
     ] {
         let grown = after.saturating_sub(idle);
         println!(
-            "memory   {label:<10} idle {:>6.1} MiB  after {:>6.1} MiB  (+{:.1} MiB: {:.0} B per room, {:.0} B per user)  \
-             {total} events pushed in {:.1} s, processed in {:.1} s",
+            "memory   {label:<10} idle {:>6.1} MiB  after {:>6.1} MiB, its own {:.1} MiB, the rest mapped from files  \
+             (+{:.1} MiB: {:.0} B per room, {:.0} B per user)  {total} events pushed in {:.1} s, processed in {:.1} s",
             mib(idle),
             mib(after),
+            mib(own),
             mib(grown),
             grown as f64 / TRAFFIC.rooms as f64,
             grown as f64 / TRAFFIC.users() as f64,

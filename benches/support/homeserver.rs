@@ -59,14 +59,25 @@ fn synapse_script(args: &[&str]) -> anyhow::Result<String> {
 
 /// Resident memory of a process (`VmRSS` from `/proc/<pid>/status`), in bytes.
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// The part of a process's resident memory that is its own (`RssAnon`: heap, stacks),
+/// not pages of the files it maps (its code above all), which the kernel shares with
+/// other processes and can drop and read again.
+pub fn own_rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "RssAnon:")
+}
+
+fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("cannot read /proc/{pid}/status"))?;
     let kib: u64 = status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
     Ok(kib * 1024)
 }
 
