@@ -23,8 +23,10 @@ use super::checkpoints::Commits;
 use super::{Result, StoreError};
 
 // The steps between two writers, one statement each, so that each is prepared once: the
-// last writer's savepoint is released as the next one begins.
-const BEGIN_FIRST: &[&str] = &["BEGIN IMMEDIATE", "SAVEPOINT write"];
+// last writer's savepoint is released as the next one begins. The first writer of a
+// group needs none: undoing it is rolling back the transaction, which holds nothing else,
+// and SQLite then keeps no copy of the pages it changes.
+const BEGIN_FIRST: &[&str] = &["BEGIN IMMEDIATE"];
 const BEGIN_NEXT: &[&str] = &["SAVEPOINT write"];
 const BEGIN_AFTER_RELEASE: &[&str] = &["RELEASE write", "SAVEPOINT write"];
 const UNDO: &[&str] = &["ROLLBACK TO write", "RELEASE write"];
@@ -47,6 +49,8 @@ struct State {
     dirty: bool,
     /// Whether the last writer's savepoint, committed, is still to be released.
     unreleased: bool,
+    /// Whether the writer now writing has a savepoint (all but a group's first do).
+    in_savepoint: bool,
     /// The number of the shared transaction being written; all before it have ended.
     group: u64,
     /// Groups whose commit failed, with the error, the latest last.
@@ -63,6 +67,7 @@ impl Writer {
             open: false,
             dirty: false,
             unreleased: false,
+            in_savepoint: false,
             group: 0,
             failures: VecDeque::new(),
             commits,
@@ -94,6 +99,7 @@ impl Writer {
             state.abandon_group(&error).await;
             return Err(error.into());
         }
+        state.in_savepoint = state.open;
         state.open = true;
         state.unreleased = false;
         Ok(SqliteWrite { writer: self.clone(), state: Some(state) })
@@ -160,9 +166,17 @@ impl State {
         }
     }
 
-    /// Undoes an unfinished savepoint. When that fails, SQLite has already rolled back
-    /// the whole shared transaction, and the writers waiting on it must learn so.
+    /// Undoes the unfinished write: its savepoint, or the whole transaction when it was
+    /// the group's first. When that fails, SQLite has already rolled back the whole
+    /// shared transaction, and the writers waiting on it must learn so.
     async fn undo(&mut self) {
+        if !self.in_savepoint {
+            match self.conn.execute("ROLLBACK").await {
+                Ok(_) => self.open = false,
+                Err(error) => self.abandon_group(&error).await,
+            }
+            return;
+        }
         match self.run_steps(UNDO).await {
             Ok(_) => self.end_if_clean().await,
             Err(error) => self.abandon_group(&error).await,
@@ -216,7 +230,7 @@ impl SqliteWrite {
     pub fn commit_later(mut self) -> (Writer, u64) {
         let mut state = self.state.take().expect("an unfinished write holds its turn");
         // Released as the next writer begins, or by the commit of the group.
-        state.unreleased = true;
+        state.unreleased = state.in_savepoint;
         state.dirty = true;
         (self.writer.clone(), state.group)
     }
@@ -326,6 +340,41 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "a deferred write left alone is never committed");
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    async fn keys(store: &Store) -> Vec<i64> {
+        let mut conn = store.conn().await.unwrap();
+        sqlx::query_scalar("SELECT k FROM kv ORDER BY k").fetch_all(&mut *conn).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn undoing_a_groups_first_writer_or_a_later_one_undoes_only_that_write() {
+        let (_dir, store) = store().await;
+        let insert = |k: i64| {
+            async move |conn: &mut crate::store::AnyConnection| {
+                Ok(sqlx::query("INSERT INTO kv (k) VALUES ($1)").bind(k).execute(conn).await.map(drop)?)
+            }
+        };
+        let mut first = store.begin_write().await.unwrap();
+        insert(1)(&mut first).await.unwrap();
+        first.rollback().await.unwrap();
+        store.write(insert(2)).await.unwrap();
+        assert_eq!(keys(&store).await, [2], "the first writer undone, the next one commits");
+
+        // A group's first write kept, the second undone, the third kept: one commit for both.
+        let ((), kept) = store.write_deferred(insert(3)).await.unwrap();
+        let mut undone = store.begin_write().await.unwrap();
+        insert(4)(&mut undone).await.unwrap();
+        undone.rollback().await.unwrap();
+        store.write(insert(5)).await.unwrap();
+        kept.durable().await.unwrap();
+        assert_eq!(keys(&store).await, [2, 3, 5]);
+
+        let mut dropped = store.begin_write().await.unwrap();
+        insert(6)(&mut dropped).await.unwrap();
+        drop(dropped);
+        store.write(insert(7)).await.unwrap();
+        assert_eq!(keys(&store).await, [2, 3, 5, 7], "a first writer dropped half-way is undone");
     }
 
     #[tokio::test]
