@@ -402,16 +402,16 @@ async fn measure_paced(label: &str, fake: &FakeHomeserver) -> anyhow::Result<Pac
 /// Prints the service's resident memory idle and now, and returns it now. Beside each
 /// is the part that is the service's own: the rest is pages of files it maps, its code
 /// above all.
-fn report_memory(label: &str, pid: u32, idle: &Memory) -> anyhow::Result<u64> {
+fn report_memory(label: &str, pid: u32, measured: &Memory) -> anyhow::Result<u64> {
     let now = rss_bytes(pid)?;
     let own = own_rss_bytes(pid)?;
     let mb = |bytes: u64| bytes as f64 / 1_048_576.0;
     println!(
         "capacity memory {label:<22} idle {:>6.1} MB  after the traffic {:>6.1} MB  (resident; its own, not mapped \
          from files: {:.1} and {:.1} MB; the traffic brought {} rooms and {} users)",
-        mb(idle.idle),
+        mb(measured.idle),
         mb(now),
-        mb(idle.idle_own),
+        mb(measured.idle_own),
         mb(own),
         TRAFFIC.rooms,
         TRAFFIC.users(),

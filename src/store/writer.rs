@@ -283,6 +283,13 @@ mod tests {
         store.write(async |conn| Ok(sqlx::query(sql).execute(conn).await.map(drop)?)).await
     }
 
+    /// A write of key `k`, for `Store::write` and its kin.
+    fn insert(k: i64) -> impl AsyncFnOnce(&mut crate::store::AnyConnection) -> Result<()> {
+        async move |conn: &mut crate::store::AnyConnection| {
+            Ok(sqlx::query("INSERT INTO kv (k) VALUES ($1)").bind(k).execute(conn).await.map(drop)?)
+        }
+    }
+
     async fn key_count(store: &Store) -> i64 {
         let mut conn = store.conn().await.unwrap();
         sqlx::query_as::<_, (i64,)>("SELECT COUNT(*) FROM kv").fetch_one(&mut *conn).await.unwrap().0
@@ -319,11 +326,6 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_deferred_write_is_carried_by_the_next_commit_or_commits_alone() {
         let (_dir, store) = store().await;
-        let insert = |k: i64| {
-            async move |conn: &mut crate::store::AnyConnection| {
-                Ok(sqlx::query("INSERT INTO kv (k) VALUES ($1)").bind(k).execute(conn).await.map(drop)?)
-            }
-        };
         let ((), carried) = store.write_deferred(insert(1)).await.unwrap();
         assert_eq!(key_count(&store).await, 0, "a deferred write is not seen before it is durable");
         store.write(insert(2)).await.unwrap();
@@ -350,11 +352,6 @@ mod tests {
     #[tokio::test]
     async fn undoing_a_groups_first_writer_or_a_later_one_undoes_only_that_write() {
         let (_dir, store) = store().await;
-        let insert = |k: i64| {
-            async move |conn: &mut crate::store::AnyConnection| {
-                Ok(sqlx::query("INSERT INTO kv (k) VALUES ($1)").bind(k).execute(conn).await.map(drop)?)
-            }
-        };
         let mut first = store.begin_write().await.unwrap();
         insert(1)(&mut first).await.unwrap();
         first.rollback().await.unwrap();
